@@ -1,0 +1,17 @@
+#!/usr/bin/env node
+/**
+ * The `tsvol` command line. Thin: each area registers its commands from src/cli/; they parse, call
+ * volumes/ or layers/, and print.
+ */
+import { Command } from 'commander';
+import { registerServe } from './cli/serve.js';
+import { runCli } from './cli/run.js';
+
+const program = new Command()
+  .name('tsvol')
+  .description('Docker volume plugin and overlay layer manager')
+  .showHelpAfterError();
+
+registerServe(program);
+
+await runCli(program, process.argv);

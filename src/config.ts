@@ -1,0 +1,58 @@
+/**
+ * Configuration from the environment, validated once and frozen. This is the contract outside checks use
+ * (README "Configuration"): TSVOL_SOCKET, TSVOL_DATA, TSVOL_MOUNTS, TSVOL_BIND_ROOTS, TSVOL_LOG_LEVEL,
+ * TSVOL_LAYER_DRIVER.
+ */
+import path from 'node:path';
+import { InvalidArgumentError } from './errors.js';
+
+/** Validated runtime configuration. */
+export interface Config {
+  /** Unix socket the VolumeDriver server listens on. */
+  readonly socket: string;
+  /** Persistent root: volume data, metadata database, layers. */
+  readonly dataRoot: string;
+  /** Where mountpoints appear (a managed plugin's propagatedMount); undefined = return data dirs directly. */
+  readonly mountsRoot: string | undefined;
+  /** Allowlist of host directories for bind-style volumes; empty = bind-style refused. */
+  readonly bindRoots: readonly string[];
+  /** pino level. */
+  readonly logLevel: string;
+  /** Layer storage driver override: 'overlay', 'copy' or undefined for auto-probe. */
+  readonly layerDriver: 'overlay' | 'copy' | undefined;
+}
+
+const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
+
+function absolutePath(name: string, value: string): string {
+  if (!path.isAbsolute(value)) {
+    throw new InvalidArgumentError(`${name}="${value}" must be an absolute path`);
+  }
+  return path.resolve(value);
+}
+
+/** Reads and validates the configuration from `env` (defaults match the managed plugin's layout). */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const logLevel = (env.TSVOL_LOG_LEVEL ?? 'info').toLowerCase();
+  if (!LOG_LEVELS.has(logLevel)) {
+    throw new InvalidArgumentError(
+      `TSVOL_LOG_LEVEL="${logLevel}" is not a level; use one of ${[...LOG_LEVELS].join(', ')}`,
+    );
+  }
+  const driver = env.TSVOL_LAYER_DRIVER || undefined;
+  if (driver !== undefined && driver !== 'overlay' && driver !== 'copy') {
+    throw new InvalidArgumentError(`TSVOL_LAYER_DRIVER="${driver}" is not a driver; use overlay or copy`);
+  }
+  const bindRoots = (env.TSVOL_BIND_ROOTS ?? '')
+    .split(':')
+    .filter((p) => p !== '')
+    .map((p) => absolutePath('TSVOL_BIND_ROOTS entry', p));
+  return Object.freeze({
+    socket: absolutePath('TSVOL_SOCKET', env.TSVOL_SOCKET || '/run/docker/plugins/tsvol.sock'),
+    dataRoot: absolutePath('TSVOL_DATA', env.TSVOL_DATA || '/var/lib/tsvol'),
+    mountsRoot: env.TSVOL_MOUNTS ? absolutePath('TSVOL_MOUNTS', env.TSVOL_MOUNTS) : undefined,
+    bindRoots: Object.freeze(bindRoots),
+    logLevel,
+    layerDriver: driver,
+  });
+}

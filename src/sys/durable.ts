@@ -1,0 +1,63 @@
+/**
+ * Durable file-system primitives: the only code that writes state files. A state file is written to a
+ * temp name in the same directory, fsynced, renamed over the target, and the directory fsynced, so that a
+ * crash at any instant leaves either the old or the new content, and an acknowledged write survives power
+ * loss (moby atomicwriter, containerd syncDir; cacache and write-file-atomic skip the directory fsync).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+
+/** Prefix of temp files that start-up may delete (`<name>.tmp-<hex>`). */
+export const TEMP_MARKER = '.tmp-';
+
+/** fsyncs a directory so that entries created, renamed or removed in it are durable. */
+export function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** fsyncs a file or directory by path. */
+export function fsyncPath(p: string): void {
+  const fd = fs.openSync(p, fs.constants.O_RDONLY);
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Writes `data` to `file` atomically and durably (temp, fsync, rename, fsync dir). */
+export function writeFileDurable(file: string, data: string | Uint8Array, mode = 0o600): void {
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `${path.basename(file)}${TEMP_MARKER}${randomBytes(6).toString('hex')}`);
+  const fd = fs.openSync(tmp, 'wx', mode);
+  try {
+    fs.writeFileSync(fd, data);
+    fs.fsyncSync(fd);
+  } catch (err) {
+    fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw err;
+  }
+  fs.closeSync(fd);
+  fs.renameSync(tmp, file);
+  fsyncDir(dir);
+}
+
+/** Creates `dir` (and parents) with `mode` if absent, and makes the new entries durable. */
+export function ensureDirDurable(dir: string, mode = 0o700): void {
+  if (fs.existsSync(dir)) return;
+  ensureDirDurable(path.dirname(dir), mode);
+  try {
+    fs.mkdirSync(dir, { mode });
+  } catch (err) {
+    // EEXIST: another process created it between the check and here; that is the state we want.
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+  fsyncDir(path.dirname(dir));
+}

@@ -1,0 +1,126 @@
+/**
+ * In-process bindings to the few Linux syscalls Node lacks (mount, umount2, mknod, xattrs, ioctl), through
+ * koffi. Node has no mount(2); spawning mount(8) costs milliseconds and a process per call (#3). This is the
+ * only file that touches koffi: everything else calls the typed wrappers in sys/.
+ */
+import os from 'node:os';
+import koffi from 'koffi';
+
+const libc = koffi.load('libc.so.6');
+
+const errnoNames = new Map<number, string>(
+  Object.entries(os.constants.errno).map(([name, num]) => [num, name]),
+);
+
+/** A failed syscall, shaped like Node's own system errors (`code`, `errno`, `syscall`, `path`). */
+export class SyscallError extends Error {
+  readonly code: string;
+  readonly errno: number;
+  readonly syscall: string;
+  readonly path: string | undefined;
+  constructor(syscall: string, errno: number, path?: string) {
+    const code = errnoNames.get(errno) ?? `E${errno}`;
+    super(`${syscall}${path === undefined ? '' : ` "${path}"`}: ${code} (${os.constants.errno ? errno : ''})`);
+    this.code = code;
+    this.errno = errno;
+    this.syscall = syscall;
+    this.path = path;
+  }
+}
+
+const cMount = libc.func(
+  'int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)',
+);
+const cUmount2 = libc.func('int umount2(const char *target, int flags)');
+const cMknod = libc.func('int mknod(const char *path, uint32_t mode, uint64_t dev)');
+const cLsetxattr = libc.func(
+  'int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)',
+);
+const cLgetxattr = libc.func('ssize_t lgetxattr(const char *path, const char *name, _Out_ void *value, size_t size)');
+const cLlistxattr = libc.func('ssize_t llistxattr(const char *path, _Out_ void *list, size_t size)');
+const cLremovexattr = libc.func('int lremovexattr(const char *path, const char *name)');
+const cIoctlInt = libc.func('int ioctl(int fd, unsigned long request, int arg)');
+const cSyncfs = libc.func('int syncfs(int fd)');
+
+function check(ret: number | bigint, syscall: string, path?: string): number {
+  const n = Number(ret);
+  if (n < 0) throw new SyscallError(syscall, koffi.errno(), path);
+  return n;
+}
+
+/** mount(2). `data` is the filesystem-specific option string (overlay's lowerdir=...). */
+export function mount(
+  source: string | null,
+  target: string,
+  fstype: string | null,
+  flags: number,
+  data: string | null,
+): void {
+  check(cMount(source, target, fstype, flags, data), 'mount', target);
+}
+
+/** umount2(2). */
+export function umount2(target: string, flags: number): void {
+  check(cUmount2(target, flags), 'umount2', target);
+}
+
+/** mknod(2); `dev` is makedev(major, minor). A char device 0/0 is an overlayfs whiteout. */
+export function mknod(path: string, mode: number, dev: number): void {
+  check(cMknod(path, mode, dev), 'mknod', path);
+}
+
+/** lsetxattr(2) with a binary value; does not follow a final symlink. */
+export function lsetxattr(path: string, name: string, value: Buffer, flags = 0): void {
+  check(cLsetxattr(path, name, value, value.length, flags), 'lsetxattr', path);
+}
+
+/** lgetxattr(2); returns undefined when the attribute is absent (ENODATA). */
+export function lgetxattr(path: string, name: string): Buffer | undefined {
+  let size = 256;
+  for (;;) {
+    const buf = Buffer.alloc(size);
+    const n = Number(cLgetxattr(path, name, buf, buf.length));
+    if (n >= 0) return buf.subarray(0, n);
+    const errno = koffi.errno();
+    if (errno === os.constants.errno.ENODATA) return undefined;
+    if (errno !== os.constants.errno.ERANGE || size >= 1 << 20) throw new SyscallError('lgetxattr', errno, path);
+    size *= 16;
+  }
+}
+
+/** llistxattr(2): the attribute names on `path` (not following a final symlink). */
+export function llistxattr(path: string): string[] {
+  let size = 1024;
+  for (;;) {
+    const buf = Buffer.alloc(size);
+    const n = Number(cLlistxattr(path, buf, buf.length));
+    if (n >= 0) {
+      return buf
+        .subarray(0, n)
+        .toString('latin1')
+        .split('\0')
+        .filter((s) => s !== '')
+        .map((s) => Buffer.from(s, 'latin1').toString('utf8'));
+    }
+    const errno = koffi.errno();
+    // ENOTSUP: the filesystem keeps no xattrs, so there are none to list.
+    if (errno === os.constants.errno.ENOTSUP) return [];
+    if (errno !== os.constants.errno.ERANGE || size >= 1 << 20) throw new SyscallError('llistxattr', errno, path);
+    size *= 16;
+  }
+}
+
+/** lremovexattr(2). */
+export function lremovexattr(path: string, name: string): void {
+  check(cLremovexattr(path, name), 'lremovexattr', path);
+}
+
+/** ioctl(2) with an int argument (FICLONE takes the source fd). */
+export function ioctlInt(fd: number, request: number, arg: number): number {
+  return check(cIoctlInt(fd, request, arg), 'ioctl');
+}
+
+/** syncfs(2): flush the filesystem holding `fd`. */
+export function syncfs(fd: number): void {
+  check(cSyncfs(fd), 'syncfs');
+}

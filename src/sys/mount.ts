@@ -1,0 +1,46 @@
+/**
+ * Mount helpers on top of sys/libc: bind mounts, unmounts, and the flags we use. The only place that
+ * decides mount flags.
+ */
+import { mount, umount2, SyscallError } from './libc.js';
+
+/** mount(2) flags (linux/mount.h). */
+export const MS_RDONLY = 0x1;
+export const MS_NOSUID = 0x2;
+export const MS_NODEV = 0x4;
+export const MS_REMOUNT = 0x20;
+export const MS_BIND = 0x1000;
+export const MS_REC = 0x4000;
+export const MS_PRIVATE = 0x40000;
+export const MS_SHARED = 0x100000;
+/** umount2(2) flags. */
+export const MNT_DETACH = 0x2;
+export const UMOUNT_NOFOLLOW = 0x8;
+
+/** Bind-mounts `source` at `target` (both must exist). Not recursive: submounts of source are not carried. */
+export function bindMount(source: string, target: string): void {
+  mount(source, target, null, MS_BIND, null);
+}
+
+/**
+ * Unmounts `target`, never following a symlink at the target. If the mount is busy (a process still has
+ * its cwd there), detaches it lazily instead, so that the name is free and the kernel finishes the unmount
+ * when the last user goes. Returns false when nothing was mounted there (EINVAL/ENOENT).
+ */
+export function unmount(target: string): boolean {
+  try {
+    umount2(target, UMOUNT_NOFOLLOW);
+    return true;
+  } catch (err) {
+    if (!(err instanceof SyscallError)) throw err;
+    if (err.code === 'EINVAL' || err.code === 'ENOENT') return false;
+    if (err.code !== 'EBUSY') throw err;
+  }
+  umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW);
+  return true;
+}
+
+/** Mounts an overlay filesystem at `target` with the option string `data`. */
+export function overlayMount(target: string, data: string, flags = 0): void {
+  mount('overlay', target, 'overlay', flags, data);
+}
