@@ -1,7 +1,7 @@
 /**
  * Configuration from the environment, validated once and frozen. This is the contract outside checks use
  * (README "Configuration"): TSVOL_SOCKET, TSVOL_DATA, TSVOL_MOUNTS, TSVOL_BIND_ROOTS, TSVOL_LOG_LEVEL,
- * TSVOL_LAYER_DRIVER.
+ * TSVOL_LAYER_DRIVER, TSVOL_HOST_ROOT.
  */
 import path from 'node:path';
 import { InvalidArgumentError } from './errors.js';
@@ -16,6 +16,12 @@ export interface Config {
   readonly mountsRoot: string | undefined;
   /** Allowlist of host directories for bind-style volumes; empty = bind-style refused. */
   readonly bindRoots: readonly string[];
+  /**
+   * Where the host's filesystem is visible to this process (a managed plugin binds the host's / there);
+   * undefined = bind-style device paths are host paths as seen here. Devices and TSVOL_BIND_ROOTS are
+   * always written as host paths; this prefix is added before touching them.
+   */
+  readonly hostRoot: string | undefined;
   /** pino level. */
   readonly logLevel: string;
   /** Layer storage driver override: 'overlay', 'copy' or undefined for auto-probe. */
@@ -52,6 +58,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     dataRoot: absolutePath('TSVOL_DATA', env.TSVOL_DATA || '/var/lib/tsvol'),
     mountsRoot: env.TSVOL_MOUNTS ? absolutePath('TSVOL_MOUNTS', env.TSVOL_MOUNTS) : undefined,
     bindRoots: Object.freeze(bindRoots),
+    hostRoot: env.TSVOL_HOST_ROOT ? absolutePath('TSVOL_HOST_ROOT', env.TSVOL_HOST_ROOT) : undefined,
     logLevel,
     layerDriver: driver,
   });

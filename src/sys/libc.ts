@@ -36,8 +36,8 @@ const cMknod = libc.func('int mknod(const char *path, uint32_t mode, uint64_t de
 const cLsetxattr = libc.func(
   'int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)',
 );
-const cLgetxattr = libc.func('ssize_t lgetxattr(const char *path, const char *name, _Out_ void *value, size_t size)');
-const cLlistxattr = libc.func('ssize_t llistxattr(const char *path, _Out_ void *list, size_t size)');
+const cLgetxattr = libc.func('long lgetxattr(const char *path, const char *name, _Out_ void *value, size_t size)');
+const cLlistxattr = libc.func('long llistxattr(const char *path, _Out_ void *list, size_t size)');
 const cLremovexattr = libc.func('int lremovexattr(const char *path, const char *name)');
 const cIoctlInt = libc.func('int ioctl(int fd, unsigned long request, int arg)');
 const cSyncfs = libc.func('int syncfs(int fd)');

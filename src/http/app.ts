@@ -1,0 +1,172 @@
+/**
+ * The Express app and its Unix-socket listener. The only place that turns errors into `{"Err": ...}`
+ * replies: a bad body, an unknown endpoint or a failed call never produces a stack trace or kills the
+ * server. One log line per request: op, volume, mount id, ms, code.
+ */
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import path from 'node:path';
+import express, { type NextFunction, type Request, type Response } from 'express';
+import { ConflictError, TsvolError, describeError, errnoCode, type ErrorCode } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Route } from './protocol.js';
+
+/** The media type Docker's plugin protocol uses in replies. */
+export const PLUGIN_MEDIA_TYPE = 'application/vnd.docker.plugins.v1.2+json';
+/** Largest request body accepted; real requests are a few hundred bytes. */
+export const MAX_BODY_BYTES = 1 << 20;
+
+const STATUS: Record<ErrorCode, number> = {
+  TSVOL_INVALID_ARGUMENT: 400,
+  TSVOL_NOT_FOUND: 404,
+  TSVOL_CONFLICT: 409,
+  TSVOL_IN_USE: 409,
+  TSVOL_UNAVAILABLE: 503,
+  TSVOL_INTERNAL: 500,
+};
+
+function reply(res: Response, status: number, body: Record<string, unknown>): void {
+  const json = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': PLUGIN_MEDIA_TYPE, 'Content-Length': Buffer.byteLength(json) });
+  res.end(json);
+}
+
+class BadRequest extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Reads the body whatever its Content-Type (dockerd sends none), up to MAX_BODY_BYTES. */
+function readBody(req: Request): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) {
+        reject(new BadRequest(413, `request body exceeds ${MAX_BODY_BYTES} bytes`));
+        req.removeAllListeners('data');
+        req.resume();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function decode(route: Route, raw: Buffer): unknown {
+  let value: unknown = null;
+  if (raw.length > 0) {
+    try {
+      value = JSON.parse(raw.toString('utf8'));
+    } catch (err) {
+      throw new BadRequest(400, `${route.path}: body is not valid JSON (${describeError(err)})`);
+    }
+  }
+  const parsed = route.schema.safeParse(value);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const where = issue && issue.path.length > 0 ? `${issue.path.join('.')}: ` : '';
+    throw new BadRequest(400, `${route.path}: invalid request: ${where}${issue?.message ?? 'bad body'}`);
+  }
+  return parsed.data;
+}
+
+/** Builds the app serving `routes`. `inflight` counts requests being handled (for draining). */
+export function createApp(routes: readonly Route[], log: Logger, inflight: { count: number }): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.disable('etag');
+  for (const route of routes) {
+    app.post(route.path, async (req: Request, res: Response) => {
+      const started = process.hrtime.bigint();
+      inflight.count++;
+      let status = 200;
+      let code: string | undefined;
+      let body: unknown;
+      try {
+        body = decode(route, await readBody(req));
+        reply(res, 200, await route.handle(body));
+      } catch (err) {
+        if (err instanceof BadRequest) {
+          status = err.status;
+          code = 'TSVOL_INVALID_ARGUMENT';
+        } else if (err instanceof TsvolError) {
+          status = STATUS[err.code];
+          code = err.code;
+        } else {
+          status = 500;
+          code = 'TSVOL_INTERNAL';
+        }
+        reply(res, status, { Err: describeError(err) });
+        const fields = { op: route.op, code, err: describeError(err) };
+        if (status >= 500) log.error({ ...fields, stack: err instanceof Error ? err.stack : undefined }, 'request failed');
+      } finally {
+        inflight.count--;
+        const b = (body ?? {}) as { Name?: string; ID?: string };
+        log.info(
+          { op: route.op, volume: b.Name, id: b.ID, ms: Number(process.hrtime.bigint() - started) / 1e6, status, code },
+          'request',
+        );
+      }
+    });
+  }
+  app.use((req: Request, res: Response) => {
+    reply(res, 404, { Err: `unknown endpoint ${req.method} ${req.path}: tsvol speaks Docker's VolumeDriver protocol` });
+  });
+  // Express 5 error handler (4 arguments): anything thrown outside a route.
+  app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    log.error({ err: describeError(err) }, 'unhandled request error');
+    if (!res.headersSent) reply(res, 500, { Err: `internal error: ${describeError(err)}` });
+  });
+  return app;
+}
+
+/** True if something is accepting connections on `socket`. */
+function socketAlive(socket: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(socket);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * Listens on the Unix socket `socket`. A socket file left by a dead server is replaced; a live one is
+ * refused, so two servers never share a socket.
+ */
+export async function listenOnSocket(app: express.Express, socket: string): Promise<http.Server> {
+  fs.mkdirSync(path.dirname(socket), { recursive: true });
+  if (fs.existsSync(socket)) {
+    if (await socketAlive(socket)) {
+      throw new ConflictError(`socket ${socket} is in use by another server; stop it or set TSVOL_SOCKET`);
+    }
+    try {
+      fs.unlinkSync(socket);
+    } catch (err) {
+      // ENOENT: someone removed it in between, which is what we wanted.
+      if (errnoCode(err) !== 'ENOENT') throw err;
+    }
+  }
+  const server = http.createServer(app);
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socket, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  fs.chmodSync(socket, 0o660);
+  return server;
+}

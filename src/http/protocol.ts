@@ -1,0 +1,116 @@
+/**
+ * Docker's VolumeDriver protocol, in one place: every endpoint, its request schema and its reply. Handlers
+ * are decode → call → encode (go-plugins-helpers api.go). Docker's casing (Name, Mountpoint, Err) stays in
+ * http/. What dockerd really sends (shared/DOCKER-FACTS.md): POST, JSON body, no Content-Type, `null` for
+ * empty maps, Get before Create, random mount IDs that `docker cp` re-uses.
+ */
+import { z } from 'zod';
+import type { VolumeInfo, VolumeService } from '../volumes/volume-service.js';
+
+/** A volume on the wire. */
+export interface WireVolume {
+  Name: string;
+  Mountpoint: string;
+  CreatedAt?: string;
+  Status?: Readonly<Record<string, unknown>>;
+}
+
+/** One endpoint: its path, the schema of its body, and the call it makes. */
+export interface Route {
+  readonly path: string;
+  /** Short name for logs (`create`). */
+  readonly op: string;
+  readonly schema: z.ZodType;
+  handle(body: unknown): Promise<Record<string, unknown>> | Record<string, unknown>;
+}
+
+/** Names are checked by the service; the schema only insists on a string of sane length. */
+const name = z.string({ error: 'Name must be a string' }).max(4096, 'Name is too long');
+const named = z.object({ Name: name });
+const create = z.object({
+  Name: name,
+  // Go encodes an empty map as null.
+  Opts: z.record(z.string(), z.string({ error: 'option values must be strings' })).nullish(),
+});
+const mountReq = z.object({
+  Name: name,
+  // Older engines sent no ID; they then hold the volume as one anonymous consumer.
+  ID: z.string({ error: 'ID must be a string' }).max(4096, 'ID is too long').optional(),
+});
+/** Activate, List and Capabilities take no arguments: dockerd sends `null` or `{}`. */
+const none = z.unknown();
+
+function wireVolume(v: VolumeInfo, withStatus: boolean): WireVolume {
+  const out: WireVolume = { Name: v.name, Mountpoint: v.mountpoint, CreatedAt: v.createdAt };
+  if (withStatus) out.Status = v.status;
+  return out;
+}
+
+/** The routes of a volume driver backed by `svc`. */
+export function volumeDriverRoutes(svc: VolumeService): Route[] {
+  return [
+    { path: '/Plugin.Activate', op: 'activate', schema: none, handle: () => ({ Implements: ['VolumeDriver'] }) },
+    {
+      path: '/VolumeDriver.Capabilities',
+      op: 'capabilities',
+      schema: none,
+      handle: () => ({ Capabilities: { Scope: 'local' } }),
+    },
+    {
+      path: '/VolumeDriver.Create',
+      op: 'create',
+      schema: create,
+      handle: async (b) => {
+        const req = b as z.infer<typeof create>;
+        await svc.create(req.Name, req.Opts ?? {});
+        return { Err: '' };
+      },
+    },
+    {
+      path: '/VolumeDriver.Remove',
+      op: 'remove',
+      schema: named,
+      handle: async (b) => {
+        await svc.remove((b as z.infer<typeof named>).Name);
+        return { Err: '' };
+      },
+    },
+    {
+      path: '/VolumeDriver.Mount',
+      op: 'mount',
+      schema: mountReq,
+      handle: async (b) => {
+        const req = b as z.infer<typeof mountReq>;
+        return { Mountpoint: await svc.mount(req.Name, req.ID ?? ''), Err: '' };
+      },
+    },
+    {
+      path: '/VolumeDriver.Unmount',
+      op: 'unmount',
+      schema: mountReq,
+      handle: async (b) => {
+        const req = b as z.infer<typeof mountReq>;
+        await svc.unmount(req.Name, req.ID ?? '');
+        return { Err: '' };
+      },
+    },
+    {
+      path: '/VolumeDriver.Path',
+      op: 'path',
+      schema: named,
+      handle: (b) => ({ Mountpoint: svc.path((b as z.infer<typeof named>).Name), Err: '' }),
+    },
+    {
+      path: '/VolumeDriver.Get',
+      op: 'get',
+      schema: named,
+      handle: (b) => ({ Volume: wireVolume(svc.get((b as z.infer<typeof named>).Name), true), Err: '' }),
+    },
+    {
+      path: '/VolumeDriver.List',
+      op: 'list',
+      schema: none,
+      handle: () => ({ Volumes: svc.list().map((v) => wireVolume(v, false)), Err: '' }),
+    },
+  ];
+}

@@ -1,0 +1,98 @@
+/**
+ * The allowlist for bind-style volumes (TSVOL_BIND_ROOTS). A device is accepted only if its real path
+ * (every symlink and `..` resolved) is a directory at or below the real path of an allowed root. The check
+ * is repeated at every Mount, so a symlink swapped in after Create cannot redirect a volume outside.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { InvalidArgumentError, NotFoundError, errnoCode } from '../errors.js';
+
+/** Linux O_PATH: an fd that pins an inode without opening it for I/O (not in fs.constants). */
+const O_PATH = 0o10000000;
+
+/** Checks device paths against the allowlist. All paths in and out are host paths. */
+export interface BindRoots {
+  /** Returns the device's real host path, or throws an error naming the device and the fix. */
+  resolve(device: string): string;
+  /**
+   * Pins the device's directory with an O_PATH fd, checks where the fd really points, and calls `use`
+   * with `/proc/self/fd/N`: a bind mount from there binds exactly the checked inode, even if the path is
+   * swapped between the check and the mount.
+   */
+  withPinned<T>(device: string, use: (procPath: string, hostPath: string) => T): T;
+  /** The path through which this process reaches a host path (adds TSVOL_HOST_ROOT). */
+  local(hostPath: string): string;
+}
+
+function within(child: string, parent: string): boolean {
+  return child === parent || child.startsWith(parent.endsWith('/') ? parent : `${parent}/`);
+}
+
+/** Creates the allowlist from `roots` (host paths), reached through `hostRoot` when set. */
+export function createBindRoots(roots: readonly string[], hostRoot: string | undefined): BindRoots {
+  const prefix = hostRoot === undefined || hostRoot === '/' ? '' : hostRoot;
+  const local = (hostPath: string): string => (prefix === '' ? hostPath : path.join(prefix, hostPath));
+  const toHost = (localPath: string): string | undefined => {
+    if (prefix === '') return localPath;
+    if (!within(localPath, prefix)) return undefined;
+    return localPath === prefix ? '/' : localPath.slice(prefix.length);
+  };
+
+  function check(device: string, realLocal: string): string {
+    const hostPath = toHost(realLocal);
+    const allowed = roots.some((root) => {
+      let realRoot: string;
+      try {
+        realRoot = fs.realpathSync(local(root));
+      } catch {
+        return false; // a root that does not exist (yet) allows nothing
+      }
+      return hostPath !== undefined && within(realLocal, realRoot);
+    });
+    if (hostPath === undefined || !allowed) {
+      const via = hostPath === device ? '' : ` (it resolves to "${hostPath ?? realLocal}")`;
+      throw new InvalidArgumentError(
+        `device "${device}"${via} is outside TSVOL_BIND_ROOTS (${roots.join(':')}); ` +
+          'use a directory below an allowed root or add a root with `docker plugin set tsvol TSVOL_BIND_ROOTS=...`',
+      );
+    }
+    return hostPath;
+  }
+
+  function realLocalDir(device: string): string {
+    if (roots.length === 0) {
+      throw new InvalidArgumentError(
+        `bind-style volume on "${device}" refused: TSVOL_BIND_ROOTS is empty, so bind-style volumes are disabled`,
+      );
+    }
+    let real: string;
+    try {
+      real = fs.realpathSync(local(device));
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT') throw new NotFoundError(`device "${device}" does not exist; create the directory first`);
+      throw new InvalidArgumentError(`device "${device}" cannot be resolved: ${errnoCode(err) ?? String(err)}`);
+    }
+    if (!fs.statSync(real).isDirectory()) throw new InvalidArgumentError(`device "${device}" is not a directory`);
+    return real;
+  }
+
+  return {
+    local,
+    resolve(device) {
+      return check(device, realLocalDir(device));
+    },
+    withPinned(device, use) {
+      const real = realLocalDir(device);
+      check(device, real);
+      const fd = fs.openSync(real, O_PATH | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW);
+      try {
+        const procPath = `/proc/self/fd/${fd}`;
+        // Re-check the inode the fd really pins: the path may have been swapped since realpath.
+        const hostPath = check(device, fs.readlinkSync(procPath));
+        return use(procPath, hostPath);
+      } finally {
+        fs.closeSync(fd);
+      }
+    },
+  };
+}

@@ -1,0 +1,79 @@
+/**
+ * Create options → a validated VolumeSpec. Unknown keys and bad values are refused with an error that
+ * names the key, before anything is created. The local driver's spelling of bind volumes
+ * (`type=none,o=bind,device=...`) is accepted so compose files move between drivers unchanged.
+ */
+import { InvalidArgumentError } from '../errors.js';
+import type { VolumeSpec } from '../store/volume-store.js';
+
+/** Options a Create may carry. */
+export const SUPPORTED_OPTIONS = ['uid', 'gid', 'mode', 'type', 'o', 'device'] as const;
+
+/** A bind-style request before its device is checked against the allowlist. */
+export type ParsedOptions =
+  | { readonly kind: 'named'; readonly uid?: number; readonly gid?: number; readonly mode?: number }
+  | { readonly kind: 'bind'; readonly device: string };
+
+function parseId(key: string, value: string): number {
+  if (!/^\d{1,10}$/.test(value) || Number(value) > 0xfffffffe) {
+    throw new InvalidArgumentError(`invalid option ${key}=${JSON.stringify(value)}: want a number from 0 to 4294967294`);
+  }
+  return Number(value);
+}
+
+function parseMode(value: string): number {
+  if (!/^0?[0-7]{3,4}$/.test(value) || parseInt(value, 8) > 0o7777) {
+    throw new InvalidArgumentError(`invalid option mode=${JSON.stringify(value)}: want octal permissions such as 0755`);
+  }
+  return parseInt(value, 8);
+}
+
+/** Validates Create options (`null` from Go means none). */
+export function parseOptions(opts: Readonly<Record<string, string>>): ParsedOptions {
+  for (const key of Object.keys(opts)) {
+    if (!(SUPPORTED_OPTIONS as readonly string[]).includes(key)) {
+      throw new InvalidArgumentError(
+        `invalid option: ${JSON.stringify(key)} (supported: ${SUPPORTED_OPTIONS.join(', ')})`,
+      );
+    }
+  }
+  const { type, o, device } = opts;
+  if (type === undefined && o === undefined && device === undefined) {
+    const spec: { kind: 'named'; uid?: number; gid?: number; mode?: number } = { kind: 'named' };
+    if (opts.uid !== undefined) spec.uid = parseId('uid', opts.uid);
+    if (opts.gid !== undefined) spec.gid = parseId('gid', opts.gid);
+    if (opts.mode !== undefined) spec.mode = parseMode(opts.mode);
+    return spec;
+  }
+  const bindStyle = type === 'bind' || (type === 'none' && o !== undefined && ['bind', 'rbind'].includes(o));
+  if (!bindStyle) {
+    if (type === 'none' || (type === undefined && o !== undefined)) {
+      throw new InvalidArgumentError(`invalid option o=${JSON.stringify(o ?? '')}: with type=none only o=bind is supported`);
+    }
+    if (type === undefined) throw new InvalidArgumentError('option device needs type=bind (or type=none,o=bind)');
+    throw new InvalidArgumentError(
+      `invalid option type=${JSON.stringify(type)}: tsvol supports type=bind or type=none,o=bind (named volumes take no type)`,
+    );
+  }
+  if (type === 'bind' && o !== undefined && !['bind', 'rbind'].includes(o)) {
+    throw new InvalidArgumentError(`invalid option o=${JSON.stringify(o)}: with type=bind only o=bind is supported`);
+  }
+  for (const k of ['uid', 'gid', 'mode'] as const) {
+    if (opts[k] !== undefined) {
+      throw new InvalidArgumentError(`invalid option ${k}: bind-style volumes keep the host directory's owner and mode`);
+    }
+  }
+  if (device === undefined || device === '') {
+    throw new InvalidArgumentError('bind-style volume needs device=/absolute/host/path');
+  }
+  if (!device.startsWith('/')) {
+    throw new InvalidArgumentError(`invalid option device=${JSON.stringify(device)}: must be an absolute path`);
+  }
+  return { kind: 'bind', device };
+}
+
+/** Narrows a parsed spec to what the store keeps. */
+export function toSpec(parsed: ParsedOptions, resolvedDevice?: string): VolumeSpec {
+  if (parsed.kind === 'named') return parsed;
+  return { kind: 'bind', device: resolvedDevice ?? parsed.device };
+}

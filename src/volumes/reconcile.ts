@@ -1,0 +1,108 @@
+/**
+ * Start-up reconciliation: make disk, mounts and records agree after a crash, a kill -9 or a reboot,
+ * without losing a volume. Records are the truth (they were committed before any reply said "done").
+ *
+ * - tmp/ holds only debris (half-built or removed volume directories): deleted in the background.
+ * - A directory in volumes/ with no record is a Create that crashed before its commit, or a Remove that
+ *   crashed after it: deleted (never across a mountpoint).
+ * - Holds from an earlier boot are dropped: no process of that boot can still use a mount. Holds from this
+ *   boot are kept (a restarted plugin: containers may still run) and their mountpoints re-established.
+ * - A mountpoint under TSVOL_MOUNTS with no holder is unmounted and its directory removed.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { describeError, errnoCode } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Layout } from '../store/layout.js';
+import type { VolumeStore } from '../store/volume-store.js';
+import { unmount } from '../sys/mount.js';
+import { mountsUnder, readMounts } from '../sys/mountinfo.js';
+import { holdCount, type VolumeInternals } from './volume-service.js';
+
+/** The kernel's id of this boot; changes on every reboot (shared by containers, so right inside a plugin). */
+export function readBootId(): string {
+  return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+}
+
+/** What reconciliation needs. */
+export interface ReconcileDeps {
+  readonly layout: Layout;
+  readonly store: VolumeStore;
+  readonly mountsRoot: string | undefined;
+  readonly service: VolumeInternals;
+  readonly log: Logger;
+}
+
+/** Repairs the data root; returns counts for the start-up log line. */
+export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<string, number>> {
+  const { layout, store, mountsRoot, service, log } = deps;
+  const stats = { debris: 0, orphans: 0, droppedHolds: 0, remounted: 0, staleMounts: 0 };
+  fs.mkdirSync(layout.tmpDir, { recursive: true, mode: 0o700 });
+  fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o701 });
+  const mounts = readMounts();
+
+  for (const entry of fs.readdirSync(layout.tmpDir)) {
+    const p = path.join(layout.tmpDir, entry);
+    if (mountsUnder(p, mounts).length > 0) {
+      log.warn({ path: p }, 'leftover in tmp/ has a mount inside; leaving it');
+      continue;
+    }
+    stats.debris++;
+    fs.promises.rm(p, { recursive: true, force: true }).catch((err: unknown) => log.warn({ path: p, err: describeError(err) }, 'deleting tmp/ leftover failed'));
+  }
+
+  for (const name of fs.readdirSync(layout.volumesDir)) {
+    if (store.get(name) !== undefined) continue;
+    const dir = layout.volumeDir(name);
+    if (mountsUnder(dir, mounts).length > 0) {
+      log.warn({ path: dir }, 'orphan volume directory has a mount inside; leaving it');
+      continue;
+    }
+    stats.orphans++;
+    log.info({ volume: name }, 'deleting directory of a volume that was never committed');
+    service.deleteInBackground(dir, name);
+  }
+
+  const bootId = readBootId();
+  const previousBoot = store.getMeta('bootId');
+  if (previousBoot !== bootId) {
+    const writes: Promise<void>[] = [];
+    for (const rec of store.list()) {
+      if (holdCount(rec) === 0) continue;
+      stats.droppedHolds += holdCount(rec);
+      writes.push(store.put({ ...rec, holds: {} }));
+    }
+    writes.push(store.putMeta('bootId', bootId));
+    await Promise.all(writes);
+  }
+
+  if (mountsRoot !== undefined) {
+    fs.mkdirSync(mountsRoot, { recursive: true, mode: 0o755 });
+    const mounted = new Set(mounts.map((m) => m.mountPoint));
+    for (const name of fs.readdirSync(mountsRoot)) {
+      const mp = path.join(mountsRoot, name);
+      const rec = store.get(name);
+      if (rec !== undefined && holdCount(rec) > 0) continue;
+      try {
+        while (mounted.has(mp) && unmount(mp)) {
+          stats.staleMounts++;
+          if (!readMounts().some((m) => m.mountPoint === mp)) break;
+        }
+        fs.rmdirSync(mp);
+      } catch (err) {
+        // ENOTDIR/ENOTEMPTY: not ours (a file, or data someone wrote into the bare directory): leave it.
+        log.warn({ path: mp, err: errnoCode(err) ?? describeError(err) }, 'could not clear stale mountpoint');
+      }
+    }
+    for (const rec of store.list()) {
+      if (holdCount(rec) === 0 || mounted.has(path.join(mountsRoot, rec.name))) continue;
+      try {
+        service.establish(rec);
+        stats.remounted++;
+      } catch (err) {
+        log.error({ volume: rec.name, err: describeError(err) }, 'could not re-establish mount for held volume');
+      }
+    }
+  }
+  return stats;
+}
