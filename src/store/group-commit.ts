@@ -24,8 +24,14 @@ export interface GroupCommitter {
   flush(): void;
 }
 
+/** Hooks run inside each batch's write transaction, before and after its mutations. */
+export interface BatchHooks {
+  readonly before?: () => void;
+  readonly after?: () => void;
+}
+
 /** Creates a committer on `db`. */
-export function createGroupCommitter(db: Database.Database): GroupCommitter {
+export function createGroupCommitter(db: Database.Database, hooks: BatchHooks = {}): GroupCommitter {
   let queue: Pending[] = [];
   let dirs = new Set<string>();
   let scheduled = false;
@@ -40,7 +46,9 @@ export function createGroupCommitter(db: Database.Database): GroupCommitter {
     const outcomes: unknown[] = new Array(batch.length);
     try {
       for (const dir of batchDirs) fsyncDir(dir);
+      // IMMEDIATE: take the write lock at BEGIN, so hooks.before sees every other process's commits.
       db.transaction(() => {
+        hooks.before?.();
         batch.forEach((p, i) => {
           try {
             db.transaction(p.apply)(); // nested: a savepoint per mutation
@@ -49,7 +57,8 @@ export function createGroupCommitter(db: Database.Database): GroupCommitter {
             outcomes[i] = err ?? new Error('mutation failed');
           }
         });
-      })();
+        hooks.after?.();
+      }).immediate();
     } catch (err) {
       for (const p of batch) p.reject(err);
       return;

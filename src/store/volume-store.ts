@@ -3,6 +3,12 @@
  * in-memory map rebuilt from the rows at start-up (disk is truth, memory a cache). It knows nothing of
  * Docker's wire types and does no directory work: volumes/ does that and calls put/delete.
  *
+ * A second process (the `tsvol volume` CLI) may write the same database while the server runs. Every
+ * write also appends the volume's name to a change log; `refresh()` (called at the start of each
+ * operation) asks SQLite whether another connection committed (`PRAGMA data_version`, a counter read, no
+ * I/O) and, only then, re-reads the rows named in the log since the last refresh: O(changes), never
+ * O(volumes). The log is trimmed to its last CHANGE_LOG_KEEP entries; a reader further behind reloads all.
+ *
  * Why SQLite and not a JSON file per volume (README "Choosing the store"): a commit holds any number of
  * changes, so group commit turns N concurrent requests into one fsync; 100k rows load in a fraction of a
  * second; and later features (layer references held by volumes) need changes to several records to land
@@ -43,6 +49,8 @@ export interface VolumeStore {
   /** Small persistent key/value facts about the store (boot id, schema version). */
   getMeta(key: string): string | undefined;
   putMeta(key: string, value: string): Promise<void>;
+  /** Picks up records committed by another process since the last call (cheap when there are none). */
+  refresh(): void;
   /** Commits anything queued and closes the database. */
   close(): void;
 }
@@ -50,7 +58,11 @@ export interface VolumeStore {
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS volumes (name TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL);
 `;
+
+/** How many change-log entries are kept for other processes to catch up from. */
+const CHANGE_LOG_KEEP = 10_000;
 
 function parseRecord(name: string, json: string): VolumeRecord {
   try {
@@ -76,15 +88,65 @@ export function createVolumeStore(layout: Layout): VolumeStore {
   } catch (err) {
     throw wrapError(`open metadata database ${layout.dbFile}`, err);
   }
-  const committer: GroupCommitter = createGroupCommitter(db);
   const upsert = db.prepare('INSERT OR REPLACE INTO volumes (name, record) VALUES (?, ?)');
   const del = db.prepare('DELETE FROM volumes WHERE name = ?');
+  const logChange = db.prepare('INSERT INTO changes (name) VALUES (?)');
+  const trimLog = db.prepare('DELETE FROM changes WHERE seq <= ?');
+  const changesSince = db.prepare('SELECT seq, name FROM changes WHERE seq > ? ORDER BY seq').raw();
+  const oldestChange = db.prepare('SELECT min(seq) FROM changes').pluck();
+  const newestChange = db.prepare('SELECT coalesce(max(seq), 0) FROM changes').pluck();
+  const selectOne = db.prepare('SELECT record FROM volumes WHERE name = ?').pluck();
+  const dataVersion = db.prepare('PRAGMA data_version').pluck();
   const putMetaStmt = db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)');
   const cache = new Map<string, VolumeRecord>();
   const meta = new Map<string, string>();
-  for (const row of db.prepare('SELECT name, record FROM volumes').raw().iterate() as Iterable<[string, string]>) {
-    cache.set(row[0], parseRecord(row[0], row[1]));
+  let lastSeq = 0;
+  let lastVersion = 0;
+  let lastTrim = 0;
+
+  function loadAll(): void {
+    cache.clear();
+    db.transaction(() => {
+      for (const row of db.prepare('SELECT name, record FROM volumes').raw().iterate() as Iterable<[string, string]>) {
+        cache.set(row[0], parseRecord(row[0], row[1]));
+      }
+      lastSeq = newestChange.get() as number;
+    })();
+    lastVersion = dataVersion.get() as number;
   }
+
+  /** Applies changes committed by other connections; runs inside our write transaction or alone. */
+  function catchUp(): void {
+    const version = dataVersion.get() as number;
+    if (version === lastVersion) return;
+    lastVersion = version;
+    const oldest = oldestChange.get() as number | null;
+    if (oldest !== null && oldest > lastSeq + 1) {
+      loadAll(); // fell behind the trimmed log
+      return;
+    }
+    for (const [seq, name] of changesSince.iterate(lastSeq) as Iterable<[number, string]>) {
+      const json = selectOne.get(name) as string | undefined;
+      if (json === undefined) cache.delete(name);
+      else cache.set(name, parseRecord(name, json));
+      lastSeq = seq;
+    }
+  }
+
+  const committer: GroupCommitter = createGroupCommitter(db, {
+    // Inside the batch's write transaction no other process can commit, so catching up first and then
+    // advancing lastSeq past our own entries never skips a foreign change.
+    before: catchUp,
+    after: () => {
+      const newest = newestChange.get() as number;
+      lastSeq = newest;
+      if (newest - lastTrim >= 1000) {
+        trimLog.run(newest - CHANGE_LOG_KEEP);
+        lastTrim = newest;
+      }
+    },
+  });
+  loadAll();
   for (const row of db.prepare('SELECT key, value FROM meta').raw().all() as [string, string][]) {
     meta.set(row[0], row[1]);
   }
@@ -97,12 +159,21 @@ export function createVolumeStore(layout: Layout): VolumeStore {
     },
     async put(record, syncDirs) {
       const json = JSON.stringify(record);
-      await committer.commit(() => upsert.run(record.name, json), syncDirs);
+      await committer.commit(() => {
+        upsert.run(record.name, json);
+        logChange.run(record.name);
+      }, syncDirs);
       cache.set(record.name, record);
     },
     async delete(name) {
-      await committer.commit(() => del.run(name));
+      await committer.commit(() => {
+        del.run(name);
+        logChange.run(name);
+      });
       cache.delete(name);
+    },
+    refresh() {
+      catchUp();
     },
     getMeta: (key) => meta.get(key),
     async putMeta(key, value) {

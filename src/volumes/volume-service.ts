@@ -72,6 +72,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   const deletions = new Set<Promise<void>>();
 
   function mustGet(name: string): VolumeRecord {
+    store.refresh();
     const rec = store.get(name);
     if (rec === undefined) throw new NotFoundError(`volume "${name}" not found`);
     return rec;
@@ -178,6 +179,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
       validateName(name);
       const parsed = parseOptions(opts);
       await locks.run(name, async () => {
+        store.refresh();
         if (store.get(name) !== undefined) return; // Create of an existing volume succeeds (local driver)
         const spec = toSpec(parsed);
         if (spec.kind === 'bind') bindRoots.resolve(spec.device);
@@ -284,6 +286,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     },
 
     list() {
+      store.refresh();
       const out: VolumeInfo[] = [];
       for (const rec of store.list()) out.push(info(rec));
       return out;
