@@ -1,0 +1,184 @@
+/**
+ * Test harness: runs the real server (`node dist/main.js`) in a temp directory and speaks to it over its
+ * Unix socket the way dockerd does (POST, JSON body, `Accept: application/vnd.docker.plugins.v1.2+json`,
+ * no Content-Type). `npm test` builds dist/ first.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const MAIN = path.join(ROOT, 'dist', 'main.js');
+export const CLI = path.join(ROOT, 'dist', 'cli.js');
+
+/** A reply as seen on the wire. */
+export interface Reply {
+  status: number;
+  contentType: string | undefined;
+  raw: string;
+  json: Record<string, unknown>;
+}
+
+/** Options for a test server. */
+export interface ServerOptions {
+  /** Reuse this data root (restart tests). */
+  dir?: string;
+  /** Set TSVOL_MOUNTS (default true). */
+  mounts?: boolean;
+  bindRoots?: string[];
+  env?: Record<string, string>;
+}
+
+/** A server under test. */
+export interface TestServer {
+  readonly dir: string;
+  readonly socket: string;
+  readonly data: string;
+  readonly mounts: string | undefined;
+  readonly proc: ChildProcess;
+  /** Everything the server wrote to stdout/stderr. */
+  output(): string;
+  /** POST `body` (an object, or a raw string sent as is) to `/endpoint`. */
+  call(endpoint: string, body?: unknown): Promise<Reply>;
+  /** Like call, but fails unless the reply is 200 with Err "". */
+  ok(endpoint: string, body?: unknown): Promise<Record<string, unknown>>;
+  /** SIGKILL and wait for exit. */
+  kill(): Promise<void>;
+  /** SIGTERM and wait for the exit code. */
+  stop(): Promise<number | null>;
+}
+
+/** POSTs to a Unix socket as dockerd does. */
+export function post(socket: string, endpoint: string, body: unknown): Promise<Reply> {
+  const payload = typeof body === 'string' ? body : JSON.stringify(body ?? null);
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        socketPath: socket,
+        method: 'POST',
+        path: endpoint,
+        headers: { Accept: 'application/vnd.docker.plugins.v1.2+json', 'Content-Length': Buffer.byteLength(payload) },
+        agent: false,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const raw = Buffer.concat(chunks).toString('utf8');
+          let json: Record<string, unknown> = {};
+          try {
+            json = JSON.parse(raw) as Record<string, unknown>;
+          } catch {
+            json = { __notJson: raw };
+          }
+          resolve({ status: res.statusCode ?? 0, contentType: res.headers['content-type'], raw, json });
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+function waitForSocket(socket: string, proc: ChildProcess, output: () => string, ms = 15_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  return new Promise((resolve, reject) => {
+    const tick = (): void => {
+      if (proc.exitCode !== null) return reject(new Error(`server exited ${proc.exitCode}: ${output()}`));
+      post(socket, '/VolumeDriver.Capabilities', null).then(
+        () => resolve(),
+        () => (Date.now() > deadline ? reject(new Error(`server did not start: ${output()}`)) : setTimeout(tick, 50)),
+      );
+    };
+    tick();
+  });
+}
+
+/** A fresh temp directory under /var/tmp (a real disk, not tmpfs). */
+export function tempDir(prefix = 'tsvol-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir() === '/tmp' ? '/var/tmp' : os.tmpdir(), prefix));
+}
+
+/** Starts a server; resolves once its socket answers. */
+export async function startTestServer(opts: ServerOptions = {}): Promise<TestServer> {
+  const dir = opts.dir ?? tempDir();
+  const socket = path.join(dir, 'tsvol.sock');
+  const data = path.join(dir, 'data');
+  const mounts = opts.mounts === false ? undefined : path.join(dir, 'mnt');
+  const env: Record<string, string> = {
+    ...(process.env as Record<string, string>),
+    TSVOL_SOCKET: socket,
+    TSVOL_DATA: data,
+    TSVOL_BIND_ROOTS: (opts.bindRoots ?? []).join(':'),
+    TSVOL_LOG_LEVEL: 'info',
+    ...opts.env,
+  };
+  if (mounts !== undefined) env.TSVOL_MOUNTS = mounts;
+  else delete env.TSVOL_MOUNTS;
+  const proc = spawn(process.execPath, [MAIN], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout?.on('data', (c: Buffer) => (out += c.toString()));
+  proc.stderr?.on('data', (c: Buffer) => (out += c.toString()));
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const output = (): string => out;
+  await waitForSocket(socket, proc, output);
+  const server: TestServer = {
+    dir,
+    socket,
+    data,
+    mounts,
+    proc,
+    output,
+    call: (endpoint, body) => post(socket, endpoint, body),
+    async ok(endpoint, body) {
+      const r = await post(socket, endpoint, body);
+      if (r.status !== 200 || r.json.Err !== '' && r.json.Err !== undefined) {
+        throw new Error(`${endpoint} ${JSON.stringify(body)} → ${r.status} ${r.raw}`);
+      }
+      return r.json;
+    },
+    async kill() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      await exited;
+    },
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      return exited;
+    },
+  };
+  return server;
+}
+
+/** Unmounts everything under `dir` (deepest first) and deletes it. For test teardown. */
+export function cleanupDir(dir: string): void {
+  const text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
+  const points = text
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((p): p is string => p !== undefined && (p === dir || p.startsWith(`${dir}/`)))
+    .sort((a, b) => b.length - a.length);
+  for (const p of points) {
+    // Teardown only: a lazy unmount never blocks on a busy mount; rmSync below reports what is left.
+    spawnSync('umount', ['-l', p], { stdio: 'ignore' });
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
+/** True if `p` is a mountpoint now. */
+export function isMounted(p: string): boolean {
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[4] === p);
+}
+
+/** Fails under CI=true, else skips loudly: for tests that need root. */
+export function requireRoot(t: { log: (m: string) => void }): boolean {
+  if (process.getuid?.() === 0) return true;
+  if (process.env.CI === 'true') throw new Error('these tests need root (mounts); CI runs as root');
+  t.log('SKIPPED LOUDLY: not root, cannot mount');
+  return false;
+}
