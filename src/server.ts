@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import type http from 'node:http';
 import type { Config } from './config.js';
 import { describeError } from './errors.js';
-import { createApp, listenOnSocket } from './http/app.js';
+import { createRequestListener, listenOnSocket } from './http/app.js';
 import { volumeDriverRoutes } from './http/protocol.js';
 import { createLogger } from './log.js';
 import { createLayout } from './store/layout.js';
@@ -41,7 +41,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const service = createVolumeService({ config, layout, store, log });
   const repaired = await reconcileVolumes({ layout, store, mountsRoot: config.mountsRoot, service, log });
   const inflight = { count: 0 };
-  const server = await listenOnSocket(createApp(volumeDriverRoutes(service), log, inflight), config.socket);
+  const server = await listenOnSocket(createRequestListener(volumeDriverRoutes(service), log, inflight), config.socket);
   log.info(
     { socket: config.socket, data: config.dataRoot, mounts: config.mountsRoot, volumes: store.size, ms: Date.now() - started, ...repaired },
     'tsvol listening',
@@ -56,7 +56,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       const timer = setTimeout(() => server.closeAllConnections(), DRAIN_MS);
       await closed;
       clearTimeout(timer);
-      store.close();
+      await store.close();
       await releaseLock();
       log.info('stopped');
     })());

@@ -26,7 +26,7 @@ const STATUS: Record<ErrorCode, number> = {
   TSVOL_INTERNAL: 500,
 };
 
-function reply(res: Response, status: number, body: Record<string, unknown>): void {
+function reply(res: http.ServerResponse, status: number, body: Record<string, unknown>): void {
   const json = JSON.stringify(body);
   res.writeHead(status, { 'Content-Type': PLUGIN_MEDIA_TYPE, 'Content-Length': Buffer.byteLength(json) });
   res.end(json);
@@ -42,7 +42,7 @@ class BadRequest extends Error {
 }
 
 /** Reads the body whatever its Content-Type (dockerd sends none), up to MAX_BODY_BYTES. */
-function readBody(req: Request): Promise<Buffer> {
+function readBody(req: http.IncomingMessage): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -79,44 +79,52 @@ function decode(route: Route, raw: Buffer): unknown {
   return parsed.data;
 }
 
-/** Builds the app serving `routes`. `inflight` counts requests being handled (for draining). */
-export function createApp(routes: readonly Route[], log: Logger, inflight: { count: number }): express.Express {
+/** Serves one protocol call: decode → call → encode, one log line, errors as `{Err}`. */
+async function serveRoute(route: Route, req: http.IncomingMessage, res: http.ServerResponse, log: Logger, inflight: { count: number }): Promise<void> {
+  const started = process.hrtime.bigint();
+  inflight.count++;
+  let status = 200;
+  let code: string | undefined;
+  let body: unknown;
+  try {
+    body = decode(route, await readBody(req));
+    reply(res, 200, await route.handle(body));
+  } catch (err) {
+    if (err instanceof BadRequest) {
+      status = err.status;
+      code = 'TSVOL_INVALID_ARGUMENT';
+    } else if (err instanceof TsvolError) {
+      status = STATUS[err.code];
+      code = err.code;
+    } else {
+      status = 500;
+      code = 'TSVOL_INTERNAL';
+    }
+    reply(res, status, { Err: describeError(err) });
+    if (status >= 500) log.error({ op: route.op, code, err: describeError(err), stack: err instanceof Error ? err.stack : undefined }, 'request failed');
+  } finally {
+    inflight.count--;
+    const b = (body ?? {}) as { Name?: string; ID?: string };
+    log.info(
+      { op: route.op, volume: b.Name, id: b.ID, ms: Number(process.hrtime.bigint() - started) / 1e6, status, code },
+      'request',
+    );
+  }
+}
+
+/**
+ * Builds the request listener: the Express app serving `routes`, behind a Map lookup that sends the
+ * protocol's own POSTs straight to their handler. Express's router costs more than the whole of a Get or
+ * Path (measured: 10.5k vs 24k calls/s at c=8 on this machine), so the hot path skips it; everything else
+ * (unknown endpoints, other methods, errors) is Express's. `inflight` counts requests being handled.
+ */
+export function createRequestListener(routes: readonly Route[], log: Logger, inflight: { count: number }): http.RequestListener {
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
+  const byPath = new Map(routes.map((r) => [r.path, r]));
   for (const route of routes) {
-    app.post(route.path, async (req: Request, res: Response) => {
-      const started = process.hrtime.bigint();
-      inflight.count++;
-      let status = 200;
-      let code: string | undefined;
-      let body: unknown;
-      try {
-        body = decode(route, await readBody(req));
-        reply(res, 200, await route.handle(body));
-      } catch (err) {
-        if (err instanceof BadRequest) {
-          status = err.status;
-          code = 'TSVOL_INVALID_ARGUMENT';
-        } else if (err instanceof TsvolError) {
-          status = STATUS[err.code];
-          code = err.code;
-        } else {
-          status = 500;
-          code = 'TSVOL_INTERNAL';
-        }
-        reply(res, status, { Err: describeError(err) });
-        const fields = { op: route.op, code, err: describeError(err) };
-        if (status >= 500) log.error({ ...fields, stack: err instanceof Error ? err.stack : undefined }, 'request failed');
-      } finally {
-        inflight.count--;
-        const b = (body ?? {}) as { Name?: string; ID?: string };
-        log.info(
-          { op: route.op, volume: b.Name, id: b.ID, ms: Number(process.hrtime.bigint() - started) / 1e6, status, code },
-          'request',
-        );
-      }
-    });
+    app.post(route.path, (req: Request, res: Response) => serveRoute(route, req, res, log, inflight));
   }
   app.use((req: Request, res: Response) => {
     reply(res, 404, { Err: `unknown endpoint ${req.method} ${req.path}: tsvol speaks Docker's VolumeDriver protocol` });
@@ -126,7 +134,11 @@ export function createApp(routes: readonly Route[], log: Logger, inflight: { cou
     log.error({ err: describeError(err) }, 'unhandled request error');
     if (!res.headersSent) reply(res, 500, { Err: `internal error: ${describeError(err)}` });
   });
-  return app;
+  return (req, res) => {
+    const route = req.method === 'POST' && req.url !== undefined ? byPath.get(req.url) : undefined;
+    if (route !== undefined) void serveRoute(route, req, res, log, inflight);
+    else app(req, res);
+  };
 }
 
 /** True if something is accepting connections on `socket`. */
@@ -145,7 +157,7 @@ function socketAlive(socket: string): Promise<boolean> {
  * Listens on the Unix socket `socket`. A socket file left by a dead server is replaced; a live one is
  * refused, so two servers never share a socket.
  */
-export async function listenOnSocket(app: express.Express, socket: string): Promise<http.Server> {
+export async function listenOnSocket(listener: http.RequestListener, socket: string): Promise<http.Server> {
   fs.mkdirSync(path.dirname(socket), { recursive: true });
   if (fs.existsSync(socket)) {
     if (await socketAlive(socket)) {
@@ -158,7 +170,7 @@ export async function listenOnSocket(app: express.Express, socket: string): Prom
       if (errnoCode(err) !== 'ENOENT') throw err;
     }
   }
-  const server = http.createServer(app);
+  const server = http.createServer(listener);
   server.keepAliveTimeout = 60_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

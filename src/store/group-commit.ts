@@ -1,82 +1,121 @@
 /**
- * Group commit: mutations queued during one turn of the event loop are applied in a single SQLite
- * transaction, so N concurrent requests cost one fsync instead of N. Durability is never skipped: a
- * promise resolves only after the transaction that holds its change has committed (WAL, synchronous=FULL).
- * Each mutation runs in its own savepoint, so one failing mutation does not sink the others in its batch.
+ * Group commit, pipelined: mutations are queued; whenever no batch is in flight, everything queued goes to
+ * the commit worker (src/store/commit-worker.ts) as one transaction. While the worker commits and fsyncs,
+ * new mutations queue up and form the next batch, so under load N concurrent requests share one fsync and
+ * the event loop never waits on the disk. Durability is never skipped: a promise resolves only after the
+ * transaction holding its change has committed.
  */
-import type Database from 'better-sqlite3';
-import { fsyncDir } from '../sys/durable.js';
+import { Worker } from 'node:worker_threads';
+import { InternalError } from '../errors.js';
+import type { BatchReply, BatchRequest, Op } from './commit-protocol.js';
 
 interface Pending {
-  readonly apply: () => void;
+  readonly op: Op;
   readonly resolve: () => void;
   readonly reject: (err: unknown) => void;
 }
 
-/** Batches mutations into durable transactions. */
+/** Batches mutations into durable transactions on a worker thread. */
 export interface GroupCommitter {
+  /** Commits `op` durably; directories in `syncDirs` are fsynced before the batch's transaction. */
+  commit(op: Op, syncDirs?: readonly string[]): Promise<void>;
   /**
-   * Queues `apply` (synchronous SQL) for the next batch. Directories in `syncDirs` are fsynced once per
-   * batch before the transaction commits (new volume directories renamed into them become durable first).
+   * Called after every batch with the names other processes changed since the previous batch, and the
+   * change-log position after this batch (everything up to it has been reported).
    */
-  commit(apply: () => void, syncDirs?: readonly string[]): Promise<void>;
-  /** Commits whatever is queued now (used when shutting down). */
-  flush(): void;
+  onForeign(listener: (names: readonly string[], lastSeq: number) => void): void;
+  /** Commits what is queued, then stops the worker. */
+  close(): Promise<void>;
 }
 
-/** Hooks run inside each batch's write transaction, before and after its mutations. */
-export interface BatchHooks {
-  readonly before?: () => void;
-  readonly after?: () => void;
+function workerUrl(): { url: URL; execArgv: string[] } {
+  // Under tsx (tests importing src/) the worker is the .ts file and needs the same loader.
+  const fromSource = import.meta.url.endsWith('.ts');
+  return {
+    url: new URL(fromSource ? './commit-worker.ts' : './commit-worker.js', import.meta.url),
+    execArgv: fromSource ? ['--import', 'tsx'] : [],
+  };
 }
 
-/** Creates a committer on `db`. */
-export function createGroupCommitter(db: Database.Database, hooks: BatchHooks = {}): GroupCommitter {
+/** Starts the commit worker on `dbFile`. */
+export function createGroupCommitter(dbFile: string): GroupCommitter {
+  const { url, execArgv } = workerUrl();
+  const worker = new Worker(url, { workerData: { dbFile }, execArgv });
+  worker.unref();
   let queue: Pending[] = [];
   let dirs = new Set<string>();
+  let inFlight: Pending[] | undefined;
+  let nextId = 1;
   let scheduled = false;
+  let closed = false;
+  let foreignListener: (names: readonly string[], lastSeq: number) => void = () => undefined;
+  let failure: Error | undefined;
 
-  function flush(): void {
+  function send(): void {
     scheduled = false;
-    if (queue.length === 0) return;
-    const batch = queue;
-    const batchDirs = dirs;
+    if (inFlight !== undefined || queue.length === 0) return;
+    inFlight = queue;
+    const req: BatchRequest = { id: nextId++, ops: inFlight.map((p) => p.op), syncDirs: [...dirs] };
     queue = [];
     dirs = new Set();
-    const outcomes: unknown[] = new Array(batch.length);
-    try {
-      for (const dir of batchDirs) fsyncDir(dir);
-      // IMMEDIATE: take the write lock at BEGIN, so hooks.before sees every other process's commits.
-      db.transaction(() => {
-        hooks.before?.();
-        batch.forEach((p, i) => {
-          try {
-            db.transaction(p.apply)(); // nested: a savepoint per mutation
-            outcomes[i] = undefined;
-          } catch (err) {
-            outcomes[i] = err ?? new Error('mutation failed');
-          }
-        });
-        hooks.after?.();
-      }).immediate();
-    } catch (err) {
-      for (const p of batch) p.reject(err);
-      return;
-    }
-    batch.forEach((p, i) => (outcomes[i] === undefined ? p.resolve() : p.reject(outcomes[i])));
+    worker.ref(); // keep the process alive while a commit is pending
+    worker.postMessage(req);
   }
 
+  worker.on('message', (reply: BatchReply | 'closed') => {
+    if (reply === 'closed') return;
+    const batch = inFlight ?? [];
+    inFlight = undefined;
+    worker.unref();
+    if (reply.fatal !== undefined) {
+      const err = new InternalError(`metadata commit failed: ${reply.fatal}`);
+      for (const p of batch) p.reject(err);
+    } else {
+      foreignListener(reply.foreign ?? [], reply.lastSeq ?? 0);
+      batch.forEach((p, i) => {
+        const e = reply.errors?.[i];
+        if (e === null || e === undefined) p.resolve();
+        else p.reject(new InternalError(`metadata commit failed: ${e}`));
+      });
+    }
+    if (queue.length > 0) send();
+  });
+  worker.on('error', (err) => {
+    failure = new InternalError(`metadata commit worker failed: ${err.message}`, { cause: err });
+    for (const p of [...(inFlight ?? []), ...queue]) p.reject(failure);
+    inFlight = undefined;
+    queue = [];
+  });
+
   return {
-    commit(apply, syncDirs = []) {
+    commit(op, syncDirs = []) {
+      if (failure !== undefined) return Promise.reject(failure);
+      if (closed) return Promise.reject(new InternalError('metadata store is closed'));
       return new Promise<void>((resolve, reject) => {
-        queue.push({ apply, resolve, reject });
+        queue.push({ op, resolve, reject });
         for (const d of syncDirs) dirs.add(d);
-        if (!scheduled) {
+        // Gather what this turn of the event loop queues, then send if the worker is idle.
+        if (!scheduled && inFlight === undefined) {
           scheduled = true;
-          setImmediate(flush);
+          setImmediate(send);
         }
       });
     },
-    flush,
+    onForeign(listener) {
+      foreignListener = listener;
+    },
+    async close() {
+      closed = true;
+      while (inFlight !== undefined || queue.length > 0) {
+        send();
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      if (failure === undefined) {
+        const done = new Promise((r) => worker.once('message', r));
+        worker.postMessage('close');
+        await done;
+      }
+      await worker.terminate();
+    },
   };
 }

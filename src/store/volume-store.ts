@@ -1,24 +1,26 @@
 /**
  * VolumeStore: the durable record of every volume, one row each in SQLite (WAL, synchronous=FULL), with an
  * in-memory map rebuilt from the rows at start-up (disk is truth, memory a cache). It knows nothing of
- * Docker's wire types and does no directory work: volumes/ does that and calls put/delete.
+ * Docker's wire types and does no directory work: volumes/ does that and calls put/delete. Writes go
+ * through the pipelined group committer (a worker thread); reads are served from memory.
  *
  * A second process (the `tsvol volume` CLI) may write the same database while the server runs. Every
- * write also appends the volume's name to a change log; `refresh()` (called at the start of each
- * operation) asks SQLite whether another connection committed (`PRAGMA data_version`, a counter read, no
- * I/O) and, only then, re-reads the rows named in the log since the last refresh: O(changes), never
- * O(volumes). The log is trimmed to its last CHANGE_LOG_KEEP entries; a reader further behind reloads all.
+ * write also appends the volume's name to a change log. The commit worker reports log entries it did not
+ * write; `refresh()` asks SQLite whether any connection committed (`PRAGMA data_version`, a counter read,
+ * no I/O) and only then reads the log past the last entry seen: O(changes), never O(volumes). The log
+ * keeps its last CHANGE_LOG_KEEP entries; a reader further behind reloads everything.
  *
  * Why SQLite and not a JSON file per volume (README "Choosing the store"): a commit holds any number of
  * changes, so group commit turns N concurrent requests into one fsync; 100k rows load in a fraction of a
- * second; and later features (layer references held by volumes) need changes to several records to land
- * together, which a file per record cannot give without a journal of our own.
+ * second; and changes to several records (a volume and the layer it holds) land together, which a file
+ * per record cannot give without a journal of our own.
  */
 import fs from 'node:fs';
 import Database from 'better-sqlite3';
 import { InternalError, wrapError } from '../errors.js';
+import { SCHEMA } from './commit-protocol.js';
 import type { Layout } from './layout.js';
-import { createGroupCommitter, type GroupCommitter } from './group-commit.js';
+import { createGroupCommitter } from './group-commit.js';
 
 /** What a volume is, as validated at Create. Persisted as JSON: add kinds, never change old ones. */
 export type VolumeSpec =
@@ -46,23 +48,14 @@ export interface VolumeStore {
   put(record: VolumeRecord, syncDirs?: readonly string[]): Promise<void>;
   /** Deletes the record durably. */
   delete(name: string): Promise<void>;
-  /** Small persistent key/value facts about the store (boot id, schema version). */
+  /** Small persistent key/value facts about the store (boot id). */
   getMeta(key: string): string | undefined;
   putMeta(key: string, value: string): Promise<void>;
   /** Picks up records committed by another process since the last call (cheap when there are none). */
   refresh(): void;
   /** Commits anything queued and closes the database. */
-  close(): void;
+  close(): Promise<void>;
 }
-
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS volumes (name TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL);
-`;
-
-/** How many change-log entries are kept for other processes to catch up from. */
-const CHANGE_LOG_KEEP = 10_000;
 
 function parseRecord(name: string, json: string): VolumeRecord {
   try {
@@ -81,28 +74,26 @@ export function createVolumeStore(layout: Layout): VolumeStore {
   try {
     db = new Database(layout.dbFile);
     db.pragma('journal_mode = WAL');
-    // FULL: the WAL is fsynced at every commit, so an acknowledged reply survives power loss.
-    db.pragma('synchronous = FULL');
     db.pragma('busy_timeout = 5000');
     db.exec(SCHEMA);
   } catch (err) {
     throw wrapError(`open metadata database ${layout.dbFile}`, err);
   }
-  const upsert = db.prepare('INSERT OR REPLACE INTO volumes (name, record) VALUES (?, ?)');
-  const del = db.prepare('DELETE FROM volumes WHERE name = ?');
-  const logChange = db.prepare('INSERT INTO changes (name) VALUES (?)');
-  const trimLog = db.prepare('DELETE FROM changes WHERE seq <= ?');
+  const selectOne = db.prepare('SELECT record FROM volumes WHERE name = ?').pluck();
   const changesSince = db.prepare('SELECT seq, name FROM changes WHERE seq > ? ORDER BY seq').raw();
   const oldestChange = db.prepare('SELECT min(seq) FROM changes').pluck();
   const newestChange = db.prepare('SELECT coalesce(max(seq), 0) FROM changes').pluck();
-  const selectOne = db.prepare('SELECT record FROM volumes WHERE name = ?').pluck();
   const dataVersion = db.prepare('PRAGMA data_version').pluck();
-  const putMetaStmt = db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)');
   const cache = new Map<string, VolumeRecord>();
   const meta = new Map<string, string>();
   let lastSeq = 0;
   let lastVersion = 0;
-  let lastTrim = 0;
+
+  function reread(name: string): void {
+    const json = selectOne.get(name) as string | undefined;
+    if (json === undefined) cache.delete(name);
+    else cache.set(name, parseRecord(name, json));
+  }
 
   function loadAll(): void {
     cache.clear();
@@ -115,41 +106,15 @@ export function createVolumeStore(layout: Layout): VolumeStore {
     lastVersion = dataVersion.get() as number;
   }
 
-  /** Applies changes committed by other connections; runs inside our write transaction or alone. */
-  function catchUp(): void {
-    const version = dataVersion.get() as number;
-    if (version === lastVersion) return;
-    lastVersion = version;
-    const oldest = oldestChange.get() as number | null;
-    if (oldest !== null && oldest > lastSeq + 1) {
-      loadAll(); // fell behind the trimmed log
-      return;
-    }
-    for (const [seq, name] of changesSince.iterate(lastSeq) as Iterable<[number, string]>) {
-      const json = selectOne.get(name) as string | undefined;
-      if (json === undefined) cache.delete(name);
-      else cache.set(name, parseRecord(name, json));
-      lastSeq = seq;
-    }
-  }
-
-  const committer: GroupCommitter = createGroupCommitter(db, {
-    // Inside the batch's write transaction no other process can commit, so catching up first and then
-    // advancing lastSeq past our own entries never skips a foreign change.
-    before: catchUp,
-    after: () => {
-      const newest = newestChange.get() as number;
-      lastSeq = newest;
-      if (newest - lastTrim >= 1000) {
-        trimLog.run(newest - CHANGE_LOG_KEEP);
-        lastTrim = newest;
-      }
-    },
-  });
   loadAll();
   for (const row of db.prepare('SELECT key, value FROM meta').raw().all() as [string, string][]) {
     meta.set(row[0], row[1]);
   }
+  const committer = createGroupCommitter(layout.dbFile);
+  committer.onForeign((names, seq) => {
+    for (const name of names) reread(name);
+    lastSeq = Math.max(lastSeq, seq);
+  });
 
   return {
     get: (name) => cache.get(name),
@@ -158,30 +123,35 @@ export function createVolumeStore(layout: Layout): VolumeStore {
       return cache.size;
     },
     async put(record, syncDirs) {
-      const json = JSON.stringify(record);
-      await committer.commit(() => {
-        upsert.run(record.name, json);
-        logChange.run(record.name);
-      }, syncDirs);
+      await committer.commit({ kind: 'put', name: record.name, json: JSON.stringify(record) }, syncDirs);
       cache.set(record.name, record);
     },
     async delete(name) {
-      await committer.commit(() => {
-        del.run(name);
-        logChange.run(name);
-      });
+      await committer.commit({ kind: 'delete', name });
       cache.delete(name);
     },
     refresh() {
-      catchUp();
+      const version = dataVersion.get() as number;
+      if (version === lastVersion) return;
+      lastVersion = version;
+      const oldest = oldestChange.get() as number | null;
+      if (oldest !== null && oldest > lastSeq + 1) {
+        loadAll(); // fell behind the trimmed log
+        return;
+      }
+      // Our own commits show up here too (the worker is another connection); re-reading them is harmless.
+      for (const [seq, name] of changesSince.iterate(lastSeq) as Iterable<[number, string]>) {
+        reread(name);
+        lastSeq = seq;
+      }
     },
     getMeta: (key) => meta.get(key),
     async putMeta(key, value) {
-      await committer.commit(() => putMetaStmt.run(key, value));
+      await committer.commit({ kind: 'meta', name: key, json: value });
       meta.set(key, value);
     },
-    close() {
-      committer.flush();
+    async close() {
+      await committer.close();
       db.close();
     },
   };

@@ -124,3 +124,31 @@ export function ioctlInt(fd: number, request: number, arg: number): number {
 export function syncfs(fd: number): void {
   check(cSyncfs(fd), 'syncfs');
 }
+
+type AsyncCallback = (err: unknown, ret: number) => void;
+
+function callAsync(fn: { async: (...args: unknown[]) => void }, args: unknown[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fn.async(...args, ((err, ret) => (err ? reject(err) : resolve(Number(ret)))) as AsyncCallback);
+  });
+}
+
+/**
+ * mount(2) on the libuv thread pool, so the event loop keeps serving while the kernel works. errno is not
+ * carried back from a pool thread, so a failure is repeated synchronously to learn its errno: a mount that
+ * failed once fails the same way again (and if it now succeeds, the mount is what we wanted anyway).
+ */
+export async function mountAsync(
+  source: string | null,
+  target: string,
+  fstype: string | null,
+  flags: number,
+  data: string | null,
+): Promise<void> {
+  if ((await callAsync(cMount as never, [source, target, fstype, flags, data])) < 0) mount(source, target, fstype, flags, data);
+}
+
+/** umount2(2) on the thread pool; a failure is repeated synchronously for its errno (see mountAsync). */
+export async function umount2Async(target: string, flags: number): Promise<void> {
+  if ((await callAsync(cUmount2 as never, [target, flags])) < 0) umount2(target, flags);
+}

@@ -2,7 +2,7 @@
  * Mount helpers on top of sys/libc: bind mounts, unmounts, and the flags we use. The only place that
  * decides mount flags.
  */
-import { mount, umount2, SyscallError } from './libc.js';
+import { mount, mountAsync, umount2, umount2Async, SyscallError } from './libc.js';
 
 /** mount(2) flags (linux/mount.h). */
 export const MS_RDONLY = 0x1;
@@ -43,4 +43,23 @@ export function unmount(target: string): boolean {
 /** Mounts an overlay filesystem at `target` with the option string `data`. */
 export function overlayMount(target: string, data: string, flags = 0): void {
   mount('overlay', target, 'overlay', flags, data);
+}
+
+/** bindMount on the thread pool (the event loop keeps serving meanwhile). */
+export async function bindMountAsync(source: string, target: string): Promise<void> {
+  await mountAsync(source, target, null, MS_BIND, null);
+}
+
+/** unmount on the thread pool; same semantics (lazy detach when busy, false when nothing was mounted). */
+export async function unmountAsync(target: string): Promise<boolean> {
+  try {
+    await umount2Async(target, UMOUNT_NOFOLLOW);
+    return true;
+  } catch (err) {
+    if (!(err instanceof SyscallError)) throw err;
+    if (err.code === 'EINVAL' || err.code === 'ENOENT') return false;
+    if (err.code !== 'EBUSY') throw err;
+  }
+  await umount2Async(target, MNT_DETACH | UMOUNT_NOFOLLOW);
+  return true;
 }

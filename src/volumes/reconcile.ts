@@ -97,7 +97,7 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
     for (const rec of store.list()) {
       if (holdCount(rec) === 0 || mounted.has(path.join(mountsRoot, rec.name))) continue;
       try {
-        service.establish(rec);
+        await service.establish(rec);
         stats.remounted++;
       } catch (err) {
         log.error({ volume: rec.name, err: describeError(err) }, 'could not re-establish mount for held volume');
