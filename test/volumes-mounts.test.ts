@@ -6,25 +6,18 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { cleanupDir, isMounted, requireRoot, startTestServer, tempDir, type TestServer } from './helpers/server.js';
+import { cleanupDir, isMounted, tempDir, withServer, type TestServer } from './helpers/server.js';
 
-async function withServer(
+function withRootServer(
   t: { log: (m: string) => void },
-  opts: Parameters<typeof startTestServer>[0],
+  opts: Parameters<typeof withServer>[1],
   fn: (s: TestServer) => Promise<void>,
 ): Promise<void> {
-  if (!requireRoot(t)) return;
-  const s = await startTestServer(opts);
-  try {
-    await fn(s);
-  } finally {
-    await s.kill();
-    cleanupDir(s.dir);
-  }
+  return withServer(t, { ...opts, root: true }, fn);
 }
 
 test('first Mount bind-mounts the volume under TSVOL_MOUNTS; last Unmount removes it', async (t) => {
-  await withServer(t, {}, async (s) => {
+  await withRootServer(t, {}, async (s) => {
     await s.ok('/VolumeDriver.Create', { Name: 'app', Opts: null });
     const m = await s.ok('/VolumeDriver.Mount', { Name: 'app', ID: 'c1' });
     const mp = path.join(s.mounts!, 'app');
@@ -45,7 +38,7 @@ test('first Mount bind-mounts the volume under TSVOL_MOUNTS; last Unmount remove
 });
 
 test('docker cp re-uses a mount ID: two Mounts with one ID need two Unmounts', async (t) => {
-  await withServer(t, {}, async (s) => {
+  await withRootServer(t, {}, async (s) => {
     await s.ok('/VolumeDriver.Create', { Name: 'cp', Opts: null });
     await s.ok('/VolumeDriver.Mount', { Name: 'cp', ID: 'run' });
     await s.ok('/VolumeDriver.Mount', { Name: 'cp', ID: 'run' }); // docker cp
@@ -59,7 +52,7 @@ test('docker cp re-uses a mount ID: two Mounts with one ID need two Unmounts', a
 });
 
 test('Unmount of an ID never mounted succeeds and changes nothing; counts never go below zero', async (t) => {
-  await withServer(t, {}, async (s) => {
+  await withRootServer(t, {}, async (s) => {
     await s.ok('/VolumeDriver.Create', { Name: 'z0', Opts: null });
     await s.ok('/VolumeDriver.Mount', { Name: 'z0', ID: 'real' });
     t.deepEqual(await s.ok('/VolumeDriver.Unmount', { Name: 'z0', ID: 'stranger' }), { Err: '' });
@@ -75,7 +68,7 @@ test('Unmount of an ID never mounted succeeds and changes nothing; counts never 
 });
 
 test('Remove is refused while mounted, naming the holders, and the data stays', async (t) => {
-  await withServer(t, {}, async (s) => {
+  await withRootServer(t, {}, async (s) => {
     await s.ok('/VolumeDriver.Create', { Name: 'busy', Opts: null });
     await s.ok('/VolumeDriver.Mount', { Name: 'busy', ID: 'c9' });
     fs.writeFileSync(path.join(s.mounts!, 'busy', 'keep'), 'me');
@@ -90,7 +83,7 @@ test('Remove is refused while mounted, naming the holders, and the data stays', 
 });
 
 test('Remove never deletes across a mountpoint inside the volume', async (t) => {
-  await withServer(t, {}, async (s) => {
+  await withRootServer(t, {}, async (s) => {
     await s.ok('/VolumeDriver.Create', { Name: 'nested', Opts: null });
     const outside = fs.mkdtempSync(path.join(s.dir, 'precious-'));
     fs.writeFileSync(path.join(outside, 'file'), 'do not delete');
@@ -111,7 +104,7 @@ test('Remove never deletes across a mountpoint inside the volume', async (t) => 
 });
 
 test('without TSVOL_MOUNTS the mountpoint is the volume directory itself', async (t) => {
-  await withServer(t, { mounts: false }, async (s) => {
+  await withRootServer(t, { mounts: false }, async (s) => {
     await s.ok('/VolumeDriver.Create', { Name: 'direct', Opts: null });
     const m = await s.ok('/VolumeDriver.Mount', { Name: 'direct', ID: 'x' });
     t.is(m.Mountpoint, path.join(s.data, 'volumes', 'direct', '_data'));
@@ -121,7 +114,7 @@ test('without TSVOL_MOUNTS the mountpoint is the volume directory itself', async
 });
 
 test('Mount of an unknown volume fails and leaves no hold', async (t) => {
-  await withServer(t, {}, async (s) => {
+  await withRootServer(t, {}, async (s) => {
     const r = await s.call('/VolumeDriver.Mount', { Name: 'ghost', ID: 'a' });
     t.is(r.status, 404);
     t.is(r.json.Err, 'volume "ghost" not found');
@@ -130,7 +123,7 @@ test('Mount of an unknown volume fails and leaves no hold', async (t) => {
 });
 
 test('50 concurrent Mount/Unmount pairs on one volume leave the right count', async (t) => {
-  await withServer(t, {}, async (s) => {
+  await withRootServer(t, {}, async (s) => {
     await s.ok('/VolumeDriver.Create', { Name: 'hot', Opts: null });
     await s.ok('/VolumeDriver.Mount', { Name: 'hot', ID: 'anchor' });
     await Promise.all(
@@ -164,7 +157,7 @@ test.serial('bind-style volumes: only inside TSVOL_BIND_ROOTS, never through .. 
   fs.symlinkSync(path.join(host, 'secret'), path.join(root, 'escape'));
   fs.writeFileSync(path.join(root, 'afile'), 'x');
   try {
-    await withServer(t, { bindRoots: [root] }, async (s) => {
+    await withRootServer(t, { bindRoots: [root] }, async (s) => {
       const refused: [Record<string, string>, RegExp][] = [
         [{ type: 'bind', device: path.join(host, 'secret') }, /is outside TSVOL_BIND_ROOTS/],
         [{ type: 'bind', device: `${root}/../secret` }, /resolves to .*secret.* is outside TSVOL_BIND_ROOTS/],
@@ -209,7 +202,7 @@ test.serial('bind-style volumes: only inside TSVOL_BIND_ROOTS, never through .. 
 });
 
 test('bind-style volumes are refused when TSVOL_BIND_ROOTS is empty', async (t) => {
-  await withServer(t, {}, async (s) => {
+  await withRootServer(t, {}, async (s) => {
     const r = await s.call('/VolumeDriver.Create', { Name: 'b1', Opts: { type: 'bind', device: '/tmp' } });
     t.is(r.status, 400);
     t.regex(String(r.json.Err), /TSVOL_BIND_ROOTS is empty, so bind-style volumes are disabled/);

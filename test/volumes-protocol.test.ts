@@ -6,19 +6,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import fc from 'fast-check';
-import { cleanupDir, startTestServer, type TestServer } from './helpers/server.js';
+import { withServer, type TestServer } from './helpers/server.js';
 
 const MEDIA = 'application/vnd.docker.plugins.v1.2+json';
-
-async function withServer(fn: (s: TestServer) => Promise<void>, opts: Parameters<typeof startTestServer>[0] = {}): Promise<void> {
-  const s = await startTestServer(opts);
-  try {
-    await fn(s);
-  } finally {
-    await s.kill();
-    cleanupDir(s.dir);
-  }
-}
 
 function volumeDirs(s: TestServer): string[] {
   const dir = path.join(s.data, 'volumes');
@@ -26,7 +16,7 @@ function volumeDirs(s: TestServer): string[] {
 }
 
 test('Activate and Capabilities answer without activation, with the plugin media type', async (t) => {
-  await withServer(async (s) => {
+  await withServer(t, {}, async (s) => {
     const act = await s.call('/Plugin.Activate', null);
     t.is(act.status, 200);
     t.is(act.contentType, MEDIA);
@@ -39,7 +29,7 @@ test('Activate and Capabilities answer without activation, with the plugin media
 });
 
 test('docker volume create: Get fails, then Create with Opts null, then Get shows the volume', async (t) => {
-  await withServer(async (s) => {
+  await withServer(t, {}, async (s) => {
     const get = await s.call('/VolumeDriver.Get', { Name: 'web-data' });
     t.is(get.status, 404);
     t.is(get.raw, '{"Err":"volume \\"web-data\\" not found"}');
@@ -60,7 +50,7 @@ test('docker volume create: Get fails, then Create with Opts null, then Get show
 });
 
 test('Create of an existing volume succeeds and keeps its data', async (t) => {
-  await withServer(async (s) => {
+  await withServer(t, {}, async (s) => {
     await s.ok('/VolumeDriver.Create', { Name: 'db', Opts: {} });
     fs.writeFileSync(path.join(s.data, 'volumes', 'db', '_data', 'row'), 'x');
     await s.ok('/VolumeDriver.Create', { Name: 'db', Opts: null });
@@ -69,7 +59,7 @@ test('Create of an existing volume succeeds and keeps its data', async (t) => {
 });
 
 test('List, Path and Remove', async (t) => {
-  await withServer(async (s) => {
+  await withServer(t, {}, async (s) => {
     await s.ok('/VolumeDriver.Create', { Name: 'a1', Opts: null });
     await s.ok('/VolumeDriver.Create', { Name: 'b2', Opts: null });
     const list = await s.ok('/VolumeDriver.List', null);
@@ -106,7 +96,7 @@ const badNames: [string, unknown][] = [
 
 for (const [label, name] of badNames) {
   test(`Create refuses a hostile name (${label}) and creates nothing`, async (t) => {
-    await withServer(async (s) => {
+    await withServer(t, {}, async (s) => {
       const r = await s.call('/VolumeDriver.Create', { Name: name, Opts: null });
       t.is(r.status, 400);
       t.regex(String(r.json.Err), /invalid volume name/);
@@ -118,7 +108,7 @@ for (const [label, name] of badNames) {
 }
 
 test('a 255-byte name is accepted', async (t) => {
-  await withServer(async (s) => {
+  await withServer(t, {}, async (s) => {
     await s.ok('/VolumeDriver.Create', { Name: 'n'.repeat(255), Opts: null });
     t.deepEqual(volumeDirs(s), ['n'.repeat(255)]);
   });
@@ -139,7 +129,7 @@ const badOptions: [Record<string, string>, RegExp][] = [
 
 for (const [opts, message] of badOptions) {
   test(`Create refuses options ${JSON.stringify(opts)} naming the problem, creating nothing`, async (t) => {
-    await withServer(async (s) => {
+    await withServer(t, {}, async (s) => {
       const r = await s.call('/VolumeDriver.Create', { Name: 'vol', Opts: opts });
       t.is(r.status, 400);
       t.regex(String(r.json.Err), message);
@@ -150,7 +140,7 @@ for (const [opts, message] of badOptions) {
 }
 
 test('uid, gid and mode apply to the new volume directory', async (t) => {
-  await withServer(async (s) => {
+  await withServer(t, {}, async (s) => {
     await s.ok('/VolumeDriver.Create', { Name: 'owned', Opts: { uid: '1000', gid: '1001', mode: '0750' } });
     const st = fs.statSync(path.join(s.data, 'volumes', 'owned', '_data'));
     t.is(st.uid, 1000);
@@ -163,7 +153,7 @@ test('uid, gid and mode apply to the new volume directory', async (t) => {
 });
 
 test('bad bodies get an Err, never a stack trace, and the server lives on', async (t) => {
-  await withServer(async (s) => {
+  await withServer(t, {}, async (s) => {
     const cases: [string, string, number, RegExp][] = [
       ['/VolumeDriver.Create', '{"Name":', 400, /body is not valid JSON/],
       ['/VolumeDriver.Create', '{"Name":"a1"} trailing', 400, /body is not valid JSON/],
@@ -190,7 +180,7 @@ test('bad bodies get an Err, never a stack trace, and the server lives on', asyn
 });
 
 test('fuzzed bodies on every endpoint always get a JSON reply with a string Err or a result', async (t) => {
-  await withServer(async (s) => {
+  await withServer(t, {}, async (s) => {
     const endpoints = ['Create', 'Remove', 'Mount', 'Unmount', 'Path', 'Get', 'List', 'Capabilities'].map((e) => `/VolumeDriver.${e}`);
     const body = fc.oneof(
       fc.string(),
@@ -216,7 +206,7 @@ test('fuzzed bodies on every endpoint always get a JSON reply with a string Err 
 });
 
 test('one JSON log line per request with op, volume, ms and status', async (t) => {
-  await withServer(async (s) => {
+  await withServer(t, {}, async (s) => {
     await s.call('/VolumeDriver.Create', { Name: 'logged', Opts: null });
     await s.call('/VolumeDriver.Get', { Name: 'missing' });
     await new Promise((r) => setTimeout(r, 100));

@@ -182,3 +182,22 @@ export function requireRoot(t: { log: (m: string) => void }): boolean {
   t.log('SKIPPED LOUDLY: not root, cannot mount');
   return false;
 }
+
+/**
+ * Runs `fn` against a fresh server and always kills it and removes its directory (unmounting first).
+ * With `root: true`, needs root (see requireRoot).
+ */
+export async function withServer(
+  t: { log: (m: string) => void },
+  opts: ServerOptions & { root?: boolean },
+  fn: (s: TestServer) => Promise<void>,
+): Promise<void> {
+  if (opts.root === true && !requireRoot(t)) return;
+  const s = await startTestServer(opts);
+  try {
+    await fn(s);
+  } finally {
+    await s.kill();
+    cleanupDir(s.dir);
+  }
+}
