@@ -60,7 +60,7 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
     }
     stats.orphans++;
     log.info({ volume: name }, 'deleting directory of a volume that was never committed');
-    service.deleteInBackground(dir, name);
+    await service.deleteInBackground(dir, name);
   }
 
   const bootId = readBootId();

@@ -158,10 +158,14 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     }
   }
 
-  function deleteInBackground(dir: string, name: string): void {
+  /**
+   * Moves `dir` into tmp/ (so the name is free as soon as this resolves) and deletes it in the background.
+   * A crash mid-delete leaves debris in tmp/, which start-up deletes.
+   */
+  async function deleteInBackground(dir: string, name: string): Promise<void> {
     const trash = path.join(layout.tmpDir, `rm-${nanoid(10)}`);
     try {
-      fs.renameSync(dir, trash);
+      await fs.promises.rename(dir, trash);
     } catch (err) {
       // ENOENT: the directory was already gone (power loss right after Create); nothing to delete.
       if (errnoCode(err) !== 'ENOENT') log.warn({ volume: name, err: describeError(err) }, 'could not move removed volume to tmp/');
@@ -253,7 +257,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
         }
         await store.delete(name);
         // A bind-style volume's host directory is never touched: only the record goes.
-        if (rec.spec.kind === 'named') deleteInBackground(layout.volumeDir(name), name);
+        if (rec.spec.kind === 'named') await deleteInBackground(layout.volumeDir(name), name);
       });
     },
 
@@ -318,5 +322,5 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
 export interface VolumeInternals {
   establish(rec: VolumeRecord): Promise<string>;
   release(rec: VolumeRecord): Promise<void>;
-  deleteInBackground(dir: string, name: string): void;
+  deleteInBackground(dir: string, name: string): Promise<void>;
 }
