@@ -152,3 +152,24 @@ export async function mountAsync(
 export async function umount2Async(target: string, flags: number): Promise<void> {
   if ((await callAsync(cUmount2 as never, [target, flags])) < 0) umount2(target, flags);
 }
+
+const cStatx = libc.func('int statx(int dirfd, const char *path, int flags, unsigned int mask, _Out_ uint8_t *buf)');
+const AT_FDCWD = -100;
+const AT_SYMLINK_NOFOLLOW = 0x100;
+/** stx_attributes bit: the path is the root of a mount (bind mounts of the same filesystem included). */
+const STATX_ATTR_MOUNT_ROOT = 0x2000;
+
+/**
+ * True if `path` (not following a final symlink) is the root of a mount. One statx(2), so the cost does
+ * not depend on how many mounts exist (reading /proc/self/mountinfo does).
+ */
+export function isMountRoot(path: string): boolean {
+  const buf = Buffer.alloc(256);
+  check(cStatx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, 0, buf), 'statx', path);
+  const attributes = buf.readBigUInt64LE(8); // stx_attributes
+  const mask = buf.readBigUInt64LE(0x38); // stx_attributes_mask
+  if ((mask & BigInt(STATX_ATTR_MOUNT_ROOT)) === 0n) {
+    throw new SyscallError('statx', os.constants.errno.ENOTSUP, path);
+  }
+  return (attributes & BigInt(STATX_ATTR_MOUNT_ROOT)) !== 0n;
+}

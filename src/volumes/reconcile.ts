@@ -17,6 +17,7 @@ import type { Layout } from '../store/layout.js';
 import type { VolumeStore } from '../store/volume-store.js';
 import { unmount } from '../sys/mount.js';
 import { mountsUnder, readMounts } from '../sys/mountinfo.js';
+import { removeTreeNoCross } from '../sys/remove.js';
 import { holdCount, type VolumeInternals } from './volume-service.js';
 
 /** The kernel's id of this boot; changes on every reboot (shared by containers, so right inside a plugin). */
@@ -48,7 +49,7 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
       continue;
     }
     stats.debris++;
-    fs.promises.rm(p, { recursive: true, force: true }).catch((err: unknown) => log.warn({ path: p, err: describeError(err) }, 'deleting tmp/ leftover failed'));
+    removeTreeNoCross(p).catch((err: unknown) => log.warn({ path: p, err: describeError(err) }, 'deleting tmp/ leftover failed'));
   }
 
   for (const name of fs.readdirSync(layout.volumesDir)) {

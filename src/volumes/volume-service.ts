@@ -22,7 +22,8 @@ import type { Logger } from '../log.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
 import { bindMount as bindMountSync, bindMountAsync, unmountAsync } from '../sys/mount.js';
-import { isMountPoint, mountsUnder, readMounts } from '../sys/mountinfo.js';
+import { isMountRoot } from '../sys/libc.js';
+import { removeTreeNoCross } from '../sys/remove.js';
 import { createBindRoots, type BindRoots } from './bind-roots.js';
 import { createKeyedMutex } from './keyed-mutex.js';
 import { validateName } from './names.js';
@@ -171,11 +172,23 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
       if (errnoCode(err) !== 'ENOENT') log.warn({ volume: name, err: describeError(err) }, 'could not move removed volume to tmp/');
       return;
     }
-    const job = fs.promises
-      .rm(trash, { recursive: true, force: true })
+    const job = removeTreeNoCross(trash)
+      .then((skipped) => {
+        if (skipped.length > 0) log.warn({ volume: name, mounts: skipped }, 'removed volume had mounts inside; left them and their directories in tmp/');
+      })
       .catch((err: unknown) => log.warn({ volume: name, err: describeError(err) }, 'deleting removed volume failed; start-up will retry'))
       .finally(() => deletions.delete(job));
     deletions.add(job);
+  }
+
+  /** isMountRoot, with a missing path counted as not mounted. */
+  function isMountRootOrMissing(p: string): boolean {
+    try {
+      return isMountRoot(p);
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT') return false;
+      throw err;
+    }
   }
 
   function info(rec: VolumeRecord): VolumeInfo {
@@ -238,10 +251,9 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
             `volume "${name}" is in use: ${n} active mount(s) (IDs ${Object.keys(rec.holds).join(', ')}); stop the containers using it first`,
           );
         }
-        const mounts = readMounts();
         if (config.mountsRoot !== undefined) {
           const mp = mountpointOf(rec);
-          if (isMountPoint(mp, mounts)) await unmountAsync(mp); // stale: no holder, yet still mounted
+          if (isMountRootOrMissing(mp)) await unmountAsync(mp); // stale: no holder, yet still mounted
           try {
             await fs.promises.rmdir(mp);
           } catch (err) {
@@ -250,9 +262,12 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
           }
         }
         if (rec.spec.kind === 'named') {
-          const busy = mountsUnder(layout.volumeDir(name), mounts);
-          if (busy.length > 0) {
-            throw new InUseError(`volume "${name}" has something mounted inside it (${busy[0]}); unmount it first`);
+          // O(1) checks (statx), not a scan of every mount on the host. Mounts deeper inside are never
+          // crossed either: the background deleter leaves them and what holds them (src/sys/remove.ts).
+          for (const p of [layout.volumeDir(name), layout.dataDir(name)]) {
+            if (isMountRootOrMissing(p)) {
+              throw new InUseError(`volume "${name}" has something mounted on ${p}; unmount it first`);
+            }
           }
         }
         await store.delete(name);
