@@ -7,7 +7,8 @@
  *   crashed after it: deleted (never across a mountpoint).
  * - Holds from an earlier boot are dropped: no process of that boot can still use a mount. Holds from this
  *   boot are kept (a restarted plugin: containers may still run) and their mountpoints re-established.
- * - A mountpoint under TSVOL_MOUNTS with no holder is unmounted and its directory removed.
+ * - A mountpoint under TSVOL_MOUNTS with no holder is unmounted; a directory there whose volume is gone
+ *   is removed.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -89,7 +90,8 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
           stats.staleMounts++;
           if (!readMounts().some((m) => m.mountPoint === mp)) break;
         }
-        fs.rmdirSync(mp);
+        // A volume's mountpoint directory lives as long as the volume; others are leftovers.
+        if (rec === undefined) fs.rmdirSync(mp);
       } catch (err) {
         // ENOTDIR/ENOTEMPTY: not ours (a file, or data someone wrote into the bare directory): leave it.
         log.warn({ path: mp, err: errnoCode(err) ?? describeError(err) }, 'could not clear stale mountpoint');
