@@ -5,7 +5,7 @@
  * empty maps, Get before Create, random mount IDs that `docker cp` re-uses.
  */
 import { z } from 'zod';
-import type { VolumeInfo, VolumeService } from '../volumes/volume-service.js';
+import type { VolumeInfo, VolumeService, VolumeSummary } from '../volumes/volume-service.js';
 
 /** A volume on the wire. */
 export interface WireVolume {
@@ -40,10 +40,12 @@ const mountReq = z.object({
 /** Activate, List and Capabilities take no arguments: dockerd sends `null` or `{}`. */
 const none = z.unknown();
 
-function wireVolume(v: VolumeInfo, withStatus: boolean): WireVolume {
-  const out: WireVolume = { Name: v.name, Mountpoint: v.mountpoint, CreatedAt: v.createdAt };
-  if (withStatus) out.Status = v.status;
-  return out;
+function wireVolume(v: VolumeSummary): WireVolume {
+  return { Name: v.name, Mountpoint: v.mountpoint, CreatedAt: v.createdAt };
+}
+
+function wireVolumeWithStatus(v: VolumeInfo): WireVolume {
+  return { ...wireVolume(v), Status: v.status };
 }
 
 /** The routes of a volume driver backed by `svc`. */
@@ -104,13 +106,13 @@ export function volumeDriverRoutes(svc: VolumeService): Route[] {
       path: '/VolumeDriver.Get',
       op: 'get',
       schema: named,
-      handle: (b) => ({ Volume: wireVolume(svc.get((b as z.infer<typeof named>).Name), true), Err: '' }),
+      handle: (b) => ({ Volume: wireVolumeWithStatus(svc.get((b as z.infer<typeof named>).Name)), Err: '' }),
     },
     {
       path: '/VolumeDriver.List',
       op: 'list',
       schema: none,
-      handle: () => ({ Volumes: svc.list().map((v) => wireVolume(v, false)), Err: '' }),
+      handle: () => ({ Volumes: svc.list().map(wireVolume), Err: '' }),
     },
   ];
 }

@@ -37,6 +37,13 @@ export interface VolumeInfo {
   readonly status: Readonly<Record<string, unknown>>;
 }
 
+/** A volume in a listing: what List needs, without the Status that only Get shows. */
+export interface VolumeSummary {
+  readonly name: string;
+  readonly mountpoint: string;
+  readonly createdAt: string;
+}
+
 /** The volume driver's operations. */
 export interface VolumeService {
   create(name: string, opts: Readonly<Record<string, string>>): Promise<void>;
@@ -48,7 +55,7 @@ export interface VolumeService {
   /** The mountpoint; cheap, never fails for a known volume. */
   path(name: string): string;
   get(name: string): VolumeInfo;
-  list(): VolumeInfo[];
+  list(): VolumeSummary[];
   /** Waits for background deletions to settle (tests, shutdown). */
   drain(): Promise<void>;
 }
@@ -209,7 +216,12 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     }
   }
 
+  /** Records are immutable (every change stores a new one), so each one's info is built once. */
+  const infos = new WeakMap<VolumeRecord, VolumeInfo>();
+
   function info(rec: VolumeRecord): VolumeInfo {
+    const cached = infos.get(rec);
+    if (cached !== undefined) return cached;
     const holders = Object.keys(rec.holds);
     const status: Record<string, unknown> = {
       kind: rec.spec.kind,
@@ -220,7 +232,9 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     if (rec.spec.kind === 'bind') status.device = rec.spec.device;
     else status.path = layout.dataDir(rec.name);
     if (Object.keys(rec.options).length > 0) status.options = rec.options;
-    return { name: rec.name, mountpoint: mountpointOf(rec), createdAt: rec.createdAt, status };
+    const built = { name: rec.name, mountpoint: mountpointOf(rec), createdAt: rec.createdAt, status };
+    infos.set(rec, built);
+    return built;
   }
 
   return {
@@ -340,8 +354,8 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
 
     list() {
       store.refresh();
-      const out: VolumeInfo[] = [];
-      for (const rec of store.list()) out.push(info(rec));
+      const out: VolumeSummary[] = [];
+      for (const rec of store.list()) out.push({ name: rec.name, mountpoint: mountpointOf(rec), createdAt: rec.createdAt });
       return out;
     },
 
