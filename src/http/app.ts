@@ -26,8 +26,8 @@ const STATUS: Record<ErrorCode, number> = {
   TSVOL_INTERNAL: 500,
 };
 
-function reply(res: http.ServerResponse, status: number, body: Record<string, unknown>): void {
-  const json = JSON.stringify(body);
+function reply(res: http.ServerResponse, status: number, body: Record<string, unknown> | string): void {
+  const json = typeof body === 'string' ? body : JSON.stringify(body);
   res.writeHead(status, { 'Content-Type': PLUGIN_MEDIA_TYPE, 'Content-Length': Buffer.byteLength(json) });
   res.end(json);
 }

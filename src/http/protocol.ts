@@ -21,7 +21,8 @@ export interface Route {
   /** Short name for logs (`create`). */
   readonly op: string;
   readonly schema: z.ZodType;
-  handle(body: unknown): Promise<Record<string, unknown>> | Record<string, unknown>;
+  /** The reply: an object to encode, or JSON already encoded (memoized replies). */
+  handle(body: unknown): Promise<Record<string, unknown> | string> | Record<string, unknown> | string;
 }
 
 /** Names are checked by the service; the schema only insists on a string of sane length. */
@@ -50,6 +51,16 @@ function wireVolumeWithStatus(v: VolumeInfo): WireVolume {
 
 /** The routes of a volume driver backed by `svc`. */
 export function volumeDriverRoutes(svc: VolumeService): Route[] {
+  // A VolumeInfo never changes (a new one is made for every change), so its encoded Get reply is kept.
+  const getReplies = new WeakMap<VolumeInfo, string>();
+  const encodeGet = (v: VolumeInfo): string => {
+    let json = getReplies.get(v);
+    if (json === undefined) {
+      json = JSON.stringify({ Volume: wireVolumeWithStatus(v), Err: '' });
+      getReplies.set(v, json);
+    }
+    return json;
+  };
   return [
     { path: '/Plugin.Activate', op: 'activate', schema: none, handle: () => ({ Implements: ['VolumeDriver'] }) },
     {
@@ -106,7 +117,7 @@ export function volumeDriverRoutes(svc: VolumeService): Route[] {
       path: '/VolumeDriver.Get',
       op: 'get',
       schema: named,
-      handle: (b) => ({ Volume: wireVolumeWithStatus(svc.get((b as z.infer<typeof named>).Name)), Err: '' }),
+      handle: (b) => encodeGet(svc.get((b as z.infer<typeof named>).Name)),
     },
     {
       path: '/VolumeDriver.List',
