@@ -1,0 +1,49 @@
+# tsvol: build, test and package the managed Docker plugin.
+# `make plugin` creates and enables the managed plugin `tsvol` from plugin/ (replacing an old one; volume
+# data lives in the host directory bound at TSVOL_DATA, so it survives).
+PLUGIN ?= tsvol
+REGISTRY ?=
+DOCKER ?= /usr/bin/docker
+ROOTFS := plugin/rootfs
+
+.PHONY: build test rootfs plugin enable disable push clean e2e bench
+
+build:
+	[ -d node_modules ] || npm ci --no-audit --no-fund
+	npm run build
+
+test:
+	npm test
+
+rootfs: build
+	plugin/build-rootfs.sh $(ROOTFS)
+	cp config.json plugin/config.json
+
+plugin: rootfs
+	-$(DOCKER) plugin disable -f $(PLUGIN) 2>/dev/null
+	-$(DOCKER) plugin rm -f $(PLUGIN) 2>/dev/null
+	mkdir -p /var/lib/tsvol
+	$(DOCKER) plugin create $(PLUGIN) plugin
+	$(DOCKER) plugin enable $(PLUGIN)
+
+enable:
+	$(DOCKER) plugin enable $(PLUGIN)
+
+disable:
+	$(DOCKER) plugin disable $(PLUGIN)
+
+# make push REGISTRY=127.0.0.1:5000 → pushes REGISTRY/tsvol:latest (a plugin is pushed under its own name).
+push: rootfs
+	@test -n "$(REGISTRY)" || { echo "make push needs REGISTRY=host:port" >&2; exit 2; }
+	-$(DOCKER) plugin rm -f $(REGISTRY)/$(PLUGIN):latest 2>/dev/null
+	$(DOCKER) plugin create $(REGISTRY)/$(PLUGIN):latest plugin
+	$(DOCKER) plugin push $(REGISTRY)/$(PLUGIN):latest
+
+e2e: build
+	npx ava test/e2e-*.test.ts
+
+bench: build
+	npm run bench
+
+clean:
+	rm -rf dist plugin/rootfs plugin/config.json
