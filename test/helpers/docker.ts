@@ -1,0 +1,188 @@
+/**
+ * End-to-end fixture: a real Docker engine (Debian's docker.io, installed if absent), a loopback registry
+ * (Debian's docker-registry on 127.0.0.1:5000), a test image made offline from busybox-static with
+ * `docker import`, and the tsvol managed plugin built from this checkout. Everything it starts it stops;
+ * a dockerd that was already running is left running (unless a test restarts it).
+ */
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { ROOT, tempDir } from './server.js';
+
+/** Debian's client, matching its 20.10 engine (a newer client may sit earlier in PATH). */
+export const DOCKER = fs.existsSync('/usr/bin/docker') ? '/usr/bin/docker' : 'docker';
+export const DOCKERD = '/usr/sbin/dockerd';
+export const IMAGE = 'tsvol-test:busybox';
+export const REGISTRY = '127.0.0.1:5000';
+export const PLUGIN = 'tsvol';
+
+/** Runs docker; returns trimmed stdout, throws with stderr on failure. */
+export function docker(...args: string[]): string {
+  const r = spawnSync(DOCKER, args, { encoding: 'utf8', timeout: 180_000 });
+  if (r.status !== 0) throw new Error(`docker ${args.join(' ')} failed (${r.status}): ${r.stderr || r.stdout}`);
+  return r.stdout.trim();
+}
+
+/** Runs docker expecting failure; returns stderr (throws if it succeeded). */
+export function dockerFails(...args: string[]): string {
+  const r = spawnSync(DOCKER, args, { encoding: 'utf8', timeout: 180_000 });
+  if (r.status === 0) throw new Error(`docker ${args.join(' ')} unexpectedly succeeded: ${r.stdout}`);
+  return r.stderr;
+}
+
+function engineUp(): boolean {
+  return spawnSync(DOCKER, ['info', '--format', '{{.ServerVersion}}'], { encoding: 'utf8', timeout: 20_000 }).status === 0;
+}
+
+async function waitFor(what: string, ok: () => boolean, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+const PACKAGES: [string, string][] = [
+  [DOCKERD, 'docker.io'],
+  ['/usr/bin/docker-registry', 'docker-registry'],
+  ['/usr/bin/docker-compose', 'docker-compose'],
+  ['/bin/busybox', 'busybox-static'],
+];
+
+/** The end-to-end environment. */
+export interface DockerEnv {
+  /** Host directory bound at the plugin's TSVOL_DATA. */
+  readonly dataDir: string;
+  readonly workDir: string;
+  /** Restarts dockerd (stopping a dockerd we did not start, and starting our own). */
+  restartDockerd(): Promise<void>;
+  /** (Re)creates the plugin from plugin/ with our data directory, enabled. */
+  createPlugin(): void;
+  teardown(): Promise<void>;
+}
+
+let dockerd: ChildProcess | undefined;
+
+async function startDockerd(logFile: string): Promise<void> {
+  const log = fs.openSync(logFile, 'a');
+  const proc = spawn(DOCKERD, ['--bridge=none', '--iptables=false', '--ip-forward=false'], {
+    stdio: ['ignore', log, log],
+    detached: true,
+  });
+  let failed: Error | undefined;
+  proc.once('error', (err) => (failed = err));
+  dockerd = proc;
+  await waitFor('dockerd to answer', () => {
+    if (failed !== undefined) throw new Error(`cannot start ${DOCKERD}: ${failed.message}`);
+    if (proc.exitCode !== null) throw new Error(`dockerd exited ${proc.exitCode}; see ${logFile}`);
+    return engineUp();
+  }, 60_000);
+}
+
+async function stopDockerd(): Promise<void> {
+  const pid = dockerd?.pid ?? Number(fs.readFileSync('/var/run/docker.pid', 'utf8').trim());
+  if (!pid) return;
+  process.kill(pid, 'SIGTERM');
+  await waitFor('dockerd to exit', () => {
+    try {
+      process.kill(pid, 0);
+      return false;
+    } catch {
+      return true;
+    }
+  }, 60_000);
+  dockerd = undefined;
+}
+
+/** Installs what is missing, starts the engine and the registry, imports the image, builds the plugin. */
+export async function setupDocker(): Promise<DockerEnv> {
+  if (process.getuid?.() !== 0) throw new Error('the end-to-end suite needs root to run dockerd and mount volumes');
+  const missing = PACKAGES.filter(([file]) => !fs.existsSync(file)).map(([, pkg]) => pkg);
+  if (missing.length > 0) {
+    const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+    execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env, timeout: 600_000 });
+    execFileSync('apt-get', ['install', '-y', '-qq', ...missing], { stdio: 'inherit', env, timeout: 900_000 });
+  }
+  const workDir = tempDir('tsvol-e2e-');
+  const dataDir = path.join(workDir, 'plugin-data');
+  fs.mkdirSync(dataDir);
+  const logFile = path.join(workDir, 'dockerd.log');
+  const startedEngine = !engineUp();
+  if (startedEngine) await startDockerd(logFile);
+
+  removeLeftovers();
+
+  // The loopback registry, with its own storage.
+  const regConf = path.join(workDir, 'registry.yml');
+  fs.writeFileSync(
+    regConf,
+    `version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: ${workDir}/registry\nhttp:\n  addr: ${REGISTRY}\n`,
+  );
+  const registry = spawn('/usr/bin/docker-registry', ['serve', regConf], { stdio: 'ignore' });
+  await waitFor('the registry', () => spawnSync('curl', ['-sf', `http://${REGISTRY}/v2/`]).status === 0 || registry.exitCode !== null, 30_000);
+  if (registry.exitCode !== null) throw new Error(`docker-registry exited ${registry.exitCode} (is ${REGISTRY} taken?)`);
+
+  // A test image with a file at /seed, for Docker's populate-an-empty-volume step.
+  const img = path.join(workDir, 'image');
+  fs.mkdirSync(path.join(img, 'bin'), { recursive: true });
+  fs.copyFileSync('/bin/busybox', path.join(img, 'bin', 'busybox'));
+  fs.chmodSync(path.join(img, 'bin', 'busybox'), 0o755);
+  for (const app of ['sh', 'cat', 'echo', 'ls', 'stat', 'sleep', 'dd', 'id', 'touch', 'mkdir', 'test', 'true', 'wc']) {
+    fs.symlinkSync('busybox', path.join(img, 'bin', app));
+  }
+  fs.mkdirSync(path.join(img, 'seed'));
+  fs.writeFileSync(path.join(img, 'seed', 'from-image.txt'), 'shipped in the image\n');
+  fs.mkdirSync(path.join(img, 'tmp'));
+  const tar = spawnSync('tar', ['-C', img, '-c', '.'], { maxBuffer: 64 << 20 });
+  const imp = spawnSync(DOCKER, ['import', '-c', 'CMD ["/bin/sh"]', '-', IMAGE], { input: tar.stdout });
+  if (imp.status !== 0) throw new Error(`docker import failed: ${imp.stderr.toString()}`);
+
+  execFileSync(path.join(ROOT, 'plugin', 'build-rootfs.sh'), [path.join(ROOT, 'plugin', 'rootfs')], { stdio: 'ignore' });
+  fs.copyFileSync(path.join(ROOT, 'config.json'), path.join(ROOT, 'plugin', 'config.json'));
+
+  const env: DockerEnv = {
+    dataDir,
+    workDir,
+    async restartDockerd() {
+      await stopDockerd();
+      await startDockerd(logFile);
+    },
+    createPlugin() {
+      removePlugin();
+      docker('plugin', 'create', PLUGIN, path.join(ROOT, 'plugin'));
+      docker('plugin', 'set', PLUGIN, `data.source=${dataDir}`);
+      docker('plugin', 'enable', PLUGIN);
+    },
+    async teardown() {
+      removeLeftovers();
+      spawnSync(DOCKER, ['plugin', 'rm', '-f', `${REGISTRY}/${PLUGIN}:latest`]);
+      spawnSync(DOCKER, ['rmi', '-f', IMAGE]);
+      registry.kill();
+      if (dockerd !== undefined) await stopDockerd();
+      // Unmount anything the plugin left under our data dir before deleting it.
+      spawnSync('sh', ['-c', `grep -o ' ${workDir}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l`]);
+      fs.rmSync(workDir, { recursive: true, force: true });
+    },
+  };
+  return env;
+}
+
+/** Removes this suite's containers (label tsvol-e2e), tsvol volumes and the plugin: a crashed run's too. */
+function removeLeftovers(): void {
+  const containers = spawnSync(DOCKER, ['ps', '-aq', '--filter', 'label=tsvol-e2e'], { encoding: 'utf8' }).stdout.trim();
+  if (containers) spawnSync(DOCKER, ['rm', '-f', ...containers.split('\n')]);
+  const vols = spawnSync(DOCKER, ['volume', 'ls', '-q', '--filter', `driver=${PLUGIN}:latest`], { encoding: 'utf8' }).stdout.trim();
+  if (vols) spawnSync(DOCKER, ['volume', 'rm', '-f', ...vols.split('\n')]);
+  removePlugin();
+}
+
+/** Disables and removes the plugin if present (volumes' data stays in the host directory). */
+export function removePlugin(name = PLUGIN): void {
+  spawnSync(DOCKER, ['plugin', 'disable', '-f', name]);
+  spawnSync(DOCKER, ['plugin', 'rm', '-f', name]);
+}
+
+/** `docker run --rm --network none -l tsvol-e2e IMAGE sh -c CMD` with extra args before the image. */
+export function run(args: string[], cmd: string): string {
+  return docker('run', '--rm', '--network', 'none', '-l', 'tsvol-e2e', ...args, IMAGE, 'sh', '-c', cmd);
+}
