@@ -28,19 +28,23 @@ export interface GroupCommitter {
   close(): Promise<void>;
 }
 
-function workerUrl(): { url: URL; execArgv: string[] } {
-  // Under tsx (tests importing src/) the worker is the .ts file and needs the same loader.
-  const fromSource = import.meta.url.endsWith('.ts');
-  return {
-    url: new URL(fromSource ? './commit-worker.ts' : './commit-worker.js', import.meta.url),
-    execArgv: fromSource ? ['--import', 'tsx'] : [],
-  };
+/**
+ * Starts the commit worker: the built .js, or, when running from source under tsx (tests importing src/),
+ * a bootstrap that registers tsx inside the worker first (Node 20 does not pass a worker's .ts entry
+ * through the parent's loader).
+ */
+function startWorker(dbFile: string): Worker {
+  if (!import.meta.url.endsWith('.ts')) {
+    return new Worker(new URL('./commit-worker.js', import.meta.url), { workerData: { dbFile } });
+  }
+  const entry = JSON.stringify(new URL('./commit-worker.ts', import.meta.url).href);
+  const boot = `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${entry}); })`;
+  return new Worker(boot, { eval: true, workerData: { dbFile } });
 }
 
 /** Starts the commit worker on `dbFile`. */
 export function createGroupCommitter(dbFile: string): GroupCommitter {
-  const { url, execArgv } = workerUrl();
-  const worker = new Worker(url, { workerData: { dbFile }, execArgv });
+  const worker = startWorker(dbFile);
   worker.unref();
   let queue: Pending[] = [];
   let dirs = new Set<string>();
