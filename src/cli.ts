@@ -4,6 +4,7 @@
  * volumes/ or layers/, and print.
  */
 import { Command } from 'commander';
+import { registerLayer } from './cli/layer.js';
 import { registerServe } from './cli/serve.js';
 import { runCli } from './cli/run.js';
 
@@ -13,5 +14,6 @@ const program = new Command()
   .showHelpAfterError();
 
 registerServe(program);
+registerLayer(program);
 
 await runCli(program, process.argv);

@@ -1,0 +1,109 @@
+/** `tsvol layer …`: import, export, ls, history, tag, rm, gc (issue #5). Thin: parse, call layers/, print. */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Command } from 'commander';
+import { loadConfig } from '../config.js';
+import { createLayerStore, type LayerRecord } from '../layers/layer-store.js';
+
+function store() {
+  return createLayerStore(path.join(loadConfig().dataRoot, 'layers'));
+}
+
+/** Human sizes like docker's: 229B, 6.3MB, 120MB. */
+export function humanSize(bytes: number): string {
+  if (bytes < 1000) return `${bytes}B`;
+  const units = ['kB', 'MB', 'GB', 'TB'];
+  let v = bytes;
+  let u = -1;
+  while (v >= 1000 && u < units.length - 1) {
+    v /= 1000;
+    u++;
+  }
+  return `${v < 10 ? v.toFixed(1) : Math.round(v)}${units[u]}`;
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('   ').trimEnd()).join('\n') + '\n';
+}
+
+const short = (id: string | undefined): string => (id ? id.slice(7, 19) : '-');
+
+function print(json: boolean, data: unknown, rows: () => string[][]): void {
+  process.stdout.write(json ? `${JSON.stringify(data, null, 2)}\n` : table(rows()));
+}
+
+/** Registers `tsvol layer`. */
+export function registerLayer(program: Command): void {
+  const layer = program.command('layer').description('content-addressed read-only image layers');
+  layer
+    .command('import')
+    .argument('<file>', 'a layer tar, plain or gzip; - for standard input')
+    .option('--parent <id>', 'the layer this one sits on')
+    .description('import a layer tar; prints its ID')
+    .action(async (file: string, opts: { parent?: string }) => {
+      // Opened here, synchronously, so a missing file is an error now and not an unhandled stream event.
+      const input = file === '-' ? process.stdin : fs.createReadStream('', { fd: fs.openSync(file, 'r') });
+      const rec = await store().importLayer(input, opts.parent);
+      process.stdout.write(`${rec.id}\n`);
+    });
+  layer
+    .command('export')
+    .argument('<id>', 'layer ID or name')
+    .option('-o, --output <file>', 'write to a file instead of standard output')
+    .description("the layer's own diff as an OCI layer tar")
+    .action(async (id: string, opts: { output?: string }) => {
+      const out: NodeJS.WritableStream = opts.output ? fs.createWriteStream(opts.output) : process.stdout;
+      for await (const chunk of store().exportLayer(id)) {
+        if (!out.write(chunk)) await new Promise((r) => out.once('drain', r));
+      }
+      if (opts.output) await new Promise<void>((resolve) => out.end(resolve));
+    });
+  layer
+    .command('ls')
+    .option('--json', 'machine-readable output')
+    .description('list layers')
+    .action((opts: { json?: boolean }) => {
+      const layers = store().list().sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+      print(!!opts.json, layers, () => [
+        ['LAYER ID', 'PARENT', 'SIZE', 'FILES', 'CREATED'],
+        ...layers.map((l) => [short(l.id), short(l.parent), humanSize(l.size), String(l.files), l.createdAt]),
+      ]);
+    });
+  layer
+    .command('history')
+    .argument('<id>', 'layer ID or name')
+    .option('--json', 'machine-readable output')
+    .description('the chain from this layer down to its base, like docker history')
+    .action((id: string, opts: { json?: boolean }) => {
+      const chain: LayerRecord[] = store().history(id);
+      print(!!opts.json, chain, () => [
+        ['LAYER ID', 'DIFF ID', 'SIZE', 'FILES', 'CREATED'],
+        ...chain.map((l) => [short(l.id), short(l.diffId), humanSize(l.size), String(l.files), l.createdAt]),
+      ]);
+    });
+  layer
+    .command('tag')
+    .argument('<id>', 'layer ID or name')
+    .argument('<name>', 'the new name')
+    .description('name a layer (a name holds it; it works wherever an ID does)')
+    .action(async (id: string, name: string) => {
+      await store().tag(id, name);
+    });
+  layer
+    .command('rm')
+    .argument('<id>', 'layer ID or name')
+    .description('remove a layer that nothing holds')
+    .action(async (id: string) => {
+      await store().remove(id);
+    });
+  layer
+    .command('gc')
+    .option('--json', 'machine-readable output')
+    .description('remove every layer held by nothing, and crash leftovers')
+    .action(async (opts: { json?: boolean }) => {
+      const { removed } = await store().gc();
+      if (opts.json) process.stdout.write(`${JSON.stringify(removed)}\n`);
+      else for (const r of removed) process.stdout.write(`removed ${r}\n`);
+    });
+}

@@ -1,0 +1,296 @@
+/**
+ * LayerStore: content-addressed read-only layers (issue #5). Layout under TSVOL_DATA/layers:
+ *
+ *   diffs/<diffid-hex>/         a diff's unpacked contents, stored once whatever its parent
+ *   diffs/<diffid-hex>.split    raw tar headers for byte-exact export (the tar-split idea)
+ *   chains/<chainid-hex>.json   one layer: ChainID, DiffID, parent, size, file count (durable JSON)
+ *   tags/<name>                 a name for a layer (contains the ChainID)
+ *   tmp/                        imports being staged; debris after a crash, swept by gc
+ *   store.lock                  proper-lockfile: one mutation at a time, across the CLI and the server
+ *
+ * A layer's DiffID is the sha256 of its uncompressed tar; its ChainID is the DiffID for a base layer, else
+ * sha256("<parent ChainID> <DiffID>") (OCI image spec). An import is staged in tmp/ and published by one
+ * rename, then made durable with syncfs before its record is written: the record is the truth, so a crash
+ * at any instant leaves either the whole layer or none visible.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import { nanoid } from 'nanoid';
+import { InUseError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
+import { fsyncDir, writeFileDurable } from '../sys/durable.js';
+import { syncfs } from '../sys/libc.js';
+import { acquireLock } from '../sys/lock.js';
+import { TarReader } from './tar/reader.js';
+import { replaySplit, unpackLayer } from './unpack.js';
+
+/** One read-only layer. */
+export interface LayerRecord {
+  /** ChainID, `sha256:<hex>`. */
+  readonly id: string;
+  readonly diffId: string;
+  readonly parent: string | undefined;
+  /** Bytes of regular-file content in this layer's own diff. */
+  readonly size: number;
+  readonly files: number;
+  readonly createdAt: string;
+}
+
+/** The layer store. */
+export interface LayerStore {
+  /** Imports a layer tar (plain or gzip) on top of `parent`; returns the layer (existing if identical). */
+  importLayer(input: AsyncIterable<Buffer> | NodeJS.ReadableStream, parent?: string): Promise<LayerRecord>;
+  /** The layer's own diff as a tar, byte-identical to what was imported. */
+  exportLayer(idOrName: string): AsyncGenerator<Buffer>;
+  /** Resolves an ID (`sha256:…`, or a unique hex prefix of 12+ characters) or a tag to a layer. */
+  resolve(idOrName: string): LayerRecord;
+  list(): LayerRecord[];
+  /** The chain from `idOrName` down to its base, top first. */
+  history(idOrName: string): LayerRecord[];
+  tag(idOrName: string, name: string): Promise<void>;
+  /** Removes a layer nothing holds (children, tags); the error names the holders. */
+  remove(idOrName: string): Promise<void>;
+  /**
+   * Removes every layer held by nothing (no child, no tag), repeatedly from the top down, then staging
+   * debris and diff directories no layer uses. Returns what it removed.
+   */
+  gc(): Promise<{ removed: string[] }>;
+  /** The directory holding a layer's unpacked diff. */
+  diffDir(layer: LayerRecord): string;
+}
+
+const HEX = /^[0-9a-f]{64}$/;
+const TAG = /^[a-zA-Z0-9][a-zA-Z0-9_.:-]{0,127}$/;
+
+function hexOf(digest: string): string {
+  return digest.slice('sha256:'.length);
+}
+
+/** OCI ChainID. */
+export function chainId(parent: string | undefined, diffId: string): string {
+  if (parent === undefined) return diffId;
+  return `sha256:${createHash('sha256').update(`${parent} ${diffId}`).digest('hex')}`;
+}
+
+async function* hashed(input: AsyncIterable<Buffer>, hash: ReturnType<typeof createHash>): AsyncGenerator<Buffer> {
+  for await (const chunk of input) {
+    hash.update(chunk);
+    yield chunk;
+  }
+}
+
+/** Peeks at the first bytes: gzip (1f 8b) is decompressed, anything else is read as a plain tar. */
+async function* decompressed(input: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  const it = input[Symbol.asyncIterator]();
+  const first = await it.next();
+  if (first.done) return;
+  const rest: AsyncIterable<Buffer> = {
+    [Symbol.asyncIterator]: () => ({
+      next: () => it.next(),
+    }),
+  };
+  async function* all(): AsyncGenerator<Buffer> {
+    yield Buffer.from(first.value as Buffer);
+    yield* rest;
+  }
+  const head = first.value as Buffer;
+  if (head[0] === 0x1f && head[1] === 0x8b) {
+    yield* Readable.from(all()).pipe(createGunzip()) as AsyncIterable<Buffer>;
+  } else {
+    yield* all();
+  }
+}
+
+/** Opens the layer store under `root` (TSVOL_DATA/layers). */
+export function createLayerStore(root: string): LayerStore {
+  const dirs = {
+    diffs: path.join(root, 'diffs'),
+    chains: path.join(root, 'chains'),
+    tags: path.join(root, 'tags'),
+    tmp: path.join(root, 'tmp'),
+  };
+  for (const d of Object.values(dirs)) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+  const lockFile = path.join(root, 'store');
+
+  async function locked<T>(work: () => Promise<T>): Promise<T> {
+    const release = await acquireLock(lockFile, 'tsvol layer operation', 30_000, () => undefined);
+    try {
+      return await work();
+    } finally {
+      await release();
+    }
+  }
+
+  function readRecord(hex: string): LayerRecord | undefined {
+    try {
+      return JSON.parse(fs.readFileSync(path.join(dirs.chains, `${hex}.json`), 'utf8')) as LayerRecord;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  function list(): LayerRecord[] {
+    return fs
+      .readdirSync(dirs.chains)
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => readRecord(f.slice(0, -5)))
+      .filter((r): r is LayerRecord => r !== undefined);
+  }
+
+  function resolve(idOrName: string): LayerRecord {
+    const hex = idOrName.startsWith('sha256:') ? idOrName.slice(7) : idOrName;
+    if (HEX.test(hex)) {
+      const rec = readRecord(hex);
+      if (rec) return rec;
+    } else if (/^[0-9a-f]{12,63}$/.test(hex)) {
+      const matches = fs.readdirSync(dirs.chains).filter((f) => f.startsWith(hex) && f.endsWith('.json'));
+      if (matches.length === 1) return readRecord(matches[0]!.slice(0, -5))!;
+      if (matches.length > 1) throw new InvalidArgumentError(`layer prefix "${idOrName}" is ambiguous (${matches.length} layers)`);
+    }
+    if (TAG.test(idOrName)) {
+      try {
+        const id = fs.readFileSync(path.join(dirs.tags, idOrName), 'utf8').trim();
+        const rec = readRecord(hexOf(id));
+        if (rec) return rec;
+      } catch (err) {
+        // ENOENT: no such tag; fall through to "not found".
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
+    }
+    throw new NotFoundError(`layer "${idOrName}" not found; \`tsvol layer ls\` lists layers`);
+  }
+
+  function diffDir(layer: LayerRecord): string {
+    return path.join(dirs.diffs, hexOf(layer.diffId));
+  }
+
+  async function importLayer(input: AsyncIterable<Buffer> | NodeJS.ReadableStream, parentRef?: string): Promise<LayerRecord> {
+    return locked(async () => {
+      const parent = parentRef === undefined ? undefined : resolve(parentRef);
+      const stage = path.join(dirs.tmp, `import-${nanoid(10)}`);
+      const stageDiff = path.join(stage, 'diff');
+      fs.mkdirSync(stageDiff, { recursive: true, mode: 0o755 });
+      try {
+        const hash = createHash('sha256');
+        const reader = new TarReader(hashed(decompressed(input as AsyncIterable<Buffer>), hash));
+        const splitFd = fs.openSync(path.join(stage, 'split'), 'wx', 0o600);
+        let stats;
+        try {
+          stats = await unpackLayer(reader, stageDiff, splitFd);
+        } catch (err) {
+          throw new InvalidArgumentError(`layer tar refused: ${describeError(err)}`, { cause: err });
+        } finally {
+          fs.closeSync(splitFd);
+        }
+        const diffId = `sha256:${hash.digest('hex')}`;
+        const id = chainId(parent?.id, diffId);
+        const existing = readRecord(hexOf(id));
+        if (existing) return existing;
+        const target = path.join(dirs.diffs, hexOf(diffId));
+        if (!fs.existsSync(target)) {
+          // The same diff on another parent is stored once: only publish it if new.
+          fs.renameSync(path.join(stage, 'split'), `${target}.split`);
+          fs.renameSync(stageDiff, target);
+        }
+        // One syncfs makes the unpacked files and the renames durable before the record says they exist.
+        const fd = fs.openSync(dirs.diffs, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+        try {
+          syncfs(fd);
+        } finally {
+          fs.closeSync(fd);
+        }
+        const rec: LayerRecord = { id, diffId, parent: parent?.id, size: stats.size, files: stats.files, createdAt: new Date().toISOString() };
+        writeFileDurable(path.join(dirs.chains, `${hexOf(id)}.json`), JSON.stringify(rec));
+        return rec;
+      } finally {
+        fs.rmSync(stage, { recursive: true, force: true });
+      }
+    });
+  }
+
+  async function* exportLayer(idOrName: string): AsyncGenerator<Buffer> {
+    const rec = resolve(idOrName);
+    const dir = diffDir(rec);
+    yield* replaySplit(`${dir}.split`, dir);
+  }
+
+  function history(idOrName: string): LayerRecord[] {
+    const out: LayerRecord[] = [];
+    for (let rec: LayerRecord | undefined = resolve(idOrName); rec; rec = rec.parent ? resolve(rec.parent) : undefined) out.push(rec);
+    return out;
+  }
+
+  function holders(rec: LayerRecord): string[] {
+    const out = list()
+      .filter((l) => l.parent === rec.id)
+      .map((l) => `child layer ${l.id.slice(7, 19)}`);
+    for (const t of fs.readdirSync(dirs.tags)) {
+      if (fs.readFileSync(path.join(dirs.tags, t), 'utf8').trim() === rec.id) out.push(`tag "${t}"`);
+    }
+    return out;
+  }
+
+  function removeUnlocked(rec: LayerRecord): void {
+    const held = holders(rec);
+    if (held.length > 0) throw new InUseError(`layer ${rec.id} is held by ${held.join(', ')}; remove those first`);
+    fs.rmSync(path.join(dirs.chains, `${hexOf(rec.id)}.json`));
+    fsyncDir(dirs.chains);
+    // The diff directory is shared by every chain with this DiffID: delete it only when none is left.
+    if (!list().some((l) => l.diffId === rec.diffId)) {
+      const trash = path.join(dirs.tmp, `rm-${nanoid(10)}`);
+      fs.renameSync(diffDir(rec), trash);
+      fs.rmSync(`${diffDir(rec)}.split`, { force: true });
+      fs.rmSync(trash, { recursive: true, force: true });
+    }
+  }
+
+  return {
+    importLayer,
+    exportLayer,
+    resolve,
+    list,
+    history,
+    diffDir,
+    async tag(idOrName, name) {
+      if (!TAG.test(name) || HEX.test(name)) throw new InvalidArgumentError(`invalid tag "${name}": use letters, digits and _.:- (not a bare digest)`);
+      await locked(async () => {
+        const rec = resolve(idOrName);
+        writeFileDurable(path.join(dirs.tags, name), rec.id);
+      });
+    },
+    async remove(idOrName) {
+      await locked(async () => removeUnlocked(resolve(idOrName)));
+    },
+    async gc() {
+      return locked(async () => {
+        const removed: string[] = [];
+        for (let found = true; found; ) {
+          found = false;
+          for (const rec of list()) {
+            if (holders(rec).length === 0) {
+              removeUnlocked(rec);
+              removed.push(rec.id);
+              found = true;
+            }
+          }
+        }
+        for (const e of fs.readdirSync(dirs.tmp)) {
+          fs.rmSync(path.join(dirs.tmp, e), { recursive: true, force: true });
+          removed.push(`tmp/${e}`);
+        }
+        const used = new Set(list().map((l) => hexOf(l.diffId)));
+        for (const e of fs.readdirSync(dirs.diffs)) {
+          const hex = e.replace(/\.split$/, '');
+          if (!used.has(hex)) {
+            fs.rmSync(path.join(dirs.diffs, e), { recursive: true, force: true });
+            removed.push(`diffs/${e}`);
+          }
+        }
+        return { removed };
+      });
+    },
+  };
+}
