@@ -8,6 +8,8 @@
  *   tmp/                        imports being staged; debris after a crash, swept by gc
  *   store.lock                  proper-lockfile: one mutation at a time, across the CLI and the server
  *
+ * A layer is held by its child layers, by container layers on it (containers.ts) and by tags.
+ *
  * A layer's DiffID is the sha256 of its uncompressed tar; its ChainID is the DiffID for a base layer, else
  * sha256("<parent ChainID> <DiffID>") (OCI image spec). An import is staged in tmp/ and published by one
  * rename, then made durable with syncfs before its record is written: the record is the truth, so a crash
@@ -227,10 +229,27 @@ export function createLayerStore(root: string): LayerStore {
     const out = list()
       .filter((l) => l.parent === rec.id)
       .map((l) => `child layer ${l.id.slice(7, 19)}`);
+    const containers = path.join(root, 'containers');
+    for (const f of fs.existsSync(containers) ? fs.readdirSync(containers) : []) {
+      if (!f.endsWith('.json')) continue;
+      const c = JSON.parse(fs.readFileSync(path.join(containers, f), 'utf8')) as { from: string };
+      if (c.from === rec.id) out.push(`container layer "${f.slice(0, -5)}"`);
+    }
     for (const t of fs.readdirSync(dirs.tags)) {
       if (fs.readFileSync(path.join(dirs.tags, t), 'utf8').trim() === rec.id) out.push(`tag "${t}"`);
     }
     return out;
+  }
+
+  /** Removes a diff's short link (containers.ts: l/<4 chars>), if it has one. */
+  function removeShortLink(linkFile: string): void {
+    try {
+      fs.rmSync(path.join(root, 'l', fs.readFileSync(linkFile, 'utf8').trim()), { force: true });
+      fs.rmSync(linkFile);
+    } catch (err) {
+      // ENOENT: the diff was never mounted, so it has no short link.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
   }
 
   function removeUnlocked(rec: LayerRecord): void {
@@ -243,6 +262,7 @@ export function createLayerStore(root: string): LayerStore {
       const trash = path.join(dirs.tmp, `rm-${nanoid(10)}`);
       fs.renameSync(diffDir(rec), trash);
       fs.rmSync(`${diffDir(rec)}.split`, { force: true });
+      removeShortLink(`${diffDir(rec)}.link`);
       fs.rmSync(trash, { recursive: true, force: true });
     }
   }
@@ -283,8 +303,9 @@ export function createLayerStore(root: string): LayerStore {
         }
         const used = new Set(list().map((l) => hexOf(l.diffId)));
         for (const e of fs.readdirSync(dirs.diffs)) {
-          const hex = e.replace(/\.split$/, '');
+          const hex = e.replace(/\.(split|link)$/, '');
           if (!used.has(hex)) {
+            if (e.endsWith('.link')) removeShortLink(path.join(dirs.diffs, e));
             fs.rmSync(path.join(dirs.diffs, e), { recursive: true, force: true });
             removed.push(`diffs/${e}`);
           }

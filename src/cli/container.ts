@@ -1,0 +1,44 @@
+/** `tsvol container …`: create, diff, commit, rm (issue #5). Thin: parse, call layers/, print. */
+import path from 'node:path';
+import type { Command } from 'commander';
+import { loadConfig } from '../config.js';
+import { createContainerStore } from '../layers/containers.js';
+import { createLayerStore } from '../layers/layer-store.js';
+
+function stores() {
+  const root = path.join(loadConfig().dataRoot, 'layers');
+  const layers = createLayerStore(root);
+  return { layers, containers: createContainerStore(root, layers) };
+}
+
+/** Registers `tsvol container`. */
+export function registerContainer(program: Command): void {
+  const c = program.command('container').description('writable copy-on-write layers on a layer chain');
+  c.command('create')
+    .argument('<name>', 'the container layer name')
+    .requiredOption('--from <id>', 'the layer (ID or name) to build on')
+    .description('make and mount a writable layer; prints the merged path')
+    .action(async (name: string, opts: { from: string }) => {
+      process.stdout.write(`${await stores().containers.create(name, opts.from)}\n`);
+    });
+  c.command('diff')
+    .argument('<name>')
+    .option('--json', 'machine-readable output')
+    .description('changes against the base, like docker diff (A added, C changed, D deleted)')
+    .action((name: string, opts: { json?: boolean }) => {
+      const changes = stores().containers.diff(name);
+      process.stdout.write(opts.json ? `${JSON.stringify(changes, null, 2)}\n` : changes.map((ch) => `${ch.kind} ${ch.path}\n`).join(''));
+    });
+  c.command('commit')
+    .argument('<name>')
+    .description('turn the writable layer into a new read-only layer; prints its ID')
+    .action(async (name: string) => {
+      process.stdout.write(`${(await stores().containers.commit(name)).id}\n`);
+    });
+  c.command('rm')
+    .argument('<name>')
+    .description('unmount and discard the writable layer')
+    .action(async (name: string) => {
+      await stores().containers.remove(name);
+    });
+}

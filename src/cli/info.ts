@@ -1,0 +1,26 @@
+/** `tsvol info`: where the state is and which layer driver is in use, and why. */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Command } from 'commander';
+import { loadConfig } from '../config.js';
+import { probeOverlay } from '../layers/probe.js';
+
+/** Registers `tsvol info`. */
+export function registerInfo(program: Command): void {
+  program
+    .command('info')
+    .option('--json', 'machine-readable output')
+    .description('data root, layer driver in use and why')
+    .action((opts: { json?: boolean }) => {
+      const config = loadConfig();
+      const layersRoot = path.join(config.dataRoot, 'layers');
+      fs.mkdirSync(layersRoot, { recursive: true });
+      const probe = probeOverlay(layersRoot);
+      const info = {
+        dataRoot: config.dataRoot,
+        layerDriver: probe.ok ? 'overlay' : 'unavailable',
+        why: probe.why,
+      };
+      process.stdout.write(opts.json ? `${JSON.stringify(info, null, 2)}\n` : `Data root:     ${info.dataRoot}\nLayer driver:  ${info.layerDriver}\n  ${info.why}\n`);
+    });
+}

@@ -1,0 +1,209 @@
+/**
+ * Container layers: a writable copy-on-write layer on a chain of read-only layers, mounted with overlayfs
+ * (index=off, redirect_dir=off, metacopy=off: a layer committed from the upper directory must stand on its
+ * own). Layout under TSVOL_DATA/layers:
+ *
+ *   containers/<name>.json             the record (name, the layer it sits on, created)
+ *   containers/<name>/{upper,work,merged}
+ *   l/<4 chars> -> ../diffs/<hex>      short links, so 500 lower layers fit in one page of mount data
+ *
+ * The mount is made from inside the layers directory with relative paths (lowerdir=l/abcd:l/efgh…), which
+ * keeps the option string near 7 bytes a layer: 500 layers (the kernel's limit) take ~3.5 KB, under the
+ * 4 KB page that mount(2) accepts. Node runs JavaScript on one thread, so the chdir around the synchronous
+ * mount(2) cannot be observed by any other code. diff and commit read only the upper directory and the
+ * lower layers' directories, never the merged tree, so a commit costs what changed, not the image's size.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { ConflictError, InvalidArgumentError, NotFoundError, describeError, errnoCode } from '../errors.js';
+import { writeFileDurable } from '../sys/durable.js';
+import { isMountRoot } from '../sys/libc.js';
+import { overlayMount, unmount } from '../sys/mount.js';
+import { removeTreeNoCross } from '../sys/remove.js';
+import type { LayerRecord, LayerStore } from './layer-store.js';
+import { isOpaque, isWhiteout, writeTree } from './tar/writer.js';
+
+/** A container layer. */
+export interface ContainerRecord {
+  readonly name: string;
+  /** The read-only layer it sits on (ChainID). */
+  readonly from: string;
+  readonly createdAt: string;
+}
+
+/** One change, like `docker diff`: A added, C changed, D deleted. */
+export interface Change {
+  readonly kind: 'A' | 'C' | 'D';
+  readonly path: string;
+}
+
+const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
+/** Largest mount data mount(2) accepts: one page, NUL included. */
+const MAX_MOUNT_DATA = 4095;
+
+/** Container layers on `layers`, stored under `root` (TSVOL_DATA/layers). */
+export interface ContainerStore {
+  /** Makes and mounts a writable layer on `from`; returns the merged path. */
+  create(name: string, from: string): Promise<string>;
+  diff(name: string): Change[];
+  /** Turns the writable layer into a new read-only layer on top of its base. */
+  commit(name: string): Promise<LayerRecord>;
+  remove(name: string): Promise<void>;
+  list(): ContainerRecord[];
+  mergedPath(name: string): string;
+}
+
+/** Creates the container store. */
+export function createContainerStore(root: string, layers: LayerStore): ContainerStore {
+  const dir = path.join(root, 'containers');
+  const links = path.join(root, 'l');
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  fs.mkdirSync(links, { recursive: true, mode: 0o700 });
+
+  const recordFile = (name: string): string => path.join(dir, `${name}.json`);
+  const paths = (name: string) => ({
+    base: path.join(dir, name),
+    upper: path.join(dir, name, 'upper'),
+    work: path.join(dir, name, 'work'),
+    merged: path.join(dir, name, 'merged'),
+  });
+
+  function read(name: string): ContainerRecord {
+    if (!NAME.test(name)) throw new InvalidArgumentError(`invalid container name "${name}"`);
+    try {
+      return JSON.parse(fs.readFileSync(recordFile(name), 'utf8')) as ContainerRecord;
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT') throw new NotFoundError(`container layer "${name}" not found`);
+      throw err;
+    }
+  }
+
+  /** The short link for a layer's diff directory, made on first use. */
+  function shortLink(layer: LayerRecord): string {
+    const diff = layers.diffDir(layer);
+    const linkFile = `${diff}.link`;
+    try {
+      return fs.readFileSync(linkFile, 'utf8').trim();
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT') throw err;
+    }
+    const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
+    for (;;) {
+      const id = Array.from({ length: 4 }, () => alphabet[Math.floor(Math.random() * alphabet.length)]).join('');
+      try {
+        fs.symlinkSync(path.relative(links, diff), path.join(links, id));
+      } catch (err) {
+        if (errnoCode(err) === 'EEXIST') continue; // taken: draw again
+        throw err;
+      }
+      writeFileDurable(linkFile, id);
+      return id;
+    }
+  }
+
+  /** The lower directories, top first, for a chain. */
+  function lowers(from: string): string[] {
+    return layers.history(from).map((l) => layers.diffDir(l));
+  }
+
+  function mount(rec: ContainerRecord): void {
+    const p = paths(rec.name);
+    const chain = layers.history(rec.from);
+    const lowerdir = chain.map((l) => `l/${shortLink(l)}`).join(':');
+    const rel = (abs: string): string => path.relative(root, abs);
+    const data = `lowerdir=${lowerdir},upperdir=${rel(p.upper)},workdir=${rel(p.work)},index=off,redirect_dir=off,metacopy=off`;
+    if (data.length > MAX_MOUNT_DATA) {
+      throw new InvalidArgumentError(`a chain of ${chain.length} layers needs ${data.length} bytes of mount options; the kernel takes ${MAX_MOUNT_DATA}`);
+    }
+    const cwd = process.cwd();
+    process.chdir(root);
+    try {
+      overlayMount(p.merged, data);
+    } finally {
+      process.chdir(cwd);
+    }
+  }
+
+  /** True if `rel` exists in the lower layers (the topmost layer that has it, or a whiteout, decides). */
+  function inLower(lowerDirs: string[], rel: string): boolean {
+    for (const lower of lowerDirs) {
+      const st = fs.lstatSync(path.join(lower, rel), { throwIfNoEntry: false });
+      if (st) return !isWhiteout(st);
+    }
+    return false;
+  }
+
+  return {
+    async create(name, from) {
+      if (!NAME.test(name)) throw new InvalidArgumentError(`invalid container name "${name}": use [a-zA-Z0-9_.-]`);
+      if (fs.existsSync(recordFile(name))) throw new ConflictError(`container layer "${name}" already exists`);
+      const base = layers.resolve(from);
+      const p = paths(name);
+      const rec: ContainerRecord = { name, from: base.id, createdAt: new Date().toISOString() };
+      fs.mkdirSync(p.upper, { recursive: true, mode: 0o755 });
+      fs.mkdirSync(p.work, { mode: 0o700 });
+      fs.mkdirSync(p.merged, { mode: 0o755 });
+      try {
+        mount(rec);
+        writeFileDurable(recordFile(name), JSON.stringify(rec));
+      } catch (err) {
+        if (fs.existsSync(p.merged) && isMountRoot(p.merged)) unmount(p.merged);
+        fs.rmSync(p.base, { recursive: true, force: true });
+        throw err;
+      }
+      return p.merged;
+    },
+
+    diff(name) {
+      const rec = read(name);
+      const lowerDirs = lowers(rec.from);
+      const upper = paths(name).upper;
+      const out: Change[] = [];
+      const walk = (rel: string, underOpaque: boolean): void => {
+        for (const entry of fs.readdirSync(path.join(upper, rel)).sort()) {
+          const childRel = rel === '' ? entry : `${rel}/${entry}`;
+          const abs = path.join(upper, childRel);
+          const st = fs.lstatSync(abs);
+          if (isWhiteout(st)) {
+            out.push({ kind: 'D', path: `/${childRel}` });
+            continue;
+          }
+          const existed = !underOpaque && inLower(lowerDirs, childRel);
+          out.push({ kind: existed ? 'C' : 'A', path: `/${childRel}` });
+          if (st.isDirectory()) walk(childRel, underOpaque || isOpaque(abs));
+        }
+      };
+      walk('', false);
+      return out;
+    },
+
+    async commit(name) {
+      const rec = read(name);
+      return layers.importLayer(writeTree(paths(name).upper), rec.from);
+    },
+
+    async remove(name) {
+      read(name);
+      const p = paths(name);
+      if (fs.existsSync(p.merged) && isMountRoot(p.merged)) unmount(p.merged);
+      fs.rmSync(recordFile(name));
+      const left = await removeTreeNoCross(p.base);
+      if (left.length > 0) throw new ConflictError(`container layer "${name}" removed, but mounts inside were left: ${left.join(', ')}`);
+    },
+
+    list() {
+      return fs
+        .readdirSync(dir)
+        .filter((f) => f.endsWith('.json'))
+        .map((f) => {
+          try {
+            return JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')) as ContainerRecord;
+          } catch (err) {
+            throw new Error(`container record ${f} is unreadable: ${describeError(err)}`);
+          }
+        });
+    },
+
+    mergedPath: (name) => paths(read(name).name).merged,
+  };
+}
