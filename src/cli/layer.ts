@@ -43,7 +43,7 @@ export function registerLayer(program: Command): void {
     .description('import a layer tar; prints its ID')
     .action(async (file: string, opts: { parent?: string }) => {
       // Opened here, synchronously, so a missing file is an error now and not an unhandled stream event.
-      const input = file === '-' ? process.stdin : fs.createReadStream('', { fd: fs.openSync(file, 'r') });
+      const input = file === '-' ? process.stdin : fs.createReadStream('', { fd: fs.openSync(file, 'r'), highWaterMark: 1 << 20 });
       const rec = await store().importLayer(input, opts.parent);
       process.stdout.write(`${rec.id}\n`);
     });

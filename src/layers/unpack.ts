@@ -16,6 +16,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { lsetxattr, mknod } from '../sys/libc.js';
+import { Coalescer } from './tar/coalesce.js';
 import type { TarReader } from './tar/reader.js';
 
 /** Names of OCI whiteouts. */
@@ -128,9 +129,14 @@ export async function unpackLayer(reader: TarReader, root: string, splitFd: numb
           const fd = fs.openSync(abs, 'wx', 0o600);
           try {
             for await (const chunk of entry.body()) fs.writeSync(fd, chunk);
+            // Metadata through the open fd: no second path lookup per call.
+            fs.fchownSync(fd, h.uid, h.gid);
+            fs.fchmodSync(fd, h.mode & 0o7777);
+            fs.futimesSync(fd, h.mtime, h.mtime);
           } finally {
             fs.closeSync(fd);
           }
+          for (const [name, value] of h.xattrs) lsetxattr(abs, name, value);
           bodyPath = rel;
           stats.size += h.size;
           break;
@@ -155,7 +161,7 @@ export async function unpackLayer(reader: TarReader, root: string, splitFd: numb
           break;
         }
       }
-      if (h.type !== 'hardlink') {
+      if (h.type !== 'hardlink' && h.type !== 'file') {
         fs.lchownSync(abs, h.uid, h.gid);
         if (h.type !== 'symlink') fs.chmodSync(abs, h.mode & 0o7777);
         for (const [name, value] of h.xattrs) lsetxattr(abs, name, value);
@@ -177,9 +183,10 @@ function makedev(major: number, minor: number): number {
   return ((major & 0xfff) << 8) | (minor & 0xff) | ((minor & ~0xff) << 12);
 }
 
-/** Replays a split file: raw headers, bodies from `root`, padding, trailer. */
+/** Replays a split file: raw headers, bodies from `root`, padding, trailer; yields 4 MB buffers. */
 export async function* replaySplit(splitFile: string, root: string): AsyncGenerator<Buffer> {
   const data = fs.readFileSync(splitFile);
+  const out = new Coalescer();
   let o = 0;
   while (o < data.length) {
     const kind = data.readUInt8(o);
@@ -187,7 +194,7 @@ export async function* replaySplit(splitFile: string, root: string): AsyncGenera
     if (kind === REC_TRAILER) {
       const len = data.readUInt32LE(o);
       o += 4;
-      yield data.subarray(o, o + len);
+      out.push(data.subarray(o, o + len));
       o += len;
       continue;
     }
@@ -196,7 +203,7 @@ export async function* replaySplit(splitFile: string, root: string): AsyncGenera
     const size = data.readDoubleLE(o + 8);
     const padLen = data.readUInt32LE(o + 16);
     o += 20;
-    yield data.subarray(o, o + rawLen);
+    out.push(data.subarray(o, o + rawLen));
     o += rawLen;
     const bodyPath = data.toString('utf8', o, o + pathLen);
     o += pathLen;
@@ -205,19 +212,14 @@ export async function* replaySplit(splitFile: string, root: string): AsyncGenera
     if (size >= 0) {
       const fd = fs.openSync(path.join(root, bodyPath), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
       try {
-        const buf = Buffer.allocUnsafe(1 << 20);
-        let left = size;
-        while (left > 0) {
-          const n = fs.readSync(fd, buf, 0, Math.min(buf.length, left), null);
-          if (n === 0) throw new Error(`layer file "${bodyPath}" is shorter than recorded: the layer is damaged`);
-          left -= n;
-          yield Buffer.from(buf.subarray(0, n));
-        }
+        out.file(fd, size, bodyPath);
       } finally {
         fs.closeSync(fd);
       }
-      const padding = (512 - (size % 512)) % 512;
-      yield padLen > 0 ? pad : Buffer.alloc(padding);
+      if (padLen > 0) out.push(pad);
+      else out.zeros((512 - (size % 512)) % 512);
     }
+    for (const b of out.take()) yield b;
   }
+  for (const b of out.flush()) yield b;
 }

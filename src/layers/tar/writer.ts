@@ -8,6 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { llistxattr, lgetxattr } from '../../sys/libc.js';
+import { Coalescer } from './coalesce.js';
 import { BLOCK, encodeHeader, padding, type TarHeader } from './format.js';
 
 const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
@@ -54,6 +55,7 @@ export function isOpaque(abs: string): boolean {
 /** Streams `root` (an overlay upper directory, or any tree) as a tar. */
 export async function* writeTree(root: string): AsyncGenerator<Buffer> {
   const seen = new Map<string, string>(); // dev:ino → first path, for hardlinks
+  const out = new Coalescer();
   async function* walk(rel: string): AsyncGenerator<Buffer> {
     const abs = rel === '' ? root : path.join(root, rel);
     const names = fs.readdirSync(abs).sort();
@@ -63,48 +65,44 @@ export async function* writeTree(root: string): AsyncGenerator<Buffer> {
       const st = fs.lstatSync(childAbs);
       if (isWhiteout(st)) {
         const wh = rel === '' ? `.wh.${name}` : `${rel}/.wh.${name}`;
-        yield encodeHeader(header(wh, st, 'file', { mode: 0o644, uid: 0, gid: 0 }));
+        out.push(encodeHeader(header(wh, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
         continue;
       }
       if (st.isDirectory()) {
-        yield encodeHeader(header(`${childRel}/`, st, 'dir', { xattrs: xattrsOf(childAbs) }));
-        if (isOpaque(childAbs)) yield encodeHeader(header(`${childRel}/.wh..wh..opq`, st, 'file', { mode: 0o644, uid: 0, gid: 0 }));
+        out.push(encodeHeader(header(`${childRel}/`, st, 'dir', { xattrs: xattrsOf(childAbs) })));
+        if (isOpaque(childAbs)) out.push(encodeHeader(header(`${childRel}/.wh..wh..opq`, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
+        for (const b of out.take()) yield b;
         yield* walk(childRel);
         continue;
       }
       const key = `${st.dev}:${st.ino}`;
       const first = st.nlink > 1 ? seen.get(key) : undefined;
       if (first !== undefined) {
-        yield encodeHeader(header(childRel, st, 'hardlink', { linkname: first }));
+        out.push(encodeHeader(header(childRel, st, 'hardlink', { linkname: first })));
         continue;
       }
       if (st.nlink > 1) seen.set(key, childRel);
       if (st.isSymbolicLink()) {
-        yield encodeHeader(header(childRel, st, 'symlink', { linkname: fs.readlinkSync(childAbs), xattrs: xattrsOf(childAbs) }));
+        out.push(encodeHeader(header(childRel, st, 'symlink', { linkname: fs.readlinkSync(childAbs), xattrs: xattrsOf(childAbs) })));
       } else if (st.isFile()) {
-        yield encodeHeader(header(childRel, st, 'file', { size: st.size, xattrs: xattrsOf(childAbs) }));
+        out.push(encodeHeader(header(childRel, st, 'file', { size: st.size, xattrs: xattrsOf(childAbs) })));
         const fd = fs.openSync(childAbs, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
         try {
-          const buf = Buffer.allocUnsafe(1 << 20);
-          let left = st.size;
-          while (left > 0) {
-            const n = fs.readSync(fd, buf, 0, Math.min(buf.length, left), null);
-            if (n === 0) throw new Error(`"${childRel}" shrank while being written to the layer`);
-            left -= n;
-            yield Buffer.from(buf.subarray(0, n));
-          }
+          out.file(fd, st.size, childRel);
         } finally {
           fs.closeSync(fd);
         }
-        yield Buffer.alloc(padding(st.size));
+        out.zeros(padding(st.size));
+        for (const b of out.take()) yield b;
       } else {
         const type = st.isCharacterDevice() ? 'char' : st.isBlockDevice() ? 'block' : 'fifo';
         const major = Number((BigInt(st.rdev) >> 8n) & 0xfffn);
         const minor = Number((BigInt(st.rdev) & 0xffn) | ((BigInt(st.rdev) >> 12n) & 0xfff00n));
-        yield encodeHeader(header(childRel, st, type, { devmajor: major, devminor: minor, xattrs: xattrsOf(childAbs) }));
+        out.push(encodeHeader(header(childRel, st, type, { devmajor: major, devminor: minor, xattrs: xattrsOf(childAbs) })));
       }
     }
   }
   yield* walk('');
-  yield Buffer.alloc(BLOCK * 2);
+  out.zeros(BLOCK * 2);
+  for (const b of out.flush()) yield b;
 }
