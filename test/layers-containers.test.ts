@@ -19,10 +19,11 @@ interface Tsvol {
   data: string;
 }
 
-function world(): Tsvol {
+function world(driver: string): Tsvol {
   const data = path.join(tempDir('tsvol-ctr-'), 'data');
   const run = (args: string[], input?: Buffer): { status: number | null; out: string; err: string } => {
-    const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, TSVOL_DATA: data }, input, maxBuffer: 1 << 26 });
+    const env = { ...process.env, TSVOL_DATA: data, TSVOL_LAYER_DRIVER: driver };
+    const r = spawnSync(process.execPath, [CLI, ...args], { env, input, maxBuffer: 1 << 26 });
     return { status: r.status, out: r.stdout.toString().trim(), err: r.stderr.toString() };
   };
   const fn = ((args: string[], input?: Buffer) => {
@@ -67,9 +68,9 @@ async function importChain(tsvol: Tsvol, layers: Spec[][]): Promise<string> {
   return parent!;
 }
 
-async function withWorld(t: { log: (m: string) => void }, fn: (tsvol: Tsvol) => Promise<void>): Promise<void> {
+async function withWorld(t: { log: (m: string) => void; title: string }, fn: (tsvol: Tsvol) => Promise<void>): Promise<void> {
   if (!requireRoot(t)) return;
-  const tsvol = world();
+  const tsvol = world(t.title.startsWith('[copy]') ? 'copy' : 'overlay');
   try {
     await fn(tsvol);
   } finally {
@@ -77,121 +78,125 @@ async function withWorld(t: { log: (m: string) => void }, fn: (tsvol: Tsvol) => 
   }
 }
 
-test('writing a lower file copies it up; the lower layer never changes; rm discards the changes', async (t) => {
-  await withWorld(t, async (tsvol) => {
-    const base = await importChain(tsvol, [[['etc/', { dir: true }], ['etc/motd', 'welcome\n']]]);
-    const merged = tsvol(['container', 'create', 'web', '--from', base]);
-    fs.appendFileSync(path.join(merged, 'etc', 'motd'), 'edited\n');
-    t.is(fs.readFileSync(path.join(merged, 'etc', 'motd'), 'utf8'), 'welcome\nedited\n');
-    const lower = path.join(tsvol.data, 'layers', 'diffs', base.slice(7), 'etc', 'motd');
-    t.is(fs.readFileSync(lower, 'utf8'), 'welcome\n');
-    t.is(tsvol(['container', 'diff', 'web']), 'C /etc\nC /etc/motd');
-    tsvol(['container', 'rm', 'web']);
-    const again = tsvol(['container', 'create', 'web2', '--from', base]);
-    t.is(fs.readFileSync(path.join(again, 'etc', 'motd'), 'utf8'), 'welcome\n');
-    tsvol(['container', 'rm', 'web2']);
-  });
-});
-
-test('commit round-trips additions, deletions, a directory removed and re-made (opaque), and renames', async (t) => {
-  await withWorld(t, async (tsvol) => {
-    const base = await importChain(tsvol, [
-      [
-        ['app/', { dir: true }],
-        ['app/keep', 'keep\n'],
-        ['app/old-name', 'moved\n'],
-        ['app/delete-me', 'bye\n'],
-        ['cache/', { dir: true }],
-        ['cache/a', '1'],
-        ['cache/b', '2'],
-      ],
-    ]);
-    const m = tsvol(['container', 'create', 'c', '--from', base]);
-    fs.rmSync(path.join(m, 'app', 'delete-me'));
-    fs.renameSync(path.join(m, 'app', 'old-name'), path.join(m, 'app', 'new-name'));
-    fs.rmSync(path.join(m, 'cache'), { recursive: true });
-    fs.mkdirSync(path.join(m, 'cache'));
-    fs.writeFileSync(path.join(m, 'cache', 'fresh'), 'new');
-    fs.writeFileSync(path.join(m, 'added'), 'added');
-    const diff = tsvol(['container', 'diff', 'c']).split('\n');
-    t.true(diff.includes('D /app/delete-me'));
-    t.true(diff.includes('D /app/old-name'));
-    t.true(diff.includes('A /app/new-name'));
-    t.true(diff.includes('A /added'));
-    const committed = tsvol(['container', 'commit', 'c']);
-    tsvol(['container', 'rm', 'c']);
-    const m2 = tsvol(['container', 'create', 'check', '--from', committed]);
-    t.deepEqual(fs.readdirSync(path.join(m2, 'app')).sort(), ['keep', 'new-name']);
-    t.is(fs.readFileSync(path.join(m2, 'app', 'new-name'), 'utf8'), 'moved\n');
-    t.deepEqual(fs.readdirSync(path.join(m2, 'cache')), ['fresh'], 'the opaque directory hides the lower entries');
-    t.is(fs.readFileSync(path.join(m2, 'added'), 'utf8'), 'added');
-    // The committed layer is a real OCI diff: it carries OCI whiteouts, not overlay devices.
-    const tar = spawnSync(process.execPath, [CLI, 'layer', 'export', committed], { env: { ...process.env, TSVOL_DATA: tsvol.data }, maxBuffer: 1 << 24 }).stdout;
-    const names = spawnSync('tar', ['-t'], { input: tar }).stdout.toString().split('\n');
-    t.true(names.includes('app/.wh.delete-me'));
-    t.true(names.includes('cache/.wh..wh..opq'));
-    tsvol(['container', 'rm', 'check']);
-  });
-});
-
-test('chown and directory permissions survive commit', async (t) => {
-  await withWorld(t, async (tsvol) => {
-    const base = await importChain(tsvol, [[['srv/', { dir: true }], ['srv/data', 'x']]]);
-    const m = tsvol(['container', 'create', 'perm', '--from', base]);
-    fs.chownSync(path.join(m, 'srv', 'data'), 1000, 1000);
-    fs.mkdirSync(path.join(m, 'private'));
-    fs.chmodSync(path.join(m, 'private'), 0o700);
-    fs.chmodSync(path.join(m, 'srv'), 0o1777);
-    const committed = tsvol(['container', 'commit', 'perm']);
-    tsvol(['container', 'rm', 'perm']);
-    const m2 = tsvol(['container', 'create', 'perm2', '--from', committed]);
-    const st = fs.statSync(path.join(m2, 'srv', 'data'));
-    t.deepEqual([st.uid, st.gid], [1000, 1000]);
-    t.is(fs.statSync(path.join(m2, 'private')).mode & 0o7777, 0o700);
-    t.is(fs.statSync(path.join(m2, 'srv')).mode & 0o7777, 0o1777);
-    tsvol(['container', 'rm', 'perm2']);
-  });
-});
-
-test('a file deleted in a child layer and a directory removed in a lower layer stay gone', async (t) => {
-  await withWorld(t, async (tsvol) => {
-    const top = await importChain(tsvol, [
-      [['a/', { dir: true }], ['a/f', 'f'], ['b/', { dir: true }], ['b/g', 'g']],
-      [['a/.wh.f', '']],
-      [['.wh.b', '']],
-      [['c', 'c']],
-    ]);
-    const m = tsvol(['container', 'create', 'gone', '--from', top]);
-    t.deepEqual(fs.readdirSync(m).sort(), ['a', 'c']);
-    t.deepEqual(fs.readdirSync(path.join(m, 'a')), []);
-    tsvol(['container', 'rm', 'gone']);
-  });
-});
-
-test('a layer under a container or a child cannot be removed; the error names the holder', async (t) => {
-  await withWorld(t, async (tsvol) => {
-    const base = await importChain(tsvol, [[['x', 'x']]]);
-    tsvol(['container', 'create', 'holder', '--from', base]);
-    t.regex(tsvol.fails(['layer', 'rm', base]), /held by container layer "holder"/);
-    tsvol(['container', 'rm', 'holder']);
-    tsvol(['layer', 'rm', base]);
-    t.is(tsvol(['layer', 'ls', '--json']), '[]');
-  });
-});
-
-for (const depth of [128, 500]) {
-  test(`a chain of ${depth} layers mounts and the top layer wins`, async (t) => {
+for (const driver of ['overlay', 'copy'] as const) {
+  test(`[${driver}] writing a lower file copies it up; the lower layer never changes; rm discards the changes`, async (t) => {
     await withWorld(t, async (tsvol) => {
-      const layers: Spec[][] = Array.from({ length: depth }, (_, i) => [
-        ['which', `layer ${i}\n`],
-        [`only-${i}`, `${i}`],
-      ]);
-      const top = await importChain(tsvol, layers);
-      const m = tsvol(['container', 'create', 'deep', '--from', top]);
-      t.is(fs.readFileSync(path.join(m, 'which'), 'utf8'), `layer ${depth - 1}\n`);
-      t.is(fs.readFileSync(path.join(m, 'only-0'), 'utf8'), '0');
-      t.is(fs.readdirSync(m).length, depth + 1);
-      tsvol(['container', 'rm', 'deep']);
+      const base = await importChain(tsvol, [[['etc/', { dir: true }], ['etc/motd', 'welcome\n']]]);
+      const merged = tsvol(['container', 'create', 'web', '--from', base]);
+      fs.appendFileSync(path.join(merged, 'etc', 'motd'), 'edited\n');
+      t.is(fs.readFileSync(path.join(merged, 'etc', 'motd'), 'utf8'), 'welcome\nedited\n');
+      const lower = path.join(tsvol.data, 'layers', 'diffs', base.slice(7), 'etc', 'motd');
+      t.is(fs.readFileSync(lower, 'utf8'), 'welcome\n');
+      t.is(tsvol(['container', 'diff', 'web']), 'C /etc\nC /etc/motd');
+      tsvol(['container', 'rm', 'web']);
+      const again = tsvol(['container', 'create', 'web2', '--from', base]);
+      t.is(fs.readFileSync(path.join(again, 'etc', 'motd'), 'utf8'), 'welcome\n');
+      tsvol(['container', 'rm', 'web2']);
     });
   });
+
+  test(`[${driver}] commit round-trips additions, deletions, a directory removed and re-made (opaque), and renames`, async (t) => {
+    await withWorld(t, async (tsvol) => {
+      const base = await importChain(tsvol, [
+        [
+          ['app/', { dir: true }],
+          ['app/keep', 'keep\n'],
+          ['app/old-name', 'moved\n'],
+          ['app/delete-me', 'bye\n'],
+          ['cache/', { dir: true }],
+          ['cache/a', '1'],
+          ['cache/b', '2'],
+        ],
+      ]);
+      const m = tsvol(['container', 'create', 'c', '--from', base]);
+      fs.rmSync(path.join(m, 'app', 'delete-me'));
+      fs.renameSync(path.join(m, 'app', 'old-name'), path.join(m, 'app', 'new-name'));
+      fs.rmSync(path.join(m, 'cache'), { recursive: true });
+      fs.mkdirSync(path.join(m, 'cache'));
+      fs.writeFileSync(path.join(m, 'cache', 'fresh'), 'new');
+      fs.writeFileSync(path.join(m, 'added'), 'added');
+      const diff = tsvol(['container', 'diff', 'c']).split('\n');
+      t.true(diff.includes('D /app/delete-me'));
+      t.true(diff.includes('D /app/old-name'));
+      t.true(diff.includes('A /app/new-name'));
+      t.true(diff.includes('A /added'));
+      const committed = tsvol(['container', 'commit', 'c']);
+      tsvol(['container', 'rm', 'c']);
+      const m2 = tsvol(['container', 'create', 'check', '--from', committed]);
+      t.deepEqual(fs.readdirSync(path.join(m2, 'app')).sort(), ['keep', 'new-name']);
+      t.is(fs.readFileSync(path.join(m2, 'app', 'new-name'), 'utf8'), 'moved\n');
+      t.deepEqual(fs.readdirSync(path.join(m2, 'cache')), ['fresh'], 'the opaque directory hides the lower entries');
+      t.is(fs.readFileSync(path.join(m2, 'added'), 'utf8'), 'added');
+      // The committed layer is a real OCI diff: it carries OCI whiteouts, not overlay devices.
+      const tar = spawnSync(process.execPath, [CLI, 'layer', 'export', committed], { env: { ...process.env, TSVOL_DATA: tsvol.data }, maxBuffer: 1 << 24 }).stdout;
+      const names = spawnSync('tar', ['-t'], { input: tar }).stdout.toString().split('\n');
+      t.true(names.includes('app/.wh.delete-me'));
+      // overlay records the re-made directory as opaque; the copy driver whiteouts each old entry.
+      if (driver === 'overlay') t.true(names.includes('cache/.wh..wh..opq'));
+      else t.true(names.includes('cache/.wh.a') && names.includes('cache/.wh.b'));
+      tsvol(['container', 'rm', 'check']);
+    });
+  });
+
+  test(`[${driver}] chown and directory permissions survive commit`, async (t) => {
+    await withWorld(t, async (tsvol) => {
+      const base = await importChain(tsvol, [[['srv/', { dir: true }], ['srv/data', 'x']]]);
+      const m = tsvol(['container', 'create', 'perm', '--from', base]);
+      fs.chownSync(path.join(m, 'srv', 'data'), 1000, 1000);
+      fs.mkdirSync(path.join(m, 'private'));
+      fs.chmodSync(path.join(m, 'private'), 0o700);
+      fs.chmodSync(path.join(m, 'srv'), 0o1777);
+      const committed = tsvol(['container', 'commit', 'perm']);
+      tsvol(['container', 'rm', 'perm']);
+      const m2 = tsvol(['container', 'create', 'perm2', '--from', committed]);
+      const st = fs.statSync(path.join(m2, 'srv', 'data'));
+      t.deepEqual([st.uid, st.gid], [1000, 1000]);
+      t.is(fs.statSync(path.join(m2, 'private')).mode & 0o7777, 0o700);
+      t.is(fs.statSync(path.join(m2, 'srv')).mode & 0o7777, 0o1777);
+      tsvol(['container', 'rm', 'perm2']);
+    });
+  });
+
+  test(`[${driver}] a file deleted in a child layer and a directory removed in a lower layer stay gone`, async (t) => {
+    await withWorld(t, async (tsvol) => {
+      const top = await importChain(tsvol, [
+        [['a/', { dir: true }], ['a/f', 'f'], ['b/', { dir: true }], ['b/g', 'g']],
+        [['a/.wh.f', '']],
+        [['.wh.b', '']],
+        [['c', 'c']],
+      ]);
+      const m = tsvol(['container', 'create', 'gone', '--from', top]);
+      t.deepEqual(fs.readdirSync(m).sort(), ['a', 'c']);
+      t.deepEqual(fs.readdirSync(path.join(m, 'a')), []);
+      tsvol(['container', 'rm', 'gone']);
+    });
+  });
+
+  test(`[${driver}] a layer under a container or a child cannot be removed; the error names the holder`, async (t) => {
+    await withWorld(t, async (tsvol) => {
+      const base = await importChain(tsvol, [[['x', 'x']]]);
+      tsvol(['container', 'create', 'holder', '--from', base]);
+      t.regex(tsvol.fails(['layer', 'rm', base]), /held by container layer "holder"/);
+      tsvol(['container', 'rm', 'holder']);
+      tsvol(['layer', 'rm', base]);
+      t.is(tsvol(['layer', 'ls', '--json']), '[]');
+    });
+  });
+
+  for (const depth of [128, 500]) {
+    test(`[${driver}] a chain of ${depth} layers mounts and the top layer wins`, async (t) => {
+      await withWorld(t, async (tsvol) => {
+        const layers: Spec[][] = Array.from({ length: depth }, (_, i) => [
+          ['which', `layer ${i}\n`],
+          [`only-${i}`, `${i}`],
+        ]);
+        const top = await importChain(tsvol, layers);
+        const m = tsvol(['container', 'create', 'deep', '--from', top]);
+        t.is(fs.readFileSync(path.join(m, 'which'), 'utf8'), `layer ${depth - 1}\n`);
+        t.is(fs.readFileSync(path.join(m, 'only-0'), 'utf8'), '0');
+        t.is(fs.readdirSync(m).length, depth + 1);
+        tsvol(['container', 'rm', 'deep']);
+      });
+    });
+  }
 }

@@ -6,9 +6,10 @@ import { createContainerStore } from '../layers/containers.js';
 import { createLayerStore } from '../layers/layer-store.js';
 
 function stores() {
-  const root = path.join(loadConfig().dataRoot, 'layers');
+  const config = loadConfig();
+  const root = path.join(config.dataRoot, 'layers');
   const layers = createLayerStore(root);
-  return { layers, containers: createContainerStore(root, layers) };
+  return { layers, containers: createContainerStore(root, layers, config.layerDriver) };
 }
 
 /** Registers `tsvol container`. */

@@ -18,8 +18,12 @@ export function registerInfo(program: Command): void {
       const probe = probeOverlay(layersRoot);
       const info = {
         dataRoot: config.dataRoot,
-        layerDriver: probe.ok ? 'overlay' : 'unavailable',
-        why: probe.why,
+        layerDriver: config.layerDriver ?? (probe.ok ? 'overlay' : 'copy'),
+        why: config.layerDriver
+          ? `TSVOL_LAYER_DRIVER=${config.layerDriver} (overlay probe: ${probe.why})`
+          : probe.ok
+            ? probe.why
+            : `${probe.why}; using the copy driver (full copies, same behaviour)`,
       };
       process.stdout.write(opts.json ? `${JSON.stringify(info, null, 2)}\n` : `Data root:     ${info.dataRoot}\nLayer driver:  ${info.layerDriver}\n  ${info.why}\n`);
     });

@@ -21,6 +21,8 @@ import { isMountRoot } from '../sys/libc.js';
 import { overlayMount, unmount } from '../sys/mount.js';
 import { removeTreeNoCross } from '../sys/remove.js';
 import type { LayerRecord, LayerStore } from './layer-store.js';
+import { changesAsUpper, copyDiff, materialize } from './copy-driver.js';
+import { probeOverlay } from './probe.js';
 import { isOpaque, isWhiteout, writeTree } from './tar/writer.js';
 
 /** A container layer. */
@@ -28,8 +30,13 @@ export interface ContainerRecord {
   readonly name: string;
   /** The read-only layer it sits on (ChainID). */
   readonly from: string;
+  /** How it is stored: an overlay mount, or a full copy (copy-driver.ts). */
+  readonly driver: LayerDriver;
   readonly createdAt: string;
 }
+
+/** Storage drivers for container layers. */
+export type LayerDriver = 'overlay' | 'copy';
 
 /** One change, like `docker diff`: A added, C changed, D deleted. */
 export interface Change {
@@ -53,8 +60,13 @@ export interface ContainerStore {
   mergedPath(name: string): string;
 }
 
-/** Creates the container store. */
-export function createContainerStore(root: string, layers: LayerStore): ContainerStore {
+/**
+ * Creates the container store. `driver` forces a driver (TSVOL_LAYER_DRIVER); otherwise overlay is probed
+ * once, on the first create, and the copy driver is used where it fails.
+ */
+export function createContainerStore(root: string, layers: LayerStore, driver?: LayerDriver): ContainerStore {
+  let chosen: LayerDriver | undefined = driver;
+  const pickDriver = (): LayerDriver => (chosen ??= probeOverlay(root).ok ? 'overlay' : 'copy');
   const dir = path.join(root, 'containers');
   const links = path.join(root, 'l');
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -71,7 +83,8 @@ export function createContainerStore(root: string, layers: LayerStore): Containe
   function read(name: string): ContainerRecord {
     if (!NAME.test(name)) throw new InvalidArgumentError(`invalid container name "${name}"`);
     try {
-      return JSON.parse(fs.readFileSync(recordFile(name), 'utf8')) as ContainerRecord;
+      const rec = JSON.parse(fs.readFileSync(recordFile(name), 'utf8')) as ContainerRecord;
+      return { ...rec, driver: rec.driver ?? 'overlay' };
     } catch (err) {
       if (errnoCode(err) === 'ENOENT') throw new NotFoundError(`container layer "${name}" not found`);
       throw err;
@@ -139,12 +152,13 @@ export function createContainerStore(root: string, layers: LayerStore): Containe
       if (fs.existsSync(recordFile(name))) throw new ConflictError(`container layer "${name}" already exists`);
       const base = layers.resolve(from);
       const p = paths(name);
-      const rec: ContainerRecord = { name, from: base.id, createdAt: new Date().toISOString() };
+      const rec: ContainerRecord = { name, from: base.id, driver: pickDriver(), createdAt: new Date().toISOString() };
       fs.mkdirSync(p.upper, { recursive: true, mode: 0o755 });
       fs.mkdirSync(p.work, { mode: 0o700 });
       fs.mkdirSync(p.merged, { mode: 0o755 });
       try {
-        mount(rec);
+        if (rec.driver === 'overlay') mount(rec);
+        else materialize(lowers(rec.from), p.merged);
         writeFileDurable(recordFile(name), JSON.stringify(rec));
       } catch (err) {
         if (fs.existsSync(p.merged) && isMountRoot(p.merged)) unmount(p.merged);
@@ -157,6 +171,7 @@ export function createContainerStore(root: string, layers: LayerStore): Containe
     diff(name) {
       const rec = read(name);
       const lowerDirs = lowers(rec.from);
+      if (rec.driver === 'copy') return copyDiff(lowerDirs, paths(name).merged);
       const upper = paths(name).upper;
       const out: Change[] = [];
       const walk = (rel: string, underOpaque: boolean): void => {
@@ -179,7 +194,15 @@ export function createContainerStore(root: string, layers: LayerStore): Containe
 
     async commit(name) {
       const rec = read(name);
-      return layers.importLayer(writeTree(paths(name).upper), rec.from);
+      if (rec.driver !== 'copy') return layers.importLayer(writeTree(paths(name).upper), rec.from);
+      // Copy driver: write the changes in overlay's upper form, then commit them like overlay does.
+      const upper = fs.mkdtempSync(path.join(root, 'tmp', `commit-${name}-`));
+      try {
+        changesAsUpper(lowers(rec.from), paths(name).merged, upper);
+        return await layers.importLayer(writeTree(upper), rec.from);
+      } finally {
+        fs.rmSync(upper, { recursive: true, force: true });
+      }
     },
 
     async remove(name) {
