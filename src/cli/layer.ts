@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
 import { createLayerStore, type LayerRecord } from '../layers/layer-store.js';
+import { withProgress } from './progress.js';
 
 function store() {
   return createLayerStore(path.join(loadConfig().dataRoot, 'layers'));
@@ -43,8 +44,10 @@ export function registerLayer(program: Command): void {
     .description('import a layer tar; prints its ID')
     .action(async (file: string, opts: { parent?: string }) => {
       // Opened here, synchronously, so a missing file is an error now and not an unhandled stream event.
-      const input = file === '-' ? process.stdin : fs.createReadStream('', { fd: fs.openSync(file, 'r'), highWaterMark: 1 << 20 });
-      const rec = await store().importLayer(input, opts.parent);
+      const fd = file === '-' ? undefined : fs.openSync(file, 'r');
+      const input = fd === undefined ? process.stdin : fs.createReadStream('', { fd, highWaterMark: 1 << 20 });
+      const total = fd === undefined ? undefined : fs.fstatSync(fd).size;
+      const rec = await store().importLayer(withProgress('importing', input as AsyncIterable<Buffer>, total), opts.parent);
       process.stdout.write(`${rec.id}\n`);
     });
   layer
@@ -54,7 +57,11 @@ export function registerLayer(program: Command): void {
     .description("the layer's own diff as an OCI layer tar")
     .action(async (id: string, opts: { output?: string }) => {
       const out: NodeJS.WritableStream = opts.output ? fs.createWriteStream(opts.output) : process.stdout;
-      for await (const chunk of store().exportLayer(id)) {
+      const layers = store();
+      const rec = layers.resolve(id);
+      // Only draw when the tar goes to a file: a terminal on stdout would get the bar mixed into the data.
+      const chunks = opts.output ? withProgress('exporting', layers.exportLayer(rec.id)) : layers.exportLayer(rec.id);
+      for await (const chunk of chunks) {
         if (!out.write(chunk)) await new Promise((r) => out.once('drain', r));
       }
       if (opts.output) await new Promise<void>((resolve) => out.end(resolve));
