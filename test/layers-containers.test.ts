@@ -4,7 +4,8 @@
  * renames, ownership and permissions, and chains of 128 and 500 layers mount with the top layer winning.
  * (Cases from containerd's snapshotter suite.) Needs root: fails under CI=true without it.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -200,3 +201,34 @@ for (const driver of ['overlay', 'copy'] as const) {
     });
   }
 }
+
+test('kill -9 during a commit leaves no half-made layer; the container and a later commit are fine', async (t) => {
+  if (!requireRoot(t)) return;
+  const tsvol = world('overlay');
+  try {
+    const base = await importChain(tsvol, [[['seed', 'seed']]]);
+    const merged = tsvol(['container', 'create', 'busy', '--from', base]);
+    for (let i = 0; i < 300; i++) fs.writeFileSync(path.join(merged, `f${i}`), Buffer.alloc(64 * 1024, i));
+    const env = { ...process.env, TSVOL_DATA: tsvol.data, TSVOL_LAYER_DRIVER: 'overlay' };
+    for (const delay of [40, 150, 300]) {
+      const child = spawn(process.execPath, [CLI, 'container', 'commit', 'busy'], { env, stdio: 'ignore' });
+      await new Promise((r) => setTimeout(r, delay));
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
+      for (const l of JSON.parse(tsvol(['layer', 'ls', '--json'])) as { id: string; diffId: string }[]) {
+        const tar = spawnSync(process.execPath, [CLI, 'layer', 'export', l.id], { env, maxBuffer: 1 << 26 }).stdout;
+        t.is(`sha256:${createHash('sha256').update(tar).digest('hex')}`, l.diffId, 'a visible layer is whole');
+      }
+    }
+    t.is(fs.readFileSync(path.join(merged, 'f7')).length, 64 * 1024, 'the container still works');
+    const id = tsvol(['container', 'commit', 'busy']);
+    tsvol(['container', 'rm', 'busy']);
+    const check = tsvol(['container', 'create', 'check', '--from', id]);
+    t.is(fs.readdirSync(check).length, 301);
+    tsvol(['container', 'rm', 'check']);
+    tsvol(['layer', 'gc']);
+    t.deepEqual(fs.readdirSync(path.join(tsvol.data, 'layers', 'tmp')), []);
+  } finally {
+    cleanupDir(path.dirname(tsvol.data));
+  }
+});
