@@ -4,6 +4,8 @@
  * volumes/ or layers/, and print.
  */
 import { Command } from 'commander';
+import { registerContainer } from './cli/container.js';
+import { registerInfo } from './cli/info.js';
 import { registerLayer } from './cli/layer.js';
 import { registerServe } from './cli/serve.js';
 import { runCli } from './cli/run.js';
@@ -15,5 +17,7 @@ const program = new Command()
 
 registerServe(program);
 registerLayer(program);
+registerContainer(program);
+registerInfo(program);
 
 await runCli(program, process.argv);
