@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
+import { createLayerStore } from '../src/layers/layer-store.js';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { lgetxattr, lsetxattr } from '../src/sys/libc.js';
 import { CLI, tempDir } from './helpers/server.js';
@@ -215,6 +216,24 @@ test('kill -9 during an import leaves no half-made layer; gc sweeps the staging 
     const ok = tsvol(data, ['layer', 'import', tarFile]);
     t.is(ok.code, 0, ok.err);
     t.is(sha(tsvol(data, ['layer', 'export', ok.out]).raw), ok.out);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a volume holding a layer keeps it from rm and gc, and releasing it frees the layer', async (t) => {
+  const dir = tempDir('tsvol-layer-');
+  try {
+    const data = path.join(dir, 'data');
+    const id = tsvol(data, ['layer', 'import', '-'], Buffer.concat([entry({ path: 'seed' }, Buffer.from('s')), end])).out;
+    const store = createLayerStore(path.join(data, 'layers'));
+    await store.holdLayer(id, 'volume "db"');
+    await store.holdLayer(id, 'volume "db"'); // idempotent
+    t.regex(tsvol(data, ['layer', 'rm', id]).err, /is held by volume "db"; remove those first/);
+    t.deepEqual(JSON.parse(tsvol(data, ['layer', 'gc', '--json']).out), []);
+    await store.releaseLayer(id, 'volume "db"');
+    await store.releaseLayer(id, 'volume "db"'); // releasing twice changes nothing
+    t.is(tsvol(data, ['layer', 'rm', id]).code, 0);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -5,6 +5,7 @@
  *   diffs/<diffid-hex>.split    raw tar headers for byte-exact export (the tar-split idea)
  *   chains/<chainid-hex>.json   one layer: ChainID, DiffID, parent, size, file count (durable JSON)
  *   tags/<name>                 a name for a layer (contains the ChainID)
+ *   holds/<chainid-hex>/<holder> other users of a layer (volumes built on it), one file each
  *   tmp/                        imports being staged; debris after a crash, swept by gc
  *   store.lock                  proper-lockfile: one mutation at a time, across the CLI and the server
  *
@@ -61,6 +62,13 @@ export interface LayerStore {
   gc(): Promise<{ removed: string[] }>;
   /** The directory holding a layer's unpacked diff. */
   diffDir(layer: LayerRecord): string;
+  /**
+   * Records that `holder` (e.g. `volume "db"`) uses the layer: rm refuses and gc skips it, naming the
+   * holder, until releaseLayer. Idempotent.
+   */
+  holdLayer(idOrName: string, holder: string): Promise<LayerRecord>;
+  /** Drops a hold; releasing a hold that does not exist is a no-op. */
+  releaseLayer(idOrName: string, holder: string): Promise<void>;
 }
 
 const HEX = /^[0-9a-f]{64}$/;
@@ -112,6 +120,7 @@ export function createLayerStore(root: string): LayerStore {
     chains: path.join(root, 'chains'),
     tags: path.join(root, 'tags'),
     tmp: path.join(root, 'tmp'),
+    holds: path.join(root, 'holds'),
   };
   for (const d of Object.values(dirs)) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
   const lockFile = path.join(root, 'store');
@@ -238,6 +247,8 @@ export function createLayerStore(root: string): LayerStore {
     for (const t of fs.readdirSync(dirs.tags)) {
       if (fs.readFileSync(path.join(dirs.tags, t), 'utf8').trim() === rec.id) out.push(`tag "${t}"`);
     }
+    const held = path.join(dirs.holds, hexOf(rec.id));
+    for (const h of fs.existsSync(held) ? fs.readdirSync(held).sort() : []) out.push(decodeURIComponent(h));
     return out;
   }
 
@@ -274,6 +285,23 @@ export function createLayerStore(root: string): LayerStore {
     list,
     history,
     diffDir,
+    async holdLayer(idOrName, holder) {
+      if (holder === '' || holder.length > 200) throw new InvalidArgumentError('a layer holder needs a name of 1 to 200 characters');
+      return locked(async () => {
+        const rec = resolve(idOrName);
+        const dir = path.join(dirs.holds, hexOf(rec.id));
+        fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+        writeFileDurable(path.join(dir, encodeURIComponent(holder)), holder);
+        return rec;
+      });
+    },
+    async releaseLayer(idOrName, holder) {
+      await locked(async () => {
+        const rec = resolve(idOrName);
+        // force: releasing what is not held changes nothing.
+        fs.rmSync(path.join(dirs.holds, hexOf(rec.id), encodeURIComponent(holder)), { force: true });
+      });
+    },
     async tag(idOrName, name) {
       if (!TAG.test(name) || HEX.test(name)) throw new InvalidArgumentError(`invalid tag "${name}": use letters, digits and _.:- (not a bare digest)`);
       await locked(async () => {
