@@ -10,6 +10,3 @@ export type { Logger };
 export function createLogger(level: string): Logger {
   return pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime });
 }
-
-/** A logger that discards everything, for library callers that pass none. */
-export const silentLogger: Logger = pino({ level: 'silent' });

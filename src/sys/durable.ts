@@ -21,16 +21,6 @@ export function fsyncDir(dir: string): void {
   }
 }
 
-/** fsyncs a file or directory by path. */
-export function fsyncPath(p: string): void {
-  const fd = fs.openSync(p, fs.constants.O_RDONLY);
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /** Writes `data` to `file` atomically and durably (temp, fsync, rename, fsync dir). */
 export function writeFileDurable(file: string, data: string | Uint8Array, mode = 0o600): void {
   const dir = path.dirname(file);
@@ -47,17 +37,4 @@ export function writeFileDurable(file: string, data: string | Uint8Array, mode =
   fs.closeSync(fd);
   fs.renameSync(tmp, file);
   fsyncDir(dir);
-}
-
-/** Creates `dir` (and parents) with `mode` if absent, and makes the new entries durable. */
-export function ensureDirDurable(dir: string, mode = 0o700): void {
-  if (fs.existsSync(dir)) return;
-  ensureDirDurable(path.dirname(dir), mode);
-  try {
-    fs.mkdirSync(dir, { mode });
-  } catch (err) {
-    // EEXIST: another process created it between the check and here; that is the state we want.
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-  }
-  fsyncDir(path.dirname(dir));
 }

@@ -1,5 +1,5 @@
 /**
- * In-process bindings to the few Linux syscalls Node lacks (mount, umount2, mknod, xattrs, ioctl), through
+ * In-process bindings to the few Linux syscalls Node lacks (mount, umount2, mknod, xattrs, syncfs, statx), through
  * koffi. Node has no mount(2); spawning mount(8) costs milliseconds and a process per call (#3). This is the
  * only file that touches koffi: everything else calls the typed wrappers in sys/.
  */
@@ -20,7 +20,7 @@ export class SyscallError extends Error {
   readonly path: string | undefined;
   constructor(syscall: string, errno: number, path?: string) {
     const code = errnoNames.get(errno) ?? `E${errno}`;
-    super(`${syscall}${path === undefined ? '' : ` "${path}"`}: ${code} (${os.constants.errno ? errno : ''})`);
+    super(`${syscall}${path === undefined ? '' : ` "${path}"`}: ${code} (${errno})`);
     this.code = code;
     this.errno = errno;
     this.syscall = syscall;
@@ -38,8 +38,6 @@ const cLsetxattr = libc.func(
 );
 const cLgetxattr = libc.func('long lgetxattr(const char *path, const char *name, _Out_ void *value, size_t size)');
 const cLlistxattr = libc.func('long llistxattr(const char *path, _Out_ void *list, size_t size)');
-const cLremovexattr = libc.func('int lremovexattr(const char *path, const char *name)');
-const cIoctlInt = libc.func('int ioctl(int fd, unsigned long request, int arg)');
 const cSyncfs = libc.func('int syncfs(int fd)');
 
 function check(ret: number | bigint, syscall: string, path?: string): number {
@@ -108,16 +106,6 @@ export function llistxattr(path: string): string[] {
     if (errno !== os.constants.errno.ERANGE || size >= 1 << 20) throw new SyscallError('llistxattr', errno, path);
     size *= 16;
   }
-}
-
-/** lremovexattr(2). */
-export function lremovexattr(path: string, name: string): void {
-  check(cLremovexattr(path, name), 'lremovexattr', path);
-}
-
-/** ioctl(2) with an int argument (FICLONE takes the source fd). */
-export function ioctlInt(fd: number, request: number, arg: number): number {
-  return check(cIoctlInt(fd, request, arg), 'ioctl');
 }
 
 /** syncfs(2): flush the filesystem holding `fd`. */

@@ -5,14 +5,7 @@
 import { mount, mountAsync, umount2, umount2Async, SyscallError } from './libc.js';
 
 /** mount(2) flags (linux/mount.h). */
-export const MS_RDONLY = 0x1;
-export const MS_NOSUID = 0x2;
-export const MS_NODEV = 0x4;
-export const MS_REMOUNT = 0x20;
 export const MS_BIND = 0x1000;
-export const MS_REC = 0x4000;
-export const MS_PRIVATE = 0x40000;
-export const MS_SHARED = 0x100000;
 /** umount2(2) flags. */
 export const MNT_DETACH = 0x2;
 export const UMOUNT_NOFOLLOW = 0x8;

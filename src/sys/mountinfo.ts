@@ -35,8 +35,3 @@ export function mountsUnder(dir: string, mounts: readonly MountEntry[] = readMou
   const prefix = dir.endsWith('/') ? dir : `${dir}/`;
   return mounts.map((m) => m.mountPoint).filter((p) => p === dir || p.startsWith(prefix));
 }
-
-/** True when `dir` itself is a mountpoint. */
-export function isMountPoint(dir: string, mounts: readonly MountEntry[] = readMounts()): boolean {
-  return mounts.some((m) => m.mountPoint === dir);
-}

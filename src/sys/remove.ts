@@ -5,22 +5,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { InUseError } from '../errors.js';
 import { isMountRoot } from './libc.js';
-import { mountsUnder, type MountEntry } from './mountinfo.js';
-
-/**
- * Removes `dir` and everything below it. Refuses, deleting nothing, when anything is mounted at or below
- * `dir` (checked against mountinfo first: for rare, whole-tree operations such as start-up GC). A missing
- * `dir` is success (removal is idempotent so that start-up GC can retry it).
- */
-export function removeTree(dir: string, mounts?: readonly MountEntry[]): void {
-  const busy = mountsUnder(dir, mounts);
-  if (busy.length > 0) {
-    throw new InUseError(`refusing to delete "${dir}": ${busy.length} mount(s) below it (${busy[0]})`);
-  }
-  fs.rmSync(dir, { recursive: true, force: true });
-}
 
 /**
  * Deletes `dir` recursively on the thread pool, skipping (and reporting) every mountpoint found on the
