@@ -119,7 +119,9 @@ export async function setupDocker(): Promise<DockerEnv> {
     `version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: ${workDir}/registry\nhttp:\n  addr: ${REGISTRY}\n`,
   );
   const registry = spawn('/usr/bin/docker-registry', ['serve', regConf], { stdio: 'ignore' });
-  await waitFor('the registry', () => spawnSync('curl', ['-sf', `http://${REGISTRY}/v2/`]).status === 0 || registry.exitCode !== null, 30_000);
+  // Probe with node itself: a bare machine may have no curl.
+  const probe = `require('http').get('http://${REGISTRY}/v2/', (r) => process.exit(r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1))`;
+  await waitFor('the registry', () => spawnSync(process.execPath, ['-e', probe]).status === 0 || registry.exitCode !== null, 30_000);
   if (registry.exitCode !== null) throw new Error(`docker-registry exited ${registry.exitCode} (is ${REGISTRY} taken?)`);
 
   // A test image with a file at /seed, for Docker's populate-an-empty-volume step.
