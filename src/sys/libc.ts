@@ -161,3 +161,59 @@ export function isMountRoot(path: string): boolean {
   }
   return (attributes & BigInt(STATX_ATTR_MOUNT_ROOT)) !== 0n;
 }
+
+// Issue #6 (volumes beyond the local driver): reflinks, sparse copies, exact times, project quotas.
+
+const cIoctlPtr = libc.func('int ioctl(int fd, unsigned long request, _Inout_ uint8_t *arg)');
+const cIoctlInt = libc.func('ioctl', 'int', ['int', 'unsigned long', 'long']);
+const cLseek = libc.func('int64_t lseek(int fd, int64_t offset, int whence)');
+const cCopyFileRange = libc.func(
+  'intptr_t copy_file_range(int fdIn, _Inout_ int64_t *offIn, int fdOut, _Inout_ int64_t *offOut, size_t len, unsigned int flags)',
+);
+const cUtimensat = libc.func('int utimensat(int dirfd, const char *path, const uint8_t *times, int flags)');
+const cSyscall = libc.func('long syscall(long number, ...)');
+
+/** ioctl(2) whose argument is an integer (FICLONE takes the source fd). */
+export function ioctlInt(fd: number, request: number, arg: number): void {
+  check(cIoctlInt(fd, request, arg), 'ioctl');
+}
+
+/** ioctl(2) whose argument is a struct, read and written in place in `buf`. */
+export function ioctlBuf(fd: number, request: number, buf: Buffer, path?: string): void {
+  check(cIoctlPtr(fd, request, buf), 'ioctl', path);
+}
+
+/** lseek whence values for sparse files (SEEK_DATA/SEEK_HOLE, Linux). */
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+
+/** lseek(2); returns -1 instead of throwing on ENXIO (no data/hole past `offset`: the end of the file). */
+export function lseek(fd: number, offset: number, whence: number): number {
+  const n = Number(cLseek(fd, offset, whence));
+  if (n >= 0) return n;
+  const errno = koffi.errno();
+  if (errno === os.constants.errno.ENXIO) return -1;
+  throw new SyscallError('lseek', errno);
+}
+
+/** copy_file_range(2) from `offIn` to `offOut`; returns bytes copied (0 at end of input). */
+export function copyFileRange(fdIn: number, offIn: number, fdOut: number, offOut: number, len: number): number {
+  return check(cCopyFileRange(fdIn, [offIn], fdOut, [offOut], len, 0), 'copy_file_range');
+}
+
+const AT_SYMLINK_NOFOLLOW_FLAG = 0x100;
+
+/** utimensat(2) with nanosecond atime/mtime, never following a final symlink. */
+export function lutimesNs(path: string, atimeNs: bigint, mtimeNs: bigint): void {
+  const buf = Buffer.alloc(32);
+  buf.writeBigInt64LE(atimeNs / 1_000_000_000n, 0);
+  buf.writeBigInt64LE(atimeNs % 1_000_000_000n, 8);
+  buf.writeBigInt64LE(mtimeNs / 1_000_000_000n, 16);
+  buf.writeBigInt64LE(mtimeNs % 1_000_000_000n, 24);
+  check(cUtimensat(AT_FDCWD, path, buf, AT_SYMLINK_NOFOLLOW_FLAG), 'utimensat', path);
+}
+
+/** quotactl_fd(2) (Linux 5.14+, x86-64 syscall 443): a quota command on the filesystem holding `fd`. */
+export function quotactlFd(fd: number, cmd: number, id: number, buf: Buffer): void {
+  check(cSyscall(443, 'int', fd, 'uint', cmd, 'int', id, 'uint8_t *', buf), 'quotactl_fd');
+}
