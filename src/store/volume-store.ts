@@ -25,7 +25,22 @@ import { createGroupCommitter } from './group-commit.js';
 /** What a volume is, as validated at Create. Persisted as JSON: add kinds, never change old ones. */
 export type VolumeSpec =
   | { readonly kind: 'named'; readonly uid?: number; readonly gid?: number; readonly mode?: number }
-  | { readonly kind: 'bind'; readonly device: string };
+  | { readonly kind: 'bind'; readonly device: string }
+  /**
+   * A hard size limit (#6): a project quota on volumes/<name>/_data (`projectId`), or its own ext4 image
+   * volumes/<name>/disk.img, loop-mounted on _data while held.
+   */
+  | {
+      readonly kind: 'sized';
+      readonly limit: number;
+      readonly backing: 'quota' | 'loop';
+      readonly projectId?: number;
+      readonly uid?: number;
+      readonly gid?: number;
+      readonly mode?: number;
+    }
+  /** A full copy of volume `from` as it was at Create (#6); afterwards an ordinary named volume. */
+  | { readonly kind: 'clone'; readonly from: string };
 
 /** One volume's durable record. */
 export interface VolumeRecord {

@@ -7,12 +7,31 @@ import { InvalidArgumentError } from '../errors.js';
 import type { VolumeSpec } from '../store/volume-store.js';
 
 /** Options a Create may carry. */
-export const SUPPORTED_OPTIONS = ['uid', 'gid', 'mode', 'type', 'o', 'device'] as const;
+export const SUPPORTED_OPTIONS = ['uid', 'gid', 'mode', 'type', 'o', 'device', 'size', 'from'] as const;
 
 /** A bind-style request before its device is checked against the allowlist. */
 export type ParsedOptions =
   | { readonly kind: 'named'; readonly uid?: number; readonly gid?: number; readonly mode?: number }
-  | { readonly kind: 'bind'; readonly device: string };
+  | { readonly kind: 'bind'; readonly device: string }
+  | { readonly kind: 'sized'; readonly limit: number; readonly uid?: number; readonly gid?: number; readonly mode?: number }
+  | { readonly kind: 'clone'; readonly from: string };
+
+/** The smallest size= accepted: an ext4 image below this has no room for its own metadata. */
+export const MIN_SIZE = 16 * 1024 * 1024;
+
+/**
+ * Parses a size like Docker's (`--memory`, `--shm-size`): a number with an optional binary unit k, m, g,
+ * t, p (any case, optional b/ib), bytes otherwise. `10G` is 10 GiB.
+ */
+export function parseSize(value: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?$/i.exec(value.trim());
+  const units = ['', 'k', 'm', 'g', 't', 'p'];
+  const bytes = m === null ? NaN : Math.floor(Number(m[1]) * 1024 ** units.indexOf((m[2] ?? '').toLowerCase()));
+  if (!Number.isSafeInteger(bytes) || bytes < MIN_SIZE) {
+    throw new InvalidArgumentError(`invalid option size=${JSON.stringify(value)}: want a size of at least 16m, such as 512m or 10G`);
+  }
+  return bytes;
+}
 
 function parseId(key: string, value: string): number {
   if (!/^\d{1,10}$/.test(value) || Number(value) > 0xfffffffe) {
@@ -38,6 +57,24 @@ export function parseOptions(opts: Readonly<Record<string, string>>): ParsedOpti
     }
   }
   const { type, o, device } = opts;
+  if (opts.from !== undefined) {
+    for (const k of ['uid', 'gid', 'mode', 'type', 'o', 'device', 'size'] as const) {
+      if (opts[k] !== undefined) {
+        throw new InvalidArgumentError(`invalid option ${k}: a clone (from=) copies its source's contents, owners and modes; it takes no other options`);
+      }
+    }
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(opts.from)) {
+      throw new InvalidArgumentError(`invalid option from=${JSON.stringify(opts.from)}: want the name of an existing volume`);
+    }
+    return { kind: 'clone', from: opts.from };
+  }
+  if (opts.size !== undefined && type === undefined && o === undefined && device === undefined) {
+    const spec: { kind: 'sized'; limit: number; uid?: number; gid?: number; mode?: number } = { kind: 'sized', limit: parseSize(opts.size) };
+    if (opts.uid !== undefined) spec.uid = parseId('uid', opts.uid);
+    if (opts.gid !== undefined) spec.gid = parseId('gid', opts.gid);
+    if (opts.mode !== undefined) spec.mode = parseMode(opts.mode);
+    return spec;
+  }
   if (type === undefined && o === undefined && device === undefined) {
     const spec: { kind: 'named'; uid?: number; gid?: number; mode?: number } = { kind: 'named' };
     if (opts.uid !== undefined) spec.uid = parseId('uid', opts.uid);
@@ -58,7 +95,7 @@ export function parseOptions(opts: Readonly<Record<string, string>>): ParsedOpti
   if (type === 'bind' && o !== undefined && !['bind', 'rbind'].includes(o)) {
     throw new InvalidArgumentError(`invalid option o=${JSON.stringify(o)}: with type=bind only o=bind is supported`);
   }
-  for (const k of ['uid', 'gid', 'mode'] as const) {
+  for (const k of ['uid', 'gid', 'mode', 'size'] as const) {
     if (opts[k] !== undefined) {
       throw new InvalidArgumentError(`invalid option ${k}: bind-style volumes keep the host directory's owner and mode`);
     }
@@ -74,6 +111,7 @@ export function parseOptions(opts: Readonly<Record<string, string>>): ParsedOpti
 
 /** Narrows a parsed spec to what the store keeps. */
 export function toSpec(parsed: ParsedOptions, resolvedDevice?: string): VolumeSpec {
-  if (parsed.kind === 'named') return parsed;
+  if (parsed.kind === 'named' || parsed.kind === 'clone') return parsed;
+  if (parsed.kind === 'sized') throw new Error('toSpec: a sized volume needs its backing chosen by the service');
   return { kind: 'bind', device: resolvedDevice ?? parsed.device };
 }

@@ -19,6 +19,7 @@ import type { VolumeStore } from '../store/volume-store.js';
 import { unmount } from '../sys/mount.js';
 import { mountsUnder, readMounts } from '../sys/mountinfo.js';
 import { removeTreeNoCross } from '../sys/remove.js';
+import { unmountImage } from './size-limit.js';
 import { holdCount, type VolumeInternals } from './volume-service.js';
 
 /** The kernel's id of this boot; changes on every reboot (shared by containers, so right inside a plugin). */
@@ -76,6 +77,18 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
     }
     writes.push(store.putMeta('bootId', bootId));
     await Promise.all(writes);
+  }
+
+  // A loop-backed sized volume's image is mounted on its _data only while held (#6): one left mounted
+  // with no holder (a crash mid-Unmount or mid-clone, or holds dropped above) is unmounted, which also
+  // detaches its loop device (autoclear).
+  for (const rec of store.list()) {
+    if (rec.spec.kind !== 'sized' || rec.spec.backing !== 'loop' || holdCount(rec) > 0) continue;
+    try {
+      if (await unmountImage(layout.dataDir(rec.name))) stats.staleMounts++;
+    } catch (err) {
+      log.warn({ volume: rec.name, err: describeError(err) }, 'could not unmount stale volume image');
+    }
   }
 
   if (mountsRoot !== undefined) {

@@ -17,17 +17,33 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { nanoid } from 'nanoid';
 import type { Config } from '../config.js';
-import { InUseError, NotFoundError, describeError, errnoCode, wrapError } from '../errors.js';
+import { InUseError, InvalidArgumentError, NotFoundError, describeError, errnoCode, wrapError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Layout } from '../store/layout.js';
-import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
+import type { VolumeRecord, VolumeSpec, VolumeStore } from '../store/volume-store.js';
 import { bindMount as bindMountSync, bindMountAsync, unmountAsync } from '../sys/mount.js';
 import { isMountRoot } from '../sys/libc.js';
 import { removeTreeNoCross } from '../sys/remove.js';
 import { createBindRoots, type BindRoots } from './bind-roots.js';
 import { createKeyedMutex } from './keyed-mutex.js';
 import { validateName } from './names.js';
+import { copyTreeInWorker } from './clone.js';
 import { parseOptions, toSpec } from './options.js';
+import {
+  applyProjectQuota,
+  clearProjectQuota,
+  imageUsage,
+  makeImage,
+  mountImage,
+  mountedUsage,
+  newProjectId,
+  probeSizeBacking,
+  projectUsage,
+  unmountImage,
+  type SizeBacking,
+} from './size-limit.js';
+import { createUsageCache, measureTree, type Usage } from './usage.js';
+import { syncfs } from '../sys/libc.js';
 
 /** A volume as the driver reports it. */
 export interface VolumeInfo {
@@ -66,6 +82,21 @@ export interface VolumeServiceDeps {
   readonly layout: Layout;
   readonly store: VolumeStore;
   readonly log: Logger;
+  /** How sized volumes are made here; probed from the data root when not given. */
+  readonly sizeBacking?: SizeBacking;
+}
+
+/** Status kinds (#6): what `docker volume inspect` shows for each spec kind. */
+const STATUS_KIND = { named: 'named', bind: 'bind', sized: 'sized', clone: 'clone-of' } as const;
+
+/** Flushes the filesystem holding `dir` (one syncfs: every file of a fresh clone or image at once). */
+function syncFilesystem(dir: string): void {
+  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    syncfs(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /** Total holds on a record. */
@@ -82,6 +113,8 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   const bindRoots = createBindRoots(config.bindRoots, config.hostRoot);
   const deletions = new Set<Promise<void>>();
   const umask = process.umask();
+  const sizing = deps.sizeBacking ?? probeSizeBacking(layout.root);
+  const usage = createUsageCache((name, err) => log.warn({ volume: name, err: describeError(err) }, 'measuring volume usage failed'));
 
   /**
    * The record of `name`. Only a miss asks the database for other processes' commits: the CLI adds
@@ -151,6 +184,24 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   /** Makes the volume's source available at its mountpoint (first holder). */
   async function establish(rec: VolumeRecord): Promise<string> {
     const mp = mountpointOf(rec);
+    if (rec.spec.kind === 'sized' && rec.spec.backing === 'loop') {
+      const data = layout.dataDir(rec.name);
+      await mountImage(layout.volumeDir(rec.name), data);
+      if (config.mountsRoot !== undefined) {
+        try {
+          await bindAt(data, mp);
+        } catch (err) {
+          await unmountImage(data);
+          throw err;
+        }
+      }
+      return mp;
+    }
+    if (rec.spec.kind === 'sized' || rec.spec.kind === 'clone') {
+      // Built whole in tmp/ and made durable before its record: the directory is there.
+      if (config.mountsRoot !== undefined) await bindAt(layout.dataDir(rec.name), mp);
+      return mp;
+    }
     if (rec.spec.kind === 'named') {
       const data = layout.dataDir(rec.name);
       if (!fs.existsSync(data)) {
@@ -175,13 +226,82 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
 
   /** Undoes establish (last holder gone). Failures are logged: start-up removes stale mounts. */
   async function release(rec: VolumeRecord): Promise<void> {
-    if (config.mountsRoot === undefined) return;
-    const mp = mountpointOf(rec);
     try {
-      await unmountAsync(mp);
+      if (config.mountsRoot !== undefined) await unmountAsync(mountpointOf(rec));
+      // The image's mount goes with the last holder; autoclear detaches its loop device.
+      if (rec.spec.kind === 'sized' && rec.spec.backing === 'loop') await unmountImage(layout.dataDir(rec.name));
     } catch (err) {
       log.warn({ volume: rec.name, err: describeError(err) }, 'unmount failed; start-up will retry');
     }
+  }
+
+  /**
+   * Builds a sized or cloned volume's directory whole in tmp/new-*, flushes it, and renames it to
+   * volumes/<name>. A crash at any instant leaves either that directory or debris start-up deletes.
+   */
+  async function buildInTmp(name: string, fill: (dir: string) => Promise<void>): Promise<void> {
+    const tmp = path.join(layout.tmpDir, `new-${nanoid(10)}`);
+    await fs.promises.mkdir(tmp, { mode: 0o701 });
+    try {
+      await fill(tmp);
+      syncFilesystem(tmp);
+      await fs.promises.rename(tmp, layout.volumeDir(name));
+    } finally {
+      await fs.promises.rm(tmp, { recursive: true, force: true });
+    }
+  }
+
+  /** A sized volume: quota on its _data, or its own ext4 image. */
+  async function buildSized(name: string, spec: Extract<VolumeSpec, { kind: 'sized' }>): Promise<void> {
+    await buildInTmp(name, async (dir) => {
+      const data = path.join(dir, '_data');
+      await fs.promises.mkdir(data, { mode: 0o755 });
+      if (spec.backing === 'loop') {
+        await makeImage(dir, spec.limit, spec);
+        return;
+      }
+      if (spec.uid !== undefined || spec.gid !== undefined) await fs.promises.chown(data, spec.uid ?? 0, spec.gid ?? 0);
+      if (spec.mode !== undefined) await fs.promises.chmod(data, spec.mode);
+      applyProjectQuota(data, spec.projectId ?? 0, spec.limit);
+    });
+  }
+
+  /**
+   * A clone of `from`: what is there at this moment. A loop-backed source not in use is mounted for the
+   * copy under its own lock (two mounts of one ext4 image would corrupt it); any other source is read
+   * without its lock, so a long copy never holds up the source's Mount.
+   */
+  async function buildClone(name: string, from: string): Promise<void> {
+    validateName(from);
+    if (from === name) throw new InvalidArgumentError(`volume "${name}" cannot be a clone of itself`);
+    const copy = (source: string) => buildInTmp(name, async (dir) => void (await copyTreeInWorker(source, path.join(dir, '_data'))));
+    const src = mustGet(from);
+    if (src.spec.kind === 'bind') {
+      bindRoots.resolve(src.spec.device);
+      return copy(bindRoots.local(src.spec.device));
+    }
+    if (src.spec.kind !== 'sized' || src.spec.backing !== 'loop') return copy(layout.dataDir(from));
+    await locks.run(from, async () => {
+      const now = mustGet(from);
+      if (holdCount(now) > 0) return copy(layout.dataDir(from));
+      await mountImage(layout.volumeDir(from), layout.dataDir(from));
+      try {
+        await copy(layout.dataDir(from));
+      } finally {
+        await unmountImage(layout.dataDir(from));
+      }
+    });
+  }
+
+  /** How much a volume uses: the quota's or the image's own accounting where there is one, else a walk. */
+  function measure(rec: VolumeRecord): () => Promise<{ bytes: number; files: number }> {
+    const spec = rec.spec;
+    const data = layout.dataDir(rec.name);
+    if (spec.kind === 'sized' && spec.backing === 'quota') return async () => projectUsage(layout.root, spec.projectId ?? 0);
+    if (spec.kind === 'sized') {
+      return async () => (isMountRootOrMissing(data) ? mountedUsage(data) : imageUsage(layout.volumeDir(rec.name)));
+    }
+    return () => measureTree(spec.kind === 'bind' ? bindRoots.local(spec.device) : data);
   }
 
   /**
@@ -219,18 +339,38 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   /** Records are immutable (every change stores a new one), so each one's info is built once. */
   const infos = new WeakMap<VolumeRecord, VolumeInfo>();
 
+  /** Latest info per record with the usage figure it shows (figures are immutable objects, see usage.ts). */
+  const withUsage = new WeakMap<VolumeRecord, { usage: Usage; info: VolumeInfo }>();
+
   function info(rec: VolumeRecord): VolumeInfo {
+    const base = baseInfo(rec);
+    if (rec.spec.kind === 'bind') return base; // a host directory: not ours to walk
+    const figure = usage.peek(rec.name, measure(rec));
+    if (figure === undefined) return base;
+    const memo = withUsage.get(rec);
+    if (memo !== undefined && memo.usage === figure) return memo.info;
+    const built = { ...base, status: { ...base.status, usage: { bytes: figure.bytes, files: figure.files, measured: figure.measured } } };
+    withUsage.set(rec, { usage: figure, info: built });
+    return built;
+  }
+
+  function baseInfo(rec: VolumeRecord): VolumeInfo {
     const cached = infos.get(rec);
     if (cached !== undefined) return cached;
     const holders = Object.keys(rec.holds);
     const status: Record<string, unknown> = {
-      kind: rec.spec.kind,
+      kind: STATUS_KIND[rec.spec.kind],
       created: rec.createdAt,
       mounts: holdCount(rec),
       holders,
     };
     if (rec.spec.kind === 'bind') status.device = rec.spec.device;
     else status.path = layout.dataDir(rec.name);
+    if (rec.spec.kind === 'sized') {
+      status.limit = rec.spec.limit;
+      status.sizeBacking = rec.spec.backing;
+    }
+    if (rec.spec.kind === 'clone') status.from = rec.spec.from;
     if (Object.keys(rec.options).length > 0) status.options = rec.options;
     const built = { name: rec.name, mountpoint: mountpointOf(rec), createdAt: rec.createdAt, status };
     infos.set(rec, built);
@@ -247,7 +387,10 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
       await locks.run(name, async () => {
         store.refresh();
         if (store.get(name) !== undefined) return; // Create of an existing volume succeeds (local driver)
-        const spec = toSpec(parsed);
+        const spec: VolumeSpec =
+          parsed.kind === 'sized'
+            ? { ...parsed, backing: sizing.backing, ...(sizing.backing === 'quota' ? { projectId: newProjectId() } : {}) }
+            : toSpec(parsed);
         if (spec.kind === 'bind') bindRoots.resolve(spec.device);
         const rec: VolumeRecord = {
           name,
@@ -256,17 +399,18 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
           options: { ...opts },
           holds: {},
         };
-        if (spec.kind === 'named') {
-          try {
-            await buildVolumeDir(rec);
-          } catch (err) {
-            throw wrapError(`create volume "${name}"`, err);
-          }
+        try {
+          if (spec.kind === 'named') await buildVolumeDir(rec);
+          else if (spec.kind === 'sized') await buildSized(name, spec);
+          else if (spec.kind === 'clone') await buildClone(name, spec.from);
+        } catch (err) {
+          throw wrapError(`create volume "${name}"`, err);
         }
         try {
-          await store.put(rec);
+          // Sized and cloned volumes were renamed into volumes/: that rename is made durable with the record.
+          await store.put(rec, spec.kind === 'sized' || spec.kind === 'clone' ? [layout.volumesDir] : undefined);
         } catch (err) {
-          if (spec.kind === 'named') await fs.promises.rm(layout.volumeDir(name), { recursive: true, force: true });
+          if (spec.kind !== 'bind') await fs.promises.rm(layout.volumeDir(name), { recursive: true, force: true });
           throw wrapError(`create volume "${name}"`, err);
         }
         log.debug({ volume: name, kind: spec.kind }, 'volume created');
@@ -293,7 +437,9 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
             if (errnoCode(err) !== 'ENOENT') throw wrapError(`remove volume "${name}"`, err);
           }
         }
-        if (rec.spec.kind === 'named') {
+        // A loop-backed volume's image stays mounted only while held; one left mounted (a crash) goes now.
+        if (rec.spec.kind === 'sized' && rec.spec.backing === 'loop') await unmountImage(layout.dataDir(name));
+        if (rec.spec.kind !== 'bind') {
           // O(1) checks (statx), not a scan of every mount on the host. Mounts deeper inside are never
           // crossed either: the background deleter leaves them and what holds them (src/sys/remove.ts).
           for (const p of [layout.volumeDir(name), layout.dataDir(name)]) {
@@ -304,7 +450,15 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
         }
         await store.delete(name);
         // A bind-style volume's host directory is never touched: only the record goes.
-        if (rec.spec.kind === 'named') await deleteInBackground(layout.volumeDir(name), name);
+        usage.forget(name);
+        if (rec.spec.kind !== 'bind') await deleteInBackground(layout.volumeDir(name), name);
+        if (rec.spec.kind === 'sized' && rec.spec.projectId !== undefined) {
+          try {
+            clearProjectQuota(layout.root, rec.spec.projectId);
+          } catch (err) {
+            log.warn({ volume: name, err: describeError(err) }, 'could not clear project quota limit');
+          }
+        }
       });
     },
 

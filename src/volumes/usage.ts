@@ -1,0 +1,97 @@
+/**
+ * Volume usage (bytes and files) for Status, computed off the request path and cached (#6): Get returns
+ * the last figure at once and, when it is older than USAGE_TTL_MS, starts one background refresh (shared
+ * by every Get meanwhile). So Get stays a memory read however large the volume.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+
+/** How old a cached figure may be before a Get starts a refresh. */
+export const USAGE_TTL_MS = 5000;
+
+/** One measurement. Immutable: a new figure is a new object (callers memoize on identity). */
+export interface Usage {
+  readonly bytes: number;
+  readonly files: number;
+  /** RFC 3339 time of the measurement. */
+  readonly measured: string;
+}
+
+/** The cache. */
+export interface UsageCache {
+  /** The cached figure (possibly stale or undefined); starts a refresh with `measure` if stale. */
+  peek(name: string, measure: () => Promise<{ bytes: number; files: number }>): Usage | undefined;
+  /** Measures now and caches the result (CLI, tests). */
+  measure(name: string, measure: () => Promise<{ bytes: number; files: number }>): Promise<Usage>;
+  forget(name: string): void;
+}
+
+/** Creates a usage cache; `onError` hears failed background measurements. */
+export function createUsageCache(onError: (name: string, err: unknown) => void): UsageCache {
+  const figures = new Map<string, { usage: Usage; at: number }>();
+  const inflight = new Map<string, Promise<Usage>>();
+
+  function start(name: string, measure: () => Promise<{ bytes: number; files: number }>): Promise<Usage> {
+    const running = inflight.get(name);
+    if (running !== undefined) return running;
+    const job = measure()
+      .then((m) => {
+        const usage: Usage = { ...m, measured: new Date().toISOString() };
+        figures.set(name, { usage, at: Date.now() });
+        return usage;
+      })
+      .finally(() => inflight.delete(name));
+    inflight.set(name, job);
+    return job;
+  }
+
+  return {
+    peek(name, measure) {
+      const cached = figures.get(name);
+      if (cached === undefined || Date.now() - cached.at > USAGE_TTL_MS) {
+        start(name, measure).catch((err: unknown) => onError(name, err));
+      }
+      return cached?.usage;
+    },
+    measure: (name, measure) => start(name, measure),
+    forget(name) {
+      figures.delete(name);
+    },
+  };
+}
+
+/**
+ * Walks `root` asynchronously (the event loop keeps serving), summing allocated bytes (st_blocks, so
+ * sparse files count what they use) and counting entries; each inode is counted once (hardlinks), and
+ * mounts inside are not crossed.
+ */
+export async function measureTree(root: string): Promise<{ bytes: number; files: number }> {
+  const rootDev = (await fs.promises.lstat(root)).dev;
+  const seen = new Set<number>();
+  let bytes = 0;
+  let files = 0;
+  async function walk(dir: string): Promise<void> {
+    const dirents = await fs.promises.readdir(dir, { withFileTypes: true });
+    for (const d of dirents) {
+      const p = path.join(dir, d.name);
+      let st: fs.Stats;
+      try {
+        st = await fs.promises.lstat(p);
+      } catch (err) {
+        // ENOENT: deleted by the container while we walked; it no longer counts.
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw err;
+      }
+      if (st.dev !== rootDev) continue;
+      files++;
+      if (st.nlink > 1 && !st.isDirectory()) {
+        if (seen.has(st.ino)) continue;
+        seen.add(st.ino);
+      }
+      bytes += st.blocks * 512;
+      if (st.isDirectory()) await walk(p);
+    }
+  }
+  await walk(root);
+  return { bytes, files };
+}
