@@ -37,8 +37,27 @@ function copyXattrs(src: string, dst: string): void {
   }
 }
 
+/**
+ * Copies up to `len` bytes at `pos`: copy_file_range in the kernel, or, where it cannot (EXDEV between
+ * two filesystems, e.g. from a volume's loop image), through a buffer.
+ */
+function copyRange(sfd: number, dfd: number, pos: number, len: number, state: { copyFileRange: boolean; buf?: Buffer }): number {
+  if (state.copyFileRange) {
+    try {
+      return copyFileRange(sfd, pos, dfd, pos, len);
+    } catch (err) {
+      if (!['EXDEV', 'EOPNOTSUPP', 'ENOSYS', 'EINVAL'].includes(errnoCode(err) ?? '')) throw err;
+      state.copyFileRange = false;
+    }
+  }
+  const buf = (state.buf ??= Buffer.allocUnsafe(1 << 20));
+  const n = fs.readSync(sfd, buf, 0, Math.min(len, buf.length), pos);
+  for (let w = 0; w < n; ) w += fs.writeSync(dfd, buf, w, n - w, pos + w);
+  return n;
+}
+
 /** Copies the data of one regular file from `sfd` to `dfd`; true if by reflink. */
-function copyData(sfd: number, dfd: number, st: fs.BigIntStats, state: { reflink: boolean }): boolean {
+function copyData(sfd: number, dfd: number, st: fs.BigIntStats, state: { reflink: boolean; copyFileRange: boolean; buf?: Buffer }): boolean {
   const size = Number(st.size);
   if (size === 0) return false;
   if (state.reflink) {
@@ -57,7 +76,7 @@ function copyData(sfd: number, dfd: number, st: fs.BigIntStats, state: { reflink
     if (data < 0 || data >= size) break; // only a hole is left
     const end = dense ? size : Math.min(size, lseek(sfd, data, SEEK_HOLE));
     for (let pos = data; pos < end; ) {
-      const n = copyFileRange(sfd, pos, dfd, pos, Math.min(CHUNK, end - pos));
+      const n = copyRange(sfd, dfd, pos, Math.min(CHUNK, end - pos), state);
       if (n === 0) break; // the source shrank under us: copy what is there
       pos += n;
     }
@@ -73,7 +92,7 @@ function copyData(sfd: number, dfd: number, st: fs.BigIntStats, state: { reflink
  */
 export function copyTree(src: string, dst: string): CopyStats {
   const stats: CopyStats = { files: 0, bytes: 0, reflinked: 0, skippedSockets: 0 };
-  const state = { reflink: true };
+  const state: { reflink: boolean; copyFileRange: boolean; buf?: Buffer } = { reflink: true, copyFileRange: true };
   const links = new Map<bigint, string>(); // source inode → first copy, for hardlinks
   const rootDev = fs.lstatSync(src, { bigint: true }).dev;
 

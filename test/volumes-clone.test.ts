@@ -1,0 +1,105 @@
+/**
+ * Clones (`-o from=`, #6): a full, independent copy keeping owners, modes, xattrs, hardlinks, symlinks,
+ * devices, sparse files and nanosecond mtimes; reflinks on XFS; clones of sized and in-use volumes.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { cleanupDir, requireRoot, startTestServer, tempDir, withServer } from './helpers/server.js';
+import { allocated, buildRichTree, makeLoopFs, snapshotTree } from './helpers/tree.js';
+
+test('from=SRC copies every attribute, and the clone is independent of its source', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    await s.ok('/VolumeDriver.Create', { Name: 'src', Opts: { uid: '5', mode: '0700' } });
+    const srcData = path.join(s.data, 'volumes', 'src', '_data');
+    buildRichTree(srcData);
+    await s.ok('/VolumeDriver.Create', { Name: 'dst', Opts: { from: 'src' } });
+    const dstData = path.join(s.data, 'volumes', 'dst', '_data');
+    t.deepEqual(snapshotTree(dstData), snapshotTree(srcData));
+    t.true(allocated(path.join(dstData, 'sparse')) < 1 << 20, 'holes stay holes');
+    const status = ((await s.ok('/VolumeDriver.Get', { Name: 'dst' })).Volume as { Status: Record<string, unknown> }).Status;
+    t.is(status.kind, 'clone-of');
+    t.is(status.from, 'src');
+
+    const mp = (await s.ok('/VolumeDriver.Mount', { Name: 'dst', ID: 'c1' })).Mountpoint as string;
+    fs.appendFileSync(path.join(mp, 'link-a'), 'changed');
+    fs.rmSync(path.join(mp, 'dir'), { recursive: true });
+    t.is(fs.readFileSync(path.join(srcData, 'dir/link-b'), 'utf8'), 'shared inode', 'hardlinks are not shared with the source');
+    t.true(fs.existsSync(path.join(srcData, 'dir/sub/plain.txt')));
+    await s.ok('/VolumeDriver.Unmount', { Name: 'dst', ID: 'c1' });
+    await s.ok('/VolumeDriver.Remove', { Name: 'src' });
+    t.is(fs.readFileSync(path.join(dstData, 'link-a'), 'utf8'), 'shared inodechanged', 'the clone outlives its source');
+  });
+});
+
+test('from= refuses a missing source and leaves nothing; a sized source not in use is mounted just for the copy', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    const r = await s.call('/VolumeDriver.Create', { Name: 'orphan', Opts: { from: 'nope' } });
+    t.regex(String(r.json.Err), /volume "nope" not found/);
+    t.deepEqual(fs.readdirSync(path.join(s.data, 'volumes')), []);
+    t.deepEqual(fs.readdirSync(path.join(s.data, 'tmp')), []);
+
+    await s.ok('/VolumeDriver.Create', { Name: 'sized', Opts: { size: '32m' } });
+    const mp = (await s.ok('/VolumeDriver.Mount', { Name: 'sized', ID: 'c1' })).Mountpoint as string;
+    fs.writeFileSync(path.join(mp, 'inside'), 'from the image');
+    // In use: copied as it is now.
+    await s.ok('/VolumeDriver.Create', { Name: 'while-used', Opts: { from: 'sized' } });
+    await s.ok('/VolumeDriver.Unmount', { Name: 'sized', ID: 'c1' });
+    await s.ok('/VolumeDriver.Create', { Name: 'while-idle', Opts: { from: 'sized' } });
+    for (const name of ['while-used', 'while-idle']) {
+      t.is(fs.readFileSync(path.join(s.data, 'volumes', name, '_data', 'inside'), 'utf8'), 'from the image', name);
+    }
+    t.false(fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(path.join(s.data, 'volumes', 'sized', '_data')), 'unmounted after the copy');
+  });
+});
+
+test('on XFS, a clone shares file data by reflink: near-instant and no space until written', async (t) => {
+  if (!requireRoot(t)) return;
+  const loopFs = makeLoopFs('xfs', 600);
+  t.teardown(loopFs.cleanup);
+  const dir = tempDir();
+  fs.symlinkSync(loopFs.dir, path.join(dir, 'data'));
+  const s = await startTestServer({ dir });
+  try {
+    await s.ok('/VolumeDriver.Create', { Name: 'big', Opts: {} });
+    fs.writeFileSync(path.join(loopFs.dir, 'volumes', 'big', '_data', 'blob'), Buffer.alloc(200 << 20, 3));
+    const before = fs.statfsSync(loopFs.dir);
+    await s.ok('/VolumeDriver.Create', { Name: 'big2', Opts: { from: 'big' } });
+    const after = fs.statfsSync(loopFs.dir);
+    const used = (before.bfree - after.bfree) * before.bsize;
+    t.true(used < 20 << 20, `a 200 MB clone used ${used} bytes`);
+    t.is(fs.statSync(path.join(loopFs.dir, 'volumes', 'big2', '_data', 'blob')).size, 200 << 20);
+  } finally {
+    await s.kill();
+    cleanupDir(dir);
+  }
+});
+
+test('kill -9 during a clone leaves either the whole clone or none, and start-up removes the debris', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    await s.ok('/VolumeDriver.Create', { Name: 'many', Opts: {} });
+    const data = path.join(s.data, 'volumes', 'many', '_data');
+    for (let i = 0; i < 3000; i++) fs.writeFileSync(path.join(data, `f${i}`), Buffer.alloc(4096, i));
+    const pending = s.call('/VolumeDriver.Create', { Name: 'copy', Opts: { from: 'many' } }).catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 60));
+    await s.kill();
+    await pending;
+    const s2 = await startTestServer({ dir: s.dir });
+    try {
+      const r = await s2.call('/VolumeDriver.Get', { Name: 'copy' });
+      if (r.json.Err === '') t.is(fs.readdirSync(path.join(s.data, 'volumes', 'copy', '_data')).length, 3000, 'whole');
+      else {
+        t.regex(String(r.json.Err), /not found/);
+        await new Promise((res) => setTimeout(res, 500));
+        t.false(fs.existsSync(path.join(s.data, 'volumes', 'copy')), 'none');
+      }
+      t.deepEqual(
+        fs.readdirSync(path.join(s.data, 'tmp')).filter((e) => e.startsWith('new-')),
+        [],
+        'half-built clones in tmp/ are deleted at start-up',
+      );
+    } finally {
+      await s2.kill();
+    }
+  });
+});
