@@ -8,6 +8,8 @@ import { registerContainer } from './cli/container.js';
 import { registerInfo } from './cli/info.js';
 import { registerLayer } from './cli/layer.js';
 import { registerServe } from './cli/serve.js';
+import { registerVolume } from './cli/volume.js';
+import { registerDf } from './cli/df.js';
 import { runCli } from './cli/run.js';
 
 const program = new Command()
@@ -19,5 +21,7 @@ registerServe(program);
 registerLayer(program);
 registerContainer(program);
 registerInfo(program);
+registerVolume(program);
+registerDf(program);
 
 await runCli(program, process.argv);

@@ -74,6 +74,8 @@ export interface VolumeService {
   list(): VolumeSummary[];
   /** Waits for background deletions to settle (tests, shutdown). */
   drain(): Promise<void>;
+  /** Measures a volume's usage now (the CLI; Get shows the cached figure instead). */
+  measureUsage(name: string): Promise<Usage>;
 }
 
 /** What the service needs. */
@@ -515,6 +517,11 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
 
     async drain() {
       await Promise.all([...deletions]);
+    },
+
+    async measureUsage(name) {
+      const rec = mustGet(name);
+      return usage.measure(name, measure(rec));
     },
   };
 }
