@@ -1,0 +1,127 @@
+/**
+ * `tsvol volume export/import/clone` (#6): byte-exact round trips, hostile archives refused, crash-safe
+ * import, and one truth with a running server (what the CLI imports, the socket serves at once).
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { CLI, startTestServer, withServer, type TestServer } from './helpers/server.js';
+import { buildRichTree, snapshotTree } from './helpers/tree.js';
+import { encodeHeader, type TarHeader } from '../src/layers/tar/format.js';
+
+function cli(s: TestServer, args: string[], input?: Buffer): { status: number | null; stdout: Buffer; stderr: string } {
+  const env = { ...process.env, TSVOL_DATA: s.data, TSVOL_SOCKET: s.socket, ...(s.mounts ? { TSVOL_MOUNTS: s.mounts } : {}) };
+  const r = spawnSync(process.execPath, [CLI, ...args], { env, input, maxBuffer: 1 << 30 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString() };
+}
+
+function header(p: string, type: TarHeader['type'], extra: Partial<TarHeader> = {}): Buffer {
+  return encodeHeader({ path: p, type, mode: 0o644, uid: 0, gid: 0, size: 0, mtime: 0, linkname: '', uname: '', gname: '', devmajor: 0, devminor: 0, xattrs: new Map(), ...extra });
+}
+
+function tarOf(...blocks: Buffer[]): Buffer {
+  return Buffer.concat([...blocks, Buffer.alloc(1024)]);
+}
+
+test('export → import round-trips owners, modes, xattrs, hardlinks, symlinks, devices; the server sees the import at once', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    await s.ok('/VolumeDriver.Create', { Name: 'orig', Opts: { uid: '33', mode: '0750' } });
+    const orig = path.join(s.data, 'volumes', 'orig', '_data');
+    buildRichTree(orig);
+    for (const gzip of [false, true]) {
+      const file = path.join(s.dir, `orig.tar${gzip ? '.gz' : ''}`);
+      const exp = cli(s, ['volume', 'export', 'orig', '-o', file, ...(gzip ? ['--gzip'] : [])]);
+      t.is(exp.status, 0, exp.stderr);
+      const name = gzip ? 'copy-gz' : 'copy';
+      const imp = cli(s, ['volume', 'import', name, file]);
+      t.is(imp.status, 0, imp.stderr);
+      // tar keeps whole seconds and writes sparse files densely: compare everything else exactly.
+      const strip = (snap: Record<string, unknown>) =>
+        Object.fromEntries(Object.entries(snap).map(([k, v]) => [k, { ...(v as object), mtimeNs: undefined }]));
+      t.deepEqual(strip(snapshotTree(path.join(s.data, 'volumes', name, '_data'))), strip(snapshotTree(orig)));
+      // One truth: the running server serves the CLI's volume without a restart.
+      const mp = (await s.ok('/VolumeDriver.Mount', { Name: name, ID: 'c1' })).Mountpoint as string;
+      t.is(fs.readFileSync(path.join(mp, 'dir/sub/plain.txt'), 'utf8'), 'hello\n');
+      await s.ok('/VolumeDriver.Unmount', { Name: name, ID: 'c1' });
+    }
+    // Export of the import is byte-identical to the original export.
+    const a = cli(s, ['volume', 'export', 'orig']).stdout;
+    const b = cli(s, ['volume', 'export', 'copy']).stdout;
+    t.true(a.equals(b), 'the same tar, byte for byte');
+    const again = cli(s, ['volume', 'import', 'copy', path.join(s.dir, 'orig.tar')]);
+    t.is(again.status, 1);
+    t.regex(again.stderr, /volume "copy" already exists/);
+  });
+});
+
+test('export of a volume in use says so on stderr; clone through the CLI goes through the server', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    await s.ok('/VolumeDriver.Create', { Name: 'busy', Opts: {} });
+    const mp = (await s.ok('/VolumeDriver.Mount', { Name: 'busy', ID: 'c1' })).Mountpoint as string;
+    fs.writeFileSync(path.join(mp, 'f'), 'now');
+    const exp = cli(s, ['volume', 'export', 'busy']);
+    t.is(exp.status, 0);
+    t.regex(exp.stderr, /volume "busy" is in use \(1 mount\(s\)\); exporting its contents as they are now/);
+    t.true(exp.stdout.includes(Buffer.from('now')));
+    const clone = cli(s, ['volume', 'clone', 'busy', 'busy2']);
+    t.is(clone.status, 0, clone.stderr);
+    const st = ((await s.ok('/VolumeDriver.Get', { Name: 'busy2' })).Volume as { Status: Record<string, unknown> }).Status;
+    t.is(st.from, 'busy');
+    const ls = cli(s, ['volume', 'ls', '--json']);
+    t.deepEqual((JSON.parse(ls.stdout.toString()) as { name: string }[]).map((v) => v.name).sort(), ['busy', 'busy2']);
+  });
+});
+
+test('hostile archives are refused and leave no volume behind', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    const body = Buffer.alloc(512, 0);
+    body.write('pwned');
+    const cases: [string, Buffer][] = [
+      ['absolute path', tarOf(header('/etc/evil', 'file', { size: 5 }), body)],
+      ['dot-dot', tarOf(header('a/../../evil', 'file', { size: 5 }), body)],
+      ['through a symlink', tarOf(header('link', 'symlink', { linkname: '/etc' }), header('link/evil', 'file', { size: 5 }), body)],
+      ['hardlink outside', tarOf(header('hl', 'hardlink', { linkname: '../../etc/passwd' }))],
+      ['truncated', header('cut', 'file', { size: 4096 })],
+    ];
+    for (const [what, tar] of cases) {
+      const r = cli(s, ['volume', 'import', 'evil', '-'], tar);
+      t.is(r.status, 1, what);
+      t.regex(r.stderr, /import of volume "evil" refused/, what);
+      t.is((await s.call('/VolumeDriver.Get', { Name: 'evil' })).json.Err, 'volume "evil" not found', what);
+    }
+    t.false(fs.existsSync('/etc/evil'));
+    t.deepEqual(fs.readdirSync(path.join(s.data, 'volumes')), []);
+    t.deepEqual(fs.readdirSync(path.join(s.data, 'tmp')), []);
+  });
+});
+
+test('kill -9 during an import leaves no half volume; the next start removes its debris', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    await s.ok('/VolumeDriver.Create', { Name: 'src', Opts: {} });
+    const data = path.join(s.data, 'volumes', 'src', '_data');
+    for (let i = 0; i < 2000; i++) fs.writeFileSync(path.join(data, `f${i}`), Buffer.alloc(8192, i));
+    const file = path.join(s.dir, 'src.tar');
+    t.is(cli(s, ['volume', 'export', 'src', '-o', file]).status, 0);
+    for (const delay of [250, 400, 550, 700]) {
+      const env = { ...process.env, TSVOL_DATA: s.data, TSVOL_SOCKET: s.socket };
+      const child = spawn(process.execPath, [CLI, 'volume', 'import', `half${delay}`, file], { env, stdio: 'ignore' });
+      const exited = new Promise((r) => child.once('exit', r));
+      await new Promise((r) => setTimeout(r, delay));
+      child.kill('SIGKILL');
+      await exited;
+      const r = await s.call('/VolumeDriver.Get', { Name: `half${delay}` });
+      t.log(`killed after ${delay} ms: ${r.json.Err === '' ? 'whole' : 'none'}`);
+      if (r.json.Err === '') t.is(fs.readdirSync(path.join(s.data, 'volumes', `half${delay}`, '_data')).length, 2000, 'whole');
+      else t.false(fs.existsSync(path.join(s.data, 'volumes', `half${delay}`)), 'none');
+    }
+    await s.kill();
+    const s2 = await startTestServer({ dir: s.dir });
+    try {
+      await new Promise((r) => setTimeout(r, 500));
+      t.deepEqual(fs.readdirSync(path.join(s.data, 'tmp')).filter((e) => e.startsWith('new-')), []);
+    } finally {
+      await s2.kill();
+    }
+  });
+});
