@@ -163,7 +163,7 @@ test('two five-layer images sharing their first three layers store seven layers,
   }
 });
 
-test('a held layer cannot be removed, and the error says what holds it; gc removes what nothing holds', (t) => {
+test('a held layer cannot be removed, and the error says what holds it; rm of a tag untags; gc removes what nothing holds', (t) => {
   const dir = tempDir('tsvol-layer-');
   try {
     const data = path.join(dir, 'data');
@@ -173,8 +173,12 @@ test('a held layer cannot be removed, and the error says what holds it; gc remov
     t.is(rm.code, 1);
     t.regex(rm.err, new RegExp(`is held by child layer ${child.slice(7, 19)}`));
     t.is(tsvol(data, ['layer', 'tag', child, 'keep']).code, 0);
-    const rmTagged = tsvol(data, ['layer', 'rm', 'keep']);
-    t.regex(rmTagged.err, /held by tag "keep"/);
+    t.is(tsvol(data, ['layer', 'tag', child, 'also']).code, 0);
+    const rmTagged = tsvol(data, ['layer', 'rm', child]);
+    t.regex(rmTagged.err, /held by tag "also", tag "keep"|held by tag "keep", tag "also"/);
+    // rm of a tag untags, like docker rmi; the layer stays while another tag holds it.
+    const untag = tsvol(data, ['layer', 'rm', 'also']);
+    t.is(untag.out, 'untagged also');
     t.is(tsvol(data, ['layer', 'history', 'keep', '--json']).code, 0, 'a name works wherever an ID does');
     const lone = tsvol(data, ['layer', 'import', '-'], Buffer.concat([entry({ path: 'lone' }, Buffer.from('z')), end])).out;
     fs.mkdirSync(path.join(data, 'layers', 'tmp', 'import-crashed', 'diff'), { recursive: true });

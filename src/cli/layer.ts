@@ -107,9 +107,11 @@ export function registerLayer(program: Command): void {
   layer
     .command('rm')
     .argument('<id>', 'layer ID or name')
-    .description('remove a layer that nothing holds')
+    .description('remove a layer that nothing holds; given a tag, untag (and remove the layer if that tag was its last holder)')
     .action(async (id: string) => {
-      await store().remove(id);
+      const { untagged, deleted } = await store().remove(id);
+      for (const u of untagged) process.stdout.write(`untagged ${u}\n`);
+      for (const d of deleted) process.stdout.write(`deleted ${d}\n`);
     });
   layer
     .command('gc')

@@ -1,11 +1,11 @@
 /**
- * `tsvol volume …`: ls, inspect, export, import, clone (#6). Thin: parse, call volumes/, print.
+ * `tsvol volume …`: ls, inspect, export, import, commit, clone (#6). Thin: parse, call volumes/, print.
  *
  * One truth with a running plugin: the CLI opens the same SQLite store, which is safe across processes
  * (src/store/volume-store.ts): a volume it imports is at once visible to the server, which re-reads the
  * store on a miss. What needs the server's per-volume locks or holds goes through its socket: `clone` is
- * a Create with from=, and exporting a loop-backed sized volume takes a hold with Mount (so its image is
- * never mounted twice) and releases it after. With no server answering, the CLI does the work itself.
+ * a Create with from=, and exporting a loop-backed or layered volume takes a hold with Mount (so its
+ * image is never mounted twice) and releases it after. With no server answering, the CLI does the work itself.
  */
 import fs from 'node:fs';
 import http from 'node:http';
@@ -16,9 +16,10 @@ import { loadConfig, type Config } from '../config.js';
 import { InternalError, NotFoundError, errnoCode } from '../errors.js';
 import { createLogger } from '../log.js';
 import { createLayout, type Layout } from '../store/layout.js';
-import { createVolumeStore, type VolumeStore } from '../store/volume-store.js';
+import { createVolumeStore, type VolumeRecord, type VolumeStore } from '../store/volume-store.js';
 import { exportTree, importVolume } from '../volumes/archive.js';
-import { createVolumeService, holdCount, type VolumeService } from '../volumes/volume-service.js';
+import { createLayeredVolumes } from '../volumes/layered.js';
+import { createVolumeService, hasOwnMount, holdCount, type VolumeService } from '../volumes/volume-service.js';
 import { humanSize } from './layer.js';
 import { withProgress } from './progress.js';
 
@@ -87,9 +88,45 @@ async function writeOut(chunks: AsyncIterable<Buffer>, output: string | undefine
   }
 }
 
+/**
+ * Runs `fn` on a volume's files. A volume in use is read as it is now (said on stderr). A volume whose
+ * files are only visible through its own mount (a loop image, an overlay) and that nothing holds is held
+ * for the duration with a Mount, through the server if one runs (so its image is never mounted twice),
+ * unless `needsFiles` says the work does not read the merged tree.
+ */
+async function withContents<T>(
+  { config, layout, store, service }: Context,
+  name: string,
+  verb: string,
+  fn: (dir: string, rec: VolumeRecord) => Promise<T>,
+  needsFiles: (rec: VolumeRecord) => boolean = () => true,
+): Promise<T> {
+  store.refresh();
+  const rec = store.get(name);
+  if (rec === undefined) throw new NotFoundError(`volume "${name}" not found; \`tsvol volume ls\` lists volumes`);
+  const n = holdCount(rec);
+  if (n > 0) process.stderr.write(`tsvol: volume "${name}" is in use (${n} mount(s)); ${verb} its contents as they are now\n`);
+  const dir = rec.spec.kind === 'bind' ? service.path(name) : layout.dataDir(name);
+  const needsMount = hasOwnMount(rec.spec) && n === 0 && needsFiles(rec);
+  const id = `tsvol-cli-${verb}-${process.pid}`;
+  let viaServer = false;
+  if (needsMount) {
+    viaServer = (await callServer(config.socket, '/VolumeDriver.Mount', { Name: name, ID: id })) !== undefined;
+    if (!viaServer) await service.mount(name, id);
+  }
+  try {
+    return await fn(dir, rec);
+  } finally {
+    if (needsMount) {
+      if (viaServer) await callServer(config.socket, '/VolumeDriver.Unmount', { Name: name, ID: id });
+      else await service.unmount(name, id);
+    }
+  }
+}
+
 /** Registers `tsvol volume`. */
 export function registerVolume(program: Command): void {
-  const volume = program.command('volume').description('volumes: list, inspect, export, import, clone');
+  const volume = program.command('volume').description('volumes: list, inspect, export, import, commit, clone');
   volume
     .command('ls')
     .option('--json', 'machine-readable output')
@@ -125,31 +162,25 @@ export function registerVolume(program: Command): void {
     .option('--gzip', 'compress with gzip')
     .description("the volume's contents as a tar stream (a volume in use is exported as it is now)")
     .action(async (name: string, opts: { output?: string; gzip?: boolean }) => {
-      await withContext(async ({ config, layout, store, service }) => {
-        store.refresh();
-        const rec = store.get(name);
-        if (rec === undefined) throw new NotFoundError(`volume "${name}" not found; \`tsvol volume ls\` lists volumes`);
-        const n = holdCount(rec);
-        if (n > 0) process.stderr.write(`tsvol: volume "${name}" is in use (${n} mount(s)); exporting its contents as they are now\n`);
-        const dir = rec.spec.kind === 'bind' ? service.path(name) : layout.dataDir(name);
-        // A loop-backed volume's files are inside its image: hold it (through the server if one runs).
-        const needsMount = rec.spec.kind === 'sized' && rec.spec.backing === 'loop' && n === 0;
-        const id = `tsvol-cli-export-${process.pid}`;
-        let viaServer = false;
-        if (needsMount) {
-          viaServer = (await callServer(config.socket, '/VolumeDriver.Mount', { Name: name, ID: id })) !== undefined;
-          if (!viaServer) await service.mount(name, id);
-        }
-        try {
+      await withContext(async (ctx) => {
+        await withContents(ctx, name, 'exporting', async (dir) => {
           const tar = exportTree(dir);
           const out = opts.gzip ? (Readable.from(tar).pipe(createGzip()) as AsyncIterable<Buffer>) : tar;
           await writeOut(out, opts.output);
-        } finally {
-          if (needsMount) {
-            if (viaServer) await callServer(config.socket, '/VolumeDriver.Unmount', { Name: name, ID: id });
-            else await service.unmount(name, id);
-          }
-        }
+        });
+      });
+    });
+  volume
+    .command('commit')
+    .argument('<name>', 'volume name')
+    .option('--tag <tag>', 'also name the new layer')
+    .description("a new read-only layer from the volume's current state (a layered volume: on top of its layer)")
+    .action(async (name: string, opts: { tag?: string }) => {
+      await withContext(async (ctx) => {
+        const layered = createLayeredVolumes(ctx.layout);
+        const layer = await withContents(ctx, name, 'committing', (dir, rec) => layered.commit(rec, dir), (rec) => rec.spec.kind !== 'layered');
+        if (opts.tag !== undefined) await layered.layers.tag(layer.id, opts.tag);
+        process.stdout.write(`${layer.id}\n`);
       });
     });
   volume

@@ -5,12 +5,8 @@
  *
  *   containers/<name>.json             the record (name, the layer it sits on, created)
  *   containers/<name>/{upper,work,merged}
- *   l/<4 chars> -> ../diffs/<hex>      short links, so 500 lower layers fit in one page of mount data
  *
- * The mount is made from inside the layers directory with relative paths (lowerdir=l/abcd:l/efgh…), which
- * keeps the option string near 7 bytes a layer: 500 layers (the kernel's limit) take ~3.5 KB, under the
- * 4 KB page that mount(2) accepts. Node runs JavaScript on one thread, so the chdir around the synchronous
- * mount(2) cannot be observed by any other code. diff and commit read only the upper directory and the
+ * The overlay mount itself (short links, relative lowerdirs) is overlay.ts. diff and commit read only the upper directory and the
  * lower layers' directories, never the merged tree, so a commit costs what changed, not the image's size.
  */
 import fs from 'node:fs';
@@ -18,10 +14,11 @@ import path from 'node:path';
 import { ConflictError, InvalidArgumentError, NotFoundError, describeError, errnoCode } from '../errors.js';
 import { writeFileDurable } from '../sys/durable.js';
 import { isMountRoot } from '../sys/libc.js';
-import { overlayMount, unmount } from '../sys/mount.js';
+import { unmount } from '../sys/mount.js';
 import { removeTreeNoCross } from '../sys/remove.js';
 import type { LayerRecord, LayerStore } from './layer-store.js';
 import { changesAsUpper, copyDiff, materialize } from './copy-driver.js';
+import { createOverlayMounter } from './overlay.js';
 import { probeOverlay } from './probe.js';
 import { isOpaque, isWhiteout, writeTree } from './tar/writer.js';
 
@@ -45,8 +42,6 @@ export interface Change {
 }
 
 const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
-/** Largest mount data mount(2) accepts: one page, NUL included. */
-const MAX_MOUNT_DATA = 4095;
 
 /** Container layers on `layers`, stored under `root` (TSVOL_DATA/layers). */
 export interface ContainerStore {
@@ -68,9 +63,8 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
   let chosen: LayerDriver | undefined = driver;
   const pickDriver = (): LayerDriver => (chosen ??= probeOverlay(root).ok ? 'overlay' : 'copy');
   const dir = path.join(root, 'containers');
-  const links = path.join(root, 'l');
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  fs.mkdirSync(links, { recursive: true, mode: 0o700 });
+  const overlay = createOverlayMounter(root, layers);
 
   const recordFile = (name: string): string => path.join(dir, `${name}.json`);
   const paths = (name: string) => ({
@@ -91,50 +85,13 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
     }
   }
 
-  /** The short link for a layer's diff directory, made on first use. */
-  function shortLink(layer: LayerRecord): string {
-    const diff = layers.diffDir(layer);
-    const linkFile = `${diff}.link`;
-    try {
-      return fs.readFileSync(linkFile, 'utf8').trim();
-    } catch (err) {
-      if (errnoCode(err) !== 'ENOENT') throw err;
-    }
-    const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
-    for (;;) {
-      const id = Array.from({ length: 4 }, () => alphabet[Math.floor(Math.random() * alphabet.length)]).join('');
-      try {
-        fs.symlinkSync(path.relative(links, diff), path.join(links, id));
-      } catch (err) {
-        if (errnoCode(err) === 'EEXIST') continue; // taken: draw again
-        throw err;
-      }
-      writeFileDurable(linkFile, id);
-      return id;
-    }
-  }
-
   /** The lower directories, top first, for a chain. */
   function lowers(from: string): string[] {
     return layers.history(from).map((l) => layers.diffDir(l));
   }
 
   function mount(rec: ContainerRecord): void {
-    const p = paths(rec.name);
-    const chain = layers.history(rec.from);
-    const lowerdir = chain.map((l) => `l/${shortLink(l)}`).join(':');
-    const rel = (abs: string): string => path.relative(root, abs);
-    const data = `lowerdir=${lowerdir},upperdir=${rel(p.upper)},workdir=${rel(p.work)},index=off,redirect_dir=off,metacopy=off`;
-    if (data.length > MAX_MOUNT_DATA) {
-      throw new InvalidArgumentError(`a chain of ${chain.length} layers needs ${data.length} bytes of mount options; the kernel takes ${MAX_MOUNT_DATA}`);
-    }
-    const cwd = process.cwd();
-    process.chdir(root);
-    try {
-      overlayMount(p.merged, data);
-    } finally {
-      process.chdir(cwd);
-    }
+    overlay.mount(rec.from, paths(rec.name));
   }
 
   /** True if `rel` exists in the lower layers (the topmost layer that has it, or a whiteout, decides). */

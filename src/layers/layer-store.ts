@@ -53,8 +53,11 @@ export interface LayerStore {
   /** The chain from `idOrName` down to its base, top first. */
   history(idOrName: string): LayerRecord[];
   tag(idOrName: string, name: string): Promise<void>;
-  /** Removes a layer nothing holds (children, tags); the error names the holders. */
-  remove(idOrName: string): Promise<void>;
+  /**
+   * Removes a layer nothing holds (children, tags, containers, volumes); the error names the holders.
+   * Given a tag, removes the tag, and the layer too if nothing else holds it (like `docker rmi`).
+   */
+  remove(idOrName: string): Promise<{ untagged: string[]; deleted: string[] }>;
   /**
    * Removes every layer held by nothing (no child, no tag), repeatedly from the top down, then staging
    * debris and diff directories no layer uses. Returns what it removed.
@@ -69,6 +72,8 @@ export interface LayerStore {
   holdLayer(idOrName: string, holder: string): Promise<LayerRecord>;
   /** Drops a hold; releasing a hold that does not exist is a no-op. */
   releaseLayer(idOrName: string, holder: string): Promise<void>;
+  /** Every hold from holdLayer: O(holds), for start-up repair of holds whose holder is gone. */
+  listHolds(): { layer: string; holder: string }[];
 }
 
 const HEX = /^[0-9a-f]{64}$/;
@@ -302,6 +307,13 @@ export function createLayerStore(root: string): LayerStore {
         fs.rmSync(path.join(dirs.holds, hexOf(rec.id), encodeURIComponent(holder)), { force: true });
       });
     },
+    listHolds() {
+      const out: { layer: string; holder: string }[] = [];
+      for (const hex of fs.readdirSync(dirs.holds)) {
+        for (const h of fs.readdirSync(path.join(dirs.holds, hex))) out.push({ layer: `sha256:${hex}`, holder: decodeURIComponent(h) });
+      }
+      return out;
+    },
     async tag(idOrName, name) {
       if (!TAG.test(name) || HEX.test(name)) throw new InvalidArgumentError(`invalid tag "${name}": use letters, digits and _.:- (not a bare digest)`);
       await locked(async () => {
@@ -310,7 +322,21 @@ export function createLayerStore(root: string): LayerStore {
       });
     },
     async remove(idOrName) {
-      await locked(async () => removeUnlocked(resolve(idOrName)));
+      return locked(async () => {
+        const tagFile = path.join(dirs.tags, idOrName);
+        if (TAG.test(idOrName) && !HEX.test(idOrName) && fs.existsSync(tagFile)) {
+          // A tag: untag, and delete the layer too when that tag was all that held it (like docker rmi).
+          const rec = resolve(idOrName);
+          fs.rmSync(tagFile);
+          fsyncDir(dirs.tags);
+          if (holders(rec).length > 0) return { untagged: [idOrName], deleted: [] };
+          removeUnlocked(rec);
+          return { untagged: [idOrName], deleted: [rec.id] };
+        }
+        const rec = resolve(idOrName);
+        removeUnlocked(rec);
+        return { untagged: [], deleted: [rec.id] };
+      });
     },
     async gc() {
       return locked(async () => {

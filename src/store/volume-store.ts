@@ -40,7 +40,9 @@ export type VolumeSpec =
       readonly mode?: number;
     }
   /** A full copy of volume `from` as it was at Create (#6); afterwards an ordinary named volume. */
-  | { readonly kind: 'clone'; readonly from: string };
+  | { readonly kind: 'clone'; readonly from: string }
+  /** Copy-on-write on a layer chain (ChainID), src/volumes/layered.ts. */
+  | { readonly kind: 'layered'; readonly layer: string };
 
 /** One volume's durable record. */
 export interface VolumeRecord {

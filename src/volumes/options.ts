@@ -7,14 +7,16 @@ import { InvalidArgumentError } from '../errors.js';
 import type { VolumeSpec } from '../store/volume-store.js';
 
 /** Options a Create may carry. */
-export const SUPPORTED_OPTIONS = ['uid', 'gid', 'mode', 'type', 'o', 'device', 'size', 'from'] as const;
+export const SUPPORTED_OPTIONS = ['uid', 'gid', 'mode', 'type', 'o', 'device', 'size', 'from', 'layer'] as const;
 
 /** A bind-style request before its device is checked against the allowlist. */
 export type ParsedOptions =
   | { readonly kind: 'named'; readonly uid?: number; readonly gid?: number; readonly mode?: number }
   | { readonly kind: 'bind'; readonly device: string }
   | { readonly kind: 'sized'; readonly limit: number; readonly uid?: number; readonly gid?: number; readonly mode?: number }
-  | { readonly kind: 'clone'; readonly from: string };
+  | { readonly kind: 'clone'; readonly from: string }
+  /** `layer` as given (an ID, a unique prefix or a tag): the service resolves it to a ChainID. */
+  | { readonly kind: 'layered'; readonly layer: string };
 
 /** The smallest size= accepted: an ext4 image below this has no room for its own metadata. */
 export const MIN_SIZE = 16 * 1024 * 1024;
@@ -57,6 +59,17 @@ export function parseOptions(opts: Readonly<Record<string, string>>): ParsedOpti
     }
   }
   const { type, o, device } = opts;
+  if (opts.layer !== undefined) {
+    for (const k of ['uid', 'gid', 'mode', 'type', 'o', 'device', 'size', 'from'] as const) {
+      if (opts[k] !== undefined) {
+        throw new InvalidArgumentError(`invalid option ${k}: a layered volume (layer=) starts with the layer's files, owners and modes; it takes no other options`);
+      }
+    }
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(opts.layer)) {
+      throw new InvalidArgumentError(`invalid option layer=${JSON.stringify(opts.layer)}: want a layer ID (sha256:…) or tag; \`tsvol layer ls\` lists them`);
+    }
+    return { kind: 'layered', layer: opts.layer };
+  }
   if (opts.from !== undefined) {
     for (const k of ['uid', 'gid', 'mode', 'type', 'o', 'device', 'size'] as const) {
       if (opts[k] !== undefined) {
@@ -113,5 +126,6 @@ export function parseOptions(opts: Readonly<Record<string, string>>): ParsedOpti
 export function toSpec(parsed: ParsedOptions, resolvedDevice?: string): VolumeSpec {
   if (parsed.kind === 'named' || parsed.kind === 'clone') return parsed;
   if (parsed.kind === 'sized') throw new Error('toSpec: a sized volume needs its backing chosen by the service');
+  if (parsed.kind === 'layered') throw new Error('toSpec: a layered volume needs its layer resolved by the service');
   return { kind: 'bind', device: resolvedDevice ?? parsed.device };
 }

@@ -19,8 +19,7 @@ import type { VolumeStore } from '../store/volume-store.js';
 import { unmount } from '../sys/mount.js';
 import { mountsUnder, readMounts } from '../sys/mountinfo.js';
 import { removeTreeNoCross } from '../sys/remove.js';
-import { unmountImage } from './size-limit.js';
-import { holdCount, type VolumeInternals } from './volume-service.js';
+import { hasOwnMount, holdCount, type VolumeInternals } from './volume-service.js';
 
 /** The kernel's id of this boot; changes on every reboot (shared by containers, so right inside a plugin). */
 export function readBootId(): string {
@@ -39,7 +38,7 @@ export interface ReconcileDeps {
 /** Repairs the data root; returns counts for the start-up log line. */
 export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<string, number>> {
   const { layout, store, mountsRoot, service, log } = deps;
-  const stats = { debris: 0, orphans: 0, droppedHolds: 0, remounted: 0, staleMounts: 0 };
+  const stats = { debris: 0, orphans: 0, droppedHolds: 0, remounted: 0, staleMounts: 0, layerHolds: 0 };
   fs.mkdirSync(layout.tmpDir, { recursive: true, mode: 0o700 });
   fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o701 });
   const mounts = readMounts();
@@ -79,16 +78,26 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
     await Promise.all(writes);
   }
 
-  // A loop-backed sized volume's image is mounted on its _data only while held (#6): one left mounted
-  // with no holder (a crash mid-Unmount or mid-clone, or holds dropped above) is unmounted, which also
-  // detaches its loop device (autoclear).
+  // A loop-backed sized volume's image and a layered volume's overlay are mounted on its _data only while
+  // held (#6): one left mounted with no holder (a crash mid-Unmount or mid-clone, or holds dropped above)
+  // is unmounted, which also detaches a loop device (autoclear).
   for (const rec of store.list()) {
-    if (rec.spec.kind !== 'sized' || rec.spec.backing !== 'loop' || holdCount(rec) > 0) continue;
+    if (!hasOwnMount(rec.spec) || holdCount(rec) > 0) continue;
     try {
-      if (await unmountImage(layout.dataDir(rec.name))) stats.staleMounts++;
+      if (await service.unmountOwn(rec)) stats.staleMounts++;
     } catch (err) {
-      log.warn({ volume: rec.name, err: describeError(err) }, 'could not unmount stale volume image');
+      log.warn({ volume: rec.name, err: describeError(err) }, 'could not unmount stale volume mount');
     }
+  }
+
+  // A layer hold whose volume was never committed (a crash mid-Create) or is gone (mid-Remove) is released.
+  try {
+    stats.layerHolds = await service.layered.releaseOrphanHolds((volume, layer) => {
+      const spec = store.get(volume)?.spec;
+      return spec?.kind === 'layered' && spec.layer === layer;
+    });
+  } catch (err) {
+    log.warn({ err: describeError(err) }, 'could not release orphan layer holds');
   }
 
   if (mountsRoot !== undefined) {

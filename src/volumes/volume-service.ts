@@ -28,6 +28,7 @@ import { createBindRoots, type BindRoots } from './bind-roots.js';
 import { createKeyedMutex } from './keyed-mutex.js';
 import { validateName } from './names.js';
 import { copyTreeInWorker } from './clone.js';
+import { createLayeredVolumes, type LayeredVolumes } from './layered.js';
 import { parseOptions, toSpec } from './options.js';
 import {
   applyProjectQuota,
@@ -86,10 +87,20 @@ export interface VolumeServiceDeps {
   readonly log: Logger;
   /** How sized volumes are made here; probed from the data root when not given. */
   readonly sizeBacking?: SizeBacking;
+  /** The layer manager for layer= volumes; opened on the data root when not given. */
+  readonly layered?: LayeredVolumes;
 }
 
 /** Status kinds (#6): what `docker volume inspect` shows for each spec kind. */
-const STATUS_KIND = { named: 'named', bind: 'bind', sized: 'sized', clone: 'clone-of' } as const;
+const STATUS_KIND = { named: 'named', bind: 'bind', sized: 'sized', clone: 'clone-of', layered: 'layered' } as const;
+
+/**
+ * True for volumes whose files are only visible while a mount of their own is up: a loop-backed sized
+ * volume (its ext4 image) and a layered volume (its overlay). That mount exists while the volume is held.
+ */
+export function hasOwnMount(spec: VolumeSpec): boolean {
+  return (spec.kind === 'sized' && spec.backing === 'loop') || spec.kind === 'layered';
+}
 
 /** Flushes the filesystem holding `dir` (one syncfs: every file of a fresh clone or image at once). */
 function syncFilesystem(dir: string): void {
@@ -116,6 +127,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   const deletions = new Set<Promise<void>>();
   const umask = process.umask();
   const sizing = deps.sizeBacking ?? probeSizeBacking(layout.root);
+  const layered = deps.layered ?? createLayeredVolumes(layout);
   const usage = createUsageCache((name, err) => log.warn({ volume: name, err: describeError(err) }, 'measuring volume usage failed'));
 
   /**
@@ -183,17 +195,28 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     }
   }
 
+  /** Mounts a volume's own filesystem (hasOwnMount) on its _data; no-op when already mounted. */
+  async function mountOwn(rec: VolumeRecord): Promise<void> {
+    if (rec.spec.kind === 'layered') layered.mount(rec.name, rec.spec.layer);
+    else await mountImage(layout.volumeDir(rec.name), layout.dataDir(rec.name));
+  }
+
+  /** Undoes mountOwn (the image's unmount also detaches its loop device); false if nothing was mounted. */
+  async function unmountOwn(rec: VolumeRecord): Promise<boolean> {
+    if (rec.spec.kind === 'layered') return layered.unmount(rec.name);
+    return unmountImage(layout.dataDir(rec.name));
+  }
+
   /** Makes the volume's source available at its mountpoint (first holder). */
   async function establish(rec: VolumeRecord): Promise<string> {
     const mp = mountpointOf(rec);
-    if (rec.spec.kind === 'sized' && rec.spec.backing === 'loop') {
-      const data = layout.dataDir(rec.name);
-      await mountImage(layout.volumeDir(rec.name), data);
+    if (hasOwnMount(rec.spec)) {
+      await mountOwn(rec);
       if (config.mountsRoot !== undefined) {
         try {
-          await bindAt(data, mp);
+          await bindAt(layout.dataDir(rec.name), mp);
         } catch (err) {
-          await unmountImage(data);
+          await unmountOwn(rec);
           throw err;
         }
       }
@@ -215,6 +238,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
       if (config.mountsRoot !== undefined) await bindAt(data, mp);
       return mp;
     }
+    if (rec.spec.kind !== 'bind') throw new Error(`establish: unhandled volume kind ${rec.spec.kind}`);
     const device = rec.spec.device;
     if (config.mountsRoot === undefined) {
       bindRoots.resolve(device); // re-check: the path may have been replaced by a symlink since Create
@@ -230,8 +254,8 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   async function release(rec: VolumeRecord): Promise<void> {
     try {
       if (config.mountsRoot !== undefined) await unmountAsync(mountpointOf(rec));
-      // The image's mount goes with the last holder; autoclear detaches its loop device.
-      if (rec.spec.kind === 'sized' && rec.spec.backing === 'loop') await unmountImage(layout.dataDir(rec.name));
+      // The image's or overlay's mount goes with the last holder; autoclear detaches a loop device.
+      if (hasOwnMount(rec.spec)) await unmountOwn(rec);
     } catch (err) {
       log.warn({ volume: rec.name, err: describeError(err) }, 'unmount failed; start-up will retry');
     }
@@ -269,9 +293,9 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   }
 
   /**
-   * A clone of `from`: what is there at this moment. A loop-backed source not in use is mounted for the
-   * copy under its own lock (two mounts of one ext4 image would corrupt it); any other source is read
-   * without its lock, so a long copy never holds up the source's Mount.
+   * A clone of `from`: what is there at this moment. A loop-backed or layered source not in use is mounted
+   * for the copy under its own lock (two mounts of one ext4 image would corrupt it); any other source is
+   * read without its lock, so a long copy never holds up the source's Mount.
    */
   async function buildClone(name: string, from: string): Promise<void> {
     validateName(from);
@@ -282,15 +306,15 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
       bindRoots.resolve(src.spec.device);
       return copy(bindRoots.local(src.spec.device));
     }
-    if (src.spec.kind !== 'sized' || src.spec.backing !== 'loop') return copy(layout.dataDir(from));
+    if (!hasOwnMount(src.spec)) return copy(layout.dataDir(from));
     await locks.run(from, async () => {
       const now = mustGet(from);
       if (holdCount(now) > 0) return copy(layout.dataDir(from));
-      await mountImage(layout.volumeDir(from), layout.dataDir(from));
+      await mountOwn(now);
       try {
         await copy(layout.dataDir(from));
       } finally {
-        await unmountImage(layout.dataDir(from));
+        await unmountOwn(now);
       }
     });
   }
@@ -303,6 +327,8 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     if (spec.kind === 'sized') {
       return async () => (isMountRootOrMissing(data) ? mountedUsage(data) : imageUsage(layout.volumeDir(rec.name)));
     }
+    // A layered volume costs what was written to it: its upper directory, not the layer's files.
+    if (spec.kind === 'layered') return () => measureTree(layered.upperDir(rec.name));
     return () => measureTree(spec.kind === 'bind' ? bindRoots.local(spec.device) : data);
   }
 
@@ -373,15 +399,33 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
       status.sizeBacking = rec.spec.backing;
     }
     if (rec.spec.kind === 'clone') status.from = rec.spec.from;
+    if (rec.spec.kind === 'layered') status.layer = rec.spec.layer;
     if (Object.keys(rec.options).length > 0) status.options = rec.options;
     const built = { name: rec.name, mountpoint: mountpointOf(rec), createdAt: rec.createdAt, status };
     infos.set(rec, built);
     return built;
   }
 
+  /** Drops volume `name`'s hold on `layer`; a failure is logged (start-up releases holds with no volume). */
+  async function releaseLayerOf(name: string, layer: string): Promise<void> {
+    try {
+      await layered.layers.releaseLayer(layer, layered.holderOf(name));
+    } catch (err) {
+      log.warn({ volume: name, layer, err: describeError(err) }, 'could not release layer hold; start-up will');
+    }
+  }
+
+  /** Resolves a layer= option and holds the layer for volume `name`; the spec names its ChainID. */
+  async function holdLayerFor(name: string, ref: string): Promise<VolumeSpec> {
+    const layer = await layered.layers.holdLayer(ref, layered.holderOf(name));
+    return { kind: 'layered', layer: layer.id };
+  }
+
   return {
     establish,
     release,
+    unmountOwn,
+    layered,
     deleteInBackground,
     async create(name, opts) {
       validateName(name);
@@ -392,7 +436,11 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
         const spec: VolumeSpec =
           parsed.kind === 'sized'
             ? { ...parsed, backing: sizing.backing, ...(sizing.backing === 'quota' ? { projectId: newProjectId() } : {}) }
-            : toSpec(parsed);
+            : parsed.kind === 'layered'
+              ? await holdLayerFor(name, parsed.layer).catch((err: unknown) => {
+                  throw wrapError(`create volume "${name}"`, err);
+                })
+              : toSpec(parsed);
         if (spec.kind === 'bind') bindRoots.resolve(spec.device);
         const rec: VolumeRecord = {
           name,
@@ -401,19 +449,26 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
           options: { ...opts },
           holds: {},
         };
+        const builtInTmp = spec.kind === 'sized' || spec.kind === 'clone' || spec.kind === 'layered';
         try {
-          if (spec.kind === 'named') await buildVolumeDir(rec);
-          else if (spec.kind === 'sized') await buildSized(name, spec);
-          else if (spec.kind === 'clone') await buildClone(name, spec.from);
+          try {
+            if (spec.kind === 'named') await buildVolumeDir(rec);
+            else if (spec.kind === 'sized') await buildSized(name, spec);
+            else if (spec.kind === 'clone') await buildClone(name, spec.from);
+            else if (spec.kind === 'layered') await buildInTmp(name, (dir) => layered.build(dir));
+          } catch (err) {
+            throw wrapError(`create volume "${name}"`, err);
+          }
+          try {
+            // Volumes built in tmp/ were renamed into volumes/: that rename is made durable with the record.
+            await store.put(rec, builtInTmp ? [layout.volumesDir] : undefined);
+          } catch (err) {
+            if (spec.kind !== 'bind') await fs.promises.rm(layout.volumeDir(name), { recursive: true, force: true });
+            throw wrapError(`create volume "${name}"`, err);
+          }
         } catch (err) {
-          throw wrapError(`create volume "${name}"`, err);
-        }
-        try {
-          // Sized and cloned volumes were renamed into volumes/: that rename is made durable with the record.
-          await store.put(rec, spec.kind === 'sized' || spec.kind === 'clone' ? [layout.volumesDir] : undefined);
-        } catch (err) {
-          if (spec.kind !== 'bind') await fs.promises.rm(layout.volumeDir(name), { recursive: true, force: true });
-          throw wrapError(`create volume "${name}"`, err);
+          if (spec.kind === 'layered') await releaseLayerOf(name, spec.layer);
+          throw err;
         }
         log.debug({ volume: name, kind: spec.kind }, 'volume created');
       });
@@ -439,8 +494,8 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
             if (errnoCode(err) !== 'ENOENT') throw wrapError(`remove volume "${name}"`, err);
           }
         }
-        // A loop-backed volume's image stays mounted only while held; one left mounted (a crash) goes now.
-        if (rec.spec.kind === 'sized' && rec.spec.backing === 'loop') await unmountImage(layout.dataDir(name));
+        // A loop-backed or layered volume's own mount is up only while held; one left (a crash) goes now.
+        if (hasOwnMount(rec.spec)) await unmountOwn(rec);
         if (rec.spec.kind !== 'bind') {
           // O(1) checks (statx), not a scan of every mount on the host. Mounts deeper inside are never
           // crossed either: the background deleter leaves them and what holds them (src/sys/remove.ts).
@@ -454,6 +509,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
         // A bind-style volume's host directory is never touched: only the record goes.
         usage.forget(name);
         if (rec.spec.kind !== 'bind') await deleteInBackground(layout.volumeDir(name), name);
+        if (rec.spec.kind === 'layered') await releaseLayerOf(name, rec.spec.layer);
         if (rec.spec.kind === 'sized' && rec.spec.projectId !== undefined) {
           try {
             clearProjectQuota(layout.root, rec.spec.projectId);
@@ -530,5 +586,8 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
 export interface VolumeInternals {
   establish(rec: VolumeRecord): Promise<string>;
   release(rec: VolumeRecord): Promise<void>;
+  /** Unmounts a volume's own mount (hasOwnMount); false if it was not mounted. */
+  unmountOwn(rec: VolumeRecord): Promise<boolean>;
+  readonly layered: LayeredVolumes;
   deleteInBackground(dir: string, name: string): Promise<void>;
 }

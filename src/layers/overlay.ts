@@ -1,0 +1,82 @@
+/**
+ * Overlay mounts of layer chains, shared by container layers (containers.ts) and layered volumes
+ * (src/volumes/layered.ts): index=off, redirect_dir=off, metacopy=off, so that an upper directory
+ * committed as a layer stands on its own.
+ *
+ *   l/<4 chars> -> ../diffs/<hex>      short links, so 500 lower layers fit in one page of mount data
+ *
+ * The mount is made from inside the layers directory with relative paths (lowerdir=l/abcd:l/efgh…), which
+ * keeps the option string near 7 bytes a layer: 500 layers (the kernel's limit) take ~3.5 KB, under the
+ * 4 KB page that mount(2) accepts. Node runs JavaScript on one thread, so the chdir around the synchronous
+ * mount(2) cannot be observed by any other code.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { InvalidArgumentError, errnoCode } from '../errors.js';
+import { writeFileDurable } from '../sys/durable.js';
+import { overlayMount } from '../sys/mount.js';
+import type { LayerRecord, LayerStore } from './layer-store.js';
+
+/** Largest mount data mount(2) accepts: one page, NUL included. */
+const MAX_MOUNT_DATA = 4095;
+
+/** Where a writable layer lives: its upper and work directories, and where the merged tree appears. */
+export interface OverlayDirs {
+  readonly upper: string;
+  readonly work: string;
+  readonly merged: string;
+}
+
+/** Mounts layer chains of `layers`, whose directory is `root` (TSVOL_DATA/layers). */
+export interface OverlayMounter {
+  /** Mounts the chain from `top` down, with `dirs.upper` on top, at `dirs.merged`. */
+  mount(top: string, dirs: OverlayDirs): void;
+}
+
+/** Creates a mounter for the layer store at `root`. */
+export function createOverlayMounter(root: string, layers: LayerStore): OverlayMounter {
+  const links = path.join(root, 'l');
+  fs.mkdirSync(links, { recursive: true, mode: 0o700 });
+
+  /** The short link for a layer's diff directory, made on first use. */
+  function shortLink(layer: LayerRecord): string {
+    const diff = layers.diffDir(layer);
+    const linkFile = `${diff}.link`;
+    try {
+      return fs.readFileSync(linkFile, 'utf8').trim();
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT') throw err;
+    }
+    const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
+    for (;;) {
+      const id = Array.from({ length: 4 }, () => alphabet[Math.floor(Math.random() * alphabet.length)]).join('');
+      try {
+        fs.symlinkSync(path.relative(links, diff), path.join(links, id));
+      } catch (err) {
+        if (errnoCode(err) === 'EEXIST') continue; // taken: draw again
+        throw err;
+      }
+      writeFileDurable(linkFile, id);
+      return id;
+    }
+  }
+
+  return {
+    mount(top, dirs) {
+      const chain = layers.history(top);
+      const lowerdir = chain.map((l) => `l/${shortLink(l)}`).join(':');
+      const rel = (abs: string): string => path.relative(root, abs);
+      const data = `lowerdir=${lowerdir},upperdir=${rel(dirs.upper)},workdir=${rel(dirs.work)},index=off,redirect_dir=off,metacopy=off`;
+      if (data.length > MAX_MOUNT_DATA) {
+        throw new InvalidArgumentError(`a chain of ${chain.length} layers needs ${data.length} bytes of mount options; the kernel takes ${MAX_MOUNT_DATA}`);
+      }
+      const cwd = process.cwd();
+      process.chdir(root);
+      try {
+        overlayMount(dirs.merged, data);
+      } finally {
+        process.chdir(cwd);
+      }
+    },
+  };
+}
