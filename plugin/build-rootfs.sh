@@ -13,13 +13,23 @@ rm -rf "$out"
 mkdir -p "$out"/{usr/bin,opt/tsvol,etc,tmp,data,host,mnt/volumes,run/docker/plugins,proc,sys,dev}
 chmod 1777 "$out/tmp"
 
-# The runtime and what ldd says it and the native addons link against.
+# The runtime and what ldd says it and the native addons link against. e2fsprogs makes and reads the ext4
+# images of sized volumes where the data root has no project quotas (mkfs.ext4, debugfs, dumpe2fs).
 cp "$node_bin" "$out/usr/bin/node"
 strip --strip-all "$out/usr/bin/node"
+e2fs=()
+for tool in mke2fs debugfs dumpe2fs; do
+  bin=$(PATH=/usr/sbin:/sbin:$PATH command -v "$tool") || { echo "build-rootfs: $tool is missing: apt-get install e2fsprogs" >&2; exit 1; }
+  cp "$bin" "$out/usr/bin/$tool"
+  e2fs+=("$bin")
+done
+ln -s mke2fs "$out/usr/bin/mkfs.ext4"
+cp /etc/mke2fs.conf "$out/etc/mke2fs.conf"
 libs() { ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'; }
 {
   libs "$node_bin"
   libs "$top/node_modules/better-sqlite3/build/Release/better_sqlite3.node"
+  for bin in "${e2fs[@]}"; do libs "$bin"; done
 } | sort -u | while read -r lib; do
   mkdir -p "$out$(dirname "$lib")"
   cp -L "$lib" "$out$lib"

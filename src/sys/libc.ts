@@ -173,9 +173,9 @@ const cCopyFileRange = libc.func(
 const cUtimensat = libc.func('int utimensat(int dirfd, const char *path, const uint8_t *times, int flags)');
 const cSyscall = libc.func('long syscall(long number, ...)');
 
-/** ioctl(2) whose argument is an integer (FICLONE takes the source fd). */
-export function ioctlInt(fd: number, request: number, arg: number): void {
-  check(cIoctlInt(fd, request, arg), 'ioctl');
+/** ioctl(2) whose argument is an integer (FICLONE takes the source fd); returns what the ioctl returns. */
+export function ioctlInt(fd: number, request: number, arg: number, path?: string): number {
+  return check(cIoctlInt(fd, request, arg), 'ioctl', path);
 }
 
 /** ioctl(2) whose argument is a struct, read and written in place in `buf`. */

@@ -16,6 +16,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { errnoCode, describeError, UnavailableError } from '../errors.js';
 import { ioctlBuf, isMountRoot, quotactlFd } from '../sys/libc.js';
+import { mountLoopImage } from '../sys/loop.js';
 import { unmountAsync } from '../sys/mount.js';
 
 /** volumes/<name>/disk.img: a loop-backed volume's ext4 image. */
@@ -150,10 +151,13 @@ export async function makeImage(dir: string, limit: number, owner: { uid?: numbe
   }
 }
 
-/** Loop-mounts `dir`/disk.img on `dir`/_data (autoclear: the loop device goes with the mount). */
-export async function mountImage(dir: string, data: string): Promise<void> {
+/**
+ * Loop-mounts `dir`/disk.img on `dir`/_data, with loop devices from `devDir` (autoclear: the loop device
+ * goes with the mount; src/sys/loop.ts).
+ */
+export async function mountImage(dir: string, data: string, devDir: string): Promise<void> {
   if (isMountRoot(data)) return; // still mounted (a restarted server keeps its held volumes' mounts)
-  await run('mount', ['-t', 'ext4', '-o', 'loop', path.join(dir, IMAGE_FILE), data]);
+  await mountLoopImage(path.join(dir, IMAGE_FILE), data, 'ext4', devDir);
 }
 
 /** Unmounts a loop-backed volume's _data, which also detaches its loop device. False if not mounted. */

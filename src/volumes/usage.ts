@@ -21,6 +21,11 @@ export interface Usage {
 export interface UsageCache {
   /** The cached figure (possibly stale or undefined); starts a refresh with `measure` if stale. */
   peek(name: string, measure: () => Promise<{ bytes: number; files: number }>): Usage | undefined;
+  /**
+   * Starts a new measurement now if a figure is cached (the volume just changed: its last user went).
+   * A volume nobody asked about is not walked. Errors go to onError.
+   */
+  refresh(name: string, measure: () => Promise<{ bytes: number; files: number }>): void;
   /** Measures now and caches the result (CLI, tests). */
   measure(name: string, measure: () => Promise<{ bytes: number; files: number }>): Promise<Usage>;
   forget(name: string): void;
@@ -52,6 +57,10 @@ export function createUsageCache(onError: (name: string, err: unknown) => void):
         start(name, measure).catch((err: unknown) => onError(name, err));
       }
       return cached?.usage;
+    },
+    refresh(name, measure) {
+      if (!figures.has(name)) return;
+      start(name, measure).catch((err: unknown) => onError(name, err));
     },
     measure: (name, measure) => start(name, measure),
     forget(name) {

@@ -128,6 +128,8 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   const umask = process.umask();
   const sizing = deps.sizeBacking ?? probeSizeBacking(layout.root);
   const layered = deps.layered ?? createLayeredVolumes(layout);
+  // Loop devices: the host's devtmpfs (the managed plugin's own /dev has no loop nodes; src/sys/loop.ts).
+  const devDir = path.join(config.hostRoot ?? '/', 'dev');
   const usage = createUsageCache((name, err) => log.warn({ volume: name, err: describeError(err) }, 'measuring volume usage failed'));
 
   /**
@@ -198,7 +200,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   /** Mounts a volume's own filesystem (hasOwnMount) on its _data; no-op when already mounted. */
   async function mountOwn(rec: VolumeRecord): Promise<void> {
     if (rec.spec.kind === 'layered') layered.mount(rec.name, rec.spec.layer);
-    else await mountImage(layout.volumeDir(rec.name), layout.dataDir(rec.name));
+    else await mountImage(layout.volumeDir(rec.name), layout.dataDir(rec.name), devDir);
   }
 
   /** Undoes mountOwn (the image's unmount also detaches its loop device); false if nothing was mounted. */
@@ -259,6 +261,8 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     } catch (err) {
       log.warn({ volume: rec.name, err: describeError(err) }, 'unmount failed; start-up will retry');
     }
+    // The last user is gone, so what it wrote is final: measure again, off the request path.
+    if (rec.spec.kind !== 'bind') usage.refresh(rec.name, measure(rec));
   }
 
   /**
