@@ -3,7 +3,8 @@
  * - clone (`-o from=`) of a 1 GB / 10,000-file volume vs `cp -a --reflink=auto` of the same tree;
  * - `tsvol volume export` / `import` vs `tar -c` / `tar -x` of the same tree;
  * - Create of a sized volume (p50/p99).
- * Works under /var/tmp (ext4 here: no reflinks, so clone and cp both copy) and cleans up. Sizes: env
+ * Works under /var/tmp (ext4 here: no reflinks, so clone and cp both copy), then repeats the clone race on a
+ * loop-mounted XFS (reflinks: both sides share extents), and cleans up. Sizes: env
  * BENCH_MB (default 1024) and BENCH_FILES (default 10000).
  */
 import { spawnSync } from 'node:child_process';
@@ -89,5 +90,37 @@ try {
   await s.kill();
   cleanupDir(s.dir);
 }
+// The same clone on XFS (reflink=1, mkfs.xfs's default), where both sides share extents instead of copying.
+{
+  const { makeLoopFs } = await import('../test/helpers/tree.js');
+  const xfs = makeLoopFs('xfs', 3 * 1024 + 512);
+  const dir = path.join(xfs.dir, 'server');
+  fs.mkdirSync(dir);
+  const x = await startTestServer({ dir });
+  try {
+    await x.ok('/VolumeDriver.Create', { Name: 'src', Opts: {} });
+    const src = path.join(x.data, 'volumes', 'src', '_data');
+    fill(src);
+    let k = 0;
+    let clone = Infinity;
+    for (let i = 0; i < 2; i++) {
+      spawnSync('sync');
+      const t0 = process.hrtime.bigint();
+      await x.ok('/VolumeDriver.Create', { Name: `c${k++}`, Opts: { from: 'src' } });
+      spawnSync('sync');
+      clone = Math.min(clone, Number(process.hrtime.bigint() - t0) / 1e6);
+    }
+    let cp = Infinity;
+    for (let i = 0; i < 2; i++) cp = Math.min(cp, timed(() => sh('cp', ['-a', '--reflink=auto', src, path.join(x.dir, `cp${k++}`)])));
+    const free = fs.statfsSync(xfs.dir);
+    rows.push([`clone on XFS (reflink) ${MB} MB`, `${clone.toFixed(0)} ms`, `${cp.toFixed(0)} ms (cp -a)`, `${(cp / clone).toFixed(2)}x`]);
+    rows.push([`  XFS space used after ${k} copies`, `${(((free.blocks - free.bfree) * free.bsize) / 2 ** 20).toFixed(0)} MiB`, '-', '-']);
+  } finally {
+    await x.kill();
+    cleanupDir(dir);
+    xfs.cleanup();
+  }
+}
+
 const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
 for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join('  '));

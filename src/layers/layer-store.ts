@@ -19,13 +19,12 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
 import { nanoid } from 'nanoid';
 import { InUseError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
 import { fsyncDir, writeFileDurable } from '../sys/durable.js';
 import { syncfs } from '../sys/libc.js';
 import { acquireLock } from '../sys/lock.js';
+import { decompressed } from './tar/gzip.js';
 import { TarReader } from './tar/reader.js';
 import { replaySplit, unpackLayer } from './unpack.js';
 
@@ -93,28 +92,6 @@ async function* hashed(input: AsyncIterable<Buffer>, hash: ReturnType<typeof cre
   for await (const chunk of input) {
     hash.update(chunk);
     yield chunk;
-  }
-}
-
-/** Peeks at the first bytes: gzip (1f 8b) is decompressed, anything else is read as a plain tar. */
-async function* decompressed(input: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-  const it = input[Symbol.asyncIterator]();
-  const first = await it.next();
-  if (first.done) return;
-  const rest: AsyncIterable<Buffer> = {
-    [Symbol.asyncIterator]: () => ({
-      next: () => it.next(),
-    }),
-  };
-  async function* all(): AsyncGenerator<Buffer> {
-    yield Buffer.from(first.value as Buffer);
-    yield* rest;
-  }
-  const head = first.value as Buffer;
-  if (head[0] === 0x1f && head[1] === 0x8b) {
-    yield* Readable.from(all()).pipe(createGunzip()) as AsyncIterable<Buffer>;
-  } else {
-    yield* all();
   }
 }
 

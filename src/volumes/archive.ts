@@ -14,58 +14,23 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
 import { nanoid } from 'nanoid';
 import { ConflictError, InvalidArgumentError, describeError, errnoCode } from '../errors.js';
 import { encodeHeader } from '../layers/tar/format.js';
 import type { TarEntry, TarReader as TarReaderType } from '../layers/tar/reader.js';
 import { TarReader } from '../layers/tar/reader.js';
-import { writeTree } from '../layers/tar/writer.js';
+import { decompressed } from '../layers/tar/gzip.js';
+import { headerOf, writeTree, xattrsOf } from '../layers/tar/writer.js';
 import { unpackLayer } from '../layers/unpack.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
-import { lgetxattr, llistxattr, lsetxattr, syncfs } from '../sys/libc.js';
+import { lsetxattr, syncfs } from '../sys/libc.js';
 import { validateName } from './names.js';
 
 /** Streams the tree at `dir` as a tar: a `./` entry for the root, then every entry, sorted. */
 export async function* exportTree(dir: string): AsyncGenerator<Buffer> {
-  const st = fs.lstatSync(dir);
-  const xattrs = new Map<string, Buffer>();
-  for (const name of llistxattr(dir).sort()) {
-    const v = lgetxattr(dir, name);
-    if (v !== undefined && !name.startsWith('trusted.overlay.')) xattrs.set(name, v);
-  }
-  yield encodeHeader({
-    path: './',
-    type: 'dir',
-    mode: st.mode & 0o7777,
-    uid: st.uid,
-    gid: st.gid,
-    size: 0,
-    mtime: Math.floor(st.mtimeMs / 1000),
-    linkname: '',
-    uname: '',
-    gname: '',
-    devmajor: 0,
-    devminor: 0,
-    xattrs,
-  });
+  yield encodeHeader(headerOf('./', fs.lstatSync(dir), 'dir', { xattrs: xattrsOf(dir) }));
   yield* writeTree(dir);
-}
-
-/** Gzip (1f 8b) is decompressed; anything else is read as a plain tar. */
-async function* maybeGunzip(input: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-  const it = input[Symbol.asyncIterator]();
-  const first = await it.next();
-  if (first.done) return;
-  const head = Buffer.from(first.value);
-  async function* all(): AsyncGenerator<Buffer> {
-    yield head;
-    for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
-  }
-  if (head[0] === 0x1f && head[1] === 0x8b) yield* Readable.from(all()).pipe(createGunzip()) as AsyncIterable<Buffer>;
-  else yield* all();
 }
 
 /** What an import made. */
@@ -90,7 +55,7 @@ export async function importVolume(layout: Layout, store: VolumeStore, name: str
   fs.mkdirSync(tmp, { mode: 0o701 });
   try {
     fs.mkdirSync(data, { mode: 0o755 });
-    const reader = new TarReader(maybeGunzip(input));
+    const reader = new TarReader(decompressed(input));
     let rootMeta: TarEntry['header'] | undefined;
     // The first entry may be the root ("./"): its metadata is applied to _data (the unpacker skips it).
     const first = await reader.next();

@@ -93,7 +93,7 @@ export function makeLoopFs(type: 'xfs' | 'ext4', sizeMb: number, mountOpts = '')
   const dir = path.join(base, 'mnt');
   fs.mkdirSync(dir);
   fs.closeSync(fs.openSync(image, 'w'));
-  fs.truncateSync(image, sizeMb << 20);
+  fs.truncateSync(image, sizeMb * 1024 * 1024);
   execFileSync(`mkfs.${type}`, ['-q', ...(type === 'ext4' ? ['-F'] : []), image]);
   const cleanup = (): void => {
     for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').reverse()) {

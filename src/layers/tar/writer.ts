@@ -13,7 +13,8 @@ import { BLOCK, encodeHeader, padding, type TarHeader } from './format.js';
 
 const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
 
-function header(p: string, st: fs.Stats, type: TarHeader['type'], extra: Partial<TarHeader> = {}): TarHeader {
+/** A tar header for `p` from its stat: numeric owners, whole-second mtime, no names or times beyond it. */
+export function headerOf(p: string, st: fs.Stats, type: TarHeader['type'], extra: Partial<TarHeader> = {}): TarHeader {
   return {
     path: p,
     type,
@@ -32,7 +33,8 @@ function header(p: string, st: fs.Stats, type: TarHeader['type'], extra: Partial
   };
 }
 
-function xattrsOf(abs: string): Map<string, Buffer> {
+/** A path's xattrs, sorted, without overlayfs's private ones. */
+export function xattrsOf(abs: string): Map<string, Buffer> {
   const out = new Map<string, Buffer>();
   for (const name of llistxattr(abs).sort()) {
     if (name.startsWith(OVERLAY_XATTR_PREFIX)) continue;
@@ -65,12 +67,12 @@ export async function* writeTree(root: string): AsyncGenerator<Buffer> {
       const st = fs.lstatSync(childAbs);
       if (isWhiteout(st)) {
         const wh = rel === '' ? `.wh.${name}` : `${rel}/.wh.${name}`;
-        out.push(encodeHeader(header(wh, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
+        out.push(encodeHeader(headerOf(wh, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
         continue;
       }
       if (st.isDirectory()) {
-        out.push(encodeHeader(header(`${childRel}/`, st, 'dir', { xattrs: xattrsOf(childAbs) })));
-        if (isOpaque(childAbs)) out.push(encodeHeader(header(`${childRel}/.wh..wh..opq`, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
+        out.push(encodeHeader(headerOf(`${childRel}/`, st, 'dir', { xattrs: xattrsOf(childAbs) })));
+        if (isOpaque(childAbs)) out.push(encodeHeader(headerOf(`${childRel}/.wh..wh..opq`, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
         for (const b of out.take()) yield b;
         yield* walk(childRel);
         continue;
@@ -78,14 +80,14 @@ export async function* writeTree(root: string): AsyncGenerator<Buffer> {
       const key = `${st.dev}:${st.ino}`;
       const first = st.nlink > 1 ? seen.get(key) : undefined;
       if (first !== undefined) {
-        out.push(encodeHeader(header(childRel, st, 'hardlink', { linkname: first })));
+        out.push(encodeHeader(headerOf(childRel, st, 'hardlink', { linkname: first })));
         continue;
       }
       if (st.nlink > 1) seen.set(key, childRel);
       if (st.isSymbolicLink()) {
-        out.push(encodeHeader(header(childRel, st, 'symlink', { linkname: fs.readlinkSync(childAbs), xattrs: xattrsOf(childAbs) })));
+        out.push(encodeHeader(headerOf(childRel, st, 'symlink', { linkname: fs.readlinkSync(childAbs), xattrs: xattrsOf(childAbs) })));
       } else if (st.isFile()) {
-        out.push(encodeHeader(header(childRel, st, 'file', { size: st.size, xattrs: xattrsOf(childAbs) })));
+        out.push(encodeHeader(headerOf(childRel, st, 'file', { size: st.size, xattrs: xattrsOf(childAbs) })));
         const fd = fs.openSync(childAbs, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
         try {
           out.file(fd, st.size, childRel);
@@ -98,7 +100,7 @@ export async function* writeTree(root: string): AsyncGenerator<Buffer> {
         const type = st.isCharacterDevice() ? 'char' : st.isBlockDevice() ? 'block' : 'fifo';
         const major = Number((BigInt(st.rdev) >> 8n) & 0xfffn);
         const minor = Number((BigInt(st.rdev) & 0xffn) | ((BigInt(st.rdev) >> 12n) & 0xfff00n));
-        out.push(encodeHeader(header(childRel, st, type, { devmajor: major, devminor: minor, xattrs: xattrsOf(childAbs) })));
+        out.push(encodeHeader(headerOf(childRel, st, type, { devmajor: major, devminor: minor, xattrs: xattrsOf(childAbs) })));
       }
     }
   }
