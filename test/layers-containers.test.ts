@@ -184,6 +184,16 @@ for (const driver of ['overlay', 'copy'] as const) {
     });
   });
 
+  test(`[${driver}] a chain holding the same diff twice (identical layers) mounts`, async (t) => {
+    await withWorld(t, async (tsvol) => {
+      const top = await importChain(tsvol, [[['a', '1']], [['b', '2'], ['a', 'shadowed']], [['a', '1']]]);
+      const m = tsvol(['container', 'create', 'twice', '--from', top]);
+      t.is(fs.readFileSync(path.join(m, 'a'), 'utf8'), '1');
+      t.is(fs.readFileSync(path.join(m, 'b'), 'utf8'), '2');
+      tsvol(['container', 'rm', 'twice']);
+    });
+  });
+
   for (const depth of [128, 500]) {
     test(`[${driver}] a chain of ${depth} layers mounts and the top layer wins`, async (t) => {
       await withWorld(t, async (tsvol) => {
@@ -202,6 +212,65 @@ for (const driver of ['overlay', 'copy'] as const) {
   }
 }
 
+test('commit of an idle overlay container moves its files into the layer (no copy) and rebases the container', async (t) => {
+  if (!requireRoot(t)) return;
+  const tsvol = world('overlay');
+  try {
+    const base = await importChain(tsvol, [[['etc/', { dir: true }], ['etc/conf', 'v1'], ['old', 'old']]]);
+    const merged = tsvol(['container', 'create', 'app', '--from', base]);
+    fs.writeFileSync(path.join(merged, 'etc', 'conf'), 'v2');
+    fs.writeFileSync(path.join(merged, 'big'), Buffer.alloc(1 << 20, 3));
+    fs.rmSync(path.join(merged, 'old'));
+    const before = fs.statSync(path.join(merged, 'big')).ino;
+    const id = tsvol(['container', 'commit', 'app']);
+    const layer = (JSON.parse(tsvol(['layer', 'ls', '--json'])) as { id: string; diffId: string; parent: string }[]).find((l) => l.id === id)!;
+    t.is(layer.parent, base);
+    const diffDir = path.join(tsvol.data, 'layers', 'diffs', layer.diffId.slice(7));
+    t.is(fs.statSync(path.join(diffDir, 'big')).ino, before, 'the layer holds the very file the container wrote');
+    t.is(tsvol(['container', 'diff', 'app']), '', 'the container now sits on the new layer');
+    t.is(fs.readFileSync(path.join(merged, 'etc', 'conf'), 'utf8'), 'v2', 'and still shows the same files');
+    t.false(fs.existsSync(path.join(merged, 'old')));
+    fs.writeFileSync(path.join(merged, 'etc', 'conf'), 'v3');
+    t.is(tsvol(['container', 'diff', 'app']), 'C /etc\nC /etc/conf');
+    t.is(fs.readFileSync(path.join(diffDir, 'etc', 'conf'), 'utf8'), 'v2', 'writes after the commit never reach the layer');
+    // The layer is a real, verifiable OCI diff.
+    const tar = spawnSync(process.execPath, [CLI, 'layer', 'export', id], { env: { ...process.env, TSVOL_DATA: tsvol.data }, maxBuffer: 1 << 26 }).stdout;
+    t.is(`sha256:${createHash('sha256').update(tar).digest('hex')}`, layer.diffId);
+    t.true(spawnSync('tar', ['-t'], { input: tar }).stdout.toString().split('\n').includes('.wh.old'));
+    t.regex(tsvol.fails(['layer', 'rm', id]), /held by container layer "app"/);
+    tsvol(['container', 'rm', 'app']);
+  } finally {
+    cleanupDir(path.dirname(tsvol.data));
+  }
+});
+
+test('commit of an overlay container in use copies its changes and leaves it running where it is', async (t) => {
+  if (!requireRoot(t)) return;
+  const tsvol = world('overlay');
+  try {
+    const base = await importChain(tsvol, [[['seed', 'seed']]]);
+    const merged = tsvol(['container', 'create', 'live', '--from', base]);
+    fs.writeFileSync(path.join(merged, 'state'), 'running');
+    // A process working inside the container keeps its mount busy.
+    const inside = spawn('sleep', ['30'], { cwd: merged, stdio: 'ignore' });
+    try {
+      const id = tsvol(['container', 'commit', 'live']);
+      t.regex(id, /^sha256:/);
+      t.is(tsvol(['container', 'diff', 'live']), 'A /state', 'not rebased: its changes are still its own');
+      fs.writeFileSync(path.join(merged, 'state'), 'still running');
+      const check = tsvol(['container', 'create', 'check', '--from', id]);
+      t.is(fs.readFileSync(path.join(check, 'state'), 'utf8'), 'running', 'the layer is an independent copy');
+      tsvol(['container', 'rm', 'check']);
+    } finally {
+      inside.kill('SIGKILL');
+      await new Promise((r) => inside.once('exit', r));
+    }
+    tsvol(['container', 'rm', 'live']);
+  } finally {
+    cleanupDir(path.dirname(tsvol.data));
+  }
+});
+
 test('kill -9 during a commit leaves no half-made layer; the container and a later commit are fine', async (t) => {
   if (!requireRoot(t)) return;
   const tsvol = world('overlay');
@@ -210,18 +279,27 @@ test('kill -9 during a commit leaves no half-made layer; the container and a lat
     const merged = tsvol(['container', 'create', 'busy', '--from', base]);
     for (let i = 0; i < 300; i++) fs.writeFileSync(path.join(merged, `f${i}`), Buffer.alloc(64 * 1024, i));
     const env = { ...process.env, TSVOL_DATA: tsvol.data, TSVOL_LAYER_DRIVER: 'overlay' };
-    for (const delay of [40, 150, 300]) {
+    for (const [k, delay] of [100, 200, 260, 300, 340, 380, 420, 480, 560].entries()) {
+      // New changes each round, so that every commit has real work to be killed in.
+      for (let i = 0; i < 300; i++) fs.writeFileSync(path.join(merged, `f${i}`), Buffer.alloc(64 * 1024, k + i));
       const child = spawn(process.execPath, [CLI, 'container', 'commit', 'busy'], { env, stdio: 'ignore' });
+      const exited = new Promise((r) => child.once('exit', r));
       await new Promise((r) => setTimeout(r, delay));
       child.kill('SIGKILL');
-      await new Promise((r) => child.once('exit', r));
+      await exited;
       for (const l of JSON.parse(tsvol(['layer', 'ls', '--json'])) as { id: string; diffId: string }[]) {
         const tar = spawnSync(process.execPath, [CLI, 'layer', 'export', l.id], { env, maxBuffer: 1 << 26 }).stdout;
         t.is(`sha256:${createHash('sha256').update(tar).digest('hex')}`, l.diffId, 'a visible layer is whole');
       }
+      // Wherever the kill landed, the container's next use shows every file, mounted again if need be.
+      t.is(tsvol(['container', 'mount', 'busy']), merged);
+      t.is(fs.readdirSync(merged).length, 301, `after a kill at ${delay} ms`);
+      t.deepEqual(fs.readFileSync(path.join(merged, 'f7')), Buffer.alloc(64 * 1024, k + 7), 'the latest writes are all there');
+      const rebased = tsvol(['container', 'diff', 'busy']) === '';
+      t.log(`killed after ${delay} ms: ${rebased ? 'committed and rebased' : 'not committed'}`);
     }
-    t.is(fs.readFileSync(path.join(merged, 'f7')).length, 64 * 1024, 'the container still works');
     const id = tsvol(['container', 'commit', 'busy']);
+    t.deepEqual(fs.readdirSync(path.join(tsvol.data, 'layers', 'containers', 'busy')).filter((f) => f.startsWith('upper')).length, 1, 'one upper directory left');
     tsvol(['container', 'rm', 'busy']);
     const check = tsvol(['container', 'create', 'check', '--from', id]);
     t.is(fs.readdirSync(check).length, 301);

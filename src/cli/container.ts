@@ -22,17 +22,23 @@ export function registerContainer(program: Command): void {
     .action(async (name: string, opts: { from: string }) => {
       process.stdout.write(`${await stores().containers.create(name, opts.from)}\n`);
     });
+  c.command('mount')
+    .argument('<name>')
+    .description('prints the merged path, mounting it again if needed (after a reboot or an interrupted commit)')
+    .action((name: string) => {
+      process.stdout.write(`${stores().containers.mergedPath(name)}\n`);
+    });
   c.command('diff')
     .argument('<name>')
     .option('--json', 'machine-readable output')
-    .description('changes against the base, like docker diff (A added, C changed, D deleted)')
+    .description('changes since the base layer or the last commit, like docker diff (A added, C changed, D deleted)')
     .action((name: string, opts: { json?: boolean }) => {
       const changes = stores().containers.diff(name);
       process.stdout.write(opts.json ? `${JSON.stringify(changes, null, 2)}\n` : changes.map((ch) => `${ch.kind} ${ch.path}\n`).join(''));
     });
   c.command('commit')
     .argument('<name>')
-    .description('turn the writable layer into a new read-only layer; prints its ID')
+    .description('turn the writable layer into a new read-only layer and continue on it; prints its ID')
     .action(async (name: string) => {
       process.stdout.write(`${(await stores().containers.commit(name)).id}\n`);
     });

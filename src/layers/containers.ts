@@ -14,7 +14,7 @@ import path from 'node:path';
 import { ConflictError, InvalidArgumentError, NotFoundError, describeError, errnoCode } from '../errors.js';
 import { writeFileDurable } from '../sys/durable.js';
 import { isMountRoot } from '../sys/libc.js';
-import { unmount } from '../sys/mount.js';
+import { unmount, unmountUnlessBusy } from '../sys/mount.js';
 import { removeTreeNoCross } from '../sys/remove.js';
 import type { LayerRecord, LayerStore } from './layer-store.js';
 import { changesAsUpper, copyDiff, materialize } from './copy-driver.js';
@@ -30,6 +30,14 @@ export interface ContainerRecord {
   /** How it is stored: an overlay mount, or a full copy (copy-driver.ts). */
   readonly driver: LayerDriver;
   readonly createdAt: string;
+  /** The upper directory's name in containers/<name>/: `upper`, until a commit swaps in a fresh one. */
+  readonly upper?: string;
+  /**
+   * A commit in progress (the journal of commitInPlace): the layer it makes and the fresh upper the
+   * container moves to, with the committing process, so that another process can tell a live commit
+   * from one that crashed.
+   */
+  readonly next?: { readonly from: string; readonly upper: string; readonly pid: number; readonly boot: string };
 }
 
 /** Storage drivers for container layers. */
@@ -43,12 +51,30 @@ export interface Change {
 
 const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
 
+/** The kernel's id of this boot: a commit journaled in an earlier boot is certainly not running. */
+function bootId(): string {
+  return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+}
+
+/** True if process `pid` exists (signal 0 checks without sending anything). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return errnoCode(err) === 'EPERM';
+  }
+}
+
 /** Container layers on `layers`, stored under `root` (TSVOL_DATA/layers). */
 export interface ContainerStore {
   /** Makes and mounts a writable layer on `from`; returns the merged path. */
   create(name: string, from: string): Promise<string>;
   diff(name: string): Change[];
-  /** Turns the writable layer into a new read-only layer on top of its base. */
+  /**
+   * Turns the writable layer into a new read-only layer on top of its base, and (except for an overlay
+   * container in use) rebases the container on it: `diff` then lists the changes since this commit.
+   */
   commit(name: string): Promise<LayerRecord>;
   remove(name: string): Promise<void>;
   list(): ContainerRecord[];
@@ -67,21 +93,100 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
   const overlay = createOverlayMounter(root, layers);
 
   const recordFile = (name: string): string => path.join(dir, `${name}.json`);
-  const paths = (name: string) => ({
-    base: path.join(dir, name),
-    upper: path.join(dir, name, 'upper'),
-    work: path.join(dir, name, 'work'),
-    merged: path.join(dir, name, 'merged'),
+  const paths = (rec: Pick<ContainerRecord, 'name' | 'upper'>) => ({
+    base: path.join(dir, rec.name),
+    upper: path.join(dir, rec.name, rec.upper ?? 'upper'),
+    work: path.join(dir, rec.name, 'work'),
+    merged: path.join(dir, rec.name, 'merged'),
   });
+  const save = (rec: ContainerRecord): void => writeFileDurable(recordFile(rec.name), JSON.stringify(rec));
 
+  /** The record as stored; a commit that crashed midway is settled first (settle). */
   function read(name: string): ContainerRecord {
     if (!NAME.test(name)) throw new InvalidArgumentError(`invalid container name "${name}"`);
+    let rec: ContainerRecord;
     try {
-      const rec = JSON.parse(fs.readFileSync(recordFile(name), 'utf8')) as ContainerRecord;
-      return { ...rec, driver: rec.driver ?? 'overlay' };
+      rec = JSON.parse(fs.readFileSync(recordFile(name), 'utf8')) as ContainerRecord;
     } catch (err) {
       if (errnoCode(err) === 'ENOENT') throw new NotFoundError(`container layer "${name}" not found`);
       throw err;
+    }
+    return settle({ ...rec, driver: rec.driver ?? 'overlay' });
+  }
+
+  /**
+   * Finishes or undoes a commitInPlace that stopped between its journal and its switch: if the new layer
+   * was published, the container moves to it and its fresh upper (the old upper's files belong to the layer
+   * now, so they must never be written again); if not, the journal is dropped. A commit still running in
+   * another live process is left alone, unless `force` (the committing process itself, after a failure).
+   */
+  function settle(rec: ContainerRecord, force = false): ContainerRecord {
+    const next = rec.next;
+    if (next === undefined) return rec;
+    if (!force && next.boot === bootId() && processAlive(next.pid)) return rec;
+    let published = true;
+    try {
+      layers.resolve(next.from);
+    } catch (err) {
+      if (!(err instanceof NotFoundError)) throw err;
+      published = false;
+    }
+    const { next: _, ...base } = rec;
+    const settled: ContainerRecord = published ? { ...base, from: next.from, upper: next.upper } : base;
+    save(settled);
+    fs.rmSync(path.join(paths(rec).base, published ? (rec.upper ?? 'upper') : next.upper), { recursive: true, force: true });
+    return settled;
+  }
+
+  /** Mounts an overlay container that is not mounted (after a reboot, or a commit that stopped midway). */
+  function ensureMounted(rec: ContainerRecord): ContainerRecord {
+    if (rec.driver === 'overlay' && rec.next === undefined && !isMountRoot(paths(rec).merged)) mount(rec);
+    return rec;
+  }
+
+  /**
+   * Commit without copying data, for an overlay container nobody is using: under the layer store's lock,
+   * unmount it (refused if busy: then undefined, and the caller copies instead), hash its upper directory
+   * and publish it as the layer's directory by hard links, journal the switch in the record, then move
+   * the container onto the new layer with a fresh, empty upper, and mount it again. Every step is either
+   * undone or finished by settle() after a crash. Costs one read of the changes (for the DiffID) and one
+   * syncfs, instead of a full copy.
+   */
+  async function commitInPlace(name: string): Promise<LayerRecord | undefined> {
+    let rec = read(name);
+    const fresh = `upper-${Date.now().toString(36)}`;
+    let started = false;
+    try {
+      return await layers.adoptTree(rec.from, {
+        prepare() {
+          rec = read(name);
+          if (rec.next !== undefined) throw new ConflictError(`container layer "${name}" is being committed by process ${rec.next.pid}`);
+          if (unmountUnlessBusy(paths(rec).merged) === 'busy') return undefined;
+          started = true;
+          const upper = paths(rec).upper;
+          // Fresh uppers of commits killed before their journal: empty, and no other commit can be running.
+          for (const f of fs.readdirSync(paths(rec).base)) {
+            if (f.startsWith('upper-') && f !== rec.upper) fs.rmSync(path.join(paths(rec).base, f), { recursive: true, force: true });
+          }
+          const st = fs.lstatSync(upper);
+          const target = path.join(paths(rec).base, fresh);
+          fs.mkdirSync(target, { mode: st.mode & 0o7777 });
+          fs.chownSync(target, st.uid, st.gid);
+          return upper;
+        },
+        beforePublish(layer) {
+          save({ ...rec, next: { from: layer.id, upper: fresh, pid: process.pid, boot: bootId() } });
+        },
+        afterPublish(layer) {
+          rec = settle({ ...rec, next: { from: layer.id, upper: fresh, pid: process.pid, boot: bootId() } }, true);
+        },
+      });
+    } finally {
+      if (started) {
+        rec = settle(JSON.parse(fs.readFileSync(recordFile(name), 'utf8')) as ContainerRecord, true);
+        if (rec.upper !== fresh) fs.rmSync(path.join(paths(rec).base, fresh), { recursive: true, force: true });
+        ensureMounted(rec);
+      }
     }
   }
 
@@ -91,7 +196,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
   }
 
   function mount(rec: ContainerRecord): void {
-    overlay.mount(rec.from, paths(rec.name));
+    overlay.mount(rec.from, paths(rec));
   }
 
   /** True if `rel` exists in the lower layers (the topmost layer that has it, or a whiteout, decides). */
@@ -108,8 +213,8 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
       if (!NAME.test(name)) throw new InvalidArgumentError(`invalid container name "${name}": use [a-zA-Z0-9_.-]`);
       if (fs.existsSync(recordFile(name))) throw new ConflictError(`container layer "${name}" already exists`);
       const base = layers.resolve(from);
-      const p = paths(name);
       const rec: ContainerRecord = { name, from: base.id, driver: pickDriver(), createdAt: new Date().toISOString() };
+      const p = paths(rec);
       fs.mkdirSync(p.upper, { recursive: true, mode: 0o755 });
       fs.mkdirSync(p.work, { mode: 0o700 });
       fs.mkdirSync(p.merged, { mode: 0o755 });
@@ -128,8 +233,8 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
     diff(name) {
       const rec = read(name);
       const lowerDirs = lowers(rec.from);
-      if (rec.driver === 'copy') return copyDiff(lowerDirs, paths(name).merged);
-      const upper = paths(name).upper;
+      if (rec.driver === 'copy') return copyDiff(lowerDirs, paths(rec).merged);
+      const upper = paths(rec).upper;
       const out: Change[] = [];
       const walk = (rel: string, underOpaque: boolean): void => {
         for (const entry of fs.readdirSync(path.join(upper, rel)).sort()) {
@@ -151,20 +256,27 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
 
     async commit(name) {
       const rec = read(name);
-      if (rec.driver !== 'copy') return layers.importLayer(writeTree(paths(name).upper), rec.from);
-      // Copy driver: write the changes in overlay's upper form, then commit them like overlay does.
+      if (rec.driver !== 'copy') {
+        const layer = await commitInPlace(name);
+        if (layer !== undefined) return layer;
+        // In use: copy the changes; the container keeps running on its layer and its upper.
+        return layers.importLayer(writeTree(paths(read(name)).upper), rec.from);
+      }
+      // Copy driver: write the changes in overlay's upper form, commit them like overlay does, and rebase
+      // the container (its merged tree is already the new layer's contents).
       const upper = fs.mkdtempSync(path.join(root, 'tmp', `commit-${name}-`));
       try {
-        changesAsUpper(lowers(rec.from), paths(name).merged, upper);
-        return await layers.importLayer(writeTree(upper), rec.from);
+        changesAsUpper(lowers(rec.from), paths(rec).merged, upper);
+        const layer = await layers.importLayer(writeTree(upper), rec.from);
+        save({ ...rec, from: layer.id });
+        return layer;
       } finally {
         fs.rmSync(upper, { recursive: true, force: true });
       }
     },
 
     async remove(name) {
-      read(name);
-      const p = paths(name);
+      const p = paths(read(name));
       if (fs.existsSync(p.merged) && isMountRoot(p.merged)) unmount(p.merged);
       fs.rmSync(recordFile(name));
       const left = await removeTreeNoCross(p.base);
@@ -184,6 +296,6 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
         });
     },
 
-    mergedPath: (name) => paths(read(name).name).merged,
+    mergedPath: (name) => paths(ensureMounted(read(name))).merged,
   };
 }

@@ -26,7 +26,8 @@ import { syncfs } from '../sys/libc.js';
 import { acquireLock } from '../sys/lock.js';
 import { decompressed } from './tar/gzip.js';
 import { TarReader } from './tar/reader.js';
-import { replaySplit, unpackLayer } from './unpack.js';
+import { linkTree, replaySplit, splitOnly, unpackLayer } from './unpack.js';
+import { writeTree } from './tar/writer.js';
 
 /** One read-only layer. */
 export interface LayerRecord {
@@ -40,10 +41,26 @@ export interface LayerRecord {
   readonly createdAt: string;
 }
 
+/** What adoptTree's caller does around publishing (see LayerStore.adoptTree). */
+export interface AdoptHooks {
+  prepare(): string | undefined;
+  beforePublish(layer: LayerRecord): void;
+  afterPublish(layer: LayerRecord): void;
+}
+
 /** The layer store. */
 export interface LayerStore {
   /** Imports a layer tar (plain or gzip) on top of `parent`; returns the layer (existing if identical). */
   importLayer(input: AsyncIterable<Buffer> | NodeJS.ReadableStream, parent?: string): Promise<LayerRecord>;
+  /**
+   * A layer on `parent` made from a tree (an overlay upper directory) without copying file data: its
+   * DiffID is hashed from the tree's tar, and the layer's directory hard-links the tree's files, so the
+   * tree must never change again. Under the store lock: `hooks.prepare` returns the tree (or undefined to
+   * give up: adoptTree then returns undefined); `hooks.beforePublish` runs once the layer is known and
+   * before it becomes visible; `hooks.afterPublish` once it is durable. Both run when the layer already
+   * existed too. containers.ts journals its switch to the new layer in them.
+   */
+  adoptTree(parent: string | undefined, hooks: AdoptHooks): Promise<LayerRecord | undefined>;
   /** The layer's own diff as a tar, byte-identical to what was imported. */
   exportLayer(idOrName: string): AsyncGenerator<Buffer>;
   /** Resolves an ID (`sha256:…`, or a unique hex prefix of 12+ characters) or a tag to a layer. */
@@ -204,6 +221,53 @@ export function createLayerStore(root: string): LayerStore {
     });
   }
 
+  async function adoptTree(parentRef: string | undefined, hooks: AdoptHooks): Promise<LayerRecord | undefined> {
+    return locked(async () => {
+      const parent = parentRef === undefined ? undefined : resolve(parentRef);
+      const dir = hooks.prepare();
+      if (dir === undefined) return undefined;
+      const stage = path.join(dirs.tmp, `adopt-${nanoid(10)}`);
+      fs.mkdirSync(stage, { mode: 0o700 });
+      try {
+        const hash = createHash('sha256');
+        const splitFd = fs.openSync(path.join(stage, 'split'), 'wx', 0o600);
+        let stats;
+        try {
+          stats = await splitOnly(new TarReader(hashed(writeTree(dir), hash)), splitFd);
+        } finally {
+          fs.closeSync(splitFd);
+        }
+        const diffId = `sha256:${hash.digest('hex')}`;
+        const id = chainId(parent?.id, diffId);
+        const existing = readRecord(hexOf(id));
+        const rec: LayerRecord = existing ?? { id, diffId, parent: parent?.id, size: stats.size, files: stats.files, createdAt: new Date().toISOString() };
+        hooks.beforePublish(rec);
+        if (!existing) {
+          const target = path.join(dirs.diffs, hexOf(diffId));
+          if (!fs.existsSync(target)) {
+            // The same diff on another parent is stored once: only publish it if new.
+            linkTree(dir, path.join(stage, 'diff'));
+            fs.renameSync(path.join(stage, 'split'), `${target}.split`);
+            fs.renameSync(path.join(stage, 'diff'), target);
+          }
+          // One syncfs makes the files' data (written by the container, never synced) and the renames
+          // durable before the record says the layer exists.
+          const fd = fs.openSync(dirs.diffs, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+          try {
+            syncfs(fd);
+          } finally {
+            fs.closeSync(fd);
+          }
+          writeFileDurable(path.join(dirs.chains, `${hexOf(id)}.json`), JSON.stringify(rec));
+        }
+        hooks.afterPublish(rec);
+        return rec;
+      } finally {
+        fs.rmSync(stage, { recursive: true, force: true });
+      }
+    });
+  }
+
   async function* exportLayer(idOrName: string): AsyncGenerator<Buffer> {
     const rec = resolve(idOrName);
     const dir = diffDir(rec);
@@ -262,6 +326,7 @@ export function createLayerStore(root: string): LayerStore {
 
   return {
     importLayer,
+    adoptTree,
     exportLayer,
     resolve,
     list,

@@ -64,7 +64,12 @@ export function createOverlayMounter(root: string, layers: LayerStore): OverlayM
   return {
     mount(top, dirs) {
       const chain = layers.history(top);
-      const lowerdir = chain.map((l) => `l/${shortLink(l)}`).join(':');
+      // A diff stored once can sit at two places in one chain (two identical layers, e.g. two empty
+      // commits): overlayfs refuses a lower directory given twice (ELOOP). The topmost occurrence shadows
+      // everything the deeper one holds, so dropping the deeper ones leaves the same tree.
+      const seen = new Set<string>();
+      const lowers = chain.filter((l) => !seen.has(l.diffId) && seen.add(l.diffId) !== undefined);
+      const lowerdir = lowers.map((l) => `l/${shortLink(l)}`).join(':');
       const rel = (abs: string): string => path.relative(root, abs);
       const data = `lowerdir=${lowerdir},upperdir=${rel(dirs.upper)},workdir=${rel(dirs.work)},index=off,redirect_dir=off,metacopy=off`;
       if (data.length > MAX_MOUNT_DATA) {

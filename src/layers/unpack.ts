@@ -15,7 +15,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { lsetxattr, mknod } from '../sys/libc.js';
+import { lgetxattr, llistxattr, lsetxattr, mknod } from '../sys/libc.js';
 import { Coalescer } from './tar/coalesce.js';
 import type { TarReader } from './tar/reader.js';
 
@@ -176,6 +176,54 @@ export async function unpackLayer(reader: TarReader, root: string, splitFd: numb
   for (const [dir, mtime] of dirTimes.reverse()) fs.utimesSync(dir, mtime, mtime);
   split.trailer(reader.trailer);
   return stats;
+}
+
+/**
+ * Records the split file for a tar made from a tree that will itself become the layer's directory
+ * (adoptTree): the same records unpackLayer writes, with each file's body read back from `rel` in that
+ * directory, and nothing unpacked. Whiteouts and opaque markers have no body there: the directory keeps
+ * them in overlay's form.
+ */
+export async function splitOnly(reader: TarReader, splitFd: number): Promise<UnpackStats> {
+  const split = new SplitWriter(splitFd);
+  const stats: UnpackStats = { size: 0, files: 0 };
+  for (let entry = await reader.next(); entry !== undefined; entry = await reader.next()) {
+    const h = entry.header;
+    const rel = safeRelative(h.path);
+    const base = path.basename(rel);
+    const hasBody = rel !== '' && h.type === 'file' && !base.startsWith(WHITEOUT_PREFIX);
+    await entry.skip();
+    split.entry(entry.raw, hasBody ? rel : undefined, h.size, entry.padding());
+    if (hasBody) stats.size += h.size;
+    if (rel !== '') stats.files++;
+  }
+  split.trailer(reader.trailer);
+  return stats;
+}
+
+/**
+ * Makes `dst` a copy of the tree `src` that shares every non-directory with it (hard links: no data is
+ * copied) and has its own directories with the same owner, mode, xattrs and times. Overlay's private
+ * xattrs are dropped, except the opaque marker, which the layer needs. `src` must not change afterwards:
+ * its files are the copy's.
+ */
+export function linkTree(src: string, dst: string): void {
+  const st = fs.lstatSync(src);
+  fs.mkdirSync(dst, { mode: 0o700 });
+  for (const name of fs.readdirSync(src)) {
+    const s = path.join(src, name);
+    const d = path.join(dst, name);
+    if (fs.lstatSync(s).isDirectory()) linkTree(s, d);
+    else fs.linkSync(s, d);
+  }
+  fs.lchownSync(dst, st.uid, st.gid);
+  fs.chmodSync(dst, st.mode & 0o7777);
+  for (const name of llistxattr(src)) {
+    if (name.startsWith('trusted.overlay.') && name !== OPAQUE_XATTR) continue;
+    const value = lgetxattr(src, name);
+    if (value !== undefined) lsetxattr(dst, name, value);
+  }
+  fs.utimesSync(dst, st.atime, st.mtime);
 }
 
 /** Linux makedev. */

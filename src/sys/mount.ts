@@ -33,6 +33,19 @@ export function unmount(target: string): boolean {
   return true;
 }
 
+/** Unmounts `target` unless something uses it (no lazy detach): 'busy' leaves it mounted. */
+export function unmountUnlessBusy(target: string): 'unmounted' | 'busy' | 'not-mounted' {
+  try {
+    umount2(target, UMOUNT_NOFOLLOW);
+    return 'unmounted';
+  } catch (err) {
+    if (!(err instanceof SyscallError)) throw err;
+    if (err.code === 'EBUSY') return 'busy';
+    if (err.code === 'EINVAL' || err.code === 'ENOENT') return 'not-mounted';
+    throw err;
+  }
+}
+
 /** Mounts an overlay filesystem at `target` with the option string `data`. */
 export function overlayMount(target: string, data: string, flags = 0): void {
   mount('overlay', target, 'overlay', flags, data);
