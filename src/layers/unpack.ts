@@ -49,8 +49,10 @@ export function safeRelative(p: string): string {
   return parts.join('/');
 }
 
-/** Appends split records to a file descriptor. */
+/** Appends split records to a file descriptor, in writes of up to 1 MiB (one per entry cost ~7 µs each). */
 class SplitWriter {
+  private pending: Buffer[] = [];
+  private bytes = 0;
   constructor(private readonly fd: number) {}
   entry(raw: Buffer, bodyPath: string | undefined, size: number, pad: Buffer): void {
     const p = Buffer.from(bodyPath ?? '');
@@ -61,13 +63,28 @@ class SplitWriter {
     o = head.writeUInt32LE(p.length, o);
     o = head.writeDoubleLE(bodyPath === undefined ? -1 : size, o);
     head.writeUInt32LE(nonZeroPad.length, o);
-    fs.writeSync(this.fd, Buffer.concat([head, raw, p, nonZeroPad]));
+    this.add(head, raw, p, nonZeroPad);
   }
+  /** The archive's end; flushes everything. */
   trailer(bytes: Buffer): void {
     const head = Buffer.alloc(5);
     head.writeUInt8(REC_TRAILER, 0);
     head.writeUInt32LE(bytes.length, 1);
-    fs.writeSync(this.fd, Buffer.concat([head, bytes]));
+    this.add(head, bytes);
+    this.flush();
+  }
+  private add(...parts: Buffer[]): void {
+    for (const b of parts) {
+      this.pending.push(b);
+      this.bytes += b.length;
+    }
+    if (this.bytes >= 1 << 20) this.flush();
+  }
+  private flush(): void {
+    const all = Buffer.concat(this.pending);
+    for (let off = 0; off < all.length; ) off += fs.writeSync(this.fd, all, off);
+    this.pending = [];
+    this.bytes = 0;
   }
 }
 
@@ -210,10 +227,10 @@ export async function splitOnly(reader: TarReader, splitFd: number): Promise<Unp
 export function linkTree(src: string, dst: string): void {
   const st = fs.lstatSync(src);
   fs.mkdirSync(dst, { mode: 0o700 });
-  for (const name of fs.readdirSync(src)) {
-    const s = path.join(src, name);
-    const d = path.join(dst, name);
-    if (fs.lstatSync(s).isDirectory()) linkTree(s, d);
+  for (const entry of fs.readdirSync(src, { withFileTypes: true })) {
+    const s = path.join(src, entry.name);
+    const d = path.join(dst, entry.name);
+    if (entry.isDirectory()) linkTree(s, d);
     else fs.linkSync(s, d);
   }
   fs.lchownSync(dst, st.uid, st.gid);
