@@ -1,7 +1,6 @@
 /** `tsvol serve`: the same as `node dist/main.js`. */
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
-import { startServer } from '../server.js';
 
 /** Registers `tsvol serve`. */
 export function registerServe(program: Command): void {
@@ -9,6 +8,8 @@ export function registerServe(program: Command): void {
     .command('serve')
     .description('run the VolumeDriver server (configured by TSVOL_* environment variables)')
     .action(async () => {
+      // Loaded here: the server (Express, zod) costs ~200 ms of start-up that no other command needs.
+      const { startServer } = await import('../server.js');
       await startServer(loadConfig());
     });
 }
