@@ -1,7 +1,7 @@
 /**
  * Volume usage (bytes and files) for Status, computed off the request path and cached (#6): Get returns
- * the last figure at once and, when it is older than USAGE_TTL_MS, starts one background refresh (shared
- * by every Get meanwhile). So Get stays a memory read however large the volume.
+ * the last figure at once and, when it is older than USAGE_TTL_MS, queues a background refresh; the queue
+ * is worked one volume at a time. So Get stays a memory read however large or many the volumes.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -50,21 +50,43 @@ export function createUsageCache(onError: (name: string, err: unknown) => void):
     return job;
   }
 
+  // Background measurements run one at a time, in the order asked: a burst of Gets over many volumes
+  // (docker volume ls -q | xargs docker volume inspect) queues names instead of starting a walk each, so the
+  // request path keeps the event loop and the thread pool to itself.
+  const queue = new Map<string, () => Promise<{ bytes: number; files: number }>>();
+  let pumping = false;
+  function schedule(name: string, measure: () => Promise<{ bytes: number; files: number }>): void {
+    queue.set(name, measure);
+    if (!pumping) void pump();
+  }
+  async function pump(): Promise<void> {
+    pumping = true;
+    try {
+      for (let next = queue.entries().next(); !next.done; next = queue.entries().next()) {
+        const [name, measure] = next.value;
+        queue.delete(name);
+        // A measurement already running (the CLI's) may predate what this one was asked for: wait, then measure.
+        await inflight.get(name)?.catch(() => undefined);
+        await start(name, measure).catch((err: unknown) => onError(name, err));
+      }
+    } finally {
+      pumping = false;
+    }
+  }
+
   return {
     peek(name, measure) {
       const cached = figures.get(name);
-      if (cached === undefined || Date.now() - cached.at > USAGE_TTL_MS) {
-        start(name, measure).catch((err: unknown) => onError(name, err));
-      }
+      if (cached === undefined || Date.now() - cached.at > USAGE_TTL_MS) schedule(name, measure);
       return cached?.usage;
     },
     refresh(name, measure) {
-      if (!figures.has(name)) return;
-      start(name, measure).catch((err: unknown) => onError(name, err));
+      if (figures.has(name)) schedule(name, measure);
     },
     measure: (name, measure) => start(name, measure),
     forget(name) {
       figures.delete(name);
+      queue.delete(name);
     },
   };
 }
