@@ -7,12 +7,8 @@ import { createLogger } from '../log.js';
 import { createLayout } from '../store/layout.js';
 import { createVolumeStore } from '../store/volume-store.js';
 import { createVolumeService } from '../volumes/volume-service.js';
-import { humanSize } from './layer.js';
+import { humanSize, table } from './format.js';
 
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('   ').trimEnd()).join('\n') + '\n';
-}
 
 /** Registers `tsvol df`. */
 export function registerDf(program: Command): void {

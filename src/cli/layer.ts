@@ -4,29 +4,14 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
 import { createLayerStore, type LayerRecord } from '../layers/layer-store.js';
+import { humanSize, table } from './format.js';
 import { withProgress } from './progress.js';
 
 function store() {
   return createLayerStore(path.join(loadConfig().dataRoot, 'layers'));
 }
 
-/** Human sizes like docker's: 229B, 6.3MB, 120MB. */
-export function humanSize(bytes: number): string {
-  if (bytes < 1000) return `${bytes}B`;
-  const units = ['kB', 'MB', 'GB', 'TB'];
-  let v = bytes;
-  let u = -1;
-  while (v >= 1000 && u < units.length - 1) {
-    v /= 1000;
-    u++;
-  }
-  return `${v < 10 ? v.toFixed(1) : Math.round(v)}${units[u]}`;
-}
 
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('   ').trimEnd()).join('\n') + '\n';
-}
 
 const short = (id: string | undefined): string => (id ? id.slice(7, 19) : '-');
 

@@ -20,7 +20,7 @@ import { createVolumeStore, type VolumeRecord, type VolumeStore } from '../store
 import { exportTree, importVolume } from '../volumes/archive.js';
 import { createLayeredVolumes } from '../volumes/layered.js';
 import { createVolumeService, hasOwnMount, holdCount, type VolumeService } from '../volumes/volume-service.js';
-import { humanSize } from './layer.js';
+import { humanSize, table } from './format.js';
 import { withProgress } from './progress.js';
 
 interface Context {
@@ -68,10 +68,6 @@ function callServer(socket: string, endpoint: string, body: unknown): Promise<Re
   });
 }
 
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('   ').trimEnd()).join('\n') + '\n';
-}
 
 async function writeOut(chunks: AsyncIterable<Buffer>, output: string | undefined): Promise<void> {
   if (output !== undefined) {

@@ -12,6 +12,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ConflictError, InvalidArgumentError, NotFoundError, describeError, errnoCode } from '../errors.js';
+import { readBootId } from '../sys/boot.js';
 import { writeFileDurable } from '../sys/durable.js';
 import { isMountRoot } from '../sys/libc.js';
 import { unmount, unmountUnlessBusy } from '../sys/mount.js';
@@ -50,11 +51,6 @@ export interface Change {
 }
 
 const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/;
-
-/** The kernel's id of this boot: a commit journaled in an earlier boot is certainly not running. */
-function bootId(): string {
-  return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-}
 
 /** True if process `pid` exists (signal 0 checks without sending anything). */
 function processAlive(pid: number): boolean {
@@ -101,17 +97,21 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
   });
   const save = (rec: ContainerRecord): void => writeFileDurable(recordFile(rec.name), JSON.stringify(rec));
 
-  /** The record as stored; a commit that crashed midway is settled first (settle). */
-  function read(name: string): ContainerRecord {
+  /** The record exactly as stored, journal included. */
+  function readStored(name: string): ContainerRecord {
     if (!NAME.test(name)) throw new InvalidArgumentError(`invalid container name "${name}"`);
-    let rec: ContainerRecord;
     try {
-      rec = JSON.parse(fs.readFileSync(recordFile(name), 'utf8')) as ContainerRecord;
+      const rec = JSON.parse(fs.readFileSync(recordFile(name), 'utf8')) as ContainerRecord;
+      return { ...rec, driver: rec.driver ?? 'overlay' };
     } catch (err) {
       if (errnoCode(err) === 'ENOENT') throw new NotFoundError(`container layer "${name}" not found`);
       throw err;
     }
-    return settle({ ...rec, driver: rec.driver ?? 'overlay' });
+  }
+
+  /** The record, with a commit that crashed midway settled first (settle). */
+  function read(name: string): ContainerRecord {
+    return settle(readStored(name));
   }
 
   /**
@@ -123,7 +123,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
   function settle(rec: ContainerRecord, force = false): ContainerRecord {
     const next = rec.next;
     if (next === undefined) return rec;
-    if (!force && next.boot === bootId() && processAlive(next.pid)) return rec;
+    if (!force && next.boot === readBootId() && processAlive(next.pid)) return rec;
     let published = true;
     try {
       layers.resolve(next.from);
@@ -155,35 +155,38 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
   async function commitInPlace(name: string): Promise<LayerRecord | undefined> {
     let rec = read(name);
     const fresh = `upper-${Date.now().toString(36)}`;
+    let journal: ContainerRecord | undefined;
     let started = false;
     try {
       return await layers.adoptTree(rec.from, {
         prepare() {
           rec = read(name);
           if (rec.next !== undefined) throw new ConflictError(`container layer "${name}" is being committed by process ${rec.next.pid}`);
-          if (unmountUnlessBusy(paths(rec).merged) === 'busy') return undefined;
+          const p = paths(rec);
+          if (unmountUnlessBusy(p.merged) === 'busy') return undefined;
           started = true;
-          const upper = paths(rec).upper;
           // Fresh uppers of commits killed before their journal: empty, and no other commit can be running.
-          for (const f of fs.readdirSync(paths(rec).base)) {
-            if (f.startsWith('upper-') && f !== rec.upper) fs.rmSync(path.join(paths(rec).base, f), { recursive: true, force: true });
+          for (const f of fs.readdirSync(p.base)) {
+            if (f.startsWith('upper-') && f !== rec.upper) fs.rmSync(path.join(p.base, f), { recursive: true, force: true });
           }
-          const st = fs.lstatSync(upper);
-          const target = path.join(paths(rec).base, fresh);
+          const st = fs.lstatSync(p.upper);
+          const target = path.join(p.base, fresh);
           fs.mkdirSync(target, { mode: st.mode & 0o7777 });
           fs.chownSync(target, st.uid, st.gid);
-          return upper;
+          return p.upper;
         },
         beforePublish(layer) {
-          save({ ...rec, next: { from: layer.id, upper: fresh, pid: process.pid, boot: bootId() } });
+          journal = { ...rec, next: { from: layer.id, upper: fresh, pid: process.pid, boot: readBootId() } };
+          save(journal);
         },
-        afterPublish(layer) {
-          rec = settle({ ...rec, next: { from: layer.id, upper: fresh, pid: process.pid, boot: bootId() } }, true);
+        afterPublish() {
+          rec = settle(journal!, true);
         },
       });
     } finally {
       if (started) {
-        rec = settle(JSON.parse(fs.readFileSync(recordFile(name), 'utf8')) as ContainerRecord, true);
+        // Whatever happened, finish or undo what the record says, drop an unused fresh upper, mount again.
+        rec = settle(readStored(name), true);
         if (rec.upper !== fresh) fs.rmSync(path.join(paths(rec).base, fresh), { recursive: true, force: true });
         ensureMounted(rec);
       }

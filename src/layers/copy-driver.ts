@@ -68,18 +68,23 @@ export function materialize(lowerDirsTopFirst: readonly string[], merged: string
 /** Every path visible through a chain, with the layer that provides it. */
 function lowerView(lowerDirsTopFirst: readonly string[]): Map<string, LowerEntry> {
   const view = new Map<string, LowerEntry>();
+  // Drops what a lower layer had below `r`. Only a directory there can have entries below it, so the
+  // scan of the view runs only then (a whiteout of a directory, a directory replaced or made opaque),
+  // not for every file.
+  const dropBelow = (r: string): void => {
+    if (!view.get(r)?.st.isDirectory()) return;
+    for (const k of [...view.keys()]) if (k.startsWith(`${r}/`)) view.delete(k);
+  };
   const visit = (layer: string, rel: string): void => {
     for (const name of fs.readdirSync(path.join(layer, rel))) {
       const r = rel === '' ? name : `${rel}/${name}`;
       const st = fs.lstatSync(path.join(layer, r));
       if (isWhiteout(st)) {
-        for (const k of [...view.keys()]) if (k === r || k.startsWith(`${r}/`)) view.delete(k);
+        dropBelow(r);
+        view.delete(r);
         continue;
       }
-      if (st.isDirectory() && isOpaque(path.join(layer, r))) {
-        for (const k of [...view.keys()]) if (k.startsWith(`${r}/`)) view.delete(k);
-      }
-      if (!st.isDirectory()) for (const k of [...view.keys()]) if (k.startsWith(`${r}/`)) view.delete(k);
+      if (!st.isDirectory() || isOpaque(path.join(layer, r))) dropBelow(r);
       view.set(r, { dir: layer, st });
       if (st.isDirectory()) visit(layer, r);
     }

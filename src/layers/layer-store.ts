@@ -21,12 +21,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { nanoid } from 'nanoid';
 import { InUseError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
-import { fsyncDir, writeFileDurable } from '../sys/durable.js';
-import { syncfs } from '../sys/libc.js';
+import { fsyncDir, syncFilesystem, writeFileDurable } from '../sys/durable.js';
 import { acquireLock } from '../sys/lock.js';
 import { decompressed } from './tar/gzip.js';
 import { TarReader } from './tar/reader.js';
-import { linkTree, replaySplit, splitOnly, unpackLayer } from './unpack.js';
+import { linkTree, replaySplit, splitOnly, unpackLayer, type UnpackStats } from './unpack.js';
 import { writeTree } from './tar/writer.js';
 
 /** One read-only layer. */
@@ -177,47 +176,71 @@ export function createLayerStore(root: string): LayerStore {
     return path.join(dirs.diffs, hexOf(layer.diffId));
   }
 
+  /** Runs `fn` with a fresh staging directory in tmp/, deleted afterwards whatever happens. */
+  async function withStage<T>(kind: string, fn: (stage: string) => Promise<T>): Promise<T> {
+    const stage = path.join(dirs.tmp, `${kind}-${nanoid(10)}`);
+    fs.mkdirSync(stage, { mode: 0o700 });
+    try {
+      return await fn(stage);
+    } finally {
+      fs.rmSync(stage, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Reads a layer tar through `consume` (which writes the split file to the fd it is given), hashing it
+   * for the DiffID on the way; returns the record the layer would have on `parent`.
+   */
+  async function readTar(
+    stage: string,
+    tar: AsyncIterable<Buffer>,
+    parent: LayerRecord | undefined,
+    consume: (reader: TarReader, splitFd: number) => Promise<UnpackStats>,
+  ): Promise<LayerRecord> {
+    const hash = createHash('sha256');
+    const splitFd = fs.openSync(path.join(stage, 'split'), 'wx', 0o600);
+    let stats: UnpackStats;
+    try {
+      stats = await consume(new TarReader(hashed(tar, hash)), splitFd);
+    } finally {
+      fs.closeSync(splitFd);
+    }
+    const diffId = `sha256:${hash.digest('hex')}`;
+    return { id: chainId(parent?.id, diffId), diffId, parent: parent?.id, size: stats.size, files: stats.files, createdAt: new Date().toISOString() };
+  }
+
+  /**
+   * Makes a staged layer visible. The diff directory is stored once per DiffID: only a new one is made
+   * (`makeDiff` fills stage/diff) and renamed into diffs/ with its split file. Then one syncfs makes the
+   * files and the renames durable, and only then is the record written: the record is the truth.
+   */
+  function publish(stage: string, rec: LayerRecord, makeDiff: (dir: string) => void): void {
+    const target = path.join(dirs.diffs, hexOf(rec.diffId));
+    if (!fs.existsSync(target)) {
+      makeDiff(path.join(stage, 'diff'));
+      fs.renameSync(path.join(stage, 'split'), `${target}.split`);
+      fs.renameSync(path.join(stage, 'diff'), target);
+    }
+    syncFilesystem(dirs.diffs);
+    writeFileDurable(path.join(dirs.chains, `${hexOf(rec.id)}.json`), JSON.stringify(rec));
+  }
+
   async function importLayer(input: AsyncIterable<Buffer> | NodeJS.ReadableStream, parentRef?: string): Promise<LayerRecord> {
     return locked(async () => {
       const parent = parentRef === undefined ? undefined : resolve(parentRef);
-      const stage = path.join(dirs.tmp, `import-${nanoid(10)}`);
-      const stageDiff = path.join(stage, 'diff');
-      fs.mkdirSync(stageDiff, { recursive: true, mode: 0o755 });
-      try {
-        const hash = createHash('sha256');
-        const reader = new TarReader(hashed(decompressed(input as AsyncIterable<Buffer>), hash));
-        const splitFd = fs.openSync(path.join(stage, 'split'), 'wx', 0o600);
-        let stats;
-        try {
-          stats = await unpackLayer(reader, stageDiff, splitFd);
-        } catch (err) {
-          throw new InvalidArgumentError(`layer tar refused: ${describeError(err)}`, { cause: err });
-        } finally {
-          fs.closeSync(splitFd);
-        }
-        const diffId = `sha256:${hash.digest('hex')}`;
-        const id = chainId(parent?.id, diffId);
-        const existing = readRecord(hexOf(id));
+      return withStage('import', async (stage) => {
+        const stageDiff = path.join(stage, 'diff');
+        fs.mkdirSync(stageDiff, { mode: 0o755 });
+        const rec = await readTar(stage, decompressed(input as AsyncIterable<Buffer>), parent, (reader, splitFd) =>
+          unpackLayer(reader, stageDiff, splitFd).catch((err: unknown) => {
+            throw new InvalidArgumentError(`layer tar refused: ${describeError(err)}`, { cause: err });
+          }),
+        );
+        const existing = readRecord(hexOf(rec.id));
         if (existing) return existing;
-        const target = path.join(dirs.diffs, hexOf(diffId));
-        if (!fs.existsSync(target)) {
-          // The same diff on another parent is stored once: only publish it if new.
-          fs.renameSync(path.join(stage, 'split'), `${target}.split`);
-          fs.renameSync(stageDiff, target);
-        }
-        // One syncfs makes the unpacked files and the renames durable before the record says they exist.
-        const fd = fs.openSync(dirs.diffs, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-        try {
-          syncfs(fd);
-        } finally {
-          fs.closeSync(fd);
-        }
-        const rec: LayerRecord = { id, diffId, parent: parent?.id, size: stats.size, files: stats.files, createdAt: new Date().toISOString() };
-        writeFileDurable(path.join(dirs.chains, `${hexOf(id)}.json`), JSON.stringify(rec));
+        publish(stage, rec, () => undefined); // unpacked into stage/diff already
         return rec;
-      } finally {
-        fs.rmSync(stage, { recursive: true, force: true });
-      }
+      });
     });
   }
 
@@ -226,45 +249,16 @@ export function createLayerStore(root: string): LayerStore {
       const parent = parentRef === undefined ? undefined : resolve(parentRef);
       const dir = hooks.prepare();
       if (dir === undefined) return undefined;
-      const stage = path.join(dirs.tmp, `adopt-${nanoid(10)}`);
-      fs.mkdirSync(stage, { mode: 0o700 });
-      try {
-        const hash = createHash('sha256');
-        const splitFd = fs.openSync(path.join(stage, 'split'), 'wx', 0o600);
-        let stats;
-        try {
-          stats = await splitOnly(new TarReader(hashed(writeTree(dir), hash)), splitFd);
-        } finally {
-          fs.closeSync(splitFd);
-        }
-        const diffId = `sha256:${hash.digest('hex')}`;
-        const id = chainId(parent?.id, diffId);
-        const existing = readRecord(hexOf(id));
-        const rec: LayerRecord = existing ?? { id, diffId, parent: parent?.id, size: stats.size, files: stats.files, createdAt: new Date().toISOString() };
+      return withStage('adopt', async (stage) => {
+        const made = await readTar(stage, writeTree(dir), parent, splitOnly);
+        const existing = readRecord(hexOf(made.id));
+        const rec = existing ?? made;
         hooks.beforePublish(rec);
-        if (!existing) {
-          const target = path.join(dirs.diffs, hexOf(diffId));
-          if (!fs.existsSync(target)) {
-            // The same diff on another parent is stored once: only publish it if new.
-            linkTree(dir, path.join(stage, 'diff'));
-            fs.renameSync(path.join(stage, 'split'), `${target}.split`);
-            fs.renameSync(path.join(stage, 'diff'), target);
-          }
-          // One syncfs makes the files' data (written by the container, never synced) and the renames
-          // durable before the record says the layer exists.
-          const fd = fs.openSync(dirs.diffs, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-          try {
-            syncfs(fd);
-          } finally {
-            fs.closeSync(fd);
-          }
-          writeFileDurable(path.join(dirs.chains, `${hexOf(id)}.json`), JSON.stringify(rec));
-        }
+        // The syncfs in publish also flushes the files' data, written by the container and never synced.
+        if (!existing) publish(stage, rec, (diff) => linkTree(dir, diff));
         hooks.afterPublish(rec);
         return rec;
-      } finally {
-        fs.rmSync(stage, { recursive: true, force: true });
-      }
+      });
     });
   }
 
@@ -280,19 +274,30 @@ export function createLayerStore(root: string): LayerStore {
     return out;
   }
 
+  /** Container layers and the layer each sits on (containers.ts records; read here to find holders). */
+  function containerBases(): { name: string; from: string }[] {
+    const containers = path.join(root, 'containers');
+    const out: { name: string; from: string }[] = [];
+    for (const f of fs.existsSync(containers) ? fs.readdirSync(containers) : []) {
+      if (!f.endsWith('.json')) continue;
+      const c = JSON.parse(fs.readFileSync(path.join(containers, f), 'utf8')) as { from: string };
+      out.push({ name: f.slice(0, -5), from: c.from });
+    }
+    return out;
+  }
+
+  /** Every tag and the layer it names. */
+  function tagTargets(): { tag: string; id: string }[] {
+    return fs.readdirSync(dirs.tags).map((tag) => ({ tag, id: fs.readFileSync(path.join(dirs.tags, tag), 'utf8').trim() }));
+  }
+
+  /** What holds `rec`, named for an error message: children, container layers, tags, holdLayer holders. */
   function holders(rec: LayerRecord): string[] {
     const out = list()
       .filter((l) => l.parent === rec.id)
       .map((l) => `child layer ${l.id.slice(7, 19)}`);
-    const containers = path.join(root, 'containers');
-    for (const f of fs.existsSync(containers) ? fs.readdirSync(containers) : []) {
-      if (!f.endsWith('.json')) continue;
-      const c = JSON.parse(fs.readFileSync(path.join(containers, f), 'utf8')) as { from: string };
-      if (c.from === rec.id) out.push(`container layer "${f.slice(0, -5)}"`);
-    }
-    for (const t of fs.readdirSync(dirs.tags)) {
-      if (fs.readFileSync(path.join(dirs.tags, t), 'utf8').trim() === rec.id) out.push(`tag "${t}"`);
-    }
+    for (const c of containerBases()) if (c.from === rec.id) out.push(`container layer "${c.name}"`);
+    for (const t of tagTargets()) if (t.id === rec.id) out.push(`tag "${t.tag}"`);
     const held = path.join(dirs.holds, hexOf(rec.id));
     for (const h of fs.existsSync(held) ? fs.readdirSync(held).sort() : []) out.push(decodeURIComponent(h));
     return out;
@@ -309,19 +314,25 @@ export function createLayerStore(root: string): LayerStore {
     }
   }
 
+  /**
+   * Deletes a layer's record and, unless another layer still uses its DiffID (the diff directory is
+   * shared by every chain with that DiffID), its diff directory, split file and short link.
+   */
+  function deleteLayer(rec: LayerRecord, diffStillUsed: boolean): void {
+    fs.rmSync(path.join(dirs.chains, `${hexOf(rec.id)}.json`));
+    fsyncDir(dirs.chains);
+    if (diffStillUsed) return;
+    const trash = path.join(dirs.tmp, `rm-${nanoid(10)}`);
+    fs.renameSync(diffDir(rec), trash);
+    fs.rmSync(`${diffDir(rec)}.split`, { force: true });
+    removeShortLink(`${diffDir(rec)}.link`);
+    fs.rmSync(trash, { recursive: true, force: true });
+  }
+
   function removeUnlocked(rec: LayerRecord): void {
     const held = holders(rec);
     if (held.length > 0) throw new InUseError(`layer ${rec.id} is held by ${held.join(', ')}; remove those first`);
-    fs.rmSync(path.join(dirs.chains, `${hexOf(rec.id)}.json`));
-    fsyncDir(dirs.chains);
-    // The diff directory is shared by every chain with this DiffID: delete it only when none is left.
-    if (!list().some((l) => l.diffId === rec.diffId)) {
-      const trash = path.join(dirs.tmp, `rm-${nanoid(10)}`);
-      fs.renameSync(diffDir(rec), trash);
-      fs.rmSync(`${diffDir(rec)}.split`, { force: true });
-      removeShortLink(`${diffDir(rec)}.link`);
-      fs.rmSync(trash, { recursive: true, force: true });
-    }
+    deleteLayer(rec, list().some((l) => l.id !== rec.id && l.diffId === rec.diffId));
   }
 
   return {
@@ -382,25 +393,42 @@ export function createLayerStore(root: string): LayerStore {
     },
     async gc() {
       return locked(async () => {
+        // One pass over the store builds how many things hold each layer; removing a layer releases its
+        // parent, which is removed in turn once nothing else holds it. O(layers), not a scan per layer.
+        const layers = list();
+        const byId = new Map(layers.map((l) => [l.id, l]));
+        const holdCount = new Map<string, number>();
+        const hold = (id: string): void => void holdCount.set(id, (holdCount.get(id) ?? 0) + 1);
+        for (const l of layers) if (l.parent !== undefined) hold(l.parent);
+        for (const c of containerBases()) hold(c.from);
+        for (const t of tagTargets()) hold(t.id);
+        for (const hex of fs.readdirSync(dirs.holds)) if (fs.readdirSync(path.join(dirs.holds, hex)).length > 0) hold(`sha256:${hex}`);
+        const diffUsers = new Map<string, number>();
+        for (const l of layers) diffUsers.set(l.diffId, (diffUsers.get(l.diffId) ?? 0) + 1);
+
         const removed: string[] = [];
-        for (let found = true; found; ) {
-          found = false;
-          for (const rec of list()) {
-            if (holders(rec).length === 0) {
-              removeUnlocked(rec);
-              removed.push(rec.id);
-              found = true;
-            }
+        const unheld = layers.filter((l) => !holdCount.has(l.id));
+        for (let rec = unheld.pop(); rec !== undefined; rec = unheld.pop()) {
+          const users = diffUsers.get(rec.diffId)! - 1;
+          diffUsers.set(rec.diffId, users);
+          deleteLayer(rec, users > 0);
+          removed.push(rec.id);
+          if (rec.parent === undefined) continue;
+          const left = holdCount.get(rec.parent)! - 1;
+          if (left > 0) holdCount.set(rec.parent, left);
+          else {
+            holdCount.delete(rec.parent);
+            const parent = byId.get(rec.parent);
+            if (parent) unheld.push(parent);
           }
         }
         for (const e of fs.readdirSync(dirs.tmp)) {
           fs.rmSync(path.join(dirs.tmp, e), { recursive: true, force: true });
           removed.push(`tmp/${e}`);
         }
-        const used = new Set(list().map((l) => hexOf(l.diffId)));
         for (const e of fs.readdirSync(dirs.diffs)) {
           const hex = e.replace(/\.(split|link)$/, '');
-          if (!used.has(hex)) {
+          if (!diffUsers.get(`sha256:${hex}`)) {
             if (e.endsWith('.link')) removeShortLink(path.join(dirs.diffs, e));
             fs.rmSync(path.join(dirs.diffs, e), { recursive: true, force: true });
             removed.push(`diffs/${e}`);

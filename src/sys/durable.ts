@@ -7,6 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { syncfs } from './libc.js';
 
 /** Prefix of temp files that start-up may delete (`<name>.tmp-<hex>`). */
 export const TEMP_MARKER = '.tmp-';
@@ -16,6 +17,19 @@ export function fsyncDir(dir: string): void {
   const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
   try {
     fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Flushes the whole filesystem holding `dir` (one syncfs: every file of a freshly built tree at once,
+ * instead of an fsync per file).
+ */
+export function syncFilesystem(dir: string): void {
+  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    syncfs(fd);
   } finally {
     fs.closeSync(fd);
   }

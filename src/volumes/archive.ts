@@ -24,7 +24,8 @@ import { headerOf, writeTree, xattrsOf } from '../layers/tar/writer.js';
 import { unpackLayer } from '../layers/unpack.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
-import { lsetxattr, syncfs } from '../sys/libc.js';
+import { syncFilesystem } from '../sys/durable.js';
+import { lsetxattr } from '../sys/libc.js';
 import { validateName } from './names.js';
 
 /** Streams the tree at `dir` as a tar: a `./` entry for the root, then every entry, sorted. */
@@ -89,12 +90,7 @@ export async function importVolume(layout: Layout, store: VolumeStore, name: str
       for (const [k, v] of rootMeta.xattrs) lsetxattr(data, k, v);
       fs.utimesSync(data, rootMeta.mtime, rootMeta.mtime);
     }
-    const fd = fs.openSync(tmp, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-    try {
-      syncfs(fd); // every file of the volume on disk before the record says it exists
-    } finally {
-      fs.closeSync(fd);
-    }
+    syncFilesystem(tmp); // every file of the volume on disk before the record says it exists
     try {
       fs.renameSync(tmp, layout.volumeDir(name));
     } catch (err) {

@@ -5,7 +5,8 @@
  *
  *   volumes/<name>/upper   what the volume's users wrote (overlay's upper directory; whiteouts for deletions)
  *   volumes/<name>/work    overlay's work directory
- *   volumes/<name>/_data   the merged tree, mounted while the volume is held (like a loop-backed sized volume)
+ *   volumes/<name>/_data   the merged tree, mounted while the volume is held (like a loop-backed sized volume;
+ *                          the volume service unmounts both kinds the same way)
  *
  * The layer is held (LayerStore.holdLayer) as `volume "<name>"` from before the volume's record is
  * committed until after its record is deleted, so `tsvol layer rm` and `gc` can never take a layer from
@@ -20,7 +21,6 @@ import { writeTree } from '../layers/tar/writer.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeRecord } from '../store/volume-store.js';
 import { isMountRoot } from '../sys/libc.js';
-import { unmountAsync } from '../sys/mount.js';
 
 /** The layer manager as layered volumes use it. */
 export interface LayeredVolumes {
@@ -31,8 +31,6 @@ export interface LayeredVolumes {
   build(dir: string): Promise<void>;
   /** Mounts the merged tree at volumes/<name>/_data (no-op when already mounted). */
   mount(name: string, layer: string): void;
-  /** Unmounts the merged tree; false if it was not mounted. */
-  unmount(name: string): Promise<boolean>;
   /** The directory holding what was written to the volume (the volume's own usage). */
   upperDir(name: string): string;
   /**
@@ -73,7 +71,6 @@ export function createLayeredVolumes(layout: Layout): LayeredVolumes {
       mounter ??= createOverlayMounter(layout.layersDir, layers());
       mounter.mount(layer, d);
     },
-    unmount: (name) => unmountAsync(dirs(name).merged),
     upperDir: (name) => dirs(name).upper,
     async commit(rec, dataDir) {
       if (rec.spec.kind === 'layered') return layers().importLayer(writeTree(dirs(rec.name).upper), rec.spec.layer);

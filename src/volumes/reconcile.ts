@@ -16,15 +16,11 @@ import { describeError, errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeStore } from '../store/volume-store.js';
+import { readBootId } from '../sys/boot.js';
 import { unmount } from '../sys/mount.js';
 import { mountsUnder, readMounts } from '../sys/mountinfo.js';
 import { removeTreeNoCross } from '../sys/remove.js';
 import { hasOwnMount, holdCount, type VolumeInternals } from './volume-service.js';
-
-/** The kernel's id of this boot; changes on every reboot (shared by containers, so right inside a plugin). */
-export function readBootId(): string {
-  return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-}
 
 /** What reconciliation needs. */
 export interface ReconcileDeps {

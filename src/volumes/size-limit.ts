@@ -17,7 +17,6 @@ import path from 'node:path';
 import { errnoCode, describeError, UnavailableError } from '../errors.js';
 import { ioctlBuf, isMountRoot, quotactlFd } from '../sys/libc.js';
 import { mountLoopImage } from '../sys/loop.js';
-import { unmountAsync } from '../sys/mount.js';
 
 /** volumes/<name>/disk.img: a loop-backed volume's ext4 image. */
 export const IMAGE_FILE = 'disk.img';
@@ -58,7 +57,8 @@ function withDirFd<T>(dir: string, fn: (fd: number) => T): T {
  */
 export function probeSizeBacking(root: string): SizeBacking {
   fs.mkdirSync(root, { recursive: true });
-  const fsName = FS_NAMES[Number(fs.statfsSync(root).type)] ?? `filesystem type 0x${Number(fs.statfsSync(root).type).toString(16)}`;
+  const type = Number(fs.statfsSync(root).type);
+  const fsName = FS_NAMES[type] ?? `filesystem type 0x${type.toString(16)}`;
   try {
     withDirFd(root, (fd) => quotactlFd(fd, qcmd(Q_GETINFO), 0, Buffer.alloc(24)));
     return { backing: 'quota', why: `${root} is on ${fsName} with project quotas enabled: each sized volume gets a project quota` };
@@ -123,7 +123,7 @@ function run(cmd: string, args: readonly string[]): Promise<string> {
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr.on('data', (c: Buffer) => (err += c.toString()));
     child.on('error', (e) =>
-      reject(errnoCode(e) === 'ENOENT' ? new UnavailableError(`${cmd} not found: sized volumes on a loop image need e2fsprogs and util-linux`) : e),
+      reject(errnoCode(e) === 'ENOENT' ? new UnavailableError(`${cmd} not found: sized volumes on a loop image need e2fsprogs`) : e),
     );
     child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')}: exit ${code}: ${err.trim()}`))));
   });
@@ -158,18 +158,6 @@ export async function makeImage(dir: string, limit: number, owner: { uid?: numbe
 export async function mountImage(dir: string, data: string, devDir: string): Promise<void> {
   if (isMountRoot(data)) return; // still mounted (a restarted server keeps its held volumes' mounts)
   await mountLoopImage(path.join(dir, IMAGE_FILE), data, 'ext4', devDir);
-}
-
-/** Unmounts a loop-backed volume's _data, which also detaches its loop device. False if not mounted. */
-export async function unmountImage(data: string): Promise<boolean> {
-  try {
-    if (!isMountRoot(data)) return false;
-  } catch (err) {
-    // ENOENT: no _data at all (a half-removed volume): nothing mounted.
-    if (errnoCode(err) === 'ENOENT') return false;
-    throw err;
-  }
-  return unmountAsync(data);
 }
 
 /** Used bytes and inodes of a mounted image (statfs: O(1)). */

@@ -21,6 +21,7 @@ import { InUseError, InvalidArgumentError, NotFoundError, describeError, errnoCo
 import type { Logger } from '../log.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeRecord, VolumeSpec, VolumeStore } from '../store/volume-store.js';
+import { syncFilesystem } from '../sys/durable.js';
 import { bindMount as bindMountSync, bindMountAsync, unmountAsync } from '../sys/mount.js';
 import { isMountRoot } from '../sys/libc.js';
 import { removeTreeNoCross } from '../sys/remove.js';
@@ -40,11 +41,9 @@ import {
   newProjectId,
   probeSizeBacking,
   projectUsage,
-  unmountImage,
   type SizeBacking,
 } from './size-limit.js';
 import { createUsageCache, measureTree, type Usage } from './usage.js';
-import { syncfs } from '../sys/libc.js';
 
 /** A volume as the driver reports it. */
 export interface VolumeInfo {
@@ -102,16 +101,6 @@ export function hasOwnMount(spec: VolumeSpec): boolean {
   return (spec.kind === 'sized' && spec.backing === 'loop') || spec.kind === 'layered';
 }
 
-/** Flushes the filesystem holding `dir` (one syncfs: every file of a fresh clone or image at once). */
-function syncFilesystem(dir: string): void {
-  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-  try {
-    syncfs(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /** Total holds on a record. */
 export function holdCount(rec: VolumeRecord): number {
   let n = 0;
@@ -126,7 +115,9 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   const bindRoots = createBindRoots(config.bindRoots, config.hostRoot);
   const deletions = new Set<Promise<void>>();
   const umask = process.umask();
-  const sizing = deps.sizeBacking ?? probeSizeBacking(layout.root);
+  // Probed on the first sized Create, not at start-up: most servers and every CLI command never need it.
+  let sizing = deps.sizeBacking;
+  const sizeBacking = (): SizeBacking => (sizing ??= probeSizeBacking(layout.root));
   const layered = deps.layered ?? createLayeredVolumes(layout);
   // Loop devices: the host's devtmpfs (the managed plugin's own /dev has no loop nodes; src/sys/loop.ts).
   const devDir = path.join(config.hostRoot ?? '/', 'dev');
@@ -203,10 +194,12 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     else await mountImage(layout.volumeDir(rec.name), layout.dataDir(rec.name), devDir);
   }
 
-  /** Undoes mountOwn (the image's unmount also detaches its loop device); false if nothing was mounted. */
+  /**
+   * Undoes mountOwn: both kinds mount on _data (an image's unmount also detaches its loop device, by
+   * autoclear); false if nothing was mounted.
+   */
   async function unmountOwn(rec: VolumeRecord): Promise<boolean> {
-    if (rec.spec.kind === 'layered') return layered.unmount(rec.name);
-    return unmountImage(layout.dataDir(rec.name));
+    return unmountAsync(layout.dataDir(rec.name));
   }
 
   /** Makes the volume's source available at its mountpoint (first holder). */
@@ -439,7 +432,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
         if (store.get(name) !== undefined) return; // Create of an existing volume succeeds (local driver)
         const spec: VolumeSpec =
           parsed.kind === 'sized'
-            ? { ...parsed, backing: sizing.backing, ...(sizing.backing === 'quota' ? { projectId: newProjectId() } : {}) }
+            ? { ...parsed, backing: sizeBacking().backing, ...(sizeBacking().backing === 'quota' ? { projectId: newProjectId() } : {}) }
             : parsed.kind === 'layered'
               ? await holdLayerFor(name, parsed.layer).catch((err: unknown) => {
                   throw wrapError(`create volume "${name}"`, err);
