@@ -1,0 +1,506 @@
+/**
+ * Paths below a root, resolved by the kernel (#9). Every write that tsvol makes inside a tree it builds from
+ * outside input (layer and volume tars, clones of volumes that containers can change, the copy driver) goes
+ * through a `Beneath`: the tree's root is pinned by a directory fd, a parent directory is opened with
+ * openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV), and the entry is
+ * then made, linked, chowned, chmodded, xattr'd or timed by its single final name relative to that parent
+ * fd (the *at calls), never following a final symlink. So no `..`, symlink, absolute path or rename race
+ * can take an operation outside the root: the kernel refuses the lookup (EXDEV/ELOOP), whatever any cache
+ * or string check believed (runc's filepath-securejoin/libpathrs, containerd's continuity). There is no
+ * cache of "directories I made": each operation resolves its parent afresh (node-tar's CVE-2021-32803).
+ *
+ * Reading follows the same rule (`readdir`, `openRead`, `readlink`, `lstat`), so a clone of a volume that a
+ * container is changing meanwhile reads only what is inside the volume.
+ *
+ * Operations that Linux offers only on paths (chmod of a non-symlink, xattrs) go through
+ * /proc/self/fd/<fd>: for chmod the entry is first pinned with O_PATH|O_NOFOLLOW; for xattrs the parent is
+ * pinned and the final name is looked up without following (lsetxattr). Both reach exactly the pinned inode.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import koffi from 'koffi';
+import { SyscallError } from './libc.js';
+
+const libc = koffi.load('libc.so.6');
+const E = os.constants.errno;
+
+// Open flags (asm-generic, the same on x86-64 and arm64 except where fs.constants has them).
+const O_PATH = 0o10000000;
+const O_CLOEXEC = 0o2000000;
+const O_DIRECTORY = fs.constants.O_DIRECTORY;
+const O_NOFOLLOW = fs.constants.O_NOFOLLOW;
+const O_NONBLOCK = fs.constants.O_NONBLOCK;
+// openat2 resolve flags (linux/openat2.h).
+const RESOLVE_NO_XDEV = 0x01;
+const RESOLVE_NO_MAGICLINKS = 0x02;
+const RESOLVE_NO_SYMLINKS = 0x04;
+const RESOLVE_BENEATH = 0x08;
+const RESOLVE_STRICT = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
+// *at flags.
+const AT_FDCWD = -100;
+const AT_SYMLINK_NOFOLLOW = 0x100;
+const AT_REMOVEDIR = 0x200;
+/** openat2 is syscall 437 on every architecture (the unified table, Linux 5.6+). */
+const SYS_OPENAT2 = 437;
+
+const cOpenat2 = libc.func('syscall', 'long', ['long', 'int', 'str', 'uint8_t *', 'size_t']);
+const cOpenat = libc.func('int openat(int dirfd, const char *path, int flags, uint32_t mode)');
+const cMkdirat = libc.func('int mkdirat(int dirfd, const char *path, uint32_t mode)');
+const cSymlinkat = libc.func('int symlinkat(const char *target, int dirfd, const char *path)');
+const cLinkat = libc.func('int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags)');
+const cMknodat = libc.func('int mknodat(int dirfd, const char *path, uint32_t mode, uint64_t dev)');
+const cUnlinkat = libc.func('int unlinkat(int dirfd, const char *path, int flags)');
+const cFchownat = libc.func('int fchownat(int dirfd, const char *path, uint32_t uid, uint32_t gid, int flags)');
+const cFchmod = libc.func('int fchmod(int fd, uint32_t mode)');
+const cChmod = libc.func('int chmod(const char *path, uint32_t mode)');
+const cUtimensat = libc.func('int utimensat(int dirfd, const char *path, const uint8_t *times, int flags)');
+const cReadlinkat = libc.func('long readlinkat(int dirfd, const char *path, _Out_ uint8_t *buf, size_t size)');
+const cRenameat = libc.func('int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)');
+const cStatx = libc.func('int statx(int dirfd, const char *path, int flags, unsigned int mask, _Out_ uint8_t *buf)');
+const cLsetxattr = libc.func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
+const cLgetxattr = libc.func('long lgetxattr(const char *path, const char *name, _Out_ void *value, size_t size)');
+const cLlistxattr = libc.func('long llistxattr(const char *path, _Out_ void *list, size_t size)');
+const cFsetxattr = libc.func('int fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)');
+
+function check(ret: number | bigint, syscall: string, path?: string): number {
+  const n = Number(ret);
+  if (n < 0) throw new SyscallError(syscall, koffi.errno(), path);
+  return n;
+}
+
+/** What an entry is, from statx (no final symlink followed). Times in nanoseconds. */
+export interface EntryStat {
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly nlink: number;
+  readonly size: number;
+  readonly blocks: number;
+  readonly ino: bigint;
+  /** makedev(major, minor) of the filesystem holding the entry. */
+  readonly dev: number;
+  /** makedev(major, minor) for device nodes. */
+  readonly rdev: number;
+  readonly atimeNs: bigint;
+  readonly mtimeNs: bigint;
+  isDirectory(): boolean;
+  isFile(): boolean;
+  isSymbolicLink(): boolean;
+  isCharacterDevice(): boolean;
+  isBlockDevice(): boolean;
+  isFIFO(): boolean;
+  isSocket(): boolean;
+}
+
+/** Linux makedev. */
+export function makedev(major: number, minor: number): number {
+  return ((major & 0xfff) << 8) | (minor & 0xff) | ((minor & ~0xff) << 12);
+}
+
+const STATX_BASIC_STATS = 0x7ff;
+const S_IFMT = 0o170000;
+
+function parseStatx(buf: Buffer): EntryStat {
+  const mode = buf.readUInt16LE(28);
+  const type = mode & S_IFMT;
+  const ts = (off: number): bigint => buf.readBigInt64LE(off) * 1_000_000_000n + BigInt(buf.readUInt32LE(off + 8));
+  return {
+    mode,
+    uid: buf.readUInt32LE(20),
+    gid: buf.readUInt32LE(24),
+    nlink: buf.readUInt32LE(16),
+    ino: buf.readBigUInt64LE(32),
+    size: Number(buf.readBigUInt64LE(40)),
+    blocks: Number(buf.readBigUInt64LE(48)),
+    atimeNs: ts(64),
+    mtimeNs: ts(112),
+    rdev: makedev(buf.readUInt32LE(128), buf.readUInt32LE(132)),
+    dev: makedev(buf.readUInt32LE(136), buf.readUInt32LE(140)),
+    isDirectory: () => type === fs.constants.S_IFDIR,
+    isFile: () => type === fs.constants.S_IFREG,
+    isSymbolicLink: () => type === fs.constants.S_IFLNK,
+    isCharacterDevice: () => type === fs.constants.S_IFCHR,
+    isBlockDevice: () => type === fs.constants.S_IFBLK,
+    isFIFO: () => type === fs.constants.S_IFIFO,
+    isSocket: () => type === fs.constants.S_IFSOCK,
+  };
+}
+
+/** fstat-like statx of an fd itself (AT_EMPTY_PATH). */
+export function statFd(fd: number): EntryStat {
+  const buf = Buffer.alloc(256);
+  check(cStatx(fd, '', 0x1000 /* AT_EMPTY_PATH */ | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf), 'statx');
+  return parseStatx(buf);
+}
+
+/** A relative path from an archive or a tree walk, split into names; throws on `..`, absolute paths, NUL. */
+export function splitRelative(rel: string): string[] {
+  if (rel.startsWith('/')) throw new Error(`"${rel}" is an absolute path`);
+  if (rel.includes('\0')) throw new Error(`"${rel.replace(/\0/g, '\\0')}" contains a NUL byte`);
+  const parts: string[] = [];
+  for (const part of rel.split('/')) {
+    if (part === '' || part === '.') continue;
+    if (part === '..') throw new Error(`"${rel}" climbs out with ".."`);
+    parts.push(part);
+  }
+  return parts;
+}
+
+/** Metadata to give an entry (applyMeta): each field is optional. */
+export interface EntryMeta {
+  readonly uid?: number;
+  readonly gid?: number;
+  /** Permission bits (0o7777); ignored for symlinks. */
+  readonly mode?: number;
+  readonly xattrs?: Iterable<readonly [string, Buffer]>;
+  readonly atimeNs?: bigint;
+  readonly mtimeNs?: bigint;
+}
+
+function timesBuf(atimeNs: bigint, mtimeNs: bigint): Buffer {
+  const buf = Buffer.alloc(32);
+  const split = (ns: bigint, off: number): void => {
+    let s = ns / 1_000_000_000n;
+    let n = ns % 1_000_000_000n;
+    if (n < 0n) {
+      s -= 1n;
+      n += 1_000_000_000n;
+    }
+    buf.writeBigInt64LE(s, off);
+    buf.writeBigInt64LE(n, off + 8);
+  };
+  split(atimeNs, 0);
+  split(mtimeNs, 16);
+  return buf;
+}
+
+/**
+ * A directory tree whose root is pinned by an fd; every path given to it is relative to that root and is
+ * resolved by the kernel beneath it. Close it when done.
+ */
+export class Beneath {
+  /** O_PATH fd of the root. */
+  readonly fd: number;
+  /** The root's path, for messages only: never used to reach anything. */
+  readonly where: string;
+
+  private constructor(fd: number, where: string) {
+    this.fd = fd;
+    this.where = where;
+  }
+
+  /** Pins the directory at `dir` (a final symlink is refused: the root must be a real directory). */
+  static open(dir: string): Beneath {
+    const fd = check(cOpenat(AT_FDCWD, dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0), 'open', dir);
+    return new Beneath(fd, dir);
+  }
+
+  /** Pins the directory `fd` refers to (an fd pinned and checked elsewhere, e.g. a bind-style device). */
+  static fromFd(fd: number, where: string): Beneath {
+    const own = check(cOpenat(fd, '.', O_PATH | O_DIRECTORY | O_CLOEXEC, 0), 'open', where);
+    return new Beneath(own, where);
+  }
+
+  /** Runs `fn` with the tree at `dir`, closing it afterwards. */
+  static with<T>(dir: string, fn: (root: Beneath) => T): T {
+    const root = Beneath.open(dir);
+    try {
+      return fn(root);
+    } finally {
+      root.close();
+    }
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+
+  private describe(rel: string): string {
+    return rel === '' ? this.where : `${this.where}/${rel}`;
+  }
+
+  /**
+   * Opens directory `rel` below the root: O_PATH unless `flags` says otherwise. Symlinks, `..` and other
+   * filesystems on the way are refused by the kernel (ELOOP, EXDEV): a clear error names the path.
+   */
+  openDirFd(rel: string, flags = O_PATH): number {
+    const parts = splitRelative(rel);
+    const how = Buffer.alloc(24);
+    how.writeBigUInt64LE(BigInt(flags | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), 0);
+    how.writeBigUInt64LE(BigInt(RESOLVE_STRICT), 16);
+    const ret = Number(cOpenat2(SYS_OPENAT2, this.fd, parts.length === 0 ? '.' : parts.join('/'), how, 24));
+    if (ret >= 0) return ret;
+    const errno = koffi.errno();
+    const where = this.describe(parts.join('/'));
+    if (errno === E.ELOOP) throw new SyscallError('openat2', errno, `${where} (goes through a symlink)`);
+    if (errno === E.EXDEV) throw new SyscallError('openat2', errno, `${where} (leaves ${this.where})`);
+    if (errno === E.ENOTDIR) throw new SyscallError('openat2', errno, `${where} (goes through something that is not a directory)`);
+    throw new SyscallError('openat2', errno, where);
+  }
+
+  /**
+   * Runs `fn` with an O_PATH fd of `rel`'s parent directory and `rel`'s final name. With `create`, missing
+   * parent directories are made (mode 0755 before the umask), one name at a time below the root.
+   */
+  inParent<T>(rel: string, fn: (dirfd: number, name: string) => T, create = false): T {
+    const parts = splitRelative(rel);
+    const name = parts.pop();
+    if (name === undefined) throw new Error(`"${rel}" names the root of ${this.where} itself`);
+    let dirfd: number;
+    try {
+      dirfd = this.openDirFd(parts.join('/'));
+    } catch (err) {
+      if (!create || !(err instanceof SyscallError) || err.code !== 'ENOENT') throw err;
+      dirfd = this.makeDirs(parts);
+    }
+    try {
+      return fn(dirfd, name);
+    } finally {
+      fs.closeSync(dirfd);
+    }
+  }
+
+  /** Makes each missing directory of `parts`, one name at a time, each opened beneath the root. */
+  private makeDirs(parts: string[]): number {
+    let cur = check(cOpenat(this.fd, '.', O_PATH | O_DIRECTORY | O_CLOEXEC, 0), 'open', this.where);
+    try {
+      for (let i = 0; i < parts.length; i++) {
+        const r = cMkdirat(cur, parts[i]!, 0o755);
+        if (r < 0 && koffi.errno() !== E.EEXIST) check(r, 'mkdirat', this.describe(parts.slice(0, i + 1).join('/')));
+        const next = this.openDirFd(parts.slice(0, i + 1).join('/'));
+        fs.closeSync(cur);
+        cur = next;
+      }
+      return cur;
+    } catch (err) {
+      fs.closeSync(cur);
+      throw err;
+    }
+  }
+
+  /** statx of `rel` without following a final symlink; undefined if it does not exist. */
+  lstat(rel: string): EntryStat | undefined {
+    const parts = splitRelative(rel);
+    if (parts.length === 0) return statFd(this.fd);
+    try {
+      return this.inParent(rel, (dirfd, name) => {
+        const buf = Buffer.alloc(256);
+        check(cStatx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf), 'statx', this.describe(rel));
+        return parseStatx(buf);
+      });
+    } catch (err) {
+      if (err instanceof SyscallError && err.code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  /** mkdir `rel`; parents are made with `parents`. */
+  mkdir(rel: string, mode = 0o755, parents = false): void {
+    this.inParent(rel, (dirfd, name) => check(cMkdirat(dirfd, name, mode), 'mkdirat', this.describe(rel)), parents);
+  }
+
+  /** Creates the regular file `rel` (it must not exist) and returns an fd open for writing. */
+  createFile(rel: string, mode = 0o600, parents = false): number {
+    return this.inParent(
+      rel,
+      (dirfd, name) => check(cOpenat(dirfd, name, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode), 'openat', this.describe(rel)),
+      parents,
+    );
+  }
+
+  /** Opens the regular file `rel` for reading (refusing a symlink or anything but a regular file). */
+  openRead(rel: string): number {
+    const fd = this.inParent(rel, (dirfd, name) =>
+      check(cOpenat(dirfd, name, fs.constants.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0), 'openat', this.describe(rel)),
+    );
+    if (!statFd(fd).isFile()) {
+      fs.closeSync(fd);
+      throw new SyscallError('openat', E.EINVAL, `${this.describe(rel)} (not a regular file)`);
+    }
+    return fd;
+  }
+
+  /** A subtree: the directory `rel` pinned as a new root. */
+  sub(rel: string): Beneath {
+    return new Beneath(this.openDirFd(rel), this.describe(splitRelative(rel).join('/')));
+  }
+
+  /** The names in directory `rel` (read through the pinned fd, never by path). */
+  readdir(rel = ''): fs.Dirent[] {
+    const fd = this.openDirFd(rel);
+    try {
+      return fs.readdirSync(`/proc/self/fd/${fd}`, { withFileTypes: true });
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /** symlink `rel` → `target` (the target is stored as given; it is never followed by this module). */
+  symlink(target: string, rel: string, parents = false): void {
+    this.inParent(rel, (dirfd, name) => check(cSymlinkat(target, dirfd, name), 'symlinkat', this.describe(rel)), parents);
+  }
+
+  /** readlink of `rel`. */
+  readlink(rel: string): string {
+    return this.inParent(rel, (dirfd, name) => {
+      const buf = Buffer.alloc(4096);
+      const n = check(cReadlinkat(dirfd, name, buf, buf.length), 'readlinkat', this.describe(rel));
+      return buf.toString('utf8', 0, n);
+    });
+  }
+
+  /** A hard link `rel` to the existing non-directory `existing`, both below this root (never followed). */
+  link(existing: string, rel: string, parents = false): void {
+    const st = this.lstat(existing);
+    if (st === undefined || st.isDirectory()) {
+      throw new SyscallError('linkat', st === undefined ? E.ENOENT : E.EPERM, `${this.describe(existing)} (a hard link needs an existing file below the root)`);
+    }
+    this.inParent(existing, (odir, oname) =>
+      this.inParent(rel, (ndir, nname) => check(cLinkat(odir, oname, ndir, nname, 0), 'linkat', this.describe(rel)), parents),
+    );
+  }
+
+  /** A hard link `rel` in this tree to `existing` in tree `from` (same filesystem; never followed). */
+  linkFrom(from: Beneath, existing: string, rel: string, parents = false): void {
+    from.inParent(existing, (odir, oname) =>
+      this.inParent(rel, (ndir, nname) => check(cLinkat(odir, oname, ndir, nname, 0), 'linkat', this.describe(rel)), parents),
+    );
+  }
+
+  /** mknod `rel` (`mode` includes the file type: S_IFCHR, S_IFBLK, S_IFIFO). */
+  mknod(rel: string, mode: number, dev: number, parents = false): void {
+    this.inParent(rel, (dirfd, name) => check(cMknodat(dirfd, name, mode, dev), 'mknodat', this.describe(rel)), parents);
+  }
+
+  /** Renames `from` to `to`, both below this root (renameat: never follows either). */
+  rename(from: string, to: string): void {
+    this.inParent(from, (odir, oname) =>
+      this.inParent(to, (ndir, nname) => check(cRenameat(odir, oname, ndir, nname), 'renameat', this.describe(to))),
+    );
+  }
+
+  /**
+   * Removes `rel` and, if it is a directory, everything below it, without following any symlink and
+   * without crossing into another filesystem (a mount inside is an error, and stays). Missing is fine.
+   */
+  remove(rel: string): void {
+    if (splitRelative(rel).length === 0) throw new Error(`refusing to remove the root of ${this.where}`);
+    this.inParent(rel, (dirfd, name) => removeAt(dirfd, name, this.describe(rel)));
+  }
+
+  /**
+   * Gives `rel` its owner, mode, xattrs and times, in the one order that keeps them all: chown first (it
+   * clears set-id bits and security.capability), then chmod (not on a symlink: Linux has no symlink
+   * modes), then xattrs, then times (every change above touched ctime only, but xattrs on some
+   * filesystems touch mtime). Nothing follows a final symlink.
+   */
+  applyMeta(rel: string, meta: EntryMeta): void {
+    const parts = splitRelative(rel);
+    if (parts.length === 0) {
+      applyMetaFd(this.fd, meta);
+      return;
+    }
+    this.inParent(rel, (dirfd, name) => applyMetaAt(dirfd, name, meta, this.describe(rel)));
+  }
+
+  /** The xattrs of `rel` (a final symlink's own), read through its pinned parent. */
+  xattrs(rel: string): Map<string, Buffer> {
+    const parts = splitRelative(rel);
+    if (parts.length === 0) return listXattrs(`/proc/self/fd/${this.fd}`);
+    return this.inParent(rel, (dirfd, name) => listXattrs(`/proc/self/fd/${dirfd}/${name}`));
+  }
+}
+
+/** Reads every xattr of `p` (not following a final symlink). */
+export function listXattrs(p: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  let size = 1024;
+  let list: Buffer;
+  for (;;) {
+    const buf = Buffer.alloc(size);
+    const n = Number(cLlistxattr(p, buf, buf.length));
+    if (n >= 0) {
+      list = buf.subarray(0, n);
+      break;
+    }
+    const errno = koffi.errno();
+    if (errno === E.ENOTSUP) return out;
+    if (errno !== E.ERANGE || size >= 1 << 20) throw new SyscallError('llistxattr', errno, p);
+    size *= 16;
+  }
+  for (const raw of list.toString('latin1').split('\0')) {
+    if (raw === '') continue;
+    const name = Buffer.from(raw, 'latin1').toString('utf8');
+    let vsize = 256;
+    for (;;) {
+      const vbuf = Buffer.alloc(vsize);
+      const n = Number(cLgetxattr(p, name, vbuf, vbuf.length));
+      if (n >= 0) {
+        out.set(name, vbuf.subarray(0, n));
+        break;
+      }
+      const errno = koffi.errno();
+      if (errno === E.ENODATA) break; // removed meanwhile
+      if (errno !== E.ERANGE || vsize >= 1 << 20) throw new SyscallError('lgetxattr', errno, p);
+      vsize *= 16;
+    }
+  }
+  return out;
+}
+
+function applyMetaAt(dirfd: number, name: string, meta: EntryMeta, where: string): void {
+  if (meta.uid !== undefined || meta.gid !== undefined) {
+    check(cFchownat(dirfd, name, meta.uid ?? 0xffffffff, meta.gid ?? 0xffffffff, AT_SYMLINK_NOFOLLOW), 'fchownat', where);
+  }
+  if (meta.mode !== undefined) {
+    // Pin the entry itself, then chmod the pinned inode: a symlink is skipped (no modes), never followed.
+    const fd = check(cOpenat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0), 'openat', where);
+    try {
+      if (!statFd(fd).isSymbolicLink()) check(cChmod(`/proc/self/fd/${fd}`, meta.mode & 0o7777), 'chmod', where);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  if (meta.xattrs !== undefined) {
+    const p = `/proc/self/fd/${dirfd}/${name}`;
+    for (const [k, v] of meta.xattrs) check(cLsetxattr(p, k, v, v.length, 0), 'lsetxattr', `${where} (${k})`);
+  }
+  if (meta.mtimeNs !== undefined) {
+    check(cUtimensat(dirfd, name, timesBuf(meta.atimeNs ?? meta.mtimeNs, meta.mtimeNs), AT_SYMLINK_NOFOLLOW), 'utimensat', where);
+  }
+}
+
+/** applyMeta on an fd that is the entry itself (a file just created, or a root): f-calls only. */
+export function applyMetaFd(fd: number, meta: EntryMeta): void {
+  if (meta.uid !== undefined || meta.gid !== undefined) fs.fchownSync(fd, meta.uid ?? -1, meta.gid ?? -1);
+  if (meta.mode !== undefined) {
+    // An O_PATH fd (a pinned root) refuses fchmod: reach the same inode through /proc.
+    if (Number(cFchmod(fd, meta.mode & 0o7777)) < 0) check(cChmod(`/proc/self/fd/${fd}`, meta.mode & 0o7777), 'chmod');
+  }
+  if (meta.xattrs !== undefined) {
+    for (const [k, v] of meta.xattrs) {
+      if (Number(cFsetxattr(fd, k, v, v.length, 0)) < 0) check(cLsetxattr(`/proc/self/fd/${fd}`, k, v, v.length, 0), 'lsetxattr', k);
+    }
+  }
+  if (meta.mtimeNs !== undefined) {
+    // utimensat(fd, NULL): the fd's own inode (an O_PATH fd works through /proc).
+    check(cUtimensat(AT_FDCWD, `/proc/self/fd/${fd}`, timesBuf(meta.atimeNs ?? meta.mtimeNs, meta.mtimeNs), 0), 'utimensat');
+  }
+}
+
+function removeAt(dirfd: number, name: string, where: string): void {
+  if (Number(cUnlinkat(dirfd, name, 0)) === 0) return;
+  const errno = koffi.errno();
+  if (errno === E.ENOENT) return; // already gone: the state we want
+  if (errno !== E.EISDIR && errno !== E.EPERM) throw new SyscallError('unlinkat', errno, where);
+  const how = Buffer.alloc(24);
+  how.writeBigUInt64LE(BigInt(O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), 0);
+  how.writeBigUInt64LE(BigInt(RESOLVE_STRICT), 16);
+  const sub = check(cOpenat2(SYS_OPENAT2, dirfd, name, how, 24), 'openat2', where);
+  try {
+    for (const child of fs.readdirSync(`/proc/self/fd/${sub}`)) removeAt(sub, child, `${where}/${child}`);
+  } finally {
+    fs.closeSync(sub);
+  }
+  check(cUnlinkat(dirfd, name, AT_REMOVEDIR), 'unlinkat', where);
+}
