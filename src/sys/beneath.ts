@@ -246,6 +246,9 @@ export class Beneath {
     const parts = splitRelative(rel);
     const name = parts.pop();
     if (name === undefined) throw new Error(`"${rel}" names the root of ${this.where} itself`);
+    // A direct child: the pinned root is the parent (walkers `sub()` into each directory, so most calls
+    // cost one *at syscall and no lookup of their own).
+    if (parts.length === 0) return fn(this.fd, name);
     let dirfd: number;
     try {
       dirfd = this.openDirFd(parts.join('/'));

@@ -3,8 +3,8 @@
  * the last figure at once and, when it is older than USAGE_TTL_MS, queues a background refresh; the queue
  * is worked one volume at a time. So Get stays a memory read however large or many the volumes.
  */
-import fs from 'node:fs';
-import path from 'node:path';
+import { errnoCode } from '../errors.js';
+import { Beneath } from '../sys/beneath.js';
 
 /** How old a cached figure may be before a Get starts a refresh. */
 export const USAGE_TTL_MS = 5000;
@@ -92,37 +92,51 @@ export function createUsageCache(onError: (name: string, err: unknown) => void):
 }
 
 /**
- * Walks `root` asynchronously (the event loop keeps serving), summing allocated bytes (st_blocks, so
- * sparse files count what they use) and counting entries; each inode is counted once (hardlinks), and
- * mounts inside are not crossed.
+ * Walks `root`, summing allocated bytes (st_blocks, so sparse files count what they use) and counting
+ * entries; each inode is counted once (hardlinks). The walk goes by directory fds beneath the pinned root
+ * (src/sys/beneath.ts), so a container swapping a directory for a symlink meanwhile cannot make it count
+ * anything outside the volume, and mounts inside are not crossed (the kernel refuses: EXDEV). It yields to
+ * the event loop every few hundred entries, so the server keeps serving.
  */
 export async function measureTree(root: string): Promise<{ bytes: number; files: number }> {
-  const rootDev = (await fs.promises.lstat(root)).dev;
-  const seen = new Set<number>();
+  const seen = new Set<bigint>();
   let bytes = 0;
   let files = 0;
-  async function walk(dir: string): Promise<void> {
-    const dirents = await fs.promises.readdir(dir, { withFileTypes: true });
-    for (const d of dirents) {
-      const p = path.join(dir, d.name);
-      let st: fs.Stats;
-      try {
-        st = await fs.promises.lstat(p);
-      } catch (err) {
-        // ENOENT: deleted by the container while we walked; it no longer counts.
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-        throw err;
-      }
-      if (st.dev !== rootDev) continue;
+  let work = 0;
+  async function walk(dir: Beneath): Promise<void> {
+    const rootDev = dir.lstat('')!.dev;
+    for (const d of dir.readdir()) {
+      if (++work % 256 === 0) await new Promise((r) => setImmediate(r));
+      // undefined: deleted by the container while we walked; it no longer counts.
+      const st = dir.lstat(d.name);
+      if (st === undefined || st.dev !== rootDev) continue;
       files++;
       if (st.nlink > 1 && !st.isDirectory()) {
         if (seen.has(st.ino)) continue;
         seen.add(st.ino);
       }
       bytes += st.blocks * 512;
-      if (st.isDirectory()) await walk(p);
+      if (!st.isDirectory()) continue;
+      let sub: Beneath;
+      try {
+        sub = dir.sub(d.name);
+      } catch (err) {
+        // Gone, replaced by a non-directory, or a mount appeared meanwhile: nothing of ours to count below.
+        if (['ENOENT', 'ENOTDIR', 'ELOOP', 'EXDEV'].includes(errnoCode(err) ?? '')) continue;
+        throw err;
+      }
+      try {
+        await walk(sub);
+      } finally {
+        sub.close();
+      }
     }
   }
-  await walk(root);
+  const top = Beneath.open(root);
+  try {
+    await walk(top);
+  } finally {
+    top.close();
+  }
   return { bytes, files };
 }
