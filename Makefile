@@ -19,10 +19,12 @@ rootfs: build
 	plugin/build-rootfs.sh $(ROOTFS)
 	cp config.json plugin/config.json
 
+# The data root is root-only (#9 §5): no path into volume data for other users. install -d also
+# tightens an existing directory (and the plugin does at start-up).
 plugin: rootfs
 	-$(DOCKER) plugin disable -f $(PLUGIN) 2>/dev/null
 	-$(DOCKER) plugin rm -f $(PLUGIN) 2>/dev/null
-	mkdir -p /var/lib/tsvol
+	install -d -m 0700 /var/lib/tsvol
 	$(DOCKER) plugin create $(PLUGIN) plugin
 	$(DOCKER) plugin enable $(PLUGIN)
 

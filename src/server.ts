@@ -2,7 +2,6 @@
  * Wiring only: config → lock → store → service → reconcile → http, and a SIGTERM drain. `docker plugin
  * disable` sends SIGTERM and SIGKILLs after ~10 s, so in-flight requests get up to DRAIN_MS to finish.
  */
-import fs from 'node:fs';
 import type http from 'node:http';
 import type { Config } from './config.js';
 import { describeError } from './errors.js';
@@ -12,6 +11,7 @@ import { createLogger } from './log.js';
 import { createLayout } from './store/layout.js';
 import { createVolumeStore } from './store/volume-store.js';
 import { acquireLock } from './sys/lock.js';
+import { makePrivateDir, reportPrivateDir } from './sys/private-dir.js';
 import { reconcileVolumes } from './volumes/reconcile.js';
 import { createVolumeService } from './volumes/volume-service.js';
 
@@ -32,7 +32,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const started = Date.now();
   const log = createLogger(config.logLevel);
   const layout = createLayout(config.dataRoot);
-  fs.mkdirSync(layout.root, { recursive: true, mode: 0o701 });
+  // Root-only (#9 §5); a root left open by an older version or by hand is closed now, and said so once.
+  reportPrivateDir(log, 'data root', layout.root, makePrivateDir(layout.root));
   const releaseLock = await acquireLock(layout.lockFile, 'tsvol server', LOCK_WAIT_MS, (err) => {
     log.fatal({ err: describeError(err) }, 'lost the data-root lock; exiting so two servers never share state');
     process.exit(1);

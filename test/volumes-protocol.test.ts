@@ -5,10 +5,33 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
+import Database from 'better-sqlite3';
 import fc from 'fast-check';
-import { withServer, type TestServer } from './helpers/server.js';
+import { parseOptions } from '../src/volumes/options.js';
+import { cleanupDir, isMounted, startTestServer, withServer, type TestServer } from './helpers/server.js';
 
 const MEDIA = 'application/vnd.docker.plugins.v1.2+json';
+
+/**
+ * Keys that name something on Object.prototype (#9 §4): as mount IDs, option keys or volume names they must
+ * be plain keys. Those that are also valid volume names come first.
+ */
+const PROTO_VOLUME_NAMES = ['constructor', 'toString', 'valueOf', 'hasOwnProperty', 'isPrototypeOf', 'toLocaleString'];
+const PROTO_NAMES = [...PROTO_VOLUME_NAMES, '__proto__', '__defineGetter__', '__lookupSetter__', 'propertyIsEnumerable'];
+
+/** A JSON object text with exactly these own keys (JSON.stringify of an object cannot carry `__proto__`). */
+function jsonObject(entries: readonly (readonly [string, unknown])[]): string {
+  return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${JSON.stringify(v)}`).join(',')}}`;
+}
+
+interface MountStatus {
+  mounts: number;
+  holders: string[];
+}
+
+async function mountStatus(s: TestServer, name: string): Promise<MountStatus> {
+  return ((await s.ok('/VolumeDriver.Get', { Name: name })).Volume as { Status: MountStatus }).Status;
+}
 
 function volumeDirs(s: TestServer): string[] {
   const dir = path.join(s.data, 'volumes');
@@ -182,10 +205,18 @@ test('bad bodies get an Err, never a stack trace, and the server lives on', asyn
 test('fuzzed bodies on every endpoint always get a JSON reply with a string Err or a result', async (t) => {
   await withServer(t, {}, async (s) => {
     const endpoints = ['Create', 'Remove', 'Mount', 'Unmount', 'Path', 'Get', 'List', 'Capabilities'].map((e) => `/VolumeDriver.${e}`);
+    const protoName = fc.constantFrom(...PROTO_NAMES);
+    // Option maps as raw JSON, so that `__proto__` is a real key (#9 §4).
+    const optsText = fc
+      .array(fc.tuple(fc.oneof(protoName, fc.constantFrom('uid', 'mode', 'layer', 'from'), fc.string()), fc.oneof(fc.string(), protoName, fc.anything())), { maxLength: 4 })
+      .map(jsonObject);
     const body = fc.oneof(
       fc.string(),
       fc.json(),
-      fc.record({ Name: fc.oneof(fc.string(), fc.integer(), fc.constant(null)), Opts: fc.anything(), ID: fc.anything() }, { requiredKeys: [] }).map((o) => JSON.stringify(o)),
+      fc.record({ Name: fc.oneof(fc.string(), fc.integer(), fc.constant(null), protoName), Opts: fc.anything(), ID: fc.oneof(fc.anything(), protoName) }, { requiredKeys: [] }).map((o) => JSON.stringify(o)),
+      fc
+        .tuple(fc.oneof(protoName, fc.string()), fc.oneof(optsText, fc.constant('null')), fc.oneof(protoName, fc.string()))
+        .map(([name, opts, id]) => `{"Name":${JSON.stringify(name)},"Opts":${opts},"ID":${JSON.stringify(id)}}`),
     );
     await fc.assert(
       fc.asyncProperty(fc.constantFrom(...endpoints), body, async (endpoint, payload) => {
@@ -215,5 +246,210 @@ test('one JSON log line per request with op, volume, ms and status', async (t) =
     t.like(create, { msg: 'request', volume: 'logged', status: 200 });
     t.is(typeof create?.ms, 'number');
     t.like(lines.find((l) => l.op === 'get'), { volume: 'missing', status: 404, code: 'TSVOL_NOT_FOUND' });
+  });
+});
+
+// #9 §4: mount IDs, option keys and names that name Object.prototype members are ordinary keys.
+
+test('a mount ID named after Object.prototype holds the volume: Remove is refused and the data kept', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    for (const id of ['constructor', '__proto__', 'toString', 'hasOwnProperty', 'valueOf']) {
+      const name = `held-${id.replace(/_/g, 'u').toLowerCase()}`;
+      await s.ok('/VolumeDriver.Create', { Name: name, Opts: null });
+      fs.writeFileSync(path.join(s.data, 'volumes', name, '_data', 'precious'), id);
+      const m = await s.ok('/VolumeDriver.Mount', { Name: name, ID: id });
+      t.true(isMounted(m.Mountpoint as string), id);
+      t.like(await mountStatus(s, name), { mounts: 1, holders: [id] }, id);
+      const r = await s.call('/VolumeDriver.Remove', { Name: name });
+      t.is(r.status, 409, id);
+      t.regex(String(r.json.Err), new RegExp(`volume "${name}" is in use: 1 active mount`), id);
+      t.is(fs.readFileSync(path.join(m.Mountpoint as string, 'precious'), 'utf8'), id, `${id}: data kept`);
+    }
+  });
+});
+
+test('Unmount with a prototype-named ID releases exactly one hold', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    await s.ok('/VolumeDriver.Create', { Name: 'proto', Opts: null });
+    const ids = ['constructor', '__proto__', 'toString'];
+    for (const id of ids) {
+      await s.ok('/VolumeDriver.Mount', { Name: 'proto', ID: id });
+      await s.ok('/VolumeDriver.Mount', { Name: 'proto', ID: id }); // docker cp re-uses the ID
+    }
+    t.is((await mountStatus(s, 'proto')).mounts, 6);
+    let left = 6;
+    for (const id of ids) {
+      for (let i = 0; i < 2; i++) {
+        await s.ok('/VolumeDriver.Unmount', { Name: 'proto', ID: id });
+        left--;
+        const st = await mountStatus(s, 'proto');
+        t.is(st.mounts, left, `after Unmount ${id} #${i + 1}`);
+        t.is(st.holders.includes(id), i === 0, `${id} still holds after its first Unmount only`);
+        t.is((await s.call('/VolumeDriver.Remove', { Name: 'proto' })).status, left > 0 ? 409 : 200);
+      }
+    }
+    t.false(isMounted(path.join(s.mounts!, 'proto')));
+  });
+});
+
+test('a restarted server keeps holds of prototype-named IDs, and loads holds stored in the old object form', async (t) => {
+  if (process.getuid?.() !== 0) {
+    if (process.env.CI === 'true') throw new Error('needs root (mounts)');
+    return void t.log('SKIPPED LOUDLY: not root');
+  }
+  let s = await startTestServer();
+  try {
+    await s.ok('/VolumeDriver.Create', { Name: 'kept', Opts: null });
+    for (const id of ['constructor', '__proto__', 'toString']) await s.ok('/VolumeDriver.Mount', { Name: 'kept', ID: id });
+    await s.ok('/VolumeDriver.Create', { Name: 'legacy', Opts: null });
+    fs.writeFileSync(path.join(s.data, 'volumes', 'legacy', '_data', 'f'), 'legacy data');
+    await s.kill();
+    // A record as the old code wrote it: holds an object, and garbage counts for prototype names (its
+    // `(holds[id] ?? 0) + 1` read Object.prototype). Each such ID held the volume at least once.
+    const db = new Database(path.join(s.data, 'tsvol.db'));
+    const { holds: _new, ...rec } = JSON.parse(db.prepare("SELECT record FROM volumes WHERE name = 'legacy'").pluck().get() as string) as Record<string, unknown>;
+    const oldHolds = jsonObject([['constructor', 'function Object() { [native code] }1'], ['__proto__', '[object Object]1'], ['c1', 2]]);
+    const legacy = `${JSON.stringify(rec).slice(0, -1)},"holds":${oldHolds}}`;
+    db.prepare("UPDATE volumes SET record = ? WHERE name = 'legacy'").run(legacy);
+    db.close();
+    s = await startTestServer({ dir: s.dir });
+    const kept = await mountStatus(s, 'kept');
+    t.is(kept.mounts, 3);
+    t.deepEqual([...kept.holders].sort(), ['__proto__', 'constructor', 'toString']);
+    t.is((await s.call('/VolumeDriver.Remove', { Name: 'kept' })).status, 409);
+    const old = await mountStatus(s, 'legacy');
+    t.is(old.mounts, 4);
+    t.deepEqual([...old.holders].sort(), ['__proto__', 'c1', 'constructor']);
+    t.is((await s.call('/VolumeDriver.Remove', { Name: 'legacy' })).status, 409);
+    t.is(fs.readFileSync(path.join(s.data, 'volumes', 'legacy', '_data', 'f'), 'utf8'), 'legacy data');
+    for (const id of ['constructor', '__proto__', 'toString']) {
+      t.is((await s.call('/VolumeDriver.Remove', { Name: 'kept' })).status, 409, `before Unmount ${id}`);
+      await s.ok('/VolumeDriver.Unmount', { Name: 'kept', ID: id });
+    }
+    t.false(isMounted(path.join(s.mounts!, 'kept')));
+    await s.ok('/VolumeDriver.Remove', { Name: 'kept' });
+    // The migrated record is written back in the new form on its next change.
+    await s.ok('/VolumeDriver.Unmount', { Name: 'legacy', ID: 'c1' });
+    t.is((await mountStatus(s, 'legacy')).mounts, 3);
+  } finally {
+    await s.kill();
+    cleanupDir(s.dir);
+  }
+});
+
+test('Create refuses option keys named after Object.prototype, `__proto__` included', async (t) => {
+  await withServer(t, {}, async (s) => {
+    const cases: [string, RegExp][] = [
+      [jsonObject([['__proto__', 'x']]), /invalid option: "__proto__"/],
+      [jsonObject([['__proto__', { layer: 'evil' }]]), /Opts.__proto__: option values must be strings/],
+      [jsonObject([['constructor', 'x']]), /invalid option: "constructor"/],
+      [jsonObject([['toString', 'x'], ['uid', '1']]), /invalid option: "toString"/],
+    ];
+    for (const [opts, err] of cases) {
+      const r = await s.call('/VolumeDriver.Create', `{"Name":"pv","Opts":${opts}}`);
+      t.is(r.status, 400, opts);
+      t.regex(String(r.json.Err), err, opts);
+      t.is((await s.call('/VolumeDriver.Get', { Name: 'pv' })).status, 404, opts);
+    }
+    t.deepEqual(volumeDirs(s), []);
+  });
+});
+
+test('parseOptions reads only the options given, never an inherited property', (t) => {
+  const polluted = Object.prototype as Record<string, unknown>;
+  polluted.layer = 'sha256:evil';
+  polluted.device = '/etc';
+  try {
+    t.deepEqual(parseOptions(new Map()), { kind: 'named' });
+    t.deepEqual(parseOptions(new Map([['mode', '0700']])), { kind: 'named', mode: 0o700 });
+  } finally {
+    delete polluted.layer;
+    delete polluted.device;
+  }
+});
+
+const badIds: [string, string][] = [
+  ['a space', 'a b'],
+  ['a newline', 'c1\n'],
+  ['a control character', 'c\u0001'],
+  ['non-ASCII', 'idé'],
+  ['129 characters', 'a'.repeat(129)],
+];
+
+test('Mount and Unmount refuse malformed mount IDs with 400; 64 hex digits, 128 characters and the empty ID are accepted', async (t) => {
+  await withServer(t, { mounts: false }, async (s) => {
+    await s.ok('/VolumeDriver.Create', { Name: 'ids', Opts: null });
+    for (const [label, id] of badIds) {
+      for (const op of ['Mount', 'Unmount']) {
+        const r = await s.call(`/VolumeDriver.${op}`, { Name: 'ids', ID: id });
+        t.is(r.status, 400, `${op} ${label}`);
+        t.regex(String(r.json.Err), /^invalid mount ID .*: want at most 128 printable ASCII characters without spaces \(dockerd sends 64 hex digits\)$/, `${op} ${label}`);
+      }
+    }
+    t.is((await mountStatus(s, 'ids')).mounts, 0);
+    const good = ['0123456789abcdef'.repeat(4), 'x'.repeat(128), '', 'tsvol-cli-exporting-42'];
+    for (const id of good) await s.ok('/VolumeDriver.Mount', { Name: 'ids', ID: id });
+    await s.ok('/VolumeDriver.Mount', { Name: 'ids' }); // no ID at all: an older engine, the empty ID
+    t.is((await mountStatus(s, 'ids')).mounts, 5);
+    for (const id of good) await s.ok('/VolumeDriver.Unmount', { Name: 'ids', ID: id });
+    t.is((await mountStatus(s, 'ids')).mounts, 1);
+  });
+});
+
+test('model fuzz: Create, Mount, Unmount and Remove with prototype names and IDs keep exact hold counts', async (t) => {
+  await withServer(t, { mounts: false }, async (s) => {
+    const names = fc.constantFrom(...PROTO_VOLUME_NAMES.slice(0, 4), 'plain');
+    const ids = fc.constantFrom(...PROTO_NAMES, '', 'c1');
+    const op = fc.oneof(
+      fc.record({ kind: fc.constant('create' as const), name: names }),
+      fc.record({ kind: fc.constantFrom('mount' as const, 'unmount' as const), name: names, id: ids }),
+      fc.record({ kind: fc.constant('remove' as const), name: names }),
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 25 }), async (ops) => {
+        /** The model: volume → mount ID → count. */
+        const model = new Map<string, Map<string, number>>();
+        const total = (name: string): number => [...(model.get(name)?.values() ?? [])].reduce((a, b) => a + b, 0);
+        try {
+          for (const o of ops) {
+            const holds = model.get(o.name);
+            if (o.kind === 'create') {
+              await s.ok('/VolumeDriver.Create', { Name: o.name, Opts: null });
+              if (holds === undefined) model.set(o.name, new Map());
+            } else if (o.kind === 'mount') {
+              const r = await s.call('/VolumeDriver.Mount', { Name: o.name, ID: o.id });
+              if (r.status !== (holds === undefined ? 404 : 200)) return false;
+              holds?.set(o.id, (holds.get(o.id) ?? 0) + 1);
+            } else if (o.kind === 'unmount') {
+              const r = await s.call('/VolumeDriver.Unmount', { Name: o.name, ID: o.id });
+              if (r.status !== (holds === undefined ? 404 : 200)) return false;
+              const n = holds?.get(o.id);
+              if (n !== undefined) {
+                if (n > 1) holds!.set(o.id, n - 1);
+                else holds!.delete(o.id);
+              }
+            } else {
+              const r = await s.call('/VolumeDriver.Remove', { Name: o.name });
+              const want = holds === undefined ? 404 : total(o.name) > 0 ? 409 : 200;
+              if (r.status !== want) return false;
+              if (want === 200) model.delete(o.name);
+            }
+            for (const [name, h] of model) {
+              const st = await mountStatus(s, name);
+              if (st.mounts !== total(name)) return false;
+              if (JSON.stringify([...st.holders].sort()) !== JSON.stringify([...h.keys()].sort())) return false;
+            }
+          }
+          return true;
+        } finally {
+          for (const [name, h] of model) {
+            for (const [id, n] of h) for (let i = 0; i < n; i++) await s.call('/VolumeDriver.Unmount', { Name: name, ID: id });
+            await s.call('/VolumeDriver.Remove', { Name: name });
+          }
+        }
+      }),
+      { numRuns: 40 },
+    );
+    t.pass();
   });
 });

@@ -15,7 +15,7 @@ export function registerInfo(program: Command): void {
     .action((opts: { json?: boolean }) => {
       const config = loadConfig();
       const layersRoot = path.join(config.dataRoot, 'layers');
-      fs.mkdirSync(layersRoot, { recursive: true });
+      fs.mkdirSync(layersRoot, { recursive: true, mode: 0o700 }); // and the data root, root-only (#9 §5)
       const probe = probeOverlay(layersRoot);
       const sizing = probeSizeBacking(config.dataRoot);
       const info = {

@@ -102,13 +102,18 @@ async function withContents<T>(
   if (rec === undefined) throw new NotFoundError(`volume "${name}" not found; \`tsvol volume ls\` lists volumes`);
   const n = holdCount(rec);
   if (n > 0) process.stderr.write(`tsvol: volume "${name}" is in use (${n} mount(s)); ${verb} its contents as they are now\n`);
-  const dir = rec.spec.kind === 'bind' ? service.path(name) : layout.dataDir(name);
-  const needsMount = hasOwnMount(rec.spec) && n === 0 && needsFiles(rec);
+  // A bind-style volume is read through a hold of its own: its mountpoint is then a mount of the pinned,
+  // re-checked device directory, never the device path, which a symlink could redirect (#9 §10a).
+  const bind = rec.spec.kind === 'bind';
+  let dir = layout.dataDir(name);
+  const needsMount = (bind || (hasOwnMount(rec.spec) && n === 0)) && needsFiles(rec);
   const id = `tsvol-cli-${verb}-${process.pid}`;
   let viaServer = false;
   if (needsMount) {
-    viaServer = (await callServer(config.socket, '/VolumeDriver.Mount', { Name: name, ID: id })) !== undefined;
-    if (!viaServer) await service.mount(name, id);
+    const reply = await callServer(config.socket, '/VolumeDriver.Mount', { Name: name, ID: id });
+    viaServer = reply !== undefined;
+    const mp = reply === undefined ? await service.mount(name, id) : String(reply.Mountpoint);
+    if (bind) dir = mp;
   }
   try {
     return await fn(dir, rec);
@@ -202,7 +207,7 @@ export function registerVolume(program: Command): void {
     .action(async (src: string, dst: string) => {
       const config = loadConfig();
       const viaServer = await callServer(config.socket, '/VolumeDriver.Create', { Name: dst, Opts: { from: src } });
-      if (viaServer === undefined) await withContext(({ service }) => service.create(dst, { from: src }));
+      if (viaServer === undefined) await withContext(({ service }) => service.create(dst, new Map([['from', src]])));
       process.stdout.write(`${dst}\n`);
     });
 }

@@ -28,14 +28,30 @@ export interface Route {
 /** Names are checked by the service; the schema only insists on a string of sane length. */
 const name = z.string({ error: 'Name must be a string' }).max(4096, 'Name is too long');
 const named = z.object({ Name: name });
-const create = z.object({
-  Name: name,
-  // Go encodes an empty map as null.
-  Opts: z.record(z.string(), z.string({ error: 'option values must be strings' })).nullish(),
+/**
+ * Create options, decoded straight into a Map (#9 §4): their keys come from the caller, so they never
+ * index a plain object. Not z.record: zod 4 silently drops a `__proto__` key (an option the caller gave
+ * would vanish instead of being refused) and builds a plain object. JSON.parse made every key, `__proto__`
+ * included, an own property, so Object.entries sees them all. Go encodes an empty map as null.
+ */
+const opts = z.unknown().transform((value, ctx): Map<string, string> => {
+  const out = new Map<string, string>();
+  if (value === null || value === undefined) return out;
+  if (typeof value !== 'object' || Array.isArray(value)) {
+    ctx.addIssue({ code: 'custom', message: 'Opts must be an object of strings' });
+    return out;
+  }
+  for (const [key, v] of Object.entries(value as object) as [string, unknown][]) {
+    if (typeof v === 'string') out.set(key, v);
+    else ctx.addIssue({ code: 'custom', message: 'option values must be strings', path: [key] });
+  }
+  return out;
 });
+const create = z.object({ Name: name, Opts: opts.optional() });
 const mountReq = z.object({
   Name: name,
-  // Older engines sent no ID; they then hold the volume as one anonymous consumer.
+  // Older engines sent no ID; they then hold the volume as one anonymous consumer. The service checks
+  // the ID's form (src/volumes/names.ts validateMountId); the schema only bounds what is read.
   ID: z.string({ error: 'ID must be a string' }).max(4096, 'ID is too long').optional(),
 });
 /** Activate, List and Capabilities take no arguments: dockerd sends `null` or `{}`. */
@@ -75,7 +91,7 @@ export function volumeDriverRoutes(svc: VolumeService): Route[] {
       schema: create,
       handle: async (b) => {
         const req = b as z.infer<typeof create>;
-        await svc.create(req.Name, req.Opts ?? {});
+        await svc.create(req.Name, req.Opts ?? new Map<string, string>());
         return { Err: '' };
       },
     },

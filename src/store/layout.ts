@@ -6,6 +6,9 @@
  *   volumes/<name>/_data     a named volume's contents (moby's local-driver layout)
  *   tmp/new-<id>/            a volume directory being built; renamed into volumes/ when complete
  *   tmp/rm-<id>/             a removed volume's directory, being deleted in the background
+ *   binds/<name>             without TSVOL_MOUNTS: a held bind-style volume's mountpoint, a bind mount of
+ *                            the pinned, re-checked device directory (#9 §10a); what Mount and Path return.
+ *                            binds/ is 0700 inside the 0700 root: no path to host data for other users.
  *   layers/                  the layer manager's store (src/layers)
  *
  * tmp/ sits on the same filesystem as volumes/ so that the renames are atomic. Everything in tmp/ is
@@ -21,6 +24,10 @@ export interface Layout {
   readonly volumesDir: string;
   readonly tmpDir: string;
   readonly layersDir: string;
+  /** binds/: mountpoints of bind-style volumes when TSVOL_MOUNTS is unset (#9 §10a). */
+  readonly bindsDir: string;
+  /** binds/<name>: where a held bind-style volume is mounted when TSVOL_MOUNTS is unset. */
+  bindMountpoint(name: string): string;
   /** volumes/<name>: the directory that holds one named volume. */
   volumeDir(name: string): string;
   /** volumes/<name>/_data: what containers see. */
@@ -37,6 +44,8 @@ export function createLayout(root: string): Layout {
     volumesDir,
     tmpDir: path.join(root, 'tmp'),
     layersDir: path.join(root, 'layers'),
+    bindsDir: path.join(root, 'binds'),
+    bindMountpoint: (name) => path.join(root, 'binds', name),
     volumeDir: (name) => path.join(volumesDir, name),
     dataDir: (name) => path.join(volumesDir, name, '_data'),
   };

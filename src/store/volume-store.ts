@@ -15,12 +15,12 @@
  * second; and changes to several records (a volume and the layer it holds) land together, which a file
  * per record cannot give without a journal of our own.
  */
-import fs from 'node:fs';
 import Database from 'better-sqlite3';
 import { InternalError, wrapError } from '../errors.js';
 import { SCHEMA } from './commit-protocol.js';
 import type { Layout } from './layout.js';
 import { createGroupCommitter } from './group-commit.js';
+import { makePrivateDir } from '../sys/private-dir.js';
 
 /** What a volume is, as validated at Create. Persisted as JSON: add kinds, never change old ones. */
 export type VolumeSpec =
@@ -50,10 +50,24 @@ export interface VolumeRecord {
   /** RFC 3339 creation time. */
   readonly createdAt: string;
   readonly spec: VolumeSpec;
-  /** The options exactly as the caller gave them (shown in Status). */
+  /**
+   * The options exactly as the caller gave them (shown in Status). A null-prototype object: its keys came
+   * from a request (#9 §4), so no key can reach Object.prototype.
+   */
   readonly options: Readonly<Record<string, string>>;
-  /** Active holds: Docker mount ID → how many Mounts with that ID are not yet unmounted. */
-  readonly holds: Readonly<Record<string, number>>;
+  /**
+   * Active holds: Docker mount ID → how many Mounts with that ID are not yet unmounted. A Map, never an
+   * object: the IDs come from requests, and `rec.holds[id]` with the ID `constructor` would read
+   * Object.prototype (#9 §4). Persisted as an array of [id, count] pairs (serializeRecord).
+   */
+  readonly holds: ReadonlyMap<string, number>;
+}
+
+/** A null-prototype copy of `entries`, for objects whose keys come from a request. */
+export function nullProtoRecord<V>(entries: Iterable<readonly [string, V]>): Record<string, V> {
+  const out = Object.create(null) as Record<string, V>;
+  for (const [k, v] of entries) out[k] = v;
+  return out;
 }
 
 /** The durable volume records. */
@@ -74,11 +88,42 @@ export interface VolumeStore {
   close(): Promise<void>;
 }
 
+/** A record as stored: holds as [id, count] pairs, which JSON round-trips (a Map would become `{}`). */
+function serializeRecord(rec: VolumeRecord): string {
+  return JSON.stringify({ ...rec, holds: [...rec.holds] });
+}
+
+/**
+ * A hold count as stored. Records written before #9 §4 kept holds in an object and could hold garbage for
+ * a prototype name (`(holds.constructor ?? 0) + 1` made a string): such an ID was mounted at least once,
+ * so anything but a positive integer counts as one hold. Erring towards a hold keeps Remove refusing.
+ */
+function holdCountOf(value: unknown): number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value > 0 ? value : 1;
+}
+
+/** Holds from either stored form: [id, count] pairs, or (records before #9 §4) an object, migrated on read. */
+function parseHolds(raw: unknown): Map<string, number> {
+  const holds = new Map<string, number>();
+  if (raw === undefined || raw === null) return holds;
+  if (Array.isArray(raw)) {
+    for (const pair of raw as unknown[]) {
+      if (!Array.isArray(pair) || typeof pair[0] !== 'string') throw new Error('holds: want [id, count] pairs');
+      holds.set(pair[0], holdCountOf(pair[1]));
+    }
+    return holds;
+  }
+  if (typeof raw !== 'object') throw new Error('holds: want [id, count] pairs');
+  // JSON.parse makes every key an own property, `__proto__` included: Object.entries sees them all.
+  for (const [id, count] of Object.entries(raw)) holds.set(id, holdCountOf(count));
+  return holds;
+}
+
 function parseRecord(name: string, json: string): VolumeRecord {
   try {
-    const rec = JSON.parse(json) as VolumeRecord;
+    const rec = JSON.parse(json) as Omit<VolumeRecord, 'holds'> & { holds?: unknown };
     if (rec.name !== name || typeof rec.spec !== 'object') throw new Error('name or spec mismatch');
-    return { ...rec, holds: rec.holds ?? {} };
+    return { ...rec, options: nullProtoRecord(Object.entries(rec.options ?? {})), holds: parseHolds(rec.holds) };
   } catch (err) {
     throw new InternalError(`volume record "${name}" in the database is corrupt: ${String(err)}`);
   }
@@ -86,7 +131,8 @@ function parseRecord(name: string, json: string): VolumeRecord {
 
 /** Opens (creating if needed) the store in `layout.dbFile` and loads every record. */
 export function createVolumeStore(layout: Layout): VolumeStore {
-  fs.mkdirSync(layout.root, { recursive: true, mode: 0o701 });
+  // Root-only (#9 §5): whoever creates the data root (server or CLI), no other user traverses it.
+  makePrivateDir(layout.root);
   let db: Database.Database;
   try {
     db = new Database(layout.dbFile);
@@ -140,7 +186,7 @@ export function createVolumeStore(layout: Layout): VolumeStore {
       return cache.size;
     },
     async put(record, syncDirs) {
-      await committer.commit({ kind: 'put', name: record.name, json: JSON.stringify(record) }, syncDirs);
+      await committer.commit({ kind: 'put', name: record.name, json: serializeRecord(record) }, syncDirs);
       cache.set(record.name, record);
     },
     async delete(name) {

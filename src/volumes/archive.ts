@@ -98,7 +98,7 @@ export async function importVolume(layout: Layout, store: VolumeStore, name: str
       if (code === 'EEXIST' || code === 'ENOTEMPTY') throw new ConflictError(`volume "${name}" was created meanwhile; import into a new name`);
       throw err;
     }
-    const record: VolumeRecord = { name, createdAt: new Date().toISOString(), spec: { kind: 'named' }, options: {}, holds: {} };
+    const record: VolumeRecord = { name, createdAt: new Date().toISOString(), spec: { kind: 'named' }, options: {}, holds: new Map() };
     try {
       await store.put(record, [layout.volumesDir]);
     } catch (err) {

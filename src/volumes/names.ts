@@ -17,3 +17,23 @@ export function validateName(name: string): void {
     throw new InvalidArgumentError(`invalid volume name: ${Buffer.byteLength(name)} bytes, at most ${MAX_NAME_BYTES}`);
   }
 }
+
+/**
+ * Mount IDs (#9 §4): dockerd sends 64 hex digits, a random ID per container mount point, which `docker cp`
+ * re-uses. Accepted: up to MAX_MOUNT_ID printable ASCII characters without spaces, so that tools and tests
+ * may use readable IDs. The empty ID is accepted too: engines before Docker 1.13 sent no ID, and such a
+ * caller holds the volume as one anonymous consumer. Holds are kept in a Map, so an ID such as
+ * `constructor` or `__proto__` is an ordinary key.
+ */
+const MOUNT_ID_RE = /^[\x21-\x7e]*$/;
+/** Longest mount ID accepted; dockerd's are 64 characters. */
+export const MAX_MOUNT_ID = 128;
+
+/** Throws InvalidArgumentError unless `id` is an acceptable mount ID (see MOUNT_ID_RE). */
+export function validateMountId(id: string): void {
+  if (id.length <= MAX_MOUNT_ID && MOUNT_ID_RE.test(id)) return;
+  const shown = id.length > 80 ? `${JSON.stringify(id.slice(0, 80))}…` : JSON.stringify(id);
+  throw new InvalidArgumentError(
+    `invalid mount ID ${shown}: want at most ${MAX_MOUNT_ID} printable ASCII characters without spaces (dockerd sends 64 hex digits)`,
+  );
+}

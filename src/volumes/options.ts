@@ -49,50 +49,65 @@ function parseMode(value: string): number {
   return parseInt(value, 8);
 }
 
-/** Validates Create options (`null` from Go means none). */
-export function parseOptions(opts: Readonly<Record<string, string>>): ParsedOptions {
-  for (const key of Object.keys(opts)) {
+/** Sets uid, gid and mode on `spec` from the options that name them. */
+function applyOwnership(spec: { uid?: number; gid?: number; mode?: number }, opts: ReadonlyMap<string, string>): void {
+  const uid = opts.get('uid');
+  const gid = opts.get('gid');
+  const mode = opts.get('mode');
+  if (uid !== undefined) spec.uid = parseId('uid', uid);
+  if (gid !== undefined) spec.gid = parseId('gid', gid);
+  if (mode !== undefined) spec.mode = parseMode(mode);
+}
+
+/**
+ * Validates Create options (`null` from Go means none). A Map (#9 §4): option keys come from the request,
+ * and `opts.layer` on a plain object reads Object.prototype when the key is absent, so a polluted
+ * prototype would pass for an option the caller never gave.
+ */
+export function parseOptions(opts: ReadonlyMap<string, string>): ParsedOptions {
+  for (const key of opts.keys()) {
     if (!(SUPPORTED_OPTIONS as readonly string[]).includes(key)) {
       throw new InvalidArgumentError(
         `invalid option: ${JSON.stringify(key)} (supported: ${SUPPORTED_OPTIONS.join(', ')})`,
       );
     }
   }
-  const { type, o, device } = opts;
-  if (opts.layer !== undefined) {
+  const type = opts.get('type');
+  const o = opts.get('o');
+  const device = opts.get('device');
+  const layer = opts.get('layer');
+  const from = opts.get('from');
+  const size = opts.get('size');
+  if (layer !== undefined) {
     for (const k of ['uid', 'gid', 'mode', 'type', 'o', 'device', 'size', 'from'] as const) {
-      if (opts[k] !== undefined) {
+      if (opts.get(k) !== undefined) {
         throw new InvalidArgumentError(`invalid option ${k}: a layered volume (layer=) starts with the layer's files, owners and modes; it takes no other options`);
       }
     }
-    if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(opts.layer)) {
-      throw new InvalidArgumentError(`invalid option layer=${JSON.stringify(opts.layer)}: want a layer ID (sha256:…) or tag; \`tsvol layer ls\` lists them`);
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(layer)) {
+      throw new InvalidArgumentError(`invalid option layer=${JSON.stringify(layer)}: want a layer ID (sha256:…) or tag; \`tsvol layer ls\` lists them`);
     }
-    return { kind: 'layered', layer: opts.layer };
+    return { kind: 'layered', layer };
   }
-  if (opts.from !== undefined) {
+  if (from !== undefined) {
     for (const k of ['uid', 'gid', 'mode', 'type', 'o', 'device', 'size'] as const) {
-      if (opts[k] !== undefined) {
+      if (opts.get(k) !== undefined) {
         throw new InvalidArgumentError(`invalid option ${k}: a clone (from=) copies its source's contents, owners and modes; it takes no other options`);
       }
     }
-    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(opts.from)) {
-      throw new InvalidArgumentError(`invalid option from=${JSON.stringify(opts.from)}: want the name of an existing volume`);
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(from)) {
+      throw new InvalidArgumentError(`invalid option from=${JSON.stringify(from)}: want the name of an existing volume`);
     }
-    return { kind: 'clone', from: opts.from };
+    return { kind: 'clone', from };
   }
-  if (opts.size !== undefined && type === undefined && o === undefined && device === undefined) {
-    const spec: { kind: 'sized'; limit: number; uid?: number; gid?: number; mode?: number } = { kind: 'sized', limit: parseSize(opts.size) };
-    if (opts.uid !== undefined) spec.uid = parseId('uid', opts.uid);
-    if (opts.gid !== undefined) spec.gid = parseId('gid', opts.gid);
-    if (opts.mode !== undefined) spec.mode = parseMode(opts.mode);
+  if (size !== undefined && type === undefined && o === undefined && device === undefined) {
+    const spec: { kind: 'sized'; limit: number; uid?: number; gid?: number; mode?: number } = { kind: 'sized', limit: parseSize(size) };
+    applyOwnership(spec, opts);
     return spec;
   }
   if (type === undefined && o === undefined && device === undefined) {
     const spec: { kind: 'named'; uid?: number; gid?: number; mode?: number } = { kind: 'named' };
-    if (opts.uid !== undefined) spec.uid = parseId('uid', opts.uid);
-    if (opts.gid !== undefined) spec.gid = parseId('gid', opts.gid);
-    if (opts.mode !== undefined) spec.mode = parseMode(opts.mode);
+    applyOwnership(spec, opts);
     return spec;
   }
   const bindStyle = type === 'bind' || (type === 'none' && o !== undefined && ['bind', 'rbind'].includes(o));
@@ -109,7 +124,7 @@ export function parseOptions(opts: Readonly<Record<string, string>>): ParsedOpti
     throw new InvalidArgumentError(`invalid option o=${JSON.stringify(o)}: with type=bind only o=bind is supported`);
   }
   for (const k of ['uid', 'gid', 'mode', 'size'] as const) {
-    if (opts[k] !== undefined) {
+    if (opts.get(k) !== undefined) {
       throw new InvalidArgumentError(`invalid option ${k}: bind-style volumes keep the host directory's owner and mode`);
     }
   }

@@ -7,18 +7,20 @@
  *   crashed after it: deleted (never across a mountpoint).
  * - Holds from an earlier boot are dropped: no process of that boot can still use a mount. Holds from this
  *   boot are kept (a restarted plugin: containers may still run) and their mountpoints re-established.
- * - A mountpoint under TSVOL_MOUNTS with no holder is unmounted; a directory there whose volume is gone
- *   is removed.
+ * - A mountpoint under TSVOL_MOUNTS (or, without it, a bind-style volume's under binds/) with no holder
+ *   is unmounted; a directory there whose volume is gone is removed; a held volume's missing mount is
+ *   made again. Both directories are root-only, tightened if an older version left them open (#9 §5).
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { describeError, errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Layout } from '../store/layout.js';
-import type { VolumeStore } from '../store/volume-store.js';
+import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
 import { readBootId } from '../sys/boot.js';
 import { unmount } from '../sys/mount.js';
 import { mountsUnder, readMounts } from '../sys/mountinfo.js';
+import { makePrivateDir, reportPrivateDir } from '../sys/private-dir.js';
 import { removeTreeNoCross } from '../sys/remove.js';
 import { hasOwnMount, holdCount, type VolumeInternals } from './volume-service.js';
 
@@ -38,6 +40,7 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
   fs.mkdirSync(layout.tmpDir, { recursive: true, mode: 0o700 });
   fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o701 });
   const mounts = readMounts();
+  const mounted = new Set(mounts.map((m) => m.mountPoint));
 
   for (const entry of fs.readdirSync(layout.tmpDir)) {
     const p = path.join(layout.tmpDir, entry);
@@ -68,7 +71,7 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
     for (const rec of store.list()) {
       if (holdCount(rec) === 0) continue;
       stats.droppedHolds += holdCount(rec);
-      writes.push(store.put({ ...rec, holds: {} }));
+      writes.push(store.put({ ...rec, holds: new Map() }));
     }
     writes.push(store.putMeta('bootId', bootId));
     await Promise.all(writes);
@@ -96,12 +99,30 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
     log.warn({ err: describeError(err) }, 'could not release orphan layer holds');
   }
 
+  // Mountpoints tsvol makes: every volume's under TSVOL_MOUNTS, else bind-style volumes' under binds/
+  // (#9 §10a). Both roots are root-only (#9 §5); one left open by an older version is closed now.
   if (mountsRoot !== undefined) {
-    fs.mkdirSync(mountsRoot, { recursive: true, mode: 0o755 });
-    const mounted = new Set(mounts.map((m) => m.mountPoint));
-    for (const name of fs.readdirSync(mountsRoot)) {
-      const mp = path.join(mountsRoot, name);
-      const rec = store.get(name);
+    reportPrivateDir(log, 'mounts root', mountsRoot, makePrivateDir(mountsRoot));
+    await sweepMountpoints(mountsRoot, () => true, (rec) => path.join(mountsRoot, rec.name));
+  }
+  // binds/ is swept even under TSVOL_MOUNTS: mounts left there by a run without it are stale.
+  const bindsUsed = (rec: VolumeRecord): boolean => mountsRoot === undefined && rec.spec.kind === 'bind';
+  if (mountsRoot === undefined || fs.existsSync(layout.bindsDir)) {
+    reportPrivateDir(log, 'bind mountpoints', layout.bindsDir, makePrivateDir(layout.bindsDir));
+    await sweepMountpoints(layout.bindsDir, bindsUsed, (rec) => layout.bindMountpoint(rec.name));
+  }
+  return stats;
+
+  /**
+   * In `dir`, a directory per volume whose mountpoint lives there (`uses`): a mount with no holder is
+   * unmounted, a directory whose volume is gone (or lives elsewhere) is removed, and a held volume whose
+   * mount is missing (a restarted plugin after a crash) is mounted again.
+   */
+  async function sweepMountpoints(dir: string, uses: (rec: VolumeRecord) => boolean, mountpointOf: (rec: VolumeRecord) => string): Promise<void> {
+    for (const name of fs.readdirSync(dir)) {
+      const mp = path.join(dir, name);
+      const found = store.get(name);
+      const rec = found !== undefined && uses(found) ? found : undefined;
       if (rec !== undefined && holdCount(rec) > 0) continue;
       try {
         while (mounted.has(mp) && unmount(mp)) {
@@ -112,11 +133,12 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
         if (rec === undefined) fs.rmdirSync(mp);
       } catch (err) {
         // ENOTDIR/ENOTEMPTY: not ours (a file, or data someone wrote into the bare directory): leave it.
+        // EBUSY: still mounted (the unmount failed): rmdir never reaches what is mounted there.
         log.warn({ path: mp, err: errnoCode(err) ?? describeError(err) }, 'could not clear stale mountpoint');
       }
     }
     for (const rec of store.list()) {
-      if (holdCount(rec) === 0 || mounted.has(path.join(mountsRoot, rec.name))) continue;
+      if (!uses(rec) || holdCount(rec) === 0 || mounted.has(mountpointOf(rec))) continue;
       try {
         await service.establish(rec);
         stats.remounted++;
@@ -125,5 +147,4 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
       }
     }
   }
-  return stats;
 }

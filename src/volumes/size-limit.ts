@@ -56,7 +56,7 @@ function withDirFd<T>(dir: string, fn: (fd: number) => T): T {
  * EOPNOTSUPP: this kernel or filesystem has no quota support at all).
  */
 export function probeSizeBacking(root: string): SizeBacking {
-  fs.mkdirSync(root, { recursive: true });
+  fs.mkdirSync(root, { recursive: true, mode: 0o700 }); // may be the data root: root-only (#9 §5)
   const type = Number(fs.statfsSync(root).type);
   const fsName = FS_NAMES[type] ?? `filesystem type 0x${type.toString(16)}`;
   try {

@@ -20,14 +20,15 @@ import type { Config } from '../config.js';
 import { InUseError, InvalidArgumentError, NotFoundError, describeError, errnoCode, wrapError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Layout } from '../store/layout.js';
-import type { VolumeRecord, VolumeSpec, VolumeStore } from '../store/volume-store.js';
+import { nullProtoRecord, type VolumeRecord, type VolumeSpec, type VolumeStore } from '../store/volume-store.js';
 import { syncFilesystem } from '../sys/durable.js';
 import { bindMount as bindMountSync, bindMountAsync, unmountAsync } from '../sys/mount.js';
 import { isMountRoot } from '../sys/libc.js';
+import { makePrivateDir } from '../sys/private-dir.js';
 import { removeTreeNoCross } from '../sys/remove.js';
 import { createBindRoots, type BindRoots } from './bind-roots.js';
 import { createKeyedMutex } from './keyed-mutex.js';
-import { validateName } from './names.js';
+import { validateMountId, validateName } from './names.js';
 import { copyTreeInWorker } from './clone.js';
 import { createLayeredVolumes, type LayeredVolumes } from './layered.js';
 import { parseOptions, toSpec } from './options.js';
@@ -62,9 +63,10 @@ export interface VolumeSummary {
 
 /** The volume driver's operations. */
 export interface VolumeService {
-  create(name: string, opts: Readonly<Record<string, string>>): Promise<void>;
+  /** Creates volume `name`; `opts` is a Map because its keys come from the caller (#9 §4). */
+  create(name: string, opts: ReadonlyMap<string, string>): Promise<void>;
   remove(name: string): Promise<void>;
-  /** Takes a hold for mount ID `id` and returns the mountpoint. */
+  /** Takes a hold for mount ID `id` (validateMountId) and returns the mountpoint. */
   mount(name: string, id: string): Promise<string>;
   /** Releases one hold of `id`; an ID that holds nothing is a no-op. */
   unmount(name: string, id: string): Promise<void>;
@@ -104,7 +106,7 @@ export function hasOwnMount(spec: VolumeSpec): boolean {
 /** Total holds on a record. */
 export function holdCount(rec: VolumeRecord): number {
   let n = 0;
-  for (const c of Object.values(rec.holds)) n += c;
+  for (const c of rec.holds.values()) n += c;
   return n;
 }
 
@@ -138,9 +140,20 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     return rec;
   }
 
+  /**
+   * Where dockerd finds the volume. Under TSVOL_MOUNTS, a bind mount made by the first Mount. Without it, a
+   * volume's own directory, except for bind-style volumes: the device path could be swapped for a symlink
+   * between our check and dockerd's mount, so they too are bind-mounted, from the pinned and re-checked
+   * directory, at binds/<name> inside the root-only data root (#9 §10a).
+   */
   function mountpointOf(rec: VolumeRecord): string {
     if (config.mountsRoot !== undefined) return path.join(config.mountsRoot, rec.name);
-    return rec.spec.kind === 'bind' ? bindRoots.local(rec.spec.device) : layout.dataDir(rec.name);
+    return rec.spec.kind === 'bind' ? layout.bindMountpoint(rec.name) : layout.dataDir(rec.name);
+  }
+
+  /** True when the mountpoint is a bind mount tsvol makes while the volume is held (see mountpointOf). */
+  function hasMountpointMount(rec: VolumeRecord): boolean {
+    return config.mountsRoot !== undefined || rec.spec.kind === 'bind';
   }
 
   /**
@@ -235,10 +248,8 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     }
     if (rec.spec.kind !== 'bind') throw new Error(`establish: unhandled volume kind ${rec.spec.kind}`);
     const device = rec.spec.device;
-    if (config.mountsRoot === undefined) {
-      bindRoots.resolve(device); // re-check: the path may have been replaced by a symlink since Create
-      return mp;
-    }
+    // binds/ is made root-only here, not only at start-up: the CLI mounts without a server.
+    if (config.mountsRoot === undefined) makePrivateDir(layout.bindsDir);
     await ensureMountpointDir(mp);
     // Synchronous on purpose: the O_PATH fd must pin the checked inode until the mount has used it.
     bindRoots.withPinned(device, (procPath) => bindMountSync(procPath, mp));
@@ -248,7 +259,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   /** Undoes establish (last holder gone). Failures are logged: start-up removes stale mounts. */
   async function release(rec: VolumeRecord): Promise<void> {
     try {
-      if (config.mountsRoot !== undefined) await unmountAsync(mountpointOf(rec));
+      if (hasMountpointMount(rec)) await unmountAsync(mountpointOf(rec));
       // The image's or overlay's mount goes with the last holder; autoclear detaches a loop device.
       if (hasOwnMount(rec.spec)) await unmountOwn(rec);
     } catch (err) {
@@ -382,7 +393,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   function baseInfo(rec: VolumeRecord): VolumeInfo {
     const cached = infos.get(rec);
     if (cached !== undefined) return cached;
-    const holders = Object.keys(rec.holds);
+    const holders = [...rec.holds.keys()];
     const status: Record<string, unknown> = {
       kind: STATUS_KIND[rec.spec.kind],
       created: rec.createdAt,
@@ -443,8 +454,8 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
           name,
           createdAt: new Date().toISOString(),
           spec,
-          options: { ...opts },
-          holds: {},
+          options: nullProtoRecord(opts),
+          holds: new Map(),
         };
         const builtInTmp = spec.kind === 'sized' || spec.kind === 'clone' || spec.kind === 'layered';
         try {
@@ -477,11 +488,10 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
         const rec = mustGet(name);
         const n = holdCount(rec);
         if (n > 0) {
-          throw new InUseError(
-            `volume "${name}" is in use: ${n} active mount(s) (IDs ${Object.keys(rec.holds).join(', ')}); stop the containers using it first`,
-          );
+          const ids = [...rec.holds.keys()].map((id) => (id === '' ? '(none)' : id)).join(', ');
+          throw new InUseError(`volume "${name}" is in use: ${n} active mount(s) (IDs ${ids}); stop the containers using it first`);
         }
-        if (config.mountsRoot !== undefined) {
+        if (hasMountpointMount(rec)) {
           const mp = mountpointOf(rec);
           if (isMountRootOrMissing(mp)) await unmountAsync(mp); // stale: no holder, yet still mounted
           try {
@@ -519,6 +529,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
 
     async mount(name, id) {
       validateName(name);
+      validateMountId(id);
       return locks.run(name, async () => {
         const rec = mustGet(name);
         const first = holdCount(rec) === 0;
@@ -528,8 +539,10 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
         } catch (err) {
           throw wrapError(`mount volume "${name}"`, err);
         }
+        const holds = new Map(rec.holds);
+        holds.set(id, (holds.get(id) ?? 0) + 1);
         try {
-          await store.put({ ...rec, holds: { ...rec.holds, [id]: (rec.holds[id] ?? 0) + 1 } });
+          await store.put({ ...rec, holds });
         } catch (err) {
           if (first) await release(rec);
           throw wrapError(`mount volume "${name}"`, err);
@@ -540,13 +553,14 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
 
     async unmount(name, id) {
       validateName(name);
+      validateMountId(id);
       await locks.run(name, async () => {
         const rec = mustGet(name);
-        const count = rec.holds[id];
+        const count = rec.holds.get(id);
         if (count === undefined) return; // not ours to release: no change (e.g. an ID from before a reboot)
-        const holds = { ...rec.holds };
-        if (count > 1) holds[id] = count - 1;
-        else delete holds[id];
+        const holds = new Map(rec.holds);
+        if (count > 1) holds.set(id, count - 1);
+        else holds.delete(id);
         const next = { ...rec, holds };
         await store.put(next);
         if (holdCount(next) === 0) await release(next);
