@@ -121,7 +121,10 @@ export class TarReader {
   /** Drains what is left of the current entry (body and padding), whether or not it was read. */
   private current: (() => Promise<void>) | undefined;
   private lastPadding: Buffer = Buffer.alloc(0);
-  /** The bytes after the last entry (end-of-archive zero blocks and any record padding). */
+  /**
+   * The bytes after the last entry: metadata headers not followed by an entry (if any), the end-of-archive
+   * zero blocks and any record padding, at most MAX_TRAILER bytes from the first zero block on.
+   */
   trailer: Buffer = Buffer.alloc(0);
 
   constructor(input: AsyncIterable<Buffer>) {
@@ -169,7 +172,9 @@ export class TarReader {
         if (rest === undefined) {
           throw new Error(`at least ${BLOCK + seen} bytes follow the last entry of the tar archive; at most ${MAX_TRAILER} are accepted`);
         }
-        this.trailer = Buffer.concat([block, rest]);
+        // Metadata headers with no entry after them (git archive of an empty tree: one global header) have
+        // no entry to carry their bytes, so the trailer does, for byte-exact export.
+        this.trailer = Buffer.concat([...raws, block, rest]);
         return undefined;
       }
       raws.push(block);
