@@ -8,7 +8,7 @@
  * to MAX_TRAILER bytes and a longer one is refused after reading at most one chunk more. On any error the
  * input is closed (its iterator's `return()`: a stream is destroyed) before the error reaches the caller.
  */
-import { BLOCK, TYPE, applyPax, assertNoNul, decodeHeader, isZeroBlock, padding, parsePax, type TarHeader } from './format.js';
+import { BLOCK, MAX_PAX_RECORDS, TYPE, applyPax, assertNoNul, decodeHeader, isZeroBlock, padding, parsePax, type TarHeader } from './format.js';
 
 /**
  * The most bytes accepted from the end-of-archive marker (the first zero block) to the end of the
@@ -162,6 +162,7 @@ export class TarReader {
     this.current = undefined;
     const raws: Buffer[] = [];
     let metadata = 0;
+    let paxRecords = 0;
     const pax = new Map<string, Buffer>();
     let longName: string | undefined;
     let longLink: string | undefined;
@@ -187,7 +188,12 @@ export class TarReader {
         raws.push(data);
         const body = data.subarray(0, header.size);
         const where = `tar metadata header "${header.path}"`;
-        if (typeflag === TYPE.paxHeader) for (const [k, v] of parsePax(body, where)) pax.set(k, v);
+        if (typeflag === TYPE.paxHeader) {
+          // Counted over all of this entry's pax headers, repeated keys included: parsing work is bounded too.
+          const records = parsePax(body, where, MAX_PAX_RECORDS - paxRecords);
+          paxRecords += records.length;
+          for (const [k, v] of records) pax.set(k, v);
+        }
         // Global pax headers set defaults for the rest of the archive; layers never rely on them.
         else if (typeflag === TYPE.gnuLongName) longName = gnuName(body, `${where}: GNU long name`);
         else if (typeflag === TYPE.gnuLongLink) longLink = gnuName(body, `${where}: GNU long link`);
