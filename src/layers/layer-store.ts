@@ -200,10 +200,12 @@ export function createLayerStore(root: string): LayerStore {
     const hash = createHash('sha256');
     const splitFd = fs.openSync(path.join(stage, 'split'), 'wx', 0o600);
     let stats: UnpackStats;
+    const reader = new TarReader(hashed(tar, hash));
     try {
-      stats = await consume(new TarReader(hashed(tar, hash)), splitFd);
+      stats = await consume(reader, splitFd);
     } finally {
       fs.closeSync(splitFd);
+      await reader.close(); // a refused entry leaves the input half read: close it (a no-op at the end)
     }
     const diffId = `sha256:${hash.digest('hex')}`;
     return { id: chainId(parent?.id, diffId), diffId, parent: parent?.id, size: stats.size, files: stats.files, createdAt: new Date().toISOString() };

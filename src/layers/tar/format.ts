@@ -48,19 +48,48 @@ function cstring(buf: Buffer, off: number, len: number): string {
   return buf.toString('utf8', off, end < 0 || end > off + len ? off + len : end);
 }
 
-/** Parses an octal or GNU base-256 numeric field. */
-export function parseNumber(buf: Buffer, off: number, len: number): number {
+/** The largest uid or gid: 2^32 - 2 ((uid_t)-1 means "unchanged" to chown(2)). */
+export const MAX_ID = 0xfffffffe;
+/** Device numbers as Linux mknod(2) takes them: a 12-bit major and a 20-bit minor. */
+export const MAX_DEVMAJOR = 0xfff;
+export const MAX_DEVMINOR = 0xfffff;
+/** Extended attributes per entry (the kernel lists at most 64 KiB of names per inode, so real ones stay far below). */
+export const MAX_XATTRS = 1024;
+/**
+ * Pax records per entry: its xattrs and a few dozen standard or vendor keys fit many times over. Without
+ * a count, 16 MiB of 12-byte records make 1.4 million Map entries (700 MB, 18 s).
+ */
+export const MAX_PAX_RECORDS = 4096;
+
+/** A value quoted for an error message, cut short: it comes from the archive. */
+function quote(value: string): string {
+  return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+}
+
+/**
+ * Parses an octal or GNU base-256 numeric field, strictly (#9): octal is only octal digits, with spaces
+ * or NULs before and after (an empty field is 0); base-256 is big-endian two's complement marked by a first
+ * byte of 0x80 (positive) or 0xff (negative). Negatives only where `signed` (mtime); never beyond
+ * Number.MAX_SAFE_INTEGER either way. `field` names the field for the error.
+ */
+export function parseNumber(buf: Buffer, off: number, len: number, field = 'numeric field', signed = false): number {
   const first = buf[off]!;
+  let n: number;
   if (first & 0x80) {
-    // base-256: big-endian two's complement with the top bit as marker
-    let n = first & 0x7f;
-    for (let i = 1; i < len; i++) n = n * 256 + buf[off + i]!;
-    return n;
+    if (first !== 0x80 && first !== 0xff) throw new Error(`${field} is out of range (base-256 marker 0x${first.toString(16)})`);
+    // 0xff: a negative number; BigInt shifts keep its two's complement exact over up to 12 bytes.
+    let big = first === 0xff ? -1n : 0n;
+    for (let i = 1; i < len; i++) big = (big << 8n) | BigInt(buf[off + i]!);
+    if (big > BigInt(Number.MAX_SAFE_INTEGER) || big < -BigInt(Number.MAX_SAFE_INTEGER)) throw new Error(`${field} is out of range (${big})`);
+    n = Number(big);
+  } else {
+    const text = buf.toString('latin1', off, off + len);
+    const m = /^[ \0]*([0-7]*)[ \0]*$/.exec(text);
+    if (m === null) throw new Error(`${field} is not an octal number: ${quote(text)}`);
+    n = m[1] === '' ? 0 : parseInt(m[1]!, 8);
   }
-  const s = buf.toString('ascii', off, off + len).replace(/\0.*$/s, '').trim();
-  if (s === '') return 0;
-  if (!/^[0-7]+$/.test(s)) throw new Error(`bad numeric field "${s}"`);
-  return parseInt(s, 8);
+  if (n < 0 && !signed) throw new Error(`${field} is negative (${n})`);
+  return n;
 }
 
 /** True if the 512-byte block is all zeros (end-of-archive marker). */
@@ -94,7 +123,11 @@ const TYPES: Record<number, TarHeader['type']> = {
   [TYPE.fifo]: 'fifo',
 };
 
-/** Decodes a ustar/GNU header block (no pax applied). Returns the raw typeflag too. */
+/**
+ * Decodes a ustar/GNU header block (no pax applied). Returns the raw typeflag too. Numbers are parsed
+ * strictly and bounded (sizes and ids non-negative, ids ≤ MAX_ID, device numbers as mknod takes them);
+ * errors name the entry.
+ */
 export function decodeHeader(block: Buffer): { typeflag: number; header: TarHeader } {
   if (!checksumOk(block)) throw new Error('tar header checksum mismatch: not a tar archive, or corrupt');
   const typeflag = block[156]!;
@@ -104,63 +137,109 @@ export function decodeHeader(block: Buffer): { typeflag: number; header: TarHead
     const prefix = cstring(block, 345, 155);
     if (prefix !== '') name = `${prefix}/${name}`;
   }
+  const what = `tar entry ${quote(name)}`;
+  const num = (off: number, len: number, field: string, max: number, signed = false): number => {
+    const n = parseNumber(block, off, len, `${what}: ${field}`, signed);
+    if (n > max) throw new Error(`${what}: ${field} ${n} is out of range (at most ${max})`);
+    return n;
+  };
   return {
     typeflag,
     header: {
       path: name,
       type: TYPES[typeflag] ?? 'file',
-      mode: parseNumber(block, 100, 8),
-      uid: parseNumber(block, 108, 8),
-      gid: parseNumber(block, 116, 8),
-      size: parseNumber(block, 124, 12),
-      mtime: parseNumber(block, 136, 12),
+      mode: num(100, 8, 'mode', Number.MAX_SAFE_INTEGER),
+      uid: num(108, 8, 'uid', MAX_ID),
+      gid: num(116, 8, 'gid', MAX_ID),
+      size: num(124, 12, 'size', Number.MAX_SAFE_INTEGER),
+      mtime: num(136, 12, 'mtime', Number.MAX_SAFE_INTEGER, true),
       linkname: cstring(block, 157, 100),
       uname: cstring(block, 265, 32),
       gname: cstring(block, 297, 32),
-      devmajor: parseNumber(block, 329, 8),
-      devminor: parseNumber(block, 337, 8),
+      devmajor: num(329, 8, 'devmajor', MAX_DEVMAJOR),
+      devminor: num(337, 8, 'devminor', MAX_DEVMINOR),
       xattrs: new Map(),
     },
   };
 }
 
-/** Parses pax records ("LEN key=value\n"); values stay raw bytes. */
-export function parsePax(data: Buffer): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
+/**
+ * Parses pax records ("LEN key=value\n") in order, repeated keys included; values stay raw bytes. Strict
+ * (#9): LEN is decimal digits and covers the whole record, which ends in a newline; the key is not empty;
+ * at most `maxRecords` records (what is left of MAX_PAX_RECORDS for the entry). Trailing NULs after the
+ * last record are tolerated (some writers pad the data). `where` names the header for the error.
+ */
+export function parsePax(data: Buffer, where = 'pax header', maxRecords = MAX_PAX_RECORDS): [string, Buffer][] {
+  const out: [string, Buffer][] = [];
+  const corrupt = (off: number, why: string): Error => new Error(`${where}: corrupt pax record at byte ${off}: ${why}`);
   let off = 0;
   while (off < data.length) {
+    if (data[off] === 0 && data.subarray(off).every((b) => b === 0)) break;
     const space = data.indexOf(0x20, off);
-    if (space < 0) break;
-    const len = parseInt(data.toString('ascii', off, space), 10);
-    if (!Number.isFinite(len) || len <= 0 || off + len > data.length) throw new Error('corrupt pax record');
+    // 16 digits already exceed any length a metadata record may have.
+    if (space < 0 || space === off || space - off > 16) throw corrupt(off, 'no length');
+    const lenText = data.toString('latin1', off, space);
+    if (!/^[0-9]+$/.test(lenText)) throw corrupt(off, `length ${quote(lenText)} is not a decimal number`);
+    const len = Number(lenText);
+    // The shortest record is "LEN k=\n": the length, a space, a key byte, "=" and the newline.
+    if (len < space - off + 4 || off + len > data.length) throw corrupt(off, `length ${len} does not fit`);
+    if (data[off + len - 1] !== 0x0a) throw corrupt(off, 'it does not end in a newline');
     const record = data.subarray(space + 1, off + len - 1); // without the trailing newline
     const eq = record.indexOf(0x3d);
-    if (eq < 0) throw new Error('corrupt pax record (no =)');
-    out.set(record.toString('utf8', 0, eq), record.subarray(eq + 1));
+    if (eq <= 0) throw corrupt(off, eq < 0 ? 'no "="' : 'empty key');
+    if (out.length >= maxRecords) throw new Error(`${where}: too many pax records (at most ${MAX_PAX_RECORDS} for one entry)`);
+    out.push([record.toString('utf8', 0, eq), record.subarray(eq + 1)]);
     off += len;
   }
   return out;
 }
 
-/** Applies pax records to a header (path, linkpath, sizes, ids, names, mtime, xattrs). */
+/** The value of pax record `key` as a number, matching `pattern`, within ±`max`; else an error naming the entry. */
+function paxNumber(h: TarHeader, key: string, text: string, pattern: RegExp, max: number): number {
+  const n = Number(text);
+  if (!pattern.test(text) || !Number.isFinite(n) || Math.abs(n) > max) {
+    const want = pattern === DECIMAL ? `an integer from 0 to ${max}` : `a decimal time within ±${max} seconds`;
+    throw new Error(`tar entry ${quote(h.path)}: pax ${key} ${quote(text)} is not ${want}`);
+  }
+  return n;
+}
+const DECIMAL = /^[0-9]+$/;
+const TIME = /^-?[0-9]+(\.[0-9]+)?$/;
+
+/** A name from the archive with a NUL in it: the kernel would read it cut short at the NUL, so it is refused. */
+export function assertNoNul(name: string, what: string): void {
+  if (name.includes('\0')) throw new Error(`${what} ${quote(name)} contains a NUL byte`);
+}
+
+/**
+ * Applies pax records to a header (path, linkpath, sizes, ids, names, mtime, xattrs), strictly (#9):
+ * size, uid and gid are decimal integers (ids ≤ MAX_ID), mtime a decimal time (negative allowed), names
+ * without NUL bytes, at most MAX_XATTRS xattrs. Errors name the record and the entry.
+ */
 export function applyPax(h: TarHeader, pax: Map<string, Buffer>): void {
+  // Path first, so that every error below names the entry by its real path.
+  const path = pax.get('path');
+  if (path !== undefined) {
+    h.path = path.toString('utf8');
+    assertNoNul(h.path, 'tar entry: pax path');
+  }
   for (const [key, value] of pax) {
     const text = (): string => value.toString('utf8');
     switch (key) {
       case 'path':
-        h.path = text();
         break;
       case 'linkpath':
         h.linkname = text();
+        assertNoNul(h.linkname, `tar entry ${quote(h.path)}: pax linkpath`);
         break;
       case 'size':
-        h.size = Number(text());
+        h.size = paxNumber(h, key, text(), DECIMAL, Number.MAX_SAFE_INTEGER);
         break;
       case 'uid':
-        h.uid = Number(text());
+        h.uid = paxNumber(h, key, text(), DECIMAL, MAX_ID);
         break;
       case 'gid':
-        h.gid = Number(text());
+        h.gid = paxNumber(h, key, text(), DECIMAL, MAX_ID);
         break;
       case 'uname':
         h.uname = text();
@@ -169,27 +248,44 @@ export function applyPax(h: TarHeader, pax: Map<string, Buffer>): void {
         h.gname = text();
         break;
       case 'mtime':
-        h.mtime = Number(text());
+        h.mtime = paxNumber(h, key, text(), TIME, Number.MAX_SAFE_INTEGER);
         break;
-      default:
-        if (key.startsWith('SCHILY.xattr.')) h.xattrs.set(key.slice('SCHILY.xattr.'.length), Buffer.from(value));
-        else if (key.startsWith('LIBARCHIVE.xattr.')) {
-          h.xattrs.set(decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length)), Buffer.from(text(), 'base64'));
+      default: {
+        let name: string | undefined;
+        let bytes: Buffer | undefined;
+        if (key.startsWith('SCHILY.xattr.')) {
+          name = key.slice('SCHILY.xattr.'.length);
+          bytes = Buffer.from(value);
+        } else if (key.startsWith('LIBARCHIVE.xattr.')) {
+          try {
+            name = decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length));
+          } catch (err) {
+            throw new Error(`tar entry ${quote(h.path)}: pax ${quote(key)} is not a URI-encoded xattr name`, { cause: err });
+          }
+          bytes = Buffer.from(text(), 'base64');
         }
+        if (name === undefined || bytes === undefined) break;
+        assertNoNul(name, `tar entry ${quote(h.path)}: xattr name`);
+        h.xattrs.set(name, bytes);
+        if (h.xattrs.size > MAX_XATTRS) throw new Error(`tar entry ${quote(h.path)} has more than ${MAX_XATTRS} xattrs`);
+      }
     }
   }
 }
 
+/** Writes a numeric field: octal when it fits, else GNU base-256 (0x80 marker, or 0xff for a negative). */
 function octal(buf: Buffer, off: number, len: number, value: number): void {
-  const s = Math.floor(value).toString(8);
-  if (s.length > len - 1) {
-    // GNU base-256 for values that do not fit in octal
-    buf[off] = 0x80;
-    let v = value;
-    for (let i = len - 1; i > 0; i--) {
-      buf[off + i] = v % 256;
-      v = Math.floor(v / 256);
+  const n = Math.floor(value);
+  const s = n.toString(8);
+  if (n < 0 || s.length > len - 1) {
+    // Two's complement over the whole field: a negative number starts with 0xff, a positive one gets 0x80.
+    let v = BigInt(n);
+    if (v < 0n) v += 1n << BigInt(8 * len);
+    for (let i = len - 1; i >= 0; i--) {
+      buf[off + i] = Number(v & 0xffn);
+      v >>= 8n;
     }
+    if (n >= 0) buf[off] = 0x80;
     return;
   }
   buf.write(s.padStart(len - 1, '0'), off, 'ascii');
@@ -249,7 +345,7 @@ export function encodeHeader(h: TarHeader): Buffer {
   if (h.size > 0o77777777777) records.push(paxRecord('size', Buffer.from(String(h.size))));
   if (h.uid > 0o7777777) records.push(paxRecord('uid', Buffer.from(String(h.uid))));
   if (h.gid > 0o7777777) records.push(paxRecord('gid', Buffer.from(String(h.gid))));
-  if (!Number.isInteger(h.mtime)) records.push(paxRecord('mtime', Buffer.from(h.mtime.toFixed(9).replace(/0+$/, ''))));
+  if (!Number.isInteger(h.mtime)) records.push(paxRecord('mtime', Buffer.from(h.mtime.toFixed(9).replace(/\.?0+$/, ''))));
   for (const [name, value] of [...h.xattrs].sort(([a], [b]) => (a < b ? -1 : 1))) {
     records.push(paxRecord(`SCHILY.xattr.${name}`, value));
   }

@@ -1,9 +1,28 @@
 /**
- * A streaming tar reader: pulls entries one at a time from any async byte source, never holding more
- * than one chunk plus one header in memory. For byte-exact re-export (the tar-split idea) it hands back
- * each entry's raw header bytes (pax/GNU blocks included), its padding, and the archive's trailer.
+ * A streaming tar reader: pulls entries one at a time from any async byte source. For byte-exact
+ * re-export (the tar-split idea) it hands back each entry's raw header bytes (pax/GNU blocks included),
+ * its padding, and the archive's trailer.
+ *
+ * Memory is bounded whatever the archive claims (#9): a body streams chunk by chunk; an entry's metadata
+ * records (pax, global pax, GNU long names) add up to at most MAX_METADATA bytes; the trailer is kept up
+ * to MAX_TRAILER bytes and a longer one is refused after reading at most one chunk more. On any error the
+ * input is closed (its iterator's `return()`: a stream is destroyed) before the error reaches the caller.
  */
-import { BLOCK, TYPE, applyPax, decodeHeader, isZeroBlock, padding, parsePax, type TarHeader } from './format.js';
+import { BLOCK, MAX_PAX_RECORDS, TYPE, applyPax, assertNoNul, decodeHeader, isZeroBlock, padding, parsePax, type TarHeader } from './format.js';
+
+/**
+ * The most bytes accepted from the end-of-archive marker (the first zero block) to the end of the
+ * input. They are kept for byte-exact export, so they must be bounded. GNU tar pads to a 10 KiB record
+ * (trailers of 1 to 10.5 KiB); a blocking factor of 2048 (1 MiB records) still fits, with a block to spare
+ * for the marker that did not fit the record before.
+ */
+export const MAX_TRAILER = (1 << 20) + BLOCK;
+
+/**
+ * The most metadata bytes one entry may carry: every pax, global pax and GNU long name/link header block,
+ * record and padding before its own header, together.
+ */
+export const MAX_METADATA = 16 << 20;
 
 /** Pulls exact byte counts from an async iterable of chunks. */
 class ByteSource {
@@ -37,10 +56,23 @@ class ByteSource {
     return this.take(Math.min(n, this.queue[0]!.length));
   }
 
-  /** Everything left. */
-  async rest(): Promise<Buffer> {
-    await this.fill(Number.MAX_SAFE_INTEGER);
-    return this.take(this.queued);
+  /**
+   * Everything left if it is at most `limit` bytes; else undefined, having read past the limit by at
+   * most one chunk, and the number of bytes seen so far.
+   */
+  async restUpTo(limit: number): Promise<{ rest: Buffer | undefined; seen: number }> {
+    while (!this.done && this.queued <= limit) await this.fill(this.queued + 1);
+    if (this.queued > limit) return { rest: undefined, seen: this.queued };
+    return { rest: this.take(this.queued), seen: this.queued };
+  }
+
+  /** Stops reading: drops what is queued and returns the input iterator (a stream is destroyed). */
+  async close(): Promise<void> {
+    this.queue = [];
+    this.queued = 0;
+    if (this.done) return;
+    this.done = true;
+    await this.it.return?.();
   }
 
   private take(n: number): Buffer {
@@ -89,38 +121,82 @@ export class TarReader {
   /** Drains what is left of the current entry (body and padding), whether or not it was read. */
   private current: (() => Promise<void>) | undefined;
   private lastPadding: Buffer = Buffer.alloc(0);
-  /** The bytes after the last entry (end-of-archive zero blocks and any record padding). */
+  /**
+   * The bytes after the last entry: metadata headers not followed by an entry (if any), the end-of-archive
+   * zero blocks and any record padding, at most MAX_TRAILER bytes from the first zero block on.
+   */
   trailer: Buffer = Buffer.alloc(0);
 
   constructor(input: AsyncIterable<Buffer>) {
     this.src = new ByteSource(input[Symbol.asyncIterator]());
   }
 
-  /** The next entry, or undefined at the end of the archive. */
+  /** The next entry, or undefined at the end of the archive. On an error, the input is closed first. */
   async next(): Promise<TarEntry | undefined> {
+    return this.closingOnError(() => this.readNext());
+  }
+
+  /**
+   * Stops reading and closes the input (its iterator's `return()`); for a caller that gives up before
+   * the end. Safe to call more than once.
+   */
+  async close(): Promise<void> {
+    this.current = undefined;
+    await this.src.close();
+  }
+
+  private async closingOnError<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      // The archive's error is the one to report; closing the input is cleanup and rarely fails.
+      await this.src.close().catch((closeErr: unknown) => {
+        if (err instanceof Error && err.cause === undefined) err.cause = closeErr;
+      });
+      throw err;
+    }
+  }
+
+  private async readNext(): Promise<TarEntry | undefined> {
     if (this.current) await this.current();
     this.current = undefined;
     const raws: Buffer[] = [];
-    let pax = new Map<string, Buffer>();
+    let metadata = 0;
+    let paxRecords = 0;
+    const pax = new Map<string, Buffer>();
     let longName: string | undefined;
     let longLink: string | undefined;
     for (;;) {
       const block = await this.src.read(BLOCK, 'a header');
       if (isZeroBlock(block)) {
-        this.trailer = Buffer.concat([block, await this.src.rest()]);
+        const { rest, seen } = await this.src.restUpTo(MAX_TRAILER - BLOCK);
+        if (rest === undefined) {
+          throw new Error(`at least ${BLOCK + seen} bytes follow the last entry of the tar archive; at most ${MAX_TRAILER} are accepted`);
+        }
+        // Metadata headers with no entry after them (git archive of an empty tree: one global header) have
+        // no entry to carry their bytes, so the trailer does, for byte-exact export.
+        this.trailer = Buffer.concat([...raws, block, rest]);
         return undefined;
       }
       raws.push(block);
       const { typeflag, header } = decodeHeader(block);
       if (typeflag === TYPE.paxHeader || typeflag === TYPE.paxGlobal || typeflag === TYPE.gnuLongName || typeflag === TYPE.gnuLongLink) {
-        if (header.size > 16 << 20) throw new Error(`tar metadata record of ${header.size} bytes is too large`);
+        // Checked before the record is read: its size is the archive's claim.
+        metadata += BLOCK + header.size + padding(header.size);
+        if (metadata > MAX_METADATA) throw new Error(`tar metadata records before one entry (after "${header.path}") exceed ${MAX_METADATA} bytes`);
         const data = await this.src.read(header.size + padding(header.size), 'a metadata record');
         raws.push(data);
         const body = data.subarray(0, header.size);
-        if (typeflag === TYPE.paxHeader) pax = new Map([...pax, ...parsePax(body)]);
+        const where = `tar metadata header "${header.path}"`;
+        if (typeflag === TYPE.paxHeader) {
+          // Counted over all of this entry's pax headers, repeated keys included: parsing work is bounded too.
+          const records = parsePax(body, where, MAX_PAX_RECORDS - paxRecords);
+          paxRecords += records.length;
+          for (const [k, v] of records) pax.set(k, v);
+        }
         // Global pax headers set defaults for the rest of the archive; layers never rely on them.
-        else if (typeflag === TYPE.gnuLongName) longName = body.toString('utf8').replace(/\0+$/, '');
-        else if (typeflag === TYPE.gnuLongLink) longLink = body.toString('utf8').replace(/\0+$/, '');
+        else if (typeflag === TYPE.gnuLongName) longName = gnuName(body, `${where}: GNU long name`);
+        else if (typeflag === TYPE.gnuLongLink) longLink = gnuName(body, `${where}: GNU long link`);
         continue;
       }
       if (longName !== undefined) header.path = longName;
@@ -147,13 +223,20 @@ export class TarReader {
       if (state.started) throw new Error(`body of "${header.path}" was already read`);
       state.started = true;
       while (state.left > 0) {
-        const chunk = await src.readSome(state.left, `the body of "${header.path}"`);
+        const chunk = await self.closingOnError(() => src.readSome(state.left, `the body of "${header.path}"`));
         state.left -= chunk.length;
         yield chunk;
       }
-      await finish();
+      await self.closingOnError(finish);
     }
     this.current = finish;
-    return { header, raw, body, skip: finish, padding: () => self.lastPadding };
+    return { header, raw, body, skip: () => self.closingOnError(finish), padding: () => self.lastPadding };
   }
+}
+
+/** A GNU long name or link: the record is the name and its NUL terminator(s); a NUL inside is refused. */
+function gnuName(body: Buffer, what: string): string {
+  const name = body.toString('utf8').replace(/\0+$/, '');
+  assertNoNul(name, what);
+  return name;
 }
