@@ -290,8 +290,11 @@ export class Beneath {
     try {
       return this.inParent(rel, (dirfd, name) => {
         const buf = Buffer.alloc(256);
-        check(cStatx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf), 'statx', this.describe(rel));
-        return parseStatx(buf);
+        // A missing final name is the common answer (an unpacker asks before each create): no exception.
+        if (Number(cStatx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf)) === 0) return parseStatx(buf);
+        const errno = koffi.errno();
+        if (errno === E.ENOENT) return undefined;
+        throw new SyscallError('statx', errno, this.describe(rel));
       });
     } catch (err) {
       if (err instanceof SyscallError && err.code === 'ENOENT') return undefined;
@@ -499,8 +502,9 @@ export function applyMetaFd(fd: number, meta: EntryMeta): void {
     }
   }
   if (meta.mtimeNs !== undefined) {
-    // utimensat(fd, NULL): the fd's own inode (an O_PATH fd works through /proc).
-    check(cUtimensat(AT_FDCWD, `/proc/self/fd/${fd}`, timesBuf(meta.atimeNs ?? meta.mtimeNs, meta.mtimeNs), 0), 'utimensat');
+    // utimensat(fd, NULL): the fd's own inode; an O_PATH fd refuses it (EBADF) and goes through /proc.
+    const times = timesBuf(meta.atimeNs ?? meta.mtimeNs, meta.mtimeNs);
+    if (Number(cUtimensat(fd, null, times, 0)) < 0) check(cUtimensat(AT_FDCWD, `/proc/self/fd/${fd}`, times, 0), 'utimensat');
   }
 }
 
