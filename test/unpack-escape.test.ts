@@ -130,6 +130,32 @@ for (const kind of ['layer', 'volume'] as const) {
   });
 }
 
+test('layer export reads bodies beneath the layer: a parent later replaced by a symlink leaks no host file', (t) => {
+  if (!requireRoot(t)) return;
+  const dir = tempDir('tsvol-escape-');
+  try {
+    const outside = path.join(dir, 'outside');
+    fs.mkdirSync(outside);
+    buildSentinel(outside); // outside/secret: "host secret\n", 12 bytes
+    const data = path.join(dir, 'data');
+    // The body of a/secret is recorded for byte-exact export; then `a` becomes a symlink to the host.
+    const tar = tarOf(
+      entry({ path: 'a/', type: 'dir', mode: 0o755 }),
+      entry({ path: 'a/secret' }, Buffer.from('layer bytes\n')),
+      entry({ path: 'a', type: 'symlink', linkname: outside }),
+    );
+    const imp = tsvol(data, ['layer', 'import', '-'], tar);
+    t.is(imp.code, 0, imp.err);
+    const env = { ...process.env, TSVOL_DATA: data, TSVOL_SOCKET: path.join(dir, 'no-server.sock') };
+    const exp = spawnSync(process.execPath, [CLI, 'layer', 'export', imp.out], { env, maxBuffer: 1 << 26 });
+    t.false(exp.stdout.includes(Buffer.from('host secret')), 'the host file is not in the export');
+    t.is(exp.status, 1);
+    t.regex(exp.stderr.toString(), /the body of "a\/secret" is no longer a file below the layer/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 // ---- The property: random archives from colliding names never reach outside the staging root. ----
 
 /** Names that collide with each other on purpose (a directory, then a symlink or file of the same name). */

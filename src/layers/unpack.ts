@@ -375,9 +375,22 @@ function linkDir(from: Beneath, to: Beneath, rel: string): void {
   to.applyMeta(rel, { uid: st.uid, gid: st.gid, mode: st.mode & 0o7777, xattrs, atimeNs: st.atimeNs, mtimeNs: st.mtimeNs });
 }
 
-/** Replays a split file: raw headers, bodies from `root`, padding, trailer; yields 4 MB buffers. */
+/**
+ * Replays a split file: raw headers, bodies from `root`, padding, trailer; yields 4 MB buffers. Bodies are
+ * opened through a `Beneath` on `root` (#9): a recorded path whose parent a later entry of the same tar
+ * replaced by a symlink is refused by the kernel (ELOOP) instead of reading the file it points at.
+ */
 export async function* replaySplit(splitFile: string, root: string): AsyncGenerator<Buffer> {
   const data = fs.readFileSync(splitFile);
+  const tree = Beneath.open(root);
+  try {
+    yield* replayRecords(data, tree);
+  } finally {
+    tree.close();
+  }
+}
+
+async function* replayRecords(data: Buffer, tree: Beneath): AsyncGenerator<Buffer> {
   const out = new Coalescer();
   let o = 0;
   while (o < data.length) {
@@ -402,7 +415,12 @@ export async function* replaySplit(splitFile: string, root: string): AsyncGenera
     const pad = data.subarray(o, o + padLen);
     o += padLen;
     if (size >= 0) {
-      const fd = fs.openSync(path.join(root, bodyPath), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      let fd: number;
+      try {
+        fd = tree.openRead(bodyPath);
+      } catch (err) {
+        throw new Error(`the body of "${bodyPath}" is no longer a file below the layer (a later entry of its tar replaced it or a directory on its way): ${describeError(err)}`, { cause: err });
+      }
       try {
         out.file(fd, size, bodyPath);
       } finally {
