@@ -79,6 +79,10 @@ function exploits(outside: string): [string, Buffer][] {
   const out = (p: string): Buffer => entry({ path: p, type: 'symlink', linkname: outside });
   return [
     ['setuid file outside', tarOf(dir('a'), out('a'), entry({ path: 'a/pwned', mode: 0o4755 }, Buffer.from('#!/bin/sh\nid\n')))],
+    [
+      'setuid file outside, after a file in the directory it replaced',
+      tarOf(dir('a'), entry({ path: 'a/x' }, Buffer.from('x')), out('a'), entry({ path: 'a/pwned', mode: 0o4755 }, Buffer.from('#!/bin/sh\nid\n'))),
+    ],
     ['whiteout deletes outside', tarOf(dir('b'), out('b'), entry({ path: 'b/.wh.victim' }))],
     ['opaque marker outside', tarOf(dir('o'), out('o'), entry({ path: 'o/.wh..wh..opq' }))],
     [

@@ -8,6 +8,7 @@
  * relative to that fd, never following it. No path string reaches the filesystem and nothing remembers
  * which directories this archive made (node-tar's CVE-2021-32803 was such a cache): a parent that a later
  * entry replaced by a symlink or a file is refused by the kernel (ELOOP/ENOTDIR), whatever came before.
+ * (Consecutive entries of one directory share its pinned fd, dropped on any removal: see ParentDir.)
  * Entry paths are normalized first (absolute paths and `..` are refused). Parent directories that the
  * archive does not list are made (mode 0755, owned by root), as tar does; their metadata comes from a
  * later entry naming them, if any. A hardlink's target must be an existing non-directory below the root.
@@ -185,6 +186,47 @@ function entryError(tree: Beneath, rel: string, paths: string[], err: unknown): 
 }
 
 /**
+ * The parent directory of the entry being unpacked, pinned by an fd and reused while consecutive entries
+ * share it (tars list a directory's files together): each entry then costs its own *at calls only, not a
+ * fresh openat2 of its parent. This is no "directories I made" cache: it holds an fd, not a path, so
+ * nothing is looked up by a string it remembers; the fd was resolved beneath the root by the kernel and
+ * pins that very directory. It is dropped on any removal, so a directory that a later entry removes or
+ * replaces (by a symlink, say) never receives another entry: the next entry resolves its parent afresh,
+ * and the kernel refuses a symlink or a file on the way.
+ */
+class ParentDir {
+  private rel: string | undefined;
+  private dir: Beneath | undefined;
+  constructor(private readonly tree: Beneath) {}
+
+  /** Directory `rel` below the root, pinned; made (with its parents, mode 0755) if missing. */
+  get(rel: string): Beneath {
+    if (rel === '') return this.tree;
+    if (this.dir !== undefined && this.rel === rel) return this.dir;
+    this.drop();
+    let dir: Beneath;
+    try {
+      dir = this.tree.sub(rel);
+    } catch (err) {
+      if (!(err instanceof SyscallError && err.code === 'ENOENT')) throw err;
+      // Missing from the archive (tar makes such parents too): made one name at a time beneath the root.
+      this.tree.mkdir(rel, 0o755, true);
+      dir = this.tree.sub(rel);
+    }
+    this.rel = rel;
+    this.dir = dir;
+    return dir;
+  }
+
+  /** Closes and forgets the pinned directory: called after anything is removed. */
+  drop(): void {
+    this.dir?.close();
+    this.dir = undefined;
+    this.rel = undefined;
+  }
+}
+
+/**
  * Unpacks every entry of `reader` into `root` (an empty directory), writing the split file to `splitFd`.
  * `whiteouts` says whether `.wh.` names are overlay whiteouts (layers, the default) or plain names
  * (volume archives).
@@ -193,6 +235,7 @@ export async function unpackLayer(reader: TarReader, root: string, splitFd: numb
   const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
   const split = new SplitWriter(splitFd);
   const tree = Beneath.open(root);
+  const parents = new ParentDir(tree);
   // Directory mtimes, applied last (creating their children changes them); the last entry for a path wins.
   const dirTimes = new Map<string, bigint>();
   const stats: UnpackStats = { size: 0, files: 0 };
@@ -212,16 +255,19 @@ export async function unpackLayer(reader: TarReader, root: string, splitFd: numb
       try {
         if (overlay && base === OPAQUE_WHITEOUT) {
           // The marker's directory, made if missing, pinned by its fd: the xattr lands on exactly that inode.
-          tree.inParent(rel, (dirfd) => applyMetaFd(dirfd, { xattrs: [[OPAQUE_XATTR, Buffer.from('y')]] }), true);
+          applyMetaFd(parents.get(parentOf(rel)).fd, { xattrs: [[OPAQUE_XATTR, Buffer.from('y')]] });
         } else if (overlay && base.startsWith(WHITEOUT_PREFIX)) {
           const name = base.slice(WHITEOUT_PREFIX.length);
           if (name === '' || name === '.' || name === '..') throw new Error(`entry "${rel}" is a whiteout of no name`);
-          const target = parentOf(rel) === '' ? name : `${parentOf(rel)}/${name}`;
-          touched.push(target);
-          if (tree.lstat(target) !== undefined) tree.remove(target);
-          tree.mknod(target, fs.constants.S_IFCHR | 0o000, 0, true);
+          touched.push(parentOf(rel) === '' ? name : `${parentOf(rel)}/${name}`);
+          const dir = parents.get(parentOf(rel));
+          if (dir.lstat(name) !== undefined) {
+            dir.remove(name);
+            parents.drop();
+          }
+          parents.get(parentOf(rel)).mknod(name, fs.constants.S_IFCHR | 0o000, 0);
         } else {
-          bodyPath = await applyEntry(tree, rel, h, () => entry.body(), dirTimes, touched);
+          bodyPath = await applyEntry(tree, parents, rel, h, () => entry.body(), dirTimes, touched);
           if (bodyPath !== undefined) stats.size += h.size;
         }
       } catch (err) {
@@ -231,8 +277,10 @@ export async function unpackLayer(reader: TarReader, root: string, splitFd: numb
       split.entry(entry.raw, bodyPath, h.size, entry.padding());
       stats.files++;
     }
+    parents.drop();
     for (const [rel, mtimeNs] of [...dirTimes].reverse()) setDirTime(tree, rel, mtimeNs);
   } finally {
+    parents.drop();
     tree.close();
   }
   split.trailer(reader.trailer);
@@ -245,6 +293,7 @@ export async function unpackLayer(reader: TarReader, root: string, splitFd: numb
  */
 async function applyEntry(
   tree: Beneath,
+  parents: ParentDir,
   rel: string,
   h: TarHeader,
   body: () => AsyncGenerator<Buffer>,
@@ -261,17 +310,24 @@ async function applyEntry(
     if (st === undefined || st.isDirectory()) throw new Error(`hardlink "${rel}" points at "${h.linkname}", which is not a file in this layer`);
     if (target === rel) return undefined; // a hardlink to itself: it is there already
   }
-  const existing = tree.lstat(rel);
-  if (existing !== undefined && !(existing.isDirectory() && h.type === 'dir')) tree.remove(rel);
+  const name = path.posix.basename(rel);
+  let dir = parents.get(parentOf(rel));
+  const existing = dir.lstat(name);
+  if (existing !== undefined && !(existing.isDirectory() && h.type === 'dir')) {
+    dir.remove(name);
+    // `dir` itself stayed (only its child went), but nothing pinned survives a removal: resolved afresh.
+    parents.drop();
+    dir = parents.get(parentOf(rel));
+  }
   switch (h.type) {
     case 'dir':
-      if (existing === undefined || !existing.isDirectory()) tree.mkdir(rel, 0o700, true);
-      tree.applyMeta(rel, entryMeta(h, what, false));
+      if (existing === undefined || !existing.isDirectory()) dir.mkdir(name, 0o700);
+      dir.applyMeta(name, entryMeta(h, what, false));
       dirTimes.set(rel, nsOf(h.mtime, what));
       return undefined;
     case 'file': {
       const meta = entryMeta(h, what);
-      const fd = tree.createFile(rel, 0o600, true);
+      const fd = dir.createFile(name, 0o600);
       try {
         for await (const chunk of body()) for (let off = 0; off < chunk.length; ) off += fs.writeSync(fd, chunk, off);
         // Metadata through the open fd: the inode just written, no second lookup.
@@ -282,20 +338,20 @@ async function applyEntry(
       return rel;
     }
     case 'symlink':
-      tree.symlink(h.linkname, rel, true);
+      dir.symlink(h.linkname, name);
       break;
     case 'hardlink':
-      tree.link(target!, rel, true);
+      dir.linkFrom(tree, target!, name);
       return undefined; // a second name: the inode keeps its first entry's metadata
     case 'char':
     case 'block':
     case 'fifo': {
       const kind = h.type === 'char' ? fs.constants.S_IFCHR : h.type === 'block' ? fs.constants.S_IFBLK : fs.constants.S_IFIFO;
-      tree.mknod(rel, kind | (h.mode & 0o7777), makedev(h.devmajor, h.devminor), true);
+      dir.mknod(name, kind | (h.mode & 0o7777), makedev(h.devmajor, h.devminor));
       break;
     }
   }
-  tree.applyMeta(rel, entryMeta(h, what));
+  dir.applyMeta(name, entryMeta(h, what));
   return undefined;
 }
 
@@ -351,7 +407,7 @@ export function linkTree(src: string, dst: string): void {
   try {
     const to = Beneath.open(dst);
     try {
-      linkDir(from, to, '');
+      linkDir(from, to);
     } finally {
       to.close();
     }
@@ -360,19 +416,33 @@ export function linkTree(src: string, dst: string): void {
   }
 }
 
-/** linkTree below `rel`: children first, then the directory's own metadata (its mtime last of all). */
-function linkDir(from: Beneath, to: Beneath, rel: string): void {
-  for (const entry of from.readdir(rel)) {
-    const child = rel === '' ? entry.name : `${rel}/${entry.name}`;
-    if (entry.isDirectory()) {
-      to.mkdir(child, 0o700);
-      linkDir(from, to, child);
-    } else to.linkFrom(from, child, child);
+/**
+ * linkTree of one directory, both sides pinned by fd (each name below is one component of a pinned
+ * directory): children first, then the directory's own metadata (its mtime last of all).
+ */
+function linkDir(from: Beneath, to: Beneath): void {
+  for (const entry of from.readdir()) {
+    if (!entry.isDirectory()) {
+      to.linkFrom(from, entry.name, entry.name);
+      continue;
+    }
+    to.mkdir(entry.name, 0o700);
+    const subFrom = from.sub(entry.name);
+    try {
+      const subTo = to.sub(entry.name);
+      try {
+        linkDir(subFrom, subTo);
+      } finally {
+        subTo.close();
+      }
+    } finally {
+      subFrom.close();
+    }
   }
-  const st = from.lstat(rel);
-  if (st === undefined) throw new Error(`${from.where}/${rel} vanished while being linked`);
-  const xattrs = [...from.xattrs(rel)].filter(([name]) => !name.startsWith(OVERLAY_XATTR_PREFIX) || name === OPAQUE_XATTR);
-  to.applyMeta(rel, { uid: st.uid, gid: st.gid, mode: st.mode & 0o7777, xattrs, atimeNs: st.atimeNs, mtimeNs: st.mtimeNs });
+  const st = from.lstat('');
+  if (st === undefined) throw new Error(`${from.where} vanished while being linked`);
+  const xattrs = [...from.xattrs('')].filter(([name]) => !name.startsWith(OVERLAY_XATTR_PREFIX) || name === OPAQUE_XATTR);
+  to.applyMeta('', { uid: st.uid, gid: st.gid, mode: st.mode & 0o7777, xattrs, atimeNs: st.atimeNs, mtimeNs: st.mtimeNs });
 }
 
 /**

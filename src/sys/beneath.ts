@@ -251,6 +251,8 @@ export class Beneath {
     const parts = splitRelative(rel);
     const name = parts.pop();
     if (name === undefined) throw new Error(`"${rel}" names the root of ${this.where} itself`);
+    // A name directly below the root: the pinned root fd is its parent (nothing to resolve or close).
+    if (parts.length === 0) return fn(this.fd, name);
     let dirfd: number;
     try {
       dirfd = this.openDirFd(parts.join('/'));
