@@ -9,6 +9,7 @@ import test from 'ava';
 import { CLI, startTestServer, withServer, type TestServer } from './helpers/server.js';
 import { buildRichTree, snapshotTree } from './helpers/tree.js';
 import { encodeHeader, type TarHeader } from '../src/layers/tar/format.js';
+import { llistxattr } from '../src/sys/libc.js';
 
 function cli(s: TestServer, args: string[], input?: Buffer): { status: number | null; stdout: Buffer; stderr: string } {
   const env = { ...process.env, TSVOL_DATA: s.data, TSVOL_SOCKET: s.socket, ...(s.mounts ? { TSVOL_MOUNTS: s.mounts } : {}) };
@@ -93,6 +94,43 @@ test('hostile archives are refused and leave no volume behind', async (t) => {
     t.false(fs.existsSync('/etc/evil'));
     t.deepEqual(fs.readdirSync(path.join(s.data, 'volumes')), []);
     t.deepEqual(fs.readdirSync(path.join(s.data, 'tmp')), []);
+  });
+});
+
+test('a volume is a plain tree: files named .wh.* and 0/0 character devices round-trip as themselves (#9)', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    const body = (text: string): Buffer => Buffer.concat([Buffer.from(text), Buffer.alloc(512 - text.length)]);
+    const tar = tarOf(
+      header('./', 'dir', { mode: 0o755, mtime: 1_600_000_000 }),
+      header('.wh.x', 'file', { size: 5, mtime: 1_600_000_001 }),
+      body('kept\n'),
+      header('.wh..wh..opq', 'file', { mtime: 1_600_000_002 }),
+      header('d/', 'dir', { mode: 0o750, mtime: 1_600_000_003 }),
+      header('d/.wh..wh..opq', 'file', { mtime: 1_600_000_004 }),
+      header('d/.wh.y', 'file', { mtime: 1_600_000_005 }),
+      header('wo', 'char', { mode: 0o600, mtime: 1_600_000_006 }),
+      header('x', 'file', { mtime: 1_600_000_007 }),
+    );
+    const imp = cli(s, ['volume', 'import', 'plain', '-'], tar);
+    t.is(imp.status, 0, imp.stderr);
+    const data = path.join(s.data, 'volumes', 'plain', '_data');
+    t.is(fs.readFileSync(path.join(data, '.wh.x'), 'utf8'), 'kept\n', 'a regular file named .wh.x stays one');
+    t.true(fs.lstatSync(path.join(data, 'x')).isFile(), 'and whites nothing out');
+    t.true(fs.lstatSync(path.join(data, '.wh..wh..opq')).isFile());
+    t.true(fs.lstatSync(path.join(data, 'd', '.wh..wh..opq')).isFile());
+    t.true(fs.lstatSync(path.join(data, 'd', '.wh.y')).isFile());
+    t.false(llistxattr(path.join(data, 'd')).includes('trusted.overlay.opaque'), 'no opaque marker');
+    const wo = fs.lstatSync(path.join(data, 'wo'));
+    t.true(wo.isCharacterDevice());
+    t.is(wo.rdev, 0);
+    const exp = cli(s, ['volume', 'export', 'plain']);
+    t.is(exp.status, 0, exp.stderr);
+    t.true(exp.stdout.includes(Buffer.from('wo\0')), 'the device is exported under its own name');
+    t.false(exp.stdout.includes(Buffer.from('.wh.wo')), 'not as a whiteout');
+    const again = cli(s, ['volume', 'import', 'plain2', '-'], exp.stdout);
+    t.is(again.status, 0, again.stderr);
+    t.deepEqual(snapshotTree(path.join(s.data, 'volumes', 'plain2', '_data')), snapshotTree(data));
+    t.true(cli(s, ['volume', 'export', 'plain2']).stdout.equals(exp.stdout), 'the same tar, byte for byte');
   });
 });
 

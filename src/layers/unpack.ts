@@ -1,13 +1,24 @@
 /**
- * Applies a layer tar to a directory, safely and exactly, and records what byte-exact re-export needs.
+ * Applies a layer tar (or a volume archive) to a directory, safely and exactly, and records what byte-exact
+ * re-export needs.
  *
- * Safety: every entry path is normalized and must stay inside the target; each parent must be a real
- * directory created by this archive (never a symlink), so `link/../` tricks and symlinked parents cannot
- * escape; a hardlink's target must be an existing non-directory inside the target. The first violation
- * throws, and the caller deletes the half-made directory.
+ * Safety (#9): every create, remove, link, mknod, symlink, chown, chmod, xattr and utimes goes through a
+ * `Beneath` pinned on the target root (src/sys/beneath.ts): each entry's parent directory is opened by the
+ * kernel with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | ...) and the entry is made by its final name
+ * relative to that fd, never following it. No path string reaches the filesystem and nothing remembers
+ * which directories this archive made (node-tar's CVE-2021-32803 was such a cache): a parent that a later
+ * entry replaced by a symlink or a file is refused by the kernel (ELOOP/ENOTDIR), whatever came before.
+ * (Consecutive entries of one directory share its pinned fd, dropped on any removal: see ParentDir.)
+ * Entry paths are normalized first (absolute paths and `..` are refused). Parent directories that the
+ * archive does not list are made (mode 0755, owned by root), as tar does; their metadata comes from a
+ * later entry naming them, if any. A hardlink's target must be an existing non-directory below the root.
+ * The first violation throws, and the caller deletes the half-made directory.
  *
- * OCI whiteouts become overlayfs whiteouts: `.wh.NAME` → a 0/0 character device NAME, `.wh..wh..opq` →
- * trusted.overlay.opaque=y on its directory (exact names only, as the OCI spec says).
+ * Whiteouts (`whiteouts: 'overlay'`, layers): OCI whiteouts become overlayfs whiteouts: `.wh.NAME` → NAME
+ * removed, then a 0/0 character device NAME; `.wh..wh..opq` → trusted.overlay.opaque=y on its directory
+ * (exact names only, as the OCI spec says). With `'plain'` (volume archives: plain file trees) names are
+ * just names: a regular file `.wh.x` stays one. In both modes the archive cannot set trusted.overlay.*
+ * xattrs itself: overlayfs reads them (redirects, metacopy), and only the opaque marker may make them.
  *
  * The split file (the tar-split idea): for each entry its raw header bytes, the path whose content is its
  * body, and its padding when not all zeros; then the archive's trailer. Export replays it with bodies read
@@ -15,8 +26,11 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { lgetxattr, llistxattr, lsetxattr, mknod } from '../sys/libc.js';
+import { describeError } from '../errors.js';
+import { Beneath, applyMetaFd, makedev, type EntryMeta } from '../sys/beneath.js';
+import { SyscallError } from '../sys/libc.js';
 import { Coalescer } from './tar/coalesce.js';
+import type { TarHeader } from './tar/format.js';
 import type { TarReader } from './tar/reader.js';
 
 /** Names of OCI whiteouts. */
@@ -24,6 +38,8 @@ export const WHITEOUT_PREFIX = '.wh.';
 export const OPAQUE_WHITEOUT = '.wh..wh..opq';
 /** The overlayfs xattr that makes a directory opaque. */
 export const OPAQUE_XATTR = 'trusted.overlay.opaque';
+/** overlayfs's private xattrs: never taken from an archive (redirect and metacopy steer overlay's lookups). */
+const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
 
 /** Split-file record kinds. */
 const REC_ENTRY = 1;
@@ -35,6 +51,18 @@ export interface UnpackStats {
   size: number;
   /** Entries applied. */
   files: number;
+}
+
+/**
+ * How `.wh.` names are read: 'overlay' for layers (OCI whiteouts become overlayfs whiteouts), 'plain' for
+ * volume archives (a plain file tree: every name is just a name, a 0/0 character device just a device).
+ */
+export type WhiteoutMode = 'overlay' | 'plain';
+
+/** Options of unpackLayer. */
+export interface UnpackOptions {
+  /** Default 'overlay'. */
+  readonly whiteouts?: WhiteoutMode;
 }
 
 /** Normalizes a tar path: relative, no `.`/`..`/empty components; throws on escapes. */
@@ -88,111 +116,259 @@ class SplitWriter {
   }
 }
 
-/** Unpacks every entry of `reader` into `root` (an empty directory), writing the split file to `splitFd`. */
-export async function unpackLayer(reader: TarReader, root: string, splitFd: number): Promise<UnpackStats> {
+/** Seconds (fractions kept, as pax gives them) → nanoseconds. */
+function nsOf(seconds: number, what: string): bigint {
+  if (!Number.isFinite(seconds)) throw new Error(`${what} has an invalid mtime`);
+  const whole = Math.floor(seconds);
+  return BigInt(whole) * 1_000_000_000n + BigInt(Math.round((seconds - whole) * 1e9));
+}
+
+/** A uid or gid from a header: an integer Linux can store (0xffffffff means "unchanged" to chown). */
+function idOf(n: number, what: string): number {
+  if (!Number.isInteger(n) || n < 0 || n >= 0xffffffff) throw new Error(`${what} has an invalid owner id ${n}`);
+  return n;
+}
+
+/**
+ * The metadata an entry's header gives it, for Beneath.applyMeta: owner, mode, xattrs (trusted.overlay.*
+ * never: see the module comment) and, with `withTimes`, its mtime in ns. Throws on ids or times Linux
+ * cannot store; `what` names the entry in that error.
+ */
+export function entryMeta(h: TarHeader, what: string, withTimes = true): EntryMeta {
+  const xattrs = [...h.xattrs].filter(([name]) => !name.startsWith(OVERLAY_XATTR_PREFIX));
+  return {
+    uid: idOf(h.uid, what),
+    gid: idOf(h.gid, what),
+    mode: h.mode & 0o7777,
+    xattrs,
+    ...(withTimes ? { mtimeNs: nsOf(h.mtime, what) } : {}),
+  };
+}
+
+/** `rel`'s parent, '' for an entry at the root. */
+function parentOf(rel: string): string {
+  const i = rel.lastIndexOf('/');
+  return i < 0 ? '' : rel.slice(0, i);
+}
+
+/**
+ * For an error message: the first directory on the way to `rel` that is not one (a symlink, a file),
+ * or undefined. Runs only when the kernel has refused a lookup.
+ */
+function blockerOn(tree: Beneath, rel: string): string | undefined {
+  const parts = rel.split('/').slice(0, -1);
+  for (let i = 1; i <= parts.length; i++) {
+    const prefix = parts.slice(0, i).join('/');
+    let st;
+    try {
+      st = tree.lstat(prefix);
+    } catch (err) {
+      // Only explaining an error already being thrown: the caller reports the kernel's own answer.
+      if (err instanceof SyscallError) return undefined;
+      throw err;
+    }
+    if (st === undefined) return undefined;
+    if (!st.isDirectory()) return prefix;
+  }
+  return undefined;
+}
+
+/** The error for entry `rel`: the kernel's refusal, explained when a parent is not a directory. */
+function entryError(tree: Beneath, rel: string, paths: string[], err: unknown): Error {
+  if (err instanceof SyscallError && (err.code === 'ELOOP' || err.code === 'ENOTDIR')) {
+    for (const p of paths) {
+      const blocker = blockerOn(tree, p);
+      if (blocker !== undefined) return new Error(`entry "${rel}" goes through "${blocker}", which is not a directory (a symlink?)`, { cause: err });
+    }
+  }
+  if (err instanceof SyscallError) return new Error(`entry "${rel}": ${describeError(err)}`, { cause: err });
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+/**
+ * The parent directory of the entry being unpacked, pinned by an fd and reused while consecutive entries
+ * share it (tars list a directory's files together): each entry then costs its own *at calls only, not a
+ * fresh openat2 of its parent. This is no "directories I made" cache: it holds an fd, not a path, so
+ * nothing is looked up by a string it remembers; the fd was resolved beneath the root by the kernel and
+ * pins that very directory. It is dropped on any removal, so a directory that a later entry removes or
+ * replaces (by a symlink, say) never receives another entry: the next entry resolves its parent afresh,
+ * and the kernel refuses a symlink or a file on the way.
+ */
+class ParentDir {
+  private rel: string | undefined;
+  private dir: Beneath | undefined;
+  constructor(private readonly tree: Beneath) {}
+
+  /** Directory `rel` below the root, pinned; made (with its parents, mode 0755) if missing. */
+  get(rel: string): Beneath {
+    if (rel === '') return this.tree;
+    if (this.dir !== undefined && this.rel === rel) return this.dir;
+    this.drop();
+    let dir: Beneath;
+    try {
+      dir = this.tree.sub(rel);
+    } catch (err) {
+      if (!(err instanceof SyscallError && err.code === 'ENOENT')) throw err;
+      // Missing from the archive (tar makes such parents too): made one name at a time beneath the root.
+      this.tree.mkdir(rel, 0o755, true);
+      dir = this.tree.sub(rel);
+    }
+    this.rel = rel;
+    this.dir = dir;
+    return dir;
+  }
+
+  /** Closes and forgets the pinned directory: called after anything is removed. */
+  drop(): void {
+    this.dir?.close();
+    this.dir = undefined;
+    this.rel = undefined;
+  }
+}
+
+/**
+ * Unpacks every entry of `reader` into `root` (an empty directory), writing the split file to `splitFd`.
+ * `whiteouts` says whether `.wh.` names are overlay whiteouts (layers, the default) or plain names
+ * (volume archives).
+ */
+export async function unpackLayer(reader: TarReader, root: string, splitFd: number, opts: UnpackOptions = {}): Promise<UnpackStats> {
+  const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
   const split = new SplitWriter(splitFd);
-  const made = new Set<string>(['']); // directories this archive made (or the root)
-  const dirTimes: [string, number][] = [];
+  const tree = Beneath.open(root);
+  const parents = new ParentDir(tree);
+  // Directory mtimes, applied last (creating their children changes them); the last entry for a path wins.
+  const dirTimes = new Map<string, bigint>();
   const stats: UnpackStats = { size: 0, files: 0 };
-
-  function ensureParents(rel: string): void {
-    const parts = rel.split('/');
-    let cur = '';
-    for (const part of parts.slice(0, -1)) {
-      cur = cur === '' ? part : `${cur}/${part}`;
-      if (made.has(cur)) continue;
-      const abs = path.join(root, cur);
-      let st: fs.Stats | undefined;
+  try {
+    for (let entry = await reader.next(); entry !== undefined; entry = await reader.next()) {
+      const h = entry.header;
+      const rel = safeRelative(h.path);
+      if (rel === '') {
+        // The archive's root directory entry ("./"): only its metadata applies (importVolume does that).
+        await entry.skip();
+        split.entry(entry.raw, undefined, 0, entry.padding());
+        continue;
+      }
+      const base = path.posix.basename(rel);
+      let bodyPath: string | undefined;
+      const touched = [rel];
       try {
-        st = fs.lstatSync(abs);
-      } catch {
-        st = undefined;
-      }
-      if (st === undefined) fs.mkdirSync(abs, { mode: 0o755 });
-      else if (!st.isDirectory()) throw new Error(`entry "${rel}" goes through "${cur}", which is not a directory (a symlink?)`);
-      made.add(cur);
-    }
-  }
-
-  for (let entry = await reader.next(); entry !== undefined; entry = await reader.next()) {
-    const h = entry.header;
-    const rel = safeRelative(h.path);
-    if (rel === '') {
-      // The archive's root directory entry ("./"): only its metadata applies.
-      await entry.skip();
-      split.entry(entry.raw, undefined, 0, entry.padding());
-      continue;
-    }
-    ensureParents(rel);
-    const abs = path.join(root, rel);
-    const base = path.basename(rel);
-    let bodyPath: string | undefined;
-    if (base === OPAQUE_WHITEOUT) {
-      lsetxattr(path.dirname(abs), OPAQUE_XATTR, Buffer.from('y'));
-    } else if (base.startsWith(WHITEOUT_PREFIX)) {
-      const target = path.join(path.dirname(abs), base.slice(WHITEOUT_PREFIX.length));
-      fs.rmSync(target, { recursive: true, force: true });
-      mknod(target, fs.constants.S_IFCHR | 0o000, 0);
-    } else {
-      const existing = fs.lstatSync(abs, { throwIfNoEntry: false });
-      if (existing && !(existing.isDirectory() && h.type === 'dir')) fs.rmSync(abs, { recursive: true, force: true });
-      switch (h.type) {
-        case 'dir':
-          if (!existing?.isDirectory()) fs.mkdirSync(abs, { mode: 0o700 });
-          made.add(rel);
-          dirTimes.push([abs, h.mtime]);
-          break;
-        case 'file': {
-          const fd = fs.openSync(abs, 'wx', 0o600);
-          try {
-            for await (const chunk of entry.body()) fs.writeSync(fd, chunk);
-            // Metadata through the open fd: no second path lookup per call.
-            fs.fchownSync(fd, h.uid, h.gid);
-            fs.fchmodSync(fd, h.mode & 0o7777);
-            fs.futimesSync(fd, h.mtime, h.mtime);
-          } finally {
-            fs.closeSync(fd);
+        if (overlay && base === OPAQUE_WHITEOUT) {
+          // The marker's directory, made if missing, pinned by its fd: the xattr lands on exactly that inode.
+          applyMetaFd(parents.get(parentOf(rel)).fd, { xattrs: [[OPAQUE_XATTR, Buffer.from('y')]] });
+        } else if (overlay && base.startsWith(WHITEOUT_PREFIX)) {
+          const name = base.slice(WHITEOUT_PREFIX.length);
+          if (name === '' || name === '.' || name === '..') throw new Error(`entry "${rel}" is a whiteout of no name`);
+          touched.push(parentOf(rel) === '' ? name : `${parentOf(rel)}/${name}`);
+          const dir = parents.get(parentOf(rel));
+          if (dir.lstat(name) !== undefined) {
+            dir.remove(name);
+            parents.drop();
           }
-          for (const [name, value] of h.xattrs) lsetxattr(abs, name, value);
-          bodyPath = rel;
-          stats.size += h.size;
-          break;
+          parents.get(parentOf(rel)).mknod(name, fs.constants.S_IFCHR | 0o000, 0);
+        } else {
+          bodyPath = await applyEntry(tree, parents, rel, h, () => entry.body(), dirTimes, touched);
+          if (bodyPath !== undefined) stats.size += h.size;
         }
-        case 'symlink':
-          fs.symlinkSync(h.linkname, abs);
-          break;
-        case 'hardlink': {
-          const target = safeRelative(h.linkname);
-          const targetAbs = path.join(root, target);
-          const st = fs.lstatSync(targetAbs, { throwIfNoEntry: false });
-          if (!st || st.isDirectory()) throw new Error(`hardlink "${rel}" points at "${h.linkname}", which is not a file in this layer`);
-          ensureParents(target);
-          fs.linkSync(targetAbs, abs);
-          break;
-        }
-        case 'char':
-        case 'block':
-        case 'fifo': {
-          const kind = h.type === 'char' ? fs.constants.S_IFCHR : h.type === 'block' ? fs.constants.S_IFBLK : fs.constants.S_IFIFO;
-          mknod(abs, kind | (h.mode & 0o7777), makedev(h.devmajor, h.devminor));
-          break;
-        }
+      } catch (err) {
+        throw entryError(tree, rel, touched, err);
       }
-      if (h.type !== 'hardlink' && h.type !== 'file') {
-        fs.lchownSync(abs, h.uid, h.gid);
-        if (h.type !== 'symlink') fs.chmodSync(abs, h.mode & 0o7777);
-        for (const [name, value] of h.xattrs) lsetxattr(abs, name, value);
-        if (h.type !== 'dir') fs.lutimesSync(abs, h.mtime, h.mtime);
-      }
+      await entry.skip();
+      split.entry(entry.raw, bodyPath, h.size, entry.padding());
+      stats.files++;
     }
-    await entry.skip();
-    split.entry(entry.raw, bodyPath, h.size, entry.padding());
-    stats.files++;
+    parents.drop();
+    for (const [rel, mtimeNs] of [...dirTimes].reverse()) setDirTime(tree, rel, mtimeNs);
+  } finally {
+    parents.drop();
+    tree.close();
   }
-  // Directory mtimes last: creating their children changed them.
-  for (const [dir, mtime] of dirTimes.reverse()) fs.utimesSync(dir, mtime, mtime);
   split.trailer(reader.trailer);
   return stats;
+}
+
+/**
+ * Makes one entry (not a whiteout) at `rel` below `tree`, replacing what is there unless both are
+ * directories. Returns the path whose content is the entry's body (regular files), for the split file.
+ */
+async function applyEntry(
+  tree: Beneath,
+  parents: ParentDir,
+  rel: string,
+  h: TarHeader,
+  body: () => AsyncGenerator<Buffer>,
+  dirTimes: Map<string, bigint>,
+  touched: string[],
+): Promise<string | undefined> {
+  const what = `entry "${rel}"`;
+  // A hardlink's target is checked before anything at `rel` is removed: a refused entry changes nothing.
+  let target: string | undefined;
+  if (h.type === 'hardlink') {
+    target = safeRelative(h.linkname);
+    touched.push(target);
+    const st = target === '' ? undefined : tree.lstat(target);
+    if (st === undefined || st.isDirectory()) throw new Error(`hardlink "${rel}" points at "${h.linkname}", which is not a file in this layer`);
+    if (target === rel) return undefined; // a hardlink to itself: it is there already
+  }
+  const name = path.posix.basename(rel);
+  let dir = parents.get(parentOf(rel));
+  const existing = dir.lstat(name);
+  if (existing !== undefined && !(existing.isDirectory() && h.type === 'dir')) {
+    dir.remove(name);
+    // `dir` itself stayed (only its child went), but nothing pinned survives a removal: resolved afresh.
+    parents.drop();
+    dir = parents.get(parentOf(rel));
+  }
+  switch (h.type) {
+    case 'dir':
+      if (existing === undefined || !existing.isDirectory()) dir.mkdir(name, 0o700);
+      dir.applyMeta(name, entryMeta(h, what, false));
+      dirTimes.set(rel, nsOf(h.mtime, what));
+      return undefined;
+    case 'file': {
+      const meta = entryMeta(h, what);
+      const fd = dir.createFile(name, 0o600);
+      try {
+        for await (const chunk of body()) for (let off = 0; off < chunk.length; ) off += fs.writeSync(fd, chunk, off);
+        // Metadata through the open fd: the inode just written, no second lookup.
+        applyMetaFd(fd, meta);
+      } finally {
+        fs.closeSync(fd);
+      }
+      return rel;
+    }
+    case 'symlink':
+      dir.symlink(h.linkname, name);
+      break;
+    case 'hardlink':
+      dir.linkFrom(tree, target!, name);
+      return undefined; // a second name: the inode keeps its first entry's metadata
+    case 'char':
+    case 'block':
+    case 'fifo': {
+      const kind = h.type === 'char' ? fs.constants.S_IFCHR : h.type === 'block' ? fs.constants.S_IFBLK : fs.constants.S_IFIFO;
+      dir.mknod(name, kind | (h.mode & 0o7777), makedev(h.devmajor, h.devminor));
+      break;
+    }
+  }
+  dir.applyMeta(name, entryMeta(h, what));
+  return undefined;
+}
+
+/**
+ * Gives directory `rel` its mtime, resolved afresh beneath the root. A later entry may have replaced it
+ * (by a file, a symlink, or a symlink on its way): then its time went with it, and nothing is done.
+ */
+function setDirTime(tree: Beneath, rel: string, mtimeNs: bigint): void {
+  let st;
+  try {
+    st = tree.lstat(rel);
+  } catch (err) {
+    // ELOOP/ENOTDIR: a directory on its way was replaced by a later entry, and this one with it.
+    if (err instanceof SyscallError && (err.code === 'ELOOP' || err.code === 'ENOTDIR')) return;
+    throw err;
+  }
+  if (st?.isDirectory()) tree.applyMeta(rel, { mtimeNs });
 }
 
 /**
@@ -222,35 +398,69 @@ export async function splitOnly(reader: TarReader, splitFd: number): Promise<Unp
  * Makes `dst` a copy of the tree `src` that shares every non-directory with it (hard links: no data is
  * copied) and has its own directories with the same owner, mode, xattrs and times. Overlay's private
  * xattrs are dropped, except the opaque marker, which the layer needs. `src` must not change afterwards:
- * its files are the copy's.
+ * its files are the copy's. Both trees are reached only through `Beneath`s pinned on their roots (#9): a
+ * symlink in `src` is linked as itself, never followed, and nothing is made outside `dst`.
  */
 export function linkTree(src: string, dst: string): void {
-  const st = fs.lstatSync(src);
   fs.mkdirSync(dst, { mode: 0o700 });
-  for (const entry of fs.readdirSync(src, { withFileTypes: true })) {
-    const s = path.join(src, entry.name);
-    const d = path.join(dst, entry.name);
-    if (entry.isDirectory()) linkTree(s, d);
-    else fs.linkSync(s, d);
+  const from = Beneath.open(src);
+  try {
+    const to = Beneath.open(dst);
+    try {
+      linkDir(from, to);
+    } finally {
+      to.close();
+    }
+  } finally {
+    from.close();
   }
-  fs.lchownSync(dst, st.uid, st.gid);
-  fs.chmodSync(dst, st.mode & 0o7777);
-  for (const name of llistxattr(src)) {
-    if (name.startsWith('trusted.overlay.') && name !== OPAQUE_XATTR) continue;
-    const value = lgetxattr(src, name);
-    if (value !== undefined) lsetxattr(dst, name, value);
-  }
-  fs.utimesSync(dst, st.atime, st.mtime);
 }
 
-/** Linux makedev. */
-function makedev(major: number, minor: number): number {
-  return ((major & 0xfff) << 8) | (minor & 0xff) | ((minor & ~0xff) << 12);
+/**
+ * linkTree of one directory, both sides pinned by fd (each name below is one component of a pinned
+ * directory): children first, then the directory's own metadata (its mtime last of all).
+ */
+function linkDir(from: Beneath, to: Beneath): void {
+  for (const entry of from.readdir()) {
+    if (!entry.isDirectory()) {
+      to.linkFrom(from, entry.name, entry.name);
+      continue;
+    }
+    to.mkdir(entry.name, 0o700);
+    const subFrom = from.sub(entry.name);
+    try {
+      const subTo = to.sub(entry.name);
+      try {
+        linkDir(subFrom, subTo);
+      } finally {
+        subTo.close();
+      }
+    } finally {
+      subFrom.close();
+    }
+  }
+  const st = from.lstat('');
+  if (st === undefined) throw new Error(`${from.where} vanished while being linked`);
+  const xattrs = [...from.xattrs('')].filter(([name]) => !name.startsWith(OVERLAY_XATTR_PREFIX) || name === OPAQUE_XATTR);
+  to.applyMeta('', { uid: st.uid, gid: st.gid, mode: st.mode & 0o7777, xattrs, atimeNs: st.atimeNs, mtimeNs: st.mtimeNs });
 }
 
-/** Replays a split file: raw headers, bodies from `root`, padding, trailer; yields 4 MB buffers. */
+/**
+ * Replays a split file: raw headers, bodies from `root`, padding, trailer; yields 4 MB buffers. Bodies are
+ * opened through a `Beneath` on `root` (#9): a recorded path whose parent a later entry of the same tar
+ * replaced by a symlink is refused by the kernel (ELOOP) instead of reading the file it points at.
+ */
 export async function* replaySplit(splitFile: string, root: string): AsyncGenerator<Buffer> {
   const data = fs.readFileSync(splitFile);
+  const tree = Beneath.open(root);
+  try {
+    yield* replayRecords(data, tree);
+  } finally {
+    tree.close();
+  }
+}
+
+async function* replayRecords(data: Buffer, tree: Beneath): AsyncGenerator<Buffer> {
   const out = new Coalescer();
   let o = 0;
   while (o < data.length) {
@@ -275,7 +485,12 @@ export async function* replaySplit(splitFile: string, root: string): AsyncGenera
     const pad = data.subarray(o, o + padLen);
     o += padLen;
     if (size >= 0) {
-      const fd = fs.openSync(path.join(root, bodyPath), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      let fd: number;
+      try {
+        fd = tree.openRead(bodyPath);
+      } catch (err) {
+        throw new Error(`the body of "${bodyPath}" is no longer a file below the layer (a later entry of its tar replaced it or a directory on its way): ${describeError(err)}`, { cause: err });
+      }
       try {
         out.file(fd, size, bodyPath);
       } finally {

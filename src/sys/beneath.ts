@@ -40,6 +40,7 @@ const RESOLVE_STRICT = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICL
 const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
 const AT_REMOVEDIR = 0x200;
+const AT_EMPTY_PATH = 0x1000;
 /** openat2 is syscall 437 on every architecture (the unified table, Linux 5.6+). */
 const SYS_OPENAT2 = 437;
 
@@ -61,6 +62,10 @@ const cLsetxattr = libc.func('int lsetxattr(const char *path, const char *name, 
 const cLgetxattr = libc.func('long lgetxattr(const char *path, const char *name, _Out_ void *value, size_t size)');
 const cLlistxattr = libc.func('long llistxattr(const char *path, _Out_ void *list, size_t size)');
 const cFsetxattr = libc.func('int fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)');
+// The following variants, for /proc/self/fd/<fd> itself: the l-variants would act on the magic link.
+const cSetxattr = libc.func('int setxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
+const cGetxattr = libc.func('long getxattr(const char *path, const char *name, _Out_ void *value, size_t size)');
+const cListxattr = libc.func('long listxattr(const char *path, _Out_ void *list, size_t size)');
 
 function check(ret: number | bigint, syscall: string, path?: string): number {
   const n = Number(ret);
@@ -94,7 +99,9 @@ export interface EntryStat {
 
 /** Linux makedev. */
 export function makedev(major: number, minor: number): number {
-  return ((major & 0xfff) << 8) | (minor & 0xff) | ((minor & ~0xff) << 12);
+  // Arithmetic, not shifts: JavaScript's bit operators are 32-bit signed, and a minor of 0x80000 or more
+  // shifted by 12 would turn negative.
+  return (major & 0xfff) * 0x100 + (minor & 0xff) + (minor & 0xfff00) * 0x1000;
 }
 
 const STATX_BASIC_STATS = 0x7ff;
@@ -288,8 +295,11 @@ export class Beneath {
     try {
       return this.inParent(rel, (dirfd, name) => {
         const buf = Buffer.alloc(256);
-        check(cStatx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf), 'statx', this.describe(rel));
-        return parseStatx(buf);
+        // A missing final name is the common answer (an unpacker asks before each create): no exception.
+        if (Number(cStatx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf)) === 0) return parseStatx(buf);
+        const errno = koffi.errno();
+        if (errno === E.ENOENT) return undefined;
+        throw new SyscallError('statx', errno, this.describe(rel));
       });
     } catch (err) {
       if (err instanceof SyscallError && err.code === 'ENOENT') return undefined;
@@ -409,19 +419,25 @@ export class Beneath {
   /** The xattrs of `rel` (a final symlink's own), read through its pinned parent. */
   xattrs(rel: string): Map<string, Buffer> {
     const parts = splitRelative(rel);
-    if (parts.length === 0) return listXattrs(`/proc/self/fd/${this.fd}`);
+    // The root: its pinned inode through the magic link (followed: llistxattr would read the link's own).
+    if (parts.length === 0) return listXattrs(`/proc/self/fd/${this.fd}`, true);
     return this.inParent(rel, (dirfd, name) => listXattrs(`/proc/self/fd/${dirfd}/${name}`));
   }
 }
 
-/** Reads every xattr of `p` (not following a final symlink). */
-export function listXattrs(p: string): Map<string, Buffer> {
+/**
+ * Reads every xattr of `p`, not following a final symlink; with `follow`, following it (only for
+ * /proc/self/fd/<fd>, whose magic link leads to exactly the pinned inode).
+ */
+export function listXattrs(p: string, follow = false): Map<string, Buffer> {
+  const cList = follow ? cListxattr : cLlistxattr;
+  const cGet = follow ? cGetxattr : cLgetxattr;
   const out = new Map<string, Buffer>();
   let size = 1024;
   let list: Buffer;
   for (;;) {
     const buf = Buffer.alloc(size);
-    const n = Number(cLlistxattr(p, buf, buf.length));
+    const n = Number(cList(p, buf, buf.length));
     if (n >= 0) {
       list = buf.subarray(0, n);
       break;
@@ -437,7 +453,7 @@ export function listXattrs(p: string): Map<string, Buffer> {
     let vsize = 256;
     for (;;) {
       const vbuf = Buffer.alloc(vsize);
-      const n = Number(cLgetxattr(p, name, vbuf, vbuf.length));
+      const n = Number(cGet(p, name, vbuf, vbuf.length));
       if (n >= 0) {
         out.set(name, vbuf.subarray(0, n));
         break;
@@ -475,19 +491,25 @@ function applyMetaAt(dirfd: number, name: string, meta: EntryMeta, where: string
 
 /** applyMeta on an fd that is the entry itself (a file just created, or a root): f-calls only. */
 export function applyMetaFd(fd: number, meta: EntryMeta): void {
-  if (meta.uid !== undefined || meta.gid !== undefined) fs.fchownSync(fd, meta.uid ?? -1, meta.gid ?? -1);
+  if (meta.uid !== undefined || meta.gid !== undefined) {
+    // fchownat(fd, "", AT_EMPTY_PATH): the fd's own inode, also for an O_PATH fd (fchown refuses those).
+    check(cFchownat(fd, '', meta.uid ?? 0xffffffff, meta.gid ?? 0xffffffff, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW), 'fchownat');
+  }
   if (meta.mode !== undefined) {
     // An O_PATH fd (a pinned root) refuses fchmod: reach the same inode through /proc.
     if (Number(cFchmod(fd, meta.mode & 0o7777)) < 0) check(cChmod(`/proc/self/fd/${fd}`, meta.mode & 0o7777), 'chmod');
   }
   if (meta.xattrs !== undefined) {
     for (const [k, v] of meta.xattrs) {
-      if (Number(cFsetxattr(fd, k, v, v.length, 0)) < 0) check(cLsetxattr(`/proc/self/fd/${fd}`, k, v, v.length, 0), 'lsetxattr', k);
+      // An O_PATH fd refuses fsetxattr (EBADF): follow its magic link, which leads to exactly that inode
+      // (lsetxattr would act on the link itself and fail).
+      if (Number(cFsetxattr(fd, k, v, v.length, 0)) < 0) check(cSetxattr(`/proc/self/fd/${fd}`, k, v, v.length, 0), 'setxattr', k);
     }
   }
   if (meta.mtimeNs !== undefined) {
-    // utimensat(fd, NULL): the fd's own inode (an O_PATH fd works through /proc).
-    check(cUtimensat(AT_FDCWD, `/proc/self/fd/${fd}`, timesBuf(meta.atimeNs ?? meta.mtimeNs, meta.mtimeNs), 0), 'utimensat');
+    // utimensat(fd, NULL): the fd's own inode; an O_PATH fd refuses it (EBADF) and goes through /proc.
+    const times = timesBuf(meta.atimeNs ?? meta.mtimeNs, meta.mtimeNs);
+    if (Number(cUtimensat(fd, null, times, 0)) < 0) check(cUtimensat(AT_FDCWD, `/proc/self/fd/${fd}`, times, 0), 'utimensat');
   }
 }
 

@@ -4,9 +4,12 @@
  * and fifos round-trip; absolute paths, `..`, entries through symlinks and hardlinks to outside targets
  * are refused as for layer imports.
  *
- * The archive opens with a `./` entry carrying the volume root's own owner, mode and xattrs. Overlay
- * whiteouts (0/0 character devices) travel as `.wh.` entries and come back as whiteouts, so a volume
- * round-trips; a regular file named `.wh.*` does not (it becomes a whiteout on import).
+ * The archive opens with a `./` entry carrying the volume root's own owner, mode and xattrs. A volume is a
+ * plain file tree, not an overlay layer (#9): export and import both run in 'plain' whiteout mode, so a
+ * regular file named `.wh.x` travels and comes back as that regular file, and a 0/0 character device as a
+ * character device; nothing is read as an OCI whiteout or opaque marker. Every entry, and the root's own
+ * metadata, is applied through a `Beneath` pinned on the staging `_data` (src/sys/beneath.ts): the kernel
+ * resolves each path below it, so no entry can reach outside.
  *
  * Import is crash-safe: the tree is unpacked in tmp/new-*, flushed (syncfs), renamed to volumes/<name>
  * (the rename fails if the name is taken meanwhile), and only then is the record committed. A kill -9 at
@@ -21,17 +24,17 @@ import type { TarEntry, TarReader as TarReaderType } from '../layers/tar/reader.
 import { TarReader } from '../layers/tar/reader.js';
 import { decompressed } from '../layers/tar/gzip.js';
 import { headerOf, writeTree, xattrsOf } from '../layers/tar/writer.js';
-import { unpackLayer } from '../layers/unpack.js';
+import { entryMeta, unpackLayer } from '../layers/unpack.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
 import { syncFilesystem } from '../sys/durable.js';
-import { lsetxattr } from '../sys/libc.js';
+import { Beneath } from '../sys/beneath.js';
 import { validateName } from './names.js';
 
 /** Streams the tree at `dir` as a tar: a `./` entry for the root, then every entry, sorted. */
 export async function* exportTree(dir: string): AsyncGenerator<Buffer> {
   yield encodeHeader(headerOf('./', fs.lstatSync(dir), 'dir', { xattrs: xattrsOf(dir) }));
-  yield* writeTree(dir);
+  yield* writeTree(dir, { whiteouts: 'plain' });
 }
 
 /** What an import made. */
@@ -78,17 +81,20 @@ export async function importVolume(layout: Layout, store: VolumeStore, name: str
     const devNull = fs.openSync('/dev/null', 'w');
     let stats;
     try {
-      stats = first === undefined ? { files: 0, size: 0 } : await unpackLayer(peeked, data, devNull);
+      stats = first === undefined ? { files: 0, size: 0 } : await unpackLayer(peeked, data, devNull, { whiteouts: 'plain' });
     } catch (err) {
       throw new InvalidArgumentError(`import of volume "${name}" refused: ${describeError(err)}`, { cause: err });
     } finally {
       fs.closeSync(devNull);
     }
     if (rootMeta !== undefined) {
-      fs.chownSync(data, rootMeta.uid, rootMeta.gid);
-      fs.chmodSync(data, rootMeta.mode & 0o7777);
-      for (const [k, v] of rootMeta.xattrs) lsetxattr(data, k, v);
-      fs.utimesSync(data, rootMeta.mtime, rootMeta.mtime);
+      const meta = rootMeta;
+      try {
+        // Through the pinned root (its fd), with the same checks and xattr rule as every entry.
+        Beneath.with(data, (tree) => tree.applyMeta('', entryMeta(meta, 'the root entry "./"')));
+      } catch (err) {
+        throw new InvalidArgumentError(`import of volume "${name}" refused: ${describeError(err)}`, { cause: err });
+      }
     }
     syncFilesystem(tmp); // every file of the volume on disk before the record says it exists
     try {

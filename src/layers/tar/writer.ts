@@ -4,6 +4,10 @@
  * 0/0 character device NAME → an empty `.wh.NAME`, an opaque directory → a `.wh..wh..opq` entry inside
  * it. Overlay-private xattrs (trusted.overlay.*) are never written. A second name of an inode becomes a
  * hardlink entry; a whiteout (nlink may be 2 on some kernels) is never mistaken for one.
+ *
+ * With `whiteouts: 'plain'` (volume archives, #9) the tree is a plain file tree: a 0/0 character device is
+ * written as the device it is and no opaque markers are emitted, so that import (unpackLayer's plain mode)
+ * gives back the same tree.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -54,8 +58,15 @@ export function isOpaque(abs: string): boolean {
   return lgetxattr(abs, `${OVERLAY_XATTR_PREFIX}opaque`)?.toString() === 'y';
 }
 
+/** Options of writeTree. */
+export interface WriteTreeOptions {
+  /** 'overlay' (default): overlayfs whiteouts and opaque directories become OCI ones. 'plain': no translation. */
+  readonly whiteouts?: 'overlay' | 'plain';
+}
+
 /** Streams `root` (an overlay upper directory, or any tree) as a tar. */
-export async function* writeTree(root: string): AsyncGenerator<Buffer> {
+export async function* writeTree(root: string, opts: WriteTreeOptions = {}): AsyncGenerator<Buffer> {
+  const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
   const seen = new Map<string, string>(); // dev:ino → first path, for hardlinks
   const out = new Coalescer();
   async function* walk(rel: string): AsyncGenerator<Buffer> {
@@ -65,14 +76,14 @@ export async function* writeTree(root: string): AsyncGenerator<Buffer> {
       const childRel = rel === '' ? name : `${rel}/${name}`;
       const childAbs = path.join(abs, name);
       const st = fs.lstatSync(childAbs);
-      if (isWhiteout(st)) {
+      if (overlay && isWhiteout(st)) {
         const wh = rel === '' ? `.wh.${name}` : `${rel}/.wh.${name}`;
         out.push(encodeHeader(headerOf(wh, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
         continue;
       }
       if (st.isDirectory()) {
         out.push(encodeHeader(headerOf(`${childRel}/`, st, 'dir', { xattrs: xattrsOf(childAbs) })));
-        if (isOpaque(childAbs)) out.push(encodeHeader(headerOf(`${childRel}/.wh..wh..opq`, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
+        if (overlay && isOpaque(childAbs)) out.push(encodeHeader(headerOf(`${childRel}/.wh..wh..opq`, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
         for (const b of out.take()) yield b;
         yield* walk(childRel);
         continue;
