@@ -302,9 +302,9 @@ export function copyTreeInWorker(src: string | number, dst: string): Promise<Cop
   const worker = import.meta.url.endsWith('.ts')
     ? new Worker(
         `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(new URL('./clone-worker.ts', import.meta.url).href)}); })`,
-        { eval: true, workerData },
+        { eval: true, workerData, trackUnmanagedFds: false },
       )
-    : new Worker(new URL('./clone-worker.js', import.meta.url), { workerData });
+    : new Worker(new URL('./clone-worker.js', import.meta.url), { workerData, trackUnmanagedFds: false });
   return new Promise((resolve, reject) => {
     let settled = false;
     worker.once('message', (msg: { ok: true; stats: CopyStats } | { ok: false; message: string; code?: string }) => {
