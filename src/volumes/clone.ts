@@ -22,12 +22,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { errnoCode } from '../errors.js';
 import { applyMetaFd, Beneath, fdXattrs, statFd, type EntryMeta, type EntryStat } from '../sys/beneath.js';
-import { copyFileRange, ioctlInt, lseek, SEEK_DATA, SEEK_HOLE } from '../sys/libc.js';
-
-/** linux/fs.h FICLONE: _IOW(0x94, 9, int). */
-const FICLONE = 0x40049409;
-/** Largest single copy_file_range request. */
-const CHUNK = 1 << 30;
+import { copyFileData, newCopyDataState } from '../sys/copy-data.js';
 
 /** What a copy did. */
 export interface CopyStats {
@@ -37,61 +32,6 @@ export interface CopyStats {
   reflinked: number;
   /** Sockets are not copied (a socket is only meaningful to the process that bound it). */
   skippedSockets: number;
-}
-
-interface DataState {
-  reflink: boolean;
-  copyFileRange: boolean;
-  buf?: Buffer;
-}
-
-/**
- * Copies up to `len` bytes at `pos`: copy_file_range in the kernel, or, where it cannot (EXDEV between
- * two filesystems, e.g. from a volume's loop image), through a buffer.
- */
-function copyRange(sfd: number, dfd: number, pos: number, len: number, state: DataState): number {
-  if (state.copyFileRange) {
-    try {
-      return copyFileRange(sfd, pos, dfd, pos, len);
-    } catch (err) {
-      if (!['EXDEV', 'EOPNOTSUPP', 'ENOSYS', 'EINVAL'].includes(errnoCode(err) ?? '')) throw err;
-      state.copyFileRange = false;
-    }
-  }
-  const buf = (state.buf ??= Buffer.allocUnsafe(1 << 20));
-  const n = fs.readSync(sfd, buf, 0, Math.min(len, buf.length), pos);
-  for (let w = 0; w < n; ) w += fs.writeSync(dfd, buf, w, n - w, pos + w);
-  return n;
-}
-
-/** Copies the data of one regular file from `sfd` to `dfd`; true if by reflink. */
-function copyData(sfd: number, dfd: number, st: EntryStat, state: DataState): boolean {
-  const size = st.size;
-  if (size === 0) return false;
-  if (state.reflink) {
-    try {
-      ioctlInt(dfd, FICLONE, sfd);
-      return true;
-    } catch (err) {
-      // No reflinks on this filesystem (or across these two): stop trying for the rest of the tree.
-      if (!['EOPNOTSUPP', 'ENOTSUP', 'EXDEV', 'EINVAL', 'ENOTTY'].includes(errnoCode(err) ?? '')) throw err;
-      state.reflink = false;
-    }
-  }
-  const dense = st.blocks * 512 >= size;
-  for (let off = 0; off < size; ) {
-    const data = dense ? off : lseek(sfd, off, SEEK_DATA);
-    if (data < 0 || data >= size) break; // only a hole is left
-    const end = dense ? size : Math.min(size, lseek(sfd, data, SEEK_HOLE));
-    for (let pos = data; pos < end; ) {
-      const n = copyRange(sfd, dfd, pos, Math.min(CHUNK, end - pos), state);
-      if (n === 0) break; // the source shrank under us: copy what is there
-      pos += n;
-    }
-    off = end;
-  }
-  fs.ftruncateSync(dfd, size); // a trailing hole is a length, not an extent
-  return false;
 }
 
 /**
@@ -144,7 +84,7 @@ function openSource(src: string | number): Beneath {
  */
 export function copyTree(src: string | number, dst: string): CopyStats {
   const stats: CopyStats = { files: 0, bytes: 0, reflinked: 0, skippedSockets: 0 };
-  const state: DataState = { reflink: true, copyFileRange: true };
+  const state = newCopyDataState();
   const links = new Map<bigint, string>(); // source inode → its first copy (relative to dst), for hardlinks
   let dstRoot: Beneath | undefined; // the copy's root, for hard links across directories
   let rootDev = 0; // the source's filesystem: entries on any other are mounts inside, never copied
@@ -187,11 +127,16 @@ export function copyTree(src: string | number, dst: string): CopyStats {
       const name = entry.name;
       const childRel = rel === '' ? name : `${rel}/${name}`;
       try {
-        // A regular file (by readdir's d_type) is opened straight away: openRead refuses anything else
-        // and its fstat is what copyFile uses, so no lstat is needed first.
+        // A regular file (by readdir's d_type) is opened straight away: openReadStat refuses anything else
+        // and its fstat is what copyFile uses, so no lstat is needed first. If the name means something
+        // else by now, it is looked at again below.
         if (entry.isFile()) {
-          copyFile(from, to, name, childRel);
-          continue;
+          try {
+            copyFile(from, to, name, childRel);
+            continue;
+          } catch (err) {
+            if (!(err instanceof SourceChanged)) throw err;
+          }
         }
         const st = from.lstat(name);
         if (st === undefined) continue; // vanished meanwhile
@@ -278,7 +223,7 @@ export function copyTree(src: string | number, dst: string): CopyStats {
       if (linkToFirst(to, name, st)) return;
       const dfd = to.createFile(name, 0o600);
       try {
-        if (copyData(sfd, dfd, st, state)) stats.reflinked++;
+        if (copyFileData(sfd, dfd, st, state)) stats.reflinked++;
         // chown before chmod (chown clears set-id bits), xattrs after chown (it drops security.capability).
         applyMetaFd(dfd, metaOf(st, fdXattrs(sfd)));
       } finally {
