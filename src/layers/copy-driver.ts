@@ -4,69 +4,141 @@
  * its chain (reflinked where the filesystem can); diff compares it with the chain's view; commit writes
  * the changes in overlay's upper-directory form and reuses the same tar writer, so both drivers produce
  * the same layers.
+ *
+ * Layer directories hold what tars from anywhere said, and a container changes its merged directory
+ * while it runs, so every read from a layer or from merged and every write into merged or upper goes
+ * through a `Beneath` (src/sys/beneath.ts, #9): each tree pinned by a directory fd, each name resolved by
+ * the kernel below it without following any symlink, each entry made, chowned, chmodded, xattr'd and
+ * timed by its final name. A symlink in a layer or in merged is copied or compared as a symlink, never
+ * followed out of its tree.
  */
 import fs from 'node:fs';
-import path from 'node:path';
-import { lgetxattr, llistxattr, lsetxattr, mknod } from '../sys/libc.js';
-import { isOpaque, isWhiteout } from './tar/writer.js';
+import { errnoCode } from '../errors.js';
+import { applyMetaFd, Beneath, fdXattrs, type EntryMeta, type EntryStat } from '../sys/beneath.js';
+import { copyFileData, newCopyDataState, type CopyDataState } from '../sys/copy-data.js';
 
-/** A path visible in a chain: the layer directory that provides it, and its stat. */
+/** overlayfs's own xattrs: markers of a layer's form, never metadata of the files. */
+const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
+/** The opaque-directory marker (value `y`). */
+const OPAQUE_XATTR = `${OVERLAY_XATTR_PREFIX}opaque`;
+
+/** A path visible in a chain: the layer tree that provides it, and its stat. */
 interface LowerEntry {
-  readonly dir: string;
-  readonly st: fs.Stats;
+  readonly layer: Beneath;
+  readonly st: EntryStat;
 }
 
-function copyMeta(src: string, dst: string, st: fs.Stats): void {
-  fs.lchownSync(dst, st.uid, st.gid);
-  if (!st.isSymbolicLink()) fs.chmodSync(dst, st.mode & 0o7777);
-  for (const name of llistxattr(src)) {
-    if (name.startsWith('trusted.overlay.')) continue;
-    const v = lgetxattr(src, name);
-    if (v !== undefined) lsetxattr(dst, name, v);
+/** A whiteout: a character device 0/0 (overlay form). */
+function isWhiteout(st: EntryStat): boolean {
+  return st.isCharacterDevice() && st.rdev === 0;
+}
+
+/** True if xattrs `x` (of a directory) carry overlayfs's opaque marker. */
+function isOpaque(x: ReadonlyMap<string, Buffer>): boolean {
+  return x.get(OPAQUE_XATTR)?.toString() === 'y';
+}
+
+/** `x` without overlayfs's own markers. */
+function fileXattrs(x: ReadonlyMap<string, Buffer>): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  for (const [k, v] of x) if (!k.startsWith(OVERLAY_XATTR_PREFIX)) out.set(k, v);
+  return out;
+}
+
+/** Owner, mode (not for symlinks), xattrs and, with `times`, atime/mtime of `st`. */
+function metaOf(st: EntryStat, xattrs: ReadonlyMap<string, Buffer>, times: boolean): EntryMeta {
+  return {
+    uid: st.uid,
+    gid: st.gid,
+    ...(st.isSymbolicLink() ? {} : { mode: st.mode & 0o7777 }),
+    ...(xattrs.size > 0 ? { xattrs } : {}),
+    ...(times ? { atimeNs: st.atimeNs, mtimeNs: st.mtimeNs } : {}),
+  };
+}
+
+/** Runs `fn` with each of `dirs` pinned as a Beneath, closing them all afterwards. */
+function withTrees<T>(dirs: readonly string[], fn: (trees: Beneath[]) => T): T {
+  const trees: Beneath[] = [];
+  try {
+    for (const dir of dirs) trees.push(Beneath.open(dir));
+    return fn(trees);
+  } finally {
+    for (const tree of trees) tree.close();
   }
-  if (!st.isDirectory()) fs.lutimesSync(dst, st.atime, st.mtime);
 }
 
-/** Copies one non-directory entry (regular files reflinked when possible). */
-function copyEntry(src: string, dst: string, st: fs.Stats): void {
-  if (st.isSymbolicLink()) fs.symlinkSync(fs.readlinkSync(src), dst);
-  else if (st.isFile()) fs.copyFileSync(src, dst, fs.constants.COPYFILE_FICLONE);
-  else mknod(dst, st.mode, st.rdev);
-  copyMeta(src, dst, st);
+/** Runs `fn` with directory `rel` of `tree` pinned as its own Beneath. */
+function inSub<T>(tree: Beneath, rel: string, fn: (sub: Beneath) => T): T {
+  const sub = tree.sub(rel);
+  try {
+    return fn(sub);
+  } finally {
+    sub.close();
+  }
+}
+
+/**
+ * Copies the non-directory `fromRel` of `from` (stat `st`) to the new entry `toRel` of `to`, with its
+ * owner, mode, xattrs and times (regular files reflinked when possible); `parents` makes missing parents.
+ */
+function copyEntry(from: Beneath, fromRel: string, to: Beneath, toRel: string, st: EntryStat, state: CopyDataState, parents = false): void {
+  if (st.isFile()) {
+    const { fd: sfd, st: fst } = from.openReadStat(fromRel);
+    try {
+      const dfd = to.createFile(toRel, 0o600, parents);
+      try {
+        copyFileData(sfd, dfd, fst, state);
+        applyMetaFd(dfd, metaOf(fst, fileXattrs(fdXattrs(sfd)), true));
+      } finally {
+        fs.closeSync(dfd);
+      }
+    } finally {
+      fs.closeSync(sfd);
+    }
+    return;
+  }
+  const meta = metaOf(st, fileXattrs(from.xattrs(fromRel)), true);
+  if (st.isSymbolicLink()) to.symlink(from.readlink(fromRel), toRel, parents);
+  else to.mknod(toRel, st.mode, st.rdev, parents);
+  to.applyMeta(toRel, meta);
 }
 
 /** Applies one layer directory (overlay form: whiteout devices, opaque dirs) onto `merged`. */
-function applyLayer(layer: string, merged: string, rel = ''): void {
-  for (const name of fs.readdirSync(path.join(layer, rel)).sort()) {
-    const r = rel === '' ? name : `${rel}/${name}`;
-    const src = path.join(layer, r);
-    const dst = path.join(merged, r);
-    const st = fs.lstatSync(src);
-    const existing = fs.lstatSync(dst, { throwIfNoEntry: false });
+function applyLayer(layer: Beneath, merged: Beneath, state: CopyDataState): void {
+  for (const name of layer.readdir().map((e) => e.name).sort()) {
+    const st = layer.lstat(name);
+    if (st === undefined) throw new Error(`layer ${layer.where}: "${name}" vanished (layers never change)`);
+    const existing = merged.lstat(name);
     if (isWhiteout(st)) {
-      if (existing) fs.rmSync(dst, { recursive: true, force: true });
+      if (existing) merged.remove(name);
       continue;
     }
     if (st.isDirectory()) {
-      if (existing && (!existing.isDirectory() || isOpaque(src))) fs.rmSync(dst, { recursive: true, force: true });
-      if (!fs.lstatSync(dst, { throwIfNoEntry: false })) fs.mkdirSync(dst);
-      applyLayer(layer, merged, r);
-      copyMeta(src, dst, st);
-      fs.utimesSync(dst, st.atime, st.mtime);
+      inSub(layer, name, (sub) => {
+        const xattrs = sub.xattrs('');
+        if (existing && (!existing.isDirectory() || isOpaque(xattrs))) merged.remove(name);
+        if (!merged.lstat(name)) merged.mkdir(name);
+        inSub(merged, name, (into) => applyLayer(sub, into, state));
+        // After the entries: making them changed the directory's times.
+        merged.applyMeta(name, metaOf(st, fileXattrs(xattrs), true));
+      });
       continue;
     }
-    if (existing) fs.rmSync(dst, { recursive: true, force: true });
-    copyEntry(src, dst, st);
+    if (existing) merged.remove(name);
+    copyEntry(layer, name, merged, name, st, state);
   }
 }
 
 /** Materializes a chain (top first, as LayerStore.history gives it) into the empty directory `merged`. */
 export function materialize(lowerDirsTopFirst: readonly string[], merged: string): void {
-  for (const layer of [...lowerDirsTopFirst].reverse()) applyLayer(layer, merged);
+  const state = newCopyDataState();
+  withTrees([merged, ...[...lowerDirsTopFirst].reverse()], ([into, ...bottomFirst]) => {
+    for (const layer of bottomFirst) applyLayer(layer, into!, state);
+  });
 }
 
-/** Every path visible through a chain, with the layer that provides it. */
-function lowerView(lowerDirsTopFirst: readonly string[]): Map<string, LowerEntry> {
+/** Every path visible through a chain (its layers pinned, bottom first), with the layer that provides it. */
+function lowerView(bottomFirst: readonly Beneath[]): Map<string, LowerEntry> {
   const view = new Map<string, LowerEntry>();
   // Drops what a lower layer had below `r`. Only a directory there can have entries below it, so the
   // scan of the view runs only then (a whiteout of a directory, a directory replaced or made opaque),
@@ -75,90 +147,133 @@ function lowerView(lowerDirsTopFirst: readonly string[]): Map<string, LowerEntry
     if (!view.get(r)?.st.isDirectory()) return;
     for (const k of [...view.keys()]) if (k.startsWith(`${r}/`)) view.delete(k);
   };
-  const visit = (layer: string, rel: string): void => {
-    for (const name of fs.readdirSync(path.join(layer, rel))) {
+  const visit = (top: Beneath, dir: Beneath, rel: string): void => {
+    for (const { name } of dir.readdir()) {
       const r = rel === '' ? name : `${rel}/${name}`;
-      const st = fs.lstatSync(path.join(layer, r));
+      const st = dir.lstat(name);
+      if (st === undefined) throw new Error(`layer ${top.where}: "${r}" vanished (layers never change)`);
       if (isWhiteout(st)) {
         dropBelow(r);
         view.delete(r);
         continue;
       }
-      if (!st.isDirectory() || isOpaque(path.join(layer, r))) dropBelow(r);
-      view.set(r, { dir: layer, st });
-      if (st.isDirectory()) visit(layer, r);
+      if (!st.isDirectory()) {
+        dropBelow(r);
+        view.set(r, { layer: top, st });
+        continue;
+      }
+      inSub(dir, name, (sub) => {
+        if (isOpaque(sub.xattrs(''))) dropBelow(r);
+        view.set(r, { layer: top, st });
+        visit(top, sub, r);
+      });
     }
   };
-  for (const layer of [...lowerDirsTopFirst].reverse()) visit(layer, '');
+  for (const layer of bottomFirst) visit(layer, layer, '');
   return view;
 }
 
-function differs(a: fs.Stats, b: fs.Stats, pa: string, pb: string): boolean {
+/** Milliseconds of a nanosecond time, floored (what the comparison has always used). */
+function ms(ns: bigint): bigint {
+  const q = ns / 1_000_000n;
+  return ns < 0n && q * 1_000_000n !== ns ? q - 1n : q;
+}
+
+function differs(a: EntryStat, b: EntryStat, linkA: () => string, linkB: () => string): boolean {
   if ((a.mode & 0o170000) !== (b.mode & 0o170000)) return true;
   if ((a.mode & 0o7777) !== (b.mode & 0o7777) || a.uid !== b.uid || a.gid !== b.gid) return true;
   if (a.isDirectory()) return false; // a directory changes when its entries do: reported through them
-  if (a.isSymbolicLink()) return fs.readlinkSync(pa) !== fs.readlinkSync(pb);
-  if (a.size !== b.size || Math.floor(a.mtimeMs) !== Math.floor(b.mtimeMs)) return true;
+  if (a.isSymbolicLink()) return linkA() !== linkB();
+  if (a.size !== b.size || ms(a.mtimeNs) !== ms(b.mtimeNs)) return true;
   return false;
 }
 
-/** Changes of `merged` against its chain: A added, C changed, D deleted (ancestors of changes are C). */
-export function copyDiff(lowerDirsTopFirst: readonly string[], merged: string): { kind: 'A' | 'C' | 'D'; path: string }[] {
-  const view = lowerView(lowerDirsTopFirst);
-  const changes = new Map<string, 'A' | 'C' | 'D'>();
-  const walk = (rel: string): void => {
-    for (const name of fs.readdirSync(path.join(merged, rel))) {
+type ChangeKind = 'A' | 'C' | 'D';
+
+/** copyDiff on pinned trees: `merged` against the chain `bottomFirst`. */
+function diffTrees(bottomFirst: readonly Beneath[], merged: Beneath): { kind: ChangeKind; path: string }[] {
+  const view = lowerView(bottomFirst);
+  const changes = new Map<string, ChangeKind>();
+  const present = new Set<string>(); // every path in merged, for the deletions below
+  const walk = (dir: Beneath, rel: string): void => {
+    for (const { name } of dir.readdir()) {
       const r = rel === '' ? name : `${rel}/${name}`;
-      const st = fs.lstatSync(path.join(merged, r));
+      const st = dir.lstat(name);
+      if (st === undefined) continue; // deleted while we looked: absent, as if the walk had come later
+      present.add(r);
       const lower = view.get(r);
       if (!lower) changes.set(r, 'A');
-      else if (differs(st, lower.st, path.join(merged, r), path.join(lower.dir, r))) changes.set(r, 'C');
-      if (st.isDirectory()) walk(r);
+      else if (differs(st, lower.st, () => dir.readlink(name), () => lower.layer.readlink(r))) changes.set(r, 'C');
+      if (st.isDirectory()) {
+        let sub: Beneath;
+        try {
+          sub = dir.sub(name);
+        } catch (err) {
+          // The container replaced the directory meanwhile (ENOENT, ELOOP: now a symlink, ENOTDIR), or
+          // something is mounted on it (EXDEV): nothing below it is read, and never through a symlink.
+          if (['ENOENT', 'ELOOP', 'ENOTDIR', 'EXDEV'].includes(errnoCode(err) ?? '')) continue;
+          throw err;
+        }
+        try {
+          walk(sub, r);
+        } finally {
+          sub.close();
+        }
+      }
     }
   };
-  walk('');
+  walk(merged, '');
   for (const r of view.keys()) {
-    if (fs.lstatSync(path.join(merged, r), { throwIfNoEntry: false })) continue;
-    const parent = path.dirname(r);
+    if (present.has(r)) continue;
+    const slash = r.lastIndexOf('/');
     // Report only the top of a deleted subtree, as overlay's whiteouts do.
-    if (parent !== '.' && !fs.lstatSync(path.join(merged, parent), { throwIfNoEntry: false })) continue;
+    if (slash >= 0 && !present.has(r.slice(0, slash))) continue;
     changes.set(r, 'D');
   }
   for (const r of [...changes.keys()]) {
-    for (let p = path.dirname(r); p !== '.'; p = path.dirname(p)) {
+    for (let slash = r.lastIndexOf('/'); slash >= 0; slash = r.lastIndexOf('/', slash - 1)) {
+      const p = r.slice(0, slash);
       if (!changes.has(p) && view.has(p)) changes.set(p, 'C');
     }
   }
   return [...changes].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([p, kind]) => ({ kind, path: `/${p}` }));
 }
 
+/** Changes of `merged` against its chain: A added, C changed, D deleted (ancestors of changes are C). */
+export function copyDiff(lowerDirsTopFirst: readonly string[], merged: string): { kind: ChangeKind; path: string }[] {
+  return withTrees([merged, ...[...lowerDirsTopFirst].reverse()], ([m, ...bottomFirst]) => diffTrees(bottomFirst, m!));
+}
+
 /** Writes the changes of `merged` into `upper` in overlay form (whiteouts for deletions). */
 export function changesAsUpper(lowerDirsTopFirst: readonly string[], merged: string, upper: string): void {
-  for (const { kind, path: p } of copyDiff(lowerDirsTopFirst, merged)) {
-    const rel = p.slice(1);
-    const dst = path.join(upper, rel);
-    fs.mkdirSync(path.dirname(dst), { recursive: true });
-    if (kind === 'D') {
-      mknod(dst, fs.constants.S_IFCHR, 0);
-      continue;
-    }
-    const src = path.join(merged, rel);
-    const st = fs.lstatSync(src);
-    if (st.isDirectory()) {
-      if (!fs.existsSync(dst)) fs.mkdirSync(dst);
-      copyMeta(src, dst, st);
-    } else copyEntry(src, dst, st);
-  }
-  // Directory times last: creating their entries changed them.
-  const fix = (rel: string): void => {
-    for (const name of fs.readdirSync(path.join(upper, rel))) {
-      const r = rel === '' ? name : `${rel}/${name}`;
-      const st = fs.lstatSync(path.join(merged, r), { throwIfNoEntry: false });
-      if (st?.isDirectory()) {
-        fix(r);
-        fs.utimesSync(path.join(upper, r), st.atime, st.mtime);
+  const state = newCopyDataState();
+  withTrees([merged, upper, ...[...lowerDirsTopFirst].reverse()], ([m, u, ...bottomFirst]) => {
+    const from = m!;
+    const into = u!;
+    for (const { kind, path: p } of diffTrees(bottomFirst, from)) {
+      const rel = p.slice(1);
+      if (kind === 'D') {
+        into.mknod(rel, fs.constants.S_IFCHR, 0, true);
+        continue;
       }
+      const st = from.lstat(rel);
+      if (st === undefined) throw new Error(`commit: "${p}" was deleted while the commit ran; commit again`);
+      if (st.isDirectory()) {
+        if (!into.lstat(rel)) into.mkdir(rel, 0o755, true);
+        into.applyMeta(rel, metaOf(st, fileXattrs(from.xattrs(rel)), false));
+      } else copyEntry(from, rel, into, rel, st, state, true);
     }
-  };
-  fix('');
+    // Directory times last: creating their entries changed them.
+    const fix = (dir: Beneath, rel: string): void => {
+      for (const { name } of dir.readdir()) {
+        const r = rel === '' ? name : `${rel}/${name}`;
+        const st = from.lstat(r);
+        if (st?.isDirectory() && dir.lstat(name)?.isDirectory()) {
+          inSub(dir, name, (sub) => fix(sub, r));
+          dir.applyMeta(name, { atimeNs: st.atimeNs, mtimeNs: st.mtimeNs });
+        }
+      }
+    };
+    fix(into, '');
+  });
 }

@@ -61,11 +61,14 @@ const cStatx = libc.func('int statx(int dirfd, const char *path, int flags, unsi
 const cLsetxattr = libc.func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
 const cLgetxattr = libc.func('long lgetxattr(const char *path, const char *name, _Out_ void *value, size_t size)');
 const cLlistxattr = libc.func('long llistxattr(const char *path, _Out_ void *list, size_t size)');
-const cFsetxattr = libc.func('int fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)');
-// The following variants, for /proc/self/fd/<fd> itself: the l-variants would act on the magic link.
+// The following variants, only ever given /proc/self/fd/<fd>: following that magic link reaches exactly the
+// pinned inode (the l-variants would read the magic link itself, which has no xattrs).
 const cSetxattr = libc.func('int setxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
 const cGetxattr = libc.func('long getxattr(const char *path, const char *name, _Out_ void *value, size_t size)');
 const cListxattr = libc.func('long listxattr(const char *path, _Out_ void *list, size_t size)');
+const cFsetxattr = libc.func('int fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)');
+const cFlistxattr = libc.func('long flistxattr(int fd, _Out_ void *list, size_t size)');
+const cFgetxattr = libc.func('long fgetxattr(int fd, const char *name, _Out_ void *value, size_t size)');
 
 function check(ret: number | bigint, syscall: string, path?: string): number {
   const n = Number(ret);
@@ -107,36 +110,64 @@ export function makedev(major: number, minor: number): number {
 const STATX_BASIC_STATS = 0x7ff;
 const S_IFMT = 0o170000;
 
+/** An EntryStat decoded from a statx buffer (methods on the prototype: a tree walk makes one per entry). */
+class Statx implements EntryStat {
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly nlink: number;
+  readonly size: number;
+  readonly blocks: number;
+  readonly ino: bigint;
+  readonly dev: number;
+  readonly rdev: number;
+  readonly atimeNs: bigint;
+  readonly mtimeNs: bigint;
+  constructor(buf: Buffer) {
+    const ts = (off: number): bigint => buf.readBigInt64LE(off) * 1_000_000_000n + BigInt(buf.readUInt32LE(off + 8));
+    this.mode = buf.readUInt16LE(28);
+    this.uid = buf.readUInt32LE(20);
+    this.gid = buf.readUInt32LE(24);
+    this.nlink = buf.readUInt32LE(16);
+    this.ino = buf.readBigUInt64LE(32);
+    this.size = Number(buf.readBigUInt64LE(40));
+    this.blocks = Number(buf.readBigUInt64LE(48));
+    this.atimeNs = ts(64);
+    this.mtimeNs = ts(112);
+    this.rdev = makedev(buf.readUInt32LE(128), buf.readUInt32LE(132));
+    this.dev = makedev(buf.readUInt32LE(136), buf.readUInt32LE(140));
+  }
+  isDirectory(): boolean {
+    return (this.mode & S_IFMT) === fs.constants.S_IFDIR;
+  }
+  isFile(): boolean {
+    return (this.mode & S_IFMT) === fs.constants.S_IFREG;
+  }
+  isSymbolicLink(): boolean {
+    return (this.mode & S_IFMT) === fs.constants.S_IFLNK;
+  }
+  isCharacterDevice(): boolean {
+    return (this.mode & S_IFMT) === fs.constants.S_IFCHR;
+  }
+  isBlockDevice(): boolean {
+    return (this.mode & S_IFMT) === fs.constants.S_IFBLK;
+  }
+  isFIFO(): boolean {
+    return (this.mode & S_IFMT) === fs.constants.S_IFIFO;
+  }
+  isSocket(): boolean {
+    return (this.mode & S_IFMT) === fs.constants.S_IFSOCK;
+  }
+}
+
 function parseStatx(buf: Buffer): EntryStat {
-  const mode = buf.readUInt16LE(28);
-  const type = mode & S_IFMT;
-  const ts = (off: number): bigint => buf.readBigInt64LE(off) * 1_000_000_000n + BigInt(buf.readUInt32LE(off + 8));
-  return {
-    mode,
-    uid: buf.readUInt32LE(20),
-    gid: buf.readUInt32LE(24),
-    nlink: buf.readUInt32LE(16),
-    ino: buf.readBigUInt64LE(32),
-    size: Number(buf.readBigUInt64LE(40)),
-    blocks: Number(buf.readBigUInt64LE(48)),
-    atimeNs: ts(64),
-    mtimeNs: ts(112),
-    rdev: makedev(buf.readUInt32LE(128), buf.readUInt32LE(132)),
-    dev: makedev(buf.readUInt32LE(136), buf.readUInt32LE(140)),
-    isDirectory: () => type === fs.constants.S_IFDIR,
-    isFile: () => type === fs.constants.S_IFREG,
-    isSymbolicLink: () => type === fs.constants.S_IFLNK,
-    isCharacterDevice: () => type === fs.constants.S_IFCHR,
-    isBlockDevice: () => type === fs.constants.S_IFBLK,
-    isFIFO: () => type === fs.constants.S_IFIFO,
-    isSocket: () => type === fs.constants.S_IFSOCK,
-  };
+  return new Statx(buf);
 }
 
 /** fstat-like statx of an fd itself (AT_EMPTY_PATH). */
 export function statFd(fd: number): EntryStat {
   const buf = Buffer.alloc(256);
-  check(cStatx(fd, '', 0x1000 /* AT_EMPTY_PATH */ | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf), 'statx');
+  check(cStatx(fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf), 'statx');
   return parseStatx(buf);
 }
 
@@ -253,8 +284,8 @@ export class Beneath {
     const parts = splitRelative(rel);
     const name = parts.pop();
     if (name === undefined) throw new Error(`"${rel}" names the root of ${this.where} itself`);
-    // A direct child: the pinned root is the parent (walkers `sub()` into each directory, so most calls
-    // cost one *at syscall and no lookup of their own).
+    // A name directly below the root: the root's own pinned fd is the parent (no open, no close), which
+    // makes a walk that holds one Beneath per directory cost one *at call per operation.
     if (parts.length === 0) return fn(this.fd, name);
     let dirfd: number;
     try {
@@ -323,14 +354,25 @@ export class Beneath {
 
   /** Opens the regular file `rel` for reading (refusing a symlink or anything but a regular file). */
   openRead(rel: string): number {
-    const fd = this.inParent(rel, (dirfd, name) =>
-      check(cOpenat(dirfd, name, fs.constants.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0), 'openat', this.describe(rel)),
-    );
-    if (!statFd(fd).isFile()) {
-      fs.closeSync(fd);
-      throw new SyscallError('openat', E.EINVAL, `${this.describe(rel)} (not a regular file)`);
+    return this.openReadStat(rel).fd;
+  }
+
+  /**
+   * openRead, with the statx of the inode opened (what is read, whatever the name means by now). The entry
+   * is pinned with O_PATH first and opened for reading only once it is known to be a regular file: a
+   * device node swapped in under the name is never opened (opening some devices acts: a watchdog arms).
+   */
+  openReadStat(rel: string): { fd: number; st: EntryStat } {
+    const pinned = this.inParent(rel, (dirfd, name) => check(cOpenat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0), 'openat', this.describe(rel)));
+    try {
+      const st = statFd(pinned);
+      if (!st.isFile()) throw new SyscallError('openat', E.EINVAL, `${this.describe(rel)} (not a regular file)`);
+      // Reopening the pinned inode through its magic link: the same inode, now open for I/O.
+      const fd = check(cOpenat(AT_FDCWD, `/proc/self/fd/${pinned}`, fs.constants.O_RDONLY | O_CLOEXEC, 0), 'open', this.describe(rel));
+      return { fd, st };
+    } finally {
+      fs.closeSync(pinned);
     }
-    return fd;
   }
 
   /** A subtree: the directory `rel` pinned as a new root. */
@@ -340,6 +382,7 @@ export class Beneath {
 
   /** The names in directory `rel` (read through the pinned fd, never by path). */
   readdir(rel = ''): fs.Dirent[] {
+    if (splitRelative(rel).length === 0) return fs.readdirSync(`/proc/self/fd/${this.fd}`, { withFileTypes: true });
     const fd = this.openDirFd(rel);
     try {
       return fs.readdirSync(`/proc/self/fd/${fd}`, { withFileTypes: true });
@@ -419,48 +462,63 @@ export class Beneath {
   /** The xattrs of `rel` (a final symlink's own), read through its pinned parent. */
   xattrs(rel: string): Map<string, Buffer> {
     const parts = splitRelative(rel);
-    // The root: its pinned inode through the magic link (followed: llistxattr would read the link's own).
-    if (parts.length === 0) return listXattrs(`/proc/self/fd/${this.fd}`, true);
+    if (parts.length === 0) return listXattrs(`/proc/self/fd/${this.fd}`, true); // the magic link, followed: the root's own inode
     return this.inParent(rel, (dirfd, name) => listXattrs(`/proc/self/fd/${dirfd}/${name}`));
   }
 }
 
-/**
- * Reads every xattr of `p`, not following a final symlink; with `follow`, following it (only for
- * /proc/self/fd/<fd>, whose magic link leads to exactly the pinned inode).
- */
+/** Every xattr of the file open as `fd` (flistxattr/fgetxattr: an fd open for I/O, not an O_PATH fd). */
+export function fdXattrs(fd: number): Map<string, Buffer> {
+  return readXattrs(
+    (buf) => Number(cFlistxattr(fd, buf, buf.length)),
+    (name, buf) => Number(cFgetxattr(fd, name, buf, buf.length)),
+    `fd ${fd}`,
+  );
+}
+
+/** Reads every xattr of `p`: not following a final symlink, unless `follow` (for /proc/self/fd/N only). */
 export function listXattrs(p: string, follow = false): Map<string, Buffer> {
   const cList = follow ? cListxattr : cLlistxattr;
   const cGet = follow ? cGetxattr : cLgetxattr;
+  return readXattrs(
+    (buf) => Number(cList(p, buf, buf.length)),
+    (name, buf) => Number(cGet(p, name, buf, buf.length)),
+    p,
+  );
+}
+
+/** The list-then-get loop of every xattr reader; `list` and `get` return the syscall's result (errno set). */
+function readXattrs(list: (buf: Buffer) => number, get: (name: string, buf: Buffer) => number, where: string): Map<string, Buffer> {
   const out = new Map<string, Buffer>();
   let size = 1024;
-  let list: Buffer;
+  let names: Buffer;
   for (;;) {
     const buf = Buffer.alloc(size);
-    const n = Number(cList(p, buf, buf.length));
+    const n = list(buf);
     if (n >= 0) {
-      list = buf.subarray(0, n);
+      names = buf.subarray(0, n);
       break;
     }
     const errno = koffi.errno();
     if (errno === E.ENOTSUP) return out;
-    if (errno !== E.ERANGE || size >= 1 << 20) throw new SyscallError('llistxattr', errno, p);
+    if (errno !== E.ERANGE || size >= 1 << 20) throw new SyscallError('listxattr', errno, where);
     size *= 16;
   }
-  for (const raw of list.toString('latin1').split('\0')) {
+  if (names.length === 0) return out;
+  for (const raw of names.toString('latin1').split('\0')) {
     if (raw === '') continue;
     const name = Buffer.from(raw, 'latin1').toString('utf8');
     let vsize = 256;
     for (;;) {
       const vbuf = Buffer.alloc(vsize);
-      const n = Number(cGet(p, name, vbuf, vbuf.length));
+      const n = get(name, vbuf);
       if (n >= 0) {
         out.set(name, vbuf.subarray(0, n));
         break;
       }
       const errno = koffi.errno();
       if (errno === E.ENODATA) break; // removed meanwhile
-      if (errno !== E.ERANGE || vsize >= 1 << 20) throw new SyscallError('lgetxattr', errno, p);
+      if (errno !== E.ERANGE || vsize >= 1 << 20) throw new SyscallError('getxattr', errno, `${where} (${name})`);
       vsize *= 16;
     }
   }
@@ -489,25 +547,25 @@ function applyMetaAt(dirfd: number, name: string, meta: EntryMeta, where: string
   }
 }
 
-/** applyMeta on an fd that is the entry itself (a file just created, or a root): f-calls only. */
+/**
+ * applyMeta on an fd that is the entry itself (a file just created, or a root): f-calls, or for an O_PATH fd
+ * (which refuses fchmod and fsetxattr with EBADF) the same inode through its /proc magic link, followed.
+ */
 export function applyMetaFd(fd: number, meta: EntryMeta): void {
   if (meta.uid !== undefined || meta.gid !== undefined) {
-    // fchownat(fd, "", AT_EMPTY_PATH): the fd's own inode, also for an O_PATH fd (fchown refuses those).
-    check(cFchownat(fd, '', meta.uid ?? 0xffffffff, meta.gid ?? 0xffffffff, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW), 'fchownat');
+    // fchownat(fd, "", AT_EMPTY_PATH): the fd's own inode, O_PATH fds included (fchown refuses those).
+    check(cFchownat(fd, '', meta.uid ?? 0xffffffff, meta.gid ?? 0xffffffff, AT_EMPTY_PATH), 'fchownat');
   }
   if (meta.mode !== undefined) {
-    // An O_PATH fd (a pinned root) refuses fchmod: reach the same inode through /proc.
     if (Number(cFchmod(fd, meta.mode & 0o7777)) < 0) check(cChmod(`/proc/self/fd/${fd}`, meta.mode & 0o7777), 'chmod');
   }
   if (meta.xattrs !== undefined) {
     for (const [k, v] of meta.xattrs) {
-      // An O_PATH fd refuses fsetxattr (EBADF): follow its magic link, which leads to exactly that inode
-      // (lsetxattr would act on the link itself and fail).
       if (Number(cFsetxattr(fd, k, v, v.length, 0)) < 0) check(cSetxattr(`/proc/self/fd/${fd}`, k, v, v.length, 0), 'setxattr', k);
     }
   }
   if (meta.mtimeNs !== undefined) {
-    // utimensat(fd, NULL): the fd's own inode; an O_PATH fd refuses it (EBADF) and goes through /proc.
+    // utimensat(fd, NULL): the fd's own inode; an O_PATH fd refuses it (EBADF) but works through /proc.
     const times = timesBuf(meta.atimeNs ?? meta.mtimeNs, meta.mtimeNs);
     if (Number(cUtimensat(fd, null, times, 0)) < 0) check(cUtimensat(AT_FDCWD, `/proc/self/fd/${fd}`, times, 0), 'utimensat');
   }

@@ -20,8 +20,25 @@ export interface BindRoots {
    * swapped between the check and the mount.
    */
   withPinned<T>(device: string, use: (procPath: string, hostPath: string) => T): T;
+  /**
+   * withPinned for work that outlives a synchronous call (a clone's copy on a worker thread): the checked
+   * O_PATH fd stays open, pinning the same inode, until `close`. Read below it only through that fd
+   * (`Beneath.fromFd`): its path may be swapped for a symlink at any moment.
+   */
+  pin(device: string): PinnedDevice;
   /** The path through which this process reaches a host path (adds TSVOL_HOST_ROOT). */
   local(hostPath: string): string;
+}
+
+/** A bind-style device's directory, pinned by an O_PATH fd whose real path was checked (BindRoots.pin). */
+export interface PinnedDevice {
+  /** O_PATH|O_DIRECTORY fd of the checked directory. */
+  readonly fd: number;
+  /** `/proc/self/fd/<fd>`. */
+  readonly procPath: string;
+  /** Where the fd pointed when it was checked (a host path, for messages). */
+  readonly hostPath: string;
+  close(): void;
 }
 
 function within(child: string, parent: string): boolean {
@@ -76,23 +93,34 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
     return real;
   }
 
+  function pin(device: string): PinnedDevice {
+    const real = realLocalDir(device);
+    check(device, real);
+    const fd = fs.openSync(real, O_PATH | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW);
+    try {
+      const procPath = `/proc/self/fd/${fd}`;
+      // Re-check the inode the fd really pins: the path may have been swapped since realpath.
+      const hostPath = check(device, fs.readlinkSync(procPath));
+      return { fd, procPath, hostPath, close: () => fs.closeSync(fd) };
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
   return {
     local,
     resolve(device) {
       return check(device, realLocalDir(device));
     },
     withPinned(device, use) {
-      const real = realLocalDir(device);
-      check(device, real);
-      const fd = fs.openSync(real, O_PATH | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW);
+      const pinned = pin(device);
       try {
-        const procPath = `/proc/self/fd/${fd}`;
-        // Re-check the inode the fd really pins: the path may have been swapped since realpath.
-        const hostPath = check(device, fs.readlinkSync(procPath));
-        return use(procPath, hostPath);
+        return use(pinned.procPath, pinned.hostPath);
       } finally {
-        fs.closeSync(fd);
+        pinned.close();
       }
     },
+    pin,
   };
 }

@@ -303,16 +303,25 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   /**
    * A clone of `from`: what is there at this moment. A loop-backed or layered source not in use is mounted
    * for the copy under its own lock (two mounts of one ext4 image would corrupt it); any other source is
-   * read without its lock, so a long copy never holds up the source's Mount.
+   * read without its lock, so a long copy never holds up the source's Mount. The clone's _data is always a
+   * new real directory holding copies (#9 §3): copyTree reads the source only through its pinned root and
+   * never follows a symlink, so nothing here can make _data a link to a host path.
    */
   async function buildClone(name: string, from: string): Promise<void> {
     validateName(from);
     if (from === name) throw new InvalidArgumentError(`volume "${name}" cannot be a clone of itself`);
-    const copy = (source: string) => buildInTmp(name, async (dir) => void (await copyTreeInWorker(source, path.join(dir, '_data'))));
+    const copy = (source: string | number) => buildInTmp(name, async (dir) => void (await copyTreeInWorker(source, path.join(dir, '_data'))));
     const src = mustGet(from);
     if (src.spec.kind === 'bind') {
-      bindRoots.resolve(src.spec.device);
-      return copy(bindRoots.local(src.spec.device));
+      // The device's directory pinned by an fd and re-checked against TSVOL_BIND_ROOTS (a symlink swapped
+      // in since Create is resolved and refused), held open for the whole copy: the worker reads below that
+      // fd only, so a later swap of the device path changes nothing.
+      const pinned = bindRoots.pin(src.spec.device);
+      try {
+        return await copy(pinned.fd);
+      } finally {
+        pinned.close();
+      }
     }
     if (!hasOwnMount(src.spec)) return copy(layout.dataDir(from));
     await locks.run(from, async () => {

@@ -1,0 +1,121 @@
+/**
+ * The copy layer driver reads a running container's merged tree only through a pinned `Beneath` (#9): a
+ * directory the container swaps for a symlink to a host directory while a diff or commit runs is never
+ * followed, so nothing from outside the tree reaches a committed layer; symlinks in layers are copied as
+ * symlinks, never followed while a chain is materialized.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import test from 'ava';
+import { changesAsUpper, copyDiff, materialize } from '../src/layers/copy-driver.js';
+import { cleanupDir, requireRoot, tempDir } from './helpers/server.js';
+
+const SECRET = 'host secret: must never reach a layer';
+
+/** Every regular file below `root` (not following symlinks), with its content. */
+function regularFiles(root: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const visit = (rel: string): void => {
+    for (const name of fs.readdirSync(path.join(root, rel))) {
+      const r = rel === '' ? name : `${rel}/${name}`;
+      const st = fs.lstatSync(path.join(root, r));
+      if (st.isDirectory()) visit(r);
+      else if (st.isFile()) out.set(r, fs.readFileSync(path.join(root, r), 'utf8'));
+    }
+  };
+  visit('');
+  return out;
+}
+
+test('materialize copies a layer symlink to outside as a symlink; a later layer\'s directory of that name replaces it', (t) => {
+  if (!requireRoot(t)) return; // layers hold other owners' files
+  const base = tempDir('tsvol-copy-escape-');
+  t.teardown(() => cleanupDir(base));
+  const outside = path.join(base, 'outside');
+  fs.mkdirSync(outside);
+  fs.writeFileSync(path.join(outside, 'passwd'), SECRET);
+  const lower = path.join(base, 'lower');
+  const upper = path.join(base, 'upper');
+  fs.mkdirSync(lower);
+  fs.mkdirSync(path.join(upper, 'etc'), { recursive: true });
+  fs.symlinkSync(outside, path.join(lower, 'etc'));
+  fs.symlinkSync(outside, path.join(lower, 'link'));
+  fs.writeFileSync(path.join(upper, 'etc', 'passwd'), 'layer passwd');
+  const merged = path.join(base, 'merged');
+  fs.mkdirSync(merged);
+  materialize([upper, lower], merged);
+  t.is(fs.readFileSync(path.join(outside, 'passwd'), 'utf8'), SECRET, 'outside untouched');
+  t.true(fs.lstatSync(path.join(merged, 'etc')).isDirectory());
+  t.is(fs.readlinkSync(path.join(merged, 'link')), outside);
+  t.deepEqual(regularFiles(merged), new Map([['etc/passwd', 'layer passwd']]));
+});
+
+test('a directory of merged swapped for a symlink to outside while diff and commit run never brings outside files into the layer', async (t) => {
+  if (!requireRoot(t)) return;
+  t.timeout(180_000);
+  const base = tempDir('tsvol-copy-escape-');
+  t.teardown(() => cleanupDir(base));
+  const outside = path.join(base, 'outside');
+  fs.mkdirSync(outside);
+  const lower = path.join(base, 'lower');
+  fs.mkdirSync(path.join(lower, 'd'), { recursive: true });
+  for (let i = 0; i < 100; i++) fs.writeFileSync(path.join(lower, 'd', `f${i}`), 'lower');
+  const merged = path.join(base, 'merged');
+  fs.mkdirSync(merged);
+  materialize([lower], merged);
+  // The container adds files in d; outside holds files of the same names, with the secret.
+  for (let i = 0; i < 200; i++) {
+    fs.writeFileSync(path.join(merged, 'd', `n${i}`), 'added');
+    fs.writeFileSync(path.join(outside, `n${i}`), SECRET);
+    fs.writeFileSync(path.join(outside, `f${i}`), SECRET);
+  }
+  fs.symlinkSync(outside, path.join(merged, 'evil'));
+  const hidden = path.join(merged, 'hidden');
+  // The container's loop: d ↔ a symlink to outside, by renames, until killed (a synchronous loop never runs a
+  // signal handler: SIGKILL).
+  const flipper = spawn(
+    process.execPath,
+    [
+      '-e',
+      `const fs = require('fs'); const [d, evil, hidden] = process.argv.slice(1);
+       const nap = new Int32Array(new SharedArrayBuffer(4));
+       for (;;) {
+         fs.renameSync(d, hidden); fs.renameSync(evil, d); Atomics.wait(nap, 0, 0, 0.2);
+         fs.renameSync(d, evil); fs.renameSync(hidden, d); Atomics.wait(nap, 0, 0, 0.2);
+       }`,
+      path.join(merged, 'd'),
+      path.join(merged, 'evil'),
+      hidden,
+    ],
+    { stdio: 'ignore' },
+  );
+  // Lowest priority, and naps between swaps: the race needs swaps during the copy, not a whole core
+  // taken from the tests running beside this one.
+  if (flipper.pid !== undefined) os.setPriority(flipper.pid, 19);
+  const stopped = new Promise((resolve) => flipper.once('exit', resolve));
+  t.teardown(async () => {
+    flipper.kill('SIGKILL');
+    await stopped;
+  });
+  let committed = 0;
+  for (let i = 0; i < 15; i++) {
+    for (const change of copyDiff([lower], merged)) t.false(/^\/(d|hidden|evil)\/[nf]\d+$/.test(change.path) && change.kind === 'C', `diff ${i}: ${change.path} compared with outside`);
+    const upper = path.join(base, `upper${i}`);
+    fs.mkdirSync(upper);
+    try {
+      changesAsUpper([lower], merged, upper);
+      committed++;
+    } catch (err) {
+      // A commit that meets the swap mid-way may fail (the kernel refuses the symlink); it never copies.
+      t.regex(String(err), /ELOOP|ENOENT|ENOTDIR|deleted while the commit ran/);
+    }
+    for (const [rel, content] of regularFiles(upper)) t.not(content, SECRET, `commit ${i}: ${rel} holds outside content`);
+    fs.rmSync(upper, { recursive: true });
+  }
+  t.log(`${committed} of 15 commits completed under the race`);
+  const after = regularFiles(outside);
+  t.is(after.size, 400, 'nothing written into outside');
+  for (const [rel, content] of after) t.is(content, SECRET, `outside/${rel} untouched`);
+});
