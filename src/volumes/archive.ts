@@ -19,11 +19,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { nanoid } from 'nanoid';
 import { ConflictError, InvalidArgumentError, describeError, errnoCode } from '../errors.js';
-import { encodeHeader } from '../layers/tar/format.js';
 import type { TarEntry, TarReader as TarReaderType } from '../layers/tar/reader.js';
 import { TarReader } from '../layers/tar/reader.js';
 import { decompressed } from '../layers/tar/gzip.js';
-import { headerOf, writeTree, xattrsOf } from '../layers/tar/writer.js';
+import { writeTree } from '../layers/tar/writer.js';
 import { entryMeta, unpackLayer } from '../layers/unpack.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
@@ -33,8 +32,7 @@ import { validateName } from './names.js';
 
 /** Streams the tree at `dir` as a tar: a `./` entry for the root, then every entry, sorted. */
 export async function* exportTree(dir: string): AsyncGenerator<Buffer> {
-  yield encodeHeader(headerOf('./', fs.lstatSync(dir), 'dir', { xattrs: xattrsOf(dir) }));
-  yield* writeTree(dir, { whiteouts: 'plain' });
+  yield* writeTree(dir, { whiteouts: 'plain', rootEntry: true });
 }
 
 /** What an import made. */

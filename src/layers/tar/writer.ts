@@ -10,15 +10,16 @@
  * gives back the same tree.
  */
 import fs from 'node:fs';
-import path from 'node:path';
-import { llistxattr, lgetxattr } from '../../sys/libc.js';
+import { errnoCode } from '../../errors.js';
+import { Beneath, type EntryStat } from '../../sys/beneath.js';
+import { lgetxattr } from '../../sys/libc.js';
 import { Coalescer } from './coalesce.js';
 import { BLOCK, encodeHeader, padding, type TarHeader } from './format.js';
 
 const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
 
 /** A tar header for `p` from its stat: numeric owners, whole-second mtime, no names or times beyond it. */
-export function headerOf(p: string, st: fs.Stats, type: TarHeader['type'], extra: Partial<TarHeader> = {}): TarHeader {
+export function headerOf(p: string, st: Pick<fs.Stats, 'mode' | 'uid' | 'gid' | 'mtimeMs'>, type: TarHeader['type'], extra: Partial<TarHeader> = {}): TarHeader {
   return {
     path: p,
     type,
@@ -37,19 +38,8 @@ export function headerOf(p: string, st: fs.Stats, type: TarHeader['type'], extra
   };
 }
 
-/** A path's xattrs, sorted, without overlayfs's private ones. */
-export function xattrsOf(abs: string): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  for (const name of llistxattr(abs).sort()) {
-    if (name.startsWith(OVERLAY_XATTR_PREFIX)) continue;
-    const value = lgetxattr(abs, name);
-    if (value !== undefined) out.set(name, value);
-  }
-  return out;
-}
-
 /** True for an overlayfs whiteout: a character device 0/0. */
-export function isWhiteout(st: fs.Stats): boolean {
+export function isWhiteout(st: { isCharacterDevice(): boolean; readonly rdev: number }): boolean {
   return st.isCharacterDevice() && st.rdev === 0;
 }
 
@@ -62,60 +52,116 @@ export function isOpaque(abs: string): boolean {
 export interface WriteTreeOptions {
   /** 'overlay' (default): overlayfs whiteouts and opaque directories become OCI ones. 'plain': no translation. */
   readonly whiteouts?: 'overlay' | 'plain';
+  /** Emit a `./` entry first, with the root's own owner, mode, xattrs and mtime (volume archives). */
+  readonly rootEntry?: boolean;
 }
 
-/** Streams `root` (an overlay upper directory, or any tree) as a tar. */
+/** A tar header from a statx result (Beneath): numeric owners, whole-second mtime. */
+function headerOfEntry(p: string, st: EntryStat, type: TarHeader['type'], extra: Partial<TarHeader> = {}): TarHeader {
+  return headerOf(p, { mode: st.mode, uid: st.uid, gid: st.gid, mtimeMs: Number(st.mtimeNs / 1_000_000n) }, type, extra);
+}
+
+/** An entry's xattrs as a tar carries them: sorted, without overlayfs's private ones. */
+function tarXattrs(all: ReadonlyMap<string, Buffer>): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  for (const name of [...all.keys()].sort()) if (!name.startsWith(OVERLAY_XATTR_PREFIX)) out.set(name, all.get(name)!);
+  return out;
+}
+
+/** Errors of an entry that changed or went away while we walked a tree in use: it is left out. */
+const VANISHED = new Set(['ENOENT', 'ENOTDIR', 'ELOOP']);
+
+/**
+ * Streams `root` (an overlay upper directory, or any tree) as a tar. The tree is read only through
+ * directory fds beneath its pinned root (src/sys/beneath.ts, #9): a volume in use whose container swaps a
+ * directory for a symlink to a host path meanwhile can never put that path's files into the tar, and
+ * another filesystem mounted inside is not entered (the kernel refuses: EXDEV). An entry that vanishes or
+ * changes type while we read is left out.
+ */
 export async function* writeTree(root: string, opts: WriteTreeOptions = {}): AsyncGenerator<Buffer> {
   const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
   const seen = new Map<string, string>(); // dev:ino → first path, for hardlinks
   const out = new Coalescer();
-  async function* walk(rel: string): AsyncGenerator<Buffer> {
-    const abs = rel === '' ? root : path.join(root, rel);
-    const names = fs.readdirSync(abs).sort();
+  async function* walk(dir: Beneath, rel: string): AsyncGenerator<Buffer> {
+    const names = dir.readdir().map((d) => d.name).sort();
     for (const name of names) {
       const childRel = rel === '' ? name : `${rel}/${name}`;
-      const childAbs = path.join(abs, name);
-      const st = fs.lstatSync(childAbs);
+      const st = dir.lstat(name);
+      if (st === undefined) continue; // deleted meanwhile (a volume in use)
       if (overlay && isWhiteout(st)) {
         const wh = rel === '' ? `.wh.${name}` : `${rel}/.wh.${name}`;
-        out.push(encodeHeader(headerOf(wh, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
+        out.push(encodeHeader(headerOfEntry(wh, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
         continue;
       }
-      if (st.isDirectory()) {
-        out.push(encodeHeader(headerOf(`${childRel}/`, st, 'dir', { xattrs: xattrsOf(childAbs) })));
-        if (overlay && isOpaque(childAbs)) out.push(encodeHeader(headerOf(`${childRel}/.wh..wh..opq`, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
-        for (const b of out.take()) yield b;
-        yield* walk(childRel);
-        continue;
-      }
-      const key = `${st.dev}:${st.ino}`;
-      const first = st.nlink > 1 ? seen.get(key) : undefined;
-      if (first !== undefined) {
-        out.push(encodeHeader(headerOf(childRel, st, 'hardlink', { linkname: first })));
-        continue;
-      }
-      if (st.nlink > 1) seen.set(key, childRel);
-      if (st.isSymbolicLink()) {
-        out.push(encodeHeader(headerOf(childRel, st, 'symlink', { linkname: fs.readlinkSync(childAbs), xattrs: xattrsOf(childAbs) })));
-      } else if (st.isFile()) {
-        out.push(encodeHeader(headerOf(childRel, st, 'file', { size: st.size, xattrs: xattrsOf(childAbs) })));
-        const fd = fs.openSync(childAbs, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-        try {
-          out.file(fd, st.size, childRel);
-        } finally {
-          fs.closeSync(fd);
+      try {
+        if (st.isDirectory()) {
+          let sub: Beneath;
+          try {
+            sub = dir.sub(name);
+          } catch (err) {
+            // A filesystem mounted here is not ours to read: the directory, but none of its contents.
+            if (errnoCode(err) !== 'EXDEV') throw err;
+            out.push(encodeHeader(headerOfEntry(`${childRel}/`, st, 'dir')));
+            continue;
+          }
+          try {
+            const all = sub.xattrs('');
+            out.push(encodeHeader(headerOfEntry(`${childRel}/`, st, 'dir', { xattrs: tarXattrs(all) })));
+            if (overlay && all.get(`${OVERLAY_XATTR_PREFIX}opaque`)?.toString() === 'y') {
+              out.push(encodeHeader(headerOfEntry(`${childRel}/.wh..wh..opq`, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
+            }
+            for (const b of out.take()) yield b;
+            yield* walk(sub, childRel);
+          } finally {
+            sub.close();
+          }
+          continue;
         }
-        out.zeros(padding(st.size));
-        for (const b of out.take()) yield b;
-      } else {
-        const type = st.isCharacterDevice() ? 'char' : st.isBlockDevice() ? 'block' : 'fifo';
-        const major = Number((BigInt(st.rdev) >> 8n) & 0xfffn);
-        const minor = Number((BigInt(st.rdev) & 0xffn) | ((BigInt(st.rdev) >> 12n) & 0xfff00n));
-        out.push(encodeHeader(headerOf(childRel, st, type, { devmajor: major, devminor: minor, xattrs: xattrsOf(childAbs) })));
+        const key = `${st.dev}:${st.ino}`;
+        const first = st.nlink > 1 ? seen.get(key) : undefined;
+        if (first !== undefined) {
+          out.push(encodeHeader(headerOfEntry(childRel, st, 'hardlink', { linkname: first })));
+          continue;
+        }
+        if (st.isSymbolicLink()) {
+          out.push(encodeHeader(headerOfEntry(childRel, st, 'symlink', { linkname: dir.readlink(name), xattrs: tarXattrs(dir.xattrs(name)) })));
+        } else if (st.isFile()) {
+          const xattrs = tarXattrs(dir.xattrs(name));
+          const fd = dir.openRead(name);
+          try {
+            out.push(encodeHeader(headerOfEntry(childRel, st, 'file', { size: st.size, xattrs })));
+            out.file(fd, st.size, childRel);
+          } finally {
+            fs.closeSync(fd);
+          }
+          out.zeros(padding(st.size));
+          for (const b of out.take()) yield b;
+        } else if (st.isSocket()) {
+          continue; // a socket means something only to the process that bound it; tar has no type for it
+        } else {
+          const type = st.isCharacterDevice() ? 'char' : st.isBlockDevice() ? 'block' : 'fifo';
+          const major = Math.floor(st.rdev / 0x100) & 0xfff;
+          const minor = (st.rdev & 0xff) | (Math.floor(st.rdev / 0x1000) & 0xfff00);
+          out.push(encodeHeader(headerOfEntry(childRel, st, type, { devmajor: major, devminor: minor, xattrs: tarXattrs(dir.xattrs(name)) })));
+        }
+        if (st.nlink > 1) seen.set(key, childRel);
+      } catch (err) {
+        // Changed or deleted between the listing and now (a volume in use): what is no longer there is left
+        // out. Only before its header is written: a body cut short still fails the archive (coalesce.ts).
+        if (!VANISHED.has(errnoCode(err) ?? '')) throw err;
       }
     }
   }
-  yield* walk('');
+  const top = Beneath.open(root);
+  try {
+    if (opts.rootEntry === true) {
+      const st = top.lstat('')!;
+      out.push(encodeHeader(headerOfEntry('./', st, 'dir', { xattrs: tarXattrs(top.xattrs('')) })));
+    }
+    yield* walk(top, '');
+  } finally {
+    top.close();
+  }
   out.zeros(BLOCK * 2);
   for (const b of out.flush()) yield b;
 }
