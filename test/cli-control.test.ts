@@ -71,7 +71,6 @@ test('a held sized volume is exported from the server\'s view: what its user wro
     // As with the managed plugin: the host sees neither the mountpoint's contents nor the image's.
     t.false(fs.existsSync(path.join(mp, 'proof.txt')));
     t.deepEqual(fs.readdirSync(path.join(s.data, 'volumes', 'sized', '_data')), []);
-    t.is(fs.statSync(path.join(s.data, 'control.sock')).mode & 0o777, 0o600);
 
     const exp = cli(s.data, ['volume', 'export', 'sized']);
     t.is(exp.status, 0, exp.stderr);
@@ -89,6 +88,7 @@ test('a held sized volume is exported from the server\'s view: what its user wro
     const inspect = JSON.parse(cli(s.data, ['volume', 'inspect', 'sized']).stdout.toString()) as { status: { usage: { files: number } } };
     t.true(inspect.status.usage.files >= 2, 'usage measured on the mounted image');
     t.like(await status(s, 'sized'), { mounts: 1, holders: ['c1'] }, 'the exports\' own holds are gone');
+    t.is(fs.statSync(path.join(s.data, 'control.sock')).mode & 0o777, 0o600, 'only root reaches the control API');
     await s.ok('/VolumeDriver.Unmount', { Name: 'sized', ID: 'c1' });
     t.false(mountedIn(s.proc.pid!, path.join(s.data, 'volumes', 'sized', '_data')));
   });
@@ -136,7 +136,7 @@ test('with no server, a CLI import holds the server lock for its whole run: a se
   const dir = tempDir();
   const data = path.join(dir, 'data');
   const socket = path.join(dir, 'tsvol.sock');
-  let server: ChildProcess | undefined;
+  const children: ChildProcess[] = [];
   try {
     const files = 400;
     const blocks: Buffer[] = [];
@@ -150,6 +150,7 @@ test('with no server, a CLI import holds the server lock for its whole run: a se
 
     // The import reads standard input, which this test feeds: half now, the rest once the server has waited.
     const importer = spawn(process.execPath, [CLI, 'volume', 'import', 'slow', '-'], { env: cliEnv(data), stdio: ['pipe', 'pipe', 'pipe'] });
+    children.push(importer);
     let importOut = '';
     importer.stdout.on('data', (c: Buffer) => (importOut += c.toString()));
     importer.stderr.on('data', (c: Buffer) => (importOut += c.toString()));
@@ -161,12 +162,14 @@ test('with no server, a CLI import holds the server lock for its whole run: a se
     let out = '';
     const env: NodeJS.ProcessEnv = { ...process.env, TSVOL_SOCKET: socket, TSVOL_DATA: data, TSVOL_LOG_LEVEL: 'info' };
     delete env.TSVOL_MOUNTS;
-    server = spawn(process.execPath, [MAIN], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    server.stdout!.on('data', (c: Buffer) => (out += c.toString()));
-    server.stderr!.on('data', (c: Buffer) => (out += c.toString()));
+    const server = spawn(process.execPath, [MAIN], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(server);
+    server.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    server.stderr.on('data', (c: Buffer) => (out += c.toString()));
     await until('the server to say it waits', () => out.includes('waiting for another process holding the data root'), 30_000);
     // Another command without a server waits too, rather than working beside the import.
     const lister = spawn(process.execPath, [CLI, 'volume', 'ls', '--json'], { env: cliEnv(data), stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(lister);
     let listed = '';
     lister.stdout.on('data', (c: Buffer) => (listed += c.toString()));
     const listerExited = new Promise<number | null>((r) => lister.once('close', r));
@@ -188,7 +191,7 @@ test('with no server, a CLI import holds the server lock for its whole run: a se
     t.is(fs.readdirSync(vdata).length, files, 'the whole volume');
     t.is(fs.readFileSync(path.join(vdata, `f${files - 1}`), 'utf8'), `file ${files - 1}\n`);
   } finally {
-    server?.kill('SIGKILL');
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     cleanupDir(dir);
   }
 });
