@@ -42,10 +42,13 @@ find "$out/opt/tsvol/dist" -name '*.map' -delete
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 nm=$stage/node_modules
-# Exactly the production dependency tree, as npm resolves it (npm prune cannot run fully offline).
-(cd "$top" && npm ls --omit=dev --parseable --all 2>/dev/null) | while read -r dir; do
-  [ "$dir" = "$top" ] && continue
-  rel=${dir#"$top"/}
+# Exactly the production dependency tree, as npm resolves it (npm prune cannot run fully offline). Asked
+# where node_modules really is: a git worktree may share another checkout's through a symlink, and npm then
+# calls every package in it extraneous.
+deps=$(dirname "$(readlink -f "$top/node_modules")")
+(cd "$deps" && npm ls --omit=dev --parseable --all 2>/dev/null) | while read -r dir; do
+  [ "$dir" = "$deps" ] && continue
+  rel=${dir#"$deps"/}
   mkdir -p "$stage/$(dirname "$rel")"
   cp -a "$dir" "$stage/$rel"
 done

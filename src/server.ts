@@ -1,30 +1,55 @@
 /**
  * Wiring only: config → lock → store → service → reconcile → http, and a SIGTERM drain. `docker plugin
  * disable` sends SIGTERM and SIGKILLs after ~10 s, so in-flight requests get up to DRAIN_MS to finish.
+ *
+ * Two sockets, one process: the VolumeDriver socket for dockerd, and the control socket in the data root
+ * for the `tsvol` CLI (src/http/control.ts), so the CLI never works on the state behind the server's back.
+ * While a CLI command holds the data root's lock (no server was running when it started), start-up waits
+ * for it (#9 §6).
  */
+import fs from 'node:fs';
 import type http from 'node:http';
 import type { Config } from './config.js';
-import { describeError } from './errors.js';
+import { ConflictError, describeError, errnoCode } from './errors.js';
 import { createRequestListener, listenOnSocket } from './http/app.js';
+import { createControlApi } from './http/control.js';
+import { controlReachable } from './http/control-client.js';
 import { volumeDriverRoutes } from './http/protocol.js';
-import { createLogger } from './log.js';
-import { createLayout } from './store/layout.js';
+import { createLogger, type Logger } from './log.js';
+import { createLayout, type Layout } from './store/layout.js';
 import { createVolumeStore } from './store/volume-store.js';
-import { acquireLock } from './sys/lock.js';
+import { acquireLock, type ReleaseLock } from './sys/lock.js';
 import { makePrivateDir, reportPrivateDir } from './sys/private-dir.js';
 import { reconcileVolumes } from './volumes/reconcile.js';
+import { volumeOps } from './volumes/volume-ops.js';
 import { createVolumeService } from './volumes/volume-service.js';
 
 /** How long SIGTERM waits for in-flight requests before closing connections. */
 const DRAIN_MS = 8000;
-/** How long start-up waits for a previous server's lock (a killed server's lock goes stale in 2 s). */
-const LOCK_WAIT_MS = 4000;
+/**
+ * How long start-up waits for the data root's lock: a killed server's goes stale in 2 s, but a `tsvol`
+ * command that found no server holds it for its whole run (an import of a large tar takes a while).
+ */
+const LOCK_WAIT_MS = 60_000;
 
 /** A running server. */
 export interface RunningServer {
   readonly http: http.Server;
   /** Stops accepting, drains, commits, releases the lock. */
   stop(): Promise<void>;
+}
+
+/** Takes the data root's lock, saying once in the log when another process holds it and start-up waits. */
+async function lockDataRoot(layout: Layout, log: Logger, onLost: (err: Error) => void): Promise<ReleaseLock> {
+  try {
+    return await acquireLock(layout.lockFile, 'tsvol server', 0, onLost);
+  } catch (err) {
+    if (!(err instanceof ConflictError)) throw err;
+    // A server answering on the control socket holds the lock for its lifetime: waiting would not help.
+    if (await controlReachable(layout.controlSocket)) throw err;
+  }
+  log.info({ lock: layout.lockFile, waitMs: LOCK_WAIT_MS }, 'waiting for another process holding the data root (a tsvol command, or a server stopping)');
+  return acquireLock(layout.lockFile, 'tsvol server', LOCK_WAIT_MS, onLost);
 }
 
 /** Starts the VolumeDriver server described by `config`; exits the process on SIGTERM/SIGINT. */
@@ -34,7 +59,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const layout = createLayout(config.dataRoot);
   // Root-only (#9 §5); a root left open by an older version or by hand is closed now, and said so once.
   reportPrivateDir(log, 'data root', layout.root, makePrivateDir(layout.root));
-  const releaseLock = await acquireLock(layout.lockFile, 'tsvol server', LOCK_WAIT_MS, (err) => {
+  const releaseLock = await lockDataRoot(layout, log, (err) => {
     log.fatal({ err: describeError(err) }, 'lost the data-root lock; exiting so two servers never share state');
     process.exit(1);
   });
@@ -42,9 +67,13 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const service = createVolumeService({ config, layout, store, log });
   const repaired = await reconcileVolumes({ layout, store, mountsRoot: config.mountsRoot, service, log });
   const inflight = { count: 0 };
+  // The control socket first: a CLI that sees the VolumeDriver socket answer finds it too. Any control.sock
+  // already there is a dead server's (we hold the lock), and listenOnSocket replaces it.
+  const control = createControlApi(volumeOps({ config, layout, store, service }), log);
+  const controlServer = await listenOnSocket(control.listener, layout.controlSocket, 0o600);
   const server = await listenOnSocket(createRequestListener(volumeDriverRoutes(service), log, inflight), config.socket);
   log.info(
-    { socket: config.socket, data: config.dataRoot, mounts: config.mountsRoot, volumes: store.size, ms: Date.now() - started, ...repaired },
+    { socket: config.socket, control: layout.controlSocket, data: config.dataRoot, mounts: config.mountsRoot, volumes: store.size, ms: Date.now() - started, ...repaired },
     'tsvol listening',
   );
 
@@ -52,11 +81,15 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
       log.info({ inflight: inflight.count }, 'draining');
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeIdleConnections();
-      const timer = setTimeout(() => server.closeAllConnections(), DRAIN_MS);
+      const servers = [server, controlServer];
+      const closed = Promise.all(servers.map((srv) => new Promise<void>((resolve) => srv.close(() => resolve()))));
+      for (const srv of servers) srv.closeIdleConnections();
+      const timer = setTimeout(() => servers.forEach((srv) => srv.closeAllConnections()), DRAIN_MS);
       await closed;
       clearTimeout(timer);
+      // A control request cut off above (an export) still releases its hold: let it, before the store closes.
+      await control.settled();
+      removeSocketFile(layout.controlSocket, log);
       await store.close();
       await releaseLock();
       log.info('stopped');
@@ -74,4 +107,14 @@ export async function startServer(config: Config): Promise<RunningServer> {
     });
   }
   return { http: server, stop };
+}
+
+/** Removes a socket file we listened on (close usually has); a failure is logged, the next start replaces it. */
+function removeSocketFile(socket: string, log: Logger): void {
+  try {
+    fs.unlinkSync(socket);
+  } catch (err) {
+    // ENOENT: closing the server already removed it.
+    if (errnoCode(err) !== 'ENOENT') log.warn({ socket, err: describeError(err) }, 'could not remove socket file');
+  }
 }

@@ -204,6 +204,28 @@ test.serial('e2e: -o size=64M is a hard limit: a container writing past it gets 
   docker('volume', 'rm', 'capped', 'roomy');
 });
 
+test.serial("e2e: tsvol volume export on the host reads a sized volume a running container holds, through the plugin's control socket", async (t) => {
+  const { env } = t.context;
+  docker('volume', 'create', '-d', PLUGIN, '-o', 'size=32M', 'held-export');
+  const c = docker('run', '-d', '--network', 'none', '-l', 'tsvol-e2e', '-v', 'held-export:/h', IMAGE, 'sh', '-c', 'echo from-the-container > /h/proof.txt; sleep 300');
+  try {
+    for (let i = 0; i < 100 && spawnSync(DOCKER, ['exec', c, 'cat', '/h/proof.txt']).status !== 0; i++) await new Promise((r) => setTimeout(r, 100));
+    // The loop mount lives in the plugin's mount namespace: on the host, _data is an empty directory.
+    t.deepEqual(fs.readdirSync(path.join(env.dataDir, 'volumes', 'held-export', '_data')), []);
+    const cliEnv: NodeJS.ProcessEnv = { ...process.env, TSVOL_DATA: env.dataDir };
+    delete cliEnv.TSVOL_SOCKET;
+    const r = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'cli.js'), 'volume', 'export', 'held-export'], { env: cliEnv, maxBuffer: 1 << 28 });
+    t.is(r.status, 0, r.stderr.toString());
+    t.true(r.stdout.includes(Buffer.from('proof.txt')), 'the file the container wrote is in the export');
+    t.true(r.stdout.includes(Buffer.from('from-the-container\n')));
+    t.regex(r.stderr.toString(), /volume "held-export" is in use \(1 mount\(s\)\)/);
+    t.like(inspectVolume('held-export').Status, { kind: 'sized', mounts: 1 });
+  } finally {
+    docker('rm', '-f', c);
+  }
+  docker('volume', 'rm', 'held-export');
+});
+
 test.serial('e2e: -o from= clones a volume for a container; -o layer= gives a container the layer files, copy-on-write', (t) => {
   const { env } = t.context;
   docker('volume', 'create', '-d', PLUGIN, 'origin');

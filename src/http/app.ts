@@ -17,7 +17,8 @@ export const PLUGIN_MEDIA_TYPE = 'application/vnd.docker.plugins.v1.2+json';
 /** Largest request body accepted; real requests are a few hundred bytes. */
 export const MAX_BODY_BYTES = 1 << 20;
 
-const STATUS: Record<ErrorCode, number> = {
+/** The HTTP status of each error kind (the VolumeDriver and control APIs alike). */
+export const STATUS: Readonly<Record<ErrorCode, number>> = {
   TSVOL_INVALID_ARGUMENT: 400,
   TSVOL_NOT_FOUND: 404,
   TSVOL_CONFLICT: 409,
@@ -154,10 +155,11 @@ function socketAlive(socket: string): Promise<boolean> {
 }
 
 /**
- * Listens on the Unix socket `socket`. A socket file left by a dead server is replaced; a live one is
- * refused, so two servers never share a socket.
+ * Listens on the Unix socket `socket`, created with `mode` (no instant with a wider one: the umask is set
+ * around the bind). A socket file left by a dead server is replaced; a live one is refused, so two servers
+ * never share a socket.
  */
-export async function listenOnSocket(listener: http.RequestListener, socket: string): Promise<http.Server> {
+export async function listenOnSocket(listener: http.RequestListener, socket: string, mode = 0o660): Promise<http.Server> {
   fs.mkdirSync(path.dirname(socket), { recursive: true });
   if (fs.existsSync(socket)) {
     if (await socketAlive(socket)) {
@@ -174,11 +176,17 @@ export async function listenOnSocket(listener: http.RequestListener, socket: str
   server.keepAliveTimeout = 60_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(socket, () => {
-      server.off('error', reject);
-      resolve();
-    });
+    // The bind happens synchronously inside listen(); the umask is process-wide, so it is restored at once.
+    const umask = process.umask(0o777 & ~mode);
+    try {
+      server.listen(socket, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    } finally {
+      process.umask(umask);
+    }
   });
-  fs.chmodSync(socket, 0o660);
+  fs.chmodSync(socket, mode);
   return server;
 }

@@ -115,6 +115,9 @@ export function createGroupCommitter(dbFile: string): GroupCommitter {
         await new Promise((r) => setTimeout(r, 5));
       }
       if (failure === undefined) {
+        // Referenced while it closes: an unreferenced worker lets the process exit before 'closed' arrives,
+        // and whatever the caller does after close() (a CLI printing its result) never runs.
+        worker.ref();
         const done = new Promise((r) => worker.once('message', r));
         worker.postMessage('close');
         await done;

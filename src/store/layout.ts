@@ -2,7 +2,9 @@
  * On-disk layout of the data root (TSVOL_DATA). Every path the volume code touches is built here.
  *
  *   tsvol.db                 SQLite metadata (WAL): one row per volume — the truth about what exists
- *   server.lock(.lock)       proper-lockfile: one server per data root
+ *   server.lock(.lock)       proper-lockfile: one server per data root, or one `tsvol` command while no server runs
+ *   control.sock             the server's control API (mode 0600): how the CLI reaches the running server, seen at
+ *                            the same host path with the managed plugin (TSVOL_DATA is a bind of data.source)
  *   volumes/<name>/_data     a named volume's contents (moby's local-driver layout)
  *   tmp/new-<id>/            a volume directory being built; renamed into volumes/ when complete
  *   tmp/rm-<id>/             a removed volume's directory, being deleted in the background
@@ -21,6 +23,8 @@ export interface Layout {
   readonly root: string;
   readonly dbFile: string;
   readonly lockFile: string;
+  /** control.sock: the running server's control API, for the CLI (src/http/control.ts). */
+  readonly controlSocket: string;
   readonly volumesDir: string;
   readonly tmpDir: string;
   readonly layersDir: string;
@@ -41,6 +45,7 @@ export function createLayout(root: string): Layout {
     root,
     dbFile: path.join(root, 'tsvol.db'),
     lockFile: path.join(root, 'server.lock'),
+    controlSocket: path.join(root, 'control.sock'),
     volumesDir,
     tmpDir: path.join(root, 'tmp'),
     layersDir: path.join(root, 'layers'),

@@ -31,7 +31,7 @@ import { Beneath } from '../sys/beneath.js';
 import { validateName } from './names.js';
 
 /** Streams the tree at `dir` as a tar: a `./` entry for the root, then every entry, sorted. */
-export async function* exportTree(dir: string): AsyncGenerator<Buffer> {
+export async function* exportTree(dir: string | Beneath): AsyncGenerator<Buffer> {
   yield* writeTree(dir, { whiteouts: 'plain', rootEntry: true });
 }
 

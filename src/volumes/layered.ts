@@ -20,6 +20,7 @@ import { createOverlayMounter, type OverlayMounter } from '../layers/overlay.js'
 import { writeTree } from '../layers/tar/writer.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeRecord } from '../store/volume-store.js';
+import type { Beneath } from '../sys/beneath.js';
 import { isMountRoot } from '../sys/libc.js';
 
 /** The layer manager as layered volumes use it. */
@@ -37,7 +38,7 @@ export interface LayeredVolumes {
    * A new read-only layer from a volume: a layered volume's upper directory on top of its layer (so the
    * layer's whiteouts carry deletions), any other volume's files as a base layer.
    */
-  commit(rec: VolumeRecord, dataDir: string): Promise<LayerRecord>;
+  commit(rec: VolumeRecord, dataDir: string | Beneath): Promise<LayerRecord>;
   /** Releases holds named `volume "<x>"` whose volume no longer exists on that layer; returns how many. */
   releaseOrphanHolds(isHeldBy: (volume: string, layer: string) => boolean): Promise<number>;
 }

@@ -6,7 +6,8 @@
  * - A directory in volumes/ with no record is a Create that crashed before its commit, or a Remove that
  *   crashed after it: deleted (never across a mountpoint).
  * - Holds from an earlier boot are dropped: no process of that boot can still use a mount. Holds from this
- *   boot are kept (a restarted plugin: containers may still run) and their mountpoints re-established.
+ *   boot are kept (a restarted plugin: containers may still run) and their mountpoints re-established,
+ *   except holds taken for a CLI request, which never outlive the process that took them.
  * - A mountpoint under TSVOL_MOUNTS (or, without it, a bind-style volume's under binds/) with no holder
  *   is unmounted; a directory there whose volume is gone is removed; a held volume's missing mount is
  *   made again. Both directories are root-only, tightened if an older version left them open (#9 §5).
@@ -23,6 +24,7 @@ import { mountsUnder, readMounts } from '../sys/mountinfo.js';
 import { makePrivateDir, reportPrivateDir } from '../sys/private-dir.js';
 import { removeTreeNoCross } from '../sys/remove.js';
 import { hasOwnMount, holdCount, type VolumeInternals } from './volume-service.js';
+import { CLI_HOLD_PREFIX } from './volume-ops.js';
 
 /** What reconciliation needs. */
 export interface ReconcileDeps {
@@ -63,6 +65,21 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
     log.info({ volume: name }, 'deleting directory of a volume that was never committed');
     await service.deleteInBackground(dir, name);
   }
+
+  // A hold taken for a CLI request (volume-ops.ts) lives no longer than the process that took it, and that
+  // process is gone: a server's request died with it, and a CLI working alone held the lock we now hold.
+  const cliHolds: Promise<void>[] = [];
+  for (const rec of store.list()) {
+    const ids = [...rec.holds.keys()].filter((id) => id.startsWith(CLI_HOLD_PREFIX));
+    if (ids.length === 0) continue;
+    const holds = new Map(rec.holds);
+    for (const id of ids) {
+      stats.droppedHolds += holds.get(id) ?? 0;
+      holds.delete(id);
+    }
+    cliHolds.push(store.put({ ...rec, holds }));
+  }
+  await Promise.all(cliHolds);
 
   const bootId = readBootId();
   const previousBoot = store.getMeta('bootId');

@@ -30,6 +30,10 @@ export interface ServerOptions {
   mounts?: boolean;
   bindRoots?: string[];
   env?: Record<string, string>;
+  /** A command the server runs under, e.g. `['unshare', '-m', '--propagation', 'private']` (its own mounts). */
+  prefix?: string[];
+  /** How long to wait for the socket to answer (default 15 s). */
+  startMs?: number;
 }
 
 /** A server under test. */
@@ -118,13 +122,14 @@ export async function startTestServer(opts: ServerOptions = {}): Promise<TestSer
   };
   if (mounts !== undefined) env.TSVOL_MOUNTS = mounts;
   else delete env.TSVOL_MOUNTS;
-  const proc = spawn(process.execPath, [MAIN], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const argv = [...(opts.prefix ?? []), process.execPath, MAIN];
+  const proc = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout?.on('data', (c: Buffer) => (out += c.toString()));
   proc.stderr?.on('data', (c: Buffer) => (out += c.toString()));
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   const output = (): string => out;
-  await waitForSocket(socket, proc, output);
+  await waitForSocket(socket, proc, output, opts.startMs);
   const server: TestServer = {
     dir,
     socket,

@@ -72,13 +72,13 @@ function tarXattrs(all: ReadonlyMap<string, Buffer>): Map<string, Buffer> {
 const VANISHED = new Set(['ENOENT', 'ENOTDIR', 'ELOOP']);
 
 /**
- * Streams `root` (an overlay upper directory, or any tree) as a tar. The tree is read only through
+ * Streams `root` (an overlay upper directory, or any tree; a path or an already pinned tree) as a tar. The tree is read only through
  * directory fds beneath its pinned root (src/sys/beneath.ts, #9): a volume in use whose container swaps a
  * directory for a symlink to a host path meanwhile can never put that path's files into the tar, and
  * another filesystem mounted inside is not entered (the kernel refuses: EXDEV). An entry that vanishes or
  * changes type while we read is left out.
  */
-export async function* writeTree(root: string, opts: WriteTreeOptions = {}): AsyncGenerator<Buffer> {
+export async function* writeTree(root: string | Beneath, opts: WriteTreeOptions = {}): AsyncGenerator<Buffer> {
   const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
   const seen = new Map<string, string>(); // dev:ino → first path, for hardlinks
   const out = new Coalescer();
@@ -152,7 +152,8 @@ export async function* writeTree(root: string, opts: WriteTreeOptions = {}): Asy
       }
     }
   }
-  const top = Beneath.open(root);
+  // A Beneath given by the caller (a pinned bind-style device) stays the caller's to close.
+  const top = typeof root === 'string' ? Beneath.open(root) : root;
   try {
     if (opts.rootEntry === true) {
       const st = top.lstat('')!;
@@ -160,7 +161,7 @@ export async function* writeTree(root: string, opts: WriteTreeOptions = {}): Asy
     }
     yield* walk(top, '');
   } finally {
-    top.close();
+    if (top !== root) top.close();
   }
   out.zeros(BLOCK * 2);
   for (const b of out.flush()) yield b;

@@ -1,0 +1,189 @@
+/**
+ * The control API on the wire, and its client for the CLI (#9 §6). The server (src/http/control.ts) listens
+ * on TSVOL_DATA/control.sock, mode 0600; the CLI reaches the running server there, whatever TSVOL_SOCKET
+ * says and wherever dockerd put the VolumeDriver socket (a managed plugin's is /run/docker/plugins/<id>/).
+ * Loads node:http only: the CLI never pays for the server's modules.
+ *
+ *   GET  /v1/volumes                            200 VolumeInfo[]
+ *   GET  /v1/volumes/{name}                     200 VolumeInfo, usage measured now
+ *   GET  /v1/volumes/{name}/export[?gzip=1]     200 tar (or gzip) stream; Tsvol-Notice header when in use;
+ *                                               trailer Tsvol-Result: ok, or error with Tsvol-Err
+ *   POST /v1/volumes/{name}/import   body: tar  200 {name, files, bytes}
+ *   POST /v1/volumes/{name}/commit[?tag=T]      200 {layer}
+ *   POST /v1/volumes/{name}/clone?from=SRC      200 {name}
+ *   GET  /v1/df                                 200 DiskUsage
+ *
+ * Errors are `{"Err": message, "code": "TSVOL_…"}` with the VolumeDriver app's status codes (src/http/app.ts).
+ * A stream that fails after its headers went out ends with the error in its trailer (an export), or the
+ * connection closes: a client never takes a cut-short tar for a whole one.
+ */
+import http from 'node:http';
+import net from 'node:net';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { InternalError, TsvolError, UnavailableError, describeError, errnoCode, type ErrorCode } from '../errors.js';
+import type { VolumeInfo } from '../volumes/volume-service.js';
+import type { DiskUsage, ExportOptions, ExportSink, ImportSummary, VolumeOps } from '../volumes/volume-ops.js';
+
+/** Response header: the notice for a volume in use (URI-encoded). */
+export const NOTICE_HEADER = 'Tsvol-Notice';
+/** Trailer of a streamed reply: `ok` when the whole stream was sent. */
+export const RESULT_TRAILER = 'Tsvol-Result';
+/** Trailer of a streamed reply that failed: the error (URI-encoded). */
+export const ERROR_TRAILER = 'Tsvol-Err';
+
+/** The API's paths (names are URI-encoded here and decoded by the router). */
+export const CONTROL_PATHS = {
+  volumes: '/v1/volumes',
+  volume: (name: string) => `/v1/volumes/${encodeURIComponent(name)}`,
+  export: (name: string, gzip: boolean) => `/v1/volumes/${encodeURIComponent(name)}/export${gzip ? '?gzip=1' : ''}`,
+  import: (name: string) => `/v1/volumes/${encodeURIComponent(name)}/import`,
+  commit: (name: string, tag?: string) => `/v1/volumes/${encodeURIComponent(name)}/commit${tag === undefined ? '' : `?tag=${encodeURIComponent(tag)}`}`,
+  clone: (from: string, name: string) => `/v1/volumes/${encodeURIComponent(name)}/clone?from=${encodeURIComponent(from)}`,
+  df: '/v1/df',
+} as const;
+
+const CODES = new Set<ErrorCode>(['TSVOL_INVALID_ARGUMENT', 'TSVOL_NOT_FOUND', 'TSVOL_CONFLICT', 'TSVOL_IN_USE', 'TSVOL_UNAVAILABLE', 'TSVOL_INTERNAL']);
+
+/** The error a `{Err, code}` reply carries, with its kind. */
+function replyError(status: number, raw: string): TsvolError {
+  let body: { Err?: unknown; code?: unknown } = {};
+  try {
+    body = JSON.parse(raw) as typeof body;
+  } catch (err) {
+    return new InternalError(`the tsvol server answered ${status} without a JSON error (${describeError(err)}): ${raw.slice(0, 200)}`);
+  }
+  const message = typeof body.Err === 'string' ? body.Err : `the tsvol server answered ${status}`;
+  const code = typeof body.code === 'string' && CODES.has(body.code as ErrorCode) ? (body.code as ErrorCode) : 'TSVOL_INTERNAL';
+  return new TsvolError(code, message);
+}
+
+/** A connection the server closed under us: say so, and where to look. */
+function connectionLost(err: unknown): unknown {
+  const code = errnoCode(err);
+  if (code === 'ECONNRESET' || code === 'EPIPE' || describeError(err) === 'aborted') {
+    return new UnavailableError(`the tsvol server closed the connection (${code ?? 'aborted'}); see its log`, { cause: err });
+  }
+  return err;
+}
+
+async function readText(res: http.IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of res) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/**
+ * True if a server accepts connections on `socket`; false if none listens there (no file, or a file left
+ * by a server that is gone). Anything else (EACCES: not root) is an error naming the socket.
+ */
+export function controlReachable(socket: string): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    const c = net.connect(socket);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', (err) => {
+      const code = errnoCode(err);
+      if (code === 'ENOENT' || code === 'ECONNREFUSED') resolve(false);
+      else reject(new UnavailableError(`cannot reach the tsvol server at ${socket}: ${code ?? describeError(err)}${code === 'EACCES' ? '; run tsvol as root' : ''}`, { cause: err }));
+    });
+  });
+}
+
+/** The control API's client on `socket`: the same operations the CLI runs itself when no server runs. */
+export function createControlClient(socket: string): VolumeOps {
+  function send(method: string, path: string, headers: http.OutgoingHttpHeaders = {}): http.ClientRequest {
+    return http.request({ socketPath: socket, method, path, headers, agent: false });
+  }
+
+  /** A request without a body whose reply is JSON; a non-2xx reply throws its error. */
+  function call<T>(method: string, path: string): Promise<T> {
+    return new Promise((resolve, reject) => {
+      const req = send(method, path);
+      req.once('response', (res) => {
+        readText(res).then((raw) => {
+          if ((res.statusCode ?? 0) >= 300) return reject(replyError(res.statusCode ?? 0, raw));
+          try {
+            resolve(JSON.parse(raw) as T);
+          } catch (err) {
+            reject(new InternalError(`the tsvol server's reply to ${method} ${path} is not JSON: ${describeError(err)}`));
+          }
+        }, (err: unknown) => reject(connectionLost(err)));
+      });
+      req.once('error', (err) => reject(connectionLost(err)));
+      req.end();
+    });
+  }
+
+  /** The body of a streamed reply, failing unless its trailer says the whole stream was sent. */
+  async function* checked(res: http.IncomingMessage, what: string): AsyncGenerator<Buffer> {
+    try {
+      for await (const chunk of res) yield chunk as Buffer;
+    } catch (err) {
+      throw new UnavailableError(`${what} was cut short: ${describeError(connectionLost(err))}`, { cause: err });
+    } finally {
+      // The consumer stopped early (an output error): closing the connection tells the server to stop.
+      if (!res.complete) res.destroy();
+    }
+    if (res.trailers[RESULT_TRAILER.toLowerCase()] !== 'ok') {
+      const e = res.trailers[ERROR_TRAILER.toLowerCase()];
+      throw new InternalError(`${what} failed: ${e === undefined ? 'the stream ended without its result; see the server log' : decodeURIComponent(e)}`);
+    }
+  }
+
+  return {
+    ls: () => call<VolumeInfo[]>('GET', CONTROL_PATHS.volumes),
+    inspect: (name) => call<VolumeInfo>('GET', CONTROL_PATHS.volume(name)),
+    async commit(name, opts) {
+      return (await call<{ layer: string }>('POST', CONTROL_PATHS.commit(name, opts.tag))).layer;
+    },
+    async clone(from, name) {
+      await call<{ name: string }>('POST', CONTROL_PATHS.clone(from, name));
+    },
+    df: () => call<DiskUsage>('GET', CONTROL_PATHS.df),
+
+    async export(name: string, opts: ExportOptions, sink: ExportSink) {
+      const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
+        const req = send('GET', CONTROL_PATHS.export(name, opts.gzip === true));
+        req.once('response', resolve);
+        req.once('error', (err) => reject(connectionLost(err)));
+        req.end();
+      });
+      if ((res.statusCode ?? 0) >= 300) throw replyError(res.statusCode ?? 0, await readText(res));
+      const notice = res.headers[NOTICE_HEADER.toLowerCase()];
+      await sink(checked(res, `export of volume "${name}"`), typeof notice === 'string' ? decodeURIComponent(notice) : undefined);
+    },
+
+    import(name: string, input: AsyncIterable<Buffer>): Promise<ImportSummary> {
+      return new Promise((resolve, reject) => {
+        let answered = false;
+        const req = send('POST', CONTROL_PATHS.import(name), { 'Content-Type': 'application/x-tar' });
+        req.once('response', (res) => {
+          // The server may answer before the upload ends (a refused name or archive): stop sending then.
+          answered = true;
+          readText(res).then(
+            (raw) => {
+              req.destroy();
+              if ((res.statusCode ?? 0) >= 300) return reject(replyError(res.statusCode ?? 0, raw));
+              try {
+                resolve(JSON.parse(raw) as ImportSummary);
+              } catch (err) {
+                reject(new InternalError(`the tsvol server's reply to the import of "${name}" is not JSON: ${describeError(err)}`));
+              }
+            },
+            (err: unknown) => reject(connectionLost(err)),
+          );
+        });
+        req.on('error', (err) => {
+          if (!answered) reject(connectionLost(err));
+        });
+        pipeline(Readable.from(input), req).catch((err: unknown) => {
+          // After an answer the upload is stopped on purpose; before one, the input failed: that is the error.
+          if (!answered) reject(connectionLost(err));
+        });
+      });
+    },
+  };
+}

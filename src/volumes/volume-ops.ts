@@ -1,0 +1,210 @@
+/**
+ * What `tsvol volume …` and `tsvol df` do, one implementation each. Two callers, never at once on one data
+ * root: the running server, for the CLI's requests on its control socket (src/http/control.ts), and the CLI
+ * itself, only while it holds the server lock so that no server runs (src/cli/client.ts). Either way one
+ * process owns the state: its per-volume locks, its holds and its mounts (#9 §6).
+ *
+ * Reading a volume whose files are only visible through its own mount (a loop-backed sized volume's ext4
+ * image, a layered volume's overlay) takes a hold with a Mount ID of its own for the duration of the read,
+ * so the mount is up, is the owner's only mount of that image, and stays up until the read ends however it
+ * ends (a client that disconnects mid-stream included). A hold ID starts with CLI_HOLD_PREFIX: no such
+ * hold can outlive the process that took it, so server start-up drops any it finds (a crash mid-export).
+ */
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream';
+import { createGzip } from 'node:zlib';
+import { nanoid } from 'nanoid';
+import type { Config } from '../config.js';
+import { NotFoundError, UnavailableError } from '../errors.js';
+import type { Layout } from '../store/layout.js';
+import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
+import { Beneath } from '../sys/beneath.js';
+import { isMountRoot } from '../sys/libc.js';
+import { exportTree, importVolume } from './archive.js';
+import { createBindRoots } from './bind-roots.js';
+import { hasOwnMount, holdCount, type VolumeInfo, type VolumeInternals, type VolumeService } from './volume-service.js';
+
+/** Mount IDs of holds taken for a CLI request: `tsvol-cli-<verb>-<random>`. */
+export const CLI_HOLD_PREFIX = 'tsvol-cli-';
+
+/** A volume's export: `gzip` compresses the tar. */
+export interface ExportOptions {
+  readonly gzip?: boolean;
+}
+
+/**
+ * Receives an export: the tar (or gzip) stream, and a notice for the user when the volume is in use. The
+ * volume's hold lasts until the promise settles.
+ */
+export type ExportSink = (archive: AsyncIterable<Buffer>, notice: string | undefined) => Promise<void>;
+
+/** What an import made. */
+export interface ImportSummary {
+  readonly name: string;
+  readonly files: number;
+  readonly bytes: number;
+}
+
+/** One layer in `tsvol df`: its own diff's size, and how many layers are built directly on it. */
+export interface LayerUsage {
+  readonly id: string;
+  readonly size: number;
+  readonly files: number;
+  readonly children: number;
+}
+
+/** One volume in `tsvol df`, measured now (a bind-style volume's host directory is not ours to walk: 0). */
+export interface VolumeUsage {
+  readonly name: string;
+  readonly kind: unknown;
+  readonly limit: unknown;
+  readonly bytes: number;
+  readonly files: number;
+  readonly mounts: unknown;
+}
+
+/** `tsvol df`. */
+export interface DiskUsage {
+  readonly layers: LayerUsage[];
+  readonly volumes: VolumeUsage[];
+}
+
+/** The CLI's volume operations; the control client (src/http/control-client.ts) offers the same ones. */
+export interface VolumeOps {
+  /** Every volume with its Status. */
+  ls(): Promise<VolumeInfo[]>;
+  /** A volume with its usage measured now. */
+  inspect(name: string): Promise<VolumeInfo>;
+  /** Streams the volume's contents to `sink` as a tar. */
+  export(name: string, opts: ExportOptions, sink: ExportSink): Promise<void>;
+  /** A new volume `name` from a tar stream (plain or gzip). */
+  import(name: string, input: AsyncIterable<Buffer>): Promise<ImportSummary>;
+  /** A new layer from the volume's state; returns its ID. */
+  commit(name: string, opts: { readonly tag?: string }): Promise<string>;
+  /** A new volume `name`, a full copy of `from` (a Create with from=). */
+  clone(from: string, name: string): Promise<void>;
+  df(): Promise<DiskUsage>;
+}
+
+/** What the operations work on: the one process's store and service. */
+export interface VolumeOpsContext {
+  readonly config: Config;
+  readonly layout: Layout;
+  readonly store: VolumeStore;
+  readonly service: VolumeService & VolumeInternals;
+}
+
+/** Gzips `input` as a stream; an error on either side ends the output with that error. */
+function gzipped(input: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
+  const gz = createGzip();
+  // Errors reach the reader: pipeline destroys `gz` with them, which rejects its iterator.
+  pipeline(Readable.from(input), gz, () => undefined);
+  return gz;
+}
+
+/** The operations over `ctx`. */
+export function volumeOps(ctx: VolumeOpsContext): VolumeOps {
+  const { config, layout, store, service } = ctx;
+  const bindRoots = createBindRoots(config.bindRoots, config.hostRoot);
+
+  /**
+   * Runs `fn` on a volume's files. A volume with its own mount is held for the duration (see the header),
+   * unless `needsFiles` says the work does not read its merged tree. A volume in use is read as it is now,
+   * and `fn` gets a notice saying so.
+   */
+  async function withContents<T>(
+    name: string,
+    verb: string,
+    fn: (dir: string | Beneath, rec: VolumeRecord, notice: string | undefined) => Promise<T>,
+    needsFiles: (rec: VolumeRecord) => boolean = () => true,
+  ): Promise<T> {
+    store.refresh();
+    const rec = store.get(name);
+    if (rec === undefined) throw new NotFoundError(`volume "${name}" not found; \`tsvol volume ls\` lists volumes`);
+    const n = holdCount(rec);
+    const notice = n > 0 ? `volume "${name}" is in use (${n} mount(s)); ${verb} its contents as they are now` : undefined;
+    if (rec.spec.kind === 'bind') {
+      // A bind-style volume is read through the device directory pinned by an O_PATH fd and re-checked
+      // against TSVOL_BIND_ROOTS, as Mount binds it: a symlink swapped in anywhere on the device's path
+      // cannot redirect the read (#9 §3, §10a).
+      const pinned = bindRoots.pin(rec.spec.device);
+      try {
+        const root = Beneath.fromFd(pinned.fd, pinned.hostPath);
+        try {
+          return await fn(root, rec, notice);
+        } finally {
+          root.close();
+        }
+      } finally {
+        pinned.close();
+      }
+    }
+    const dir = layout.dataDir(name);
+    if (!hasOwnMount(rec.spec) || !needsFiles(rec)) return fn(dir, rec, notice);
+    const id = `${CLI_HOLD_PREFIX}${verb}-${nanoid(10)}`;
+    await service.mount(name, id);
+    try {
+      if (!isMountRoot(dir)) {
+        // Held by others, yet not mounted in this mount namespace: its owner is a server that is not
+        // running (a managed plugin's mounts die with it). Reading _data here would read an empty directory.
+        throw new UnavailableError(
+          `volume "${name}" is held by ${n} mount(s) but its filesystem is not mounted here; start the tsvol server (docker plugin enable) and retry`,
+        );
+      }
+      return await fn(dir, rec, notice);
+    } finally {
+      await service.unmount(name, id);
+    }
+  }
+
+  return {
+    async ls() {
+      return service.list().map((v) => service.get(v.name));
+    },
+
+    async inspect(name) {
+      const usage = await service.measureUsage(name);
+      const info = service.get(name);
+      return { ...info, status: { ...info.status, usage } };
+    },
+
+    async export(name, opts, sink) {
+      await withContents(name, 'exporting', async (dir, _rec, notice) => {
+        const tar = exportTree(dir);
+        await sink(opts.gzip === true ? gzipped(tar) : tar, notice);
+      });
+    },
+
+    async import(name, input) {
+      const r = await importVolume(layout, store, name, input);
+      return { name: r.record.name, files: r.files, bytes: r.bytes };
+    },
+
+    async commit(name, opts) {
+      const layered = service.layered;
+      const layer = await withContents(name, 'committing', (dir, rec) => layered.commit(rec, dir), (rec) => rec.spec.kind !== 'layered');
+      if (opts.tag !== undefined) await layered.layers.tag(layer.id, opts.tag);
+      return layer.id;
+    },
+
+    async clone(from, name) {
+      await service.create(name, new Map([['from', from]]));
+    },
+
+    async df() {
+      const layers = service.layered.layers.list();
+      const children = new Map<string, number>();
+      for (const l of layers) if (l.parent !== undefined) children.set(l.parent, (children.get(l.parent) ?? 0) + 1);
+      // A layer's chain below it is shared by every layer on top: count each layer's own diff once.
+      const layerRows = layers.map((l) => ({ id: l.id, size: l.size, files: l.files, children: children.get(l.id) ?? 0 }));
+      const volumes = await Promise.all(
+        service.list().map(async (v) => {
+          const info = service.get(v.name);
+          const u = info.status.kind === 'bind' ? { bytes: 0, files: 0 } : await service.measureUsage(v.name);
+          return { name: v.name, kind: info.status.kind, limit: info.status.limit, bytes: u.bytes, files: u.files, mounts: info.status.mounts };
+        }),
+      );
+      return { layers: layerRows, volumes };
+    },
+  };
+}
