@@ -17,7 +17,10 @@ import { createVolumeService } from './volumes/volume-service.js';
 
 /** How long SIGTERM waits for in-flight requests before closing connections. */
 const DRAIN_MS = 8000;
-/** How long start-up waits for a previous server's lock (a killed server's lock goes stale in 2 s). */
+/**
+ * How long start-up waits for a previous server's lock: a killed server's lock is free at once (the kernel
+ * drops a flock with its holder, src/sys/lock.ts); a stopping one may still be draining.
+ */
 const LOCK_WAIT_MS = 4000;
 
 /** A running server. */
@@ -33,10 +36,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const log = createLogger(config.logLevel);
   const layout = createLayout(config.dataRoot);
   fs.mkdirSync(layout.root, { recursive: true, mode: 0o701 });
-  const releaseLock = await acquireLock(layout.lockFile, 'tsvol server', LOCK_WAIT_MS, (err) => {
-    log.fatal({ err: describeError(err) }, 'lost the data-root lock; exiting so two servers never share state');
-    process.exit(1);
-  });
+  // Held for the server's lifetime; a flock cannot be lost while this process lives (src/sys/lock.ts).
+  const releaseLock = await acquireLock(layout.lockFile, 'tsvol server', LOCK_WAIT_MS);
   const store = createVolumeStore(layout);
   const service = createVolumeService({ config, layout, store, log });
   const repaired = await reconcileVolumes({ layout, store, mountsRoot: config.mountsRoot, service, log });

@@ -2,14 +2,15 @@
  * On-disk layout of the data root (TSVOL_DATA). Every path the volume code touches is built here.
  *
  *   tsvol.db                 SQLite metadata (WAL): one row per volume — the truth about what exists
- *   server.lock(.lock)       proper-lockfile: one server per data root
+ *   server.lock              flock(2), never deleted: one server per data root (src/sys/lock.ts)
  *   volumes/<name>/_data     a named volume's contents (moby's local-driver layout)
  *   tmp/new-<id>/            a volume directory being built; renamed into volumes/ when complete
  *   tmp/rm-<id>/             a removed volume's directory, being deleted in the background
  *   layers/                  the layer manager's store (src/layers)
  *
- * tmp/ sits on the same filesystem as volumes/ so that the renames are atomic. Everything in tmp/ is
- * debris after a crash and start-up deletes it.
+ * tmp/ sits on the same filesystem as volumes/ so that the renames are atomic. Each entry in tmp/ is a
+ * stage (src/sys/staging.ts): its owner holds a flock on it while it lives, so start-up deletes only
+ * the stages of dead processes, never a CLI import in flight.
  */
 import path from 'node:path';
 
