@@ -61,7 +61,14 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
       continue;
     }
     // Locked by a live process: it renamed its stage here and is committing the record (sys/staging.ts).
-    const claim = await claimDir(dir);
+    let claim;
+    try {
+      claim = await claimDir(dir);
+    } catch (err) {
+      // Not a directory (nothing tsvol makes there): leave it, and say so.
+      log.warn({ path: dir, err: describeError(err) }, 'could not claim orphan entry in volumes/; leaving it');
+      continue;
+    }
     if (claim === undefined) {
       if (fs.existsSync(dir)) log.info({ volume: name }, 'volume directory is locked by a live process; leaving it');
       continue;

@@ -348,7 +348,14 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
    */
   async function deleteInBackground(target: string | Stage, name: string, waitMs = 0): Promise<boolean> {
     const dir = typeof target === 'string' ? target : target.dir;
-    const claim = typeof target === 'string' ? await claimDir(dir, waitMs) : target;
+    let claim: Stage | undefined;
+    try {
+      claim = typeof target === 'string' ? await claimDir(dir, waitMs) : target;
+    } catch (err) {
+      // Not a directory we can open (nothing tsvol makes): leave it, and say so.
+      log.warn({ volume: name, err: describeError(err) }, 'could not claim removed volume directory; left in place');
+      return false;
+    }
     if (claim === undefined) {
       // Gone (power loss right after Create: nothing to delete), or owned by a live builder.
       if (fs.existsSync(dir)) log.info({ volume: name }, 'volume directory is locked by a live process; leaving it');
