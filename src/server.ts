@@ -27,8 +27,9 @@ import { createVolumeService } from './volumes/volume-service.js';
 /** How long SIGTERM waits for in-flight requests before closing connections. */
 const DRAIN_MS = 8000;
 /**
- * How long start-up waits for the data root's lock: a killed server's goes stale in 2 s, but a `tsvol`
- * command that found no server holds it for its whole run (an import of a large tar takes a while).
+ * How long start-up waits for the data root's lock. A killed server's is free at once (the kernel drops a
+ * flock with its holder, src/sys/lock.ts), but a `tsvol` command that found no server holds it for its
+ * whole run (an import of a large tar takes a while).
  */
 const LOCK_WAIT_MS = 60_000;
 

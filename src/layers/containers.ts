@@ -13,10 +13,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ConflictError, InvalidArgumentError, NotFoundError, describeError, errnoCode } from '../errors.js';
 import { readBootId } from '../sys/boot.js';
-import { writeFileDurable } from '../sys/durable.js';
+import { isTempName, writeFileDurable } from '../sys/durable.js';
 import { isMountRoot } from '../sys/libc.js';
 import { unmount, unmountUnlessBusy } from '../sys/mount.js';
 import { removeTreeNoCross } from '../sys/remove.js';
+import { createStage } from '../sys/staging.js';
 import type { LayerRecord, LayerStore } from './layer-store.js';
 import { changesAsUpper, copyDiff, materialize } from './copy-driver.js';
 import { createOverlayMounter } from './overlay.js';
@@ -267,14 +268,16 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
       }
       // Copy driver: write the changes in overlay's upper form, commit them like overlay does, and rebase
       // the container (its merged tree is already the new layer's contents).
-      const upper = fs.mkdtempSync(path.join(root, 'tmp', `commit-${name}-`));
+      // A stage locked while it lives: written before the store lock is taken (importLayer takes it), so a
+      // gc in another process meanwhile sees a live owner and leaves it (sys/staging.ts).
+      const stage = await createStage(path.join(root, 'tmp'), `commit-${name}`);
       try {
-        changesAsUpper(lowers(rec.from), paths(rec).merged, upper);
-        const layer = await layers.importLayer(writeTree(upper), rec.from);
+        changesAsUpper(lowers(rec.from), paths(rec).merged, stage.dir);
+        const layer = await layers.importLayer(writeTree(stage.dir), rec.from);
         save({ ...rec, from: layer.id });
         return layer;
       } finally {
-        fs.rmSync(upper, { recursive: true, force: true });
+        await stage.remove();
       }
     },
 
@@ -289,7 +292,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
     list() {
       return fs
         .readdirSync(dir)
-        .filter((f) => f.endsWith('.json'))
+        .filter((f) => f.endsWith('.json') && !isTempName(f))
         .map((f) => {
           try {
             return JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')) as ContainerRecord;

@@ -6,8 +6,13 @@
  *   chains/<chainid-hex>.json   one layer: ChainID, DiffID, parent, size, file count (durable JSON)
  *   tags/<name>                 a name for a layer (contains the ChainID)
  *   holds/<chainid-hex>/<holder> other users of a layer (volumes built on it), one file each
- *   tmp/                        imports being staged; debris after a crash, swept by gc
- *   store.lock                  proper-lockfile: one mutation at a time, across the CLI and the server
+ *   tmp/<kind>-<id>/            stages (imports, commits), each locked by its live owner (sys/staging.ts);
+ *                               gc sweeps those whose owner died
+ *   store                       flock(2): one mutation at a time, across the CLI and the server
+ *
+ * Names starting with '.' are never records: they are writeFileDurable's temp files (`.<name>.tmp-<hex>`),
+ * left by a crash mid-write. Every listing skips them, tags cannot start with '.', and a holder's file name
+ * never does (holderFile), so a torn write never counts as a tag or a hold (#9 §10c); gc deletes them.
  *
  * A layer is held by its child layers, by container layers on it (containers.ts) and by tags.
  *
@@ -21,8 +26,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { nanoid } from 'nanoid';
 import { InUseError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
-import { fsyncDir, syncFilesystem, writeFileDurable } from '../sys/durable.js';
+import { fsyncDir, isTempName, syncFilesystem, writeFileDurable } from '../sys/durable.js';
 import { acquireLock } from '../sys/lock.js';
+import { createStage, sweepStages } from '../sys/staging.js';
 import { decompressed } from './tar/gzip.js';
 import { TarReader } from './tar/reader.js';
 import { linkTree, replaySplit, splitOnly, unpackLayer, type UnpackStats } from './unpack.js';
@@ -94,6 +100,19 @@ export interface LayerStore {
 const HEX = /^[0-9a-f]{64}$/;
 const TAG = /^[a-zA-Z0-9][a-zA-Z0-9_.:-]{0,127}$/;
 
+/** Record names in a listing: writeFileDurable's temp files (dot-names) are not records. */
+function records(names: string[]): string[] {
+  return names.filter((n) => !isTempName(n));
+}
+
+/**
+ * The file name of a holder in holds/<hex>/: URI-encoded, with a leading '.' encoded too, so that no
+ * holder's file ever looks like a temp file (or is `.` or `..`).
+ */
+export function holderFile(holder: string): string {
+  return encodeURIComponent(holder).replace(/^\./, '%2E');
+}
+
 function hexOf(digest: string): string {
   return digest.slice('sha256:'.length);
 }
@@ -123,8 +142,12 @@ export function createLayerStore(root: string): LayerStore {
   for (const d of Object.values(dirs)) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
   const lockFile = path.join(root, 'store');
 
+  /**
+   * Runs `work` under the store's flock. Long synchronous work inside (syncfs, rmSync on a slow disk) is
+   * fine: a flock has no heartbeat to starve and cannot be lost while this process lives (sys/lock.ts).
+   */
   async function locked<T>(work: () => Promise<T>): Promise<T> {
-    const release = await acquireLock(lockFile, 'tsvol layer operation', 30_000, () => undefined);
+    const release = await acquireLock(lockFile, 'tsvol layer operation', 30_000);
     try {
       return await work();
     } finally {
@@ -142,8 +165,7 @@ export function createLayerStore(root: string): LayerStore {
   }
 
   function list(): LayerRecord[] {
-    return fs
-      .readdirSync(dirs.chains)
+    return records(fs.readdirSync(dirs.chains))
       .filter((f) => f.endsWith('.json'))
       .map((f) => readRecord(f.slice(0, -5)))
       .filter((r): r is LayerRecord => r !== undefined);
@@ -176,14 +198,13 @@ export function createLayerStore(root: string): LayerStore {
     return path.join(dirs.diffs, hexOf(layer.diffId));
   }
 
-  /** Runs `fn` with a fresh staging directory in tmp/, deleted afterwards whatever happens. */
+  /** Runs `fn` with a fresh stage in tmp/ (locked while it lives), deleted afterwards whatever happens. */
   async function withStage<T>(kind: string, fn: (stage: string) => Promise<T>): Promise<T> {
-    const stage = path.join(dirs.tmp, `${kind}-${nanoid(10)}`);
-    fs.mkdirSync(stage, { mode: 0o700 });
+    const stage = await createStage(dirs.tmp, kind);
     try {
-      return await fn(stage);
+      return await fn(stage.dir);
     } finally {
-      fs.rmSync(stage, { recursive: true, force: true });
+      await stage.remove();
     }
   }
 
@@ -280,7 +301,7 @@ export function createLayerStore(root: string): LayerStore {
   function containerBases(): { name: string; from: string }[] {
     const containers = path.join(root, 'containers');
     const out: { name: string; from: string }[] = [];
-    for (const f of fs.existsSync(containers) ? fs.readdirSync(containers) : []) {
+    for (const f of fs.existsSync(containers) ? records(fs.readdirSync(containers)) : []) {
       if (!f.endsWith('.json')) continue;
       const c = JSON.parse(fs.readFileSync(path.join(containers, f), 'utf8')) as { from: string };
       out.push({ name: f.slice(0, -5), from: c.from });
@@ -290,7 +311,7 @@ export function createLayerStore(root: string): LayerStore {
 
   /** Every tag and the layer it names. */
   function tagTargets(): { tag: string; id: string }[] {
-    return fs.readdirSync(dirs.tags).map((tag) => ({ tag, id: fs.readFileSync(path.join(dirs.tags, tag), 'utf8').trim() }));
+    return records(fs.readdirSync(dirs.tags)).map((tag) => ({ tag, id: fs.readFileSync(path.join(dirs.tags, tag), 'utf8').trim() }));
   }
 
   /** What holds `rec`, named for an error message: children, container layers, tags, holdLayer holders. */
@@ -301,7 +322,7 @@ export function createLayerStore(root: string): LayerStore {
     for (const c of containerBases()) if (c.from === rec.id) out.push(`container layer "${c.name}"`);
     for (const t of tagTargets()) if (t.id === rec.id) out.push(`tag "${t.tag}"`);
     const held = path.join(dirs.holds, hexOf(rec.id));
-    for (const h of fs.existsSync(held) ? fs.readdirSync(held).sort() : []) out.push(decodeURIComponent(h));
+    for (const h of fs.existsSync(held) ? records(fs.readdirSync(held)).sort() : []) out.push(decodeURIComponent(h));
     return out;
   }
 
@@ -351,7 +372,7 @@ export function createLayerStore(root: string): LayerStore {
         const rec = resolve(idOrName);
         const dir = path.join(dirs.holds, hexOf(rec.id));
         fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-        writeFileDurable(path.join(dir, encodeURIComponent(holder)), holder);
+        writeFileDurable(path.join(dir, holderFile(holder)), holder);
         return rec;
       });
     },
@@ -359,13 +380,13 @@ export function createLayerStore(root: string): LayerStore {
       await locked(async () => {
         const rec = resolve(idOrName);
         // force: releasing what is not held changes nothing.
-        fs.rmSync(path.join(dirs.holds, hexOf(rec.id), encodeURIComponent(holder)), { force: true });
+        fs.rmSync(path.join(dirs.holds, hexOf(rec.id), holderFile(holder)), { force: true });
       });
     },
     listHolds() {
       const out: { layer: string; holder: string }[] = [];
-      for (const hex of fs.readdirSync(dirs.holds)) {
-        for (const h of fs.readdirSync(path.join(dirs.holds, hex))) out.push({ layer: `sha256:${hex}`, holder: decodeURIComponent(h) });
+      for (const hex of records(fs.readdirSync(dirs.holds))) {
+        for (const h of records(fs.readdirSync(path.join(dirs.holds, hex)))) out.push({ layer: `sha256:${hex}`, holder: decodeURIComponent(h) });
       }
       return out;
     },
@@ -404,7 +425,9 @@ export function createLayerStore(root: string): LayerStore {
         for (const l of layers) if (l.parent !== undefined) hold(l.parent);
         for (const c of containerBases()) hold(c.from);
         for (const t of tagTargets()) hold(t.id);
-        for (const hex of fs.readdirSync(dirs.holds)) if (fs.readdirSync(path.join(dirs.holds, hex)).length > 0) hold(`sha256:${hex}`);
+        for (const hex of records(fs.readdirSync(dirs.holds))) {
+          if (records(fs.readdirSync(path.join(dirs.holds, hex))).length > 0) hold(`sha256:${hex}`);
+        }
         const diffUsers = new Map<string, number>();
         for (const l of layers) diffUsers.set(l.diffId, (diffUsers.get(l.diffId) ?? 0) + 1);
 
@@ -424,9 +447,18 @@ export function createLayerStore(root: string): LayerStore {
             if (parent) unheld.push(parent);
           }
         }
-        for (const e of fs.readdirSync(dirs.tmp)) {
-          fs.rmSync(path.join(dirs.tmp, e), { recursive: true, force: true });
-          removed.push(`tmp/${e}`);
+        // Stages whose owner died; a live one (a copy-driver commit writing its changes before it takes
+        // this lock) is left alone.
+        const sweep = sweepStages(dirs.tmp);
+        await sweep.done;
+        removed.push(...sweep.dead.map((e) => `tmp/${e}`));
+        // Temp files of writeFileDurable torn by a crash: under this lock, no write of ours is in flight.
+        for (const d of [dirs.chains, dirs.tags, ...records(fs.readdirSync(dirs.holds)).map((h) => path.join(dirs.holds, h))]) {
+          for (const e of fs.readdirSync(d)) {
+            if (!isTempName(e)) continue;
+            fs.rmSync(path.join(d, e), { recursive: true, force: true });
+            removed.push(`${path.relative(root, d)}/${e}`);
+          }
         }
         for (const e of fs.readdirSync(dirs.diffs)) {
           const hex = e.replace(/\.(split|link)$/, '');

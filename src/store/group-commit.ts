@@ -119,6 +119,9 @@ export function createGroupCommitter(dbFile: string): GroupCommitter {
         // and whatever the caller does after close() (a CLI printing its result) never runs.
         worker.ref();
         const done = new Promise((r) => worker.once('message', r));
+        // Referenced while its reply is awaited: an unreferenced worker lets a process with nothing else
+        // pending exit mid-close (exit code 13, an unsettled top-level await in the CLI).
+        worker.ref();
         worker.postMessage('close');
         await done;
       }

@@ -2,7 +2,8 @@
  * On-disk layout of the data root (TSVOL_DATA). Every path the volume code touches is built here.
  *
  *   tsvol.db                 SQLite metadata (WAL): one row per volume — the truth about what exists
- *   server.lock(.lock)       proper-lockfile: one server per data root, or one `tsvol` command while no server runs
+ *   server.lock              flock(2), never deleted (src/sys/lock.ts): one server per data root, or one `tsvol`
+ *                            command while no server runs
  *   control.sock             the server's control API (mode 0600): how the CLI reaches the running server, seen at
  *                            the same host path with the managed plugin (TSVOL_DATA is a bind of data.source)
  *   volumes/<name>/_data     a named volume's contents (moby's local-driver layout)
@@ -13,8 +14,9 @@
  *                            binds/ is 0700 inside the 0700 root: no path to host data for other users.
  *   layers/                  the layer manager's store (src/layers)
  *
- * tmp/ sits on the same filesystem as volumes/ so that the renames are atomic. Everything in tmp/ is
- * debris after a crash and start-up deletes it.
+ * tmp/ sits on the same filesystem as volumes/ so that the renames are atomic. Each entry in tmp/ is a
+ * stage (src/sys/staging.ts): its owner holds a flock on it while it lives, so start-up deletes only
+ * the stages of dead processes, never a CLI import in flight.
  */
 import path from 'node:path';
 

@@ -9,8 +9,17 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { syncfs } from './libc.js';
 
-/** Prefix of temp files that start-up may delete (`<name>.tmp-<hex>`). */
+/**
+ * Marker of writeFileDurable's temp files: `.<name>.tmp-<hex>`. The leading dot keeps a temp file left by
+ * a crash from ever being read as a record: stores that list a directory of records (layer tags and
+ * holds) skip dot-names, and never give a record a name starting with '.' (#9 §10c).
+ */
 export const TEMP_MARKER = '.tmp-';
+
+/** True if `name` is a temp file of writeFileDurable (or any dot-name: never a record). */
+export function isTempName(name: string): boolean {
+  return name.startsWith('.');
+}
 
 /** fsyncs a directory so that entries created, renamed or removed in it are durable. */
 export function fsyncDir(dir: string): void {
@@ -38,7 +47,7 @@ export function syncFilesystem(dir: string): void {
 /** Writes `data` to `file` atomically and durably (temp, fsync, rename, fsync dir). */
 export function writeFileDurable(file: string, data: string | Uint8Array, mode = 0o600): void {
   const dir = path.dirname(file);
-  const tmp = path.join(dir, `${path.basename(file)}${TEMP_MARKER}${randomBytes(6).toString('hex')}`);
+  const tmp = path.join(dir, `.${path.basename(file)}${TEMP_MARKER}${randomBytes(6).toString('hex')}`);
   const fd = fs.openSync(tmp, 'wx', mode);
   try {
     fs.writeFileSync(fd, data);

@@ -39,6 +39,7 @@ const cLsetxattr = libc.func(
 const cLgetxattr = libc.func('long lgetxattr(const char *path, const char *name, _Out_ void *value, size_t size)');
 const cLlistxattr = libc.func('long llistxattr(const char *path, _Out_ void *list, size_t size)');
 const cSyncfs = libc.func('int syncfs(int fd)');
+const cFlock = libc.func('int flock(int fd, int op)');
 
 function check(ret: number | bigint, syscall: string, path?: string): number {
   const n = Number(ret);
@@ -111,6 +112,22 @@ export function llistxattr(path: string): string[] {
 /** syncfs(2): flush the filesystem holding `fd`. */
 export function syncfs(fd: number): void {
   check(cSyncfs(fd), 'syncfs');
+}
+
+/** flock(2) operations. */
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+
+/**
+ * flock(2) with LOCK_NB added: never blocks the event loop. Returns true if the lock was taken, false if
+ * another open file description holds it (EWOULDBLOCK); other failures throw.
+ */
+export function tryFlock(fd: number, op: number = LOCK_EX): boolean {
+  if (Number(cFlock(fd, op | LOCK_NB)) === 0) return true;
+  const errno = koffi.errno();
+  if (errno === os.constants.errno.EWOULDBLOCK) return false;
+  throw new SyscallError('flock', errno);
 }
 
 type AsyncCallback = (err: unknown, ret: number) => void;

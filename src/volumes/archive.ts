@@ -11,13 +11,14 @@
  * metadata, is applied through a `Beneath` pinned on the staging `_data` (src/sys/beneath.ts): the kernel
  * resolves each path below it, so no entry can reach outside.
  *
- * Import is crash-safe: the tree is unpacked in tmp/new-*, flushed (syncfs), renamed to volumes/<name>
- * (the rename fails if the name is taken meanwhile), and only then is the record committed. A kill -9 at
- * any instant leaves the whole volume or debris that server start-up deletes.
+ * Import is crash-safe: the tree is unpacked in a stage tmp/new-*, flushed (syncfs), renamed to
+ * volumes/<name> (the rename fails if the name is taken meanwhile), and only then is the record committed.
+ * A kill -9 at any instant leaves the whole volume or debris that server start-up deletes. The stage is
+ * locked from its mkdir until the record is committed, across the rename (sys/staging.ts), so a server
+ * starting meanwhile leaves it alone (#9 §7).
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { nanoid } from 'nanoid';
 import { ConflictError, InvalidArgumentError, describeError, errnoCode } from '../errors.js';
 import type { TarEntry, TarReader as TarReaderType } from '../layers/tar/reader.js';
 import { TarReader } from '../layers/tar/reader.js';
@@ -28,6 +29,7 @@ import type { Layout } from '../store/layout.js';
 import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
 import { syncFilesystem } from '../sys/durable.js';
 import { Beneath } from '../sys/beneath.js';
+import { createStage } from '../sys/staging.js';
 import { validateName } from './names.js';
 
 /** Streams the tree at `dir` as a tar: a `./` entry for the root, then every entry, sorted. */
@@ -52,9 +54,10 @@ export async function importVolume(layout: Layout, store: VolumeStore, name: str
   if (store.get(name) !== undefined) throw new ConflictError(`volume "${name}" already exists; import into a new name or remove it first`);
   fs.mkdirSync(layout.tmpDir, { recursive: true, mode: 0o700 });
   fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o701 });
-  const tmp = path.join(layout.tmpDir, `new-${nanoid(10)}`);
+  const stage = await createStage(layout.tmpDir, 'new', 0o701);
+  const tmp = stage.dir;
   const data = path.join(tmp, '_data');
-  fs.mkdirSync(tmp, { mode: 0o701 });
+  let committed = false;
   try {
     fs.mkdirSync(data, { mode: 0o755 });
     const reader = new TarReader(decompressed(input));
@@ -96,21 +99,19 @@ export async function importVolume(layout: Layout, store: VolumeStore, name: str
     }
     syncFilesystem(tmp); // every file of the volume on disk before the record says it exists
     try {
-      fs.renameSync(tmp, layout.volumeDir(name));
+      stage.rename(layout.volumeDir(name));
     } catch (err) {
       const code = errnoCode(err);
       if (code === 'EEXIST' || code === 'ENOTEMPTY') throw new ConflictError(`volume "${name}" was created meanwhile; import into a new name`);
       throw err;
     }
     const record: VolumeRecord = { name, createdAt: new Date().toISOString(), spec: { kind: 'named' }, options: {}, holds: new Map() };
-    try {
-      await store.put(record, [layout.volumesDir]);
-    } catch (err) {
-      fs.rmSync(layout.volumeDir(name), { recursive: true, force: true });
-      throw err;
-    }
+    await store.put(record, [layout.volumesDir]);
+    committed = true;
     return { record, files: stats.files, bytes: stats.size };
   } finally {
-    fs.rmSync(tmp, { recursive: true, force: true });
+    // Committed: the record owns the directory; unlock it. Else the stage goes, in tmp/ or volumes/<name>.
+    if (committed) stage.release();
+    else await stage.remove();
   }
 }

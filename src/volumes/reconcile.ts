@@ -2,9 +2,12 @@
  * Start-up reconciliation: make disk, mounts and records agree after a crash, a kill -9 or a reboot,
  * without losing a volume. Records are the truth (they were committed before any reply said "done").
  *
- * - tmp/ holds only debris (half-built or removed volume directories): deleted in the background.
+ * - tmp/ holds stages (volumes being built or deleted), each locked by its owner while it lives
+ *   (src/sys/staging.ts): those of dead owners are debris, deleted in the background; a live one (a
+ *   `tsvol volume import` or clone by the CLI, running while this server starts) is left alone (#9 §7).
  * - A directory in volumes/ with no record is a Create that crashed before its commit, or a Remove that
- *   crashed after it: deleted (never across a mountpoint).
+ *   crashed after it: deleted (never across a mountpoint). Unless it is locked: a live process renamed
+ *   its stage there and is committing the record now.
  * - Holds from an earlier boot are dropped: no process of that boot can still use a mount. Holds from this
  *   boot are kept (a restarted plugin: containers may still run) and their mountpoints re-established,
  *   except holds taken for a CLI request, which never outlive the process that took them.
@@ -22,7 +25,7 @@ import { readBootId } from '../sys/boot.js';
 import { unmount } from '../sys/mount.js';
 import { mountsUnder, readMounts } from '../sys/mountinfo.js';
 import { makePrivateDir, reportPrivateDir } from '../sys/private-dir.js';
-import { removeTreeNoCross } from '../sys/remove.js';
+import { claimDir, sweepStages } from '../sys/staging.js';
 import { hasOwnMount, holdCount, type VolumeInternals } from './volume-service.js';
 import { CLI_HOLD_PREFIX } from './volume-ops.js';
 
@@ -38,21 +41,22 @@ export interface ReconcileDeps {
 /** Repairs the data root; returns counts for the start-up log line. */
 export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<string, number>> {
   const { layout, store, mountsRoot, service, log } = deps;
-  const stats = { debris: 0, orphans: 0, droppedHolds: 0, remounted: 0, staleMounts: 0, layerHolds: 0 };
+  const stats = { debris: 0, liveStages: 0, orphans: 0, droppedHolds: 0, remounted: 0, staleMounts: 0, layerHolds: 0 };
   fs.mkdirSync(layout.tmpDir, { recursive: true, mode: 0o700 });
   fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o701 });
   const mounts = readMounts();
   const mounted = new Set(mounts.map((m) => m.mountPoint));
 
-  for (const entry of fs.readdirSync(layout.tmpDir)) {
-    const p = path.join(layout.tmpDir, entry);
-    if (mountsUnder(p, mounts).length > 0) {
-      log.warn({ path: p }, 'leftover in tmp/ has a mount inside; leaving it');
-      continue;
-    }
-    stats.debris++;
-    removeTreeNoCross(p).catch((err: unknown) => log.warn({ path: p, err: describeError(err) }, 'deleting tmp/ leftover failed'));
-  }
+  const sweep = sweepStages(layout.tmpDir);
+  stats.debris = sweep.dead.length;
+  stats.liveStages = sweep.live.length;
+  if (sweep.live.length > 0) log.info({ stages: sweep.live }, 'tmp/ stages of live processes left alone');
+  sweep.done.then(
+    (skipped) => {
+      if (skipped.length > 0) log.warn({ mounts: skipped }, 'tmp/ leftovers had mounts inside; left them');
+    },
+    (err: unknown) => log.warn({ err: describeError(err) }, 'deleting tmp/ leftover failed'),
+  );
 
   for (const name of fs.readdirSync(layout.volumesDir)) {
     if (store.get(name) !== undefined) continue;
@@ -61,9 +65,30 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
       log.warn({ path: dir }, 'orphan volume directory has a mount inside; leaving it');
       continue;
     }
-    stats.orphans++;
-    log.info({ volume: name }, 'deleting directory of a volume that was never committed');
-    await service.deleteInBackground(dir, name);
+    // Locked by a live process: it renamed its stage here and is committing the record (sys/staging.ts).
+    let claim;
+    try {
+      claim = await claimDir(dir);
+    } catch (err) {
+      // Not a directory (nothing tsvol makes there): leave it, and say so.
+      log.warn({ path: dir, err: describeError(err) }, 'could not claim orphan entry in volumes/; leaving it');
+      continue;
+    }
+    if (claim === undefined) {
+      if (fs.existsSync(dir)) log.info({ volume: name }, 'volume directory is locked by a live process; leaving it');
+      continue;
+    }
+    // Read again under the lock: a builder releases only after its commit, so a volume committed since
+    // this server opened the store is seen now, and one that is still record-less has no live builder.
+    store.refresh();
+    if (store.get(name) !== undefined) {
+      claim.release();
+      continue;
+    }
+    if (await service.deleteInBackground(claim, name)) {
+      stats.orphans++;
+      log.info({ volume: name }, 'deleting directory of a volume that was never committed');
+    }
   }
 
   // A hold taken for a CLI request (volume-ops.ts) lives no longer than the process that took it, and that

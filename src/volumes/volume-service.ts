@@ -25,7 +25,7 @@ import { syncFilesystem } from '../sys/durable.js';
 import { bindMount as bindMountSync, bindMountAsync, unmountAsync } from '../sys/mount.js';
 import { isMountRoot } from '../sys/libc.js';
 import { makePrivateDir } from '../sys/private-dir.js';
-import { removeTreeNoCross } from '../sys/remove.js';
+import { claimDir, createStage, type Stage } from '../sys/staging.js';
 import { createBindRoots, type BindRoots } from './bind-roots.js';
 import { createKeyedMutex } from './keyed-mutex.js';
 import { validateMountId, validateName } from './names.js';
@@ -109,6 +109,13 @@ export function holdCount(rec: VolumeRecord): number {
   for (const c of rec.holds.values()) n += c;
   return n;
 }
+
+/**
+ * How long Remove waits for the builder of a volume (another process: a CLI import or clone) to release
+ * the directory's lock after committing its record: only the few instructions between that commit and
+ * the release.
+ */
+const RELEASE_WAIT_MS = 5000;
 
 /** Creates the service. Call reconcileVolumes first so that disk and records agree. */
 export function createVolumeService(deps: VolumeServiceDeps): VolumeService & VolumeInternals {
@@ -270,24 +277,27 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   }
 
   /**
-   * Builds a sized or cloned volume's directory whole in tmp/new-*, flushes it, and renames it to
-   * volumes/<name>. A crash at any instant leaves either that directory or debris start-up deletes.
+   * Builds a sized, cloned or layered volume's directory whole in a stage tmp/new-*, flushes it, and
+   * renames it to volumes/<name>. A crash at any instant leaves either that directory or debris start-up
+   * deletes. The stage stays locked after the rename: the caller releases it once the record is committed,
+   * so a server starting meanwhile (this may be the CLI) never deletes it as record-less (sys/staging.ts).
    */
-  async function buildInTmp(name: string, fill: (dir: string) => Promise<void>): Promise<void> {
-    const tmp = path.join(layout.tmpDir, `new-${nanoid(10)}`);
-    await fs.promises.mkdir(tmp, { mode: 0o701 });
+  async function buildInTmp(name: string, fill: (dir: string) => Promise<void>): Promise<Stage> {
+    const stage = await createStage(layout.tmpDir, 'new', 0o701);
     try {
-      await fill(tmp);
-      syncFilesystem(tmp);
-      await fs.promises.rename(tmp, layout.volumeDir(name));
-    } finally {
-      await fs.promises.rm(tmp, { recursive: true, force: true });
+      await fill(stage.dir);
+      syncFilesystem(stage.dir);
+      stage.rename(layout.volumeDir(name));
+      return stage;
+    } catch (err) {
+      await stage.remove();
+      throw err;
     }
   }
 
   /** A sized volume: quota on its _data, or its own ext4 image. */
-  async function buildSized(name: string, spec: Extract<VolumeSpec, { kind: 'sized' }>): Promise<void> {
-    await buildInTmp(name, async (dir) => {
+  async function buildSized(name: string, spec: Extract<VolumeSpec, { kind: 'sized' }>): Promise<Stage> {
+    return buildInTmp(name, async (dir) => {
       const data = path.join(dir, '_data');
       await fs.promises.mkdir(data, { mode: 0o755 });
       if (spec.backing === 'loop') {
@@ -307,7 +317,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
    * new real directory holding copies (#9 §3): copyTree reads the source only through its pinned root and
    * never follows a symlink, so nothing here can make _data a link to a host path.
    */
-  async function buildClone(name: string, from: string): Promise<void> {
+  async function buildClone(name: string, from: string): Promise<Stage> {
     validateName(from);
     if (from === name) throw new InvalidArgumentError(`volume "${name}" cannot be a clone of itself`);
     const copy = (source: string | number) => buildInTmp(name, async (dir) => void (await copyTreeInWorker(source, path.join(dir, '_data'))));
@@ -324,12 +334,12 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
       }
     }
     if (!hasOwnMount(src.spec)) return copy(layout.dataDir(from));
-    await locks.run(from, async () => {
+    return locks.run(from, async () => {
       const now = mustGet(from);
       if (holdCount(now) > 0) return copy(layout.dataDir(from));
       await mountOwn(now);
       try {
-        await copy(layout.dataDir(from));
+        return await copy(layout.dataDir(from));
       } finally {
         await unmountOwn(now);
       }
@@ -350,25 +360,44 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   }
 
   /**
-   * Moves `dir` into tmp/ (so the name is free as soon as this resolves) and deletes it in the background.
-   * A crash mid-delete leaves debris in tmp/, which start-up deletes.
+   * Moves `dir` into tmp/ (so the name is free as soon as this resolves) and deletes it in the background,
+   * holding its lock (a stage tmp/rm-*: a crash mid-delete leaves debris that the next sweep deletes).
+   * Returns false, leaving it in place, if a live process holds the directory's lock for more than `waitMs`:
+   * a volume built or imported by another process that has not released it since its record was
+   * committed, or (at start-up) has not committed its record yet (sys/staging.ts).
    */
-  async function deleteInBackground(dir: string, name: string): Promise<void> {
-    const trash = path.join(layout.tmpDir, `rm-${nanoid(10)}`);
+  async function deleteInBackground(target: string | Stage, name: string, waitMs = 0): Promise<boolean> {
+    const dir = typeof target === 'string' ? target : target.dir;
+    let claim: Stage | undefined;
     try {
-      await fs.promises.rename(dir, trash);
+      claim = typeof target === 'string' ? await claimDir(dir, waitMs) : target;
     } catch (err) {
-      // ENOENT: the directory was already gone (power loss right after Create); nothing to delete.
-      if (errnoCode(err) !== 'ENOENT') log.warn({ volume: name, err: describeError(err) }, 'could not move removed volume to tmp/');
-      return;
+      // Not a directory we can open (nothing tsvol makes): leave it, and say so.
+      log.warn({ volume: name, err: describeError(err) }, 'could not claim removed volume directory; left in place');
+      return false;
     }
-    const job = removeTreeNoCross(trash)
+    if (claim === undefined) {
+      // Gone (power loss right after Create: nothing to delete), or owned by a live builder.
+      if (fs.existsSync(dir)) log.info({ volume: name }, 'volume directory is locked by a live process; leaving it');
+      return false;
+    }
+    try {
+      claim.rename(path.join(layout.tmpDir, `rm-${nanoid(10)}`));
+    } catch (err) {
+      claim.release();
+      // ENOENT: the directory was already gone; nothing to delete.
+      if (errnoCode(err) !== 'ENOENT') log.warn({ volume: name, err: describeError(err) }, 'could not move removed volume to tmp/');
+      return false;
+    }
+    const job = claim
+      .remove()
       .then((skipped) => {
         if (skipped.length > 0) log.warn({ volume: name, mounts: skipped }, 'removed volume had mounts inside; left them and their directories in tmp/');
       })
       .catch((err: unknown) => log.warn({ volume: name, err: describeError(err) }, 'deleting removed volume failed; start-up will retry'))
       .finally(() => deletions.delete(job));
     deletions.add(job);
+    return true;
   }
 
   /** isMountRoot, with a missing path counted as not mounted. */
@@ -466,26 +495,30 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
           options: nullProtoRecord(opts),
           holds: new Map(),
         };
-        const builtInTmp = spec.kind === 'sized' || spec.kind === 'clone' || spec.kind === 'layered';
+        // A volume built in tmp/ stays locked (built) until its record is committed (buildInTmp).
+        let built: Stage | undefined;
         try {
           try {
             if (spec.kind === 'named') await buildVolumeDir(rec);
-            else if (spec.kind === 'sized') await buildSized(name, spec);
-            else if (spec.kind === 'clone') await buildClone(name, spec.from);
-            else if (spec.kind === 'layered') await buildInTmp(name, (dir) => layered.build(dir));
+            else if (spec.kind === 'sized') built = await buildSized(name, spec);
+            else if (spec.kind === 'clone') built = await buildClone(name, spec.from);
+            else if (spec.kind === 'layered') built = await buildInTmp(name, (dir) => layered.build(dir));
           } catch (err) {
             throw wrapError(`create volume "${name}"`, err);
           }
           try {
             // Volumes built in tmp/ were renamed into volumes/: that rename is made durable with the record.
-            await store.put(rec, builtInTmp ? [layout.volumesDir] : undefined);
+            await store.put(rec, built !== undefined ? [layout.volumesDir] : undefined);
           } catch (err) {
-            if (spec.kind !== 'bind') await fs.promises.rm(layout.volumeDir(name), { recursive: true, force: true });
+            if (built !== undefined) await built.remove();
+            else if (spec.kind !== 'bind') await fs.promises.rm(layout.volumeDir(name), { recursive: true, force: true });
             throw wrapError(`create volume "${name}"`, err);
           }
         } catch (err) {
           if (spec.kind === 'layered') await releaseLayerOf(name, spec.layer);
           throw err;
+        } finally {
+          built?.release();
         }
         log.debug({ volume: name, kind: spec.kind }, 'volume created');
       });
@@ -524,7 +557,8 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
         await store.delete(name);
         // A bind-style volume's host directory is never touched: only the record goes.
         usage.forget(name);
-        if (rec.spec.kind !== 'bind') await deleteInBackground(layout.volumeDir(name), name);
+        // The record existed, so whoever built the directory has committed it and is releasing its lock now.
+        if (rec.spec.kind !== 'bind') await deleteInBackground(layout.volumeDir(name), name, RELEASE_WAIT_MS);
         if (rec.spec.kind === 'layered') await releaseLayerOf(name, rec.spec.layer);
         if (rec.spec.kind === 'sized' && rec.spec.projectId !== undefined) {
           try {
@@ -609,5 +643,9 @@ export interface VolumeInternals {
   /** Unmounts a volume's own mount (hasOwnMount); false if it was not mounted. */
   unmountOwn(rec: VolumeRecord): Promise<boolean>;
   readonly layered: LayeredVolumes;
-  deleteInBackground(dir: string, name: string): Promise<void>;
+  /**
+   * Moves a directory (or one already claimed) to tmp/ and deletes it; false if a live process holds its
+   * lock (left in place).
+   */
+  deleteInBackground(target: string | Stage, name: string, waitMs?: number): Promise<boolean>;
 }
