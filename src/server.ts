@@ -41,16 +41,16 @@ export interface RunningServer {
 }
 
 /** Takes the data root's lock, saying once in the log when another process holds it and start-up waits. */
-async function lockDataRoot(layout: Layout, log: Logger, onLost: (err: Error) => void): Promise<ReleaseLock> {
+async function lockDataRoot(layout: Layout, log: Logger): Promise<ReleaseLock> {
   try {
-    return await acquireLock(layout.lockFile, 'tsvol server', 0, onLost);
+    return await acquireLock(layout.lockFile, 'tsvol server', 0);
   } catch (err) {
     if (!(err instanceof ConflictError)) throw err;
     // A server answering on the control socket holds the lock for its lifetime: waiting would not help.
     if (await controlReachable(layout.controlSocket)) throw err;
   }
   log.info({ lock: layout.lockFile, waitMs: LOCK_WAIT_MS }, 'waiting for another process holding the data root (a tsvol command, or a server stopping)');
-  return acquireLock(layout.lockFile, 'tsvol server', LOCK_WAIT_MS, onLost);
+  return acquireLock(layout.lockFile, 'tsvol server', LOCK_WAIT_MS);
 }
 
 /** Starts the VolumeDriver server described by `config`; exits the process on SIGTERM/SIGINT. */
@@ -60,10 +60,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const layout = createLayout(config.dataRoot);
   // Root-only (#9 §5); a root left open by an older version or by hand is closed now, and said so once.
   reportPrivateDir(log, 'data root', layout.root, makePrivateDir(layout.root));
-  const releaseLock = await lockDataRoot(layout, log, (err) => {
-    log.fatal({ err: describeError(err) }, 'lost the data-root lock; exiting so two servers never share state');
-    process.exit(1);
-  });
+  // Held for the server's lifetime; a flock cannot be lost while this process lives (src/sys/lock.ts).
+  const releaseLock = await lockDataRoot(layout, log);
   const store = createVolumeStore(layout);
   const service = createVolumeService({ config, layout, store, log });
   const repaired = await reconcileVolumes({ layout, store, mountsRoot: config.mountsRoot, service, log });

@@ -12,7 +12,7 @@
  */
 import fs from 'node:fs';
 import type { Config } from '../config.js';
-import { ConflictError, describeError } from '../errors.js';
+import { ConflictError } from '../errors.js';
 import { controlReachable, createControlClient } from '../http/control-client.js';
 import { createLogger } from '../log.js';
 import { createLayout, type Layout } from '../store/layout.js';
@@ -26,12 +26,9 @@ const WAIT_MS = 30_000;
 /** Each try at the lock waits this long before the control socket is tried again. */
 const LOCK_TRY_MS = 1000;
 
-/** Takes the server lock for a command working alone; losing it later ends the command (a server may start). */
+/** Takes the server lock for a command working alone (a flock: held until the command exits). */
 function lockForCommand(layout: Layout, waitMs: number): Promise<ReleaseLock> {
-  return acquireLock(layout.lockFile, 'tsvol server', waitMs, (err) => {
-    process.stderr.write(`tsvol: lost the lock on ${layout.root} (${describeError(err)}); stopping so that a server never works under this command\n`);
-    process.exit(1);
-  });
+  return acquireLock(layout.lockFile, 'tsvol server', waitMs);
 }
 
 /** A command's two ways to its work: as a request to the running server, or alone under the server lock. */

@@ -67,15 +67,9 @@ function holderOf(fd: number): string | undefined {
 /**
  * Takes the lock `file` (flock on a regular file, created if missing), waiting up to `waitMs` for a holder
  * to release it or die. The holder's pid and `what` (`"tsvol server"`) are written into the file, and the
- * error on timeout names them. The lock cannot be lost while this process lives (see the module comment),
- * so `_onLost` is never called; it stays so that callers written for the old lock still compile.
+ * error on timeout names them. The lock cannot be lost while this process lives (see the module comment).
  */
-export async function acquireLock(
-  file: string,
-  what: string,
-  waitMs: number,
-  _onLost?: (err: Error) => void,
-): Promise<ReleaseLock> {
+export async function acquireLock(file: string, what: string, waitMs: number): Promise<ReleaseLock> {
   const deadline = Date.now() + waitMs;
   for (;;) {
     const fd = openLockFile(file);
