@@ -4,7 +4,10 @@
  * Docker's wire types and does no directory work: volumes/ does that and calls put/delete. Writes go
  * through the pipelined group committer (a worker thread); reads are served from memory.
  *
- * A second process (the `tsvol volume` CLI) may write the same database while the server runs. Every
+ * One process writes the volumes at a time: the server, or a `tsvol` command while it holds the server lock
+ * (src/cli/client.ts, #9 §6). The change log below still lets a process pick up commits made by another
+ * connection (the server's own commit worker is one; a `tsvol` command that ran before this server started
+ * is another), and keeps two writers safe should they ever meet: SQLite serializes them. Every
  * write also appends the volume's name to a change log. The commit worker reports log entries it did not
  * write; `refresh()` asks SQLite whether any connection committed (`PRAGMA data_version`, a counter read,
  * no I/O) and only then reads the log past the last entry seen: O(changes), never O(volumes). The log
