@@ -9,6 +9,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { requireTools } from './require.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const MAIN = path.join(ROOT, 'dist', 'main.js');
@@ -154,6 +155,7 @@ export async function startTestServer(opts: ServerOptions = {}): Promise<TestSer
 
 /** Unmounts everything under `dir` (deepest first) and deletes it. For test teardown. */
 export function cleanupDir(dir: string): void {
+  requireTools('umount'); // without it, rmSync below would delete through the mounts
   const text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
   const points = text
     .split('\n')
