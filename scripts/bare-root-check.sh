@@ -5,12 +5,14 @@
 # dockerd in a chroot is out of scope. Mounts made by the tests stay in a private mount namespace.
 #   scripts/bare-root-check.sh [ROOT]          ROOT defaults to /work/bare-root; made if absent
 #   TRACE=/tmp/x.trace scripts/bare-root-check.sh   the same under strace -f -e trace=execve (the audit)
+#   scripts/bare-root-check.sh ROOT 'CMD'      CMD in the clone already there (e.g. a rerun of one test file)
 # Node.js and npm come from this host (bookworm's nodejs is 18; package.json needs >= 20): the node binary,
 # npm, Node's headers (node-gyp builds against them: nodedir=/usr, as on the host) and the host's CA bundle
 # for npm's registry (NODE_EXTRA_CA_CERTS). Nothing else is put in the root: the rest is install-deps.sh's.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 root=${1:-/work/bare-root}
+custom=${2:-}
 if [ ! -x "$root/usr/bin/apt-get" ]; then
   command -v debootstrap >/dev/null || { echo "bare-root-check: apt-get install debootstrap" >&2; exit 1; }
   debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian
@@ -30,9 +32,11 @@ cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/host-ca.crt"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 
 # A fresh clone of HEAD: no node_modules, no dist.
-rm -rf "$root/root/tsvol"
-git clone -q "$(git -C "$top" rev-parse --path-format=absolute --git-common-dir)" "$root/root/tsvol"
-git -C "$root/root/tsvol" checkout -q "$(git -C "$top" rev-parse HEAD)"
+if [ -z "$custom" ]; then
+  rm -rf "$root/root/tsvol"
+  git clone -q "$(git -C "$top" rev-parse --path-format=absolute --git-common-dir)" "$root/root/tsvol"
+  git -C "$root/root/tsvol" checkout -q "$(git -C "$top" rev-parse HEAD)"
+fi
 
 mounted=()
 unmount_all() {
@@ -58,6 +62,7 @@ npm ci --no-audit --no-fund
 npm run build && npm run typecheck && npm run lint:cycles
 npx ava --match="!e2e*"
 plugin/build-rootfs.sh /tmp/rootfs-check && rm -rf /tmp/rootfs-check'
+[ -z "$custom" ] || steps="set -eux; cd /root/tsvol; $custom"
 run=(unshare --mount --propagation private chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb CI=true
   PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin NODE_EXTRA_CA_CERTS=/etc/ssl/host-ca.crt
   bash -c "$steps")

@@ -125,7 +125,14 @@ export async function startTestServer(opts: ServerOptions = {}): Promise<TestSer
   proc.stderr?.on('data', (c: Buffer) => (out += c.toString()));
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   const output = (): string => out;
-  await waitForSocket(socket, proc, output);
+  try {
+    await waitForSocket(socket, proc, output);
+  } catch (err) {
+    // A server too slow to answer would outlive the test (and its worker): end it before failing.
+    proc.kill('SIGKILL');
+    await exited;
+    throw err;
+  }
   const server: TestServer = {
     dir,
     socket,
