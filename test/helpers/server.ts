@@ -103,6 +103,21 @@ export function tempDir(prefix = 'tsvol-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir() === '/tmp' ? '/var/tmp' : os.tmpdir(), prefix));
 }
 
+// A server start costs about a second of CPU, and all of a file's tests start theirs at once: thirty
+// together took 27 s on a 2-core machine, past waitForSocket's deadline. So a worker starts at most one per
+// core at a time, and the deadline measures one start, not a queue (#9 §1).
+let startSlots = Math.max(1, os.availableParallelism());
+const startQueue: (() => void)[] = [];
+async function takeStartSlot(): Promise<void> {
+  if (startSlots > 0) startSlots--;
+  else await new Promise<void>((resolve) => startQueue.push(resolve));
+}
+function releaseStartSlot(): void {
+  const next = startQueue.shift();
+  if (next !== undefined) next();
+  else startSlots++;
+}
+
 /** Starts a server; resolves once its socket answers. */
 export async function startTestServer(opts: ServerOptions = {}): Promise<TestServer> {
   const dir = opts.dir ?? tempDir();
@@ -119,6 +134,7 @@ export async function startTestServer(opts: ServerOptions = {}): Promise<TestSer
   };
   if (mounts !== undefined) env.TSVOL_MOUNTS = mounts;
   else delete env.TSVOL_MOUNTS;
+  await takeStartSlot();
   const proc = spawn(process.execPath, [MAIN], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout?.on('data', (c: Buffer) => (out += c.toString()));
@@ -132,6 +148,8 @@ export async function startTestServer(opts: ServerOptions = {}): Promise<TestSer
     proc.kill('SIGKILL');
     await exited;
     throw err;
+  } finally {
+    releaseStartSlot();
   }
   const server: TestServer = {
     dir,
