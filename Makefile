@@ -6,7 +6,13 @@ REGISTRY ?=
 DOCKER ?= /usr/bin/docker
 ROOTFS := plugin/rootfs
 
-.PHONY: build test rootfs plugin enable disable push clean e2e bench
+.PHONY: deps build test rootfs plugin enable disable push clean e2e bench
+
+# The Debian packages of scripts/deps.txt that are missing: `make deps` for build, tests and benches,
+# `make deps DEPS="build e2e"` for the end-to-end suite's Docker engine, registry and compose too.
+DEPS ?= build
+deps:
+	scripts/install-deps.sh $(DEPS)
 
 build:
 	[ -d node_modules ] || npm ci --no-audit --no-fund

@@ -13,6 +13,9 @@ import test from 'ava';
 import { createLayerStore } from '../src/layers/layer-store.js';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { CLI, cleanupDir, requireRoot, tempDir } from './helpers/server.js';
+import { requireTools } from './helpers/require.js';
+
+requireTools('tar', 'sleep');
 
 interface Tsvol {
   (args: string[], input?: Buffer): string;

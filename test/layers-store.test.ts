@@ -12,6 +12,9 @@ import { createLayerStore } from '../src/layers/layer-store.js';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { lgetxattr, lsetxattr } from '../src/sys/libc.js';
 import { CLI, tempDir } from './helpers/server.js';
+import { requireTools } from './helpers/require.js';
+
+requireTools('tar', 'gzip');
 
 function tsvol(data: string, args: string[], input?: Buffer): { code: number | null; out: string; err: string; raw: Buffer } {
   const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, TSVOL_DATA: data }, input, maxBuffer: 1 << 28 });

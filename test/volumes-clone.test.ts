@@ -7,6 +7,9 @@ import path from 'node:path';
 import test from 'ava';
 import { cleanupDir, requireRoot, startTestServer, tempDir, withServer } from './helpers/server.js';
 import { allocated, buildRichTree, makeLoopFs, snapshotTree } from './helpers/tree.js';
+import { requireTools } from './helpers/require.js';
+
+requireTools('mkfs.ext4', 'debugfs', 'dumpe2fs');
 
 test('from=SRC copies every attribute, and the clone is independent of its source', async (t) => {
   await withServer(t, { root: true }, async (s) => {

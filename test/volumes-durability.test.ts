@@ -9,6 +9,9 @@ import path from 'node:path';
 import test from 'ava';
 import Database from 'better-sqlite3';
 import { MAIN, cleanupDir, isMounted, post, requireRoot, startTestServer, tempDir } from './helpers/server.js';
+import { requireTools } from './helpers/require.js';
+
+requireTools('umount');
 
 test('a restarted server (after kill -9) keeps volumes, data and holds; old IDs can still Unmount', async (t) => {
   if (!requireRoot(t)) return;

@@ -9,6 +9,9 @@ import path from 'node:path';
 import test from 'ava';
 import { CLI, cleanupDir, isMounted, startTestServer, withServer, type TestServer } from './helpers/server.js';
 import { snapshotTree } from './helpers/tree.js';
+import { requireTools } from './helpers/require.js';
+
+requireTools('tar', 'umount');
 
 function cli(s: TestServer, args: string[]): { status: number | null; stdout: string; stderr: string } {
   const env = { ...process.env, TSVOL_DATA: s.data, TSVOL_SOCKET: s.socket, ...(s.mounts ? { TSVOL_MOUNTS: s.mounts } : {}) };

@@ -8,6 +8,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { cleanupDir, isMounted, startTestServer, tempDir, withServer, type TestServer } from './helpers/server.js';
+import { requireTools } from './helpers/require.js';
+
+requireTools('mount', 'umount');
 
 function withRootServer(
   t: { log: (m: string) => void },

@@ -7,6 +7,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { withServer, isMounted } from './helpers/server.js';
+import { requireTools } from './helpers/require.js';
+
+requireTools('mkfs.ext4', 'debugfs', 'dumpe2fs', 'dd', 'losetup', 'umount');
 
 function dd(target: string, mb: number): { status: number | null; stderr: string } {
   const r = spawnSync('dd', ['if=/dev/zero', `of=${target}`, 'bs=1M', `count=${mb}`, 'conv=fsync'], { encoding: 'utf8' });

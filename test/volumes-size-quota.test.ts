@@ -11,6 +11,9 @@ import path from 'node:path';
 import test from 'ava';
 import { requireRoot, startTestServer, tempDir, cleanupDir } from './helpers/server.js';
 import { makeLoopFs } from './helpers/tree.js';
+import { requireTools } from './helpers/require.js';
+
+requireTools('mkfs.xfs', 'dd');
 
 async function withDataOn(t: { log: (m: string) => void }, fsDir: string, fn: (s: Awaited<ReturnType<typeof startTestServer>>) => Promise<void>): Promise<void> {
   const dir = tempDir();

@@ -1,5 +1,6 @@
 /**
- * End-to-end fixture: a real Docker engine (Debian's docker.io, installed if absent), a loopback registry
+ * End-to-end fixture: a real Docker engine (Debian's docker.io, installed if absent by scripts/install-deps.sh
+ * e2e), a loopback registry
  * (Debian's docker-registry on 127.0.0.1:5000), a test image made offline from busybox-static with
  * `docker import`, and the tsvol managed plugin built from this checkout. Everything it starts it stops;
  * a dockerd that was already running is left running (unless a test restarts it).
@@ -41,13 +42,6 @@ async function waitFor(what: string, ok: () => boolean, ms: number): Promise<voi
     await new Promise((r) => setTimeout(r, 250));
   }
 }
-
-const PACKAGES: [string, string][] = [
-  [DOCKERD, 'docker.io'],
-  ['/usr/bin/docker-registry', 'docker-registry'],
-  ['/usr/bin/docker-compose', 'docker-compose'],
-  ['/bin/busybox', 'busybox-static'],
-];
 
 /** The end-to-end environment. */
 export interface DockerEnv {
@@ -97,12 +91,8 @@ async function stopDockerd(): Promise<void> {
 /** Installs what is missing, starts the engine and the registry, imports the image, builds the plugin. */
 export async function setupDocker(): Promise<DockerEnv> {
   if (process.getuid?.() !== 0) throw new Error('the end-to-end suite needs root to run dockerd and mount volumes');
-  const missing = PACKAGES.filter(([file]) => !fs.existsSync(file)).map(([, pkg]) => pkg);
-  if (missing.length > 0) {
-    const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-    execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env, timeout: 600_000 });
-    execFileSync('apt-get', ['install', '-y', '-qq', ...missing], { stdio: 'inherit', env, timeout: 900_000 });
-  }
+  // The e2e group of scripts/deps.txt (docker.io, docker-registry, docker-compose, busybox-static): the one list.
+  execFileSync(path.join(ROOT, 'scripts', 'install-deps.sh'), ['e2e'], { stdio: 'inherit', timeout: 1_500_000 });
   const workDir = tempDir('tsvol-e2e-');
   const dataDir = path.join(workDir, 'plugin-data');
   fs.mkdirSync(dataDir);

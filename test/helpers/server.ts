@@ -9,6 +9,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { requireTools } from './require.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const MAIN = path.join(ROOT, 'dist', 'main.js');
@@ -106,6 +107,21 @@ export function tempDir(prefix = 'tsvol-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir() === '/tmp' ? '/var/tmp' : os.tmpdir(), prefix));
 }
 
+// A server start costs about a second of CPU, and all of a file's tests start theirs at once: thirty
+// together took 27 s on a 2-core machine, past waitForSocket's deadline. So a worker starts at most one per
+// core at a time, and the deadline measures one start, not a queue (#9 §1).
+let startSlots = Math.max(1, os.availableParallelism());
+const startQueue: (() => void)[] = [];
+async function takeStartSlot(): Promise<void> {
+  if (startSlots > 0) startSlots--;
+  else await new Promise<void>((resolve) => startQueue.push(resolve));
+}
+function releaseStartSlot(): void {
+  const next = startQueue.shift();
+  if (next !== undefined) next();
+  else startSlots++;
+}
+
 /** Starts a server; resolves once its socket answers. */
 export async function startTestServer(opts: ServerOptions = {}): Promise<TestServer> {
   const dir = opts.dir ?? tempDir();
@@ -122,6 +138,7 @@ export async function startTestServer(opts: ServerOptions = {}): Promise<TestSer
   };
   if (mounts !== undefined) env.TSVOL_MOUNTS = mounts;
   else delete env.TSVOL_MOUNTS;
+  await takeStartSlot();
   const argv = [...(opts.prefix ?? []), process.execPath, MAIN];
   const proc = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -129,7 +146,16 @@ export async function startTestServer(opts: ServerOptions = {}): Promise<TestSer
   proc.stderr?.on('data', (c: Buffer) => (out += c.toString()));
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   const output = (): string => out;
-  await waitForSocket(socket, proc, output, opts.startMs);
+  try {
+    await waitForSocket(socket, proc, output, opts.startMs);
+  } catch (err) {
+    // A server too slow to answer would outlive the test (and its worker): end it before failing.
+    proc.kill('SIGKILL');
+    await exited;
+    throw err;
+  } finally {
+    releaseStartSlot();
+  }
   const server: TestServer = {
     dir,
     socket,
@@ -159,6 +185,7 @@ export async function startTestServer(opts: ServerOptions = {}): Promise<TestSer
 
 /** Unmounts everything under `dir` (deepest first) and deletes it. For test teardown. */
 export function cleanupDir(dir: string): void {
+  requireTools('umount'); // without it, rmSync below would delete through the mounts
   const text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
   const points = text
     .split('\n')

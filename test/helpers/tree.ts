@@ -8,9 +8,11 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { lgetxattr, llistxattr, lsetxattr, lutimesNs, mknod } from '../../src/sys/libc.js';
+import { requireTools } from './require.js';
 
 /** Fills `root` (an existing directory) with a tree that exercises every attribute. */
 export function buildRichTree(root: string): void {
+  requireTools('mkfifo');
   const p = (rel: string): string => path.join(root, rel);
   fs.mkdirSync(p('dir/sub'), { recursive: true });
   fs.writeFileSync(p('dir/sub/plain.txt'), 'hello\n');
@@ -88,6 +90,7 @@ export function allocated(file: string): number {
  * Throws with the kernel's reason when the mount fails (e.g. no quota support).
  */
 export function makeLoopFs(type: 'xfs' | 'ext4', sizeMb: number, mountOpts = ''): { dir: string; cleanup: () => void } {
+  requireTools(`mkfs.${type}`, 'mount', 'umount', 'dmesg');
   const base = fs.mkdtempSync('/var/tmp/tsvol-fs-');
   const image = path.join(base, 'fs.img');
   const dir = path.join(base, 'mnt');
