@@ -8,8 +8,11 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
+import { requireTools } from './helpers/require.js';
 import { CLI, MAIN, cleanupDir, post, requireRoot, tempDir, withServer, type TestServer } from './helpers/server.js';
 import { encodeHeader } from '../src/layers/tar/format.js';
+
+requireTools('unshare', 'nsenter', 'mkfs.ext4');
 
 /** The server in a private mount namespace (util-linux unshare execs node: the pid is the server's). */
 const OWN_NAMESPACE = ['unshare', '-m', '--propagation', 'private'];
