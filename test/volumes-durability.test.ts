@@ -142,10 +142,11 @@ test('SIGTERM drains and exits 0; the next server starts at once on the same dat
     t.is(code, 0);
     const replies = await Promise.allSettled(pending);
     const acked = replies.flatMap((r, i) => (r.status === 'fulfilled' && r.value.json.Err === '' ? [`d${i}x`] : []));
-    const started = Date.now();
     const s2 = await startTestServer({ dir: s.dir, mounts: false });
     try {
-      t.true(Date.now() - started < 3000, 'a cleanly released lock is not waited for');
+      // A released flock is free at once: the new server never logs that it waits (a timing assertion would
+      // measure the machine's load, not the lock).
+      t.notRegex(s2.output(), /waiting for another process holding the data root/, 'a cleanly released lock is not waited for');
       const names = ((await s2.ok('/VolumeDriver.List', null)).Volumes as { Name: string }[]).map((v) => v.Name);
       for (const n of ['drained', ...acked]) t.true(names.includes(n), n);
     } finally {
