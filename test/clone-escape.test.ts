@@ -4,11 +4,10 @@
  * a source a container changes during the copy (a directory swapped for a symlink to outside) never makes
  * the copy read outside it.
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import test from 'ava';
+import { startSwapper } from './helpers/swapper.js';
 import { copyTree, copyTreeInWorker } from '../src/volumes/clone.js';
 import { cleanupDir, requireRoot, tempDir, withServer } from './helpers/server.js';
 
@@ -155,32 +154,7 @@ test('a source directory swapped for a symlink to outside while the copy runs ne
   fs.mkdirSync(path.join(src, 'd'), { recursive: true });
   for (let i = 0; i < 200; i++) fs.writeFileSync(path.join(src, 'd', `f${i}`), 'inside');
   fs.symlinkSync(outside, path.join(src, 'evil'));
-  // A container's loop: d ↔ a symlink to outside, by renames, every fraction of a millisecond, until
-  // killed (a synchronous loop never runs a signal handler: SIGKILL).
-  const flipper = spawn(
-    process.execPath,
-    [
-      '-e',
-      `const fs = require('fs'); const [d, evil, hidden] = process.argv.slice(1);
-       const nap = new Int32Array(new SharedArrayBuffer(4));
-       for (;;) {
-         fs.renameSync(d, hidden); fs.renameSync(evil, d); Atomics.wait(nap, 0, 0, 0.2);
-         fs.renameSync(d, evil); fs.renameSync(hidden, d); Atomics.wait(nap, 0, 0, 0.2);
-       }`,
-      path.join(src, 'd'),
-      path.join(src, 'evil'),
-      hidden,
-    ],
-    { stdio: 'ignore' },
-  );
-  // Lowest priority, and naps between swaps: the race needs swaps during the copy, not a whole core
-  // taken from the tests running beside this one.
-  if (flipper.pid !== undefined) os.setPriority(flipper.pid, 19);
-  const stopped = new Promise((resolve) => flipper.once('exit', resolve));
-  t.teardown(async () => {
-    flipper.kill('SIGKILL');
-    await stopped;
-  });
+  startSwapper(t, path.join(src, 'd'), path.join(src, 'evil'), hidden);
   let sawD = 0;
   for (let i = 0; i < 15; i++) {
     const dst = path.join(host, `copy${i}`);

@@ -4,11 +4,10 @@
  * followed, so nothing from outside the tree reaches a committed layer; symlinks in layers are copied as
  * symlinks, never followed while a chain is materialized.
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import test from 'ava';
+import { startSwapper } from './helpers/swapper.js';
 import { changesAsUpper, copyDiff, materialize } from '../src/layers/copy-driver.js';
 import { cleanupDir, requireRoot, tempDir } from './helpers/server.js';
 
@@ -73,32 +72,7 @@ test('a directory of merged swapped for a symlink to outside while diff and comm
   }
   fs.symlinkSync(outside, path.join(merged, 'evil'));
   const hidden = path.join(merged, 'hidden');
-  // The container's loop: d ↔ a symlink to outside, by renames, until killed (a synchronous loop never runs a
-  // signal handler: SIGKILL).
-  const flipper = spawn(
-    process.execPath,
-    [
-      '-e',
-      `const fs = require('fs'); const [d, evil, hidden] = process.argv.slice(1);
-       const nap = new Int32Array(new SharedArrayBuffer(4));
-       for (;;) {
-         fs.renameSync(d, hidden); fs.renameSync(evil, d); Atomics.wait(nap, 0, 0, 0.2);
-         fs.renameSync(d, evil); fs.renameSync(hidden, d); Atomics.wait(nap, 0, 0, 0.2);
-       }`,
-      path.join(merged, 'd'),
-      path.join(merged, 'evil'),
-      hidden,
-    ],
-    { stdio: 'ignore' },
-  );
-  // Lowest priority, and naps between swaps: the race needs swaps during the copy, not a whole core
-  // taken from the tests running beside this one.
-  if (flipper.pid !== undefined) os.setPriority(flipper.pid, 19);
-  const stopped = new Promise((resolve) => flipper.once('exit', resolve));
-  t.teardown(async () => {
-    flipper.kill('SIGKILL');
-    await stopped;
-  });
+  startSwapper(t, path.join(merged, 'd'), path.join(merged, 'evil'), hidden);
   let committed = 0;
   for (let i = 0; i < 15; i++) {
     for (const change of copyDiff([lower], merged)) t.false(/^\/(d|hidden|evil)\/[nf]\d+$/.test(change.path) && change.kind === 'C', `diff ${i}: ${change.path} compared with outside`);

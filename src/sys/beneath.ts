@@ -19,9 +19,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import koffi from 'koffi';
-import { SyscallError } from './libc.js';
+import { SyscallError, check, libc } from './libc.js';
 
-const libc = koffi.load('libc.so.6');
 const E = os.constants.errno;
 
 // Open flags (asm-generic, the same on x86-64 and arm64 except where fs.constants has them).
@@ -70,36 +69,6 @@ const cFsetxattr = libc.func('int fsetxattr(int fd, const char *name, const void
 const cFlistxattr = libc.func('long flistxattr(int fd, _Out_ void *list, size_t size)');
 const cFgetxattr = libc.func('long fgetxattr(int fd, const char *name, _Out_ void *value, size_t size)');
 
-function check(ret: number | bigint, syscall: string, path?: string): number {
-  const n = Number(ret);
-  if (n < 0) throw new SyscallError(syscall, koffi.errno(), path);
-  return n;
-}
-
-/** What an entry is, from statx (no final symlink followed). Times in nanoseconds. */
-export interface EntryStat {
-  readonly mode: number;
-  readonly uid: number;
-  readonly gid: number;
-  readonly nlink: number;
-  readonly size: number;
-  readonly blocks: number;
-  readonly ino: bigint;
-  /** makedev(major, minor) of the filesystem holding the entry. */
-  readonly dev: number;
-  /** makedev(major, minor) for device nodes. */
-  readonly rdev: number;
-  readonly atimeNs: bigint;
-  readonly mtimeNs: bigint;
-  isDirectory(): boolean;
-  isFile(): boolean;
-  isSymbolicLink(): boolean;
-  isCharacterDevice(): boolean;
-  isBlockDevice(): boolean;
-  isFIFO(): boolean;
-  isSocket(): boolean;
-}
-
 /** Linux makedev. */
 export function makedev(major: number, minor: number): number {
   // Arithmetic, not shifts: JavaScript's bit operators are 32-bit signed, and a minor of 0x80000 or more
@@ -110,8 +79,11 @@ export function makedev(major: number, minor: number): number {
 const STATX_BASIC_STATS = 0x7ff;
 const S_IFMT = 0o170000;
 
-/** An EntryStat decoded from a statx buffer (methods on the prototype: a tree walk makes one per entry). */
-class Statx implements EntryStat {
+/**
+ * What an entry is, decoded from a statx buffer (no final symlink followed; times in nanoseconds). A class:
+ * its methods live on the prototype, and a tree walk makes one per entry.
+ */
+export class EntryStat {
   readonly mode: number;
   readonly uid: number;
   readonly gid: number;
@@ -119,7 +91,9 @@ class Statx implements EntryStat {
   readonly size: number;
   readonly blocks: number;
   readonly ino: bigint;
+  /** makedev(major, minor) of the filesystem holding the entry. */
   readonly dev: number;
+  /** makedev(major, minor) for device nodes. */
   readonly rdev: number;
   readonly atimeNs: bigint;
   readonly mtimeNs: bigint;
@@ -160,15 +134,11 @@ class Statx implements EntryStat {
   }
 }
 
-function parseStatx(buf: Buffer): EntryStat {
-  return new Statx(buf);
-}
-
 /** fstat-like statx of an fd itself (AT_EMPTY_PATH). */
 export function statFd(fd: number): EntryStat {
   const buf = Buffer.alloc(256);
   check(cStatx(fd, '', AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf), 'statx');
-  return parseStatx(buf);
+  return new EntryStat(buf);
 }
 
 /** A relative path from an archive or a tree walk, split into names; throws on `..`, absolute paths, NUL. */
@@ -327,7 +297,7 @@ export class Beneath {
       return this.inParent(rel, (dirfd, name) => {
         const buf = Buffer.alloc(256);
         // A missing final name is the common answer (an unpacker asks before each create): no exception.
-        if (Number(cStatx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf)) === 0) return parseStatx(buf);
+        if (Number(cStatx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf)) === 0) return new EntryStat(buf);
         const errno = koffi.errno();
         if (errno === E.ENOENT) return undefined;
         throw new SyscallError('statx', errno, this.describe(rel));

@@ -1,12 +1,14 @@
 /**
  * In-process bindings to the few Linux syscalls Node lacks (mount, umount2, mknod, xattrs, syncfs, statx), through
- * koffi. Node has no mount(2); spawning mount(8) costs milliseconds and a process per call (#3). This is the
- * only file that touches koffi: everything else calls the typed wrappers in sys/.
+ * koffi. Node has no mount(2); spawning mount(8) costs milliseconds and a process per call (#3). This file and
+ * sys/beneath.ts (the *at calls for paths below a root, #9) are the only ones that touch koffi: everything
+ * else calls the typed wrappers in sys/.
  */
 import os from 'node:os';
 import koffi from 'koffi';
 
-const libc = koffi.load('libc.so.6');
+/** The C library, for the bindings here and in sys/beneath.ts (the only other file that declares syscalls). */
+export const libc = koffi.load('libc.so.6');
 
 const errnoNames = new Map<number, string>(
   Object.entries(os.constants.errno).map(([name, num]) => [num, name]),
@@ -41,7 +43,8 @@ const cLlistxattr = libc.func('long llistxattr(const char *path, _Out_ void *lis
 const cSyncfs = libc.func('int syncfs(int fd)');
 const cFlock = libc.func('int flock(int fd, int op)');
 
-function check(ret: number | bigint, syscall: string, path?: string): number {
+/** A syscall's result, or its errno thrown as a SyscallError. */
+export function check(ret: number | bigint, syscall: string, path?: string): number {
   const n = Number(ret);
   if (n < 0) throw new SyscallError(syscall, koffi.errno(), path);
   return n;
