@@ -44,6 +44,10 @@ unmount_all() {
   for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -R "${mounted[i]}" || umount -R -l "${mounted[i]}"; done
 }
 trap unmount_all EXIT
+# The root a mount of its own, as / is on a real machine: tests that run a server in a private mount
+# namespace (unshare --propagation private) must be able to change the propagation of /.
+mount --bind "$root" "$root"
+mounted+=("$root")
 mount -t proc proc "$root/proc"
 mounted+=("$root/proc")
 mount --rbind /sys "$root/sys"

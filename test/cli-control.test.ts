@@ -30,9 +30,12 @@ function cli(data: string, args: string[], extra: Record<string, string> = {}): 
   return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString() };
 }
 
-/** Runs `script` inside the server's mount namespace, as a container of a managed plugin writes. */
+/**
+ * Runs `script` inside the server's mount namespace, as a container of a managed plugin writes (`-r`: with
+ * the server's root too, which differs from the namespace's own in a chroot such as scripts/bare-root-check.sh).
+ */
 function inServerNamespace(s: TestServer, script: string): void {
-  const r = spawnSync('nsenter', ['-t', String(s.proc.pid), '-m', 'sh', '-c', script], { encoding: 'utf8' });
+  const r = spawnSync('nsenter', ['-t', String(s.proc.pid), '-m', '-r', 'sh', '-c', script], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`nsenter ${script}: ${r.status} ${r.stderr}`);
 }
 

@@ -164,12 +164,14 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
           rec = read(name);
           if (rec.next !== undefined) throw new ConflictError(`container layer "${name}" is being committed by process ${rec.next.pid}`);
           const p = paths(rec);
-          if (unmountUnlessBusy(p.merged) === 'busy') return undefined;
-          started = true;
-          // Fresh uppers of commits killed before their journal: empty, and no other commit can be running.
+          // Fresh uppers of commits killed before their journal: empty, and no other commit can be running
+          // (we hold the store lock and the record has no journal). Swept whichever way this commit goes, so
+          // that a container in use, committed by copying, does not keep them either.
           for (const f of fs.readdirSync(p.base)) {
             if (f.startsWith('upper-') && f !== rec.upper) fs.rmSync(path.join(p.base, f), { recursive: true, force: true });
           }
+          if (unmountUnlessBusy(p.merged) === 'busy') return undefined;
+          started = true;
           const st = fs.lstatSync(p.upper);
           const target = path.join(p.base, fresh);
           fs.mkdirSync(target, { mode: st.mode & 0o7777 });
