@@ -8,25 +8,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { startSwapper } from './helpers/swapper.js';
+import { regularFiles } from './helpers/tree.js';
 import { copyTree, copyTreeInWorker } from '../src/volumes/clone.js';
 import { cleanupDir, requireRoot, tempDir, withServer } from './helpers/server.js';
 
 const SECRET = 'host secret: must never be copied';
-
-/** Every regular file below `root` (not following symlinks), with its content. */
-function regularFiles(root: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const visit = (rel: string): void => {
-    for (const name of fs.readdirSync(path.join(root, rel))) {
-      const r = rel === '' ? name : `${rel}/${name}`;
-      const st = fs.lstatSync(path.join(root, r));
-      if (st.isDirectory()) visit(r);
-      else if (st.isFile()) out.set(r, fs.readFileSync(path.join(root, r), 'utf8'));
-    }
-  };
-  visit('');
-  return out;
-}
 
 /** A host with an allowed root and, beside it, an outside directory holding a secret. */
 function makeHost(): { host: string; allowed: string; outside: string } {

@@ -120,3 +120,18 @@ export function makeLoopFs(type: 'xfs' | 'ext4', sizeMb: number, mountOpts = '')
   }
   return { dir, cleanup };
 }
+
+/** Every regular file below `root` (not following symlinks), with its content. */
+export function regularFiles(root: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const visit = (rel: string): void => {
+    for (const name of fs.readdirSync(path.join(root, rel))) {
+      const r = rel === '' ? name : `${rel}/${name}`;
+      const st = fs.lstatSync(path.join(root, r));
+      if (st.isDirectory()) visit(r);
+      else if (st.isFile()) out.set(r, fs.readFileSync(path.join(root, r), 'utf8'));
+    }
+  };
+  visit('');
+  return out;
+}
