@@ -462,44 +462,62 @@ export async function* replaySplit(splitFile: string, root: string): AsyncGenera
 
 async function* replayRecords(data: Buffer, tree: Beneath): AsyncGenerator<Buffer> {
   const out = new Coalescer();
-  let o = 0;
-  while (o < data.length) {
-    const kind = data.readUInt8(o);
-    o += 1;
-    if (kind === REC_TRAILER) {
-      const len = data.readUInt32LE(o);
-      o += 4;
-      out.push(data.subarray(o, o + len));
-      o += len;
-      continue;
+  // The directory of the last body, pinned: a tar lists a directory's files together, so most bodies are
+  // opened by one *at call in it instead of a walk from the root (an fd pins the directory, not a path).
+  let dir: { rel: string; at: Beneath } | undefined;
+  const openBody = (bodyPath: string): number => {
+    const slash = bodyPath.lastIndexOf('/');
+    if (slash < 0) return tree.openRead(bodyPath);
+    const parent = bodyPath.slice(0, slash);
+    if (dir?.rel !== parent) {
+      dir?.at.close();
+      dir = undefined;
+      dir = { rel: parent, at: tree.sub(parent) };
     }
-    const rawLen = data.readUInt32LE(o);
-    const pathLen = data.readUInt32LE(o + 4);
-    const size = data.readDoubleLE(o + 8);
-    const padLen = data.readUInt32LE(o + 16);
-    o += 20;
-    out.push(data.subarray(o, o + rawLen));
-    o += rawLen;
-    const bodyPath = data.toString('utf8', o, o + pathLen);
-    o += pathLen;
-    const pad = data.subarray(o, o + padLen);
-    o += padLen;
-    if (size >= 0) {
-      let fd: number;
-      try {
-        fd = tree.openRead(bodyPath);
-      } catch (err) {
-        throw new Error(`the body of "${bodyPath}" is no longer a file below the layer (a later entry of its tar replaced it or a directory on its way): ${describeError(err)}`, { cause: err });
+    return dir.at.openRead(bodyPath.slice(slash + 1));
+  };
+  try {
+    let o = 0;
+    while (o < data.length) {
+      const kind = data.readUInt8(o);
+      o += 1;
+      if (kind === REC_TRAILER) {
+        const len = data.readUInt32LE(o);
+        o += 4;
+        out.push(data.subarray(o, o + len));
+        o += len;
+        continue;
       }
-      try {
-        out.file(fd, size, bodyPath);
-      } finally {
-        fs.closeSync(fd);
+      const rawLen = data.readUInt32LE(o);
+      const pathLen = data.readUInt32LE(o + 4);
+      const size = data.readDoubleLE(o + 8);
+      const padLen = data.readUInt32LE(o + 16);
+      o += 20;
+      out.push(data.subarray(o, o + rawLen));
+      o += rawLen;
+      const bodyPath = data.toString('utf8', o, o + pathLen);
+      o += pathLen;
+      const pad = data.subarray(o, o + padLen);
+      o += padLen;
+      if (size >= 0) {
+        let fd: number;
+        try {
+          fd = openBody(bodyPath);
+        } catch (err) {
+          throw new Error(`the body of "${bodyPath}" is no longer a file below the layer (a later entry of its tar replaced it or a directory on its way): ${describeError(err)}`, { cause: err });
+        }
+        try {
+          out.file(fd, size, bodyPath);
+        } finally {
+          fs.closeSync(fd);
+        }
+        if (padLen > 0) out.push(pad);
+        else out.zeros((512 - (size % 512)) % 512);
       }
-      if (padLen > 0) out.push(pad);
-      else out.zeros((512 - (size % 512)) % 512);
+      for (const b of out.take()) yield b;
     }
-    for (const b of out.take()) yield b;
+  } finally {
+    dir?.at.close();
   }
   for (const b of out.flush()) yield b;
 }
