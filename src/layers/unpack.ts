@@ -27,7 +27,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describeError } from '../errors.js';
-import { Beneath, applyMetaFd, makedev, type EntryMeta } from '../sys/beneath.js';
+import { Beneath, applyMetaFd, makedev, type EntryMeta, splitRelative } from '../sys/beneath.js';
 import { SyscallError } from '../sys/libc.js';
 import { Coalescer } from './tar/coalesce.js';
 import type { TarHeader } from './tar/format.js';
@@ -65,16 +65,9 @@ export interface UnpackOptions {
   readonly whiteouts?: WhiteoutMode;
 }
 
-/** Normalizes a tar path: relative, no `.`/`..`/empty components; throws on escapes. */
+/** Normalizes a tar path: relative, no `.`/`..`/empty components; throws on escapes (splitRelative). */
 export function safeRelative(p: string): string {
-  if (p.startsWith('/')) throw new Error(`entry "${p}" has an absolute path`);
-  const parts: string[] = [];
-  for (const part of p.split('/')) {
-    if (part === '' || part === '.') continue;
-    if (part === '..') throw new Error(`entry "${p}" climbs out with ".."`);
-    parts.push(part);
-  }
-  return parts.join('/');
+  return splitRelative(p).join('/');
 }
 
 /** Appends split records to a file descriptor, in writes of up to 1 MiB (one per entry cost ~7 µs each). */

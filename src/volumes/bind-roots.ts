@@ -5,6 +5,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { Beneath } from '../sys/beneath.js';
 import { InvalidArgumentError, NotFoundError, errnoCode } from '../errors.js';
 
 /** Linux O_PATH: an fd that pins an inode without opening it for I/O (not in fs.constants). */
@@ -26,6 +27,8 @@ export interface BindRoots {
    * (`Beneath.fromFd`): its path may be swapped for a symlink at any moment.
    */
   pin(device: string): PinnedDevice;
+  /** Runs `use` on the device's tree, pinned and checked as by `pin`, read only below that fd (#9). */
+  withTree<T>(device: string, use: (root: Beneath) => Promise<T>): Promise<T>;
   /** The path through which this process reaches a host path (adds TSVOL_HOST_ROOT). */
   local(hostPath: string): string;
 }
@@ -122,5 +125,18 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
       }
     },
     pin,
+    async withTree(device, use) {
+      const pinned = pin(device);
+      try {
+        const root = Beneath.fromFd(pinned.fd, pinned.hostPath);
+        try {
+          return await use(root);
+        } finally {
+          root.close();
+        }
+      } finally {
+        pinned.close();
+      }
+    },
   };
 }

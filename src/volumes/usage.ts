@@ -98,7 +98,7 @@ export function createUsageCache(onError: (name: string, err: unknown) => void):
  * anything outside the volume, and mounts inside are not crossed (the kernel refuses: EXDEV). It yields to
  * the event loop every few hundred entries, so the server keeps serving.
  */
-export async function measureTree(root: string): Promise<{ bytes: number; files: number }> {
+export async function measureTree(root: string | Beneath): Promise<{ bytes: number; files: number }> {
   const seen = new Set<bigint>();
   let bytes = 0;
   let files = 0;
@@ -132,11 +132,12 @@ export async function measureTree(root: string): Promise<{ bytes: number; files:
       }
     }
   }
-  const top = Beneath.open(root);
+  // A Beneath given by the caller (a pinned bind-style device) stays the caller's to close.
+  const top = typeof root === 'string' ? Beneath.open(root) : root;
   try {
     await walk(top);
   } finally {
-    top.close();
+    if (top !== root) top.close();
   }
   return { bytes, files };
 }

@@ -18,7 +18,7 @@ import type { Config } from '../config.js';
 import { NotFoundError, UnavailableError } from '../errors.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
-import { Beneath } from '../sys/beneath.js';
+import type { Beneath } from '../sys/beneath.js';
 import { isMountRoot } from '../sys/libc.js';
 import { exportTree, importVolume } from './archive.js';
 import { createBindRoots } from './bind-roots.js';
@@ -127,17 +127,7 @@ export function volumeOps(ctx: VolumeOpsContext): VolumeOps {
       // A bind-style volume is read through the device directory pinned by an O_PATH fd and re-checked
       // against TSVOL_BIND_ROOTS, as Mount binds it: a symlink swapped in anywhere on the device's path
       // cannot redirect the read (#9 §3, §10a).
-      const pinned = bindRoots.pin(rec.spec.device);
-      try {
-        const root = Beneath.fromFd(pinned.fd, pinned.hostPath);
-        try {
-          return await fn(root, rec, notice);
-        } finally {
-          root.close();
-        }
-      } finally {
-        pinned.close();
-      }
+      return bindRoots.withTree(rec.spec.device, (root) => fn(root, rec, notice));
     }
     const dir = layout.dataDir(name);
     if (!hasOwnMount(rec.spec) || !needsFiles(rec)) return fn(dir, rec, notice);

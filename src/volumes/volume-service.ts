@@ -356,7 +356,10 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     }
     // A layered volume costs what was written to it: its upper directory, not the layer's files.
     if (spec.kind === 'layered') return () => measureTree(layered.upperDir(rec.name));
-    return () => measureTree(spec.kind === 'bind' ? bindRoots.local(spec.device) : data);
+    if (spec.kind !== 'bind') return () => measureTree(data);
+    // A host directory: walked below the device pinned and re-checked against TSVOL_BIND_ROOTS, never by its
+    // path, which a symlink swapped in since Create could send elsewhere (#9).
+    return () => bindRoots.withTree(spec.device, measureTree);
   }
 
   /**

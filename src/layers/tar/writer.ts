@@ -19,7 +19,7 @@ import { BLOCK, encodeHeader, padding, type TarHeader } from './format.js';
 const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
 
 /** A tar header for `p` from its stat: numeric owners, whole-second mtime, no names or times beyond it. */
-export function headerOf(p: string, st: Pick<fs.Stats, 'mode' | 'uid' | 'gid' | 'mtimeMs'>, type: TarHeader['type'], extra: Partial<TarHeader> = {}): TarHeader {
+function headerOf(p: string, st: EntryStat, type: TarHeader['type'], extra: Partial<TarHeader> = {}): TarHeader {
   return {
     path: p,
     type,
@@ -27,7 +27,7 @@ export function headerOf(p: string, st: Pick<fs.Stats, 'mode' | 'uid' | 'gid' | 
     uid: st.uid,
     gid: st.gid,
     size: 0,
-    mtime: Math.floor(st.mtimeMs / 1000),
+    mtime: Number(st.mtimeNs / 1_000_000_000n) - (st.mtimeNs < 0n && st.mtimeNs % 1_000_000_000n !== 0n ? 1 : 0), // whole seconds, floored
     linkname: '',
     uname: '',
     gname: '',
@@ -54,11 +54,6 @@ export interface WriteTreeOptions {
   readonly whiteouts?: 'overlay' | 'plain';
   /** Emit a `./` entry first, with the root's own owner, mode, xattrs and mtime (volume archives). */
   readonly rootEntry?: boolean;
-}
-
-/** A tar header from a statx result (Beneath): numeric owners, whole-second mtime. */
-function headerOfEntry(p: string, st: EntryStat, type: TarHeader['type'], extra: Partial<TarHeader> = {}): TarHeader {
-  return headerOf(p, { mode: st.mode, uid: st.uid, gid: st.gid, mtimeMs: Number(st.mtimeNs / 1_000_000n) }, type, extra);
 }
 
 /** An entry's xattrs as a tar carries them: sorted, without overlayfs's private ones. */
@@ -90,7 +85,7 @@ export async function* writeTree(root: string | Beneath, opts: WriteTreeOptions 
       if (st === undefined) continue; // deleted meanwhile (a volume in use)
       if (overlay && isWhiteout(st)) {
         const wh = rel === '' ? `.wh.${name}` : `${rel}/.wh.${name}`;
-        out.push(encodeHeader(headerOfEntry(wh, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
+        out.push(encodeHeader(headerOf(wh, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
         continue;
       }
       try {
@@ -101,14 +96,14 @@ export async function* writeTree(root: string | Beneath, opts: WriteTreeOptions 
           } catch (err) {
             // A filesystem mounted here is not ours to read: the directory, but none of its contents.
             if (errnoCode(err) !== 'EXDEV') throw err;
-            out.push(encodeHeader(headerOfEntry(`${childRel}/`, st, 'dir')));
+            out.push(encodeHeader(headerOf(`${childRel}/`, st, 'dir')));
             continue;
           }
           try {
             const all = sub.xattrs('');
-            out.push(encodeHeader(headerOfEntry(`${childRel}/`, st, 'dir', { xattrs: tarXattrs(all) })));
+            out.push(encodeHeader(headerOf(`${childRel}/`, st, 'dir', { xattrs: tarXattrs(all) })));
             if (overlay && all.get(`${OVERLAY_XATTR_PREFIX}opaque`)?.toString() === 'y') {
-              out.push(encodeHeader(headerOfEntry(`${childRel}/.wh..wh..opq`, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
+              out.push(encodeHeader(headerOf(`${childRel}/.wh..wh..opq`, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
             }
             for (const b of out.take()) yield b;
             yield* walk(sub, childRel);
@@ -120,16 +115,16 @@ export async function* writeTree(root: string | Beneath, opts: WriteTreeOptions 
         const key = `${st.dev}:${st.ino}`;
         const first = st.nlink > 1 ? seen.get(key) : undefined;
         if (first !== undefined) {
-          out.push(encodeHeader(headerOfEntry(childRel, st, 'hardlink', { linkname: first })));
+          out.push(encodeHeader(headerOf(childRel, st, 'hardlink', { linkname: first })));
           continue;
         }
         if (st.isSymbolicLink()) {
-          out.push(encodeHeader(headerOfEntry(childRel, st, 'symlink', { linkname: dir.readlink(name), xattrs: tarXattrs(dir.xattrs(name)) })));
+          out.push(encodeHeader(headerOf(childRel, st, 'symlink', { linkname: dir.readlink(name), xattrs: tarXattrs(dir.xattrs(name)) })));
         } else if (st.isFile()) {
           const xattrs = tarXattrs(dir.xattrs(name));
           const fd = dir.openRead(name);
           try {
-            out.push(encodeHeader(headerOfEntry(childRel, st, 'file', { size: st.size, xattrs })));
+            out.push(encodeHeader(headerOf(childRel, st, 'file', { size: st.size, xattrs })));
             out.file(fd, st.size, childRel);
           } finally {
             fs.closeSync(fd);
@@ -142,7 +137,7 @@ export async function* writeTree(root: string | Beneath, opts: WriteTreeOptions 
           const type = st.isCharacterDevice() ? 'char' : st.isBlockDevice() ? 'block' : 'fifo';
           const major = Math.floor(st.rdev / 0x100) & 0xfff;
           const minor = (st.rdev & 0xff) | (Math.floor(st.rdev / 0x1000) & 0xfff00);
-          out.push(encodeHeader(headerOfEntry(childRel, st, type, { devmajor: major, devminor: minor, xattrs: tarXattrs(dir.xattrs(name)) })));
+          out.push(encodeHeader(headerOf(childRel, st, type, { devmajor: major, devminor: minor, xattrs: tarXattrs(dir.xattrs(name)) })));
         }
         if (st.nlink > 1) seen.set(key, childRel);
       } catch (err) {
@@ -157,7 +152,7 @@ export async function* writeTree(root: string | Beneath, opts: WriteTreeOptions 
   try {
     if (opts.rootEntry === true) {
       const st = top.lstat('')!;
-      out.push(encodeHeader(headerOfEntry('./', st, 'dir', { xattrs: tarXattrs(top.xattrs('')) })));
+      out.push(encodeHeader(headerOf('./', st, 'dir', { xattrs: tarXattrs(top.xattrs('')) })));
     }
     yield* walk(top, '');
   } finally {
