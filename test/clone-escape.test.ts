@@ -4,13 +4,14 @@
  * a source a container changes during the copy (a directory swapped for a symlink to outside) never makes
  * the copy read outside it.
  */
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { startSwapper } from './helpers/swapper.js';
 import { regularFiles } from './helpers/tree.js';
 import { copyTree, copyTreeInWorker } from '../src/volumes/clone.js';
-import { cleanupDir, requireRoot, tempDir, withServer } from './helpers/server.js';
+import { CLI, cleanupDir, requireRoot, tempDir, withServer } from './helpers/server.js';
 
 const SECRET = 'host secret: must never be copied';
 
@@ -155,4 +156,31 @@ test('a source directory swapped for a symlink to outside while the copy runs ne
     fs.rmSync(dst, { recursive: true });
   }
   t.true(sawD > 0, 'the race was run: some copies caught d as a directory');
+});
+
+test.serial("a bind-style volume's usage is measured below its pinned device: never through a symlink swapped to outside", async (t) => {
+  if (!requireRoot(t)) return;
+  const { host, allowed, outside } = makeHost();
+  t.teardown(() => cleanupDir(host));
+  for (let i = 0; i < 50; i++) fs.writeFileSync(path.join(outside, `big${i}`), Buffer.alloc(64 << 10, 1));
+  const real = path.join(allowed, 'real');
+  fs.mkdirSync(real);
+  fs.writeFileSync(path.join(real, 'one.txt'), 'one');
+  const link = path.join(allowed, 'link');
+  fs.symlinkSync(real, link);
+  await withServer(t, { root: true, bindRoots: [allowed] }, async (s) => {
+    await s.ok('/VolumeDriver.Create', { Name: 'bvol', Opts: { type: 'bind', device: link } });
+    const inspect = (): { status: number | null; out: string; err: string } => {
+      const r = spawnSync(process.execPath, [CLI, 'volume', 'inspect', 'bvol'], { env: { ...process.env, TSVOL_DATA: s.data }, encoding: 'utf8' });
+      return { status: r.status, out: r.stdout, err: r.stderr };
+    };
+    const before = inspect();
+    t.is(before.status, 0, before.err);
+    t.is((JSON.parse(before.out) as { status: { usage: { files: number } } }).status.usage.files, 1, 'the device holds one file');
+    fs.unlinkSync(link);
+    fs.symlinkSync(outside, link);
+    const after = inspect();
+    t.not(after.status, 0, 'the device now resolves outside the allowlist: nothing is measured');
+    t.regex(after.err, /outside TSVOL_BIND_ROOTS/);
+  });
 });
