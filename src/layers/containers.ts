@@ -1,19 +1,21 @@
 /**
  * Container layers: a writable copy-on-write layer on a chain of read-only layers, mounted with overlayfs
  * (index=off, redirect_dir=off, metacopy=off: a layer committed from the upper directory must stand on its
- * own). Layout under TSVOL_DATA/layers:
+ * own). The record (name, the layer it sits on, driver, created, commit journal) is a row of the metadata
+ * store (src/store/meta-store.ts), whose foreign key keeps its base layer from being deleted; the data
+ * under TSVOL_DATA/layers:
  *
- *   containers/<name>.json             the record (name, the layer it sits on, created)
  *   containers/<name>/{upper,work,merged}
  *
- * The overlay mount itself (short links, relative lowerdirs) is overlay.ts. diff and commit read only the upper directory and the
- * lower layers' directories, never the merged tree, so a commit costs what changed, not the image's size.
+ * The overlay mount itself (short links, relative lowerdirs) is overlay.ts. diff and commit read only the
+ * upper directory and the lower layers' directories, never the merged tree, so a commit costs what
+ * changed, not the image's size.
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { ConflictError, InvalidArgumentError, NotFoundError, describeError, errnoCode } from '../errors.js';
+import { ConflictError, InvalidArgumentError, NotFoundError, errnoCode } from '../errors.js';
+import type { ContainerRecord, LayerDriver } from '../store/records.js';
 import { readBootId } from '../sys/boot.js';
-import { isTempName, writeFileDurable } from '../sys/durable.js';
 import { isMountRoot } from '../sys/libc.js';
 import { unmount, unmountUnlessBusy } from '../sys/mount.js';
 import { removeTreeNoCross } from '../sys/remove.js';
@@ -24,26 +26,7 @@ import { createOverlayMounter } from './overlay.js';
 import { probeOverlay } from './probe.js';
 import { isOpaque, isWhiteout, writeTree } from './tar/writer.js';
 
-/** A container layer. */
-export interface ContainerRecord {
-  readonly name: string;
-  /** The read-only layer it sits on (ChainID). */
-  readonly from: string;
-  /** How it is stored: an overlay mount, or a full copy (copy-driver.ts). */
-  readonly driver: LayerDriver;
-  readonly createdAt: string;
-  /** The upper directory's name in containers/<name>/: `upper`, until a commit swaps in a fresh one. */
-  readonly upper?: string;
-  /**
-   * A commit in progress (the journal of commitInPlace): the layer it makes and the fresh upper the
-   * container moves to, with the committing process, so that another process can tell a live commit
-   * from one that crashed.
-   */
-  readonly next?: { readonly from: string; readonly upper: string; readonly pid: number; readonly boot: string };
-}
-
-/** Storage drivers for container layers. */
-export type LayerDriver = 'overlay' | 'copy';
+export type { ContainerRecord, LayerDriver } from '../store/records.js';
 
 /** One change, like `docker diff`: A added, C changed, D deleted. */
 export interface Change {
@@ -89,54 +72,59 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const overlay = createOverlayMounter(root, layers);
 
-  const recordFile = (name: string): string => path.join(dir, `${name}.json`);
+  const meta = layers.meta;
   const paths = (rec: Pick<ContainerRecord, 'name' | 'upper'>) => ({
     base: path.join(dir, rec.name),
     upper: path.join(dir, rec.name, rec.upper ?? 'upper'),
     work: path.join(dir, rec.name, 'work'),
     merged: path.join(dir, rec.name, 'merged'),
   });
-  const save = (rec: ContainerRecord): void => writeFileDurable(recordFile(rec.name), JSON.stringify(rec));
+  const save = (rec: ContainerRecord): Promise<void> => meta.commit([{ op: 'container.put', record: rec }]);
 
   /** The record exactly as stored, journal included. */
   function readStored(name: string): ContainerRecord {
     if (!NAME.test(name)) throw new InvalidArgumentError(`invalid container name "${name}"`);
-    try {
-      const rec = JSON.parse(fs.readFileSync(recordFile(name), 'utf8')) as ContainerRecord;
-      return { ...rec, driver: rec.driver ?? 'overlay' };
-    } catch (err) {
-      if (errnoCode(err) === 'ENOENT') throw new NotFoundError(`container layer "${name}" not found`);
-      throw err;
-    }
-  }
-
-  /** The record, with a commit that crashed midway settled first (settle). */
-  function read(name: string): ContainerRecord {
-    return settle(readStored(name));
+    const rec = meta.getContainer(name);
+    if (rec === undefined) throw new NotFoundError(`container layer "${name}" not found`);
+    return rec;
   }
 
   /**
-   * Finishes or undoes a commitInPlace that stopped between its journal and its switch: if the new layer
-   * was published, the container moves to it and its fresh upper (the old upper's files belong to the layer
-   * now, so they must never be written again); if not, the journal is dropped. A commit still running in
-   * another live process is left alone, unless `force` (the committing process itself, after a failure).
+   * What a commitInPlace that stopped between its journal and its switch comes to: if the new layer was
+   * published, the container moves to it and its fresh upper (the old upper's files belong to the layer
+   * now, so they must never be written again); if not, the journal is dropped. `stale` is the upper
+   * directory that is then debris. A commit still running in another live process is left alone
+   * (undefined), unless `force` (the committing process itself, after a failure).
    */
-  function settle(rec: ContainerRecord, force = false): ContainerRecord {
+  function outcome(rec: ContainerRecord, force: boolean): { settled: ContainerRecord; stale: string } | undefined {
     const next = rec.next;
-    if (next === undefined) return rec;
-    if (!force && next.boot === readBootId() && processAlive(next.pid)) return rec;
-    let published = true;
-    try {
-      layers.resolve(next.from);
-    } catch (err) {
-      if (!(err instanceof NotFoundError)) throw err;
-      published = false;
-    }
+    if (next === undefined) return undefined;
+    if (!force && next.boot === readBootId() && processAlive(next.pid)) return undefined;
+    const published = meta.getLayer(next.from) !== undefined;
     const { next: _, ...base } = rec;
-    const settled: ContainerRecord = published ? { ...base, from: next.from, upper: next.upper } : base;
-    save(settled);
-    fs.rmSync(path.join(paths(rec).base, published ? (rec.upper ?? 'upper') : next.upper), { recursive: true, force: true });
-    return settled;
+    return published
+      ? { settled: { ...base, from: next.from, upper: next.upper }, stale: rec.upper ?? 'upper' }
+      : { settled: base, stale: next.upper };
+  }
+
+  /** The record as settle() would leave it, without writing anything: for the synchronous reads. */
+  function readNow(name: string): ContainerRecord {
+    const rec = readStored(name);
+    return outcome(rec, false)?.settled ?? rec;
+  }
+
+  /** The record, with a commit that crashed midway settled first, durably (settle). */
+  async function read(name: string): Promise<ContainerRecord> {
+    return settle(readStored(name));
+  }
+
+  /** Commits the outcome of a stopped commitInPlace (see outcome), then deletes the stale upper. */
+  async function settle(rec: ContainerRecord, force = false): Promise<ContainerRecord> {
+    const o = outcome(rec, force);
+    if (o === undefined) return rec;
+    await save(o.settled);
+    fs.rmSync(path.join(paths(rec).base, o.stale), { recursive: true, force: true });
+    return o.settled;
   }
 
   /** Mounts an overlay container that is not mounted (after a reboot, or a commit that stopped midway). */
@@ -154,14 +142,15 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
    * syncfs, instead of a full copy.
    */
   async function commitInPlace(name: string): Promise<LayerRecord | undefined> {
-    let rec = read(name);
+    let rec = await read(name);
     const fresh = `upper-${Date.now().toString(36)}`;
     let journal: ContainerRecord | undefined;
     let started = false;
     try {
       return await layers.adoptTree(rec.from, {
         prepare() {
-          rec = read(name);
+          // Settled just above and serialized with every other commit here: a journal is a live process's.
+          rec = readNow(name);
           if (rec.next !== undefined) throw new ConflictError(`container layer "${name}" is being committed by process ${rec.next.pid}`);
           const p = paths(rec);
           // Fresh uppers of commits killed before their journal: empty, and no other commit can be running
@@ -178,18 +167,18 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
           fs.chownSync(target, st.uid, st.gid);
           return p.upper;
         },
-        beforePublish(layer) {
+        async beforePublish(layer) {
           journal = { ...rec, next: { from: layer.id, upper: fresh, pid: process.pid, boot: readBootId() } };
-          save(journal);
+          await save(journal);
         },
-        afterPublish() {
-          rec = settle(journal!, true);
+        async afterPublish() {
+          rec = await settle(journal!, true);
         },
       });
     } finally {
       if (started) {
         // Whatever happened, finish or undo what the record says, drop an unused fresh upper, mount again.
-        rec = settle(readStored(name), true);
+        rec = await settle(readStored(name), true);
         if (rec.upper !== fresh) fs.rmSync(path.join(paths(rec).base, fresh), { recursive: true, force: true });
         ensureMounted(rec);
       }
@@ -217,7 +206,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
   return {
     async create(name, from) {
       if (!NAME.test(name)) throw new InvalidArgumentError(`invalid container name "${name}": use [a-zA-Z0-9_.-]`);
-      if (fs.existsSync(recordFile(name))) throw new ConflictError(`container layer "${name}" already exists`);
+      if (meta.getContainer(name) !== undefined) throw new ConflictError(`container layer "${name}" already exists`);
       const base = layers.resolve(from);
       const rec: ContainerRecord = { name, from: base.id, driver: pickDriver(), createdAt: new Date().toISOString() };
       const p = paths(rec);
@@ -227,7 +216,9 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
       try {
         if (rec.driver === 'overlay') mount(rec);
         else materialize(lowers(rec.from), p.merged);
-        writeFileDurable(recordFile(name), JSON.stringify(rec));
+        // The directories need no fsync of their own: a container lost to power loss with its record is
+        // made again by the next create; the record, committed last, is the truth.
+        await save(rec);
       } catch (err) {
         if (fs.existsSync(p.merged) && isMountRoot(p.merged)) unmount(p.merged);
         fs.rmSync(p.base, { recursive: true, force: true });
@@ -237,7 +228,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
     },
 
     diff(name) {
-      const rec = read(name);
+      const rec = readNow(name);
       const lowerDirs = lowers(rec.from);
       if (rec.driver === 'copy') return copyDiff(lowerDirs, paths(rec).merged);
       const upper = paths(rec).upper;
@@ -261,12 +252,12 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
     },
 
     async commit(name) {
-      const rec = read(name);
+      const rec = await read(name);
       if (rec.driver !== 'copy') {
         const layer = await commitInPlace(name);
         if (layer !== undefined) return layer;
         // In use: copy the changes; the container keeps running on its layer and its upper.
-        return layers.importLayer(writeTree(paths(read(name)).upper), rec.from);
+        return layers.importLayer(writeTree(paths(await read(name)).upper), rec.from);
       }
       // Copy driver: write the changes in overlay's upper form, commit them like overlay does, and rebase
       // the container (its merged tree is already the new layer's contents).
@@ -276,7 +267,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
       try {
         changesAsUpper(lowers(rec.from), paths(rec).merged, stage.dir);
         const layer = await layers.importLayer(writeTree(stage.dir), rec.from);
-        save({ ...rec, from: layer.id });
+        await save({ ...rec, from: layer.id });
         return layer;
       } finally {
         await stage.remove();
@@ -284,26 +275,15 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
     },
 
     async remove(name) {
-      const p = paths(read(name));
+      const p = paths(await read(name));
       if (fs.existsSync(p.merged) && isMountRoot(p.merged)) unmount(p.merged);
-      fs.rmSync(recordFile(name));
+      await meta.commit([{ op: 'container.delete', name }]);
       const left = await removeTreeNoCross(p.base);
       if (left.length > 0) throw new ConflictError(`container layer "${name}" removed, but mounts inside were left: ${left.join(', ')}`);
     },
 
-    list() {
-      return fs
-        .readdirSync(dir)
-        .filter((f) => f.endsWith('.json') && !isTempName(f))
-        .map((f) => {
-          try {
-            return JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')) as ContainerRecord;
-          } catch (err) {
-            throw new Error(`container record ${f} is unreadable: ${describeError(err)}`);
-          }
-        });
-    },
+    list: () => meta.containers(),
 
-    mergedPath: (name) => paths(ensureMounted(read(name))).merged,
+    mergedPath: (name) => paths(ensureMounted(readNow(name))).merged,
   };
 }

@@ -1,56 +1,48 @@
 /**
- * LayerStore: content-addressed read-only layers (issue #5). Layout under TSVOL_DATA/layers:
+ * LayerStore: content-addressed read-only layers (issue #5). The records (layers, tags, holds) live in
+ * the metadata store (src/store/meta-store.ts, tsvol.db); the data under TSVOL_DATA/layers:
  *
  *   diffs/<diffid-hex>/         a diff's unpacked contents, stored once whatever its parent
  *   diffs/<diffid-hex>.split    raw tar headers for byte-exact export (the tar-split idea)
- *   chains/<chainid-hex>.json   one layer: ChainID, DiffID, parent, size, file count (durable JSON)
- *   tags/<name>                 a name for a layer (contains the ChainID)
- *   holds/<chainid-hex>/<holder> other users of a layer (volumes built on it), one file each
  *   tmp/<kind>-<id>/            stages (imports, commits), each locked by its live owner (sys/staging.ts);
  *                               gc sweeps those whose owner died
- *   store                       flock(2): one mutation at a time, across the CLI and the server
  *
- * Names starting with '.' are never records: they are writeFileDurable's temp files (`.<name>.tmp-<hex>`),
- * left by a crash mid-write. Every listing skips them, tags cannot start with '.', and a holder's file name
- * never does (holderFile), so a torn write never counts as a tag or a hold (#9 §10c); gc deletes them.
+ * A layer is held by its child layers, by container layers on it (containers.ts), by tags and by holds
+ * (holdLayer: volumes built on it). The database's foreign keys refuse deleting a held layer whatever the
+ * code does; the code asks first, to name the holders in the error.
  *
- * A layer is held by its child layers, by container layers on it (containers.ts) and by tags.
+ * One process writes at a time (the server, or a `tsvol` command holding the server lock), so mutations
+ * are serialized in-process only (0.1's `layers/store` flock is gone; src/store/migrate.ts deletes it).
+ * A stage in tmp/ is still flocked by its owner, so a gc never sweeps a live one.
  *
  * A layer's DiffID is the sha256 of its uncompressed tar; its ChainID is the DiffID for a base layer, else
  * sha256("<parent ChainID> <DiffID>") (OCI image spec). An import is staged in tmp/ and published by one
- * rename, then made durable with syncfs before its record is written: the record is the truth, so a crash
- * at any instant leaves either the whole layer or none visible.
+ * rename, then made durable with syncfs before its record is committed: the record is the truth, so a
+ * crash at any instant leaves either the whole layer or none visible (gc deletes a diff with no record).
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { nanoid } from 'nanoid';
-import { InUseError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
-import { fsyncDir, isTempName, syncFilesystem, writeFileDurable } from '../sys/durable.js';
-import { acquireLock } from '../sys/lock.js';
+import { InUseError, InvalidArgumentError, NotFoundError, describeError, errnoCode } from '../errors.js';
+import { createLayout } from '../store/layout.js';
+import type { Change, MetaStore } from '../store/meta-store.js';
+import { acquireMetaStore } from '../store/open.js';
+import type { LayerRecord } from '../store/records.js';
+import { syncFilesystem } from '../sys/durable.js';
 import { createStage, sweepStages } from '../sys/staging.js';
 import { decompressed } from './tar/gzip.js';
 import { TarReader } from './tar/reader.js';
 import { linkTree, replaySplit, splitOnly, unpackLayer, type UnpackStats } from './unpack.js';
 import { writeTree } from './tar/writer.js';
 
-/** One read-only layer. */
-export interface LayerRecord {
-  /** ChainID, `sha256:<hex>`. */
-  readonly id: string;
-  readonly diffId: string;
-  readonly parent: string | undefined;
-  /** Bytes of regular-file content in this layer's own diff. */
-  readonly size: number;
-  readonly files: number;
-  readonly createdAt: string;
-}
+export type { LayerRecord } from '../store/records.js';
 
 /** What adoptTree's caller does around publishing (see LayerStore.adoptTree). */
 export interface AdoptHooks {
   prepare(): string | undefined;
-  beforePublish(layer: LayerRecord): void;
-  afterPublish(layer: LayerRecord): void;
+  beforePublish(layer: LayerRecord): void | Promise<void>;
+  afterPublish(layer: LayerRecord): void | Promise<void>;
 }
 
 /** The layer store. */
@@ -60,10 +52,10 @@ export interface LayerStore {
   /**
    * A layer on `parent` made from a tree (an overlay upper directory) without copying file data: its
    * DiffID is hashed from the tree's tar, and the layer's directory hard-links the tree's files, so the
-   * tree must never change again. Under the store lock: `hooks.prepare` returns the tree (or undefined to
-   * give up: adoptTree then returns undefined); `hooks.beforePublish` runs once the layer is known and
-   * before it becomes visible; `hooks.afterPublish` once it is durable. Both run when the layer already
-   * existed too. containers.ts journals its switch to the new layer in them.
+   * tree must never change again. Serialized with the store's other mutations: `hooks.prepare` returns
+   * the tree (or undefined to give up: adoptTree then returns undefined); `hooks.beforePublish` runs once
+   * the layer is known and before it becomes visible; `hooks.afterPublish` once it is durable. Both run
+   * when the layer already existed too. containers.ts journals its switch to the new layer in them.
    */
   adoptTree(parent: string | undefined, hooks: AdoptHooks): Promise<LayerRecord | undefined>;
   /** The layer's own diff as a tar, byte-identical to what was imported. */
@@ -80,8 +72,8 @@ export interface LayerStore {
    */
   remove(idOrName: string): Promise<{ untagged: string[]; deleted: string[] }>;
   /**
-   * Removes every layer held by nothing (no child, no tag), repeatedly from the top down, then staging
-   * debris and diff directories no layer uses. Returns what it removed.
+   * Removes every layer held by nothing (no child, no tag, no container, no hold), repeatedly from the top
+   * down, then staging debris and diff directories no layer uses. Returns what it removed.
    */
   gc(): Promise<{ removed: string[] }>;
   /** The directory holding a layer's unpacked diff. */
@@ -93,24 +85,33 @@ export interface LayerStore {
   holdLayer(idOrName: string, holder: string): Promise<LayerRecord>;
   /** Drops a hold; releasing a hold that does not exist is a no-op. */
   releaseLayer(idOrName: string, holder: string): Promise<void>;
-  /** Every hold from holdLayer: O(holds), for start-up repair of holds whose holder is gone. */
+  /** Every hold from holdLayer, for start-up repair of holds whose holder is gone. */
   listHolds(): { layer: string; holder: string }[];
+  /** The metadata store the records live in (for changes that span a layer and something else). */
+  readonly meta: MetaStore;
 }
 
 const HEX = /^[0-9a-f]{64}$/;
 const TAG = /^[a-zA-Z0-9][a-zA-Z0-9_.:-]{0,127}$/;
 
-/** Record names in a listing: writeFileDurable's temp files (dot-names) are not records. */
-function records(names: string[]): string[] {
-  return names.filter((n) => !isTempName(n));
+/** Checks a holder's name (holdLayer, holdChange). */
+function checkHolder(holder: string): void {
+  if (holder === '' || holder.length > 200) throw new InvalidArgumentError('a layer holder needs a name of 1 to 200 characters');
 }
 
 /**
- * The file name of a holder in holds/<hex>/: URI-encoded, with a leading '.' encoded too, so that no
- * holder's file ever looks like a temp file (or is `.` or `..`).
+ * The change that records `holder`'s hold on `layer` (a ChainID), to commit together with the holder's
+ * own record (a layered volume and its hold in one transaction). The layer must exist: the foreign key
+ * refuses the whole change set otherwise.
  */
-export function holderFile(holder: string): string {
-  return encodeURIComponent(holder).replace(/^\./, '%2E');
+export function holdChange(layer: string, holder: string): Change {
+  checkHolder(holder);
+  return { op: 'layerHold.put', layer, holder };
+}
+
+/** The change that drops `holder`'s hold on `layer` (a ChainID); a no-op if there is none. */
+export function releaseChange(layer: string, holder: string): Change {
+  return { op: 'layerHold.delete', layer, holder };
 }
 
 function hexOf(digest: string): string {
@@ -130,66 +131,51 @@ async function* hashed(input: AsyncIterable<Buffer>, hash: ReturnType<typeof cre
   }
 }
 
-/** Opens the layer store under `root` (TSVOL_DATA/layers). */
-export function createLayerStore(root: string): LayerStore {
+/**
+ * Opens the layer store under `root` (TSVOL_DATA/layers) with its records in `meta`. Without `meta`, the
+ * data root's store is opened (shared within the process, migrated from 0.1 on first open): the factory
+ * the CLI used before it had a MetaStore to pass (TODO(store): pass one from src/state.ts #10).
+ */
+export function createLayerStore(root: string, meta?: MetaStore): LayerStore {
+  const store = meta ?? acquireMetaStore(createLayout(path.dirname(root))).store;
   const dirs = {
     diffs: path.join(root, 'diffs'),
-    chains: path.join(root, 'chains'),
-    tags: path.join(root, 'tags'),
     tmp: path.join(root, 'tmp'),
-    holds: path.join(root, 'holds'),
   };
   for (const d of Object.values(dirs)) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
-  const lockFile = path.join(root, 'store');
 
   /**
-   * Runs `work` under the store's flock. Long synchronous work inside (syncfs, rmSync on a slow disk) is
-   * fine: a flock has no heartbeat to starve and cannot be lost while this process lives (sys/lock.ts).
+   * Mutations one at a time within the process (the only writer: see the module comment). Long synchronous
+   * work inside (syncfs, rmSync on a slow disk) only delays the next mutation.
    */
+  let tail: Promise<unknown> = Promise.resolve();
   async function locked<T>(work: () => Promise<T>): Promise<T> {
-    const release = await acquireLock(lockFile, 'tsvol layer operation', 30_000);
-    try {
-      return await work();
-    } finally {
-      await release();
-    }
-  }
-
-  function readRecord(hex: string): LayerRecord | undefined {
-    try {
-      return JSON.parse(fs.readFileSync(path.join(dirs.chains, `${hex}.json`), 'utf8')) as LayerRecord;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
+    const run = tail.then(work, work);
+    tail = run.catch(() => undefined);
+    return run;
   }
 
   function list(): LayerRecord[] {
-    return records(fs.readdirSync(dirs.chains))
-      .filter((f) => f.endsWith('.json'))
-      .map((f) => readRecord(f.slice(0, -5)))
-      .filter((r): r is LayerRecord => r !== undefined);
+    return store.layers();
   }
 
   function resolve(idOrName: string): LayerRecord {
     const hex = idOrName.startsWith('sha256:') ? idOrName.slice(7) : idOrName;
     if (HEX.test(hex)) {
-      const rec = readRecord(hex);
+      const rec = store.getLayer(`sha256:${hex}`);
       if (rec) return rec;
     } else if (/^[0-9a-f]{12,63}$/.test(hex)) {
-      const matches = fs.readdirSync(dirs.chains).filter((f) => f.startsWith(hex) && f.endsWith('.json'));
-      if (matches.length === 1) return readRecord(matches[0]!.slice(0, -5))!;
-      if (matches.length > 1) throw new InvalidArgumentError(`layer prefix "${idOrName}" is ambiguous (${matches.length} layers)`);
+      const matches = store.layersByPrefix(hex, 2);
+      if (matches.length === 1) return matches[0]!;
+      if (matches.length > 1) {
+        const n = store.layersByPrefix(hex, Number.MAX_SAFE_INTEGER).length;
+        throw new InvalidArgumentError(`layer prefix "${idOrName}" is ambiguous (${n} layers)`);
+      }
     }
     if (TAG.test(idOrName)) {
-      try {
-        const id = fs.readFileSync(path.join(dirs.tags, idOrName), 'utf8').trim();
-        const rec = readRecord(hexOf(id));
-        if (rec) return rec;
-      } catch (err) {
-        // ENOENT: no such tag; fall through to "not found".
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      }
+      const id = store.getTag(idOrName);
+      const rec = id === undefined ? undefined : store.getLayer(id);
+      if (rec) return rec;
     }
     throw new NotFoundError(`layer "${idOrName}" not found; \`tsvol layer ls\` lists layers`);
   }
@@ -235,9 +221,9 @@ export function createLayerStore(root: string): LayerStore {
   /**
    * Makes a staged layer visible. The diff directory is stored once per DiffID: only a new one is made
    * (`makeDiff` fills stage/diff) and renamed into diffs/ with its split file. Then one syncfs makes the
-   * files and the renames durable, and only then is the record written: the record is the truth.
+   * files and the renames durable, and only then is the record committed: the record is the truth.
    */
-  function publish(stage: string, rec: LayerRecord, makeDiff: (dir: string) => void): void {
+  async function publish(stage: string, rec: LayerRecord, makeDiff: (dir: string) => void): Promise<void> {
     const target = path.join(dirs.diffs, hexOf(rec.diffId));
     if (!fs.existsSync(target)) {
       makeDiff(path.join(stage, 'diff'));
@@ -245,7 +231,7 @@ export function createLayerStore(root: string): LayerStore {
       fs.renameSync(path.join(stage, 'diff'), target);
     }
     syncFilesystem(dirs.diffs);
-    writeFileDurable(path.join(dirs.chains, `${hexOf(rec.id)}.json`), JSON.stringify(rec));
+    await store.commit([{ op: 'layer.put', layer: rec }]);
   }
 
   async function importLayer(input: AsyncIterable<Buffer> | NodeJS.ReadableStream, parentRef?: string): Promise<LayerRecord> {
@@ -259,9 +245,9 @@ export function createLayerStore(root: string): LayerStore {
             throw new InvalidArgumentError(`layer tar refused: ${describeError(err)}`, { cause: err });
           }),
         );
-        const existing = readRecord(hexOf(rec.id));
+        const existing = store.getLayer(rec.id);
         if (existing) return existing;
-        publish(stage, rec, () => undefined); // unpacked into stage/diff already
+        await publish(stage, rec, () => undefined); // unpacked into stage/diff already
         return rec;
       });
     });
@@ -274,12 +260,12 @@ export function createLayerStore(root: string): LayerStore {
       if (dir === undefined) return undefined;
       return withStage('adopt', async (stage) => {
         const made = await readTar(stage, writeTree(dir), parent, splitOnly);
-        const existing = readRecord(hexOf(made.id));
+        const existing = store.getLayer(made.id);
         const rec = existing ?? made;
-        hooks.beforePublish(rec);
+        await hooks.beforePublish(rec);
         // The syncfs in publish also flushes the files' data, written by the container and never synced.
-        if (!existing) publish(stage, rec, (diff) => linkTree(dir, diff));
-        hooks.afterPublish(rec);
+        if (!existing) await publish(stage, rec, (diff) => linkTree(dir, diff));
+        await hooks.afterPublish(rec);
         return rec;
       });
     });
@@ -293,58 +279,35 @@ export function createLayerStore(root: string): LayerStore {
 
   function history(idOrName: string): LayerRecord[] {
     const out: LayerRecord[] = [];
-    for (let rec: LayerRecord | undefined = resolve(idOrName); rec; rec = rec.parent ? resolve(rec.parent) : undefined) out.push(rec);
+    for (let rec: LayerRecord | undefined = resolve(idOrName); rec; rec = rec.parent ? store.getLayer(rec.parent) : undefined) out.push(rec);
     return out;
-  }
-
-  /** Container layers and the layer each sits on (containers.ts records; read here to find holders). */
-  function containerBases(): { name: string; from: string }[] {
-    const containers = path.join(root, 'containers');
-    const out: { name: string; from: string }[] = [];
-    for (const f of fs.existsSync(containers) ? records(fs.readdirSync(containers)) : []) {
-      if (!f.endsWith('.json')) continue;
-      const c = JSON.parse(fs.readFileSync(path.join(containers, f), 'utf8')) as { from: string };
-      out.push({ name: f.slice(0, -5), from: c.from });
-    }
-    return out;
-  }
-
-  /** Every tag and the layer it names. */
-  function tagTargets(): { tag: string; id: string }[] {
-    return records(fs.readdirSync(dirs.tags)).map((tag) => ({ tag, id: fs.readFileSync(path.join(dirs.tags, tag), 'utf8').trim() }));
   }
 
   /** What holds `rec`, named for an error message: children, container layers, tags, holdLayer holders. */
   function holders(rec: LayerRecord): string[] {
-    const out = list()
-      .filter((l) => l.parent === rec.id)
-      .map((l) => `child layer ${l.id.slice(7, 19)}`);
-    for (const c of containerBases()) if (c.from === rec.id) out.push(`container layer "${c.name}"`);
-    for (const t of tagTargets()) if (t.id === rec.id) out.push(`tag "${t.tag}"`);
-    const held = path.join(dirs.holds, hexOf(rec.id));
-    for (const h of fs.existsSync(held) ? records(fs.readdirSync(held)).sort() : []) out.push(decodeURIComponent(h));
+    const out = store.childrenOf(rec.id).map((id) => `child layer ${id.slice(7, 19)}`);
+    for (const c of store.containersOn(rec.id)) out.push(`container layer "${c}"`);
+    for (const t of store.tagsOf(rec.id)) out.push(`tag "${t}"`);
+    out.push(...store.holdsOf(rec.id).sort());
     return out;
   }
 
-  /** Removes a diff's short link (containers.ts: l/<4 chars>), if it has one. */
+  /** Removes a diff's short link (overlay.ts: l/<4 chars>), if it has one. */
   function removeShortLink(linkFile: string): void {
     try {
       fs.rmSync(path.join(root, 'l', fs.readFileSync(linkFile, 'utf8').trim()), { force: true });
       fs.rmSync(linkFile);
     } catch (err) {
       // ENOENT: the diff was never mounted, so it has no short link.
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      if (errnoCode(err) !== 'ENOENT') throw err;
     }
   }
 
   /**
-   * Deletes a layer's record and, unless another layer still uses its DiffID (the diff directory is
-   * shared by every chain with that DiffID), its diff directory, split file and short link.
+   * Deletes a deleted layer's diff directory, split file and short link (call once its record is gone and
+   * no other layer uses its DiffID: the diff directory is shared by every chain with that DiffID).
    */
-  function deleteLayer(rec: LayerRecord, diffStillUsed: boolean): void {
-    fs.rmSync(path.join(dirs.chains, `${hexOf(rec.id)}.json`));
-    fsyncDir(dirs.chains);
-    if (diffStillUsed) return;
+  function deleteDiff(rec: LayerRecord): void {
     const trash = path.join(dirs.tmp, `rm-${nanoid(10)}`);
     fs.renameSync(diffDir(rec), trash);
     fs.rmSync(`${diffDir(rec)}.split`, { force: true });
@@ -352,10 +315,15 @@ export function createLayerStore(root: string): LayerStore {
     fs.rmSync(trash, { recursive: true, force: true });
   }
 
-  function removeUnlocked(rec: LayerRecord): void {
+  /** Commits `changes` (the layer's deletion among them), then deletes its diff unless another layer uses it. */
+  async function deleteLayer(rec: LayerRecord, changes: readonly Change[]): Promise<void> {
+    await store.commit(changes);
+    if (store.diffUsers(rec.diffId) === 0) deleteDiff(rec);
+  }
+
+  function refuseIfHeld(rec: LayerRecord): void {
     const held = holders(rec);
     if (held.length > 0) throw new InUseError(`layer ${rec.id} is held by ${held.join(', ')}; remove those first`);
-    deleteLayer(rec, list().some((l) => l.id !== rec.id && l.diffId === rec.diffId));
   }
 
   return {
@@ -366,51 +334,49 @@ export function createLayerStore(root: string): LayerStore {
     list,
     history,
     diffDir,
+    meta: store,
     async holdLayer(idOrName, holder) {
-      if (holder === '' || holder.length > 200) throw new InvalidArgumentError('a layer holder needs a name of 1 to 200 characters');
+      checkHolder(holder);
       return locked(async () => {
         const rec = resolve(idOrName);
-        const dir = path.join(dirs.holds, hexOf(rec.id));
-        fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-        writeFileDurable(path.join(dir, holderFile(holder)), holder);
+        await store.commit([holdChange(rec.id, holder)]);
         return rec;
       });
     },
     async releaseLayer(idOrName, holder) {
       await locked(async () => {
         const rec = resolve(idOrName);
-        // force: releasing what is not held changes nothing.
-        fs.rmSync(path.join(dirs.holds, hexOf(rec.id), holderFile(holder)), { force: true });
+        await store.commit([releaseChange(rec.id, holder)]);
       });
     },
     listHolds() {
-      const out: { layer: string; holder: string }[] = [];
-      for (const hex of records(fs.readdirSync(dirs.holds))) {
-        for (const h of records(fs.readdirSync(path.join(dirs.holds, hex)))) out.push({ layer: `sha256:${hex}`, holder: decodeURIComponent(h) });
-      }
-      return out;
+      return store.holds().map((h) => ({ layer: h.layer, holder: h.holder }));
     },
     async tag(idOrName, name) {
       if (!TAG.test(name) || HEX.test(name)) throw new InvalidArgumentError(`invalid tag "${name}": use letters, digits and _.:- (not a bare digest)`);
       await locked(async () => {
         const rec = resolve(idOrName);
-        writeFileDurable(path.join(dirs.tags, name), rec.id);
+        await store.commit([{ op: 'tag.put', name, layer: rec.id }]);
       });
     },
     async remove(idOrName) {
       return locked(async () => {
-        const tagFile = path.join(dirs.tags, idOrName);
-        if (TAG.test(idOrName) && !HEX.test(idOrName) && fs.existsSync(tagFile)) {
-          // A tag: untag, and delete the layer too when that tag was all that held it (like docker rmi).
+        if (TAG.test(idOrName) && !HEX.test(idOrName) && store.getTag(idOrName) !== undefined) {
+          // A tag: untag, and delete the layer too when that tag was all that held it (like docker rmi),
+          // in one commit.
           const rec = resolve(idOrName);
-          fs.rmSync(tagFile);
-          fsyncDir(dirs.tags);
-          if (holders(rec).length > 0) return { untagged: [idOrName], deleted: [] };
-          removeUnlocked(rec);
+          const untag: Change = { op: 'tag.delete', name: idOrName };
+          const others = holders(rec).filter((h) => h !== `tag "${idOrName}"`);
+          if (others.length > 0) {
+            await store.commit([untag]);
+            return { untagged: [idOrName], deleted: [] };
+          }
+          await deleteLayer(rec, [untag, { op: 'layer.delete', id: rec.id }]);
           return { untagged: [idOrName], deleted: [rec.id] };
         }
         const rec = resolve(idOrName);
-        removeUnlocked(rec);
+        refuseIfHeld(rec);
+        await deleteLayer(rec, [{ op: 'layer.delete', id: rec.id }]);
         return { untagged: [], deleted: [rec.id] };
       });
     },
@@ -423,21 +389,14 @@ export function createLayerStore(root: string): LayerStore {
         const holdCount = new Map<string, number>();
         const hold = (id: string): void => void holdCount.set(id, (holdCount.get(id) ?? 0) + 1);
         for (const l of layers) if (l.parent !== undefined) hold(l.parent);
-        for (const c of containerBases()) hold(c.from);
-        for (const t of tagTargets()) hold(t.id);
-        for (const hex of records(fs.readdirSync(dirs.holds))) {
-          if (records(fs.readdirSync(path.join(dirs.holds, hex))).length > 0) hold(`sha256:${hex}`);
-        }
-        const diffUsers = new Map<string, number>();
-        for (const l of layers) diffUsers.set(l.diffId, (diffUsers.get(l.diffId) ?? 0) + 1);
+        for (const c of store.containers()) hold(c.from);
+        for (const t of store.tags()) hold(t.layer);
+        for (const h of store.holds()) hold(h.layer);
 
-        const removed: string[] = [];
+        const doomed: LayerRecord[] = [];
         const unheld = layers.filter((l) => !holdCount.has(l.id));
         for (let rec = unheld.pop(); rec !== undefined; rec = unheld.pop()) {
-          const users = diffUsers.get(rec.diffId)! - 1;
-          diffUsers.set(rec.diffId, users);
-          deleteLayer(rec, users > 0);
-          removed.push(rec.id);
+          doomed.push(rec);
           if (rec.parent === undefined) continue;
           const left = holdCount.get(rec.parent)! - 1;
           if (left > 0) holdCount.set(rec.parent, left);
@@ -447,25 +406,24 @@ export function createLayerStore(root: string): LayerStore {
             if (parent) unheld.push(parent);
           }
         }
-        // Stages whose owner died; a live one (a copy-driver commit writing its changes before it takes
-        // this lock) is left alone.
+        // Children come before their parents in `doomed`: one commit deletes them all, in that order.
+        await store.commit(doomed.map((rec) => ({ op: 'layer.delete', id: rec.id }) as const));
+        const removed = doomed.map((rec) => rec.id);
+        // Stages whose owner died; a live one (a copy-driver commit writing its changes before it enters
+        // this store's queue) is left alone.
         const sweep = sweepStages(dirs.tmp);
         await sweep.done;
         removed.push(...sweep.dead.map((e) => `tmp/${e}`));
-        // Temp files of writeFileDurable torn by a crash: under this lock, no write of ours is in flight.
-        for (const d of [dirs.chains, dirs.tags, ...records(fs.readdirSync(dirs.holds)).map((h) => path.join(dirs.holds, h))]) {
-          for (const e of fs.readdirSync(d)) {
-            if (!isTempName(e)) continue;
-            fs.rmSync(path.join(d, e), { recursive: true, force: true });
-            removed.push(`${path.relative(root, d)}/${e}`);
-          }
-        }
+        // Diffs no layer uses: those of the layers just deleted, and any published by an import or commit
+        // killed before its record was committed.
+        const used = store.diffIds();
+        const ofDoomed = new Set(doomed.map((l) => hexOf(l.diffId)));
         for (const e of fs.readdirSync(dirs.diffs)) {
           const hex = e.replace(/\.(split|link)$/, '');
-          if (!diffUsers.get(`sha256:${hex}`)) {
+          if (!used.has(`sha256:${hex}`)) {
             if (e.endsWith('.link')) removeShortLink(path.join(dirs.diffs, e));
             fs.rmSync(path.join(dirs.diffs, e), { recursive: true, force: true });
-            removed.push(`diffs/${e}`);
+            if (!ofDoomed.has(hex)) removed.push(`diffs/${e}`);
           }
         }
         return { removed };

@@ -1,71 +1,46 @@
 /**
- * The write side of the volume store, on a worker thread: it owns the only write connection of this
- * process and commits one batch at a time (WAL, synchronous=FULL), so the fsync never blocks the event
- * loop. While a batch is being committed the main thread gathers the next one: group commit with a
- * pipeline of depth one, whose batches grow with load.
+ * The write side of the metadata store, on a worker thread: it owns the only write connection of this
+ * process and commits one batch at a time (WAL, synchronous=FULL: one fsync of the WAL per batch), so the
+ * fsync never blocks the event loop. While a batch is being committed the main thread gathers the next
+ * one: group commit with a pipeline of depth one, whose batches grow with load.
  *
- * Each mutation runs in its own savepoint, so one failing mutation does not sink the others. Before its
- * mutations, a batch reads the change log past the last entry this worker wrote: those entries are other
- * processes' commits (the CLI), reported back so the main thread refreshes exactly those records.
+ * Each change set runs in its own savepoint, so one refused set (a foreign key, say) does not sink the
+ * others, and a set is all or nothing. No directory work happens here: callers make the filesystem durable
+ * before they commit (src/sys/durable.ts fsyncDirShared), so a batch is SQLite's work only.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import Database from 'better-sqlite3';
-import { fsyncDir } from '../sys/durable.js';
-import type { BatchReply, BatchRequest } from './commit-protocol.js';
-import { CHANGE_LOG_KEEP, SCHEMA } from './commit-protocol.js';
+import type { BatchReply, BatchRequest, SetError } from './commit-protocol.js';
+import { PRAGMAS, STATEMENTS } from './schema.js';
 
 const { dbFile } = workerData as { dbFile: string };
 const db = new Database(dbFile);
-db.pragma('journal_mode = WAL');
-// FULL: the WAL is fsynced at every commit, so an acknowledged reply survives power loss.
-db.pragma('synchronous = FULL');
-db.pragma('busy_timeout = 5000');
-db.exec(SCHEMA);
+// FULL: the WAL is fsynced at every commit, so an acknowledged reply survives power loss. foreign_keys:
+// the structure refuses a dangling or still-referenced layer (src/store/schema.ts).
+for (const p of PRAGMAS) db.pragma(p);
 
-const upsert = db.prepare('INSERT OR REPLACE INTO volumes (name, record) VALUES (?, ?)');
-const del = db.prepare('DELETE FROM volumes WHERE name = ?');
-const putMeta = db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)');
-const logChange = db.prepare('INSERT INTO changes (name) VALUES (?)');
-const changesSince = db.prepare('SELECT seq, name FROM changes WHERE seq > ? ORDER BY seq').raw();
-const newest = db.prepare('SELECT coalesce(max(seq), 0) FROM changes').pluck();
-const trim = db.prepare('DELETE FROM changes WHERE seq <= ?');
-let lastSeq = newest.get() as number;
-let lastTrim = lastSeq;
+const statements = new Map(Object.entries(STATEMENTS).map(([name, sql]) => [name, db.prepare(sql)]));
+
+function setError(err: unknown): SetError {
+  const code = typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
+  return { message: err instanceof Error ? err.message : String(err), code };
+}
 
 function handle(req: BatchRequest): BatchReply {
-  for (const dir of req.syncDirs) fsyncDir(dir);
-  const errors: (string | null)[] = [];
-  const foreign: string[] = [];
+  const errors: (SetError | null)[] = [];
   db.transaction(() => {
-    for (const [seq, name] of changesSince.iterate(lastSeq) as Iterable<[number, string]>) {
-      foreign.push(name);
-      lastSeq = seq;
-    }
-    for (const op of req.ops) {
+    for (const set of req.sets) {
       try {
         db.transaction(() => {
-          if (op.kind === 'put') {
-            upsert.run(op.name, op.json);
-            logChange.run(op.name);
-          } else if (op.kind === 'delete') {
-            del.run(op.name);
-            logChange.run(op.name);
-          } else {
-            putMeta.run(op.name, op.json);
-          }
+          for (const op of set) statements.get(op.s)!.run(...op.a);
         })();
         errors.push(null);
       } catch (err) {
-        errors.push(err instanceof Error ? err.message : String(err));
+        errors.push(setError(err));
       }
     }
-    lastSeq = newest.get() as number;
-    if (lastSeq - lastTrim >= 1000) {
-      trim.run(lastSeq - CHANGE_LOG_KEEP);
-      lastTrim = lastSeq;
-    }
   }).immediate();
-  return { id: req.id, errors, foreign, lastSeq };
+  return { id: req.id, errors };
 }
 
 parentPort!.on('message', (req: BatchRequest | 'close') => {

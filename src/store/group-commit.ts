@@ -1,29 +1,28 @@
 /**
- * Group commit, pipelined: mutations are queued; whenever no batch is in flight, everything queued goes to
- * the commit worker (src/store/commit-worker.ts) as one transaction. While the worker commits and fsyncs,
- * new mutations queue up and form the next batch, so under load N concurrent requests share one fsync and
- * the event loop never waits on the disk. Durability is never skipped: a promise resolves only after the
- * transaction holding its change has committed.
+ * Group commit, pipelined: change sets are queued; whenever no batch is in flight, everything queued goes
+ * to the commit worker (src/store/commit-worker.ts) as one transaction. While the worker commits and
+ * fsyncs, new sets queue up and form the next batch, so under load N concurrent requests share one fsync
+ * and the event loop never waits on the disk. Durability is never skipped: a promise settles only after
+ * the transaction holding its set has committed.
  */
 import { Worker } from 'node:worker_threads';
 import { InternalError } from '../errors.js';
-import type { BatchReply, BatchRequest, Op } from './commit-protocol.js';
+import type { BatchReply, BatchRequest, SetError } from './commit-protocol.js';
+import type { Op } from './schema.js';
 
 interface Pending {
-  readonly op: Op;
-  readonly resolve: () => void;
+  readonly set: readonly Op[];
+  readonly resolve: (refused: SetError | null) => void;
   readonly reject: (err: unknown) => void;
 }
 
-/** Batches mutations into durable transactions on a worker thread. */
+/** Batches change sets into durable transactions on a worker thread. */
 export interface GroupCommitter {
-  /** Commits `op` durably; directories in `syncDirs` are fsynced before the batch's transaction. */
-  commit(op: Op, syncDirs?: readonly string[]): Promise<void>;
   /**
-   * Called after every batch with the names other processes changed since the previous batch, and the
-   * change-log position after this batch (everything up to it has been reported).
+   * Commits `set` atomically and durably; resolves to null once committed, or to why SQLite refused the
+   * set (nothing of it is kept). Rejects if the batch's commit itself failed.
    */
-  onForeign(listener: (names: readonly string[], lastSeq: number) => void): void;
+  commit(set: readonly Op[]): Promise<SetError | null>;
   /** Commits what is queued, then stops the worker. */
   close(): Promise<void>;
 }
@@ -47,21 +46,18 @@ export function createGroupCommitter(dbFile: string): GroupCommitter {
   const worker = startWorker(dbFile);
   worker.unref();
   let queue: Pending[] = [];
-  let dirs = new Set<string>();
   let inFlight: Pending[] | undefined;
   let nextId = 1;
   let scheduled = false;
   let closed = false;
-  let foreignListener: (names: readonly string[], lastSeq: number) => void = () => undefined;
   let failure: Error | undefined;
 
   function send(): void {
     scheduled = false;
     if (inFlight !== undefined || queue.length === 0) return;
     inFlight = queue;
-    const req: BatchRequest = { id: nextId++, ops: inFlight.map((p) => p.op), syncDirs: [...dirs] };
+    const req: BatchRequest = { id: nextId++, sets: inFlight.map((p) => p.set) };
     queue = [];
-    dirs = new Set();
     worker.ref(); // keep the process alive while a commit is pending
     worker.postMessage(req);
   }
@@ -75,12 +71,7 @@ export function createGroupCommitter(dbFile: string): GroupCommitter {
       const err = new InternalError(`metadata commit failed: ${reply.fatal}`);
       for (const p of batch) p.reject(err);
     } else {
-      foreignListener(reply.foreign ?? [], reply.lastSeq ?? 0);
-      batch.forEach((p, i) => {
-        const e = reply.errors?.[i];
-        if (e === null || e === undefined) p.resolve();
-        else p.reject(new InternalError(`metadata commit failed: ${e}`));
-      });
+      batch.forEach((p, i) => p.resolve(reply.errors?.[i] ?? null));
     }
     if (queue.length > 0) send();
   });
@@ -92,21 +83,17 @@ export function createGroupCommitter(dbFile: string): GroupCommitter {
   });
 
   return {
-    commit(op, syncDirs = []) {
+    commit(set) {
       if (failure !== undefined) return Promise.reject(failure);
       if (closed) return Promise.reject(new InternalError('metadata store is closed'));
-      return new Promise<void>((resolve, reject) => {
-        queue.push({ op, resolve, reject });
-        for (const d of syncDirs) dirs.add(d);
+      return new Promise<SetError | null>((resolve, reject) => {
+        queue.push({ set, resolve, reject });
         // Gather what this turn of the event loop queues, then send if the worker is idle.
         if (!scheduled && inFlight === undefined) {
           scheduled = true;
           setImmediate(send);
         }
       });
-    },
-    onForeign(listener) {
-      foreignListener = listener;
     },
     async close() {
       closed = true;
@@ -115,13 +102,11 @@ export function createGroupCommitter(dbFile: string): GroupCommitter {
         await new Promise((r) => setTimeout(r, 5));
       }
       if (failure === undefined) {
-        // Referenced while it closes: an unreferenced worker lets the process exit before 'closed' arrives,
-        // and whatever the caller does after close() (a CLI printing its result) never runs.
+        // Referenced while its reply is awaited: an unreferenced worker lets a process with nothing else
+        // pending exit mid-close (exit code 13, an unsettled top-level await in the CLI), and whatever the
+        // caller does after close() (a CLI printing its result) would never run.
         worker.ref();
         const done = new Promise((r) => worker.once('message', r));
-        // Referenced while its reply is awaited: an unreferenced worker lets a process with nothing else
-        // pending exit mid-close (exit code 13, an unsettled top-level await in the CLI).
-        worker.ref();
         worker.postMessage('close');
         await done;
       }

@@ -61,3 +61,53 @@ export function writeFileDurable(file: string, data: string | Uint8Array, mode =
   fs.renameSync(tmp, file);
   fsyncDir(dir);
 }
+
+/** Per directory: the fsync running now, and the one queued to start after it. */
+interface DirSyncs {
+  running: Promise<void> | undefined;
+  queued: Promise<void> | undefined;
+}
+const dirSyncs = new Map<string, DirSyncs>();
+
+/** One fsync of `dir` on the thread pool. */
+async function fsyncDirAsync(dir: string): Promise<void> {
+  const fh = await fs.promises.open(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * fsyncs `dir` on the thread pool, sharing the work with concurrent callers: N renames into one directory
+ * cost one or two fsyncs, not N. A sync that is already running when this is called may have started
+ * before the caller's rename, so it never counts: the caller joins the next sync, which starts once the
+ * running one ends (and which every caller arriving meanwhile shares). Resolves once an fsync that
+ * started after this call has completed.
+ */
+export function fsyncDirShared(dir: string): Promise<void> {
+  let s = dirSyncs.get(dir);
+  if (s === undefined) {
+    s = { running: undefined, queued: undefined };
+    dirSyncs.set(dir, s);
+  }
+  const state = s;
+  const start = (): Promise<void> => {
+    const p = fsyncDirAsync(dir).finally(() => {
+      state.running = undefined;
+      if (state.queued === undefined) dirSyncs.delete(dir);
+    });
+    state.running = p;
+    return p;
+  };
+  if (state.running === undefined) return start();
+  // A queued sync has not started yet, so it starts after this call: join it.
+  state.queued ??= state.running
+    .catch(() => undefined) // the running sync's failure is its callers'; ours is a new attempt
+    .then(() => {
+      state.queued = undefined;
+      return start();
+    });
+  return state.queued;
+}

@@ -1,0 +1,52 @@
+/**
+ * Opening the metadata store of a data root: the database, then the 0.1 migration (src/store/migrate.ts),
+ * before anything reads the layer side.
+ *
+ * `acquireMetaStore` shares one open store per database within a process, for the factories that still
+ * open the store by path (createVolumeStore(layout), createLayerStore(root) without a store): two of them
+ * in one process (the server's volume store and its layered volumes' layer store) must not become two
+ * writers with two caches. TODO(store): goes once the server and the CLI pass one MetaStore down from
+ * src/state.ts #10.
+ */
+import type { Layout } from './layout.js';
+import { createMetaStore, type MetaStore } from './meta-store.js';
+import { migrate, type MigrationReport } from './migrate.js';
+
+/** Opens the store of `layout` and migrates what 0.1 left; the report says what was imported. */
+export function openMetaStore(layout: Layout): { store: MetaStore; migration: MigrationReport } {
+  const store = createMetaStore(layout);
+  try {
+    return { store, migration: migrate(layout, store) };
+  } catch (err) {
+    void store.close();
+    throw err;
+  }
+}
+
+interface Shared {
+  readonly store: MetaStore;
+  refs: number;
+}
+const shared = new Map<string, Shared>();
+
+/** A reference to this process's store of `layout` (opened and migrated on first use) and its release. */
+export function acquireMetaStore(layout: Layout): { store: MetaStore; release: () => Promise<void> } {
+  let entry = shared.get(layout.dbFile);
+  if (entry === undefined) {
+    entry = { store: openMetaStore(layout).store, refs: 0 };
+    shared.set(layout.dbFile, entry);
+  }
+  const held = entry;
+  held.refs++;
+  let released = false;
+  return {
+    store: held.store,
+    async release() {
+      if (released) return;
+      released = true;
+      if (--held.refs > 0) return;
+      shared.delete(layout.dbFile);
+      await held.store.close();
+    },
+  };
+}

@@ -1,0 +1,134 @@
+/**
+ * The metadata database (tsvol.db): its tables, the one way to change them (`Change`), and the SQL each
+ * change runs on the commit worker. Foreign keys are ON and RESTRICT, so the structure itself refuses
+ * what the code checks first for a friendly message: deleting a layer that is a parent, tagged, held, or
+ * under a container, or recording anything on a layer that does not exist. Every foreign key column is
+ * indexed, so such a check (and every read of the layer manager) is a B-tree lookup, never a scan.
+ */
+import type { ContainerRecord, LayerRecord, VolumeRecord } from './records.js';
+import { serializeVolume } from './records.js';
+
+/** The schema version this code writes (meta key `schema`). */
+export const SCHEMA_VERSION = '2';
+
+/**
+ * Tables. `volumes` and `meta` are 0.1's, unchanged (0.1's `changes` log is dropped: one process writes at
+ * a time, so nobody needs to catch up with another's commits).
+ *
+ * `images` is reserved for issue 11 (image-seeded volumes): one row per pulled image, `name` its
+ * reference (`docker.io/library/redis:7`), `digest` the manifest digest, `top` the ChainID of its top
+ * layer (which the row holds, like a tag), `config` the image config JSON, `created_at` RFC 3339.
+ */
+export const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS volumes (name TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS layers (
+  id TEXT PRIMARY KEY,
+  diff_id TEXT NOT NULL,
+  parent TEXT REFERENCES layers (id) ON DELETE RESTRICT,
+  size INTEGER NOT NULL,
+  files INTEGER NOT NULL,
+  created_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS layers_by_parent ON layers (parent);
+CREATE INDEX IF NOT EXISTS layers_by_diff ON layers (diff_id);
+CREATE TABLE IF NOT EXISTS tags (
+  name TEXT PRIMARY KEY,
+  layer TEXT NOT NULL REFERENCES layers (id) ON DELETE RESTRICT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_by_layer ON tags (layer);
+CREATE TABLE IF NOT EXISTS layer_holds (
+  layer TEXT NOT NULL REFERENCES layers (id) ON DELETE RESTRICT,
+  holder TEXT NOT NULL,
+  PRIMARY KEY (layer, holder)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS containers (
+  name TEXT PRIMARY KEY,
+  base TEXT NOT NULL REFERENCES layers (id) ON DELETE RESTRICT,
+  record TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS containers_by_base ON containers (base);
+CREATE TABLE IF NOT EXISTS images (
+  name TEXT PRIMARY KEY,
+  digest TEXT NOT NULL,
+  top TEXT NOT NULL REFERENCES layers (id) ON DELETE RESTRICT,
+  config TEXT NOT NULL,
+  created_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS images_by_top ON images (top);
+DROP TABLE IF EXISTS changes;
+`;
+
+/** Connection settings shared by the reader (main thread) and the writer (commit worker). */
+export const PRAGMAS = ['journal_mode = WAL', 'synchronous = FULL', 'foreign_keys = ON', 'busy_timeout = 5000'] as const;
+
+/**
+ * One change to the metadata. A list of them is committed as one atomic, durable unit (MetaStore.commit):
+ * e.g. a layered volume's record and its layer hold together.
+ */
+export type Change =
+  | { readonly op: 'volume.put'; readonly record: VolumeRecord }
+  | { readonly op: 'volume.delete'; readonly name: string }
+  | { readonly op: 'layer.put'; readonly layer: LayerRecord }
+  | { readonly op: 'layer.delete'; readonly id: string }
+  | { readonly op: 'tag.put'; readonly name: string; readonly layer: string }
+  | { readonly op: 'tag.delete'; readonly name: string }
+  | { readonly op: 'layerHold.put'; readonly layer: string; readonly holder: string }
+  | { readonly op: 'layerHold.delete'; readonly layer: string; readonly holder: string }
+  | { readonly op: 'container.put'; readonly record: ContainerRecord }
+  | { readonly op: 'container.delete'; readonly name: string }
+  | { readonly op: 'meta.put'; readonly key: string; readonly value: string };
+
+/** The SQL of each statement the worker runs, by name (prepared once). */
+export const STATEMENTS = {
+  volumePut: 'INSERT OR REPLACE INTO volumes (name, record) VALUES (?, ?)',
+  volumeDelete: 'DELETE FROM volumes WHERE name = ?',
+  // An upsert, not INSERT OR REPLACE: REPLACE deletes the old row first, which a RESTRICT key refuses.
+  layerPut:
+    'INSERT INTO layers (id, diff_id, parent, size, files, created_at) VALUES (?, ?, ?, ?, ?, ?) ' +
+    'ON CONFLICT (id) DO UPDATE SET diff_id = excluded.diff_id, parent = excluded.parent, size = excluded.size, files = excluded.files, created_at = excluded.created_at',
+  layerDelete: 'DELETE FROM layers WHERE id = ?',
+  tagPut: 'INSERT INTO tags (name, layer) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET layer = excluded.layer',
+  tagDelete: 'DELETE FROM tags WHERE name = ?',
+  holdPut: 'INSERT OR IGNORE INTO layer_holds (layer, holder) VALUES (?, ?)',
+  holdDelete: 'DELETE FROM layer_holds WHERE layer = ? AND holder = ?',
+  containerPut: 'INSERT INTO containers (name, base, record) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET base = excluded.base, record = excluded.record',
+  containerDelete: 'DELETE FROM containers WHERE name = ?',
+  metaPut: 'INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)',
+} as const;
+
+/** A statement name and its parameters: what a Change becomes on its way to the worker. */
+export interface Op {
+  readonly s: keyof typeof STATEMENTS;
+  readonly a: readonly (string | number | null)[];
+}
+
+/** The statements that carry out `change`. */
+export function opsOf(change: Change): Op {
+  switch (change.op) {
+    case 'volume.put':
+      return { s: 'volumePut', a: [change.record.name, serializeVolume(change.record)] };
+    case 'volume.delete':
+      return { s: 'volumeDelete', a: [change.name] };
+    case 'layer.put': {
+      const l = change.layer;
+      return { s: 'layerPut', a: [l.id, l.diffId, l.parent ?? null, l.size, l.files, l.createdAt] };
+    }
+    case 'layer.delete':
+      return { s: 'layerDelete', a: [change.id] };
+    case 'tag.put':
+      return { s: 'tagPut', a: [change.name, change.layer] };
+    case 'tag.delete':
+      return { s: 'tagDelete', a: [change.name] };
+    case 'layerHold.put':
+      return { s: 'holdPut', a: [change.layer, change.holder] };
+    case 'layerHold.delete':
+      return { s: 'holdDelete', a: [change.layer, change.holder] };
+    case 'container.put':
+      return { s: 'containerPut', a: [change.record.name, change.record.from, JSON.stringify(change.record)] };
+    case 'container.delete':
+      return { s: 'containerDelete', a: [change.name] };
+    case 'meta.put':
+      return { s: 'metaPut', a: [change.key, change.value] };
+  }
+}
