@@ -1,10 +1,12 @@
 /**
  * Locks and stages held by the kernel (#9 §7, §8, §10c):
- * - the layer store's lock stays held while its holder's event loop is blocked for seconds (a slow syncfs),
- *   and is free the instant its holder is killed;
+ * - the data root's lock, which serializes layer mutations across processes now that one process writes
+ *   the metadata at a time (0.1's `layers/store` flock is gone, #10), stays held while its holder's event
+ *   loop is blocked for seconds in a layer operation (a slow syncfs), and is free the instant its holder
+ *   is killed;
  * - a stage in tmp/ that a live process owns survives a server start, and is swept once its owner is dead;
  *   a `tsvol volume import` straddling a server start completes;
- * - a temp file torn by a crash never counts as a layer tag or hold, and gc deletes it.
+ * - a temp file torn by a crash in 0.1's tags/ or holds/ never counts as a layer tag or hold, and goes.
  * Child processes use the built modules (dist/), like the CLI.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -51,14 +53,18 @@ function entry(h: Partial<TarHeader> & { path: string }, body = Buffer.alloc(0))
 const END = Buffer.alloc(1024);
 
 /**
- * A child that takes the layer store's lock (adoptTree runs `prepare` under it), writes `entered`, blocks
- * its event loop synchronously for `blockMs` (as a syncfs on a slow disk does; -1: forever), writes
- * `leaving`, and exits after releasing.
+ * A child that takes the data root's lock as a `tsvol` command working alone does, enters a layer
+ * mutation (adoptTree runs `prepare` in it), writes `entered`, blocks its event loop synchronously for
+ * `blockMs` (as a syncfs on a slow disk does; -1: forever), writes `leaving`, and exits after releasing.
  */
 const HOLDER = `
 import fs from 'node:fs';
+import path from 'node:path';
 import { createLayerStore } from ${JSON.stringify(dist('layers/layer-store.js'))};
+import { acquireLock } from ${JSON.stringify(dist('sys/lock.js'))};
 const [root, marks, blockMs] = process.argv.slice(1);
+fs.mkdirSync(root, { recursive: true });
+const release = await acquireLock(path.join(path.dirname(root), 'server.lock'), 'tsvol layer operation', 0);
 const store = createLayerStore(root);
 await store.adoptTree(undefined, {
   prepare() {
@@ -71,16 +77,23 @@ await store.adoptTree(undefined, {
   beforePublish() {},
   afterPublish() {},
 });
+await release();
 `;
 
-test('§8: the layer store lock stays held while its holder blocks its event loop for 3.5 s; nobody enters before it releases', async (t) => {
+test('§8: the data root lock stays held while its holder blocks its event loop for 3.5 s in a layer operation; nobody enters before it releases', async (t) => {
   const dir = tempDir('tsvol-lock-');
   try {
-    const root = path.join(dir, 'layers');
+    const root = path.join(dir, 'data', 'layers');
+    const lock = path.join(dir, 'data', 'server.lock');
     const holder = child(HOLDER, [root, dir, '3500']);
     await until('the holder to take the lock', () => fs.existsSync(path.join(dir, 'entered')));
-    // A second process (this one) wants the lock meanwhile: gc waits for it (up to 30 s).
-    await createLayerStore(root).gc();
+    // A second process (this one) wants to change layers meanwhile: it waits for the lock (up to 30 s).
+    const release = await acquireLock(lock, 'test', 30_000);
+    try {
+      await createLayerStore(root).gc();
+    } finally {
+      await release();
+    }
     const gcDone = Date.now();
     t.is(await holder.exited, 0, holder.stderr());
     const leaving = Number(fs.readFileSync(path.join(dir, 'leaving'), 'utf8'));
@@ -93,17 +106,21 @@ test('§8: the layer store lock stays held while its holder blocks its event loo
 test('§8: kill -9 of the lock holder frees the lock at once; while it lives, the error names it', async (t) => {
   const dir = tempDir('tsvol-lock-');
   try {
-    const root = path.join(dir, 'layers');
+    const root = path.join(dir, 'data', 'layers');
+    const lock = path.join(dir, 'data', 'server.lock');
     const holder = child(HOLDER, [root, dir, '-1']);
     await until('the holder to take the lock', () => fs.existsSync(path.join(dir, 'entered')));
-    const err = await t.throwsAsync(acquireLock(path.join(root, 'store'), 'test', 0));
+    const err = await t.throwsAsync(acquireLock(lock, 'test', 0));
     t.regex(err?.message ?? '', new RegExp(`is locked by another tsvol layer operation \\(pid ${holder.proc.pid}\\)`));
     holder.proc.kill('SIGKILL');
     await holder.exited;
     // No wait: the kernel dropped the lock with the process.
-    const release = await acquireLock(path.join(root, 'store'), 'test', 0);
-    await release();
-    t.deepEqual(await createLayerStore(root).gc(), { removed: [] });
+    const release = await acquireLock(lock, 'test', 0);
+    try {
+      t.deepEqual(await createLayerStore(root).gc(), { removed: [] });
+    } finally {
+      await release();
+    }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -120,7 +137,9 @@ test('§8: leftovers of the old lock (server.lock/, server.lock.lock/, layers/st
     t.regex(fs.readFileSync(path.join(data, 'server.lock'), 'utf8'), new RegExp(`^${s.proc.pid} tsvol server\n$`));
     const imp = tsvol(data, ['layer', 'import', '-'], Buffer.concat([entry({ path: 'a' }, Buffer.from('a')), END]));
     t.is(imp.code, 0, imp.err);
-    t.true(fs.statSync(path.join(data, 'layers', 'store')).isFile());
+    // 0.1's layer lock is gone: the migration at the server's first start deleted its leftovers.
+    t.false(fs.existsSync(path.join(data, 'layers', 'store')));
+    t.false(fs.existsSync(path.join(data, 'layers', 'store.lock')));
   } finally {
     await s?.kill();
     cleanupDir(dir);
@@ -262,7 +281,7 @@ test('§7: a `tsvol volume import` of a 48 MB tar straddling a server start comp
   }
 });
 
-test('§10c: temp files torn by a crash in tags/ and holds/ count as no tag and no hold; gc deletes them', async (t) => {
+test('§10c: temp files torn by a crash in 0.1\'s tags/ and holds/ count as no tag and no hold, and are deleted', async (t) => {
   const dir = tempDir('tsvol-temp-');
   try {
     const data = path.join(dir, 'data');
@@ -272,22 +291,22 @@ test('§10c: temp files torn by a crash in tags/ and holds/ count as no tag and 
     const plant = (id: string, n: string): string[] => {
       const hex = id.slice(7);
       fs.mkdirSync(path.join(layers, 'holds', hex), { recursive: true });
-      // writeFileDurable's temp names: `.<name>.tmp-<hex>`, left by a kill -9 between its write and rename.
+      fs.mkdirSync(path.join(layers, 'tags'), { recursive: true });
+      // writeFileDurable's temp names: `.<name>.tmp-<hex>`, left by a kill -9 of 0.1 between its write and rename.
       fs.writeFileSync(path.join(layers, 'tags', `.${n}.tmp-0123456789ab`), id);
       fs.writeFileSync(path.join(layers, 'holds', hex, `.volume%20%22${n}%22.tmp-0123456789ab`), `volume "${n}"`);
       return [`tags/.${n}.tmp-0123456789ab`, `holds/${hex}/.volume%20%22${n}%22.tmp-0123456789ab`];
     };
-    plant(a, 'x');
+    const tempsA = plant(a, 'x');
     const rm = tsvol(data, ['layer', 'rm', a]);
     t.is(rm.code, 0, rm.err);
-    const temps = plant(b, 'y');
+    const tempsB = plant(b, 'y');
     const gc = tsvol(data, ['layer', 'gc', '--json']);
     t.is(gc.code, 0, gc.err);
-    const removed = JSON.parse(gc.out) as string[];
-    t.true(removed.includes(b), 'the layer nothing holds is removed');
-    for (const f of [...temps, 'tags/.x.tmp-0123456789ab']) t.true(removed.includes(f), `${f} is removed`);
-    t.deepEqual(fs.readdirSync(path.join(layers, 'tags')), []);
-    for (const hex of fs.readdirSync(path.join(layers, 'holds'))) t.deepEqual(fs.readdirSync(path.join(layers, 'holds', hex)), []);
+    t.true((JSON.parse(gc.out) as string[]).includes(b), 'the layer nothing holds is removed');
+    for (const f of [...tempsA, ...tempsB]) t.false(fs.existsSync(path.join(layers, f)), `${f} is removed`);
+    t.false(fs.existsSync(path.join(layers, 'tags')));
+    t.false(fs.existsSync(path.join(layers, 'holds')));
     t.deepEqual(JSON.parse(tsvol(data, ['layer', 'ls', '--json']).out), []);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });

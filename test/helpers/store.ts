@@ -1,0 +1,33 @@
+/**
+ * Test helpers reading and planting metadata in a data root's tsvol.db directly (the state a crash leaves),
+ * on a connection of their own: SQLite's WAL lets them read while a server runs.
+ */
+import path from 'node:path';
+import Database from 'better-sqlite3';
+
+/** Runs `fn` on a connection to `data`/tsvol.db with foreign keys on, closed afterwards. */
+export function withDb<T>(data: string, fn: (db: Database.Database) => T): T {
+  const db = new Database(path.join(data, 'tsvol.db'));
+  try {
+    db.pragma('busy_timeout = 5000');
+    db.pragma('foreign_keys = ON');
+    return fn(db);
+  } finally {
+    db.close();
+  }
+}
+
+/** Every layer hold in the data root `data`, as `{ layer, holder }`, sorted. */
+export function layerHolds(data: string): { layer: string; holder: string }[] {
+  return withDb(data, (db) => db.prepare('SELECT layer, holder FROM layer_holds ORDER BY layer, holder').all() as { layer: string; holder: string }[]);
+}
+
+/** The holders of `layer` (a ChainID), sorted. */
+export function holdersOf(data: string, layer: string): string[] {
+  return withDb(data, (db) => db.prepare('SELECT holder FROM layer_holds WHERE layer = ? ORDER BY holder').pluck().all(layer) as string[]);
+}
+
+/** Plants a hold, as a process that crashed after holding a layer would leave it (no server running). */
+export function plantLayerHold(data: string, layer: string, holder: string): void {
+  withDb(data, (db) => db.prepare('INSERT OR IGNORE INTO layer_holds (layer, holder) VALUES (?, ?)').run(layer, holder));
+}
