@@ -27,7 +27,7 @@ import { createGroupCommitter, type GroupCommitter } from './group-commit.js';
 import type { Layout } from './layout.js';
 import type { ContainerRecord, LayerRecord, VolumeRecord } from './records.js';
 import { parseVolume } from './records.js';
-import { PRAGMAS, SCHEMA, STATEMENTS, opsOf, type Change } from './schema.js';
+import { PRAGMAS, READS, SCHEMA, STATEMENTS, opsOf, type Change } from './schema.js';
 
 export type { Change } from './schema.js';
 
@@ -96,8 +96,6 @@ interface LayerRow {
   created_at: string;
 }
 
-const LAYER_COLUMNS = 'id, diff_id, parent, size, files, created_at';
-
 function toLayer(row: LayerRow): LayerRecord {
   return { id: row.id, diffId: row.diff_id, parent: row.parent ?? undefined, size: row.size, files: row.files, createdAt: row.created_at };
 }
@@ -132,21 +130,22 @@ export function createMetaStore(layout: Layout): MetaStore {
   } catch (err) {
     throw wrapError(`open metadata database ${layout.dbFile}`, err);
   }
+  const prep = (sql: string) => db.prepare(sql);
   const q = {
-    layer: db.prepare(`SELECT ${LAYER_COLUMNS} FROM layers WHERE id = ?`),
-    layerRange: db.prepare(`SELECT ${LAYER_COLUMNS} FROM layers WHERE id >= ? AND id < ? ORDER BY id LIMIT ?`),
-    layerAll: db.prepare(`SELECT ${LAYER_COLUMNS} FROM layers`),
-    children: db.prepare('SELECT id FROM layers WHERE parent = ? ORDER BY id').pluck(),
-    diffUsers: db.prepare('SELECT count(*) FROM layers WHERE diff_id = ?').pluck(),
-    diffIds: db.prepare('SELECT DISTINCT diff_id FROM layers').pluck(),
-    tag: db.prepare('SELECT layer FROM tags WHERE name = ?').pluck(),
-    tagsOf: db.prepare('SELECT name FROM tags WHERE layer = ? ORDER BY name').pluck(),
-    tagAll: db.prepare('SELECT name, layer FROM tags ORDER BY name'),
-    holdsOf: db.prepare('SELECT holder FROM layer_holds WHERE layer = ? ORDER BY holder').pluck(),
-    holdAll: db.prepare('SELECT layer, holder FROM layer_holds ORDER BY layer, holder'),
-    container: db.prepare('SELECT record FROM containers WHERE name = ?').pluck(),
-    containersOn: db.prepare('SELECT name FROM containers WHERE base = ? ORDER BY name').pluck(),
-    containerAll: db.prepare('SELECT record FROM containers ORDER BY name').pluck(),
+    layer: prep(READS.layer),
+    layerRange: prep(READS.layerRange),
+    layerAll: prep(READS.layerAll),
+    children: prep(READS.children).pluck(),
+    diffUsers: prep(READS.diffUsers).pluck(),
+    diffIds: prep(READS.diffIds).pluck(),
+    tag: prep(READS.tag).pluck(),
+    tagsOf: prep(READS.tagsOf).pluck(),
+    tagAll: prep(READS.tagAll),
+    holdsOf: prep(READS.holdsOf).pluck(),
+    holdAll: prep(READS.holdAll),
+    container: prep(READS.container).pluck(),
+    containersOn: prep(READS.containersOn).pluck(),
+    containerAll: prep(READS.containerAll).pluck(),
   };
   const volumes = new Map<string, VolumeRecord>();
   const meta = new Map<string, string>();

@@ -97,6 +97,33 @@ export const STATEMENTS = {
   metaPut: 'INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)',
 } as const;
 
+const LAYER_COLUMNS = 'id, diff_id, parent, size, files, created_at';
+
+/**
+ * The reads, on the main thread's connection. Those that serve one operation are lookups on a key or an
+ * index (test/store-meta.test.ts checks their query plans): their cost never grows with the number of
+ * layers. The `*All` ones and diffIds are listings (`tsvol layer ls`, gc).
+ */
+export const READS = {
+  layer: `SELECT ${LAYER_COLUMNS} FROM layers WHERE id = ?`,
+  layerRange: `SELECT ${LAYER_COLUMNS} FROM layers WHERE id >= ? AND id < ? ORDER BY id LIMIT ?`,
+  children: 'SELECT id FROM layers WHERE parent = ? ORDER BY id',
+  diffUsers: 'SELECT count(*) FROM layers WHERE diff_id = ?',
+  tag: 'SELECT layer FROM tags WHERE name = ?',
+  tagsOf: 'SELECT name FROM tags WHERE layer = ? ORDER BY name',
+  holdsOf: 'SELECT holder FROM layer_holds WHERE layer = ? ORDER BY holder',
+  container: 'SELECT record FROM containers WHERE name = ?',
+  containersOn: 'SELECT name FROM containers WHERE base = ? ORDER BY name',
+  layerAll: `SELECT ${LAYER_COLUMNS} FROM layers`,
+  diffIds: 'SELECT DISTINCT diff_id FROM layers',
+  tagAll: 'SELECT name, layer FROM tags ORDER BY name',
+  holdAll: 'SELECT layer, holder FROM layer_holds ORDER BY layer, holder',
+  containerAll: 'SELECT record FROM containers ORDER BY name',
+} as const;
+
+/** The reads that serve one operation (not listings): each must be a key or index lookup. */
+export const POINT_READS = ['layer', 'layerRange', 'children', 'diffUsers', 'tag', 'tagsOf', 'holdsOf', 'container', 'containersOn'] as const;
+
 /** A statement name and its parameters: what a Change becomes on its way to the worker. */
 export interface Op {
   readonly s: keyof typeof STATEMENTS;
