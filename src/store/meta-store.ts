@@ -108,7 +108,9 @@ function parseContainer(json: string): ContainerRecord {
 /** What a refused change set becomes: a foreign key names a layer that is gone, or one still in use. */
 function refusal(changes: readonly Change[], err: SetError): Error {
   const what = changes.map((c) => c.op).join(', ');
-  if (err.code === 'SQLITE_CONSTRAINT_FOREIGNKEY') {
+  // RESTRICT reports SQLITE_CONSTRAINT_TRIGGER (SQLite implements the action as a trigger), a dangling
+  // reference SQLITE_CONSTRAINT_FOREIGNKEY; both say "FOREIGN KEY constraint failed".
+  if (err.code === 'SQLITE_CONSTRAINT_FOREIGNKEY' || /FOREIGN KEY constraint failed/.test(err.message)) {
     if (changes.some((c) => c.op === 'layer.delete')) {
       return new InUseError(`metadata change refused (${what}): a layer still held by a child, tag, hold or container cannot be deleted`);
     }
