@@ -25,15 +25,19 @@ export function openMetaStore(layout: Layout): { store: MetaStore; migration: Mi
 
 interface Shared {
   readonly store: MetaStore;
+  readonly migration: MigrationReport;
   refs: number;
 }
 const shared = new Map<string, Shared>();
 
-/** A reference to this process's store of `layout` (opened and migrated on first use) and its release. */
-export function acquireMetaStore(layout: Layout): { store: MetaStore; release: () => Promise<void> } {
+/**
+ * A reference to this process's store of `layout` (opened and migrated on first use), what that migration
+ * did, and the reference's release.
+ */
+export function acquireMetaStore(layout: Layout): { store: MetaStore; migration: MigrationReport; release: () => Promise<void> } {
   let entry = shared.get(layout.dbFile);
   if (entry === undefined) {
-    entry = { store: openMetaStore(layout).store, refs: 0 };
+    entry = { ...openMetaStore(layout), refs: 0 };
     shared.set(layout.dbFile, entry);
   }
   const held = entry;
@@ -41,6 +45,7 @@ export function acquireMetaStore(layout: Layout): { store: MetaStore; release: (
   let released = false;
   return {
     store: held.store,
+    migration: held.migration,
     async release() {
       if (released) return;
       released = true;

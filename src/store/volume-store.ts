@@ -5,7 +5,7 @@
  */
 import { fsyncDirShared } from '../sys/durable.js';
 import type { Layout } from './layout.js';
-import type { MetaStore } from './meta-store.js';
+import type { Change, MetaStore } from './meta-store.js';
 import { acquireMetaStore } from './open.js';
 import type { VolumeRecord } from './records.js';
 
@@ -19,11 +19,12 @@ export interface VolumeStore {
   /**
    * Inserts or replaces `record` durably; the cache changes only after the commit, to this very object.
    * `syncDirs` are fsynced first (shared with concurrent callers, src/sys/durable.ts): directories whose
-   * renames the record depends on.
+   * renames the record depends on. `also` commits with the record, atomically: a layered volume's
+   * holdChange (src/layers/layer-store.ts), so that the volume and its layer hold exist together or not.
    */
-  put(record: VolumeRecord, syncDirs?: readonly string[]): Promise<void>;
-  /** Deletes the record durably. */
-  delete(name: string): Promise<void>;
+  put(record: VolumeRecord, syncDirs?: readonly string[], also?: readonly Change[]): Promise<void>;
+  /** Deletes the record durably; `also` commits with it, atomically (e.g. releaseChange of its layer hold). */
+  delete(name: string, also?: readonly Change[]): Promise<void>;
   /** Small persistent key/value facts about the store (boot id). */
   getMeta(key: string): string | undefined;
   putMeta(key: string, value: string): Promise<void>;
@@ -46,12 +47,12 @@ export function volumeStoreOf(meta: MetaStore, onClose: () => Promise<void> = ()
     get size() {
       return meta.volumeCount;
     },
-    async put(record, syncDirs = []) {
+    async put(record, syncDirs = [], also = []) {
       await Promise.all(syncDirs.map(fsyncDirShared));
-      await meta.commit([{ op: 'volume.put', record }]);
+      await meta.commit([{ op: 'volume.put', record }, ...also]);
     },
-    async delete(name) {
-      await meta.commit([{ op: 'volume.delete', name }]);
+    async delete(name, also = []) {
+      await meta.commit([{ op: 'volume.delete', name }, ...also]);
     },
     getMeta: (key) => meta.getMeta(key),
     async putMeta(key, value) {

@@ -79,7 +79,7 @@ export function createLayeredVolumes(layout: Layout): LayeredVolumes {
     },
     async releaseOrphanHolds(isHeldBy) {
       let released = 0;
-      if (!fs.existsSync(path.join(layout.layersDir, 'holds'))) return 0; // the layer manager was never used
+      // One indexed query of the metadata store (0.1's holds/ files were imported by the migration).
       for (const { layer, holder } of layers().listHolds()) {
         const m = HOLDER.exec(holder);
         if (m === null || isHeldBy(m[1]!, layer)) continue;
