@@ -134,8 +134,8 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
   }
 
   /**
-   * Commit without copying data, for an overlay container nobody is using: under the layer store's lock,
-   * unmount it (refused if busy: then undefined, and the caller copies instead), hash its upper directory
+   * Commit without copying data, for an overlay container nobody is using: in the layer store's queue of
+   * mutations, unmount it (refused if busy: then undefined, and the caller copies instead), hash its upper directory
    * and publish it as the layer's directory by hard links, journal the switch in the record, then move
    * the container onto the new layer with a fresh, empty upper, and mount it again. Every step is either
    * undone or finished by settle() after a crash. Costs one read of the changes (for the DiffID) and one
@@ -154,7 +154,8 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
           if (rec.next !== undefined) throw new ConflictError(`container layer "${name}" is being committed by process ${rec.next.pid}`);
           const p = paths(rec);
           // Fresh uppers of commits killed before their journal: empty, and no other commit can be running
-          // (we hold the store lock and the record has no journal). Swept whichever way this commit goes, so
+          // (the layer store runs its mutations one at a time, in the one process that writes, and the record
+          // has no journal). Swept whichever way this commit goes, so
           // that a container in use, committed by copying, does not keep them either.
           for (const f of fs.readdirSync(p.base)) {
             if (f.startsWith('upper-') && f !== rec.upper) fs.rmSync(path.join(p.base, f), { recursive: true, force: true });
@@ -261,8 +262,8 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
       }
       // Copy driver: write the changes in overlay's upper form, commit them like overlay does, and rebase
       // the container (its merged tree is already the new layer's contents).
-      // A stage locked while it lives: written before the store lock is taken (importLayer takes it), so a
-      // gc in another process meanwhile sees a live owner and leaves it (sys/staging.ts).
+      // A stage locked while it lives: written before the layer store's queue is entered (importLayer
+      // enters it), so a gc meanwhile sees a live owner and leaves it (sys/staging.ts).
       const stage = await createStage(path.join(root, 'tmp'), `commit-${name}`);
       try {
         changesAsUpper(lowers(rec.from), paths(rec).merged, stage.dir);
