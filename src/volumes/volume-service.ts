@@ -31,23 +31,10 @@ import { validateMountId, validateName } from './names.js';
 import { parseOptions } from './options.js';
 import type { SizeBacking } from './size-limit.js';
 import { createUsageCache, type Usage } from './usage.js';
+import { createVolumeInfos, type VolumeInfo, type VolumeSummary } from './volume-info.js';
 
 export { hasOwnMount, holdCount };
-
-/** A volume as the driver reports it. */
-export interface VolumeInfo {
-  readonly name: string;
-  readonly mountpoint: string;
-  readonly createdAt: string;
-  readonly status: Readonly<Record<string, unknown>>;
-}
-
-/** A volume in a listing: what List needs, without the Status that only Get shows. */
-export interface VolumeSummary {
-  readonly name: string;
-  readonly mountpoint: string;
-  readonly createdAt: string;
-}
+export type { VolumeInfo, VolumeSummary };
 
 /** The volume driver's operations. */
 export interface VolumeService {
@@ -126,57 +113,18 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     if (kind.usageInStatus) usage.refresh(rec.name, kind.measure(rec, ctx));
   }
 
-  /** Records are immutable (every change stores a new one), so each one's info is built once. */
-  const infos = new WeakMap<VolumeRecord, VolumeInfo>();
-  /** Latest info per record with the usage figure it shows (figures are immutable objects, see usage.ts). */
-  const withUsage = new WeakMap<VolumeRecord, { usage: Usage; info: VolumeInfo }>();
-
-  function info(rec: VolumeRecord): VolumeInfo {
-    const base = baseInfo(rec);
-    const kind = kindOf(rec.spec);
-    const figure = kind.usageInStatus ? usage.peek(rec.name, kind.measure(rec, ctx)) : undefined;
-    if (figure === undefined) return base;
-    const memo = withUsage.get(rec);
-    if (memo !== undefined && memo.usage === figure) return memo.info;
-    const built = { ...base, status: { ...base.status, usage: { bytes: figure.bytes, files: figure.files, measured: figure.measured } } };
-    withUsage.set(rec, { usage: figure, info: built });
-    return built;
-  }
-
-  function baseInfo(rec: VolumeRecord): VolumeInfo {
-    const cached = infos.get(rec);
-    if (cached !== undefined) return cached;
-    const kind = kindOf(rec.spec);
-    const status: Record<string, unknown> = {
-      kind: kind.statusKind,
-      created: rec.createdAt,
-      mounts: holdCount(rec),
-      holders: [...rec.holds.keys()],
-      ...kind.describe(rec, ctx),
-    };
-    if (Object.keys(rec.options).length > 0) status.options = rec.options;
-    const built = { name: rec.name, mountpoint: mountpoints.of(rec), createdAt: rec.createdAt, status };
-    infos.set(rec, built);
-    return built;
-  }
+  const info = createVolumeInfos(ctx, mountpoints, usage);
 
   return {
     kinds: ctx,
     mountpoints,
-    layered: {
-      get layers() {
-        return ctx.layered.layers;
-      },
-      holderOf: (name) => ctx.layered.holderOf(name),
-      build: (files) => ctx.layered.build(files),
-      mount: (name, layer) => ctx.layered.mount(name, layer),
-      commitTree: (tree, parent) => ctx.layered.commitTree(tree, parent),
-      releaseOrphanHolds: (isHeldBy) => ctx.layered.releaseOrphanHolds(isHeldBy),
-      commit(rec, dataDir) {
+    // Not a spread: `layers` is a getter that opens the layer store on first use.
+    layered: Object.assign(Object.create(ctx.layered) as LayeredVolumes, {
+      commit(rec: VolumeRecord, dataDir: string | Beneath) {
         const diff = kindOf(rec.spec).diffOf(rec, ctx);
         return diff === undefined ? ctx.layered.commitTree(dataDir) : ctx.layered.commitTree(diff.dir, diff.parent);
       },
-    },
+    }),
 
     async create(name, opts) {
       validateName(name);
