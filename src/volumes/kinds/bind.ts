@@ -6,6 +6,7 @@
  * through the fd: Mount bind-mounts from it (the mountpoint is always a tsvol bind mount, binds/<name>
  * without TSVOL_MOUNTS, #9 §10a), a clone copies below it, usage is walked below it (only when asked).
  */
+import { Beneath } from '../../sys/beneath.js';
 import { bindMount } from '../../sys/mount.js';
 import { measureTree } from '../usage.js';
 import { ensureMountpointDir } from './common.js';
@@ -39,7 +40,19 @@ export const bind: VolumeKind<'bind'> = {
     // Pinned by an fd and re-checked against TSVOL_BIND_ROOTS (a symlink swapped in since Create is resolved
     // and refused), held open for the whole read: the reader works below that fd only (#9 §3).
     const pinned = ctx.bindRoots.pin(rec.spec.device);
-    return { source: pinned.fd, close: () => pinned.close() };
+    try {
+      const tree = Beneath.fromFd(pinned.fd, pinned.hostPath);
+      return {
+        tree,
+        close() {
+          tree.close();
+          pinned.close();
+        },
+      };
+    } catch (err) {
+      pinned.close();
+      throw err;
+    }
   },
   // Walked below the device pinned and re-checked against TSVOL_BIND_ROOTS, never by its path, which a
   // symlink swapped in since Create could send elsewhere (#9); and only when a user asks.

@@ -23,7 +23,9 @@ async function copyVolume(name: string, from: string, ctx: KindContext): Promise
   const copy = async (): Promise<Built> => {
     const contents = kind.contents(src, ctx);
     try {
-      return await buildInTmp(name, ctx, async (files) => void (await copyTreeInWorker(contents.source, files.data)));
+      // A pinned tree goes to the worker as its fd: the copy reads below it only.
+      const source = typeof contents.tree === 'string' ? contents.tree : contents.tree.fd;
+      return await buildInTmp(name, ctx, async (files) => void (await copyTreeInWorker(source, files.data)));
     } finally {
       contents.close();
     }

@@ -91,7 +91,7 @@ export const dataDirVolume = {
     return false; // no mount of its own
   },
   contents(rec: VolumeRecord, ctx: KindContext): Contents {
-    return { source: ctx.layout.dataDir(rec.name), close: () => undefined };
+    return { tree: ctx.layout.dataDir(rec.name), close: () => undefined };
   },
   measure(rec: VolumeRecord, ctx: KindContext) {
     return () => measureTree(ctx.layout.dataDir(rec.name));

@@ -16,6 +16,7 @@ import type { Config } from '../../config.js';
 import type { Logger } from '../../log.js';
 import type { Layout } from '../../store/layout.js';
 import type { VolumeRecord, VolumeSpec } from '../../store/volume-store.js';
+import type { Beneath } from '../../sys/beneath.js';
 import type { Stage } from '../../sys/staging.js';
 import type { BindRoots } from '../bind-roots.js';
 import type { Deleter } from '../deleter.js';
@@ -62,12 +63,13 @@ export interface Built {
 }
 
 /**
- * A volume's files for a read outside a Mount (a clone's copy): a path in the data root, or the fd of a
- * host directory pinned and checked against TSVOL_BIND_ROOTS, to be read only below that fd (#9 §3).
+ * A volume's files for a read outside a Mount (a clone's copy, an export, a commit): a path in the data
+ * root, or a host directory pinned by an fd and checked against TSVOL_BIND_ROOTS, to be read only below
+ * that fd (a Beneath; `.fd` for a worker thread), never by its path (#9 §3).
  */
 export interface Contents {
-  readonly source: string | number;
-  /** Closes the pinned fd, if any. */
+  readonly tree: string | Beneath;
+  /** Closes the pinned fds, if any. */
   close(): void;
 }
 
