@@ -12,7 +12,7 @@ import { isMountRoot } from '../../sys/libc.js';
 import { bindMountAsync, unmountAsync } from '../../sys/mount.js';
 import { createStage } from '../../sys/staging.js';
 import { measureTree } from '../usage.js';
-import { stageBuilt, type Built, type Contents, type KindContext, type VolumeKind } from './kind.js';
+import { type Built, type Contents, type KindContext, type VolumeKind } from './kind.js';
 
 /**
  * How long Remove waits for the builder of a volume (another process: a CLI import or clone) to release
@@ -65,7 +65,8 @@ export async function buildInTmp(name: string, ctx: KindContext, fill: (files: V
     await fill(volumeFiles(stage.dir));
     syncFilesystem(stage.dir);
     stage.rename(ctx.layout.volumeDir(name));
-    return stageBuilt(stage, ctx.layout.volumesDir);
+    // The rename into volumes/ is made durable with the record (Built.syncDirs).
+    return { syncDirs: [ctx.layout.volumesDir], release: () => stage.release(), remove: () => stage.remove() };
   } catch (err) {
     await stage.remove();
     throw err;

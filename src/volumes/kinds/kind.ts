@@ -17,7 +17,6 @@ import type { Logger } from '../../log.js';
 import type { Layout } from '../../store/layout.js';
 import type { VolumeRecord, VolumeSpec } from '../../store/volume-store.js';
 import type { Beneath } from '../../sys/beneath.js';
-import type { Stage } from '../../sys/staging.js';
 import type { BindRoots } from '../bind-roots.js';
 import type { Deleter } from '../deleter.js';
 import type { LayeredVolumes } from '../layered.js';
@@ -176,9 +175,4 @@ export interface VolumeKind<K extends KindName = KindName> {
    * cleared. Failures are logged, never returned: the record is gone and start-up collects the rest.
    */
   destroy(rec: RecordOf<K>, ctx: KindContext): Promise<void>;
-}
-
-/** A stage as Built (a directory built in tmp/ and renamed into volumes/, synced with the record). */
-export function stageBuilt(stage: Stage, volumesDir: string): Built {
-  return { syncDirs: [volumesDir], release: () => stage.release(), remove: () => stage.remove() };
 }
