@@ -6,7 +6,11 @@
  *                            command while no server runs
  *   control.sock             the server's control API (mode 0600): how the CLI reaches the running server, seen at
  *                            the same host path with the managed plugin (TSVOL_DATA is a bind of data.source)
- *   volumes/<name>/_data     a named volume's contents (moby's local-driver layout)
+ *   volumes/<name>/_data     a volume's contents (moby's local-driver layout); the mountpoint of a loop-backed
+ *                            sized volume's image and of a layered volume's overlay while held
+ *   volumes/<name>/disk.img  a loop-backed sized volume's sparse ext4 image (src/volumes/size-limit.ts)
+ *   volumes/<name>/upper     a layered volume's writes: overlay's upper directory (src/volumes/layered.ts)
+ *   volumes/<name>/work      a layered volume's overlay work directory
  *   tmp/new-<id>/            a volume directory being built; renamed into volumes/ when complete
  *   tmp/rm-<id>/             a removed volume's directory, being deleted in the background
  *   binds/<name>             without TSVOL_MOUNTS: a held bind-style volume's mountpoint, a bind mount of
@@ -19,6 +23,31 @@
  * the stages of dead processes, never a CLI import in flight.
  */
 import path from 'node:path';
+
+/**
+ * Paths inside one volume directory, wherever it is: volumes/<name>, or a stage in tmp/ being built
+ * (the same names, so that the rename into volumes/ moves a finished volume whole).
+ */
+export interface VolumeFiles {
+  /** _data: what containers see. */
+  readonly data: string;
+  /** disk.img: a loop-backed sized volume's ext4 image. */
+  readonly image: string;
+  /** upper: a layered volume's writes (overlay's upper directory). */
+  readonly upper: string;
+  /** work: a layered volume's overlay work directory (same filesystem as upper). */
+  readonly work: string;
+}
+
+/** The paths inside volume directory `dir` (see VolumeFiles). */
+export function volumeFiles(dir: string): VolumeFiles {
+  return {
+    data: path.join(dir, '_data'),
+    image: path.join(dir, 'disk.img'),
+    upper: path.join(dir, 'upper'),
+    work: path.join(dir, 'work'),
+  };
+}
 
 /** Paths inside one data root. */
 export interface Layout {
@@ -38,6 +67,10 @@ export interface Layout {
   volumeDir(name: string): string;
   /** volumes/<name>/_data: what containers see. */
   dataDir(name: string): string;
+  /** The paths inside volumes/<name> (VolumeFiles). */
+  filesOf(name: string): VolumeFiles;
+  /** tmp/rm-<id>: where a removed volume's directory is moved to be deleted in the background. */
+  removedDir(id: string): string;
 }
 
 /** Builds the layout of the data root `root`. Names must already be validated (no separators). */
@@ -54,6 +87,8 @@ export function createLayout(root: string): Layout {
     bindsDir: path.join(root, 'binds'),
     bindMountpoint: (name) => path.join(root, 'binds', name),
     volumeDir: (name) => path.join(volumesDir, name),
-    dataDir: (name) => path.join(volumesDir, name, '_data'),
+    dataDir: (name) => volumeFiles(path.join(volumesDir, name)).data,
+    filesOf: (name) => volumeFiles(path.join(volumesDir, name)),
+    removedDir: (id) => path.join(root, 'tmp', `rm-${id}`),
   };
 }

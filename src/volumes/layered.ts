@@ -18,8 +18,7 @@ import path from 'node:path';
 import { createLayerStore, type LayerRecord, type LayerStore } from '../layers/layer-store.js';
 import { createOverlayMounter, type OverlayMounter } from '../layers/overlay.js';
 import { writeTree } from '../layers/tar/writer.js';
-import type { Layout } from '../store/layout.js';
-import type { VolumeRecord } from '../store/volume-store.js';
+import type { Layout, VolumeFiles } from '../store/layout.js';
 import type { Beneath } from '../sys/beneath.js';
 import { isMountRoot } from '../sys/libc.js';
 
@@ -28,17 +27,16 @@ export interface LayeredVolumes {
   readonly layers: LayerStore;
   /** The holder name a volume's layer hold carries. */
   holderOf(name: string): string;
-  /** Makes the upper, work and (empty) merged directories in `dir`, a volume directory being built. */
-  build(dir: string): Promise<void>;
+  /** Makes the upper, work and (empty) merged directories of a volume directory being built. */
+  build(files: VolumeFiles): Promise<void>;
   /** Mounts the merged tree at volumes/<name>/_data (no-op when already mounted). */
   mount(name: string, layer: string): void;
-  /** The directory holding what was written to the volume (the volume's own usage). */
-  upperDir(name: string): string;
   /**
-   * A new read-only layer from a volume: a layered volume's upper directory on top of its layer (so the
-   * layer's whiteouts carry deletions), any other volume's files as a base layer.
+   * A new read-only layer from a volume's tree: a layered volume's upper directory on top of its layer
+   * `parent` (so the layer's whiteouts carry deletions; VolumeKind.diffOf), any other volume's files as a
+   * base layer.
    */
-  commit(rec: VolumeRecord, dataDir: string | Beneath): Promise<LayerRecord>;
+  commitTree(tree: string | Beneath, parent?: string): Promise<LayerRecord>;
   /** Releases holds named `volume "<x>"` whose volume no longer exists on that layer; returns how many. */
   releaseOrphanHolds(isHeldBy: (volume: string, layer: string) => boolean): Promise<number>;
 }
@@ -50,21 +48,20 @@ export function createLayeredVolumes(layout: Layout): LayeredVolumes {
   let store: LayerStore | undefined;
   let mounter: OverlayMounter | undefined;
   const layers = (): LayerStore => (store ??= createLayerStore(layout.layersDir));
-  const dirs = (name: string) => ({
-    upper: path.join(layout.volumeDir(name), 'upper'),
-    work: path.join(layout.volumeDir(name), 'work'),
-    merged: layout.dataDir(name),
-  });
+  const dirs = (name: string) => {
+    const files = layout.filesOf(name);
+    return { upper: files.upper, work: files.work, merged: files.data };
+  };
 
   return {
     get layers() {
       return layers();
     },
     holderOf: (name) => `volume "${name}"`,
-    async build(dir) {
-      await fs.promises.mkdir(path.join(dir, 'upper'), { mode: 0o755 });
-      await fs.promises.mkdir(path.join(dir, 'work'), { mode: 0o700 });
-      await fs.promises.mkdir(path.join(dir, '_data'), { mode: 0o755 });
+    async build(files) {
+      await fs.promises.mkdir(files.upper, { mode: 0o755 });
+      await fs.promises.mkdir(files.work, { mode: 0o700 });
+      await fs.promises.mkdir(files.data, { mode: 0o755 });
     },
     mount(name, layer) {
       const d = dirs(name);
@@ -72,10 +69,8 @@ export function createLayeredVolumes(layout: Layout): LayeredVolumes {
       mounter ??= createOverlayMounter(layout.layersDir, layers());
       mounter.mount(layer, d);
     },
-    upperDir: (name) => dirs(name).upper,
-    async commit(rec, dataDir) {
-      if (rec.spec.kind === 'layered') return layers().importLayer(writeTree(dirs(rec.name).upper), rec.spec.layer);
-      return layers().importLayer(writeTree(dataDir));
+    async commitTree(tree, parent) {
+      return layers().importLayer(writeTree(tree), parent);
     },
     async releaseOrphanHolds(isHeldBy) {
       let released = 0;

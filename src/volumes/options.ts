@@ -1,21 +1,21 @@
 /**
- * Create options → a validated VolumeSpec. Unknown keys and bad values are refused with an error that
- * names the key, before anything is created. The local driver's spelling of bind volumes
+ * Create options → validated ParsedOptions, one variant per volume kind; the kind turns its variant into
+ * the stored VolumeSpec (VolumeKind.plan in src/volumes/kinds/). Unknown keys and bad values are refused
+ * with an error that names the key, before anything is created. The local driver's spelling of bind volumes
  * (`type=none,o=bind,device=...`) is accepted so compose files move between drivers unchanged.
  */
 import { InvalidArgumentError } from '../errors.js';
-import type { VolumeSpec } from '../store/volume-store.js';
 
 /** Options a Create may carry. */
 export const SUPPORTED_OPTIONS = ['uid', 'gid', 'mode', 'type', 'o', 'device', 'size', 'from', 'layer'] as const;
 
-/** A bind-style request before its device is checked against the allowlist. */
+/** Validated Create options, by kind: what the caller asked for, before the kind's plan fills in the rest. */
 export type ParsedOptions =
   | { readonly kind: 'named'; readonly uid?: number; readonly gid?: number; readonly mode?: number }
   | { readonly kind: 'bind'; readonly device: string }
   | { readonly kind: 'sized'; readonly limit: number; readonly uid?: number; readonly gid?: number; readonly mode?: number }
   | { readonly kind: 'clone'; readonly from: string }
-  /** `layer` as given (an ID, a unique prefix or a tag): the service resolves it to a ChainID. */
+  /** `layer` as given (an ID, a unique prefix or a tag): the layered kind resolves it to a ChainID. */
   | { readonly kind: 'layered'; readonly layer: string };
 
 /** The smallest size= accepted: an ext4 image below this has no room for its own metadata. */
@@ -135,12 +135,4 @@ export function parseOptions(opts: ReadonlyMap<string, string>): ParsedOptions {
     throw new InvalidArgumentError(`invalid option device=${JSON.stringify(device)}: must be an absolute path`);
   }
   return { kind: 'bind', device };
-}
-
-/** Narrows a parsed spec to what the store keeps. */
-export function toSpec(parsed: ParsedOptions, resolvedDevice?: string): VolumeSpec {
-  if (parsed.kind === 'named' || parsed.kind === 'clone') return parsed;
-  if (parsed.kind === 'sized') throw new Error('toSpec: a sized volume needs its backing chosen by the service');
-  if (parsed.kind === 'layered') throw new Error('toSpec: a layered volume needs its layer resolved by the service');
-  return { kind: 'bind', device: resolvedDevice ?? parsed.device };
 }

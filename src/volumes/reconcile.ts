@@ -26,21 +26,25 @@ import { unmount } from '../sys/mount.js';
 import { mountsUnder, readMounts } from '../sys/mountinfo.js';
 import { makePrivateDir, reportPrivateDir } from '../sys/private-dir.js';
 import { claimDir, sweepStages } from '../sys/staging.js';
-import { hasOwnMount, holdCount, type VolumeInternals } from './volume-service.js';
+import { holdCount } from './holds.js';
+import { kindOf } from './kinds/index.js';
 import { CLI_HOLD_PREFIX } from './volume-ops.js';
+import type { VolumeMechanics } from './volume-service.js';
 
 /** What reconciliation needs. */
 export interface ReconcileDeps {
   readonly layout: Layout;
   readonly store: VolumeStore;
   readonly mountsRoot: string | undefined;
-  readonly service: VolumeInternals;
+  /** The service's kinds and mountpoints (VolumeService's own contract, src/volumes/kinds/kind.ts). */
+  readonly service: VolumeMechanics;
   readonly log: Logger;
 }
 
 /** Repairs the data root; returns counts for the start-up log line. */
 export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<string, number>> {
-  const { layout, store, mountsRoot, service, log } = deps;
+  const { layout, store, mountsRoot, log } = deps;
+  const { kinds: ctx, mountpoints } = deps.service;
   const stats = { debris: 0, liveStages: 0, orphans: 0, droppedHolds: 0, remounted: 0, staleMounts: 0, layerHolds: 0 };
   fs.mkdirSync(layout.tmpDir, { recursive: true, mode: 0o700 });
   fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o701 });
@@ -85,7 +89,7 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
       claim.release();
       continue;
     }
-    if (await service.deleteInBackground(claim, name)) {
+    if (await ctx.deleter.delete(claim, name)) {
       stats.orphans++;
       log.info({ volume: name }, 'deleting directory of a volume that was never committed');
     }
@@ -123,35 +127,38 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
   // held (#6): one left mounted with no holder (a crash mid-Unmount or mid-clone, or holds dropped above)
   // is unmounted, which also detaches a loop device (autoclear).
   for (const rec of store.list()) {
-    if (!hasOwnMount(rec.spec) || holdCount(rec) > 0) continue;
+    const kind = kindOf(rec.spec);
+    if (!kind.hasOwnMount(rec.spec) || holdCount(rec) > 0) continue;
     try {
-      if (await service.unmountOwn(rec)) stats.staleMounts++;
+      if (await kind.release(rec, ctx)) stats.staleMounts++;
     } catch (err) {
       log.warn({ volume: rec.name, err: describeError(err) }, 'could not unmount stale volume mount');
     }
   }
 
-  // A layer hold whose volume was never committed (a crash mid-Create) or is gone (mid-Remove) is released.
+  // A layer hold whose volume was never committed (a crash mid-Create) or is gone (mid-Remove) is released:
+  // a volume's holds are the LinkedChanges of its record (kinds/linked.ts).
   try {
-    stats.layerHolds = await service.layered.releaseOrphanHolds((volume, layer) => {
-      const spec = store.get(volume)?.spec;
-      return spec?.kind === 'layered' && spec.layer === layer;
+    stats.layerHolds = await ctx.layered.releaseOrphanHolds((volume, layer) => {
+      const rec = store.get(volume);
+      return rec !== undefined && kindOf(rec.spec).linked(rec, ctx).some((c) => c.type === 'layerHold' && c.layer === layer);
     });
   } catch (err) {
     log.warn({ err: describeError(err) }, 'could not release orphan layer holds');
   }
 
-  // Mountpoints tsvol makes: every volume's under TSVOL_MOUNTS, else bind-style volumes' under binds/
-  // (#9 §10a). Both roots are root-only (#9 §5); one left open by an older version is closed now.
+  // Mountpoints tsvol makes (mountpoints.ts): every volume's under TSVOL_MOUNTS, else those of kinds with a
+  // privateMountpoint (bind-style volumes) under binds/ (#9 §10a). Both roots are root-only (#9 §5); one
+  // left open by an older version is closed now.
   if (mountsRoot !== undefined) {
     reportPrivateDir(log, 'mounts root', mountsRoot, makePrivateDir(mountsRoot));
-    await sweepMountpoints(mountsRoot, () => true, (rec) => path.join(mountsRoot, rec.name));
+    await sweepMountpoints(mountsRoot, () => true);
   }
   // binds/ is swept even under TSVOL_MOUNTS: mounts left there by a run without it are stale.
-  const bindsUsed = (rec: VolumeRecord): boolean => mountsRoot === undefined && rec.spec.kind === 'bind';
+  const bindsUsed = (rec: VolumeRecord): boolean => mountsRoot === undefined && kindOf(rec.spec).privateMountpoint;
   if (mountsRoot === undefined || fs.existsSync(layout.bindsDir)) {
     reportPrivateDir(log, 'bind mountpoints', layout.bindsDir, makePrivateDir(layout.bindsDir));
-    await sweepMountpoints(layout.bindsDir, bindsUsed, (rec) => layout.bindMountpoint(rec.name));
+    await sweepMountpoints(layout.bindsDir, bindsUsed);
   }
   return stats;
 
@@ -160,7 +167,7 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
    * unmounted, a directory whose volume is gone (or lives elsewhere) is removed, and a held volume whose
    * mount is missing (a restarted plugin after a crash) is mounted again.
    */
-  async function sweepMountpoints(dir: string, uses: (rec: VolumeRecord) => boolean, mountpointOf: (rec: VolumeRecord) => string): Promise<void> {
+  async function sweepMountpoints(dir: string, uses: (rec: VolumeRecord) => boolean): Promise<void> {
     for (const name of fs.readdirSync(dir)) {
       const mp = path.join(dir, name);
       const found = store.get(name);
@@ -180,9 +187,9 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
       }
     }
     for (const rec of store.list()) {
-      if (!uses(rec) || holdCount(rec) === 0 || mounted.has(mountpointOf(rec))) continue;
+      if (!uses(rec) || holdCount(rec) === 0 || mounted.has(mountpoints.of(rec))) continue;
       try {
-        await service.establish(rec);
+        await mountpoints.establish(rec);
         stats.remounted++;
       } catch (err) {
         log.error({ volume: rec.name, err: describeError(err) }, 'could not re-establish mount for held volume');

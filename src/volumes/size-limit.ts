@@ -13,13 +13,9 @@
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 import { errnoCode, describeError, UnavailableError } from '../errors.js';
 import { ioctlBuf, isMountRoot, quotactlFd } from '../sys/libc.js';
 import { mountLoopImage } from '../sys/loop.js';
-
-/** volumes/<name>/disk.img: a loop-backed volume's ext4 image. */
-export const IMAGE_FILE = 'disk.img';
 
 /** How sized volumes are made on this data root, and why. */
 export interface SizeBacking {
@@ -130,12 +126,11 @@ function run(cmd: string, args: readonly string[]): Promise<string> {
 }
 
 /**
- * Makes `dir`/disk.img: a sparse file of `limit` bytes holding an empty ext4 whose root has the given owner
+ * Makes `image` (a volume's disk.img, Layout's VolumeFiles): a sparse file of `limit` bytes holding an empty ext4 whose root has the given owner
  * and mode. No reserved blocks (-m 0): the whole limit is the volume's. Costs ~10 ms and only the
  * metadata's blocks on disk.
  */
-export async function makeImage(dir: string, limit: number, owner: { uid?: number; gid?: number; mode?: number }): Promise<void> {
-  const image = path.join(dir, IMAGE_FILE);
+export async function makeImage(image: string, limit: number, owner: { uid?: number; gid?: number; mode?: number }): Promise<void> {
   const fd = fs.openSync(image, 'wx', 0o600);
   try {
     fs.ftruncateSync(fd, limit);
@@ -152,12 +147,12 @@ export async function makeImage(dir: string, limit: number, owner: { uid?: numbe
 }
 
 /**
- * Loop-mounts `dir`/disk.img on `dir`/_data, with loop devices from `devDir` (autoclear: the loop device
+ * Loop-mounts the ext4 `image` on `data`, with loop devices from `devDir` (autoclear: the loop device
  * goes with the mount; src/sys/loop.ts).
  */
-export async function mountImage(dir: string, data: string, devDir: string): Promise<void> {
+export async function mountImage(image: string, data: string, devDir: string): Promise<void> {
   if (isMountRoot(data)) return; // still mounted (a restarted server keeps its held volumes' mounts)
-  await mountLoopImage(path.join(dir, IMAGE_FILE), data, 'ext4', devDir);
+  await mountLoopImage(image, data, 'ext4', devDir);
 }
 
 /** Used bytes and inodes of a mounted image (statfs: O(1)). */
@@ -167,8 +162,8 @@ export function mountedUsage(data: string): { bytes: number; files: number } {
 }
 
 /** Used bytes and inodes of an unmounted image, from its superblock (dumpe2fs -h). */
-export async function imageUsage(dir: string): Promise<{ bytes: number; files: number }> {
-  const out = await run('dumpe2fs', ['-h', path.join(dir, IMAGE_FILE)]);
+export async function imageUsage(image: string): Promise<{ bytes: number; files: number }> {
+  const out = await run('dumpe2fs', ['-h', image]);
   const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(out)?.[1] ?? NaN);
   return {
     bytes: (field('Block count') - field('Free blocks')) * field('Block size'),

@@ -1,0 +1,116 @@
+/**
+ * What several kinds share: the volume directory volumes/<name> with its _data (every kind but bind),
+ * building it whole in tmp/, bind-mounting it, reading, measuring and deleting it. A kind spreads
+ * `dataDirVolume` and overrides what differs.
+ */
+import fs from 'node:fs';
+import { InUseError, errnoCode } from '../../errors.js';
+import { volumeFiles, type VolumeFiles } from '../../store/layout.js';
+import type { VolumeRecord } from '../../store/volume-store.js';
+import { syncFilesystem } from '../../sys/durable.js';
+import { isMountRoot } from '../../sys/libc.js';
+import { bindMountAsync, unmountAsync } from '../../sys/mount.js';
+import { createStage } from '../../sys/staging.js';
+import { measureTree } from '../usage.js';
+import { type Built, type Contents, type KindContext, type VolumeKind } from './kind.js';
+
+/**
+ * How long Remove waits for the builder of a volume (another process: a CLI import or clone) to release
+ * the directory's lock after committing its record: only the few instructions between that commit and
+ * the release.
+ */
+export const RELEASE_WAIT_MS = 5000;
+
+/** isMountRoot, with a missing path counted as not mounted. */
+export function isMountRootOrMissing(p: string): boolean {
+  try {
+    return isMountRoot(p);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+/**
+ * Makes a mountpoint directory. It lives as long as the volume (made on first Mount, removed by Remove),
+ * so a Mount/Unmount cycle costs a bind and an unmount, not also a mkdir and an rmdir (~150 µs each here).
+ */
+export async function ensureMountpointDir(mp: string): Promise<void> {
+  await fs.promises.mkdir(mp, { mode: 0o755 }).catch((err: unknown) => {
+    // EEXIST: made by an earlier Mount, the usual case.
+    if (errnoCode(err) !== 'EEXIST') throw err;
+  });
+}
+
+/** Bind-mounts `source` at `mp`, making the mountpoint directory the first time. */
+export async function bindAt(source: string, mp: string): Promise<void> {
+  try {
+    await bindMountAsync(source, mp);
+  } catch (err) {
+    if (errnoCode(err) !== 'ENOENT' || !fs.existsSync(source)) throw err; // ENOENT with a source: no mountpoint dir yet
+    await ensureMountpointDir(mp);
+    await bindMountAsync(source, mp);
+  }
+}
+
+/**
+ * Builds a volume's directory whole in a stage tmp/new-*, flushes it, and renames it to volumes/<name>.
+ * A crash at any instant leaves either that directory or debris start-up deletes. The stage stays locked
+ * after the rename: the service releases it once the record is committed, so a server starting meanwhile
+ * (this may be the CLI) never deletes it as record-less (sys/staging.ts).
+ */
+export async function buildInTmp(name: string, ctx: KindContext, fill: (files: VolumeFiles) => Promise<void>): Promise<Built> {
+  const stage = await createStage(ctx.layout.tmpDir, 'new', 0o701);
+  try {
+    await fill(volumeFiles(stage.dir));
+    syncFilesystem(stage.dir);
+    stage.rename(ctx.layout.volumeDir(name));
+    // The rename into volumes/ is made durable with the record (Built.syncDirs).
+    return { syncDirs: [ctx.layout.volumesDir], release: () => stage.release(), remove: () => stage.remove() };
+  } catch (err) {
+    await stage.remove();
+    throw err;
+  }
+}
+
+/** Unmounts a volume's own mount on its _data (an image's unmount also detaches its loop device, by autoclear). */
+export function unmountData(rec: VolumeRecord, ctx: KindContext): Promise<boolean> {
+  return unmountAsync(ctx.layout.dataDir(rec.name));
+}
+
+/** The members shared by kinds whose files live in volumes/<name>/_data, a directory tsvol made. */
+export const dataDirVolume = {
+  privateMountpoint: false,
+  linked: () => [],
+  async establish() {
+    // Built whole in tmp/ and made durable before its record: the directory is there.
+  },
+  async bindTo(rec: VolumeRecord, mp: string, ctx: KindContext) {
+    await bindAt(ctx.layout.dataDir(rec.name), mp);
+  },
+  async release() {
+    return false; // no mount of its own
+  },
+  contents(rec: VolumeRecord, ctx: KindContext): Contents {
+    return { tree: ctx.layout.dataDir(rec.name), close: () => undefined };
+  },
+  measure(rec: VolumeRecord, ctx: KindContext) {
+    return () => measureTree(ctx.layout.dataDir(rec.name));
+  },
+  usageInStatus: true,
+  diffOf: () => undefined,
+  describe(rec: VolumeRecord, ctx: KindContext): Record<string, unknown> {
+    return { path: ctx.layout.dataDir(rec.name) };
+  },
+  checkRemovable(rec: VolumeRecord, ctx: KindContext) {
+    // O(1) checks (statx), not a scan of every mount on the host. Mounts deeper inside are never crossed
+    // either: the background deleter leaves them and what holds them (src/sys/remove.ts).
+    for (const p of [ctx.layout.volumeDir(rec.name), ctx.layout.dataDir(rec.name)]) {
+      if (isMountRootOrMissing(p)) throw new InUseError(`volume "${rec.name}" has something mounted on ${p}; unmount it first`);
+    }
+  },
+  async destroy(rec: VolumeRecord, ctx: KindContext) {
+    // The record existed, so whoever built the directory has committed it and is releasing its lock now.
+    await ctx.deleter.delete(ctx.layout.volumeDir(rec.name), rec.name, RELEASE_WAIT_MS);
+  },
+} satisfies Omit<VolumeKind, 'statusKind' | 'hasOwnMount' | 'plan' | 'build'>;

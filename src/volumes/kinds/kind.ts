@@ -1,0 +1,178 @@
+/**
+ * The contract every volume kind implements (containerd's snapshotter per driver, moby's driver per type).
+ * The service (src/volumes/volume-service.ts) owns what is common to all kinds: names, options dispatch,
+ * per-volume locks, holds, and the order of disk work and commits that makes a crash at any instant
+ * repairable. A kind owns the disk work of its volumes and nothing else:
+ *
+ *   Create   plan → build → (service commits the record with `linked`) → stage released
+ *   Mount    establish (first holder) → (service binds the mountpoint, commits the hold)
+ *   Unmount  (service commits the release, unmounts the mountpoint) → release (last holder)
+ *   Remove   release (a mount left by a crash) → checkRemovable → (service deletes the record) → destroy
+ *
+ * A new kind is one file in this directory and one line in KINDS (./index.ts). Kinds never import each
+ * other or the table: what one needs of another volume (a clone's source) comes through KindContext.
+ */
+import type { Config } from '../../config.js';
+import type { Logger } from '../../log.js';
+import type { Layout } from '../../store/layout.js';
+import type { VolumeRecord, VolumeSpec } from '../../store/volume-store.js';
+import type { Beneath } from '../../sys/beneath.js';
+import type { BindRoots } from '../bind-roots.js';
+import type { Deleter } from '../deleter.js';
+import type { LayeredVolumes } from '../layered.js';
+import type { ParsedOptions } from '../options.js';
+import type { SizeBacking } from '../size-limit.js';
+
+/** A spec kind: the key of KINDS and the `kind` of every stored spec. */
+export type KindName = VolumeSpec['kind'];
+
+/** The stored spec of kind K. */
+export type SpecOf<K extends KindName> = Extract<VolumeSpec, { readonly kind: K }>;
+
+/** A record whose spec is of kind K. */
+export type RecordOf<K extends KindName> = VolumeRecord & { readonly spec: SpecOf<K> };
+
+/** Bytes and files a volume uses, as one measurement finds them. */
+export type Measure = () => Promise<{ bytes: number; files: number }>;
+
+/**
+ * A change that lives exactly as long as a volume's record: made before the record is committed, undone
+ * after it is deleted (today: a layered volume's hold on its layer, in the layer store). Applied in one
+ * place (./linked.ts), so that committing it in the record's own transaction is a change there alone.
+ */
+export interface LinkedChange {
+  readonly type: 'layerHold';
+  /** The layer's ChainID. */
+  readonly layer: string;
+  /** The holder name (LayeredVolumes.holderOf). */
+  readonly holder: string;
+}
+
+/** What a build left on disk: released once the record is committed, removed if the commit fails. */
+export interface Built {
+  /**
+   * Directories whose entries the record's commit must make durable first (a stage renamed into
+   * volumes/). None for a named volume: its empty directory is rebuilt by establish if power loss takes it.
+   */
+  readonly syncDirs?: readonly string[];
+  /** The record is committed: drop the build's lock (Stage.release). Idempotent. */
+  release(): void;
+  /** The record could not be committed: delete what the build made. */
+  remove(): Promise<unknown>;
+}
+
+/**
+ * A volume's files for a read outside a Mount (a clone's copy, an export, a commit): a path in the data
+ * root, or a host directory pinned by an fd and checked against TSVOL_BIND_ROOTS, to be read only below
+ * that fd (a Beneath; `.fd` for a worker thread), never by its path (#9 §3).
+ */
+export interface Contents {
+  readonly tree: string | Beneath;
+  /** Closes the pinned fds, if any. */
+  close(): void;
+}
+
+/** What kinds get from the service: shared state and the few service operations they need. */
+export interface KindContext {
+  readonly config: Config;
+  readonly layout: Layout;
+  readonly log: Logger;
+  /** The TSVOL_BIND_ROOTS allowlist (pins and checks bind-style devices). */
+  readonly bindRoots: BindRoots;
+  /** The layer manager, opened lazily (layered volumes). */
+  readonly layered: LayeredVolumes;
+  /** How sized volumes are made here; probed on first use, never at start-up. */
+  sizeBacking(): SizeBacking;
+  /** The host's devtmpfs, for loop devices (the managed plugin's own /dev has no loop nodes; sys/loop.ts). */
+  readonly devDir: string;
+  /** The process umask, read once (mkdir's mode is masked by it). */
+  readonly umask: number;
+  /** Moves volume directories to tmp/ and deletes them in the background. */
+  readonly deleter: Deleter;
+  /** The record of volume `name`, or NotFoundError (a clone's source). */
+  mustGet(name: string): VolumeRecord;
+  /** Runs `work` under volume `name`'s per-volume lock (a clone's source while it is mounted for the copy). */
+  withLock<T>(name: string, work: () => Promise<T>): Promise<T>;
+  /** The kind of another volume's spec (a clone's source): kinds never import the table. */
+  kindOf(spec: { readonly kind: KindName }): VolumeKind;
+}
+
+/**
+ * One kind of volume. Methods get records of their own kind only (the table dispatches on spec.kind);
+ * they are declared as methods so that the table can hold every kind under one type.
+ */
+export interface VolumeKind<K extends KindName = KindName> {
+  /** What Status shows as `kind` (#6): named, bind, sized, clone-of, layered. */
+  readonly statusKind: string;
+  /**
+   * True when the volume's files are its own filesystem, visible only while a mount of its own is up on
+   * _data (a loop-backed sized volume's ext4 image, a layered volume's overlay): mounted by establish,
+   * unmounted by release, so it exists exactly while the volume is held.
+   */
+  hasOwnMount(spec: SpecOf<K>): boolean;
+  /**
+   * True when the volume's mountpoint is always a bind mount tsvol makes (binds/<name> without
+   * TSVOL_MOUNTS): its source cannot be handed to dockerd as a path (a host directory that could be
+   * swapped for a symlink, #9 §10a). Otherwise, without TSVOL_MOUNTS, the mountpoint is its _data.
+   */
+  readonly privateMountpoint: boolean;
+  /**
+   * The spec for a Create's validated options: chooses what they leave open (a size backing and project
+   * ID, a layer's ChainID for a tag) and checks what they name (a device against TSVOL_BIND_ROOTS, a
+   * layer that exists). Nothing on disk: a Create refused here leaves nothing to undo.
+   */
+  plan(name: string, parsed: Extract<ParsedOptions, { readonly kind: K }>, ctx: KindContext): Promise<SpecOf<K>>;
+  /** Changes made with the record and undone after it is deleted (LinkedChange); none for most kinds. */
+  linked(rec: RecordOf<K>, ctx: KindContext): readonly LinkedChange[];
+  /**
+   * Disk work before the record is committed. A directory built whole in tmp/ and renamed into volumes/
+   * (buildInTmp) stays locked until Built.release, so that no other process deletes it as record-less
+   * meanwhile (sys/staging.ts). On failure leaves nothing behind.
+   */
+  build(rec: RecordOf<K>, ctx: KindContext): Promise<Built>;
+  /**
+   * First holder: makes the files visible at the volume's source, its _data (its own mount; a named
+   * volume's directory rebuilt if power loss took it). The service then binds the mountpoint if it has one.
+   */
+  establish(rec: RecordOf<K>, ctx: KindContext): Promise<void>;
+  /**
+   * Binds the volume's files at `mountpoint` (TSVOL_MOUNTS, or privateMountpoint), after establish.
+   * A bind-style volume binds its device pinned by an fd, never by its path (#9 §10a).
+   */
+  bindTo(rec: RecordOf<K>, mountpoint: string, ctx: KindContext): Promise<void>;
+  /**
+   * Undoes establish (last holder gone, or a stale mount after a crash): unmounts the volume's own mount;
+   * false if nothing was mounted. Throws on failure: the caller logs or refuses.
+   */
+  release(rec: RecordOf<K>, ctx: KindContext): Promise<boolean>;
+  /** The volume's files for a read outside a Mount (see Contents); a volume with its own mount must be established. */
+  contents(rec: RecordOf<K>, ctx: KindContext): Contents;
+  /**
+   * How to measure what the volume uses: its quota's or image's own accounting where there is one, else a
+   * walk (a bind-style volume's below its pinned device, never by its path).
+   */
+  measure(rec: RecordOf<K>, ctx: KindContext): Measure;
+  /**
+   * True when Status shows the volume's usage, measured in the background (after the last Unmount, or a
+   * Get of a stale figure). False for a host directory: not ours to walk unasked; it is measured only when
+   * a user asks (`tsvol volume inspect`).
+   */
+  readonly usageInStatus: boolean;
+  /**
+   * What a commit to a layer reads when it is not the volume's whole tree: a layered volume's own writes
+   * (its upper directory) on top of its layer, read without mounting it. Undefined: the whole tree.
+   */
+  diffOf(rec: RecordOf<K>, ctx: KindContext): { readonly dir: string; readonly parent: string } | undefined;
+  /** Kind-specific Status fields, in display order: device or path, limit and sizeBacking, from, layer. */
+  describe(rec: RecordOf<K>, ctx: KindContext): Record<string, unknown>;
+  /**
+   * Before Remove deletes the record (its mounts are already gone): throws InUseError when the volume's
+   * files cannot be deleted now (something mounted on its directory).
+   */
+  checkRemovable(rec: RecordOf<K>, ctx: KindContext): void;
+  /**
+   * After Remove deleted the record: the volume's directory to the background deleter, its quota limit
+   * cleared. Failures are logged, never returned: the record is gone and start-up collects the rest.
+   */
+  destroy(rec: RecordOf<K>, ctx: KindContext): Promise<void>;
+}

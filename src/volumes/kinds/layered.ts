@@ -1,0 +1,31 @@
+/**
+ * Layered volumes (`layer=ID|TAG`, #6): copy-on-write on a layer chain, src/volumes/layered.ts. The
+ * volume holds its layer for as long as its record exists (a LinkedChange), so `tsvol layer rm` and `gc`
+ * can never take a layer from under a volume. Only what was written (the upper directory) is its usage.
+ */
+import { measureTree } from '../usage.js';
+import { buildInTmp, dataDirVolume, unmountData } from './common.js';
+import type { VolumeKind } from './kind.js';
+
+/** The layered kind. */
+export const layered: VolumeKind<'layered'> = {
+  ...dataDirVolume,
+  statusKind: 'layered',
+  hasOwnMount: () => true,
+  async plan(_name, parsed, ctx) {
+    // A tag or prefix names a ChainID now; the record keeps the ID, which never changes meaning. The
+    // hold is taken with the record (linked), so a layer removed meanwhile fails the Create there.
+    return { kind: 'layered', layer: ctx.layered.layers.resolve(parsed.layer).id };
+  },
+  linked: (rec, ctx) => [{ type: 'layerHold', layer: rec.spec.layer, holder: ctx.layered.holderOf(rec.name) }],
+  build: (rec, ctx) => buildInTmp(rec.name, ctx, (files) => ctx.layered.build(files)),
+  async establish(rec, ctx) {
+    ctx.layered.mount(rec.name, rec.spec.layer);
+  },
+  // The overlay goes with the last holder.
+  release: unmountData,
+  // A layered volume costs what was written to it: its upper directory, not the layer's files.
+  measure: (rec, ctx) => () => measureTree(ctx.layout.filesOf(rec.name).upper),
+  diffOf: (rec, ctx) => ({ dir: ctx.layout.filesOf(rec.name).upper, parent: rec.spec.layer }),
+  describe: (rec, ctx) => ({ path: ctx.layout.dataDir(rec.name), layer: rec.spec.layer }),
+};
