@@ -32,7 +32,7 @@ import { applyMetaFd, keptXattrs, metaOf, OPAQUE_XATTR, XATTRS, type EntryMeta }
 import { SyscallError } from '../sys/libc.js';
 import { Coalescer } from './tar/coalesce.js';
 import { mtimeNsOf, type TarHeader } from './tar/format.js';
-import type { TarReader } from './tar/reader.js';
+import type { EntrySource } from './tar/reader.js';
 
 /** Names of OCI whiteouts. */
 export const WHITEOUT_PREFIX = '.wh.';
@@ -227,7 +227,7 @@ class ParentDir {
  * `whiteouts` says whether `.wh.` names are overlay whiteouts (layers, the default) or plain names
  * (volume archives).
  */
-export async function unpackLayer(reader: TarReader, root: string, splitFd: number, opts: UnpackOptions = {}): Promise<UnpackStats> {
+export async function unpackLayer(reader: EntrySource, root: string, splitFd: number, opts: UnpackOptions = {}): Promise<UnpackStats> {
   const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
   const split = new SplitWriter(splitFd);
   const tree = Beneath.open(root);
@@ -373,7 +373,7 @@ function setDirTime(tree: Beneath, rel: string, mtimeNs: bigint): void {
  * directory, and nothing unpacked. Whiteouts and opaque markers have no body there: the directory keeps
  * them in overlay's form.
  */
-export async function splitOnly(reader: TarReader, splitFd: number): Promise<UnpackStats> {
+export async function splitOnly(reader: EntrySource, splitFd: number): Promise<UnpackStats> {
   const split = new SplitWriter(splitFd);
   const stats: UnpackStats = { size: 0, files: 0 };
   for (let entry = await reader.next(); entry !== undefined; entry = await reader.next()) {
