@@ -11,7 +11,7 @@ import path from 'node:path';
 import test from 'ava';
 import { isMountRoot, tryFlock } from '../src/sys/libc.js';
 import { bindMount, unmount, unmountAsync, unmountTarget, unmountTargetAsync, unmountUnlessBusy } from '../src/sys/mount.js';
-import { buildStaged, stageThenPublish } from '../src/sys/staging.js';
+import { buildStaged, stageThenPublish, withStage } from '../src/sys/staging.js';
 import { cleanupDir, requireRoot, tempDir } from './helpers/server.js';
 
 /** A directory with a file, bind-mounted on an empty one; returns both and the file's path under the mount. */
@@ -152,4 +152,20 @@ test('stageThenPublish removes the tree when the fill, the rename or the commit 
   t.false(unlocked(dest));
   stage.release();
   t.true(unlocked(dest));
+});
+
+test('withStage: a scratch stage locked while its work runs, removed afterwards whether the work succeeds or fails', async (t) => {
+  const base = tempDir('tsvol-scratch-');
+  t.teardown(() => fs.rmSync(base, { recursive: true, force: true }));
+  const tmpDir = path.join(base, 'tmp');
+  fs.mkdirSync(tmpDir);
+  t.is(await withStage(tmpDir, 'commit-c', async (dir) => {
+    t.true(path.basename(dir).startsWith('commit-c-'));
+    t.false(unlocked(dir), 'locked while it works');
+    fs.writeFileSync(path.join(dir, 'scratch'), 'x');
+    return 42;
+  }), 42);
+  t.deepEqual(fs.readdirSync(tmpDir), []);
+  await t.throwsAsync(withStage(tmpDir, 'import', async () => Promise.reject(new Error('work broke'))), { message: 'work broke' });
+  t.deepEqual(fs.readdirSync(tmpDir), []);
 });

@@ -185,6 +185,20 @@ export function sweepStages(tmpDir: string, remove: (dir: string) => Promise<str
   return { dead, live, done: Promise.all(jobs).then((skipped) => skipped.flat()) };
 }
 
+/**
+ * Runs `fn` in a fresh scratch stage `tmpDir/<kind>-<id>/` (locked while it lives, so no sweep in another
+ * process takes it) and removes the stage afterwards, whatever happens: for work whose result leaves the
+ * stage by other means (a layer's diff renamed out of it, a commit's changes read back as a tar).
+ */
+export async function withStage<T>(tmpDir: string, kind: string, fn: (dir: string) => Promise<T>, mode = 0o700): Promise<T> {
+  const stage = await createStage(tmpDir, kind, mode);
+  try {
+    return await fn(stage.dir);
+  } finally {
+    await stage.remove();
+  }
+}
+
 /** Where and how stageThenPublish builds and publishes a directory. */
 export interface PublishSpec {
   /** The `tmp/` to stage in: on the same filesystem as `dest` (the publish is a rename). */
