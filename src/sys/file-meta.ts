@@ -89,8 +89,10 @@ export function keepsXattr(policy: XattrPolicy, name: string): boolean {
 
 /** The xattrs of `all` that `policy` keeps, sorted by name (a tar writer needs a stable order). */
 export function keptXattrs(all: Iterable<readonly [string, Buffer]>, policy: XattrPolicy): Map<string, Buffer> {
-  const kept = [...all].filter(([name]) => keepsXattr(policy, name));
-  kept.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  // On every entry of every tree copy: most entries have no xattrs, so no spread, filter or sort for them.
+  const kept: [string, Buffer][] = [];
+  for (const [name, value] of all) if (keepsXattr(policy, name)) kept.push([name, value]);
+  if (kept.length > 1) kept.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   return new Map(kept);
 }
 
