@@ -11,6 +11,7 @@ import { startSwapper } from './helpers/swapper.js';
 import { regularFiles } from './helpers/tree.js';
 import { changesAsUpper, copyDiff, materialize } from '../src/layers/copy-driver.js';
 import { cleanupDir, requireRoot, tempDir } from './helpers/server.js';
+import { ATIME_NS, FILE_XATTRS, DIR_XATTRS, MTIME_NS, hexXattrs, plantMetaCases, readMeta } from './helpers/meta.js';
 
 const SECRET = 'host secret: must never reach a layer';
 
@@ -79,4 +80,28 @@ test('a directory of merged swapped for a symlink to outside while diff and comm
   const after = regularFiles(outside);
   t.is(after.size, 400, 'nothing written into outside');
   for (const [rel, content] of after) t.is(content, SECRET, `outside/${rel} untouched`);
+});
+
+test('the copy driver carries owners, set-id modes, file xattrs and nanosecond times; overlay\'s own xattrs never (#10)', (t) => {
+  if (!requireRoot(t)) return; // other owners, security.capability, trusted.* xattrs
+  const base = tempDir('tsvol-copy-meta-');
+  t.teardown(() => cleanupDir(base));
+  const [layer, lower, merged, upper] = ['layer', 'lower', 'merged', 'upper'].map((d) => path.join(base, d)) as [string, string, string, string];
+  for (const d of [layer, lower, merged, upper]) fs.mkdirSync(d);
+  plantMetaCases(layer);
+  // XATTRS.fileOnly: user.* and security.capability travel; trusted.overlay.* are layer form, not file data.
+  const fileXattrs = hexXattrs(FILE_XATTRS, ['user.k', 'security.capability']);
+  const dirXattrs = hexXattrs(DIR_XATTRS, ['user.d']);
+
+  materialize([layer], merged);
+  t.deepEqual(readMeta(path.join(merged, 'f')), { uid: 1000, gid: 1001, mode: '104755', xattrs: fileXattrs, atimeNs: ATIME_NS, mtimeNs: MTIME_NS }, 'materialize: file');
+  t.deepEqual(readMeta(path.join(merged, 'd')), { uid: 42, gid: 43, mode: '42750', xattrs: dirXattrs, atimeNs: ATIME_NS, mtimeNs: MTIME_NS }, 'materialize: directory');
+  t.like(readMeta(path.join(merged, 'l')), { uid: 7, gid: 8, xattrs: {}, atimeNs: ATIME_NS, mtimeNs: MTIME_NS }, 'materialize: symlink');
+
+  // Commit form: merged against an empty chain, every entry added to the upper.
+  changesAsUpper([lower], merged, upper);
+  t.deepEqual(readMeta(path.join(upper, 'f')), { uid: 1000, gid: 1001, mode: '104755', xattrs: fileXattrs, atimeNs: ATIME_NS, mtimeNs: MTIME_NS }, 'commit: file');
+  // A directory's atime moves when the diff reads it (relatime): its mtime is what the layer keeps.
+  t.like(readMeta(path.join(upper, 'd')), { uid: 42, gid: 43, mode: '42750', xattrs: dirXattrs, mtimeNs: MTIME_NS }, 'commit: directory');
+  t.like(readMeta(path.join(upper, 'l')), { uid: 7, gid: 8, xattrs: {}, mtimeNs: MTIME_NS }, 'commit: symlink');
 });

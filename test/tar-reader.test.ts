@@ -14,7 +14,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGzip, gzipSync } from 'node:zlib';
 import test from 'ava';
 import fc from 'fast-check';
-import { MAX_PAX_RECORDS, MAX_XATTRS, decodeHeader, encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
+import { MAX_PAX_RECORDS, MAX_XATTRS, decodeHeader, encodeHeader, mtimeNsOf, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { decompressed } from '../src/layers/tar/gzip.js';
 import { MAX_METADATA, MAX_TRAILER, TarReader } from '../src/layers/tar/reader.js';
 import { CLI, ROOT, tempDir } from './helpers/server.js';
@@ -366,6 +366,30 @@ test('strict: the largest values that are right are accepted', async (t) => {
   t.is((await read(Buffer.concat([entry({ path: 'old', mtime: -1_000_000 }), END]))).entries[0]!.mtime, -1_000_000);
   t.is((await read(Buffer.concat([entry({ path: 'old', mtime: -2.25 }), END]))).entries[0]!.mtime, -2.25);
   t.is((await read(Buffer.concat([entry({ path: 'f', mtime: 1 + 1e-10 }), END]))).entries[0]!.mtime, 1);
+});
+
+test('pax mtimes are kept to the nanosecond (no double on the way) and written back exactly (#10)', async (t) => {
+  const cases: [string, bigint][] = [
+    ['1700000000.123456789', 1_700_000_000_123_456_789n],
+    ['-1.5', -1_500_000_000n],
+    ['-0.000000001', -1n],
+    ['12.1234567899', 12_123_456_789n], // digits beyond the ninth are dropped
+    ['42', 42_000_000_000n],
+  ];
+  for (const [text, ns] of cases) {
+    const { entries } = await read(withPax([rec('mtime', text)]));
+    t.is(entries[0]!.mtimeNs, ns, text);
+    t.is(mtimeNsOf(entries[0]!), ns, text);
+  }
+  // A double cannot hold these digits: 1700000000.123456789 reads back as ...123456716 through Number.
+  t.not(BigInt(Math.round((1700000000.123456789 - 1_700_000_000) * 1e9)), 123_456_789n);
+  // Written from mtimeNs, read back to the same nanosecond (negative times too).
+  for (const ns of [1_700_000_000_123_456_789n, -2_250_000_001n]) {
+    const { entries } = await read(Buffer.concat([entry({ path: 'f', mtime: Number(ns) / 1e9, mtimeNs: ns }), END]));
+    t.is(mtimeNsOf(entries[0]!), ns);
+  }
+  // Without pax, whole seconds from the ustar field.
+  t.is(mtimeNsOf((await read(Buffer.concat([entry({ path: 'f', mtime: 5 }), END]))).entries[0]!), 5_000_000_000n);
 });
 
 // ---------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import test from 'ava';
 import fc from 'fast-check';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { TarReader } from '../src/layers/tar/reader.js';
-import { unpackLayer, type WhiteoutMode } from '../src/layers/unpack.js';
+import { linkTree, unpackLayer, type WhiteoutMode } from '../src/layers/unpack.js';
+import { DIR_XATTRS, FILE_XATTRS, MTIME_NS, hexXattrs, plantMetaCases, readMeta } from './helpers/meta.js';
 import { lgetxattr, llistxattr, lsetxattr } from '../src/sys/libc.js';
 import { CLI, requireRoot, tempDir } from './helpers/server.js';
 
@@ -291,3 +292,46 @@ function diffLines(a: string, b: string): string {
   const y = new Set(b.split('\n'));
   return [...[...x].filter((l) => !y.has(l)).map((l) => `- ${l}`), ...[...y].filter((l) => !x.has(l)).map((l) => `+ ${l}`)].join('\n');
 }
+
+test('unpacked entries get owners, set-id modes, file xattrs and the pax mtime to the nanosecond; never overlay xattrs (#10)', async (t) => {
+  if (!requireRoot(t)) return; // other owners, security.capability
+  const base = tempDir('tsvol-unpack-meta-');
+  t.teardown(() => fs.rmSync(base, { recursive: true, force: true }));
+  const mtime = Number(MTIME_NS) / 1e9;
+  const tar = tarOf(
+    entry({ path: 'd/', type: 'dir', mode: 0o2750, uid: 42, gid: 43, mtime, mtimeNs: MTIME_NS, xattrs: new Map(DIR_XATTRS) }),
+    entry({ path: 'd/inner', mtime, mtimeNs: MTIME_NS }, Buffer.from('inner\n')),
+    entry({ path: 'f', mode: 0o4755, uid: 1000, gid: 1001, mtime, mtimeNs: MTIME_NS, xattrs: new Map(FILE_XATTRS) }, Buffer.from('file body\n')),
+    entry({ path: 'l', type: 'symlink', linkname: 'f', uid: 7, gid: 8, mtime, mtimeNs: MTIME_NS }),
+  );
+  // XATTRS.fileOnly: an archive never sets trusted.overlay.* (#9); tar has no atime, so atime = mtime.
+  const fileXattrs = hexXattrs(FILE_XATTRS, ['user.k', 'security.capability']);
+  for (const mode of ['overlay', 'plain'] as WhiteoutMode[]) {
+    const root = path.join(base, mode);
+    fs.mkdirSync(root);
+    const devNull = fs.openSync('/dev/null', 'w');
+    try {
+      await unpackLayer(new TarReader((async function* () { yield tar; })()), root, devNull, { whiteouts: mode });
+    } finally {
+      fs.closeSync(devNull);
+    }
+    t.deepEqual(readMeta(path.join(root, 'f')), { uid: 1000, gid: 1001, mode: '104755', xattrs: fileXattrs, atimeNs: MTIME_NS, mtimeNs: MTIME_NS }, mode);
+    t.deepEqual(readMeta(path.join(root, 'd')), { uid: 42, gid: 43, mode: '42750', xattrs: hexXattrs(DIR_XATTRS, ['user.d']), atimeNs: MTIME_NS, mtimeNs: MTIME_NS }, mode);
+    t.like(readMeta(path.join(root, 'l')), { uid: 7, gid: 8, xattrs: {}, mtimeNs: MTIME_NS }, mode);
+  }
+});
+
+test('linkTree gives a layer copy its directories\' owners, modes, xattrs and ns mtimes, keeping only the opaque marker of overlay\'s (#10)', (t) => {
+  if (!requireRoot(t)) return; // other owners, trusted.* xattrs
+  const base = tempDir('tsvol-linktree-meta-');
+  t.teardown(() => fs.rmSync(base, { recursive: true, force: true }));
+  const src = path.join(base, 'src');
+  fs.mkdirSync(src);
+  plantMetaCases(src);
+  lsetxattr(path.join(src, 'd'), 'trusted.overlay.redirect', Buffer.from('/x'));
+  const dst = path.join(base, 'dst');
+  linkTree(src, dst);
+  // XATTRS.layerForm: the opaque marker is part of a layer's form; redirect is not.
+  t.like(readMeta(path.join(dst, 'd')), { uid: 42, gid: 43, mode: '42750', xattrs: hexXattrs(DIR_XATTRS, [...DIR_XATTRS.keys()]), mtimeNs: MTIME_NS });
+  t.is(fs.statSync(path.join(dst, 'f')).ino, fs.statSync(path.join(src, 'f')).ino, 'files are shared by hard links');
+});

@@ -10,6 +10,7 @@ import { CLI, startTestServer, withServer, type TestServer } from './helpers/ser
 import { buildRichTree, snapshotTree } from './helpers/tree.js';
 import { encodeHeader, type TarHeader } from '../src/layers/tar/format.js';
 import { llistxattr } from '../src/sys/libc.js';
+import { FILE_XATTRS, MTIME_NS, hexXattrs, readMeta } from './helpers/meta.js';
 
 function cli(s: TestServer, args: string[], input?: Buffer): { status: number | null; stdout: Buffer; stderr: string } {
   const env = { ...process.env, TSVOL_DATA: s.data, TSVOL_SOCKET: s.socket, ...(s.mounts ? { TSVOL_MOUNTS: s.mounts } : {}) };
@@ -163,5 +164,25 @@ test('kill -9 during an import leaves no half volume; the next start removes its
     } finally {
       await s2.kill();
     }
+  });
+});
+
+test('import gives entries and the root owners, set-id modes, file xattrs and pax mtimes to the nanosecond; never overlay xattrs (#10)', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    const mtime = Number(MTIME_NS) / 1e9;
+    const body = Buffer.alloc(512, 0);
+    body.write('file body\n');
+    const tar = tarOf(
+      header('./', 'dir', { mode: 0o2750, uid: 5, gid: 6, mtime, mtimeNs: MTIME_NS + 7n, xattrs: new Map([['user.root', Buffer.from('r')], ['trusted.overlay.opaque', Buffer.from('y')]]) }),
+      header('f', 'file', { size: 10, mode: 0o4755, uid: 1000, gid: 1001, mtime, mtimeNs: MTIME_NS, xattrs: new Map(FILE_XATTRS) }),
+      body,
+    );
+    const r = cli(s, ['volume', 'import', 'nsvol', '-'], tar);
+    t.is(r.status, 0, r.stderr);
+    const data = path.join(s.data, 'volumes', 'nsvol', '_data');
+    // XATTRS.fileOnly, as for layers: an archive never sets trusted.overlay.* (#9).
+    const fileXattrs = hexXattrs(FILE_XATTRS, ['user.k', 'security.capability']);
+    t.deepEqual(readMeta(path.join(data, 'f')), { uid: 1000, gid: 1001, mode: '104755', xattrs: fileXattrs, atimeNs: MTIME_NS, mtimeNs: MTIME_NS });
+    t.like(readMeta(data), { uid: 5, gid: 6, mode: '42750', xattrs: { 'user.root': Buffer.from('r').toString('hex') }, mtimeNs: MTIME_NS + 7n });
   });
 });

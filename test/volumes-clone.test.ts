@@ -8,6 +8,9 @@ import test from 'ava';
 import { cleanupDir, requireRoot, startTestServer, tempDir, withServer } from './helpers/server.js';
 import { allocated, buildRichTree, makeLoopFs, snapshotTree } from './helpers/tree.js';
 import { requireTools } from './helpers/require.js';
+import { ATIME_NS, DIR_XATTRS, FILE_XATTRS, MTIME_NS, hexXattrs, plantMetaCases, readMeta } from './helpers/meta.js';
+import { copyTree } from '../src/volumes/clone.js';
+import { lutimesNs } from '../src/sys/libc.js';
 
 requireTools('mkfs.ext4', 'debugfs', 'dumpe2fs');
 
@@ -106,3 +109,27 @@ test('kill -9 during a clone leaves either the whole clone or none, and start-up
     }
   });
 });
+
+test('a clone is verbatim: owners, set-id modes after chown, every xattr (trusted.overlay.* too) and nanosecond atimes and mtimes (#10)', (t) => {
+  if (!requireRoot(t)) return; // other owners, security.capability, trusted.* xattrs
+  const base = tempDir('tsvol-clone-meta-');
+  t.teardown(() => cleanupDir(base));
+  const src = path.join(base, 'src');
+  fs.mkdirSync(src);
+  plantMetaCases(src);
+  lutimesRoot(src);
+  const dst = path.join(base, 'dst');
+  copyTree(src, dst);
+  // XATTRS.verbatim: a volume may hold overlay uppers of its own (Docker in Docker): their markers are data.
+  const fileXattrs = hexXattrs(FILE_XATTRS, [...FILE_XATTRS.keys()]);
+  const dirXattrs = hexXattrs(DIR_XATTRS, [...DIR_XATTRS.keys()]);
+  t.deepEqual(readMeta(path.join(dst, 'f')), { uid: 1000, gid: 1001, mode: '104755', xattrs: fileXattrs, atimeNs: ATIME_NS, mtimeNs: MTIME_NS });
+  t.deepEqual(readMeta(path.join(dst, 'd')), { uid: 42, gid: 43, mode: '42750', xattrs: dirXattrs, atimeNs: ATIME_NS, mtimeNs: MTIME_NS });
+  t.deepEqual(readMeta(path.join(dst, 'l')), { ...readMeta(path.join(src, 'l')), atimeNs: ATIME_NS, mtimeNs: MTIME_NS });
+  t.like(readMeta(dst), { mtimeNs: MTIME_NS + 1n, atimeNs: ATIME_NS + 1n }, 'the root too');
+});
+
+/** Gives the clone source's root its own ns times (one above the entries', to tell them apart). */
+function lutimesRoot(dir: string): void {
+  lutimesNs(dir, ATIME_NS + 1n, MTIME_NS + 1n);
+}

@@ -14,13 +14,15 @@
  */
 import fs from 'node:fs';
 import { errnoCode } from '../errors.js';
-import { applyMetaFd, Beneath, fdXattrs, type EntryMeta, type EntryStat } from '../sys/beneath.js';
+import { Beneath, type EntryStat } from '../sys/beneath.js';
 import { copyFileData, newCopyDataState, type CopyDataState } from '../sys/copy-data.js';
+import { applyMetaFd, fdXattrs, metaOf, OPAQUE_XATTR, XATTRS } from '../sys/file-meta.js';
 
-/** overlayfs's own xattrs: markers of a layer's form, never metadata of the files. */
-const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
-/** The opaque-directory marker (value `y`). */
-const OPAQUE_XATTR = `${OVERLAY_XATTR_PREFIX}opaque`;
+/**
+ * overlayfs's own xattrs are markers of a layer's form (whiteouts and opaque directories are read as such
+ * below), never metadata of the files: entries carry the rest (XATTRS.fileOnly), times in nanoseconds.
+ */
+const FILE_XATTRS = XATTRS.fileOnly;
 
 /** A path visible in a chain: the layer tree that provides it, and its stat. */
 interface LowerEntry {
@@ -36,24 +38,6 @@ function isWhiteout(st: EntryStat): boolean {
 /** True if xattrs `x` (of a directory) carry overlayfs's opaque marker. */
 function isOpaque(x: ReadonlyMap<string, Buffer>): boolean {
   return x.get(OPAQUE_XATTR)?.toString() === 'y';
-}
-
-/** `x` without overlayfs's own markers. */
-function fileXattrs(x: ReadonlyMap<string, Buffer>): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  for (const [k, v] of x) if (!k.startsWith(OVERLAY_XATTR_PREFIX)) out.set(k, v);
-  return out;
-}
-
-/** Owner, mode (not for symlinks), xattrs and, with `times`, atime/mtime of `st`. */
-function metaOf(st: EntryStat, xattrs: ReadonlyMap<string, Buffer>, times: boolean): EntryMeta {
-  return {
-    uid: st.uid,
-    gid: st.gid,
-    ...(st.isSymbolicLink() ? {} : { mode: st.mode & 0o7777 }),
-    ...(xattrs.size > 0 ? { xattrs } : {}),
-    ...(times ? { atimeNs: st.atimeNs, mtimeNs: st.mtimeNs } : {}),
-  };
 }
 
 /** Runs `fn` with each of `dirs` pinned as a Beneath, closing them all afterwards. */
@@ -88,7 +72,7 @@ function copyEntry(from: Beneath, fromRel: string, to: Beneath, toRel: string, s
       const dfd = to.createFile(toRel, 0o600, parents);
       try {
         copyFileData(sfd, dfd, fst, state);
-        applyMetaFd(dfd, metaOf(fst, fileXattrs(fdXattrs(sfd)), true));
+        applyMetaFd(dfd, metaOf(fst, fdXattrs(sfd), FILE_XATTRS));
       } finally {
         fs.closeSync(dfd);
       }
@@ -97,7 +81,7 @@ function copyEntry(from: Beneath, fromRel: string, to: Beneath, toRel: string, s
     }
     return;
   }
-  const meta = metaOf(st, fileXattrs(from.xattrs(fromRel)), true);
+  const meta = metaOf(st, from.xattrs(fromRel), FILE_XATTRS);
   if (st.isSymbolicLink()) to.symlink(from.readlink(fromRel), toRel, parents);
   else to.mknod(toRel, st.mode, st.rdev, parents);
   to.applyMeta(toRel, meta);
@@ -120,7 +104,7 @@ function applyLayer(layer: Beneath, merged: Beneath, state: CopyDataState): void
         if (!merged.lstat(name)) merged.mkdir(name);
         inSub(merged, name, (into) => applyLayer(sub, into, state));
         // After the entries: making them changed the directory's times.
-        merged.applyMeta(name, metaOf(st, fileXattrs(xattrs), true));
+        merged.applyMeta(name, metaOf(st, xattrs, FILE_XATTRS));
       });
       continue;
     }
@@ -260,7 +244,7 @@ export function changesAsUpper(lowerDirsTopFirst: readonly string[], merged: str
       if (st === undefined) throw new Error(`commit: "${p}" was deleted while the commit ran; commit again`);
       if (st.isDirectory()) {
         if (!into.lstat(rel)) into.mkdir(rel, 0o755, true);
-        into.applyMeta(rel, metaOf(st, fileXattrs(from.xattrs(rel)), false));
+        into.applyMeta(rel, metaOf(st, from.xattrs(rel), FILE_XATTRS, { times: false }));
       } else copyEntry(from, rel, into, rel, st, state, true);
     }
     // Directory times last: creating their entries changed them.

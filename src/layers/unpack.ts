@@ -27,19 +27,23 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describeError } from '../errors.js';
-import { Beneath, applyMetaFd, makedev, type EntryMeta, splitRelative } from '../sys/beneath.js';
+import { Beneath, makedev, splitRelative } from '../sys/beneath.js';
+import { applyMetaFd, keptXattrs, metaOf, OPAQUE_XATTR, XATTRS, type EntryMeta } from '../sys/file-meta.js';
 import { SyscallError } from '../sys/libc.js';
 import { Coalescer } from './tar/coalesce.js';
-import type { TarHeader } from './tar/format.js';
-import type { TarReader } from './tar/reader.js';
+import { mtimeNsOf, type TarHeader } from './tar/format.js';
+import type { EntrySource } from './tar/reader.js';
 
 /** Names of OCI whiteouts. */
 export const WHITEOUT_PREFIX = '.wh.';
 export const OPAQUE_WHITEOUT = '.wh..wh..opq';
-/** The overlayfs xattr that makes a directory opaque. */
-export const OPAQUE_XATTR = 'trusted.overlay.opaque';
-/** overlayfs's private xattrs: never taken from an archive (redirect and metacopy steer overlay's lookups). */
-const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
+/**
+ * An archive's xattrs are file metadata only: overlayfs's private ones (trusted.overlay.*: redirect and
+ * metacopy steer overlay's lookups) are never taken from it (#9); only a `.wh..wh..opq` makes the opaque one.
+ */
+const ARCHIVE_XATTRS = XATTRS.fileOnly;
+/** A layer directory shared by links keeps overlay's opaque marker, which is part of its form. */
+const LAYER_DIR_XATTRS = XATTRS.layerForm;
 
 /** Split-file record kinds. */
 const REC_ENTRY = 1;
@@ -109,11 +113,10 @@ class SplitWriter {
   }
 }
 
-/** Seconds (fractions kept, as pax gives them) → nanoseconds. */
-function nsOf(seconds: number, what: string): bigint {
-  if (!Number.isFinite(seconds)) throw new Error(`${what} has an invalid mtime`);
-  const whole = Math.floor(seconds);
-  return BigInt(whole) * 1_000_000_000n + BigInt(Math.round((seconds - whole) * 1e9));
+/** The header's mtime in nanoseconds, exactly as the archive wrote it (tar/format.ts: mtimeNsOf). */
+function nsOf(h: TarHeader, what: string): bigint {
+  if (!Number.isFinite(h.mtime)) throw new Error(`${what} has an invalid mtime`);
+  return mtimeNsOf(h);
 }
 
 /** A uid or gid from a header: an integer Linux can store (0xffffffff means "unchanged" to chown). */
@@ -123,18 +126,18 @@ function idOf(n: number, what: string): number {
 }
 
 /**
- * The metadata an entry's header gives it, for Beneath.applyMeta: owner, mode, xattrs (trusted.overlay.*
- * never: see the module comment) and, with `withTimes`, its mtime in ns. Throws on ids or times Linux
- * cannot store; `what` names the entry in that error.
+ * The metadata an entry's header gives it (sys/file-meta.ts applies it): owner, mode, the xattrs
+ * ARCHIVE_XATTRS keeps (trusted.overlay.* never: see the module comment) and, with `withTimes`, its mtime
+ * in nanoseconds (atime = mtime: tar carries no atime). Throws on ids or times Linux cannot store; `what`
+ * names the entry in that error.
  */
 export function entryMeta(h: TarHeader, what: string, withTimes = true): EntryMeta {
-  const xattrs = [...h.xattrs].filter(([name]) => !name.startsWith(OVERLAY_XATTR_PREFIX));
   return {
     uid: idOf(h.uid, what),
     gid: idOf(h.gid, what),
     mode: h.mode & 0o7777,
-    xattrs,
-    ...(withTimes ? { mtimeNs: nsOf(h.mtime, what) } : {}),
+    xattrs: keptXattrs(h.xattrs, ARCHIVE_XATTRS),
+    ...(withTimes ? { mtimeNs: nsOf(h, what) } : {}),
   };
 }
 
@@ -224,7 +227,7 @@ class ParentDir {
  * `whiteouts` says whether `.wh.` names are overlay whiteouts (layers, the default) or plain names
  * (volume archives).
  */
-export async function unpackLayer(reader: TarReader, root: string, splitFd: number, opts: UnpackOptions = {}): Promise<UnpackStats> {
+export async function unpackLayer(reader: EntrySource, root: string, splitFd: number, opts: UnpackOptions = {}): Promise<UnpackStats> {
   const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
   const split = new SplitWriter(splitFd);
   const tree = Beneath.open(root);
@@ -316,7 +319,7 @@ async function applyEntry(
     case 'dir':
       if (existing === undefined || !existing.isDirectory()) dir.mkdir(name, 0o700);
       dir.applyMeta(name, entryMeta(h, what, false));
-      dirTimes.set(rel, nsOf(h.mtime, what));
+      dirTimes.set(rel, nsOf(h, what));
       return undefined;
     case 'file': {
       const meta = entryMeta(h, what);
@@ -370,7 +373,7 @@ function setDirTime(tree: Beneath, rel: string, mtimeNs: bigint): void {
  * directory, and nothing unpacked. Whiteouts and opaque markers have no body there: the directory keeps
  * them in overlay's form.
  */
-export async function splitOnly(reader: TarReader, splitFd: number): Promise<UnpackStats> {
+export async function splitOnly(reader: EntrySource, splitFd: number): Promise<UnpackStats> {
   const split = new SplitWriter(splitFd);
   const stats: UnpackStats = { size: 0, files: 0 };
   for (let entry = await reader.next(); entry !== undefined; entry = await reader.next()) {
@@ -434,8 +437,7 @@ function linkDir(from: Beneath, to: Beneath): void {
   }
   const st = from.lstat('');
   if (st === undefined) throw new Error(`${from.where} vanished while being linked`);
-  const xattrs = [...from.xattrs('')].filter(([name]) => !name.startsWith(OVERLAY_XATTR_PREFIX) || name === OPAQUE_XATTR);
-  to.applyMeta('', { uid: st.uid, gid: st.gid, mode: st.mode & 0o7777, xattrs, atimeNs: st.atimeNs, mtimeNs: st.mtimeNs });
+  to.applyMeta('', metaOf(st, from.xattrs(''), LAYER_DIR_XATTRS));
 }
 
 /**

@@ -12,13 +12,13 @@
  * Reading follows the same rule (`readdir`, `openRead`, `readlink`, `lstat`), so a clone of a volume that a
  * container is changing meanwhile reads only what is inside the volume.
  *
- * Operations that Linux offers only on paths (chmod of a non-symlink, xattrs) go through
- * /proc/self/fd/<fd>: for chmod the entry is first pinned with O_PATH|O_NOFOLLOW; for xattrs the parent is
- * pinned and the final name is looked up without following (lsetxattr). Both reach exactly the pinned inode.
+ * Metadata (owner, mode, xattrs, times) is given by sys/file-meta.ts, the one module for it, through the
+ * parent directory this module pins (applyMeta) or the entry's own fd.
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import koffi from 'koffi';
+import { applyMetaAt, applyMetaFd, listXattrs, type EntryMeta } from './file-meta.js';
 import { SyscallError, check, libc } from './libc.js';
 
 const E = os.constants.errno;
@@ -50,24 +50,9 @@ const cSymlinkat = libc.func('int symlinkat(const char *target, int dirfd, const
 const cLinkat = libc.func('int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags)');
 const cMknodat = libc.func('int mknodat(int dirfd, const char *path, uint32_t mode, uint64_t dev)');
 const cUnlinkat = libc.func('int unlinkat(int dirfd, const char *path, int flags)');
-const cFchownat = libc.func('int fchownat(int dirfd, const char *path, uint32_t uid, uint32_t gid, int flags)');
-const cFchmod = libc.func('int fchmod(int fd, uint32_t mode)');
-const cChmod = libc.func('int chmod(const char *path, uint32_t mode)');
-const cUtimensat = libc.func('int utimensat(int dirfd, const char *path, const uint8_t *times, int flags)');
 const cReadlinkat = libc.func('long readlinkat(int dirfd, const char *path, _Out_ uint8_t *buf, size_t size)');
 const cRenameat = libc.func('int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)');
 const cStatx = libc.func('int statx(int dirfd, const char *path, int flags, unsigned int mask, _Out_ uint8_t *buf)');
-const cLsetxattr = libc.func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
-const cLgetxattr = libc.func('long lgetxattr(const char *path, const char *name, _Out_ void *value, size_t size)');
-const cLlistxattr = libc.func('long llistxattr(const char *path, _Out_ void *list, size_t size)');
-// The following variants, only ever given /proc/self/fd/<fd>: following that magic link reaches exactly the
-// pinned inode (the l-variants would read the magic link itself, which has no xattrs).
-const cSetxattr = libc.func('int setxattr(const char *path, const char *name, const void *value, size_t size, int flags)');
-const cGetxattr = libc.func('long getxattr(const char *path, const char *name, _Out_ void *value, size_t size)');
-const cListxattr = libc.func('long listxattr(const char *path, _Out_ void *list, size_t size)');
-const cFsetxattr = libc.func('int fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)');
-const cFlistxattr = libc.func('long flistxattr(int fd, _Out_ void *list, size_t size)');
-const cFgetxattr = libc.func('long fgetxattr(int fd, const char *name, _Out_ void *value, size_t size)');
 
 /** Linux makedev. */
 export function makedev(major: number, minor: number): number {
@@ -152,34 +137,6 @@ export function splitRelative(rel: string): string[] {
     parts.push(part);
   }
   return parts;
-}
-
-/** Metadata to give an entry (applyMeta): each field is optional. */
-export interface EntryMeta {
-  readonly uid?: number;
-  readonly gid?: number;
-  /** Permission bits (0o7777); ignored for symlinks. */
-  readonly mode?: number;
-  readonly xattrs?: Iterable<readonly [string, Buffer]>;
-  readonly atimeNs?: bigint;
-  readonly mtimeNs?: bigint;
-}
-
-function timesBuf(atimeNs: bigint, mtimeNs: bigint): Buffer {
-  const buf = Buffer.alloc(32);
-  const split = (ns: bigint, off: number): void => {
-    let s = ns / 1_000_000_000n;
-    let n = ns % 1_000_000_000n;
-    if (n < 0n) {
-      s -= 1n;
-      n += 1_000_000_000n;
-    }
-    buf.writeBigInt64LE(s, off);
-    buf.writeBigInt64LE(n, off + 8);
-  };
-  split(atimeNs, 0);
-  split(mtimeNs, 16);
-  return buf;
 }
 
 /**
@@ -415,10 +372,8 @@ export class Beneath {
   }
 
   /**
-   * Gives `rel` its owner, mode, xattrs and times, in the one order that keeps them all: chown first (it
-   * clears set-id bits and security.capability), then chmod (not on a symlink: Linux has no symlink
-   * modes), then xattrs, then times (every change above touched ctime only, but xattrs on some
-   * filesystems touch mtime). Nothing follows a final symlink.
+   * Gives `rel` its owner, mode, xattrs and times (sys/file-meta.ts: one order, nanosecond times), through
+   * its pinned parent; the root itself through its own fd. Nothing follows a final symlink.
    */
   applyMeta(rel: string, meta: EntryMeta): void {
     const parts = splitRelative(rel);
@@ -434,110 +389,6 @@ export class Beneath {
     const parts = splitRelative(rel);
     if (parts.length === 0) return listXattrs(`/proc/self/fd/${this.fd}`, true); // the magic link, followed: the root's own inode
     return this.inParent(rel, (dirfd, name) => listXattrs(`/proc/self/fd/${dirfd}/${name}`));
-  }
-}
-
-/** Every xattr of the file open as `fd` (flistxattr/fgetxattr: an fd open for I/O, not an O_PATH fd). */
-export function fdXattrs(fd: number): Map<string, Buffer> {
-  return readXattrs(
-    (buf) => Number(cFlistxattr(fd, buf, buf.length)),
-    (name, buf) => Number(cFgetxattr(fd, name, buf, buf.length)),
-    `fd ${fd}`,
-  );
-}
-
-/** Reads every xattr of `p`: not following a final symlink, unless `follow` (for /proc/self/fd/N only). */
-export function listXattrs(p: string, follow = false): Map<string, Buffer> {
-  const cList = follow ? cListxattr : cLlistxattr;
-  const cGet = follow ? cGetxattr : cLgetxattr;
-  return readXattrs(
-    (buf) => Number(cList(p, buf, buf.length)),
-    (name, buf) => Number(cGet(p, name, buf, buf.length)),
-    p,
-  );
-}
-
-/** The list-then-get loop of every xattr reader; `list` and `get` return the syscall's result (errno set). */
-function readXattrs(list: (buf: Buffer) => number, get: (name: string, buf: Buffer) => number, where: string): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  let size = 1024;
-  let names: Buffer;
-  for (;;) {
-    const buf = Buffer.alloc(size);
-    const n = list(buf);
-    if (n >= 0) {
-      names = buf.subarray(0, n);
-      break;
-    }
-    const errno = koffi.errno();
-    if (errno === E.ENOTSUP) return out;
-    if (errno !== E.ERANGE || size >= 1 << 20) throw new SyscallError('listxattr', errno, where);
-    size *= 16;
-  }
-  if (names.length === 0) return out;
-  for (const raw of names.toString('latin1').split('\0')) {
-    if (raw === '') continue;
-    const name = Buffer.from(raw, 'latin1').toString('utf8');
-    let vsize = 256;
-    for (;;) {
-      const vbuf = Buffer.alloc(vsize);
-      const n = get(name, vbuf);
-      if (n >= 0) {
-        out.set(name, vbuf.subarray(0, n));
-        break;
-      }
-      const errno = koffi.errno();
-      if (errno === E.ENODATA) break; // removed meanwhile
-      if (errno !== E.ERANGE || vsize >= 1 << 20) throw new SyscallError('getxattr', errno, `${where} (${name})`);
-      vsize *= 16;
-    }
-  }
-  return out;
-}
-
-function applyMetaAt(dirfd: number, name: string, meta: EntryMeta, where: string): void {
-  if (meta.uid !== undefined || meta.gid !== undefined) {
-    check(cFchownat(dirfd, name, meta.uid ?? 0xffffffff, meta.gid ?? 0xffffffff, AT_SYMLINK_NOFOLLOW), 'fchownat', where);
-  }
-  if (meta.mode !== undefined) {
-    // Pin the entry itself, then chmod the pinned inode: a symlink is skipped (no modes), never followed.
-    const fd = check(cOpenat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0), 'openat', where);
-    try {
-      if (!statFd(fd).isSymbolicLink()) check(cChmod(`/proc/self/fd/${fd}`, meta.mode & 0o7777), 'chmod', where);
-    } finally {
-      fs.closeSync(fd);
-    }
-  }
-  if (meta.xattrs !== undefined) {
-    const p = `/proc/self/fd/${dirfd}/${name}`;
-    for (const [k, v] of meta.xattrs) check(cLsetxattr(p, k, v, v.length, 0), 'lsetxattr', `${where} (${k})`);
-  }
-  if (meta.mtimeNs !== undefined) {
-    check(cUtimensat(dirfd, name, timesBuf(meta.atimeNs ?? meta.mtimeNs, meta.mtimeNs), AT_SYMLINK_NOFOLLOW), 'utimensat', where);
-  }
-}
-
-/**
- * applyMeta on an fd that is the entry itself (a file just created, or a root): f-calls, or for an O_PATH fd
- * (which refuses fchmod and fsetxattr with EBADF) the same inode through its /proc magic link, followed.
- */
-export function applyMetaFd(fd: number, meta: EntryMeta): void {
-  if (meta.uid !== undefined || meta.gid !== undefined) {
-    // fchownat(fd, "", AT_EMPTY_PATH): the fd's own inode, O_PATH fds included (fchown refuses those).
-    check(cFchownat(fd, '', meta.uid ?? 0xffffffff, meta.gid ?? 0xffffffff, AT_EMPTY_PATH), 'fchownat');
-  }
-  if (meta.mode !== undefined) {
-    if (Number(cFchmod(fd, meta.mode & 0o7777)) < 0) check(cChmod(`/proc/self/fd/${fd}`, meta.mode & 0o7777), 'chmod');
-  }
-  if (meta.xattrs !== undefined) {
-    for (const [k, v] of meta.xattrs) {
-      if (Number(cFsetxattr(fd, k, v, v.length, 0)) < 0) check(cSetxattr(`/proc/self/fd/${fd}`, k, v, v.length, 0), 'setxattr', k);
-    }
-  }
-  if (meta.mtimeNs !== undefined) {
-    // utimensat(fd, NULL): the fd's own inode; an O_PATH fd refuses it (EBADF) but works through /proc.
-    const times = timesBuf(meta.atimeNs ?? meta.mtimeNs, meta.mtimeNs);
-    if (Number(cUtimensat(fd, null, times, 0)) < 0) check(cUtimensat(AT_FDCWD, `/proc/self/fd/${fd}`, times, 0), 'utimensat');
   }
 }
 

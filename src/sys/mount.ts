@@ -1,6 +1,7 @@
 /**
  * Mount helpers on top of sys/libc: bind mounts, unmounts, and the flags we use. The only place that
- * decides mount flags.
+ * decides mount flags, and the one unmount (unmountTarget and its async twin): UMOUNT_NOFOLLOW always,
+ * MNT_DETACH only where the caller says a busy mount may be detached (#10).
  */
 import { mount, mountAsync, umount2, umount2Async, SyscallError } from './libc.js';
 
@@ -16,34 +17,84 @@ export function bindMount(source: string, target: string): void {
 }
 
 /**
- * Unmounts `target`, never following a symlink at the target. If the mount is busy (a process still has
- * its cwd there), detaches it lazily instead, so that the name is free and the kernel finishes the unmount
- * when the last user goes. Returns false when nothing was mounted there (EINVAL/ENOENT).
+ * What to do when the mount is busy (a process still has its cwd or a file there):
+ * - 'detach': detach it lazily (MNT_DETACH): the name is free at once and the kernel finishes the unmount
+ *   when the last user goes (a volume's last Unmount, start-up's stale mounts);
+ * - 'report': leave it mounted and answer 'busy' (a commit that must not pull a tree from under a user).
  */
-export function unmount(target: string): boolean {
-  try {
-    umount2(target, UMOUNT_NOFOLLOW);
-    return true;
-  } catch (err) {
-    if (!(err instanceof SyscallError)) throw err;
-    if (err.code === 'EINVAL' || err.code === 'ENOENT') return false;
-    if (err.code !== 'EBUSY') throw err;
-  }
-  umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW);
-  return true;
+export type IfBusy = 'detach' | 'report';
+
+/** Options of unmountTarget. */
+export interface UnmountOptions {
+  readonly ifBusy: IfBusy;
 }
 
-/** Unmounts `target` unless something uses it (no lazy detach): 'busy' leaves it mounted. */
-export function unmountUnlessBusy(target: string): 'unmounted' | 'busy' | 'not-mounted' {
+/**
+ * What an unmount did: 'unmounted'; 'detached' (busy, detached lazily); 'busy' (left mounted, with
+ * ifBusy 'report'); 'not-mounted' (nothing was mounted there, or the target is gone: EINVAL/ENOENT).
+ */
+export type UnmountResult = 'unmounted' | 'detached' | 'busy' | 'not-mounted';
+
+/** The answer an umount2 failure means, or the error itself thrown (anything but EBUSY, EINVAL, ENOENT). */
+function failureOf(err: unknown): 'busy' | 'not-mounted' {
+  if (err instanceof SyscallError) {
+    if (err.code === 'EBUSY') return 'busy';
+    if (err.code === 'EINVAL' || err.code === 'ENOENT') return 'not-mounted';
+  }
+  throw err;
+}
+
+/**
+ * Unmounts `target`, never following a symlink at the target (UMOUNT_NOFOLLOW). A busy mount is detached
+ * lazily or reported, as `opts.ifBusy` says. The one unmount of tsvol: every caller states what busy means.
+ */
+export function unmountTarget(target: string, opts: { readonly ifBusy: 'detach' }): Exclude<UnmountResult, 'busy'>;
+export function unmountTarget(target: string, opts: { readonly ifBusy: 'report' }): Exclude<UnmountResult, 'detached'>;
+export function unmountTarget(target: string, opts: UnmountOptions): UnmountResult;
+export function unmountTarget(target: string, opts: UnmountOptions): UnmountResult {
   try {
     umount2(target, UMOUNT_NOFOLLOW);
     return 'unmounted';
   } catch (err) {
-    if (!(err instanceof SyscallError)) throw err;
-    if (err.code === 'EBUSY') return 'busy';
-    if (err.code === 'EINVAL' || err.code === 'ENOENT') return 'not-mounted';
-    throw err;
+    const why = failureOf(err);
+    if (why === 'not-mounted' || opts.ifBusy === 'report') return why;
   }
+  umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW);
+  return 'detached';
+}
+
+/** unmountTarget on the thread pool (the event loop keeps serving meanwhile); the same answers. */
+export async function unmountTargetAsync(target: string, opts: { readonly ifBusy: 'detach' }): Promise<Exclude<UnmountResult, 'busy'>>;
+export async function unmountTargetAsync(target: string, opts: { readonly ifBusy: 'report' }): Promise<Exclude<UnmountResult, 'detached'>>;
+export async function unmountTargetAsync(target: string, opts: UnmountOptions): Promise<UnmountResult>;
+export async function unmountTargetAsync(target: string, opts: UnmountOptions): Promise<UnmountResult> {
+  try {
+    await umount2Async(target, UMOUNT_NOFOLLOW);
+    return 'unmounted';
+  } catch (err) {
+    const why = failureOf(err);
+    if (why === 'not-mounted' || opts.ifBusy === 'report') return why;
+  }
+  await umount2Async(target, MNT_DETACH | UMOUNT_NOFOLLOW);
+  return 'detached';
+}
+
+/**
+ * Unmounts `target`, detaching it lazily if busy; false when nothing was mounted there.
+ * @deprecated Use `unmountTarget(target, { ifBusy: 'detach' }) !== 'not-mounted'`.
+ * TODO(lead): switch reconcile.ts, containers.ts and probe.ts to unmountTarget, then delete this #10
+ */
+export function unmount(target: string): boolean {
+  return unmountTarget(target, { ifBusy: 'detach' }) !== 'not-mounted';
+}
+
+/**
+ * Unmounts `target` unless something uses it (no lazy detach): 'busy' leaves it mounted.
+ * @deprecated Use `unmountTarget(target, { ifBusy: 'report' })` (it never answers 'detached' then).
+ * TODO(lead): switch containers.ts (commitInPlace) to unmountTarget, then delete this #10
+ */
+export function unmountUnlessBusy(target: string): 'unmounted' | 'busy' | 'not-mounted' {
+  return unmountTarget(target, { ifBusy: 'report' });
 }
 
 /** Mounts an overlay filesystem at `target` with the option string `data`. */
@@ -56,16 +107,11 @@ export async function bindMountAsync(source: string, target: string): Promise<vo
   await mountAsync(source, target, null, MS_BIND, null);
 }
 
-/** unmount on the thread pool; same semantics (lazy detach when busy, false when nothing was mounted). */
+/**
+ * unmount on the thread pool; same semantics (lazy detach when busy, false when nothing was mounted).
+ * @deprecated Use `await unmountTargetAsync(target, { ifBusy: 'detach' }) !== 'not-mounted'`.
+ * TODO(lead): switch volume-service.ts to unmountTargetAsync, then delete this #10
+ */
 export async function unmountAsync(target: string): Promise<boolean> {
-  try {
-    await umount2Async(target, UMOUNT_NOFOLLOW);
-    return true;
-  } catch (err) {
-    if (!(err instanceof SyscallError)) throw err;
-    if (err.code === 'EINVAL' || err.code === 'ENOENT') return false;
-    if (err.code !== 'EBUSY') throw err;
-  }
-  await umount2Async(target, MNT_DETACH | UMOUNT_NOFOLLOW);
-  return true;
+  return (await unmountTargetAsync(target, { ifBusy: 'detach' })) !== 'not-mounted';
 }

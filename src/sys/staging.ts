@@ -12,6 +12,10 @@
  *   deletes record-less volume directories, skips one that is locked (claimDir), so the window between the
  *   rename and the commit is closed for any other process.
  *
+ * - stageThenPublish (and buildStaged, its first half) is the one build-in-tmp → rename → commit of tsvol
+ *   (#10): fill a locked stage, flush it (syncfs), rename it into place and make the rename durable, keep
+ *   it locked until the caller's record is committed, and remove it (from tmp/ or its new name) on failure.
+ *
  * Deletion never crosses a mountpoint (removeTreeNoCross). Every fd is opened O_CLOEXEC (libuv's default),
  * so a child process never inherits a stage's lock.
  */
@@ -19,6 +23,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { nanoid } from 'nanoid';
 import { errnoCode } from '../errors.js';
+import { fsyncDir, syncFilesystem } from './durable.js';
 import { tryFlock } from './libc.js';
 import { POLL_MS } from './lock.js';
 import { removeTreeNoCross } from './remove.js';
@@ -178,4 +183,87 @@ export function sweepStages(tmpDir: string, remove: (dir: string) => Promise<str
     jobs.push(remove(p).finally(() => fs.closeSync(fd)));
   }
   return { dead, live, done: Promise.all(jobs).then((skipped) => skipped.flat()) };
+}
+
+/**
+ * Runs `fn` in a fresh scratch stage `tmpDir/<kind>-<id>/` (locked while it lives, so no sweep in another
+ * process takes it) and removes the stage afterwards, whatever happens: for work whose result leaves the
+ * stage by other means (a layer's diff renamed out of it, a commit's changes read back as a tar).
+ */
+export async function withStage<T>(tmpDir: string, kind: string, fn: (dir: string) => Promise<T>, mode = 0o700): Promise<T> {
+  const stage = await createStage(tmpDir, kind, mode);
+  try {
+    return await fn(stage.dir);
+  } finally {
+    await stage.remove();
+  }
+}
+
+/** Where and how stageThenPublish builds and publishes a directory. */
+export interface PublishSpec {
+  /** The `tmp/` to stage in: on the same filesystem as `dest` (the publish is a rename). */
+  readonly tmpDir: string;
+  /** The stage's name prefix (`<kind>-<id>`), for sweeps and for people reading tmp/. */
+  readonly kind: string;
+  /** The stage's mode before the umask (it becomes `dest`'s mode). Default 0700. */
+  readonly mode?: number;
+  /** Where the directory is published; the rename fails if something is there already. */
+  readonly dest: string;
+  /** The error for a `dest` taken meanwhile (the rename's EEXIST/ENOTEMPTY); default: the rename's own. */
+  readonly taken?: () => Error;
+  /**
+   * Makes the rename durable before the caller commits its record: fsyncs `dest`'s parent by default. A
+   * caller that coalesces concurrent fsyncs of one directory passes its own.
+   */
+  readonly syncParent?: (dir: string) => void | Promise<void>;
+}
+
+/**
+ * The first half of stageThenPublish, for a caller that commits its record later: builds the directory
+ * with `fill` in a fresh locked stage, flushes the filesystem (syncfs: every file of the tree at once),
+ * renames it to `spec.dest` and makes the rename durable. Returns the stage, still locked under its new
+ * name: release() it once the record is committed, or remove() it if the commit fails. On any failure
+ * here the stage is removed and the error rethrown.
+ */
+export async function buildStaged(spec: PublishSpec, fill: (dir: string) => Promise<void>): Promise<Stage> {
+  const stage = await createStage(spec.tmpDir, spec.kind, spec.mode);
+  try {
+    await fill(stage.dir);
+    // Every file on disk before the name says the tree exists: a crash after the rename never exposes a
+    // half-written tree under its real name.
+    syncFilesystem(stage.dir);
+    try {
+      stage.rename(spec.dest);
+    } catch (err) {
+      const code = errnoCode(err);
+      if (spec.taken !== undefined && (code === 'EEXIST' || code === 'ENOTEMPTY')) throw spec.taken();
+      throw err;
+    }
+    await (spec.syncParent ?? fsyncDir)(path.dirname(spec.dest));
+    return stage;
+  } catch (err) {
+    await stage.remove();
+    throw err;
+  }
+}
+
+/**
+ * Builds a directory in a locked stage and publishes it at `spec.dest` (buildStaged), then runs `commit`
+ * (the caller's record) with the directory still locked, so no sweep or start-up in another process can
+ * take it for record-less debris; releases the lock once `commit` has returned. If `commit` fails, the
+ * published directory is removed. A kill -9 at any instant leaves either the directory and its record, or
+ * a stage (in tmp/ or at `dest`, without a record) that start-up deletes.
+ */
+export async function stageThenPublish<T>(spec: PublishSpec, fill: (dir: string) => Promise<void>, commit: (dir: string) => Promise<T>): Promise<T> {
+  const stage = await buildStaged(spec, fill);
+  let committed = false;
+  try {
+    const out = await commit(stage.dir);
+    committed = true;
+    return out;
+  } finally {
+    // Committed: the record owns the directory; unlock it. Else the published directory goes.
+    if (committed) stage.release();
+    else await stage.remove();
+  }
 }

@@ -19,22 +19,17 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { ConflictError, InvalidArgumentError, describeError, errnoCode } from '../errors.js';
-import type { TarEntry, TarReader as TarReaderType } from '../layers/tar/reader.js';
-import { TarReader } from '../layers/tar/reader.js';
-import { decompressed } from '../layers/tar/gzip.js';
-import { writeTree } from '../layers/tar/writer.js';
-import { entryMeta, unpackLayer } from '../layers/unpack.js';
+import { ConflictError, InvalidArgumentError, describeError } from '../errors.js';
+import { packTree, unpackTree } from '../layers/tree-archive.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
-import { syncFilesystem } from '../sys/durable.js';
-import { Beneath } from '../sys/beneath.js';
-import { createStage } from '../sys/staging.js';
+import type { Beneath } from '../sys/beneath.js';
+import { stageThenPublish } from '../sys/staging.js';
 import { validateName } from './names.js';
 
 /** Streams the tree at `dir` as a tar: a `./` entry for the root, then every entry, sorted. */
 export async function* exportTree(dir: string | Beneath): AsyncGenerator<Buffer> {
-  yield* writeTree(dir, { whiteouts: 'plain', rootEntry: true });
+  yield* packTree(dir, { whiteouts: 'plain', rootEntry: true });
 }
 
 /** What an import made. */
@@ -54,64 +49,31 @@ export async function importVolume(layout: Layout, store: VolumeStore, name: str
   if (store.get(name) !== undefined) throw new ConflictError(`volume "${name}" already exists; import into a new name or remove it first`);
   fs.mkdirSync(layout.tmpDir, { recursive: true, mode: 0o700 });
   fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o701 });
-  const stage = await createStage(layout.tmpDir, 'new', 0o701);
-  const tmp = stage.dir;
-  const data = path.join(tmp, '_data');
-  let committed = false;
-  try {
-    fs.mkdirSync(data, { mode: 0o755 });
-    const reader = new TarReader(decompressed(input));
-    let rootMeta: TarEntry['header'] | undefined;
-    // The first entry may be the root ("./"): its metadata is applied to _data (the unpacker skips it).
-    const first = await reader.next();
-    if (first !== undefined && first.header.type === 'dir' && first.header.path.replace(/^(\.\/?)+/, '').replace(/\/+$/, '') === '') rootMeta = first.header;
-    let pending: TarEntry | undefined = first !== undefined && rootMeta === undefined ? first : undefined;
-    const peeked = {
-      next: async () => {
-        if (pending !== undefined) {
-          const e = pending;
-          pending = undefined;
-          return e;
-        }
-        return reader.next();
-      },
-      get trailer() {
-        return reader.trailer;
-      },
-    } as unknown as TarReaderType;
-    const devNull = fs.openSync('/dev/null', 'w');
-    let stats;
-    try {
-      stats = first === undefined ? { files: 0, size: 0 } : await unpackLayer(peeked, data, devNull, { whiteouts: 'plain' });
-    } catch (err) {
-      throw new InvalidArgumentError(`import of volume "${name}" refused: ${describeError(err)}`, { cause: err });
-    } finally {
-      fs.closeSync(devNull);
-    }
-    if (rootMeta !== undefined) {
-      const meta = rootMeta;
+  let stats = { files: 0, size: 0 };
+  const publish = {
+    tmpDir: layout.tmpDir,
+    kind: 'new',
+    mode: 0o701,
+    dest: layout.volumeDir(name),
+    taken: () => new ConflictError(`volume "${name}" was created meanwhile; import into a new name`),
+  };
+  return stageThenPublish(
+    publish,
+    async (dir) => {
+      const data = path.join(dir, '_data');
+      fs.mkdirSync(data, { mode: 0o755 });
       try {
-        // Through the pinned root (its fd), with the same checks and xattr rule as every entry.
-        Beneath.with(data, (tree) => tree.applyMeta('', entryMeta(meta, 'the root entry "./"')));
+        // A `./` entry first carries the volume root's own owner, mode and xattrs (exportTree writes one).
+        stats = await unpackTree(input, data, { whiteouts: 'plain', rootEntry: true });
       } catch (err) {
         throw new InvalidArgumentError(`import of volume "${name}" refused: ${describeError(err)}`, { cause: err });
       }
-    }
-    syncFilesystem(tmp); // every file of the volume on disk before the record says it exists
-    try {
-      stage.rename(layout.volumeDir(name));
-    } catch (err) {
-      const code = errnoCode(err);
-      if (code === 'EEXIST' || code === 'ENOTEMPTY') throw new ConflictError(`volume "${name}" was created meanwhile; import into a new name`);
-      throw err;
-    }
-    const record: VolumeRecord = { name, createdAt: new Date().toISOString(), spec: { kind: 'named' }, options: {}, holds: new Map() };
-    await store.put(record, [layout.volumesDir]);
-    committed = true;
-    return { record, files: stats.files, bytes: stats.size };
-  } finally {
-    // Committed: the record owns the directory; unlock it. Else the stage goes, in tmp/ or volumes/<name>.
-    if (committed) stage.release();
-    else await stage.remove();
-  }
+    },
+    async () => {
+      // The rename is durable already (stageThenPublish fsyncs volumes/): the record is the last step.
+      const record: VolumeRecord = { name, createdAt: new Date().toISOString(), spec: { kind: 'named' }, options: {}, holds: new Map() };
+      await store.put(record);
+      return { record, files: stats.files, bytes: stats.size };
+    },
+  );
 }

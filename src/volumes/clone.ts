@@ -21,8 +21,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { errnoCode } from '../errors.js';
-import { applyMetaFd, Beneath, fdXattrs, statFd, type EntryMeta, type EntryStat } from '../sys/beneath.js';
+import { Beneath, statFd, type EntryStat } from '../sys/beneath.js';
 import { copyFileData, newCopyDataState } from '../sys/copy-data.js';
+import { applyMetaFd, fdXattrs, metaOf, XATTRS } from '../sys/file-meta.js';
 
 /** What a copy did. */
 export interface CopyStats {
@@ -49,17 +50,11 @@ function changedUnderUs(err: unknown): boolean {
 /** A source entry changed while we copied it (changedUnderUs): skipped, like one that vanished. */
 class SourceChanged extends Error {}
 
-/** What copyTree gives an entry: the source's owner, mode, xattrs and times. */
-function metaOf(st: EntryStat, xattrs: Map<string, Buffer>, withMode = true): EntryMeta {
-  return {
-    uid: st.uid,
-    gid: st.gid,
-    ...(withMode ? { mode: st.mode & 0o7777 } : {}),
-    ...(xattrs.size > 0 ? { xattrs } : {}),
-    atimeNs: st.atimeNs,
-    mtimeNs: st.mtimeNs,
-  };
-}
+/**
+ * A clone is a plain copy of a volume: every xattr travels (XATTRS.verbatim), trusted.overlay.* included
+ * (a volume may hold Docker-in-Docker's overlay2 uppers), with atime and mtime in nanoseconds.
+ */
+const CLONE_XATTRS = XATTRS.verbatim;
 
 /** Pins a source root given as a path: it must be a real directory (a final symlink is refused). */
 function openSource(src: string | number): Beneath {
@@ -100,7 +95,7 @@ export function copyTree(src: string | number, dst: string): CopyStats {
       dstRoot = parent.sub(rootName);
       try {
         copyDir(source, dstRoot, '');
-        parent.applyMeta(rootName, metaOf(rootSt, source.xattrs('')));
+        parent.applyMeta(rootName, metaOf(rootSt, source.xattrs(''), CLONE_XATTRS));
       } finally {
         dstRoot.close();
       }
@@ -175,7 +170,7 @@ export function copyTree(src: string | number, dst: string): CopyStats {
           made.close();
         }
         // After the entries: creating them changed the directory's times.
-        to.applyMeta(name, metaOf(dirSt, xattrs));
+        to.applyMeta(name, metaOf(dirSt, xattrs, CLONE_XATTRS));
       } finally {
         sub.close();
       }
@@ -195,12 +190,12 @@ export function copyTree(src: string | number, dst: string): CopyStats {
       const linkTarget = read(() => from.readlink(name));
       const xattrs = read(() => from.xattrs(name));
       to.symlink(linkTarget, name);
-      to.applyMeta(name, metaOf(st, xattrs, false));
+      to.applyMeta(name, metaOf(st, xattrs, CLONE_XATTRS));
     } else {
       const type = st.isCharacterDevice() ? fs.constants.S_IFCHR : st.isBlockDevice() ? fs.constants.S_IFBLK : fs.constants.S_IFIFO;
       const xattrs = read(() => from.xattrs(name));
       to.mknod(name, type | (st.mode & 0o7777), st.rdev);
-      to.applyMeta(name, metaOf(st, xattrs));
+      to.applyMeta(name, metaOf(st, xattrs, CLONE_XATTRS));
     }
     if (st.nlink > 1) links.set(st.ino, childRel);
     stats.files++;
@@ -224,8 +219,8 @@ export function copyTree(src: string | number, dst: string): CopyStats {
       const dfd = to.createFile(name, 0o600);
       try {
         if (copyFileData(sfd, dfd, st, state)) stats.reflinked++;
-        // chown before chmod (chown clears set-id bits), xattrs after chown (it drops security.capability).
-        applyMetaFd(dfd, metaOf(st, fdXattrs(sfd)));
+        // Through the new file's own fd (sys/file-meta.ts: chown, chmod, xattrs, times, in that order).
+        applyMetaFd(dfd, metaOf(st, fdXattrs(sfd), CLONE_XATTRS));
       } finally {
         fs.closeSync(dfd);
       }

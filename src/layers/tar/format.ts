@@ -32,8 +32,13 @@ export interface TarHeader {
   uid: number;
   gid: number;
   size: number;
-  /** Seconds since the epoch (pax keeps fractions). */
+  /** Seconds since the epoch (pax keeps fractions, which a double holds only to about 0.2 µs today). */
   mtime: number;
+  /**
+   * The mtime in nanoseconds, exactly as a pax record wrote it (set by applyPax; encodeHeader writes it).
+   * Absent: `mtime` is exact (whole seconds). Read both through mtimeNsOf.
+   */
+  mtimeNs?: bigint;
   linkname: string;
   uname: string;
   gname: string;
@@ -206,6 +211,29 @@ function paxNumber(h: TarHeader, key: string, text: string, pattern: RegExp, max
 const DECIMAL = /^[0-9]+$/;
 const TIME = /^-?[0-9]+(\.[0-9]+)?$/;
 
+/** A pax decimal time (TIME, already checked) → nanoseconds, exactly: digits beyond the ninth are dropped. */
+function paxTimeNs(text: string): bigint {
+  const negative = text.startsWith('-');
+  const [whole = '0', fraction = ''] = (negative ? text.slice(1) : text).split('.');
+  const ns = BigInt(whole) * 1_000_000_000n + BigInt(fraction.slice(0, 9).padEnd(9, '0'));
+  return negative ? -ns : ns;
+}
+
+/** Nanoseconds → a pax decimal time, without trailing zeros ("1700000000.000000001", "-1.5"). */
+function paxTimeText(ns: bigint): string {
+  const abs = ns < 0n ? -ns : ns;
+  const fraction = (abs % 1_000_000_000n).toString().padStart(9, '0').replace(/0+$/, '');
+  const text = `${abs / 1_000_000_000n}${fraction === '' ? '' : `.${fraction}`}`;
+  return ns < 0n ? `-${text}` : text;
+}
+
+/** A header's mtime in nanoseconds: exact from pax (mtimeNs), else from `mtime`. */
+export function mtimeNsOf(h: Pick<TarHeader, 'mtime' | 'mtimeNs'>): bigint {
+  if (h.mtimeNs !== undefined) return h.mtimeNs;
+  const whole = Math.floor(h.mtime);
+  return BigInt(whole) * 1_000_000_000n + BigInt(Math.round((h.mtime - whole) * 1e9));
+}
+
 /** A name from the archive with a NUL in it: the kernel would read it cut short at the NUL, so it is refused. */
 export function assertNoNul(name: string, what: string): void {
   if (name.includes('\0')) throw new Error(`${what} ${quote(name)} contains a NUL byte`);
@@ -249,6 +277,7 @@ export function applyPax(h: TarHeader, pax: Map<string, Buffer>): void {
         break;
       case 'mtime':
         h.mtime = paxNumber(h, key, text(), TIME, Number.MAX_SAFE_INTEGER);
+        h.mtimeNs = paxTimeNs(text());
         break;
       default: {
         let name: string | undefined;
@@ -345,7 +374,8 @@ export function encodeHeader(h: TarHeader): Buffer {
   if (h.size > 0o77777777777) records.push(paxRecord('size', Buffer.from(String(h.size))));
   if (h.uid > 0o7777777) records.push(paxRecord('uid', Buffer.from(String(h.uid))));
   if (h.gid > 0o7777777) records.push(paxRecord('gid', Buffer.from(String(h.gid))));
-  if (!Number.isInteger(h.mtime)) records.push(paxRecord('mtime', Buffer.from(h.mtime.toFixed(9).replace(/\.?0+$/, ''))));
+  if (h.mtimeNs !== undefined && h.mtimeNs % 1_000_000_000n !== 0n) records.push(paxRecord('mtime', Buffer.from(paxTimeText(h.mtimeNs))));
+  else if (!Number.isInteger(h.mtime)) records.push(paxRecord('mtime', Buffer.from(h.mtime.toFixed(9).replace(/\.?0+$/, ''))));
   for (const [name, value] of [...h.xattrs].sort(([a], [b]) => (a < b ? -1 : 1))) {
     records.push(paxRecord(`SCHILY.xattr.${name}`, value));
   }

@@ -115,8 +115,18 @@ export interface TarEntry {
   padding(): Buffer;
 }
 
+/**
+ * What an unpacker pulls entries from: a TarReader, or a wrapper that hands back an entry it peeked at
+ * (tree-archive.ts's root entry).
+ */
+export interface EntrySource {
+  next(): Promise<TarEntry | undefined>;
+  /** The archive's end bytes, once next() has returned undefined. */
+  readonly trailer: Buffer;
+}
+
 /** Reads tar entries from `input`. After `next()` returns undefined, `trailer` holds the end bytes. */
-export class TarReader {
+export class TarReader implements EntrySource {
   private readonly src: ByteSource;
   /** Drains what is left of the current entry (body and padding), whether or not it was read. */
   private current: (() => Promise<void>) | undefined;

@@ -12,11 +12,11 @@
 import fs from 'node:fs';
 import { errnoCode } from '../../errors.js';
 import { Beneath, type EntryStat } from '../../sys/beneath.js';
+import { keptXattrs, OPAQUE_XATTR, XATTRS } from '../../sys/file-meta.js';
 import { lgetxattr } from '../../sys/libc.js';
 import { Coalescer } from './coalesce.js';
 import { BLOCK, encodeHeader, padding, type TarHeader } from './format.js';
 
-const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
 
 /** A tar header for `p` from its stat: numeric owners, whole-second mtime, no names or times beyond it. */
 function headerOf(p: string, st: EntryStat, type: TarHeader['type'], extra: Partial<TarHeader> = {}): TarHeader {
@@ -45,7 +45,7 @@ export function isWhiteout(st: { isCharacterDevice(): boolean; readonly rdev: nu
 
 /** True if the directory carries overlayfs's opaque marker. */
 export function isOpaque(abs: string): boolean {
-  return lgetxattr(abs, `${OVERLAY_XATTR_PREFIX}opaque`)?.toString() === 'y';
+  return lgetxattr(abs, OPAQUE_XATTR)?.toString() === 'y';
 }
 
 /** Options of writeTree. */
@@ -56,11 +56,9 @@ export interface WriteTreeOptions {
   readonly rootEntry?: boolean;
 }
 
-/** An entry's xattrs as a tar carries them: sorted, without overlayfs's private ones. */
+/** An entry's xattrs as a tar carries them: sorted, without overlayfs's private ones (XATTRS.fileOnly). */
 function tarXattrs(all: ReadonlyMap<string, Buffer>): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  for (const name of [...all.keys()].sort()) if (!name.startsWith(OVERLAY_XATTR_PREFIX)) out.set(name, all.get(name)!);
-  return out;
+  return keptXattrs(all, XATTRS.fileOnly);
 }
 
 /** Errors of an entry that changed or went away while we walked a tree in use: it is left out. */
@@ -102,7 +100,7 @@ export async function* writeTree(root: string | Beneath, opts: WriteTreeOptions 
           try {
             const all = sub.xattrs('');
             out.push(encodeHeader(headerOf(`${childRel}/`, st, 'dir', { xattrs: tarXattrs(all) })));
-            if (overlay && all.get(`${OVERLAY_XATTR_PREFIX}opaque`)?.toString() === 'y') {
+            if (overlay && all.get(OPAQUE_XATTR)?.toString() === 'y') {
               out.push(encodeHeader(headerOf(`${childRel}/.wh..wh..opq`, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
             }
             for (const b of out.take()) yield b;
