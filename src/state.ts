@@ -9,8 +9,9 @@
  * src/layers/layer-ops.ts): a store that changes how it is opened changes these files, not its callers.
  */
 import type { Config } from './config.js';
+import type { ControlOps } from './http/control-client.js';
 import { createContainerStore, type ContainerStore } from './layers/containers.js';
-import { layerOps, type LayerOps } from './layers/layer-ops.js';
+import { layerOps } from './layers/layer-ops.js';
 import type { LayerStore } from './layers/layer-store.js';
 import { createLogger, type Logger } from './log.js';
 import { serverPaths } from './server-paths.js';
@@ -19,19 +20,13 @@ import { createVolumeStore, type VolumeStore } from './store/volume-store.js';
 import { acquireLock, type ReleaseLock } from './sys/lock.js';
 import { makePrivateDir } from './sys/private-dir.js';
 import { createLayeredVolumes } from './volumes/layered.js';
-import { volumeOps, type VolumeOps } from './volumes/volume-ops.js';
+import { volumeOps } from './volumes/volume-ops.js';
 import { createVolumeService, type VolumeInternals, type VolumeService } from './volumes/volume-service.js';
 
 export type { ReleaseLock } from './sys/lock.js';
 
-/** What a `tsvol` command asks for: the same two sets of operations the control client offers. */
-export interface Operations {
-  readonly volumes: VolumeOps;
-  readonly layers: LayerOps;
-}
-
-/** An open data root: its stores, the volume service, and the operations over them. */
-export interface State extends Operations {
+/** An open data root: its stores, the volume service, and the operations over them (as the control API's). */
+export interface State extends ControlOps {
   readonly layout: Layout;
   readonly store: VolumeStore;
   readonly service: VolumeService & VolumeInternals;
@@ -80,7 +75,7 @@ export function openState(config: Config, log: Logger): State {
  * The caller holds the server lock for the whole call (lockDataRoot). Logs nothing: a command's output is
  * its result and its errors.
  */
-export async function withOwnState<T>(config: Config, fn: (ops: Operations) => Promise<T>): Promise<T> {
+export async function withOwnState<T>(config: Config, fn: (ops: ControlOps) => Promise<T>): Promise<T> {
   const state = openState(config, createLogger('silent'));
   try {
     return await fn(state);

@@ -13,7 +13,7 @@
  */
 import type { Config } from '../config.js';
 import { ConflictError } from '../errors.js';
-import { controlReachable, createControlClient } from '../http/control-client.js';
+import { controlReachable, createControlClient, type ControlOps } from '../http/control-client.js';
 import type { LayerOps } from '../layers/layer-ops.js';
 import { serverPaths } from '../server-paths.js';
 import type { VolumeOps } from '../volumes/volume-ops.js';
@@ -23,19 +23,13 @@ const WAIT_MS = 30_000;
 /** Each try at the lock waits this long before the control socket is tried again. */
 const LOCK_TRY_MS = 1000;
 
-/** The operations a command calls: the server's through its control socket, or this process's own. */
-export interface Ops {
-  readonly volumes: VolumeOps;
-  readonly layers: LayerOps;
-}
-
 /**
  * Runs `fn` with the operations of the server answering on the data root's control socket, or, when none
  * answers, with this process's own, opened and closed while it holds the server lock. If another process
  * holds the lock and no server answers (a server starting or stopping, or another command working alone),
  * tries the socket and the lock in turn for up to WAIT_MS.
  */
-export async function withOps<T>(config: Config, fn: (ops: Ops) => Promise<T>): Promise<T> {
+export async function withOps<T>(config: Config, fn: (ops: ControlOps) => Promise<T>): Promise<T> {
   const { root, lockFile, controlSocket } = serverPaths(config);
   const deadline = Date.now() + WAIT_MS;
   for (;;) {

@@ -130,14 +130,17 @@ export function controlReachable(socket: string): Promise<boolean> {
   });
 }
 
-/** The control API's operations as the CLI sees them: the same ones it runs itself when no server runs. */
-export interface ControlClient {
+/**
+ * The operations the control API carries: what the server serves (src/http/control.ts), what this client
+ * offers, and what the CLI runs itself over src/state.ts when no server runs.
+ */
+export interface ControlOps {
   readonly volumes: VolumeOps;
   readonly layers: LayerOps;
 }
 
 /** The control API's client on `socket`. */
-export function createControlClient(socket: string): ControlClient {
+export function createControlClient(socket: string): ControlOps {
   function send(method: string, path: string, headers: http.OutgoingHttpHeaders = {}): http.ClientRequest {
     return http.request({ socketPath: socket, method, path, headers, agent: false });
   }

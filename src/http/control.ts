@@ -10,11 +10,9 @@ import type http from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { InvalidArgumentError, TsvolError, describeError } from '../errors.js';
-import type { LayerOps } from '../layers/layer-ops.js';
 import type { Logger } from '../log.js';
-import type { VolumeOps } from '../volumes/volume-ops.js';
 import { STATUS } from './app.js';
-import { CODE_TRAILER, ERROR_TRAILER, NOTICE_HEADER, RESULT_TRAILER } from './control-client.js';
+import { CODE_TRAILER, ERROR_TRAILER, NOTICE_HEADER, RESULT_TRAILER, type ControlOps } from './control-client.js';
 
 /** The control API's listener, and a way to wait for its requests to finish (shutdown, before the store closes). */
 export interface ControlApi {
@@ -53,7 +51,8 @@ function subject(req: Request): Record<string, string | undefined> {
   const q = req.query as Record<string, unknown>;
   const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
   if (req.path.startsWith('/v1/containers/')) return { container: str(q.name) };
-  return { layer: str(q.ref) };
+  if (req.path.startsWith('/v1/layers/')) return { layer: str(q.ref) };
+  return {};
 }
 
 /**
@@ -66,12 +65,6 @@ async function streamReply(res: Response, stream: AsyncIterable<Buffer>, headers
   await pipeline(stream, res, { end: false });
   res.addTrailers({ [RESULT_TRAILER]: 'ok' });
   res.end();
-}
-
-/** What the control API serves: the volume operations, and the layer and container operations. */
-export interface ControlOps {
-  readonly volumes: VolumeOps;
-  readonly layers: LayerOps;
 }
 
 /** The routes of the control API over `ops`. */
