@@ -1,6 +1,7 @@
 /**
- * Wiring only: config → lock → store → service → reconcile → http, and a SIGTERM drain. `docker plugin
- * disable` sends SIGTERM and SIGKILLs after ~10 s, so in-flight requests get up to DRAIN_MS to finish.
+ * Wiring only: config → lock → state (store, service, layer stores, operations: src/state.ts) → reconcile →
+ * http, and a SIGTERM drain. `docker plugin disable` sends SIGTERM and SIGKILLs after ~10 s, so in-flight
+ * requests get up to DRAIN_MS to finish.
  *
  * Two sockets, one process: the VolumeDriver socket for dockerd, and the control socket in the data root
  * for the `tsvol` CLI (src/http/control.ts), so the CLI never works on the state behind the server's back.
@@ -16,13 +17,10 @@ import { createControlApi } from './http/control.js';
 import { controlReachable } from './http/control-client.js';
 import { volumeDriverRoutes } from './http/protocol.js';
 import { createLogger, type Logger } from './log.js';
-import { createLayout, type Layout } from './store/layout.js';
-import { createVolumeStore } from './store/volume-store.js';
-import { acquireLock, type ReleaseLock } from './sys/lock.js';
+import { serverPaths } from './server-paths.js';
+import { lockDataRoot, openState, type ReleaseLock } from './state.js';
 import { makePrivateDir, reportPrivateDir } from './sys/private-dir.js';
 import { reconcileVolumes } from './volumes/reconcile.js';
-import { volumeOps } from './volumes/volume-ops.js';
-import { createVolumeService } from './volumes/volume-service.js';
 
 /** How long SIGTERM waits for in-flight requests before closing connections. */
 const DRAIN_MS = 8000;
@@ -41,34 +39,35 @@ export interface RunningServer {
 }
 
 /** Takes the data root's lock, saying once in the log when another process holds it and start-up waits. */
-async function lockDataRoot(layout: Layout, log: Logger): Promise<ReleaseLock> {
+async function lockForServer(config: Config, log: Logger): Promise<ReleaseLock> {
+  const { lockFile, controlSocket } = serverPaths(config);
   try {
-    return await acquireLock(layout.lockFile, 'tsvol server', 0);
+    return await lockDataRoot(config, 0);
   } catch (err) {
     if (!(err instanceof ConflictError)) throw err;
     // A server answering on the control socket holds the lock for its lifetime: waiting would not help.
-    if (await controlReachable(layout.controlSocket)) throw err;
+    if (await controlReachable(controlSocket)) throw err;
   }
-  log.info({ lock: layout.lockFile, waitMs: LOCK_WAIT_MS }, 'waiting for another process holding the data root (a tsvol command, or a server stopping)');
-  return acquireLock(layout.lockFile, 'tsvol server', LOCK_WAIT_MS);
+  log.info({ lock: lockFile, waitMs: LOCK_WAIT_MS }, 'waiting for another process holding the data root (a tsvol command, or a server stopping)');
+  return lockDataRoot(config, LOCK_WAIT_MS);
 }
 
 /** Starts the VolumeDriver server described by `config`; exits the process on SIGTERM/SIGINT. */
 export async function startServer(config: Config): Promise<RunningServer> {
   const started = Date.now();
   const log = createLogger(config.logLevel);
-  const layout = createLayout(config.dataRoot);
+  const { root } = serverPaths(config);
   // Root-only (#9 §5); a root left open by an older version or by hand is closed now, and said so once.
-  reportPrivateDir(log, 'data root', layout.root, makePrivateDir(layout.root));
+  reportPrivateDir(log, 'data root', root, makePrivateDir(root));
   // Held for the server's lifetime; a flock cannot be lost while this process lives (src/sys/lock.ts).
-  const releaseLock = await lockDataRoot(layout, log);
-  const store = createVolumeStore(layout);
-  const service = createVolumeService({ config, layout, store, log });
+  const releaseLock = await lockForServer(config, log);
+  const state = openState(config, log);
+  const { layout, store, service } = state;
   const repaired = await reconcileVolumes({ layout, store, mountsRoot: config.mountsRoot, service, log });
   const inflight = { count: 0 };
   // The control socket first: a CLI that sees the VolumeDriver socket answer finds it too. Any control.sock
   // already there is a dead server's (we hold the lock), and listenOnSocket replaces it.
-  const control = createControlApi(volumeOps({ config, layout, store, service }), log);
+  const control = createControlApi(state, log);
   const controlServer = await listenOnSocket(control.listener, layout.controlSocket, 0o600);
   const server = await listenOnSocket(createRequestListener(volumeDriverRoutes(service), log, inflight), config.socket);
   log.info(
@@ -89,7 +88,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       // A control request cut off above (an export) still releases its hold: let it, before the store closes.
       await control.settled();
       removeSocketFile(layout.controlSocket, log);
-      await store.close();
+      await state.close();
       await releaseLock();
       log.info('stopped');
     })());

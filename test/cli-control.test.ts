@@ -5,11 +5,12 @@
  * invisible to the CLI's process, so only the server can read a held sized volume.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { requireTools } from './helpers/require.js';
-import { CLI, MAIN, cleanupDir, post, requireRoot, tempDir, withServer, type TestServer } from './helpers/server.js';
+import { CLI, MAIN, cleanupDir, isMounted, post, requireRoot, tempDir, withServer, type TestServer } from './helpers/server.js';
 import { encodeHeader } from '../src/layers/tar/format.js';
 
 requireTools('unshare', 'nsenter', 'mkfs.ext4');
@@ -196,6 +197,233 @@ test('with no server, a CLI import holds the server lock for its whole run: a se
     const vdata = path.join(data, 'volumes', 'slow', '_data');
     t.is(fs.readdirSync(vdata).length, files, 'the whole volume');
     t.is(fs.readFileSync(path.join(vdata, `f${files - 1}`), 'utf8'), `file ${files - 1}\n`);
+  } finally {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    cleanupDir(dir);
+  }
+});
+
+// `tsvol layer …` and `tsvol container …` are clients too (#10): the same commands, the same output.
+
+/** A tar of regular files and directories (paths ending in /), with fixed owners, modes and times. */
+function tarOf(files: Record<string, string>): Buffer {
+  const parts: Buffer[] = [];
+  const head = (p: string, type: 'file' | 'dir', size: number): Buffer =>
+    encodeHeader({ path: p, type, mode: type === 'dir' ? 0o755 : 0o644, uid: 0, gid: 0, size, mtime: 1_700_000_000, linkname: '', uname: '', gname: '', devmajor: 0, devminor: 0, xattrs: new Map() });
+  for (const [p, body] of Object.entries(files)) {
+    if (p.endsWith('/')) {
+      parts.push(head(p, 'dir', 0));
+      continue;
+    }
+    const data = Buffer.from(body);
+    parts.push(head(p, 'file', data.length), data, Buffer.alloc((512 - (data.length % 512)) % 512));
+  }
+  parts.push(Buffer.alloc(1024));
+  return Buffer.concat(parts);
+}
+
+/**
+ * One step of the layer story: a command (with its standard input; `<committed>` in its arguments stands
+ * for the layer the last container commit printed), or a write of `write` into container c1.
+ */
+type Step = { args: string[]; input?: Buffer; sortJson?: boolean } | { write: string };
+
+/** What a command showed the user. */
+interface Shown {
+  args: string;
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs `steps` on the data root `data`, writing into the container with `write`. What must differ between
+ * two data roots becomes a placeholder: the data root's path and timestamps. Every other byte, exit code
+ * and message is kept (layer IDs too: the tars and the write have fixed contents, modes and times).
+ */
+function story(data: string, steps: Step[], write: (file: string) => void, env: Record<string, string>): Shown[] {
+  const shown: Shown[] = [];
+  let committed: string | undefined;
+  for (const step of steps) {
+    if ('write' in step) {
+      write(path.join(data, 'layers', 'containers', 'c1', 'merged', step.write));
+      continue;
+    }
+    const args = step.args.map((a) => (a === '<committed>' && committed !== undefined ? committed : a));
+    const r = spawnSync(process.execPath, [CLI, ...args], { env: cliEnv(data, env), input: step.input, maxBuffer: 1 << 26 });
+    let stdout = r.stdout.toString('latin1');
+    if (args[0] === 'container' && args[1] === 'commit' && r.status === 0) committed = stdout.trim();
+    stdout = stdout.split(data).join('<data>').replace(/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z/g, '<time>');
+    if (step.sortJson === true && r.status === 0) stdout = `${JSON.stringify((JSON.parse(stdout) as string[]).sort())}\n`;
+    shown.push({ args: step.args.join(' '), status: r.status, stdout, stderr: r.stderr.toString().split(data).join('<data>') });
+  }
+  return shown;
+}
+
+test('with a server running, every layer and container command is a request to it, and shows exactly what it shows without one', async (t) => {
+  if (!requireRoot(t)) return;
+  const base = tarOf({ 'etc/': '', 'etc/app.conf': 'from the base\n', 'old.txt': 'old\n' });
+  const child = tarOf({ 'etc/': '', 'etc/extra.conf': 'from the child\n' });
+  const scratch = tempDir('tsvol-cli-layers-');
+  // Both sides on overlay, the server's probe in its own namespace notwithstanding.
+  const driver = { TSVOL_LAYER_DRIVER: 'overlay' };
+  try {
+    const childFile = path.join(scratch, 'child.tar');
+    fs.writeFileSync(childFile, child);
+    const baseId = `sha256:${createHash('sha256').update(base).digest('hex')}`;
+    const steps: Step[] = [
+      { args: ['layer', 'import', '-'], input: base },
+      { args: ['layer', 'tag', baseId, 'base:1'] },
+      { args: ['layer', 'import', childFile, '--parent', 'base:1'] },
+      { args: ['layer', 'ls'] },
+      { args: ['layer', 'ls', '--json'] },
+      { args: ['layer', 'history', 'base:1'] },
+      { args: ['layer', 'history', baseId.slice(7, 19), '--json'] },
+      { args: ['layer', 'export', 'base:1'] },
+      { args: ['layer', 'export', 'nope'] },
+      { args: ['layer', 'export', ''] },
+      { args: ['layer', 'history', '..'] },
+      { args: ['layer', 'import', '-', '--parent', 'nope'], input: base },
+      { args: ['layer', 'import', '-'], input: Buffer.from('not a tar at all') },
+      { args: ['layer', 'tag', baseId, '.bad'] },
+      { args: ['layer', 'rm', baseId] },
+      { args: ['container', 'create', 'c1', '--from', 'base:1'] },
+      { args: ['container', 'create', 'c1', '--from', 'base:1'] },
+      { args: ['container', 'create', 'bad/name', '--from', 'base:1'] },
+      { args: ['container', 'create', 'c2', '--from', 'nope'] },
+      { write: 'new.txt' },
+      { args: ['container', 'diff', 'c1'] },
+      { args: ['container', 'diff', 'c1', '--json'] },
+      { args: ['container', 'commit', 'c1'] },
+      { args: ['container', 'diff', 'c1'] },
+      { args: ['container', 'mount', 'c1'] },
+      { args: ['layer', 'history', '<committed>'] },
+      { args: ['container', 'rm', 'c1'] },
+      { args: ['container', 'rm', 'c1'] },
+      { args: ['container', 'diff', 'nope'] },
+      { args: ['layer', 'rm', 'base:1'] },
+      { args: ['layer', 'gc', '--json'], sortJson: true },
+      { args: ['layer', 'gc'] },
+      { args: ['layer', 'ls', '--json'] },
+    ];
+
+    let served: Shown[] = [];
+    await withServer(t, { prefix: OWN_NAMESPACE, env: driver }, async (s) => {
+      served = story(
+        s.data,
+        steps,
+        (file) => {
+          // The container is the server's: mounted in its mount namespace, not in this one.
+          const merged = path.dirname(file);
+          t.true(mountedIn(s.proc.pid!, merged), 'mounted by the server');
+          t.false(mountedIn(process.pid, merged), 'not by the CLI');
+          inServerNamespace(s, `printf 'written inside\\n' > ${file} && chmod 644 ${file} && touch -d @1700000000 ${file}`);
+        },
+        {},
+      );
+      const ops = (): string[] => controlRequests(s).map((l) => String(l.op));
+      const commands = steps.filter((st) => 'args' in st).length;
+      await until('the server to log every command', () => ops().length === commands);
+      t.deepEqual(
+        [...new Set(ops())].sort(),
+        ['container.commit', 'container.create', 'container.diff', 'container.mount', 'container.rm', 'layer.export', 'layer.gc', 'layer.history', 'layer.import', 'layer.ls', 'layer.rm', 'layer.tag'],
+        'the server served every command',
+      );
+      t.like(
+        controlRequests(s).find((l) => l.op === 'layer.export' && l.layer === 'nope'),
+        { status: 404, code: 'TSVOL_NOT_FOUND' },
+        'the error keeps its kind on the wire',
+      );
+    });
+
+    const alone = story(
+      path.join(scratch, 'alone'),
+      steps,
+      (file) => {
+        fs.writeFileSync(file, 'written inside\n');
+        fs.chmodSync(file, 0o644);
+        fs.utimesSync(file, 1_700_000_000, 1_700_000_000);
+      },
+      driver,
+    );
+    t.deepEqual(served, alone);
+    // The story did what it says (not merely the same wrong thing twice).
+    const byArgs = (a: string): Shown[] => alone.filter((x) => x.args === a);
+    t.is(byArgs('layer import -')[0]!.stdout, `${baseId}\n`);
+    t.is(byArgs('layer export base:1')[0]!.stdout, base.toString('latin1'), 'byte-identical export');
+    t.like(byArgs('layer export nope')[0], { status: 1, stdout: '', stderr: 'tsvol: layer "nope" not found; `tsvol layer ls` lists layers\n' });
+    t.like(byArgs('layer export ')[0], { status: 1, stderr: 'tsvol: layer "" not found; `tsvol layer ls` lists layers\n' });
+    t.regex(byArgs(`layer rm ${baseId}`)[0]!.stderr, /is held by/);
+    t.is(byArgs('container create c1 --from base:1')[0]!.stdout, '<data>/layers/containers/c1/merged\n');
+    t.regex(byArgs('container create c1 --from base:1')[1]!.stderr, /already exists/);
+    t.deepEqual(byArgs('container diff c1').map((x) => x.stdout), ['A /new.txt\n', '']);
+    t.regex(byArgs('container commit c1')[0]!.stdout, /^sha256:[0-9a-f]{64}\n$/);
+    t.is(byArgs('layer history <committed>')[0]!.stdout.split('\n').length, 4, 'header, the commit, the base');
+    t.is(byArgs('layer gc')[0]!.stdout, '');
+    t.is(byArgs('layer ls --json').at(-1)!.stdout, '[]\n');
+  } finally {
+    cleanupDir(scratch);
+  }
+});
+
+test('with no server, a layer import holds the server lock for its whole run: a container command and a server started meanwhile wait, then find the whole layer', async (t) => {
+  if (!requireRoot(t)) return;
+  const dir = tempDir();
+  const data = path.join(dir, 'data');
+  const socket = path.join(dir, 'tsvol.sock');
+  const children: ChildProcess[] = [];
+  /** A child's output so far and its exit code (after its output: `close`). */
+  const run = (argv: string[], env: NodeJS.ProcessEnv, stdin: 'pipe' | 'ignore') => {
+    const child = spawn(argv[0]!, argv.slice(1), { env, stdio: [stdin, 'pipe', 'pipe'] });
+    children.push(child);
+    const out = { stdout: '', stderr: '' };
+    child.stdout!.on('data', (c: Buffer) => (out.stdout += c.toString()));
+    child.stderr!.on('data', (c: Buffer) => (out.stderr += c.toString()));
+    return { child, out, closed: new Promise<number | null>((r) => child.once('close', r)) };
+  };
+  try {
+    const files = 400;
+    const entries: Record<string, string> = {};
+    for (let i = 0; i < files; i++) entries[`f${i}`] = `file ${i}\n`;
+    const tar = tarOf(entries);
+    const layerId = `sha256:${createHash('sha256').update(tar).digest('hex')}`;
+    const half = 200 * 1024;
+
+    // The import reads standard input, which this test feeds: half now, the rest once the others wait.
+    const importer = run([process.execPath, CLI, 'layer', 'import', '-'], cliEnv(data), 'pipe');
+    importer.child.stdin!.write(tar.subarray(0, half));
+    const staging = (): string[] => (fs.existsSync(path.join(data, 'layers', 'tmp')) ? fs.readdirSync(path.join(data, 'layers', 'tmp')) : []);
+    await until('the import to start unpacking', () => staging().length > 0, 30_000);
+    t.is(fs.readFileSync(path.join(data, 'server.lock'), 'utf8'), `${importer.child.pid} tsvol server\n`, 'the import holds the server lock');
+
+    const env: NodeJS.ProcessEnv = { ...process.env, TSVOL_SOCKET: socket, TSVOL_DATA: data, TSVOL_LOG_LEVEL: 'info' };
+    delete env.TSVOL_MOUNTS;
+    const server = run([process.execPath, MAIN], env, 'ignore');
+    await until('the server to say it waits', () => server.out.stdout.includes('waiting for another process holding the data root'), 30_000);
+    // A container command without a server waits too, rather than working beside the import.
+    const creator = run([process.execPath, CLI, 'container', 'create', 'c1', '--from', layerId], cliEnv(data), 'ignore');
+    await new Promise((r) => setTimeout(r, 2000));
+    t.false(server.out.stdout.includes('tsvol listening'), 'the server has not started');
+    t.is(creator.child.exitCode, null, 'the container command is still waiting');
+    t.true(staging().length > 0, "the import's stage is intact");
+
+    importer.child.stdin!.end(tar.subarray(half));
+    t.is(await importer.closed, 0, importer.out.stderr);
+    t.is(importer.out.stdout, `${layerId}\n`);
+    t.is(await creator.closed, 0, creator.out.stderr);
+    const merged = path.join(data, 'layers', 'containers', 'c1', 'merged');
+    t.is(creator.out.stdout, `${merged}\n`);
+    t.is(fs.readdirSync(merged).length, files, 'the container sits on the whole layer');
+    await until('the server to start', () => server.out.stdout.includes('tsvol listening'), 60_000);
+
+    // Now the server answers: the next command is its request.
+    const ls = cli(data, ['layer', 'ls', '--json']);
+    t.is(ls.status, 0, ls.stderr);
+    t.deepEqual((JSON.parse(ls.stdout.toString()) as { id: string }[]).map((l) => l.id), [layerId]);
+    await until('the server to log the request', () => server.out.stdout.includes('"op":"layer.ls"'));
+    const rm = cli(data, ['container', 'rm', 'c1']);
+    t.is(rm.status, 0, rm.stderr);
+    t.false(isMounted(merged));
   } finally {
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     cleanupDir(dir);

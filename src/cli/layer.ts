@@ -1,17 +1,15 @@
-/** `tsvol layer …`: import, export, ls, history, tag, rm, gc (issue #5). Thin: parse, call layers/, print. */
+/**
+ * `tsvol layer …`: import, export, ls, history, tag, rm, gc (issue #5). Thin: parse, call the layer
+ * operations (src/layers/layer-ops.ts), print. Each command is a request to the running server, or runs
+ * in-process under the server lock when none answers (src/cli/client.ts), like `tsvol volume`.
+ */
 import fs from 'node:fs';
-import path from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
-import { createLayerStore, type LayerRecord } from '../layers/layer-store.js';
+import type { LayerRecord } from '../layers/layer-ops.js';
+import { withLayerOps } from './client.js';
 import { humanSize, table } from './format.js';
 import { withProgress } from './progress.js';
-
-function store() {
-  return createLayerStore(path.join(loadConfig().dataRoot, 'layers'));
-}
-
-
 
 const short = (id: string | undefined): string => (id ? id.slice(7, 19) : '-');
 
@@ -32,7 +30,7 @@ export function registerLayer(program: Command): void {
       const fd = file === '-' ? undefined : fs.openSync(file, 'r');
       const input = fd === undefined ? process.stdin : fs.createReadStream('', { fd, highWaterMark: 1 << 20 });
       const total = fd === undefined ? undefined : fs.fstatSync(fd).size;
-      const rec = await store().importLayer(withProgress('importing', input as AsyncIterable<Buffer>, total), opts.parent);
+      const rec = await withLayerOps(loadConfig(), (ops) => ops.importLayer(withProgress('importing', input as AsyncIterable<Buffer>, total), opts.parent));
       process.stdout.write(`${rec.id}\n`);
     });
   layer
@@ -41,29 +39,32 @@ export function registerLayer(program: Command): void {
     .option('-o, --output <file>', 'write to a file instead of standard output')
     .description("the layer's own diff as an OCI layer tar")
     .action(async (id: string, opts: { output?: string }) => {
-      const layers = store();
-      const rec = layers.resolve(id);
-      if (opts.output) {
-        // To a file: 4 MB chunks written straight to the fd (a write stream's async hops cost ~30% here).
-        const fd = fs.openSync(opts.output, 'w', 0o644);
-        try {
-          for await (const chunk of withProgress('exporting', layers.exportLayer(rec.id))) fs.writeSync(fd, chunk);
-        } finally {
-          fs.closeSync(fd);
-        }
-        return;
-      }
-      // To stdout (usually a pipe): respect back-pressure; no progress bar mixed into the data.
-      for await (const chunk of layers.exportLayer(rec.id)) {
-        if (!process.stdout.write(chunk)) await new Promise((r) => process.stdout.once('drain', r));
-      }
+      // The sink runs once the layer is found: an unknown ID leaves no output file behind.
+      await withLayerOps(loadConfig(), (ops) =>
+        ops.exportLayer(id, async (tar) => {
+          if (opts.output) {
+            // To a file: chunks written straight to the fd (a write stream's async hops cost ~30% here).
+            const fd = fs.openSync(opts.output, 'w', 0o644);
+            try {
+              for await (const chunk of withProgress('exporting', tar)) fs.writeSync(fd, chunk);
+            } finally {
+              fs.closeSync(fd);
+            }
+            return;
+          }
+          // To stdout (usually a pipe): respect back-pressure; no progress bar mixed into the data.
+          for await (const chunk of tar) {
+            if (!process.stdout.write(chunk)) await new Promise((r) => process.stdout.once('drain', r));
+          }
+        }),
+      );
     });
   layer
     .command('ls')
     .option('--json', 'machine-readable output')
     .description('list layers')
-    .action((opts: { json?: boolean }) => {
-      const layers = store().list().sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+    .action(async (opts: { json?: boolean }) => {
+      const layers = (await withLayerOps(loadConfig(), (ops) => ops.listLayers())).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
       print(!!opts.json, layers, () => [
         ['LAYER ID', 'PARENT', 'SIZE', 'FILES', 'CREATED'],
         ...layers.map((l) => [short(l.id), short(l.parent), humanSize(l.size), String(l.files), l.createdAt]),
@@ -74,8 +75,8 @@ export function registerLayer(program: Command): void {
     .argument('<id>', 'layer ID or name')
     .option('--json', 'machine-readable output')
     .description('the chain from this layer down to its base, like docker history')
-    .action((id: string, opts: { json?: boolean }) => {
-      const chain: LayerRecord[] = store().history(id);
+    .action(async (id: string, opts: { json?: boolean }) => {
+      const chain: LayerRecord[] = await withLayerOps(loadConfig(), (ops) => ops.history(id));
       print(!!opts.json, chain, () => [
         ['LAYER ID', 'DIFF ID', 'SIZE', 'FILES', 'CREATED'],
         ...chain.map((l) => [short(l.id), short(l.diffId), humanSize(l.size), String(l.files), l.createdAt]),
@@ -87,14 +88,14 @@ export function registerLayer(program: Command): void {
     .argument('<name>', 'the new name')
     .description('name a layer (a name holds it; it works wherever an ID does)')
     .action(async (id: string, name: string) => {
-      await store().tag(id, name);
+      await withLayerOps(loadConfig(), (ops) => ops.tag(id, name));
     });
   layer
     .command('rm')
     .argument('<id>', 'layer ID or name')
     .description('remove a layer that nothing holds; given a tag, untag (and remove the layer if that tag was its last holder)')
     .action(async (id: string) => {
-      const { untagged, deleted } = await store().remove(id);
+      const { untagged, deleted } = await withLayerOps(loadConfig(), (ops) => ops.removeLayer(id));
       for (const u of untagged) process.stdout.write(`untagged ${u}\n`);
       for (const d of deleted) process.stdout.write(`deleted ${d}\n`);
     });
@@ -103,7 +104,7 @@ export function registerLayer(program: Command): void {
     .option('--json', 'machine-readable output')
     .description('remove every layer held by nothing, and crash leftovers')
     .action(async (opts: { json?: boolean }) => {
-      const { removed } = await store().gc();
+      const { removed } = await withLayerOps(loadConfig(), (ops) => ops.gc());
       if (opts.json) process.stdout.write(`${JSON.stringify(removed)}\n`);
       else for (const r of removed) process.stdout.write(`removed ${r}\n`);
     });

@@ -13,8 +13,26 @@
  *   POST /v1/volumes/{name}/clone?from=SRC      200 {name}
  *   GET  /v1/df                                 200 DiskUsage
  *
- * Errors are `{"Err": message, "code": "TSVOL_…"}` with the VolumeDriver app's status codes (src/http/app.ts).
- * A stream that fails after its headers went out ends with the error in its trailer (an export), or the
+ *   GET  /v1/layers                             200 LayerRecord[]
+ *   GET  /v1/layers/history?ref=R               200 LayerRecord[], top first
+ *   POST /v1/layers/import[?parent=R] body: tar 200 LayerRecord
+ *   GET  /v1/layers/export?ref=R                200 tar stream, trailers as for a volume's export
+ *   POST /v1/layers/tag?ref=R&name=N            200 {}
+ *   POST /v1/layers/rm?ref=R                    200 {untagged, deleted}
+ *   POST /v1/layers/gc                          200 {removed}
+ *   POST /v1/containers/create?name=N&from=R    200 {merged}
+ *   POST /v1/containers/mount?name=N            200 {merged}
+ *   GET  /v1/containers/diff?name=N             200 Change[]
+ *   POST /v1/containers/commit?name=N           200 LayerRecord
+ *   POST /v1/containers/rm?name=N               200 {}
+ *
+ * A layer's or container's name travels in the query, not the path: every string the user typed (an empty
+ * one, `..`, a name with `/`) reaches the operation as typed and gets the operation's own answer, never
+ * the router's.
+ *
+ * Errors are `{"Err": message, "code": "TSVOL_…"}` with the VolumeDriver app's status codes (src/http/app.ts),
+ * and the client throws them with that code and message, as the operation would have in-process.
+ * A stream that fails after its headers went out ends with the error in its trailers (an export), or the
  * connection closes: a client never takes a cut-short tar for a whole one.
  */
 import http from 'node:http';
@@ -22,8 +40,9 @@ import net from 'node:net';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { InternalError, TsvolError, UnavailableError, describeError, errnoCode, type ErrorCode } from '../errors.js';
+import type { Change, CollectedLayers, LayerOps, LayerRecord, RemovedLayers } from '../layers/layer-ops.js';
 import type { VolumeInfo } from '../volumes/volume-service.js';
-import type { DiskUsage, ExportOptions, ExportSink, ImportSummary, VolumeOps } from '../volumes/volume-ops.js';
+import type { DiskUsage, ExportOptions, ImportSummary, VolumeOps } from '../volumes/volume-ops.js';
 
 /** Response header: the notice for a volume in use (URI-encoded). */
 export const NOTICE_HEADER = 'Tsvol-Notice';
@@ -31,6 +50,16 @@ export const NOTICE_HEADER = 'Tsvol-Notice';
 export const RESULT_TRAILER = 'Tsvol-Result';
 /** Trailer of a streamed reply that failed: the error (URI-encoded). */
 export const ERROR_TRAILER = 'Tsvol-Err';
+/** Trailer of a streamed reply that failed: the error's code (`TSVOL_…`). */
+export const CODE_TRAILER = 'Tsvol-Code';
+
+/** A query string from parameters (given ones only), each URI-encoded. */
+function query(params: { readonly [K in 'ref' | 'name' | 'from' | 'parent']?: string | undefined }): string {
+  const parts = Object.entries(params)
+    .filter((e): e is [string, string] => e[1] !== undefined)
+    .map(([k, v]) => `${k}=${encodeURIComponent(v)}`);
+  return parts.length === 0 ? '' : `?${parts.join('&')}`;
+}
 
 /** The API's paths (names are URI-encoded here and decoded by the router). */
 export const CONTROL_PATHS = {
@@ -41,6 +70,15 @@ export const CONTROL_PATHS = {
   commit: (name: string, tag?: string) => `/v1/volumes/${encodeURIComponent(name)}/commit${tag === undefined ? '' : `?tag=${encodeURIComponent(tag)}`}`,
   clone: (from: string, name: string) => `/v1/volumes/${encodeURIComponent(name)}/clone?from=${encodeURIComponent(from)}`,
   df: '/v1/df',
+  layers: '/v1/layers',
+  layerHistory: (ref: string) => `/v1/layers/history${query({ ref })}`,
+  layerImport: (parent: string | undefined) => `/v1/layers/import${query({ parent })}`,
+  layerExport: (ref: string) => `/v1/layers/export${query({ ref })}`,
+  layerTag: (ref: string, name: string) => `/v1/layers/tag${query({ ref, name })}`,
+  layerRm: (ref: string) => `/v1/layers/rm${query({ ref })}`,
+  layerGc: '/v1/layers/gc',
+  containerCreate: (name: string, from: string) => `/v1/containers/create${query({ name, from })}`,
+  container: (verb: 'mount' | 'diff' | 'commit' | 'rm', name: string) => `/v1/containers/${verb}${query({ name })}`,
 } as const;
 
 const CODES = new Set<ErrorCode>(['TSVOL_INVALID_ARGUMENT', 'TSVOL_NOT_FOUND', 'TSVOL_CONFLICT', 'TSVOL_IN_USE', 'TSVOL_UNAVAILABLE', 'TSVOL_INTERNAL']);
@@ -92,10 +130,29 @@ export function controlReachable(socket: string): Promise<boolean> {
   });
 }
 
-/** The control API's client on `socket`: the same operations the CLI runs itself when no server runs. */
-export function createControlClient(socket: string): VolumeOps {
+/**
+ * The operations the control API carries: what the server serves (src/http/control.ts), what this client
+ * offers, and what the CLI runs itself over src/state.ts when no server runs.
+ */
+export interface ControlOps {
+  readonly volumes: VolumeOps;
+  readonly layers: LayerOps;
+}
+
+/** The control API's client on `socket`. */
+export function createControlClient(socket: string): ControlOps {
   function send(method: string, path: string, headers: http.OutgoingHttpHeaders = {}): http.ClientRequest {
     return http.request({ socketPath: socket, method, path, headers, agent: false });
+  }
+
+  /** Parses a JSON reply, or throws the error a non-2xx reply carries. */
+  function decode<T>(res: http.IncomingMessage, raw: string, what: string): T {
+    if ((res.statusCode ?? 0) >= 300) throw replyError(res.statusCode ?? 0, raw);
+    try {
+      return JSON.parse(raw) as T;
+    } catch (err) {
+      throw new InternalError(`the tsvol server's reply to ${what} is not JSON: ${describeError(err)}`);
+    }
   }
 
   /** A request without a body whose reply is JSON; a non-2xx reply throws its error. */
@@ -104,11 +161,10 @@ export function createControlClient(socket: string): VolumeOps {
       const req = send(method, path);
       req.once('response', (res) => {
         readText(res).then((raw) => {
-          if ((res.statusCode ?? 0) >= 300) return reject(replyError(res.statusCode ?? 0, raw));
           try {
-            resolve(JSON.parse(raw) as T);
+            resolve(decode<T>(res, raw, `${method} ${path}`));
           } catch (err) {
-            reject(new InternalError(`the tsvol server's reply to ${method} ${path} is not JSON: ${describeError(err)}`));
+            reject(err);
           }
         }, (err: unknown) => reject(connectionLost(err)));
       });
@@ -117,7 +173,52 @@ export function createControlClient(socket: string): VolumeOps {
     });
   }
 
-  /** The body of a streamed reply, failing unless its trailer says the whole stream was sent. */
+  /** A request whose body is `input` (a tar) and whose reply is JSON. */
+  function upload<T>(path: string, input: AsyncIterable<Buffer>, what: string): Promise<T> {
+    return new Promise((resolve, reject) => {
+      let answered = false;
+      const req = send('POST', path, { 'Content-Type': 'application/x-tar' });
+      req.once('response', (res) => {
+        // The server may answer before the upload ends (a refused name, parent or archive): stop sending then.
+        answered = true;
+        readText(res).then(
+          (raw) => {
+            req.destroy();
+            try {
+              resolve(decode<T>(res, raw, what));
+            } catch (err) {
+              reject(err);
+            }
+          },
+          (err: unknown) => reject(connectionLost(err)),
+        );
+      });
+      req.on('error', (err) => {
+        if (!answered) reject(connectionLost(err));
+      });
+      pipeline(Readable.from(input), req).catch((err: unknown) => {
+        // After an answer the upload is stopped on purpose; before one, the input failed: that is the error.
+        if (!answered) reject(connectionLost(err));
+      });
+    });
+  }
+
+  /** Sends a GET whose reply is a stream; a non-2xx reply throws its error before any of the stream. */
+  async function download(path: string): Promise<http.IncomingMessage> {
+    const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
+      const req = send('GET', path);
+      req.once('response', resolve);
+      req.once('error', (err) => reject(connectionLost(err)));
+      req.end();
+    });
+    if ((res.statusCode ?? 0) >= 300) throw replyError(res.statusCode ?? 0, await readText(res));
+    return res;
+  }
+
+  /**
+   * The body of a streamed reply, failing unless its trailer says the whole stream was sent. An error the
+   * server put in the trailers is thrown with its code and message, as the operation threw it.
+   */
   async function* checked(res: http.IncomingMessage, what: string): AsyncGenerator<Buffer> {
     try {
       for await (const chunk of res) yield chunk as Buffer;
@@ -129,11 +230,13 @@ export function createControlClient(socket: string): VolumeOps {
     }
     if (res.trailers[RESULT_TRAILER.toLowerCase()] !== 'ok') {
       const e = res.trailers[ERROR_TRAILER.toLowerCase()];
-      throw new InternalError(`${what} failed: ${e === undefined ? 'the stream ended without its result; see the server log' : decodeURIComponent(e)}`);
+      if (e === undefined) throw new InternalError(`${what} failed: the stream ended without its result; see the server log`);
+      const code = res.trailers[CODE_TRAILER.toLowerCase()];
+      throw new TsvolError(code !== undefined && CODES.has(code as ErrorCode) ? (code as ErrorCode) : 'TSVOL_INTERNAL', decodeURIComponent(e));
     }
   }
 
-  return {
+  const volumes: VolumeOps = {
     ls: () => call<VolumeInfo[]>('GET', CONTROL_PATHS.volumes),
     inspect: (name) => call<VolumeInfo>('GET', CONTROL_PATHS.volume(name)),
     async commit(name, opts) {
@@ -143,47 +246,38 @@ export function createControlClient(socket: string): VolumeOps {
       await call<{ name: string }>('POST', CONTROL_PATHS.clone(from, name));
     },
     df: () => call<DiskUsage>('GET', CONTROL_PATHS.df),
-
-    async export(name: string, opts: ExportOptions, sink: ExportSink) {
-      const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
-        const req = send('GET', CONTROL_PATHS.export(name, opts.gzip === true));
-        req.once('response', resolve);
-        req.once('error', (err) => reject(connectionLost(err)));
-        req.end();
-      });
-      if ((res.statusCode ?? 0) >= 300) throw replyError(res.statusCode ?? 0, await readText(res));
+    async export(name: string, opts: ExportOptions, sink) {
+      const res = await download(CONTROL_PATHS.export(name, opts.gzip === true));
       const notice = res.headers[NOTICE_HEADER.toLowerCase()];
       await sink(checked(res, `export of volume "${name}"`), typeof notice === 'string' ? decodeURIComponent(notice) : undefined);
     },
+    import: (name, input) => upload<ImportSummary>(CONTROL_PATHS.import(name), input, `the import of "${name}"`),
+  };
 
-    import(name: string, input: AsyncIterable<Buffer>): Promise<ImportSummary> {
-      return new Promise((resolve, reject) => {
-        let answered = false;
-        const req = send('POST', CONTROL_PATHS.import(name), { 'Content-Type': 'application/x-tar' });
-        req.once('response', (res) => {
-          // The server may answer before the upload ends (a refused name or archive): stop sending then.
-          answered = true;
-          readText(res).then(
-            (raw) => {
-              req.destroy();
-              if ((res.statusCode ?? 0) >= 300) return reject(replyError(res.statusCode ?? 0, raw));
-              try {
-                resolve(JSON.parse(raw) as ImportSummary);
-              } catch (err) {
-                reject(new InternalError(`the tsvol server's reply to the import of "${name}" is not JSON: ${describeError(err)}`));
-              }
-            },
-            (err: unknown) => reject(connectionLost(err)),
-          );
-        });
-        req.on('error', (err) => {
-          if (!answered) reject(connectionLost(err));
-        });
-        pipeline(Readable.from(input), req).catch((err: unknown) => {
-          // After an answer the upload is stopped on purpose; before one, the input failed: that is the error.
-          if (!answered) reject(connectionLost(err));
-        });
-      });
+  const layers: LayerOps = {
+    importLayer: (input, parent) => upload<LayerRecord>(CONTROL_PATHS.layerImport(parent), input, 'the layer import'),
+    async exportLayer(ref, sink) {
+      await sink(checked(await download(CONTROL_PATHS.layerExport(ref)), `export of layer "${ref}"`));
+    },
+    listLayers: () => call<LayerRecord[]>('GET', CONTROL_PATHS.layers),
+    history: (ref) => call<LayerRecord[]>('GET', CONTROL_PATHS.layerHistory(ref)),
+    async tag(ref, name) {
+      await call<Record<string, never>>('POST', CONTROL_PATHS.layerTag(ref, name));
+    },
+    removeLayer: (ref) => call<RemovedLayers>('POST', CONTROL_PATHS.layerRm(ref)),
+    gc: () => call<CollectedLayers>('POST', CONTROL_PATHS.layerGc),
+    async createContainer(name, from) {
+      return (await call<{ merged: string }>('POST', CONTROL_PATHS.containerCreate(name, from))).merged;
+    },
+    async mountContainer(name) {
+      return (await call<{ merged: string }>('POST', CONTROL_PATHS.container('mount', name))).merged;
+    },
+    diffContainer: (name) => call<Change[]>('GET', CONTROL_PATHS.container('diff', name)),
+    commitContainer: (name) => call<LayerRecord>('POST', CONTROL_PATHS.container('commit', name)),
+    async removeContainer(name) {
+      await call<Record<string, never>>('POST', CONTROL_PATHS.container('rm', name));
     },
   };
+
+  return { volumes, layers };
 }

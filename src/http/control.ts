@@ -1,18 +1,18 @@
 /**
- * The control API's server side (#9 §6): the routes the CLI calls on TSVOL_DATA/control.sock, served by the
- * same process as the VolumeDriver socket, so one process owns the state. The wire is described in
- * src/http/control-client.ts; each route is decode → call src/volumes/volume-ops.ts → encode, and the
- * same operations run in the CLI only while it holds the server lock. Errors are `{Err, code}` with the
- * VolumeDriver app's status codes. One log line per request: api, op, volume, ms, status, code.
+ * The control API's server side (#9 §6, #10): the routes the CLI calls on TSVOL_DATA/control.sock, served
+ * by the same process as the VolumeDriver socket, so one process owns the state. The wire is described in
+ * src/http/control-client.ts; each route is decode → call src/volumes/volume-ops.ts or
+ * src/layers/layer-ops.ts → encode, and the same operations run in the CLI only while it holds the server
+ * lock. Errors are `{Err, code}` with the VolumeDriver app's status codes. One log line per request: api,
+ * op, volume / layer / container, ms, status, code.
  */
 import type http from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { InvalidArgumentError, TsvolError, describeError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { VolumeOps } from '../volumes/volume-ops.js';
 import { STATUS } from './app.js';
-import { ERROR_TRAILER, NOTICE_HEADER, RESULT_TRAILER } from './control-client.js';
+import { CODE_TRAILER, ERROR_TRAILER, NOTICE_HEADER, RESULT_TRAILER, type ControlOps } from './control-client.js';
 
 /** The control API's listener, and a way to wait for its requests to finish (shutdown, before the store closes). */
 export interface ControlApi {
@@ -27,16 +27,49 @@ function replyJson(res: http.ServerResponse, status: number, body: unknown): voi
   res.end(json);
 }
 
+/** The query parameters the API reads (constant keys: a request's own keys are never looked up). */
+type QueryKey = 'gzip' | 'tag' | 'from' | 'ref' | 'name' | 'parent';
+
 /** An optional query parameter given at most once. */
-function queryParam(req: Request, key: string): string | undefined {
+function queryParam(req: Request, key: QueryKey): string | undefined {
   const v = (req.query as Record<string, unknown>)[key];
   if (v === undefined) return undefined;
   if (typeof v !== 'string') throw new InvalidArgumentError(`query parameter ${key} must be given once, as a string`);
   return v;
 }
 
+/** A query parameter the route needs (the CLI always sends it: missing means another client's mistake). */
+function requiredParam(req: Request, key: QueryKey): string {
+  const v = queryParam(req, key);
+  if (v === undefined) throw new InvalidArgumentError(`${req.path} needs ?${key}=`);
+  return v;
+}
+
+/** What a request is about, for its log line: a volume (path), a layer (?ref=) or a container (?name=). */
+function subject(req: Request): Record<string, string | undefined> {
+  if (req.params.name !== undefined) return { volume: String(req.params.name) };
+  const q = req.query as Record<string, unknown>;
+  const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+  if (req.path.startsWith('/v1/containers/')) return { container: str(q.name) };
+  if (req.path.startsWith('/v1/layers/')) return { layer: str(q.ref) };
+  return {};
+}
+
+/**
+ * Sends `stream` as a 200 reply with `headers`, then the trailer `ok`. Rejects when the client goes away,
+ * which ends the producer (and releases what it holds); an error of the producer rejects too, and serve()
+ * puts it in the trailers.
+ */
+async function streamReply(res: Response, stream: AsyncIterable<Buffer>, headers: http.OutgoingHttpHeaders): Promise<void> {
+  res.writeHead(200, { ...headers, Trailer: `${RESULT_TRAILER}, ${ERROR_TRAILER}, ${CODE_TRAILER}` });
+  await pipeline(stream, res, { end: false });
+  res.addTrailers({ [RESULT_TRAILER]: 'ok' });
+  res.end();
+}
+
 /** The routes of the control API over `ops`. */
-export function createControlApi(ops: VolumeOps, log: Logger): ControlApi {
+export function createControlApi(ops: ControlOps, log: Logger): ControlApi {
+  const { volumes, layers } = ops;
   const active = new Set<Promise<void>>();
   const app = express();
   app.disable('x-powered-by');
@@ -61,14 +94,14 @@ export function createControlApi(ops: VolumeOps, log: Logger): ControlApi {
           if (!res.headersSent) {
             replyJson(res, status, { Err: describeError(err), code });
           } else if (!res.writableEnded && !res.destroyed) {
-            res.addTrailers({ [RESULT_TRAILER]: 'error', [ERROR_TRAILER]: encodeURIComponent(describeError(err)) });
+            res.addTrailers({ [RESULT_TRAILER]: 'error', [ERROR_TRAILER]: encodeURIComponent(describeError(err)), [CODE_TRAILER]: code });
             res.end();
           }
           // A client that went away mid-stream is not a server fault.
           if (status >= 500 && !aborted) log.error({ api: 'control', op, err: describeError(err), stack: err instanceof Error ? err.stack : undefined }, 'request failed');
         } finally {
           log.info(
-            { api: 'control', op, volume: req.params.name === undefined ? undefined : String(req.params.name), ms: Number(process.hrtime.bigint() - started) / 1e6, status: res.statusCode, code, aborted: aborted || undefined },
+            { api: 'control', op, ...subject(req), ms: Number(process.hrtime.bigint() - started) / 1e6, status: res.statusCode, code, aborted: aborted || undefined },
             'request',
           );
         }
@@ -82,38 +115,34 @@ export function createControlApi(ops: VolumeOps, log: Logger): ControlApi {
 
   app.get(
     '/v1/volumes',
-    serve('ls', async (_req, res) => replyJson(res, 200, await ops.ls())),
+    serve('ls', async (_req, res) => replyJson(res, 200, await volumes.ls())),
   );
   app.get(
     '/v1/volumes/:name',
-    serve('inspect', async (req, res) => replyJson(res, 200, await ops.inspect(name(req)))),
+    serve('inspect', async (req, res) => replyJson(res, 200, await volumes.inspect(name(req)))),
   );
   app.get(
     '/v1/volumes/:name/export',
     serve('export', async (req, res) => {
       const gzip = queryParam(req, 'gzip') === '1';
-      await ops.export(name(req), { gzip }, async (archive, notice) => {
-        res.writeHead(200, {
+      // The stream rejects when the client goes away, which ends the export and releases its hold.
+      await volumes.export(name(req), { gzip }, (archive, notice) =>
+        streamReply(res, archive, {
           'Content-Type': gzip ? 'application/gzip' : 'application/x-tar',
-          Trailer: `${RESULT_TRAILER}, ${ERROR_TRAILER}`,
           ...(notice === undefined ? {} : { [NOTICE_HEADER]: encodeURIComponent(notice) }),
-        });
-        // Rejects when the client goes away, which ends the export and releases its hold.
-        await pipeline(archive, res, { end: false });
-        res.addTrailers({ [RESULT_TRAILER]: 'ok' });
-        res.end();
-      });
+        }),
+      );
     }),
   );
   app.post(
     '/v1/volumes/:name/import',
-    serve('import', async (req, res) => replyJson(res, 200, await ops.import(name(req), req))),
+    serve('import', async (req, res) => replyJson(res, 200, await volumes.import(name(req), req))),
   );
   app.post(
     '/v1/volumes/:name/commit',
     serve('commit', async (req, res) => {
       const tag = queryParam(req, 'tag');
-      replyJson(res, 200, { layer: await ops.commit(name(req), tag === undefined ? {} : { tag }) });
+      replyJson(res, 200, { layer: await volumes.commit(name(req), tag === undefined ? {} : { tag }) });
     }),
   );
   app.post(
@@ -121,13 +150,72 @@ export function createControlApi(ops: VolumeOps, log: Logger): ControlApi {
     serve('clone', async (req, res) => {
       const from = queryParam(req, 'from');
       if (from === undefined) throw new InvalidArgumentError('clone needs ?from=<source volume>');
-      await ops.clone(from, name(req));
+      await volumes.clone(from, name(req));
       replyJson(res, 200, { name: name(req) });
     }),
   );
   app.get(
     '/v1/df',
-    serve('df', async (_req, res) => replyJson(res, 200, await ops.df())),
+    serve('df', async (_req, res) => replyJson(res, 200, await volumes.df())),
+  );
+
+  app.get(
+    '/v1/layers',
+    serve('layer.ls', async (_req, res) => replyJson(res, 200, await layers.listLayers())),
+  );
+  app.get(
+    '/v1/layers/history',
+    serve('layer.history', async (req, res) => replyJson(res, 200, await layers.history(requiredParam(req, 'ref')))),
+  );
+  app.post(
+    '/v1/layers/import',
+    serve('layer.import', async (req, res) => replyJson(res, 200, await layers.importLayer(req, queryParam(req, 'parent')))),
+  );
+  app.get(
+    '/v1/layers/export',
+    serve('layer.export', async (req, res) => {
+      await layers.exportLayer(requiredParam(req, 'ref'), (tar) => streamReply(res, tar, { 'Content-Type': 'application/x-tar' }));
+    }),
+  );
+  app.post(
+    '/v1/layers/tag',
+    serve('layer.tag', async (req, res) => {
+      await layers.tag(requiredParam(req, 'ref'), requiredParam(req, 'name'));
+      replyJson(res, 200, {});
+    }),
+  );
+  app.post(
+    '/v1/layers/rm',
+    serve('layer.rm', async (req, res) => replyJson(res, 200, await layers.removeLayer(requiredParam(req, 'ref')))),
+  );
+  app.post(
+    '/v1/layers/gc',
+    serve('layer.gc', async (_req, res) => replyJson(res, 200, await layers.gc())),
+  );
+  app.post(
+    '/v1/containers/create',
+    serve('container.create', async (req, res) => {
+      replyJson(res, 200, { merged: await layers.createContainer(requiredParam(req, 'name'), requiredParam(req, 'from')) });
+    }),
+  );
+  app.post(
+    '/v1/containers/mount',
+    serve('container.mount', async (req, res) => replyJson(res, 200, { merged: await layers.mountContainer(requiredParam(req, 'name')) })),
+  );
+  app.get(
+    '/v1/containers/diff',
+    serve('container.diff', async (req, res) => replyJson(res, 200, await layers.diffContainer(requiredParam(req, 'name')))),
+  );
+  app.post(
+    '/v1/containers/commit',
+    serve('container.commit', async (req, res) => replyJson(res, 200, await layers.commitContainer(requiredParam(req, 'name')))),
+  );
+  app.post(
+    '/v1/containers/rm',
+    serve('container.rm', async (req, res) => {
+      await layers.removeContainer(requiredParam(req, 'name'));
+      replyJson(res, 200, {});
+    }),
   );
   app.use((req: Request, res: Response) => {
     replyJson(res, 404, { Err: `unknown endpoint ${req.method} ${req.path} of the tsvol control API`, code: 'TSVOL_NOT_FOUND' });

@@ -1,0 +1,20 @@
+/**
+ * Where a client finds the server of a data root, before it knows whether one runs: the control socket,
+ * and the server lock a command takes when none answers. Apart from src/state.ts, which opens the stores,
+ * so that a command served by the server loads only this, node:http and the control client.
+ */
+import type { Config } from './config.js';
+import { createLayout } from './store/layout.js';
+
+/** The paths a client needs: the data root, its server lock, its control socket. */
+export interface ServerPaths {
+  readonly root: string;
+  readonly lockFile: string;
+  readonly controlSocket: string;
+}
+
+/** Where the server of `config`'s data root listens and locks (src/store/layout.ts). */
+export function serverPaths(config: Config): ServerPaths {
+  const { root, lockFile, controlSocket } = createLayout(config.dataRoot);
+  return { root, lockFile, controlSocket };
+}
