@@ -24,7 +24,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { nanoid } from 'nanoid';
-import { InUseError, InvalidArgumentError, NotFoundError, describeError, errnoCode } from '../errors.js';
+import { InUseError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
 import { createLayout } from '../store/layout.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
 import { acquireMetaStore } from '../store/open.js';
@@ -33,6 +33,7 @@ import { syncFilesystem } from '../sys/durable.js';
 import { createStage, sweepStages } from '../sys/staging.js';
 import { decompressed } from './tar/gzip.js';
 import { TarReader } from './tar/reader.js';
+import { removeShortLink } from './overlay.js';
 import { linkTree, replaySplit, splitOnly, unpackLayer, type UnpackStats } from './unpack.js';
 import { writeTree } from './tar/writer.js';
 
@@ -292,17 +293,6 @@ export function createLayerStore(root: string, meta?: MetaStore): LayerStore {
     return out;
   }
 
-  /** Removes a diff's short link (overlay.ts: l/<4 chars>), if it has one. */
-  function removeShortLink(linkFile: string): void {
-    try {
-      fs.rmSync(path.join(root, 'l', fs.readFileSync(linkFile, 'utf8').trim()), { force: true });
-      fs.rmSync(linkFile);
-    } catch (err) {
-      // ENOENT: the diff was never mounted, so it has no short link.
-      if (errnoCode(err) !== 'ENOENT') throw err;
-    }
-  }
-
   /**
    * Deletes a deleted layer's diff directory, split file and short link (call once its record is gone and
    * no other layer uses its DiffID: the diff directory is shared by every chain with that DiffID).
@@ -311,7 +301,7 @@ export function createLayerStore(root: string, meta?: MetaStore): LayerStore {
     const trash = path.join(dirs.tmp, `rm-${nanoid(10)}`);
     fs.renameSync(diffDir(rec), trash);
     fs.rmSync(`${diffDir(rec)}.split`, { force: true });
-    removeShortLink(`${diffDir(rec)}.link`);
+    removeShortLink(root, diffDir(rec));
     fs.rmSync(trash, { recursive: true, force: true });
   }
 
@@ -421,7 +411,7 @@ export function createLayerStore(root: string, meta?: MetaStore): LayerStore {
         for (const e of fs.readdirSync(dirs.diffs)) {
           const hex = e.replace(/\.(split|link)$/, '');
           if (!used.has(`sha256:${hex}`)) {
-            if (e.endsWith('.link')) removeShortLink(path.join(dirs.diffs, e));
+            if (e.endsWith('.link')) removeShortLink(root, path.join(dirs.diffs, hex));
             fs.rmSync(path.join(dirs.diffs, e), { recursive: true, force: true });
             if (!ofDoomed.has(hex)) removed.push(`diffs/${e}`);
           }

@@ -4,6 +4,9 @@
  * committed as a layer stands on its own.
  *
  *   l/<4 chars> -> ../diffs/<hex>      short links, so 500 lower layers fit in one page of mount data
+ *   diffs/<hex>.link                   the short link's name, made on a diff's first mount
+ *
+ * This module alone knows the short links: the layer store calls removeShortLink when it deletes a diff.
  *
  * The mount is made from inside the layers directory with relative paths (lowerdir=l/abcd:l/efgh…), which
  * keeps the option string near 7 bytes a layer: 500 layers (the kernel's limit) take ~3.5 KB, under the
@@ -15,7 +18,7 @@ import path from 'node:path';
 import { InvalidArgumentError, errnoCode } from '../errors.js';
 import { writeFileDurable } from '../sys/durable.js';
 import { overlayMount } from '../sys/mount.js';
-import type { LayerRecord, LayerStore } from './layer-store.js';
+import type { LayerRecord } from '../store/records.js';
 
 /** Largest mount data mount(2) accepts: one page, NUL included. */
 const MAX_MOUNT_DATA = 4095;
@@ -27,6 +30,32 @@ export interface OverlayDirs {
   readonly merged: string;
 }
 
+/** What the mounter needs of the layer store: a chain, and where each layer's diff is. */
+export interface LayerChains {
+  history(top: string): LayerRecord[];
+  diffDir(layer: LayerRecord): string;
+}
+
+/** The file naming a diff directory's short link. */
+function linkFileOf(diffDir: string): string {
+  return `${diffDir}.link`;
+}
+
+/**
+ * Removes the short link of the diff directory `diffDir` (under the layers directory `root`) and the file
+ * naming it, if it has one (a diff never mounted has none).
+ */
+export function removeShortLink(root: string, diffDir: string): void {
+  const linkFile = linkFileOf(diffDir);
+  try {
+    fs.rmSync(path.join(root, 'l', fs.readFileSync(linkFile, 'utf8').trim()), { force: true });
+    fs.rmSync(linkFile);
+  } catch (err) {
+    // ENOENT: the diff was never mounted, so it has no short link.
+    if (errnoCode(err) !== 'ENOENT') throw err;
+  }
+}
+
 /** Mounts layer chains of `layers`, whose directory is `root` (TSVOL_DATA/layers). */
 export interface OverlayMounter {
   /** Mounts the chain from `top` down, with `dirs.upper` on top, at `dirs.merged`. */
@@ -34,14 +63,14 @@ export interface OverlayMounter {
 }
 
 /** Creates a mounter for the layer store at `root`. */
-export function createOverlayMounter(root: string, layers: LayerStore): OverlayMounter {
+export function createOverlayMounter(root: string, layers: LayerChains): OverlayMounter {
   const links = path.join(root, 'l');
   fs.mkdirSync(links, { recursive: true, mode: 0o700 });
 
   /** The short link for a layer's diff directory, made on first use. */
   function shortLink(layer: LayerRecord): string {
     const diff = layers.diffDir(layer);
-    const linkFile = `${diff}.link`;
+    const linkFile = linkFileOf(diff);
     try {
       return fs.readFileSync(linkFile, 'utf8').trim();
     } catch (err) {
