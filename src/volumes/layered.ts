@@ -6,12 +6,13 @@
  *   volumes/<name>/upper   what the volume's users wrote (overlay's upper directory; whiteouts for deletions)
  *   volumes/<name>/work    overlay's work directory
  *   volumes/<name>/_data   the merged tree, mounted while the volume is held (like a loop-backed sized volume;
- *                          the volume service unmounts both kinds the same way)
+ *                          both unmount it the same way, kinds/common.ts unmountData)
  *
  * The layer is held (LayerStore.holdLayer) as `volume "<name>"` from before the volume's record is
  * committed until after its record is deleted, so `tsvol layer rm` and `gc` can never take a layer from
- * under a volume. A crash between the hold and the record leaves a hold with no volume: start-up releases
- * it (releaseOrphanHolds).
+ * under a volume. The hold is the layered kind's LinkedChange (kinds/layered.ts), committed with the record
+ * in kinds/linked.ts. A crash between the hold and the record leaves a hold with no volume: start-up
+ * releases it (releaseOrphanHolds).
  */
 import fs from 'node:fs';
 import path from 'node:path';
