@@ -20,7 +20,7 @@ import { createVolumeStore, type VolumeStore } from './store/volume-store.js';
 import { acquireLock, type ReleaseLock } from './sys/lock.js';
 import { makePrivateDir } from './sys/private-dir.js';
 import { createLayeredVolumes } from './volumes/layered.js';
-import { volumeOps } from './volumes/volume-ops.js';
+import { volumeOps, type VolumeOps } from './volumes/volume-ops.js';
 import { createVolumeService, type VolumeInternals, type VolumeService } from './volumes/volume-service.js';
 
 export type { ReleaseLock } from './sys/lock.js';
@@ -50,23 +50,40 @@ export async function lockDataRoot(config: Config, waitMs: number): Promise<Rele
  * Opens the state of `config`'s data root. The caller holds the server lock (lockDataRoot) from before
  * this until after close(). Nothing is repaired here: the server reconciles before it serves; a command
  * working alone leaves repair to the next server start.
+ *
+ * Each part is opened on first use: a `tsvol layer` command working alone never starts the volume store
+ * (its SQLite connection and commit worker cost ~0.2 s of CPU, a fifth of such a command), and volumes
+ * that never use layers never touch the layer store. The server opens the volume side at once (reconcile).
  */
 export function openState(config: Config, log: Logger): State {
   const layout = createLayout(config.dataRoot);
-  const store = createVolumeStore(layout);
   // One layer store per process, shared by layered volumes, the volume operations (commit, df) and the
-  // layer operations: opened on first use, so volumes that never use layers never touch it.
+  // layer operations.
   const layered = createLayeredVolumes(layout);
-  const service = createVolumeService({ config, layout, store, log, layered });
   const layers = (): LayerStore => layered.layers;
+  let volumeSide: { store: VolumeStore; service: VolumeService & VolumeInternals; ops: VolumeOps } | undefined;
+  const volumes = (): NonNullable<typeof volumeSide> => {
+    if (volumeSide !== undefined) return volumeSide;
+    const store = createVolumeStore(layout);
+    const service = createVolumeService({ config, layout, store, log, layered });
+    return (volumeSide = { store, service, ops: volumeOps({ config, layout, store, service }) });
+  };
   let containers: ContainerStore | undefined;
   return {
     layout,
-    store,
-    service,
-    volumes: volumeOps({ config, layout, store, service }),
+    get store() {
+      return volumes().store;
+    },
+    get service() {
+      return volumes().service;
+    },
+    get volumes() {
+      return volumes().ops;
+    },
     layers: layerOps({ layers, containers: () => (containers ??= createContainerStore(layout.layersDir, layers(), config.layerDriver)) }),
-    close: () => store.close(),
+    async close() {
+      if (volumeSide !== undefined) await volumeSide.store.close();
+    },
   };
 }
 

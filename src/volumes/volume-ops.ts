@@ -1,8 +1,8 @@
 /**
  * What `tsvol volume …` and `tsvol df` do, one implementation each. Two callers, never at once on one data
  * root: the running server, for the CLI's requests on its control socket (src/http/control.ts), and the CLI
- * itself, only while it holds the server lock so that no server runs (src/cli/client.ts). Either way one
- * process owns the state: its per-volume locks, its holds and its mounts (#9 §6).
+ * itself, only while it holds the server lock so that no server runs (src/cli/client.ts, src/state.ts).
+ * Either way one process owns the state: its per-volume locks, its holds and its mounts (#9 §6).
  *
  * Reading a volume whose files are only visible through its own mount (a loop-backed sized volume's ext4
  * image, a layered volume's overlay) takes a hold with a Mount ID of its own for the duration of the read,
