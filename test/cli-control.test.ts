@@ -13,7 +13,7 @@ import { requireTools } from './helpers/require.js';
 import { CLI, MAIN, cleanupDir, isMounted, post, requireRoot, tempDir, withServer, type TestServer } from './helpers/server.js';
 import { encodeHeader } from '../src/layers/tar/format.js';
 
-requireTools('unshare', 'nsenter', 'mkfs.ext4');
+requireTools('unshare', 'nsenter', 'mkfs.ext4', 'touch', 'chmod');
 
 /** The server in a private mount namespace (util-linux unshare execs node: the pid is the server's). */
 const OWN_NAMESPACE = ['unshare', '-m', '--propagation', 'private'];
