@@ -13,7 +13,7 @@ import { requireTools } from './helpers/require.js';
 import { CLI, MAIN, cleanupDir, isMounted, post, requireRoot, tempDir, withServer, type TestServer } from './helpers/server.js';
 import { encodeHeader } from '../src/layers/tar/format.js';
 
-requireTools('unshare', 'nsenter', 'mkfs.ext4');
+requireTools('unshare', 'nsenter', 'mkfs.ext4', 'touch', 'chmod');
 
 /** The server in a private mount namespace (util-linux unshare execs node: the pid is the server's). */
 const OWN_NAMESPACE = ['unshare', '-m', '--propagation', 'private'];
@@ -204,6 +204,8 @@ test('with no server, a CLI import holds the server lock for its whole run: a se
 });
 
 // `tsvol layer …` and `tsvol container …` are clients too (#10): the same commands, the same output.
+// Serial (ava runs them before the others): each starts a server and a dozen CLI processes, and on two
+// shared cores the volume tests above, whose commands wait at most 30 s for the lock, must not queue behind them.
 
 /** A tar of regular files and directories (paths ending in /), with fixed owners, modes and times. */
 function tarOf(files: Record<string, string>): Buffer {
@@ -260,7 +262,7 @@ function story(data: string, steps: Step[], write: (file: string) => void, env: 
   return shown;
 }
 
-test('with a server running, every layer and container command is a request to it, and shows exactly what it shows without one', async (t) => {
+test.serial('with a server running, every layer and container command is a request to it, and shows exactly what it shows without one', async (t) => {
   if (!requireRoot(t)) return;
   const base = tarOf({ 'etc/': '', 'etc/app.conf': 'from the base\n', 'old.txt': 'old\n' });
   const child = tarOf({ 'etc/': '', 'etc/extra.conf': 'from the child\n' });
@@ -366,7 +368,7 @@ test('with a server running, every layer and container command is a request to i
   }
 });
 
-test('with no server, a layer import holds the server lock for its whole run: a container command and a server started meanwhile wait, then find the whole layer', async (t) => {
+test.serial('with no server, a layer import holds the server lock for its whole run: a container command and a server started meanwhile wait, then find the whole layer', async (t) => {
   if (!requireRoot(t)) return;
   const dir = tempDir();
   const data = path.join(dir, 'data');
