@@ -21,7 +21,7 @@ import { acquireLock, type ReleaseLock } from './sys/lock.js';
 import { makePrivateDir } from './sys/private-dir.js';
 import { createLayeredVolumes } from './volumes/layered.js';
 import { volumeOps, type VolumeOps } from './volumes/volume-ops.js';
-import { createVolumeService, type VolumeInternals, type VolumeService } from './volumes/volume-service.js';
+import { createVolumeService, type VolumeMechanics, type VolumeService } from './volumes/volume-service.js';
 
 export type { ReleaseLock } from './sys/lock.js';
 
@@ -29,7 +29,7 @@ export type { ReleaseLock } from './sys/lock.js';
 export interface State extends ControlOps {
   readonly layout: Layout;
   readonly store: VolumeStore;
-  readonly service: VolumeService & VolumeInternals;
+  readonly service: VolumeService & VolumeMechanics;
   /** Closes the stores (commits what is pending). The caller still holds the server lock. */
   close(): Promise<void>;
 }
@@ -61,7 +61,7 @@ export function openState(config: Config, log: Logger): State {
   // layer operations.
   const layered = createLayeredVolumes(layout);
   const layers = (): LayerStore => layered.layers;
-  let volumeSide: { store: VolumeStore; service: VolumeService & VolumeInternals; ops: VolumeOps } | undefined;
+  let volumeSide: { store: VolumeStore; service: VolumeService & VolumeMechanics; ops: VolumeOps } | undefined;
   const volumes = (): NonNullable<typeof volumeSide> => {
     if (volumeSide !== undefined) return volumeSide;
     const store = createVolumeStore(layout);

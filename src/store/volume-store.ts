@@ -28,11 +28,6 @@ export interface VolumeStore {
   /** Small persistent key/value facts about the store (boot id). */
   getMeta(key: string): string | undefined;
   putMeta(key: string, value: string): Promise<void>;
-  /**
-   * A no-op, kept for callers: one process writes at a time (the server, or a CLI under the server lock),
-   * so the cache is never stale.
-   */
-  refresh(): void;
   /** The whole metadata store behind this view (for changes that span volumes and layers). */
   readonly meta: MetaStore;
   /** Commits anything queued and closes the database (when this was its last user in the process). */
@@ -57,9 +52,6 @@ export function volumeStoreOf(meta: MetaStore, onClose: () => Promise<void> = ()
     getMeta: (key) => meta.getMeta(key),
     async putMeta(key, value) {
       await meta.commit([{ op: 'meta.put', key, value }]);
-    },
-    refresh() {
-      // Nothing to pick up: see the method's TSDoc.
     },
     meta,
     close: onClose,

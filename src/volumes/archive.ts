@@ -45,7 +45,6 @@ export interface ImportResult {
  */
 export async function importVolume(layout: Layout, store: VolumeStore, name: string, input: AsyncIterable<Buffer>): Promise<ImportResult> {
   validateName(name);
-  store.refresh();
   if (store.get(name) !== undefined) throw new ConflictError(`volume "${name}" already exists; import into a new name or remove it first`);
   fs.mkdirSync(layout.tmpDir, { recursive: true, mode: 0o700 });
   fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o701 });

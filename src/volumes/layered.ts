@@ -8,17 +8,16 @@
  *   volumes/<name>/_data   the merged tree, mounted while the volume is held (like a loop-backed sized volume;
  *                          both unmount it the same way, kinds/common.ts unmountData)
  *
- * The layer is held (LayerStore.holdLayer) as `volume "<name>"` from before the volume's record is
- * committed until after its record is deleted, so `tsvol layer rm` and `gc` can never take a layer from
- * under a volume. The hold is the layered kind's LinkedChange (kinds/layered.ts), committed with the record
- * in kinds/linked.ts. A crash between the hold and the record leaves a hold with no volume: start-up
- * releases it (releaseOrphanHolds).
+ * The layer is held as `volume "<name>"` exactly as long as the volume's record exists, so `tsvol layer rm`
+ * and `gc` can never take a layer from under a volume: the hold is the layered kind's LinkedChange
+ * (kinds/layered.ts), committed in the same transaction as the record (kinds/linked.ts), and the store's
+ * foreign key refuses deleting a held layer.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { createLayerStore, type LayerRecord, type LayerStore } from '../layers/layer-store.js';
 import { createOverlayMounter, type OverlayMounter } from '../layers/overlay.js';
-import { writeTree } from '../layers/tar/writer.js';
+import { packTree } from '../layers/tree-archive.js';
 import type { Layout, VolumeFiles } from '../store/layout.js';
 import type { Beneath } from '../sys/beneath.js';
 import { isMountRoot } from '../sys/libc.js';
@@ -38,11 +37,7 @@ export interface LayeredVolumes {
    * base layer.
    */
   commitTree(tree: string | Beneath, parent?: string): Promise<LayerRecord>;
-  /** Releases holds named `volume "<x>"` whose volume no longer exists on that layer; returns how many. */
-  releaseOrphanHolds(isHeldBy: (volume: string, layer: string) => boolean): Promise<number>;
 }
-
-const HOLDER = /^volume "(.+)"$/;
 
 /** Opens the layer store of the data root (lazily: volumes that never use layers never touch it). */
 export function createLayeredVolumes(layout: Layout): LayeredVolumes {
@@ -71,18 +66,7 @@ export function createLayeredVolumes(layout: Layout): LayeredVolumes {
       mounter.mount(layer, d);
     },
     async commitTree(tree, parent) {
-      return layers().importLayer(writeTree(tree), parent);
-    },
-    async releaseOrphanHolds(isHeldBy) {
-      let released = 0;
-      // One indexed query of the metadata store (0.1's holds/ files were imported by the migration).
-      for (const { layer, holder } of layers().listHolds()) {
-        const m = HOLDER.exec(holder);
-        if (m === null || isHeldBy(m[1]!, layer)) continue;
-        await layers().releaseLayer(layer, holder);
-        released++;
-      }
-      return released;
+      return layers().importLayer(packTree(tree), parent);
     },
   };
 }

@@ -45,7 +45,7 @@ export interface ReconcileDeps {
 export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<string, number>> {
   const { layout, store, mountsRoot, log } = deps;
   const { kinds: ctx, mountpoints } = deps.service;
-  const stats = { debris: 0, liveStages: 0, orphans: 0, droppedHolds: 0, remounted: 0, staleMounts: 0, layerHolds: 0 };
+  const stats = { debris: 0, liveStages: 0, orphans: 0, droppedHolds: 0, remounted: 0, staleMounts: 0 };
   fs.mkdirSync(layout.tmpDir, { recursive: true, mode: 0o700 });
   fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o701 });
   const mounts = readMounts();
@@ -82,9 +82,8 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
       if (fs.existsSync(dir)) log.info({ volume: name }, 'volume directory is locked by a live process; leaving it');
       continue;
     }
-    // Read again under the lock: a builder releases only after its commit, so a volume committed since
-    // this server opened the store is seen now, and one that is still record-less has no live builder.
-    store.refresh();
+    // Checked again under the directory's lock: a builder releases it only after its commit, so a
+    // record-less directory whose lock we hold has no live builder.
     if (store.get(name) !== undefined) {
       claim.release();
       continue;
@@ -134,17 +133,6 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
     } catch (err) {
       log.warn({ volume: rec.name, err: describeError(err) }, 'could not unmount stale volume mount');
     }
-  }
-
-  // A layer hold whose volume was never committed (a crash mid-Create) or is gone (mid-Remove) is released:
-  // a volume's holds are the LinkedChanges of its record (kinds/linked.ts).
-  try {
-    stats.layerHolds = await ctx.layered.releaseOrphanHolds((volume, layer) => {
-      const rec = store.get(volume);
-      return rec !== undefined && kindOf(rec.spec).linked(rec, ctx).some((c) => c.type === 'layerHold' && c.layer === layer);
-    });
-  } catch (err) {
-    log.warn({ err: describeError(err) }, 'could not release orphan layer holds');
   }
 
   // Mountpoints tsvol makes (mountpoints.ts): every volume's under TSVOL_MOUNTS, else those of kinds with a

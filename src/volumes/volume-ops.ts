@@ -21,8 +21,9 @@ import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
 import type { Beneath } from '../sys/beneath.js';
 import { isMountRoot } from '../sys/libc.js';
 import { exportTree, importVolume } from './archive.js';
-import { createBindRoots } from './bind-roots.js';
-import { hasOwnMount, holdCount, type VolumeInfo, type VolumeInternals, type VolumeService } from './volume-service.js';
+import { holdCount } from './holds.js';
+import { kindOf } from './kinds/index.js';
+import type { VolumeInfo, VolumeMechanics, VolumeService } from './volume-service.js';
 
 /** Mount IDs of holds taken for a CLI request: `tsvol-cli-<verb>-<random>`. */
 export const CLI_HOLD_PREFIX = 'tsvol-cli-';
@@ -91,7 +92,7 @@ export interface VolumeOpsContext {
   readonly config: Config;
   readonly layout: Layout;
   readonly store: VolumeStore;
-  readonly service: VolumeService & VolumeInternals;
+  readonly service: VolumeService & VolumeMechanics;
 }
 
 /** Gzips `input` as a stream; an error on either side ends the output with that error. */
@@ -104,33 +105,37 @@ function gzipped(input: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
 
 /** The operations over `ctx`. */
 export function volumeOps(ctx: VolumeOpsContext): VolumeOps {
-  const { config, layout, store, service } = ctx;
-  const bindRoots = createBindRoots(config.bindRoots, config.hostRoot);
+  const { layout, store, service } = ctx;
+  const kinds = service.kinds;
 
-  /**
-   * Runs `fn` on a volume's files. A volume with its own mount is held for the duration (see the header),
-   * unless `needsFiles` says the work does not read its merged tree. A volume in use is read as it is now,
-   * and `fn` gets a notice saying so.
-   */
-  async function withContents<T>(
-    name: string,
-    verb: string,
-    fn: (dir: string | Beneath, rec: VolumeRecord, notice: string | undefined) => Promise<T>,
-    needsFiles: (rec: VolumeRecord) => boolean = () => true,
-  ): Promise<T> {
-    store.refresh();
+  /** The record of `name`, or an error naming the fix. */
+  function mustGet(name: string): VolumeRecord {
     const rec = store.get(name);
     if (rec === undefined) throw new NotFoundError(`volume "${name}" not found; \`tsvol volume ls\` lists volumes`);
+    return rec;
+  }
+
+  /**
+   * Runs `fn` on a volume's files (VolumeKind.contents: a bind-style volume's below its device pinned by
+   * an O_PATH fd and re-checked against TSVOL_BIND_ROOTS, as Mount binds it, #9 §3, §10a). A volume with
+   * its own mount is held for the duration (see the header). A volume in use is read as it is now, and
+   * `fn` gets a notice saying so.
+   */
+  async function withContents<T>(name: string, verb: string, fn: (tree: string | Beneath, rec: VolumeRecord, notice: string | undefined) => Promise<T>): Promise<T> {
+    const rec = mustGet(name);
+    const kind = kindOf(rec.spec);
     const n = holdCount(rec);
     const notice = n > 0 ? `volume "${name}" is in use (${n} mount(s)); ${verb} its contents as they are now` : undefined;
-    if (rec.spec.kind === 'bind') {
-      // A bind-style volume is read through the device directory pinned by an O_PATH fd and re-checked
-      // against TSVOL_BIND_ROOTS, as Mount binds it: a symlink swapped in anywhere on the device's path
-      // cannot redirect the read (#9 §3, §10a).
-      return bindRoots.withTree(rec.spec.device, (root) => fn(root, rec, notice));
-    }
+    const read = async (): Promise<T> => {
+      const contents = kind.contents(rec, kinds);
+      try {
+        return await fn(contents.tree, rec, notice);
+      } finally {
+        contents.close();
+      }
+    };
+    if (!kind.hasOwnMount(rec.spec)) return read();
     const dir = layout.dataDir(name);
-    if (!hasOwnMount(rec.spec) || !needsFiles(rec)) return fn(dir, rec, notice);
     const id = `${CLI_HOLD_PREFIX}${verb}-${nanoid(10)}`;
     await service.mount(name, id);
     try {
@@ -141,7 +146,7 @@ export function volumeOps(ctx: VolumeOpsContext): VolumeOps {
           `volume "${name}" is held by ${n} mount(s) but its filesystem is not mounted here; start the tsvol server (docker plugin enable) and retry`,
         );
       }
-      return await fn(dir, rec, notice);
+      return await read();
     } finally {
       await service.unmount(name, id);
     }
@@ -171,8 +176,14 @@ export function volumeOps(ctx: VolumeOpsContext): VolumeOps {
     },
 
     async commit(name, opts) {
-      const layered = service.layered;
-      const layer = await withContents(name, 'committing', (dir, rec) => layered.commit(rec, dir), (rec) => rec.spec.kind !== 'layered');
+      const layered = kinds.layered;
+      const rec = mustGet(name);
+      // A layered volume's own writes on its layer, read without mounting it; any other volume's whole tree.
+      const diff = kindOf(rec.spec).diffOf(rec, kinds);
+      const layer =
+        diff !== undefined
+          ? await layered.commitTree(diff.dir, diff.parent)
+          : await withContents(name, 'committing', (tree) => layered.commitTree(tree));
       if (opts.tag !== undefined) await layered.layers.tag(layer.id, opts.tag);
       return layer.id;
     },
@@ -182,7 +193,7 @@ export function volumeOps(ctx: VolumeOpsContext): VolumeOps {
     },
 
     async df() {
-      const layers = service.layered.layers.list();
+      const layers = kinds.layered.layers.list();
       const children = new Map<string, number>();
       for (const l of layers) if (l.parent !== undefined) children.set(l.parent, (children.get(l.parent) ?? 0) + 1);
       // A layer's chain below it is shared by every layer on top: count each layer's own diff once.
@@ -190,7 +201,8 @@ export function volumeOps(ctx: VolumeOpsContext): VolumeOps {
       const volumes = await Promise.all(
         service.list().map(async (v) => {
           const info = service.get(v.name);
-          const u = info.status.kind === 'bind' ? { bytes: 0, files: 0 } : await service.measureUsage(v.name);
+          // A host directory is not ours to walk unasked (VolumeKind.usageInStatus): 0.
+          const u = kindOf(kinds.mustGet(v.name).spec).usageInStatus ? await service.measureUsage(v.name) : { bytes: 0, files: 0 };
           return { name: v.name, kind: info.status.kind, limit: info.status.limit, bytes: u.bytes, files: u.files, mounts: info.status.mounts };
         }),
       );

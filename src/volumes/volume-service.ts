@@ -33,7 +33,6 @@ import type { SizeBacking } from './size-limit.js';
 import { createUsageCache, type Usage } from './usage.js';
 import { createVolumeInfos, type VolumeInfo, type VolumeSummary } from './volume-info.js';
 
-export { hasOwnMount, holdCount };
 export type { VolumeInfo, VolumeSummary };
 
 /** The volume driver's operations. */
@@ -61,14 +60,6 @@ export interface VolumeMechanics {
   readonly mountpoints: Mountpoints;
 }
 
-/**
- * The pre-kinds shape volume-ops.ts still uses: `layered.commit(rec, dir)`.
- * TODO(kinds): #10 volume-ops reads `kindOf(rec.spec).diffOf` and calls `kinds.layered.commitTree`; then this goes.
- */
-export interface VolumeInternals extends VolumeMechanics {
-  readonly layered: LayeredVolumes & { commit(rec: VolumeRecord, dataDir: string | Beneath): Promise<LayerRecord> };
-}
-
 /** What the service needs. */
 export interface VolumeServiceDeps {
   readonly config: Config;
@@ -82,29 +73,23 @@ export interface VolumeServiceDeps {
 }
 
 /** Creates the service. Call reconcileVolumes first so that disk and records agree. */
-export function createVolumeService(deps: VolumeServiceDeps): VolumeService & VolumeInternals {
+export function createVolumeService(deps: VolumeServiceDeps): VolumeService & VolumeMechanics {
   const { store, log } = deps;
   const locks = createKeyedMutex();
   const usage = createUsageCache((name, err) => log.warn({ volume: name, err: describeError(err) }, 'measuring volume usage failed'));
 
   /**
-   * The record of `name`. Only a miss asks the database for other processes' commits: the CLI adds
-   * volumes but never changes or removes existing ones, so a cached record is current, and Get and Path
-   * stay memory-only.
+   * The record of `name`, from memory: one process writes the store at a time (the server, or a CLI under
+   * the server lock), so the cache is the truth and Get and Path never touch the disk.
    */
   function mustGet(name: string): VolumeRecord {
-    let rec = store.get(name);
-    if (rec === undefined) {
-      store.refresh();
-      rec = store.get(name);
-    }
+    const rec = store.get(name);
     if (rec === undefined) throw new NotFoundError(`volume "${name}" not found`);
     return rec;
   }
 
   const ctx = createKindContext({ ...deps, mustGet, withLock: (name, work) => locks.run(name, work) });
   const mountpoints = createMountpoints(ctx);
-  const linkedDeps = { store, layered: ctx.layered, log };
 
   /** Last holder gone: undoes establish, and measures again off the request path (what it wrote is final). */
   async function release(rec: VolumeRecord): Promise<void> {
@@ -118,20 +103,12 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   return {
     kinds: ctx,
     mountpoints,
-    // Not a spread: `layers` is a getter that opens the layer store on first use.
-    layered: Object.assign(Object.create(ctx.layered) as LayeredVolumes, {
-      commit(rec: VolumeRecord, dataDir: string | Beneath) {
-        const diff = kindOf(rec.spec).diffOf(rec, ctx);
-        return diff === undefined ? ctx.layered.commitTree(dataDir) : ctx.layered.commitTree(diff.dir, diff.parent);
-      },
-    }),
 
     async create(name, opts) {
       validateName(name);
       const parsed = parseOptions(opts);
       const kind = kindOf(parsed);
       await locks.run(name, async () => {
-        store.refresh();
         if (store.get(name) !== undefined) return; // Create of an existing volume succeeds (local driver)
         let rec: VolumeRecord;
         let built: Built;
@@ -143,8 +120,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
           throw wrapError(`create volume "${name}"`, err);
         }
         try {
-          // A build renamed into volumes/ is made durable with the record (Built.syncDirs).
-          await commitCreate(linkedDeps, rec, kind.linked(rec, ctx), built.syncDirs);
+          await commitCreate(store, rec, kind.linked(rec, ctx));
         } catch (err) {
           await built.remove();
           throw wrapError(`create volume "${name}"`, err);
@@ -171,7 +147,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
           throw wrapError(`remove volume "${name}"`, err);
         }
         kind.checkRemovable(rec, ctx);
-        await commitRemove(linkedDeps, rec, kind.linked(rec, ctx));
+        await commitRemove(store, rec, kind.linked(rec, ctx));
         usage.forget(name);
         await kind.destroy(rec, ctx);
       });
@@ -221,7 +197,6 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     get: (name) => info(mustGet(name)),
 
     list() {
-      store.refresh();
       const out: VolumeSummary[] = [];
       for (const rec of store.list()) out.push({ name: rec.name, mountpoint: mountpoints.of(rec), createdAt: rec.createdAt });
       return out;

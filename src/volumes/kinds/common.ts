@@ -7,10 +7,10 @@ import fs from 'node:fs';
 import { InUseError, errnoCode } from '../../errors.js';
 import { volumeFiles, type VolumeFiles } from '../../store/layout.js';
 import type { VolumeRecord } from '../../store/volume-store.js';
-import { syncFilesystem } from '../../sys/durable.js';
+import { fsyncDirShared } from '../../sys/durable.js';
 import { isMountRoot } from '../../sys/libc.js';
-import { bindMountAsync, unmountAsync } from '../../sys/mount.js';
-import { createStage } from '../../sys/staging.js';
+import { bindMountAsync, unmountTargetAsync } from '../../sys/mount.js';
+import { buildStaged } from '../../sys/staging.js';
 import { measureTree } from '../usage.js';
 import { type Built, type Contents, type KindContext, type VolumeKind } from './kind.js';
 
@@ -60,22 +60,17 @@ export async function bindAt(source: string, mp: string): Promise<void> {
  * (this may be the CLI) never deletes it as record-less (sys/staging.ts).
  */
 export async function buildInTmp(name: string, ctx: KindContext, fill: (files: VolumeFiles) => Promise<void>): Promise<Built> {
-  const stage = await createStage(ctx.layout.tmpDir, 'new', 0o701);
-  try {
-    await fill(volumeFiles(stage.dir));
-    syncFilesystem(stage.dir);
-    stage.rename(ctx.layout.volumeDir(name));
-    // The rename into volumes/ is made durable with the record (Built.syncDirs).
-    return { syncDirs: [ctx.layout.volumesDir], release: () => stage.release(), remove: () => stage.remove() };
-  } catch (err) {
-    await stage.remove();
-    throw err;
-  }
+  // The rename into volumes/ is made durable here, its fsync shared with concurrent builds (fsyncDirShared).
+  const stage = await buildStaged(
+    { tmpDir: ctx.layout.tmpDir, kind: 'new', mode: 0o701, dest: ctx.layout.volumeDir(name), syncParent: fsyncDirShared },
+    (dir) => fill(volumeFiles(dir)),
+  );
+  return { release: () => stage.release(), remove: () => stage.remove() };
 }
 
 /** Unmounts a volume's own mount on its _data (an image's unmount also detaches its loop device, by autoclear). */
-export function unmountData(rec: VolumeRecord, ctx: KindContext): Promise<boolean> {
-  return unmountAsync(ctx.layout.dataDir(rec.name));
+export async function unmountData(rec: VolumeRecord, ctx: KindContext): Promise<boolean> {
+  return (await unmountTargetAsync(ctx.layout.dataDir(rec.name), { ifBusy: 'detach' })) !== 'not-mounted';
 }
 
 /** The members shared by kinds whose files live in volumes/<name>/_data, a directory tsvol made. */

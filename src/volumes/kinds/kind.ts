@@ -50,11 +50,6 @@ export interface LinkedChange {
 
 /** What a build left on disk: released once the record is committed, removed if the commit fails. */
 export interface Built {
-  /**
-   * Directories whose entries the record's commit must make durable first (a stage renamed into
-   * volumes/). None for a named volume: its empty directory is rebuilt by establish if power loss takes it.
-   */
-  readonly syncDirs?: readonly string[];
   /** The record is committed: drop the build's lock (Stage.release). Idempotent. */
   release(): void;
   /** The record could not be committed: delete what the build made. */
