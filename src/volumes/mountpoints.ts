@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describeError, errnoCode } from '../errors.js';
 import type { VolumeRecord } from '../store/volume-store.js';
-import { unmountAsync } from '../sys/mount.js';
+import { unmountTargetAsync } from '../sys/mount.js';
 import { makePrivateDir } from '../sys/private-dir.js';
 import { isMountRootOrMissing } from './kinds/common.js';
 import { kindOf } from './kinds/index.js';
@@ -59,7 +59,7 @@ export function createMountpoints(ctx: KindContext): Mountpoints {
     },
     async release(rec) {
       try {
-        if (isBound(rec)) await unmountAsync(of(rec));
+        if (isBound(rec)) await unmountTargetAsync(of(rec), { ifBusy: 'detach' });
         await kindOf(rec.spec).release(rec, ctx);
       } catch (err) {
         log.warn({ volume: rec.name, err: describeError(err) }, 'unmount failed; start-up will retry');
@@ -68,7 +68,7 @@ export function createMountpoints(ctx: KindContext): Mountpoints {
     async clear(rec) {
       if (isBound(rec)) {
         const mp = of(rec);
-        if (isMountRootOrMissing(mp)) await unmountAsync(mp); // stale: no holder, yet still mounted
+        if (isMountRootOrMissing(mp)) await unmountTargetAsync(mp, { ifBusy: 'detach' }); // stale: no holder, yet still mounted
         try {
           await fs.promises.rmdir(mp);
         } catch (err) {

@@ -22,7 +22,7 @@ import type { Logger } from '../log.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
 import { readBootId } from '../sys/boot.js';
-import { unmount } from '../sys/mount.js';
+import { unmountTarget } from '../sys/mount.js';
 import { mountsUnder, readMounts } from '../sys/mountinfo.js';
 import { makePrivateDir, reportPrivateDir } from '../sys/private-dir.js';
 import { claimDir, sweepStages } from '../sys/staging.js';
@@ -162,7 +162,7 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
       const rec = found !== undefined && uses(found) ? found : undefined;
       if (rec !== undefined && holdCount(rec) > 0) continue;
       try {
-        while (mounted.has(mp) && unmount(mp)) {
+        while (mounted.has(mp) && unmountTarget(mp, { ifBusy: 'detach' }) !== 'not-mounted') {
           stats.staleMounts++;
           if (!readMounts().some((m) => m.mountPoint === mp)) break;
         }
