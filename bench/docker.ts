@@ -8,11 +8,17 @@
  *   tsvol vs local;
  * - a compose-like start: 20 containers at once, each with its own new volume, tsvol vs local.
  * Uses the end-to-end fixture (it starts dockerd and builds the plugin rootfs if needed, and stops what it
- * started). Knobs (environment): TSVOL_BENCH_DOCKER_N (volumes per round, 800), TSVOL_BENCH_DOCKER_ROUNDS
- * (3), TSVOL_BENCH_DOCKER_RUNS (container starts per driver, 40), TSVOL_BENCH_DOCKER_COMPOSE_ROUNDS (3), TSVOL_BENCH_DOCKER_LEVELS (extra tsvol
- * log levels to measure side by side, e.g. `warn,debug`), TSVOL_BENCH_DOCKER_LEGACY=1 (also tsvol as a
- * legacy plugin, `node dist/main.js` on /run/docker/plugins/tsvol-legacy.sock), TSVOL_BENCH_CPU_PROF=DIR
- * (run that legacy plugin under `node --cpu-prof`, profile written to DIR on exit).
+ * started). `npm run bench -- docker` runs only this bench. Knobs (environment):
+ *   TSVOL_BENCH_DOCKER_N              volumes per round (800)
+ *   TSVOL_BENCH_DOCKER_ROUNDS         interleaved throughput rounds (3)
+ *   TSVOL_BENCH_DOCKER_RUNS           single container starts per driver (40; 0: no container phases)
+ *   TSVOL_BENCH_DOCKER_COMPOSE_ROUNDS rounds of 20 containers at once (3)
+ *   TSVOL_BENCH_DOCKER_LEVELS         more tsvol log levels side by side, one plugin each (`warn,debug`)
+ *   TSVOL_BENCH_DOCKER_LEGACY=1       also tsvol as a legacy plugin (`node dist/main.js` on
+ *                                     /run/docker/plugins/tsvol-legacy.sock, log to a file)
+ *   TSVOL_BENCH_LEGACY_LEVEL, _LOG     its log level (info) and log file (in the work dir, deleted)
+ *   TSVOL_BENCH_CPU_PROF=DIR          run that legacy plugin under `node --cpu-prof` (profiles in DIR on
+ *                                     exit; bench/profile-summary.ts reads them)
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -25,8 +31,9 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.join(HERE, '..');
 const CONCURRENCY = 8;
 const envInt = (name: string, dflt: number): number => {
-  const v = Number(process.env[name]);
-  return Number.isInteger(v) && v > 0 ? v : dflt;
+  const raw = process.env[name];
+  const v = Number(raw);
+  return raw !== undefined && raw !== '' && Number.isInteger(v) && v >= 0 ? v : dflt;
 };
 const N = envInt('TSVOL_BENCH_DOCKER_N', 800);
 const ROUNDS = envInt('TSVOL_BENCH_DOCKER_ROUNDS', 3);
@@ -214,7 +221,7 @@ async function startLegacy(workDir: string): Promise<ChildProcess> {
       TSVOL_LOG_LEVEL: process.env.TSVOL_BENCH_LEGACY_LEVEL ?? 'info',
     },
     // Its log goes where a managed plugin's would not: a file, so the figure shows the server's own cost.
-    stdio: ['ignore', fs.openSync(path.join(workDir, 'legacy.log'), 'a'), 'inherit'],
+    stdio: ['ignore', fs.openSync(process.env.TSVOL_BENCH_LEGACY_LOG ?? path.join(workDir, 'legacy.log'), 'a'), 'inherit'],
   });
   const deadline = Date.now() + 30_000;
   while (!fs.existsSync(socket)) {
@@ -230,6 +237,31 @@ function removeVolumes(driver: string): void {
     const vols = spawnSync(DOCKER, ['volume', 'ls', '-q', '--filter', `driver=${name}`], { encoding: 'utf8' }).stdout.trim();
     if (vols) spawnSync(DOCKER, ['volume', 'rm', '-f', ...vols.split('\n')]);
   }
+}
+
+/** Container start, one at a time and COMPOSE at once, tsvol managed plugin vs local driver. */
+async function containerStarts(): Promise<void> {
+  // 2. Container start, one at a time: the same pre-made volume of each driver, runs interleaved.
+  const starts = new Map<string, number[]>([['local', []], [PLUGIN, []]]);
+  for (const d of starts.keys()) docker('volume', 'create', '-d', d, `bench-run-${d}`);
+  for (const d of starts.keys()) timedDocker(runArgs(['-v', `bench-run-${d}:/d`])); // warm-up
+  for (let i = 0; i < RUNS; i++) {
+    for (const [d, times] of starts) times.push(timedDocker(runArgs(['-v', `bench-run-${d}:/d`])));
+  }
+  for (const d of starts.keys()) docker('volume', 'rm', `bench-run-${d}`);
+  // 3. A compose project coming up: COMPOSE containers at once, each with its own new volume.
+  const ups = new Map<string, number[]>([['local', []], [PLUGIN, []]]);
+  if (COMPOSE_ROUNDS > 0) for (const d of ups.keys()) await composeUp(d, -1); // warm-up
+  for (let r = 0; r < COMPOSE_ROUNDS; r++) for (const [d, times] of ups) times.push(await composeUp(d, r));
+
+  const runL = median(starts.get('local')!);
+  const runT = median(starts.get(PLUGIN)!);
+  const upL = COMPOSE_ROUNDS > 0 ? median(ups.get('local')!) : 0;
+  const upT = COMPOSE_ROUNDS > 0 ? median(ups.get(PLUGIN)!) : 0;
+  console.log(`\n## Container start with a volume (\`docker run --rm --network none -v VOL:/d ${IMAGE} sh -c :\`)\n`);
+  console.log('| figure | local driver | tsvol managed plugin | ratio | target |\n|---|---:|---:|---:|---:|');
+  console.log(`| one container, p50 of ${RUNS} interleaved runs | ${runL.toFixed(0)} ms | ${runT.toFixed(0)} ms | ${(runT / runL).toFixed(2)}× | ≤ 1.10× ${runT / runL <= 1.1 ? 'met' : 'NOT met'} |`);
+  if (COMPOSE_ROUNDS > 0) console.log(`| ${COMPOSE} at once, each with its own new volume, median of ${COMPOSE_ROUNDS} | ${upL.toFixed(0)} ms | ${upT.toFixed(0)} ms | ${(upT / upL).toFixed(2)}× | — |`);
 }
 
 const env = await setupDocker();
@@ -277,27 +309,7 @@ try {
   rows.push(`| tsvol (info) / local driver | ${ts.map((x, i) => `${(x / local[i]!).toFixed(2)}×`).join(' | ')} |`);
   console.log(rows.join('\n'));
 
-  // 2. Container start, one at a time: the same pre-made volume of each driver, runs interleaved.
-  const starts = new Map<string, number[]>([['local', []], [PLUGIN, []]]);
-  for (const d of starts.keys()) docker('volume', 'create', '-d', d, `bench-run-${d}`);
-  for (const d of starts.keys()) timedDocker(runArgs(['-v', `bench-run-${d}:/d`])); // warm-up
-  for (let i = 0; i < RUNS; i++) {
-    for (const [d, times] of starts) times.push(timedDocker(runArgs(['-v', `bench-run-${d}:/d`])));
-  }
-  for (const d of starts.keys()) docker('volume', 'rm', `bench-run-${d}`);
-  // 3. A compose project coming up: COMPOSE containers at once, each with its own new volume.
-  const ups = new Map<string, number[]>([['local', []], [PLUGIN, []]]);
-  for (const d of ups.keys()) await composeUp(d, -1); // warm-up
-  for (let r = 0; r < COMPOSE_ROUNDS; r++) for (const [d, times] of ups) times.push(await composeUp(d, r));
-
-  const runL = median(starts.get('local')!);
-  const runT = median(starts.get(PLUGIN)!);
-  const upL = median(ups.get('local')!);
-  const upT = median(ups.get(PLUGIN)!);
-  console.log(`\n## Container start with a volume (\`docker run --rm --network none -v VOL:/d ${IMAGE} sh -c :\`)\n`);
-  console.log('| figure | local driver | tsvol managed plugin | ratio | target |\n|---|---:|---:|---:|---:|');
-  console.log(`| one container, p50 of ${RUNS} interleaved runs | ${runL.toFixed(0)} ms | ${runT.toFixed(0)} ms | ${(runT / runL).toFixed(2)}× | ≤ 1.10× ${runT / runL <= 1.1 ? 'met' : 'NOT met'} |`);
-  console.log(`| ${COMPOSE} at once, each with its own new volume, median of ${COMPOSE_ROUNDS} | ${upL.toFixed(0)} ms | ${upT.toFixed(0)} ms | ${(upT / upL).toFixed(2)}× | — |`);
+  if (RUNS > 0) await containerStarts();
 } finally {
   agent.destroy();
   for (const d of [...extraPlugins, LEGACY_PLUGIN]) removeVolumes(d);
