@@ -83,8 +83,8 @@ function decode(route: Route, raw: Buffer): unknown {
 
 /**
  * The protocol's reads: dockerd sends them far more often than anything else (a `docker volume rm` is six
- * Capabilities and two Gets around one Remove, every `docker volume create` starts with a Get that is
- * expected to fail) and they change nothing, so their lines are debug. #13
+ * Capabilities and two Gets around one Remove; an inspect is a Get) and they change nothing, so a
+ * successful read's line is debug. #13
  */
 const READ_OPS: ReadonlySet<string> = new Set(['activate', 'capabilities', 'get', 'path', 'list']);
 
