@@ -1,38 +1,78 @@
 /**
- * Docker-level throughput (issue #4): `docker volume create`, `inspect` and `rm` through the Engine API
- * (HTTP on /var/run/docker.sock, concurrency 8) for the tsvol managed plugin vs Docker's built-in local
- * driver, side by side in one run. Uses the end-to-end fixture: it starts dockerd and builds the plugin if
- * needed, and stops what it started.
+ * Through Docker (issues #4, #13), all in one run so that every figure shares the machine's state:
+ * - `docker volume create`, `inspect` and `rm` through the Engine API (HTTP on /var/run/docker.sock, c=8,
+ *   N volumes, best of interleaved rounds) for Docker's local driver, an in-memory managed plugin built on
+ *   tsvol's own rootfs (bench/memory-plugin/: the floor of any managed plugin through dockerd) and the tsvol
+ *   managed plugin, at its default log level and optionally at others (one plugin instance per level);
+ * - container start: `docker run --rm --network none -v VOL:/d IMAGE sh -c :`, p50 of interleaved runs,
+ *   tsvol vs local;
+ * - a compose-like start: 20 containers at once, each with its own new volume, tsvol vs local.
+ * Uses the end-to-end fixture (it starts dockerd and builds the plugin rootfs if needed, and stops what it
+ * started). `npm run bench -- docker` runs only this bench. Knobs (environment):
+ *   TSVOL_BENCH_DOCKER_N              volumes per round (800)
+ *   TSVOL_BENCH_DOCKER_ROUNDS         interleaved throughput rounds (3)
+ *   TSVOL_BENCH_DOCKER_RUNS           single container starts per driver (40; 0: no container phases)
+ *   TSVOL_BENCH_DOCKER_COMPOSE_ROUNDS rounds of 20 containers at once (3)
+ *   TSVOL_BENCH_DOCKER_LEVELS         more tsvol log levels side by side, one plugin each (`warn,debug`)
+ *   TSVOL_BENCH_DOCKER_LEGACY=1       also tsvol as a legacy plugin (`node dist/main.js` on
+ *                                     /run/docker/plugins/tsvol-legacy.sock, log to a file)
+ *   TSVOL_BENCH_LEGACY_LEVEL, _LOG     its log level (info) and log file (in the work dir, deleted)
+ *   TSVOL_BENCH_CPU_PROF=DIR          run that legacy plugin under `node --cpu-prof` (profiles in DIR on
+ *                                     exit; bench/profile-summary.ts reads them)
  */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import http from 'node:http';
-import { setupDocker } from '../test/helpers/docker.js';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DOCKER, IMAGE, PLUGIN, docker, removePlugin, setupDocker } from '../test/helpers/docker.js';
 
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.join(HERE, '..');
 const CONCURRENCY = 8;
-const N = 1500;
-const ROUNDS = 3;
+const envInt = (name: string, dflt: number): number => {
+  const raw = process.env[name];
+  const v = Number(raw);
+  return raw !== undefined && raw !== '' && Number.isInteger(v) && v >= 0 ? v : dflt;
+};
+const N = envInt('TSVOL_BENCH_DOCKER_N', 800);
+const ROUNDS = envInt('TSVOL_BENCH_DOCKER_ROUNDS', 3);
+const RUNS = envInt('TSVOL_BENCH_DOCKER_RUNS', 40);
+/** Containers started at once in the compose-like phase. */
+const COMPOSE = 20;
+const COMPOSE_ROUNDS = envInt('TSVOL_BENCH_DOCKER_COMPOSE_ROUNDS', 3);
+const LEVELS = (process.env.TSVOL_BENCH_DOCKER_LEVELS ?? '').split(',').filter((l) => l !== '' && l !== 'info');
+const LEGACY = process.env.TSVOL_BENCH_DOCKER_LEGACY === '1' || process.env.TSVOL_BENCH_CPU_PROF !== undefined;
+const MEMORY_PLUGIN = 'tsvol-memory';
+const LEGACY_PLUGIN = 'tsvol-legacy';
 
-function api(method: string, path: string, body?: unknown): Promise<number> {
+const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
+
+function api(method: string, urlPath: string, body?: unknown): Promise<number> {
   const payload = body === undefined ? undefined : JSON.stringify(body);
   return new Promise((resolve, reject) => {
     const req = http.request(
       {
         socketPath: '/var/run/docker.sock',
         method,
-        path,
+        path: urlPath,
         agent,
         headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) } : {},
       },
       (res) => {
-        res.resume();
-        res.on('end', () => (res.statusCode! < 300 ? resolve(res.statusCode!) : reject(new Error(`${method} ${path}: ${res.statusCode}`))));
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const status = res.statusCode ?? 0;
+          if (status < 300) resolve(status);
+          else reject(new Error(`${method} ${urlPath}: ${status} ${Buffer.concat(chunks).toString().trim()}`));
+        });
       },
     );
     req.on('error', reject);
     req.end(payload);
   });
 }
-
-const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
 
 async function rate(count: number, call: (i: number) => Promise<unknown>): Promise<number> {
   let next = 0;
@@ -45,36 +85,239 @@ async function rate(count: number, call: (i: number) => Promise<unknown>): Promi
   return count / (Number(process.hrtime.bigint() - t0) / 1e9);
 }
 
-async function measure(driver: string, round: number): Promise<[number, number, number]> {
-  const name = (i: number): string => `bench-${driver.replace(/\W/g, '')}-${round}-${i}`;
-  const create = await rate(N, (i) => api('POST', '/volumes/create', { Name: name(i), Driver: driver }));
-  const inspect = await rate(N, (i) => api('GET', `/volumes/${name(i)}`));
-  const remove = await rate(N, (i) => api('DELETE', `/volumes/${name(i)}`));
+/** A volume driver under test: its label in the tables and the name dockerd knows it by. */
+interface Driver {
+  readonly label: string;
+  readonly driver: string;
+}
+
+async function throughput(d: Driver, round: string, count: number): Promise<[number, number, number]> {
+  const name = (i: number): string => `bench-${d.driver.replace(/\W/g, '')}-${round}-${i}`;
+  const create = await rate(count, (i) => api('POST', '/volumes/create', { Name: name(i), Driver: d.driver }));
+  const inspect = await rate(count, (i) => api('GET', `/volumes/${name(i)}`));
+  const remove = await rate(count, (i) => api('DELETE', `/volumes/${name(i)}`));
   return [create, inspect, remove];
 }
 
+/** Milliseconds `docker args…` takes, start to exit; throws if it fails. */
+function timedDocker(args: string[]): number {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(DOCKER, args, { encoding: 'utf8', timeout: 120_000 });
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  if (r.status !== 0) throw new Error(`docker ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return ms;
+}
+
+/** Starts `docker args…` without waiting; resolves when it exits (rejects if it failed). */
+function dockerAsync(args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(DOCKER, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    p.on('error', reject);
+    p.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`docker ${args.join(' ')} failed (${code}): ${err}`))));
+  });
+}
+
+function runArgs(mount: string[]): string[] {
+  return ['run', '--rm', '--network', 'none', '-l', 'tsvol-e2e', ...mount, IMAGE, 'sh', '-c', ':'];
+}
+
+/** Wall time of COMPOSE containers started at once, each with its own new volume of `driver`. */
+async function composeUp(driver: string, round: number): Promise<number> {
+  const names = Array.from({ length: COMPOSE }, (_, i) => `bench-up-${driver.replace(/\W/g, '')}-${round}-${i}`);
+  const t0 = process.hrtime.bigint();
+  await Promise.all(names.map((n) => dockerAsync(runArgs(['--mount', `type=volume,src=${n},dst=/d,volume-driver=${driver}`]))));
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  docker('volume', 'rm', ...names);
+  return ms;
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+
+/**
+ * Creates and enables managed plugin `name` from a copy of tsvol's plugin directory in `dir`: the rootfs
+ * hard-linked (else copied), `extra` copied into it, and tsvol's config.json changed by `edit`.
+ */
+function createPluginCopy(
+  name: string,
+  dir: string,
+  dataDir: string,
+  edit: (config: Record<string, unknown>) => void,
+  extra: ReadonlyMap<string, string> = new Map(),
+): void {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const rootfs = path.join(dir, 'rootfs');
+  const src = path.join(ROOT, 'plugin', 'rootfs');
+  // -l: hard links, when the work dir shares the checkout's filesystem; docker plugin create copies anyway.
+  if (spawnSync('cp', ['-al', src, rootfs]).status !== 0) {
+    fs.rmSync(rootfs, { recursive: true, force: true });
+    const r = spawnSync('cp', ['-a', src, rootfs], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`cp -a ${src}: ${r.stderr}`);
+  }
+  for (const [from, to] of extra) {
+    fs.mkdirSync(path.dirname(path.join(rootfs, to)), { recursive: true });
+    fs.copyFileSync(from, path.join(rootfs, to));
+  }
+  // dockerd 20.10 refuses a rootfs whose digest it already holds ("content … already exists"): one file
+  // naming the copy makes each rootfs distinct.
+  fs.writeFileSync(path.join(rootfs, 'etc', 'tsvol-bench-plugin'), `${name}\n`);
+  const config = JSON.parse(fs.readFileSync(path.join(ROOT, 'config.json'), 'utf8')) as Record<string, unknown>;
+  edit(config);
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config, null, 2));
+  removePlugin(name);
+  fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  docker('plugin', 'create', name, dir);
+  docker('plugin', 'set', name, `data.source=${dataDir}`);
+  docker('plugin', 'enable', name);
+  // The copy's rootfs is dockerd's now.
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * The in-memory managed plugin: tsvol's rootfs and config.json with only the entrypoint (and description)
+ * changed to bench/memory-plugin/server.mjs, so dockerd treats both plugins alike (same mounts,
+ * capabilities, env, socket).
+ */
+function createMemoryPlugin(workDir: string): void {
+  createPluginCopy(
+    MEMORY_PLUGIN,
+    path.join(workDir, 'memory-plugin'),
+    path.join(workDir, 'memory-data'),
+    (config) => {
+      config.description = 'tsvol bench: an in-memory VolumeDriver on tsvol rootfs (bench/memory-plugin)';
+      config.entrypoint = ['/usr/bin/node', '/opt/memory/server.mjs'];
+      config.workdir = '/opt/memory';
+    },
+    new Map([[path.join(HERE, 'memory-plugin', 'server.mjs'), 'opt/memory/server.mjs']]),
+  );
+}
+
+/** One more instance of the tsvol managed plugin, at log `level`, with its own data directory. */
+function createLevelPlugin(level: string, workDir: string): string {
+  const name = `${PLUGIN}-${level}`;
+  createPluginCopy(name, path.join(workDir, `plugin-${level}`), path.join(workDir, `data-${level}`), (config) => {
+    config.description = `tsvol at log level ${level} (bench)`;
+    for (const e of config.env as { name: string; value: string }[]) if (e.name === 'TSVOL_LOG_LEVEL') e.value = level;
+  });
+  return name;
+}
+
+/** tsvol as a legacy plugin (dockerd finds /run/docker/plugins/NAME.sock), optionally under --cpu-prof. */
+async function startLegacy(workDir: string): Promise<ChildProcess> {
+  const socket = `/run/docker/plugins/${LEGACY_PLUGIN}.sock`;
+  const prof = process.env.TSVOL_BENCH_CPU_PROF;
+  const args = prof === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${path.resolve(prof)}`];
+  const proc = spawn(process.execPath, [...args, path.join(ROOT, 'dist', 'main.js')], {
+    env: {
+      ...process.env,
+      TSVOL_SOCKET: socket,
+      TSVOL_DATA: path.join(workDir, 'legacy-data'),
+      TSVOL_MOUNTS: path.join(workDir, 'legacy-mnt'),
+      TSVOL_LOG_LEVEL: process.env.TSVOL_BENCH_LEGACY_LEVEL ?? 'info',
+    },
+    // Its log goes where a managed plugin's would not: a file, so the figure shows the server's own cost.
+    stdio: ['ignore', fs.openSync(process.env.TSVOL_BENCH_LEGACY_LOG ?? path.join(workDir, 'legacy.log'), 'a'), 'inherit'],
+  });
+  const deadline = Date.now() + 30_000;
+  while (!fs.existsSync(socket)) {
+    if (proc.exitCode !== null || Date.now() > deadline) throw new Error('the legacy tsvol server did not start');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return proc;
+}
+
+/** Removes every volume of `driver` (a crashed earlier round's too). */
+function removeVolumes(driver: string): void {
+  for (const name of [driver, `${driver}:latest`]) {
+    const vols = spawnSync(DOCKER, ['volume', 'ls', '-q', '--filter', `driver=${name}`], { encoding: 'utf8' }).stdout.trim();
+    if (vols) spawnSync(DOCKER, ['volume', 'rm', '-f', ...vols.split('\n')]);
+  }
+}
+
+/** Container start, one at a time and COMPOSE at once, tsvol managed plugin vs local driver. */
+async function containerStarts(): Promise<void> {
+  // 2. Container start, one at a time: the same pre-made volume of each driver, runs interleaved.
+  const starts = new Map<string, number[]>([['local', []], [PLUGIN, []]]);
+  for (const d of starts.keys()) docker('volume', 'create', '-d', d, `bench-run-${d}`);
+  for (const d of starts.keys()) timedDocker(runArgs(['-v', `bench-run-${d}:/d`])); // warm-up
+  for (let i = 0; i < RUNS; i++) {
+    for (const [d, times] of starts) times.push(timedDocker(runArgs(['-v', `bench-run-${d}:/d`])));
+  }
+  for (const d of starts.keys()) docker('volume', 'rm', `bench-run-${d}`);
+  // 3. A compose project coming up: COMPOSE containers at once, each with its own new volume.
+  const ups = new Map<string, number[]>([['local', []], [PLUGIN, []]]);
+  if (COMPOSE_ROUNDS > 0) for (const d of ups.keys()) await composeUp(d, -1); // warm-up
+  for (let r = 0; r < COMPOSE_ROUNDS; r++) for (const [d, times] of ups) times.push(await composeUp(d, r));
+
+  const runL = median(starts.get('local')!);
+  const runT = median(starts.get(PLUGIN)!);
+  const upL = COMPOSE_ROUNDS > 0 ? median(ups.get('local')!) : 0;
+  const upT = COMPOSE_ROUNDS > 0 ? median(ups.get(PLUGIN)!) : 0;
+  console.log(`\n## Container start with a volume (\`docker run --rm --network none -v VOL:/d ${IMAGE} sh -c :\`)\n`);
+  console.log('| figure | local driver | tsvol managed plugin | ratio | target |\n|---|---:|---:|---:|---:|');
+  console.log(`| one container, p50 of ${RUNS} interleaved runs | ${runL.toFixed(0)} ms | ${runT.toFixed(0)} ms | ${(runT / runL).toFixed(2)}× | ≤ 1.10× ${runT / runL <= 1.1 ? 'met' : 'NOT met'} |`);
+  if (COMPOSE_ROUNDS > 0) console.log(`| ${COMPOSE} at once, each with its own new volume, median of ${COMPOSE_ROUNDS} | ${upL.toFixed(0)} ms | ${upT.toFixed(0)} ms | ${(upT / upL).toFixed(2)}× | — |`);
+}
+
 const env = await setupDocker();
+const extraPlugins: string[] = [];
+let legacy: ChildProcess | undefined;
 try {
   env.createPlugin();
-  const best = { local: [0, 0, 0], tsvol: [0, 0, 0] };
-  await measure('local', -1); // warm-up
-  await measure('tsvol', -1);
+  createMemoryPlugin(env.workDir);
+  extraPlugins.push(MEMORY_PLUGIN);
+  const drivers: Driver[] = [
+    { label: 'local driver', driver: 'local' },
+    { label: 'in-memory managed plugin', driver: MEMORY_PLUGIN },
+    { label: 'tsvol managed plugin (info)', driver: PLUGIN },
+  ];
+  for (const level of LEVELS) {
+    const name = createLevelPlugin(level, env.workDir);
+    extraPlugins.push(name);
+    drivers.push({ label: `tsvol managed plugin (${level})`, driver: name });
+  }
+  if (LEGACY) {
+    legacy = await startLegacy(env.workDir);
+    drivers.push({ label: `tsvol legacy plugin (${process.env.TSVOL_BENCH_LEGACY_LEVEL ?? 'info'}, log to a file)`, driver: LEGACY_PLUGIN });
+  }
+
+  // 1. Engine API throughput: a warm-up, then ROUNDS interleaved rounds, best of each.
+  const best = new Map(drivers.map((d) => [d.driver, [0, 0, 0]]));
+  for (const d of drivers) await throughput(d, 'warm', Math.min(N, 200));
   for (let r = 0; r < ROUNDS; r++) {
-    for (const d of ['local', 'tsvol'] as const) {
-      const m = await measure(d, r);
-      best[d] = best[d].map((v, i) => Math.max(v, m[i]!));
+    for (const d of drivers) {
+      const m = await throughput(d, String(r), N);
+      best.set(d.driver, best.get(d.driver)!.map((v, i) => Math.max(v, m[i]!)));
     }
   }
-  console.log(`## Docker Engine API, c=${CONCURRENCY}, ${N} volumes, best of ${ROUNDS} interleaved rounds\n`);
-  console.log('| operation | local driver | tsvol plugin | ratio | target |');
-  console.log('|---|---:|---:|---:|---:|');
-  ['docker volume create', 'docker volume inspect', 'docker volume rm'].forEach((op, i) => {
-    const l = best.local[i]!;
-    const v = best.tsvol[i]!;
-    const target = i === 1 ? '—' : `≥ 0.7× ${v / l >= 0.7 ? 'met' : 'NOT met'}`;
-    console.log(`| ${op} | ${l.toFixed(0)}/s | ${v.toFixed(0)}/s | ${(v / l).toFixed(2)}× | ${target} |`);
-  });
+  const rows: string[] = [];
+  rows.push(`## Through Docker: Engine API, c=${CONCURRENCY}, ${N} volumes, best of ${ROUNDS} interleaved rounds\n`);
+  rows.push('| driver | docker volume create | docker volume inspect | docker volume rm |', '|---|---:|---:|---:|');
+  for (const d of drivers) rows.push(`| ${d.label} | ${best.get(d.driver)!.map((v) => `${v.toFixed(0)}/s`).join(' | ')} |`);
+  const mem = best.get(MEMORY_PLUGIN)!;
+  const local = best.get('local')!;
+  for (const d of drivers.slice(2)) {
+    const v = best.get(d.driver)!;
+    rows.push(`| ${d.label} / in-memory managed | ${v.map((x, i) => `${(x / mem[i]!).toFixed(2)}× ${x / mem[i]! >= 0.9 ? '(≥ 0.9× met)' : '(≥ 0.9× NOT met)'}`).join(' | ')} |`);
+  }
+  const ts = best.get(PLUGIN)!;
+  rows.push(`| tsvol (info) / local driver | ${ts.map((x, i) => `${(x / local[i]!).toFixed(2)}×`).join(' | ')} |`);
+  console.log(rows.join('\n'));
+
+  if (RUNS > 0) await containerStarts();
 } finally {
   agent.destroy();
+  for (const d of [...extraPlugins, LEGACY_PLUGIN]) removeVolumes(d);
+  for (const p of extraPlugins) removePlugin(p);
+  if (legacy !== undefined && legacy.exitCode === null) {
+    const exited = new Promise((r) => legacy!.once('exit', r));
+    legacy.kill('SIGTERM');
+    await exited;
+  }
   await env.teardown();
 }

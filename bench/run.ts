@@ -1,11 +1,14 @@
-/** `npm run bench`: every benchmark in turn, each in its own process, printing Markdown tables. */
+/**
+ * `npm run bench`: every benchmark in turn, each in its own process, printing Markdown tables. Only some:
+ * `npm run bench -- docker layers` or TSVOL_BENCH_ONLY=docker,layers (names by prefix).
+ */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const only = process.argv.slice(2);
+const only = [...process.argv.slice(2), ...(process.env.TSVOL_BENCH_ONLY ?? '').split(',').filter((o) => o !== '')];
 const benches = ['volumes.ts', 'volumes-extra.ts', 'layers.ts', 'docker.ts'].filter(
   (f) => fs.existsSync(path.join(HERE, f)) && (only.length === 0 || only.some((o) => f.startsWith(o))),
 );

@@ -1,7 +1,8 @@
 /**
  * The Express app and its Unix-socket listener. The only place that turns errors into `{"Err": ...}`
  * replies: a bad body, an unknown endpoint or a failed call never produces a stack trace or kills the
- * server. One log line per request: op, volume, mount id, ms, code.
+ * server. One log line per request at debug (op, volume, mount id, ms, status, code); at info only the
+ * lines worth keeping in dockerd's log (see requestLevel).
  */
 import fs from 'node:fs';
 import http from 'node:http';
@@ -80,6 +81,24 @@ function decode(route: Route, raw: Buffer): unknown {
   return parsed.data;
 }
 
+/**
+ * The protocol's reads: dockerd sends them far more often than anything else (a `docker volume rm` is six
+ * Capabilities and two Gets around one Remove; an inspect is a Get) and they change nothing, so a
+ * successful read's line is debug. #13
+ */
+const READ_OPS: ReadonlySet<string> = new Set(['activate', 'capabilities', 'get', 'path', 'list']);
+
+/**
+ * The level of a request's line. A managed plugin's stdout is copied line by line into dockerd's log, so
+ * `info` (the default) keeps what an operator reads it for: every mutation (create, remove, mount,
+ * unmount, and any op this file does not know) and every failure, a read's included (a Get answered "not
+ * found" at dockerd's start-up is how dockerd comes to forget a volume: that line must be there). Successful
+ * reads only at `debug`. Measured with bench/docker.ts (README, Logging). #13
+ */
+export function requestLevel(op: string, code: string | undefined): 'info' | 'debug' {
+  return code === undefined && READ_OPS.has(op) ? 'debug' : 'info';
+}
+
 /** Serves one protocol call: decode → call → encode, one log line, errors as `{Err}`. */
 async function serveRoute(route: Route, req: http.IncomingMessage, res: http.ServerResponse, log: Logger, inflight: { count: number }): Promise<void> {
   const started = process.hrtime.bigint();
@@ -105,11 +124,12 @@ async function serveRoute(route: Route, req: http.IncomingMessage, res: http.Ser
     if (status >= 500) log.error({ op: route.op, code, err: describeError(err), stack: err instanceof Error ? err.stack : undefined }, 'request failed');
   } finally {
     inflight.count--;
-    const b = (body ?? {}) as { Name?: string; ID?: string };
-    log.info(
-      { op: route.op, volume: b.Name, id: b.ID, ms: Number(process.hrtime.bigint() - started) / 1e6, status, code },
-      'request',
-    );
+    const level = requestLevel(route.op, code);
+    // The level check first: a line nobody reads costs nothing to build (Get and Path are the hot path).
+    if (log.isLevelEnabled(level)) {
+      const b = (body ?? {}) as { Name?: string; ID?: string };
+      log[level]({ op: route.op, volume: b.Name, id: b.ID, ms: Number(process.hrtime.bigint() - started) / 1e6, status, code }, 'request');
+    }
   }
 }
 
