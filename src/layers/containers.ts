@@ -153,12 +153,14 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
           rec = readNow(name);
           if (rec.next !== undefined) throw new ConflictError(`container layer "${name}" is being committed by process ${rec.next.pid}`);
           const p = paths(rec);
-          // Fresh uppers of commits killed before their journal: empty, and no other commit can be running
-          // (the layer store runs its mutations one at a time, in the one process that writes, and the record
-          // has no journal). Swept whichever way this commit goes, so
-          // that a container in use, committed by copying, does not keep them either.
+          // Upper directories the record does not name: fresh ones of commits killed before their journal
+          // (empty), and old ones of commits killed after their switch but before deleting them (their files
+          // belong to a layer now). No other commit can be running (the layer store runs its mutations one
+          // at a time, in the one process that writes, and the record has no journal). Swept whichever way
+          // this commit goes, so that a container in use, committed by copying, does not keep them either.
+          const current = rec.upper ?? 'upper';
           for (const f of fs.readdirSync(p.base)) {
-            if (f.startsWith('upper-') && f !== rec.upper) fs.rmSync(path.join(p.base, f), { recursive: true, force: true });
+            if ((f === 'upper' || f.startsWith('upper-')) && f !== current) fs.rmSync(path.join(p.base, f), { recursive: true, force: true });
           }
           if (unmountUnlessBusy(p.merged) === 'busy') return undefined;
           started = true;

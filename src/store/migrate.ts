@@ -62,8 +62,16 @@ function readJson<T>(file: string): T {
   }
 }
 
+/**
+ * 0.1 held a layer for a layered volume as `volume "<name>"` before committing the volume's record and
+ * released it after deleting the record, so a crash could leave a hold whose volume is not (or no longer)
+ * on that layer; 0.1's start-up released those (releaseOrphanHolds). Such a hold is not imported: from now
+ * on a volume and its hold are committed together.
+ */
+const VOLUME_HOLDER = /^volume "(.+)"$/;
+
 /** Reads what 0.1 left under `layersDir` as changes, parents before children; records on missing layers are skipped. */
-function readOldRecords(layersDir: string): { changes: Change[]; counts: Omit<MigrationReport, 'imported' | 'deleted'> } {
+function readOldRecords(layersDir: string, store: MetaStore): { changes: Change[]; counts: Omit<MigrationReport, 'imported' | 'deleted'> } {
   const byId = new Map<string, LayerRecord>();
   for (const f of entries(path.join(layersDir, 'chains'))) {
     if (!f.endsWith('.json')) continue;
@@ -72,6 +80,12 @@ function readOldRecords(layersDir: string): { changes: Change[]; counts: Omit<Mi
   }
   const changes: Change[] = [];
   const skipped: string[] = [];
+  const isOrphanVolumeHold = (holder: string, layer: string): boolean => {
+    const m = VOLUME_HOLDER.exec(holder);
+    if (m === null) return false; // another kind of holder: kept as it is
+    const spec = store.getVolume(m[1]!)?.spec;
+    return spec?.kind !== 'layered' || spec.layer !== layer;
+  };
   const placed = new Set<string>();
   // Parents first: a foreign key is checked at each insert.
   const place = (rec: LayerRecord, depth: number): boolean => {
@@ -102,6 +116,7 @@ function readOldRecords(layersDir: string): { changes: Change[]; counts: Omit<Mi
       const layer = `sha256:${hex}`;
       const holder = decodeURIComponent(file);
       if (!placed.has(layer)) skipped.push(`hold ${holder} (layer ${layer} missing)`);
+      else if (isOrphanVolumeHold(holder, layer)) skipped.push(`hold ${holder} on ${layer} (no such layered volume: a Create or Remove 0.1 did not finish)`);
       else {
         changes.push({ op: 'layerHold.put', layer, holder });
         holds++;
@@ -156,7 +171,7 @@ export function migrate(layout: Layout, store: MetaStore): MigrationReport {
   let imported = false;
   let counts: Omit<MigrationReport, 'imported' | 'deleted'> = { layers: 0, tags: 0, holds: 0, containers: 0, skipped: [] };
   if (store.getMeta(MIGRATED_KEY) === undefined) {
-    const read = readOldRecords(layersDir);
+    const read = readOldRecords(layersDir, store);
     counts = read.counts;
     crashPoint('migrate:before-commit');
     const mark = JSON.stringify({ at: new Date().toISOString(), ...counts });

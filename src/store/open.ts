@@ -8,6 +8,7 @@
  * writers with two caches. TODO(store): goes once the server and the CLI pass one MetaStore down from
  * src/state.ts #10.
  */
+import path from 'node:path';
 import type { Layout } from './layout.js';
 import { createMetaStore, type MetaStore } from './meta-store.js';
 import { migrate, type MigrationReport } from './migrate.js';
@@ -35,10 +36,11 @@ const shared = new Map<string, Shared>();
  * did, and the reference's release.
  */
 export function acquireMetaStore(layout: Layout): { store: MetaStore; migration: MigrationReport; release: () => Promise<void> } {
-  let entry = shared.get(layout.dbFile);
+  const key = path.resolve(layout.dbFile);
+  let entry = shared.get(key);
   if (entry === undefined) {
     entry = { ...openMetaStore(layout), refs: 0 };
-    shared.set(layout.dbFile, entry);
+    shared.set(key, entry);
   }
   const held = entry;
   held.refs++;
@@ -50,7 +52,7 @@ export function acquireMetaStore(layout: Layout): { store: MetaStore; migration:
       if (released) return;
       released = true;
       if (--held.refs > 0) return;
-      shared.delete(layout.dbFile);
+      shared.delete(key);
       await held.store.close();
     },
   };
