@@ -11,8 +11,16 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { createContainerStore } from '../src/layers/containers.js';
-import { createLayerStore } from '../src/layers/layer-store.js';
+import { createLayerStore, type LayerStore } from '../src/layers/layer-store.js';
+import { createLayout } from '../src/store/layout.js';
+import { openMetaStore } from '../src/store/open.js';
 import { encodeHeader, padding } from '../src/layers/tar/format.js';
+
+
+/** The layer store under `root` (a data root's layers/) on the data root's metadata store. */
+function openLayerStore(root: string): LayerStore {
+  return createLayerStore(root, openMetaStore(createLayout(path.dirname(root))).store);
+}
 
 const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'cli.js');
 const RUNS = 3;
@@ -88,7 +96,7 @@ try {
   // (re-committing the same state would only measure a lookup), after a sync, so that neither side pays
   // for flushing what the changes themselves wrote. The durable reference is tar -c of the upper dir plus
   // a sync of its output: what any durable copy of the changes costs on this disk.
-  const containers = createContainerStore(path.join(data, 'layers'), createLayerStore(path.join(data, 'layers')));
+  const containers = createContainerStore(path.join(data, 'layers'), openLayerStore(path.join(data, 'layers')));
   let committed = '';
   let commitMs = Infinity;
   let tarUpperMs = Infinity;
@@ -141,7 +149,7 @@ try {
   if (!committed.startsWith('sha256:')) throw new Error('commit printed no layer ID');
 
   // Mount time for deep chains (in-process: the overlay mount, not process start-up).
-  const layers = createLayerStore(path.join(base, 'deep'));
+  const layers = openLayerStore(path.join(base, 'deep'));
   const ctrs = createContainerStore(path.join(base, 'deep'), layers);
   const tops = new Map<number, string>();
   let parent: string | undefined;

@@ -12,15 +12,16 @@ import type { Config } from './config.js';
 import type { ControlOps } from './http/control-client.js';
 import { createContainerStore, type ContainerStore } from './layers/containers.js';
 import { layerOps } from './layers/layer-ops.js';
-import type { LayerStore } from './layers/layer-store.js';
+import { createLayerStore, type LayerStore } from './layers/layer-store.js';
 import { createLogger, type Logger } from './log.js';
 import { serverPaths } from './server-paths.js';
 import { createLayout, type Layout } from './store/layout.js';
-import { createVolumeStore, type VolumeStore } from './store/volume-store.js';
+import { openMetaStore } from './store/open.js';
+import { volumeStoreOf, type VolumeStore } from './store/volume-store.js';
 import { acquireLock, type ReleaseLock } from './sys/lock.js';
 import { makePrivateDir } from './sys/private-dir.js';
 import { createLayeredVolumes } from './volumes/layered.js';
-import { volumeOps, type VolumeOps } from './volumes/volume-ops.js';
+import { volumeOps } from './volumes/volume-ops.js';
 import { createVolumeService, type VolumeMechanics, type VolumeService } from './volumes/volume-service.js';
 
 export type { ReleaseLock } from './sys/lock.js';
@@ -48,42 +49,28 @@ export async function lockDataRoot(config: Config, waitMs: number): Promise<Rele
 
 /**
  * Opens the state of `config`'s data root. The caller holds the server lock (lockDataRoot) from before
- * this until after close(). Nothing is repaired here: the server reconciles before it serves; a command
- * working alone leaves repair to the next server start.
- *
- * Each part is opened on first use: a `tsvol layer` command working alone never starts the volume store
- * (its SQLite connection and commit worker cost ~0.2 s of CPU, a fifth of such a command), and volumes
- * that never use layers never touch the layer store. The server opens the volume side at once (reconcile).
+ * this until after close(). The one metadata store is opened (and a 0.1 data root migrated, logged once)
+ * here and passed down: every part of the process reads and writes the same store. Nothing else is
+ * repaired here: the server reconciles before it serves; a command working alone leaves repair to the
+ * next server start. The layer store opens on first use: volumes that never use layers never touch it.
  */
 export function openState(config: Config, log: Logger): State {
   const layout = createLayout(config.dataRoot);
-  // One layer store per process, shared by layered volumes, the volume operations (commit, df) and the
-  // layer operations.
-  const layered = createLayeredVolumes(layout);
-  const layers = (): LayerStore => layered.layers;
-  let volumeSide: { store: VolumeStore; service: VolumeService & VolumeMechanics; ops: VolumeOps } | undefined;
-  const volumes = (): NonNullable<typeof volumeSide> => {
-    if (volumeSide !== undefined) return volumeSide;
-    const store = createVolumeStore(layout);
-    const service = createVolumeService({ config, layout, store, log, layered });
-    return (volumeSide = { store, service, ops: volumeOps({ config, layout, store, service }) });
-  };
+  const { store: meta, migration } = openMetaStore(layout);
+  if (migration.imported) log.info({ migration }, 'migrated the 0.1 layer records into tsvol.db');
+  const store = volumeStoreOf(meta);
+  let layerStore: LayerStore | undefined;
+  const layers = (): LayerStore => (layerStore ??= createLayerStore(layout.layersDir, meta));
+  const layered = createLayeredVolumes(layout, layers);
+  const service = createVolumeService({ config, layout, store, log, layered });
   let containers: ContainerStore | undefined;
   return {
     layout,
-    get store() {
-      return volumes().store;
-    },
-    get service() {
-      return volumes().service;
-    },
-    get volumes() {
-      return volumes().ops;
-    },
+    store,
+    service,
+    volumes: volumeOps({ config, layout, store, service }),
     layers: layerOps({ layers, containers: () => (containers ??= createContainerStore(layout.layersDir, layers(), config.layerDriver)) }),
-    async close() {
-      if (volumeSide !== undefined) await volumeSide.store.close();
-    },
+    close: () => store.close(),
   };
 }
 

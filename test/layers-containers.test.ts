@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import test from 'ava';
-import { createLayerStore } from '../src/layers/layer-store.js';
+import { openLayerStore } from './helpers/store.js';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { CLI, cleanupDir, requireRoot, tempDir } from './helpers/server.js';
 import { requireTools } from './helpers/require.js';
@@ -66,7 +66,7 @@ function layerTar(entries: Spec[]): Buffer {
 
 /** Imports a chain in-process (setup only: hundreds of CLI start-ups would dominate the suite). */
 async function importChain(tsvol: Tsvol, layers: Spec[][]): Promise<string> {
-  const store = createLayerStore(path.join(tsvol.data, 'layers'));
+  const store = openLayerStore(path.join(tsvol.data, 'layers'));
   let parent: string | undefined;
   for (const l of layers) parent = (await store.importLayer(Readable.from([layerTar(l)]), parent)).id;
   return parent!;

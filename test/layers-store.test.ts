@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { createLayerStore } from '../src/layers/layer-store.js';
+import { openLayerStore } from './helpers/store.js';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { lgetxattr, lsetxattr } from '../src/sys/libc.js';
 import { CLI, tempDir } from './helpers/server.js';
@@ -233,7 +233,7 @@ test('a volume holding a layer keeps it from rm and gc, and releasing it frees t
   try {
     const data = path.join(dir, 'data');
     const id = tsvol(data, ['layer', 'import', '-'], Buffer.concat([entry({ path: 'seed' }, Buffer.from('s')), end])).out;
-    const store = createLayerStore(path.join(data, 'layers'));
+    const store = openLayerStore(path.join(data, 'layers'));
     await store.holdLayer(id, 'volume "db"');
     await store.holdLayer(id, 'volume "db"'); // idempotent
     t.regex(tsvol(data, ['layer', 'rm', id]).err, /is held by volume "db"; remove those first/);

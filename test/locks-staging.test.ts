@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import test from 'ava';
-import { createLayerStore } from '../src/layers/layer-store.js';
+import { openLayerStore } from './helpers/store.js';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { acquireLock } from '../src/sys/lock.js';
 import { CLI, ROOT, cleanupDir, post, startTestServer, tempDir, type TestServer } from './helpers/server.js';
@@ -61,11 +61,13 @@ const HOLDER = `
 import fs from 'node:fs';
 import path from 'node:path';
 import { createLayerStore } from ${JSON.stringify(dist('layers/layer-store.js'))};
+import { createLayout } from ${JSON.stringify(dist('store/layout.js'))};
+import { openMetaStore } from ${JSON.stringify(dist('store/open.js'))};
 import { acquireLock } from ${JSON.stringify(dist('sys/lock.js'))};
 const [root, marks, blockMs] = process.argv.slice(1);
 fs.mkdirSync(root, { recursive: true });
 const release = await acquireLock(path.join(path.dirname(root), 'server.lock'), 'tsvol layer operation', 0);
-const store = createLayerStore(root);
+const store = createLayerStore(root, openMetaStore(createLayout(path.dirname(root))).store);
 await store.adoptTree(undefined, {
   prepare() {
     fs.writeFileSync(marks + '/entered', String(Date.now()));
@@ -90,7 +92,7 @@ test('§8: the data root lock stays held while its holder blocks its event loop 
     // A second process (this one) wants to change layers meanwhile: it waits for the lock (up to 30 s).
     const release = await acquireLock(lock, 'test', 30_000);
     try {
-      await createLayerStore(root).gc();
+      await openLayerStore(root).gc();
     } finally {
       await release();
     }
@@ -117,7 +119,7 @@ test('§8: kill -9 of the lock holder frees the lock at once; while it lives, th
     // No wait: the kernel dropped the lock with the process.
     const release = await acquireLock(lock, 'test', 0);
     try {
-      t.deepEqual(await createLayerStore(root).gc(), { removed: [] });
+      t.deepEqual(await openLayerStore(root).gc(), { removed: [] });
     } finally {
       await release();
     }
@@ -318,7 +320,7 @@ test('§10c: a holder whose name starts with a dot (or is . or ..) is a real hol
   try {
     const data = path.join(dir, 'data');
     const id = tsvol(data, ['layer', 'import', '-'], Buffer.concat([entry({ path: 'a' }, Buffer.from('a')), END])).out;
-    const store = createLayerStore(path.join(data, 'layers'));
+    const store = openLayerStore(path.join(data, 'layers'));
     for (const h of ['.hidden', '.', '..']) await store.holdLayer(id, h);
     t.deepEqual(
       store.listHolds().map((h) => h.holder).sort(),

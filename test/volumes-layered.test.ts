@@ -7,6 +7,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
+import { holdersOf, layerHolds } from './helpers/store.js';
 import { CLI, cleanupDir, isMounted, startTestServer, withServer, type TestServer } from './helpers/server.js';
 import { snapshotTree } from './helpers/tree.js';
 import { requireTools } from './helpers/require.js';
@@ -159,11 +160,11 @@ test('bad layer= options are refused by name and leave no volume and no hold', a
       t.is((await s.call('/VolumeDriver.Get', { Name: 'bad' })).status, 404);
     }
     t.deepEqual(fs.readdirSync(path.join(s.data, 'volumes')), []);
-    t.deepEqual(fs.readdirSync(path.join(s.data, 'layers', 'holds')).flatMap((d) => fs.readdirSync(path.join(s.data, 'layers', 'holds', d))), []);
+    t.deepEqual(layerHolds(s.data), [], 'a refused Create leaves no layer hold');
   });
 });
 
-test('restarts: a held layered volume is mounted again after kill -9; a hold left by a crashed Create is released', async (t) => {
+test('restarts: a held layered volume is mounted again after kill -9; its layer hold lives exactly as long as its record', async (t) => {
   await withServer(t, { root: true }, async (first) => {
     const base = importBase(first);
     await first.ok('/VolumeDriver.Create', { Name: 'lv', Opts: { layer: base } });
@@ -173,19 +174,18 @@ test('restarts: a held layered volume is mounted again after kill -9; a hold lef
     // The crash also took the mounts (a plugin restarted in a fresh mount namespace).
     spawnSync('umount', [mp]);
     spawnSync('umount', [path.join(first.data, 'volumes', 'lv', '_data')]);
-    // And a Create that crashed after holding its layer, before its record: a hold with no volume.
-    const holdDir = path.join(first.data, 'layers', 'holds', base.slice(7));
-    fs.writeFileSync(path.join(holdDir, encodeURIComponent('volume "ghost"')), 'volume "ghost"');
+    // The hold and the record are one transaction (#10): a crash cannot leave one without the other.
+    t.deepEqual(holdersOf(first.data, base), ['volume "lv"']);
 
     const s = await startTestServer({ dir: first.dir });
     try {
       t.true(isMounted(mp), 'the held volume is mounted again');
       t.is(fs.readFileSync(path.join(mp, 'kept'), 'utf8'), 'yes');
       t.is(fs.readFileSync(path.join(mp, 'etc/app.conf'), 'utf8'), 'color=blue\n');
-      t.deepEqual(fs.readdirSync(holdDir).map(decodeURIComponent), ['volume "lv"'], 'the orphan hold is gone, the real one kept');
+      t.deepEqual(holdersOf(s.data, base), ['volume "lv"'], 'the hold survives the restart');
       await s.ok('/VolumeDriver.Unmount', { Name: 'lv', ID: 'c1' });
       await s.ok('/VolumeDriver.Remove', { Name: 'lv' });
-      t.deepEqual(fs.readdirSync(holdDir), []);
+      t.deepEqual(holdersOf(s.data, base), [], 'Remove dropped the hold with the record');
     } finally {
       await s.kill();
       cleanupDir(first.dir);

@@ -25,9 +25,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { nanoid } from 'nanoid';
 import { InUseError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
-import { createLayout } from '../store/layout.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
-import { acquireMetaStore } from '../store/open.js';
 import type { LayerRecord } from '../store/records.js';
 import { syncFilesystem } from '../sys/durable.js';
 import { createStage, sweepStages } from '../sys/staging.js';
@@ -132,13 +130,8 @@ async function* hashed(input: AsyncIterable<Buffer>, hash: ReturnType<typeof cre
   }
 }
 
-/**
- * Opens the layer store under `root` (TSVOL_DATA/layers) with its records in `meta`. Without `meta`, the
- * data root's store is opened (shared within the process, migrated from 0.1 on first open): the factory
- * the CLI used before it had a MetaStore to pass (TODO(store): pass one from src/state.ts #10).
- */
-export function createLayerStore(root: string, meta?: MetaStore): LayerStore {
-  const store = meta ?? acquireMetaStore(createLayout(path.dirname(root))).store;
+/** Opens the layer store under `root` (TSVOL_DATA/layers) with its records in `store`, the data root's one metadata store. */
+export function createLayerStore(root: string, store: MetaStore): LayerStore {
   const dirs = {
     diffs: path.join(root, 'diffs'),
     tmp: path.join(root, 'tmp'),

@@ -6,7 +6,7 @@
 import { fsyncDirShared } from '../sys/durable.js';
 import type { Layout } from './layout.js';
 import type { Change, MetaStore } from './meta-store.js';
-import { acquireMetaStore } from './open.js';
+import { openMetaStore } from './open.js';
 import type { VolumeRecord } from './records.js';
 
 export { nullProtoRecord, type VolumeRecord, type VolumeSpec } from './records.js';
@@ -58,8 +58,12 @@ export function volumeStoreOf(meta: MetaStore, onClose: () => Promise<void> = ()
   };
 }
 
-/** Opens the metadata store of `layout` (migrating 0.1's records on first open) and returns its volume view. */
+/**
+ * Opens the metadata store of `layout` on its own (migrating 0.1's records on first open) and returns its
+ * volume view, which closes the store. For a process that uses only volumes (tests); the server and the
+ * CLI open the one store in src/state.ts and pass it down.
+ */
 export function createVolumeStore(layout: Layout): VolumeStore {
-  const { store, release } = acquireMetaStore(layout);
-  return volumeStoreOf(store, release);
+  const { store } = openMetaStore(layout);
+  return volumeStoreOf(store);
 }

@@ -15,7 +15,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { createLayerStore, type LayerRecord, type LayerStore } from '../layers/layer-store.js';
+import type { LayerRecord, LayerStore } from '../layers/layer-store.js';
 import { createOverlayMounter, type OverlayMounter } from '../layers/overlay.js';
 import { packTree } from '../layers/tree-archive.js';
 import type { Layout, VolumeFiles } from '../store/layout.js';
@@ -40,10 +40,8 @@ export interface LayeredVolumes {
 }
 
 /** Opens the layer store of the data root (lazily: volumes that never use layers never touch it). */
-export function createLayeredVolumes(layout: Layout): LayeredVolumes {
-  let store: LayerStore | undefined;
+export function createLayeredVolumes(layout: Layout, layers: () => LayerStore): LayeredVolumes {
   let mounter: OverlayMounter | undefined;
-  const layers = (): LayerStore => (store ??= createLayerStore(layout.layersDir));
   const dirs = (name: string) => {
     const files = layout.filesOf(name);
     return { upper: files.upper, work: files.work, merged: files.data };

@@ -68,8 +68,8 @@ export interface VolumeServiceDeps {
   readonly log: Logger;
   /** How sized volumes are made here; probed from the data root when not given. */
   readonly sizeBacking?: SizeBacking;
-  /** The layer manager for layer= volumes; opened on the data root when not given. */
-  readonly layered?: LayeredVolumes;
+  /** The layer manager for layer= volumes. */
+  readonly layered: LayeredVolumes;
 }
 
 /** Creates the service. Call reconcileVolumes first so that disk and records agree. */

@@ -4,6 +4,9 @@
  */
 import path from 'node:path';
 import Database from 'better-sqlite3';
+import { createLayerStore, type LayerStore } from '../../src/layers/layer-store.js';
+import { createLayout } from '../../src/store/layout.js';
+import { openMetaStore } from '../../src/store/open.js';
 
 /** Runs `fn` on a connection to `data`/tsvol.db with foreign keys on, closed afterwards. */
 export function withDb<T>(data: string, fn: (db: Database.Database) => T): T {
@@ -30,4 +33,13 @@ export function holdersOf(data: string, layer: string): string[] {
 /** Plants a hold, as a process that crashed after holding a layer would leave it (no server running). */
 export function plantLayerHold(data: string, layer: string, holder: string): void {
   withDb(data, (db) => db.prepare('INSERT OR IGNORE INTO layer_holds (layer, holder) VALUES (?, ?)').run(layer, holder));
+}
+
+/**
+ * The layer store under `root` (a data root's layers/) on a metadata store of its own, for tests that drive
+ * the layer store in-process (the server and the CLI open the one store in src/state.ts). Left open: the
+ * test process exits with it.
+ */
+export function openLayerStore(root: string): LayerStore {
+  return createLayerStore(root, openMetaStore(createLayout(path.dirname(root))).store);
 }

@@ -6,7 +6,7 @@ import type { Layout } from '../../store/layout.js';
 import type { VolumeRecord } from '../../store/volume-store.js';
 import { createBindRoots } from '../bind-roots.js';
 import { createDeleter } from '../deleter.js';
-import { createLayeredVolumes, type LayeredVolumes } from '../layered.js';
+import type { LayeredVolumes } from '../layered.js';
 import { probeSizeBacking, type SizeBacking } from '../size-limit.js';
 import { kindOf } from './index.js';
 import type { KindContext } from './kind.js';
@@ -19,7 +19,7 @@ export interface KindContextDeps {
   /** How sized volumes are made here; probed from the data root on first use when not given. */
   readonly sizeBacking?: SizeBacking;
   /** The layer manager for layer= volumes; opened on the data root when not given. */
-  readonly layered?: LayeredVolumes;
+  readonly layered: LayeredVolumes;
   mustGet(name: string): VolumeRecord;
   withLock<T>(name: string, work: () => Promise<T>): Promise<T>;
 }
@@ -34,7 +34,7 @@ export function createKindContext(deps: KindContextDeps): KindContext {
     layout,
     log,
     bindRoots: createBindRoots(config.bindRoots, config.hostRoot),
-    layered: deps.layered ?? createLayeredVolumes(layout),
+    layered: deps.layered,
     sizeBacking: () => (sizing ??= probeSizeBacking(layout.root)),
     // Loop devices: the host's devtmpfs (the managed plugin's own /dev has no loop nodes; src/sys/loop.ts).
     devDir: path.join(config.hostRoot ?? '/', 'dev'),
