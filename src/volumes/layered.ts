@@ -10,7 +10,7 @@
  *
  * The layer is held as `volume "<name>"` exactly as long as the volume's record exists, so `tsvol layer rm`
  * and `gc` can never take a layer from under a volume: the hold is the layered kind's LinkedChange
- * (kinds/layered.ts), committed in the same transaction as the record (kinds/linked.ts), and the store's
+ * (kinds/layered.ts), committed in the same transaction as the record (volume-service.ts), and the store's
  * foreign key refuses deleting a held layer.
  */
 import fs from 'node:fs';

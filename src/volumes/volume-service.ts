@@ -5,7 +5,7 @@
  * nothing half-made that start-up cannot repair (src/volumes/reconcile.ts):
  *
  * - Create: the kind builds the volume's files, then the record is committed (with its linked changes,
- *   kinds/linked.ts). The record is the truth: files without one (a crash before the commit) are an
+ *   in one transaction). The record is the truth: files without one (a crash before the commit) are an
  *   orphan that start-up deletes.
  * - Remove: commit the deletion, then the kind destroys its files (a background delete from tmp/).
  * - Mount: establish first, then commit the hold; if the commit fails, release again (a failed Mount
@@ -13,6 +13,7 @@
  * - Unmount: commit the release, then release; a failed unmount leaves a stale mount start-up removes.
  */
 import type { Config } from '../config.js';
+import { holdChange, releaseChange } from '../layers/layer-store.js';
 import { InUseError, NotFoundError, describeError, wrapError } from '../errors.js';
 import type { LayerRecord } from '../layers/layer-store.js';
 import type { Logger } from '../log.js';
@@ -24,7 +25,6 @@ import { createKeyedMutex } from './keyed-mutex.js';
 import { createKindContext } from './kinds/context.js';
 import { hasOwnMount, kindOf } from './kinds/index.js';
 import type { Built, KindContext } from './kinds/kind.js';
-import { commitCreate, commitRemove } from './kinds/linked.js';
 import type { LayeredVolumes } from './layered.js';
 import { createMountpoints, type Mountpoints } from './mountpoints.js';
 import { validateMountId, validateName } from './names.js';
@@ -120,7 +120,8 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
           throw wrapError(`create volume "${name}"`, err);
         }
         try {
-          await commitCreate(store, rec, kind.linked(rec, ctx));
+          // One transaction: the record with its linked changes (a layered volume's layer hold, #10).
+          await store.put(rec, [], kind.linked(rec, ctx).map((c) => holdChange(c.layer, c.holder)));
         } catch (err) {
           await built.remove();
           throw wrapError(`create volume "${name}"`, err);
@@ -147,7 +148,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
           throw wrapError(`remove volume "${name}"`, err);
         }
         kind.checkRemovable(rec, ctx);
-        await commitRemove(store, rec, kind.linked(rec, ctx));
+        await store.delete(name, kind.linked(rec, ctx).map((c) => releaseChange(c.layer, c.holder)));
         usage.forget(name);
         await kind.destroy(rec, ctx);
       });

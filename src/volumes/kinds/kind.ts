@@ -36,9 +36,9 @@ export type RecordOf<K extends KindName> = VolumeRecord & { readonly spec: SpecO
 export type Measure = () => Promise<{ bytes: number; files: number }>;
 
 /**
- * A change that lives exactly as long as a volume's record: made before the record is committed, undone
- * after it is deleted (today: a layered volume's hold on its layer, in the layer store). Applied in one
- * place (./linked.ts), so that committing it in the record's own transaction is a change there alone.
+ * A change that lives exactly as long as a volume's record (today: a layered volume's hold on its layer):
+ * committed in the record's own transaction by the service, and dropped in the transaction that deletes
+ * the record, so neither can exist without the other.
  */
 export interface LinkedChange {
   readonly type: 'layerHold';
