@@ -9,7 +9,7 @@ import { loadConfig } from '../config.js';
 import type { LayerRecord } from '../layers/layer-ops.js';
 import { withLayerOps } from './client.js';
 import { humanSize, table } from './format.js';
-import { withProgress } from './progress.js';
+import { withProgress, writeOut } from './progress.js';
 
 const short = (id: string | undefined): string => (id ? id.slice(7, 19) : '-');
 
@@ -41,22 +41,7 @@ export function registerLayer(program: Command): void {
     .action(async (id: string, opts: { output?: string }) => {
       // The sink runs once the layer is found: an unknown ID leaves no output file behind.
       await withLayerOps(loadConfig(), (ops) =>
-        ops.exportLayer(id, async (tar) => {
-          if (opts.output) {
-            // To a file: chunks written straight to the fd (a write stream's async hops cost ~30% here).
-            const fd = fs.openSync(opts.output, 'w', 0o644);
-            try {
-              for await (const chunk of withProgress('exporting', tar)) fs.writeSync(fd, chunk);
-            } finally {
-              fs.closeSync(fd);
-            }
-            return;
-          }
-          // To stdout (usually a pipe): respect back-pressure; no progress bar mixed into the data.
-          for await (const chunk of tar) {
-            if (!process.stdout.write(chunk)) await new Promise((r) => process.stdout.once('drain', r));
-          }
-        }),
+        ops.exportLayer(id, (tar) => writeOut(tar, opts.output)),
       );
     });
   layer

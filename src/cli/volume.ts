@@ -12,23 +12,7 @@ import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
 import { withVolumeOps } from './client.js';
 import { humanSize, table } from './format.js';
-import { withProgress } from './progress.js';
-
-/** Writes a stream to `output` (with a progress bar on a terminal) or to standard output. */
-async function writeOut(chunks: AsyncIterable<Buffer>, output: string | undefined): Promise<void> {
-  if (output !== undefined) {
-    const fd = fs.openSync(output, 'w', 0o644);
-    try {
-      for await (const chunk of withProgress('exporting', chunks)) fs.writeSync(fd, chunk);
-    } finally {
-      fs.closeSync(fd);
-    }
-    return;
-  }
-  for await (const chunk of chunks) {
-    if (!process.stdout.write(chunk)) await new Promise((r) => process.stdout.once('drain', r));
-  }
-}
+import { withProgress, writeOut } from './progress.js';
 
 /** Registers `tsvol volume`. */
 export function registerVolume(program: Command): void {
