@@ -3,9 +3,9 @@
  * (index=off, redirect_dir=off, metacopy=off: a layer committed from the upper directory must stand on its
  * own). The record (name, the layer it sits on, driver, created, commit journal) is a row of the metadata
  * store (src/store/meta-store.ts), whose foreign key keeps its base layer from being deleted; the data
- * under TSVOL_DATA/layers:
+ * under TSVOL_DATA/layers, whose paths src/store/layout.ts builds (LayersLayout.containerDirs):
  *
- *   containers/<name>/{upper,work,merged}
+ *   containers/<name>/{upper,work,merged}   upper, or the upper-<t> the record names after an in-place commit
  *
  * The overlay mount itself (short links, relative lowerdirs) is overlay.ts. diff and commit read only the
  * upper directory and the lower layers' directories, never the merged tree, so a commit costs what
@@ -14,6 +14,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ConflictError, InvalidArgumentError, NotFoundError, errnoCode } from '../errors.js';
+import { layersLayout, type ContainerDirs } from '../store/layout.js';
 import type { ContainerRecord, LayerDriver } from '../store/records.js';
 import { readBootId } from '../sys/boot.js';
 import { isMountRoot } from '../sys/libc.js';
@@ -68,17 +69,12 @@ export interface ContainerStore {
 export function createContainerStore(root: string, layers: LayerStore, driver?: LayerDriver): ContainerStore {
   let chosen: LayerDriver | undefined = driver;
   const pickDriver = (): LayerDriver => (chosen ??= probeOverlay(root).ok ? 'overlay' : 'copy');
-  const dir = path.join(root, 'containers');
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const layout = layersLayout(root);
+  fs.mkdirSync(layout.containersDir, { recursive: true, mode: 0o700 });
   const overlay = createOverlayMounter(root, layers);
 
   const meta = layers.meta;
-  const paths = (rec: Pick<ContainerRecord, 'name' | 'upper'>) => ({
-    base: path.join(dir, rec.name),
-    upper: path.join(dir, rec.name, rec.upper ?? 'upper'),
-    work: path.join(dir, rec.name, 'work'),
-    merged: path.join(dir, rec.name, 'merged'),
-  });
+  const paths = (rec: Pick<ContainerRecord, 'name' | 'upper'>): ContainerDirs => layout.containerDirs(rec.name, rec.upper);
   const save = (rec: ContainerRecord): Promise<void> => meta.commit([{ op: 'container.put', record: rec }]);
 
   /** The record exactly as stored, journal included. */
@@ -123,7 +119,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
     const o = outcome(rec, force);
     if (o === undefined) return rec;
     await save(o.settled);
-    fs.rmSync(path.join(paths(rec).base, o.stale), { recursive: true, force: true });
+    fs.rmSync(layout.containerDirs(rec.name, o.stale).upper, { recursive: true, force: true });
     return o.settled;
   }
 
@@ -143,7 +139,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
    */
   async function commitInPlace(name: string): Promise<LayerRecord | undefined> {
     let rec = await read(name);
-    const fresh = `upper-${Date.now().toString(36)}`;
+    const fresh = layout.newUpperName();
     let journal: ContainerRecord | undefined;
     let started = false;
     try {
@@ -158,14 +154,14 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
           // belong to a layer now). No other commit can be running (the layer store runs its mutations one
           // at a time, in the one process that writes, and the record has no journal). Swept whichever way
           // this commit goes, so that a container in use, committed by copying, does not keep them either.
-          const current = rec.upper ?? 'upper';
           for (const f of fs.readdirSync(p.base)) {
-            if ((f === 'upper' || f.startsWith('upper-')) && f !== current) fs.rmSync(path.join(p.base, f), { recursive: true, force: true });
+            const dirs = layout.containerDirs(rec.name, f);
+            if (layout.isUpperName(f) && dirs.upper !== p.upper) fs.rmSync(dirs.upper, { recursive: true, force: true });
           }
           if (unmountUnlessBusy(p.merged) === 'busy') return undefined;
           started = true;
           const st = fs.lstatSync(p.upper);
-          const target = path.join(p.base, fresh);
+          const target = layout.containerDirs(rec.name, fresh).upper;
           fs.mkdirSync(target, { mode: st.mode & 0o7777 });
           fs.chownSync(target, st.uid, st.gid);
           return p.upper;
@@ -182,7 +178,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
       if (started) {
         // Whatever happened, finish or undo what the record says, drop an unused fresh upper, mount again.
         rec = await settle(readStored(name), true);
-        if (rec.upper !== fresh) fs.rmSync(path.join(paths(rec).base, fresh), { recursive: true, force: true });
+        if (rec.upper !== fresh) fs.rmSync(layout.containerDirs(rec.name, fresh).upper, { recursive: true, force: true });
         ensureMounted(rec);
       }
     }
@@ -266,7 +262,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
       // the container (its merged tree is already the new layer's contents).
       // A stage locked while it lives: written before the layer store's queue is entered (importLayer
       // enters it), so a gc meanwhile sees a live owner and leaves it (sys/staging.ts).
-      const stage = await createStage(path.join(root, 'tmp'), `commit-${name}`);
+      const stage = await createStage(layout.tmpDir, `commit-${name}`);
       try {
         changesAsUpper(lowers(rec.from), paths(rec).merged, stage.dir);
         const layer = await layers.importLayer(writeTree(stage.dir), rec.from);

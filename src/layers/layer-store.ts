@@ -1,6 +1,7 @@
 /**
  * LayerStore: content-addressed read-only layers (issue #5). The records (layers, tags, holds) live in
- * the metadata store (src/store/meta-store.ts, tsvol.db); the data under TSVOL_DATA/layers:
+ * the metadata store (src/store/meta-store.ts, tsvol.db); the data under TSVOL_DATA/layers, whose paths
+ * src/store/layout.ts builds (LayersLayout):
  *
  *   diffs/<diffid-hex>/         a diff's unpacked contents, stored once whatever its parent
  *   diffs/<diffid-hex>.split    raw tar headers for byte-exact export (the tar-split idea)
@@ -22,9 +23,9 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import path from 'node:path';
 import { nanoid } from 'nanoid';
 import { InUseError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
+import { digestHex, layerStageFiles, layersLayout } from '../store/layout.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
 import type { LayerRecord } from '../store/records.js';
 import { syncFilesystem } from '../sys/durable.js';
@@ -113,10 +114,6 @@ export function releaseChange(layer: string, holder: string): Change {
   return { op: 'layerHold.delete', layer, holder };
 }
 
-function hexOf(digest: string): string {
-  return digest.slice('sha256:'.length);
-}
-
 /** OCI ChainID. */
 export function chainId(parent: string | undefined, diffId: string): string {
   if (parent === undefined) return diffId;
@@ -132,11 +129,8 @@ async function* hashed(input: AsyncIterable<Buffer>, hash: ReturnType<typeof cre
 
 /** Opens the layer store under `root` (TSVOL_DATA/layers) with its records in `store`, the data root's one metadata store. */
 export function createLayerStore(root: string, store: MetaStore): LayerStore {
-  const dirs = {
-    diffs: path.join(root, 'diffs'),
-    tmp: path.join(root, 'tmp'),
-  };
-  for (const d of Object.values(dirs)) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+  const layout = layersLayout(root);
+  for (const d of [layout.diffsDir, layout.tmpDir]) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
 
   /**
    * Mutations one at a time within the process (the only writer: see the module comment). Long synchronous
@@ -175,12 +169,12 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
   }
 
   function diffDir(layer: LayerRecord): string {
-    return path.join(dirs.diffs, hexOf(layer.diffId));
+    return layout.diffDir(digestHex(layer.diffId));
   }
 
   /** Runs `fn` with a fresh stage in tmp/ (locked while it lives), deleted afterwards whatever happens. */
   async function withStage<T>(kind: string, fn: (stage: string) => Promise<T>): Promise<T> {
-    const stage = await createStage(dirs.tmp, kind);
+    const stage = await createStage(layout.tmpDir, kind);
     try {
       return await fn(stage.dir);
     } finally {
@@ -199,7 +193,7 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
     consume: (reader: TarReader, splitFd: number) => Promise<UnpackStats>,
   ): Promise<LayerRecord> {
     const hash = createHash('sha256');
-    const splitFd = fs.openSync(path.join(stage, 'split'), 'wx', 0o600);
+    const splitFd = fs.openSync(layerStageFiles(stage).split, 'wx', 0o600);
     let stats: UnpackStats;
     const reader = new TarReader(hashed(tar, hash));
     try {
@@ -218,13 +212,15 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
    * files and the renames durable, and only then is the record committed: the record is the truth.
    */
   async function publish(stage: string, rec: LayerRecord, makeDiff: (dir: string) => void): Promise<void> {
-    const target = path.join(dirs.diffs, hexOf(rec.diffId));
+    const hex = digestHex(rec.diffId);
+    const staged = layerStageFiles(stage);
+    const target = layout.diffDir(hex);
     if (!fs.existsSync(target)) {
-      makeDiff(path.join(stage, 'diff'));
-      fs.renameSync(path.join(stage, 'split'), `${target}.split`);
-      fs.renameSync(path.join(stage, 'diff'), target);
+      makeDiff(staged.diff);
+      fs.renameSync(staged.split, layout.splitFile(hex));
+      fs.renameSync(staged.diff, target);
     }
-    syncFilesystem(dirs.diffs);
+    syncFilesystem(layout.diffsDir);
     await store.commit([{ op: 'layer.put', layer: rec }]);
   }
 
@@ -232,7 +228,7 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
     return locked(async () => {
       const parent = parentRef === undefined ? undefined : resolve(parentRef);
       return withStage('import', async (stage) => {
-        const stageDiff = path.join(stage, 'diff');
+        const stageDiff = layerStageFiles(stage).diff;
         fs.mkdirSync(stageDiff, { mode: 0o755 });
         const rec = await readTar(stage, decompressed(input as AsyncIterable<Buffer>), parent, (reader, splitFd) =>
           unpackLayer(reader, stageDiff, splitFd).catch((err: unknown) => {
@@ -267,8 +263,8 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
 
   async function* exportLayer(idOrName: string): AsyncGenerator<Buffer> {
     const rec = resolve(idOrName);
-    const dir = diffDir(rec);
-    yield* replaySplit(`${dir}.split`, dir);
+    const hex = digestHex(rec.diffId);
+    yield* replaySplit(layout.splitFile(hex), layout.diffDir(hex));
   }
 
   function history(idOrName: string): LayerRecord[] {
@@ -291,10 +287,11 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
    * no other layer uses its DiffID: the diff directory is shared by every chain with that DiffID).
    */
   function deleteDiff(rec: LayerRecord): void {
-    const trash = path.join(dirs.tmp, `rm-${nanoid(10)}`);
-    fs.renameSync(diffDir(rec), trash);
-    fs.rmSync(`${diffDir(rec)}.split`, { force: true });
-    removeShortLink(root, diffDir(rec));
+    const hex = digestHex(rec.diffId);
+    const trash = layout.removedDir(nanoid(10));
+    fs.renameSync(layout.diffDir(hex), trash);
+    fs.rmSync(layout.splitFile(hex), { force: true });
+    removeShortLink(layout, hex);
     fs.rmSync(trash, { recursive: true, force: true });
   }
 
@@ -394,18 +391,19 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
         const removed = doomed.map((rec) => rec.id);
         // Stages whose owner died; a live one (a copy-driver commit writing its changes before it enters
         // this store's queue) is left alone.
-        const sweep = sweepStages(dirs.tmp);
+        const sweep = sweepStages(layout.tmpDir);
         await sweep.done;
         removed.push(...sweep.dead.map((e) => `tmp/${e}`));
         // Diffs no layer uses: those of the layers just deleted, and any published by an import or commit
         // killed before its record was committed.
         const used = store.diffIds();
-        const ofDoomed = new Set(doomed.map((l) => hexOf(l.diffId)));
-        for (const e of fs.readdirSync(dirs.diffs)) {
+        const ofDoomed = new Set(doomed.map((l) => digestHex(l.diffId)));
+        for (const e of fs.readdirSync(layout.diffsDir)) {
           const hex = e.replace(/\.(split|link)$/, '');
           if (!used.has(`sha256:${hex}`)) {
-            if (e.endsWith('.link')) removeShortLink(root, path.join(dirs.diffs, hex));
-            fs.rmSync(path.join(dirs.diffs, e), { recursive: true, force: true });
+            if (e.endsWith('.link')) removeShortLink(layout, hex);
+            const entry = e.endsWith('.split') ? layout.splitFile(hex) : e.endsWith('.link') ? layout.linkFile(hex) : layout.diffDir(hex);
+            fs.rmSync(entry, { recursive: true, force: true });
             if (!ofDoomed.has(hex)) removed.push(`diffs/${e}`);
           }
         }

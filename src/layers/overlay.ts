@@ -6,7 +6,8 @@
  *   l/<4 chars> -> ../diffs/<hex>      short links, so 500 lower layers fit in one page of mount data
  *   diffs/<hex>.link                   the short link's name, made on a diff's first mount
  *
- * This module alone knows the short links: the layer store calls removeShortLink when it deletes a diff.
+ * This module alone makes and removes the short links (their paths are src/store/layout.ts's LayersLayout):
+ * the layer store calls removeShortLink when it deletes a diff.
  *
  * The mount is made from inside the layers directory with relative paths (lowerdir=l/abcd:l/efgh…), which
  * keeps the option string near 7 bytes a layer: 500 layers (the kernel's limit) take ~3.5 KB, under the
@@ -18,6 +19,7 @@ import path from 'node:path';
 import { InvalidArgumentError, errnoCode } from '../errors.js';
 import { writeFileDurable } from '../sys/durable.js';
 import { overlayMount } from '../sys/mount.js';
+import { digestHex, layersLayout, type LayersLayout } from '../store/layout.js';
 import type { LayerRecord } from '../store/records.js';
 
 /** Largest mount data mount(2) accepts: one page, NUL included. */
@@ -36,19 +38,14 @@ export interface LayerChains {
   diffDir(layer: LayerRecord): string;
 }
 
-/** The file naming a diff directory's short link. */
-function linkFileOf(diffDir: string): string {
-  return `${diffDir}.link`;
-}
-
 /**
- * Removes the short link of the diff directory `diffDir` (under the layers directory `root`) and the file
- * naming it, if it has one (a diff never mounted has none).
+ * Removes the short link of the diff whose DiffID's hex is `hex` (in the layers directory `layout`) and
+ * the file naming it, if it has one (a diff never mounted has none).
  */
-export function removeShortLink(root: string, diffDir: string): void {
-  const linkFile = linkFileOf(diffDir);
+export function removeShortLink(layout: LayersLayout, hex: string): void {
+  const linkFile = layout.linkFile(hex);
   try {
-    fs.rmSync(path.join(root, 'l', fs.readFileSync(linkFile, 'utf8').trim()), { force: true });
+    fs.rmSync(layout.shortLink(fs.readFileSync(linkFile, 'utf8').trim()), { force: true });
     fs.rmSync(linkFile);
   } catch (err) {
     // ENOENT: the diff was never mounted, so it has no short link.
@@ -64,13 +61,13 @@ export interface OverlayMounter {
 
 /** Creates a mounter for the layer store at `root`. */
 export function createOverlayMounter(root: string, layers: LayerChains): OverlayMounter {
-  const links = path.join(root, 'l');
-  fs.mkdirSync(links, { recursive: true, mode: 0o700 });
+  const layout = layersLayout(root);
+  fs.mkdirSync(layout.linksDir, { recursive: true, mode: 0o700 });
 
   /** The short link for a layer's diff directory, made on first use. */
   function shortLink(layer: LayerRecord): string {
     const diff = layers.diffDir(layer);
-    const linkFile = linkFileOf(diff);
+    const linkFile = layout.linkFile(digestHex(layer.diffId));
     try {
       return fs.readFileSync(linkFile, 'utf8').trim();
     } catch (err) {
@@ -80,7 +77,7 @@ export function createOverlayMounter(root: string, layers: LayerChains): Overlay
     for (;;) {
       const id = Array.from({ length: 4 }, () => alphabet[Math.floor(Math.random() * alphabet.length)]).join('');
       try {
-        fs.symlinkSync(path.relative(links, diff), path.join(links, id));
+        fs.symlinkSync(path.relative(layout.linksDir, diff), layout.shortLink(id));
       } catch (err) {
         if (errnoCode(err) === 'EEXIST') continue; // taken: draw again
         throw err;
@@ -98,8 +95,8 @@ export function createOverlayMounter(root: string, layers: LayerChains): Overlay
       // everything the deeper one holds, so dropping the deeper ones leaves the same tree.
       const seen = new Set<string>();
       const lowers = chain.filter((l) => !seen.has(l.diffId) && seen.add(l.diffId) !== undefined);
-      const lowerdir = lowers.map((l) => `l/${shortLink(l)}`).join(':');
       const rel = (abs: string): string => path.relative(root, abs);
+      const lowerdir = lowers.map((l) => rel(layout.shortLink(shortLink(l)))).join(':');
       const data = `lowerdir=${lowerdir},upperdir=${rel(dirs.upper)},workdir=${rel(dirs.work)},index=off,redirect_dir=off,metacopy=off`;
       if (data.length > MAX_MOUNT_DATA) {
         throw new InvalidArgumentError(`a chain of ${chain.length} layers needs ${data.length} bytes of mount options; the kernel takes ${MAX_MOUNT_DATA}`);

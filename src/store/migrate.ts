@@ -1,7 +1,8 @@
 /**
  * The 0.1 migration: 0.1's layer manager kept its records as one JSON file each under layers/ (volumes
  * were already in tsvol.db). At the first start of this version (server, or a CLI under the server lock),
- * they are imported into the database in one transaction with a mark in `meta`, then deleted:
+ * they are imported into the database in one transaction with a mark in `meta`, then deleted (the paths are
+ * layout.ts's Legacy01Layout):
  *
  *   layers/chains/<hex>.json        → layers
  *   layers/tags/<name>              → tags (the file holds the ChainID)
@@ -21,7 +22,7 @@ import path from 'node:path';
 import { InternalError, describeError, errnoCode } from '../errors.js';
 import { fsyncDir, isTempName } from '../sys/durable.js';
 import { crashPoint } from './crash-point.js';
-import type { Layout } from './layout.js';
+import type { Layout, LayersLayout, Legacy01Layout } from './layout.js';
 import type { MetaStore } from './meta-store.js';
 import type { ContainerRecord, LayerRecord } from './records.js';
 import type { Change } from './schema.js';
@@ -70,12 +71,12 @@ function readJson<T>(file: string): T {
  */
 const VOLUME_HOLDER = /^volume "(.+)"$/;
 
-/** Reads what 0.1 left under `layersDir` as changes, parents before children; records on missing layers are skipped. */
-function readOldRecords(layersDir: string, store: MetaStore): { changes: Change[]; counts: Omit<MigrationReport, 'imported' | 'deleted'> } {
+/** Reads what 0.1 left (at `old`) as changes, parents before children; records on missing layers are skipped. */
+function readOldRecords(old: Legacy01Layout, store: MetaStore): { changes: Change[]; counts: Omit<MigrationReport, 'imported' | 'deleted'> } {
   const byId = new Map<string, LayerRecord>();
-  for (const f of entries(path.join(layersDir, 'chains'))) {
+  for (const f of entries(old.chainsDir)) {
     if (!f.endsWith('.json')) continue;
-    const r = readJson<LayerRecord>(path.join(layersDir, 'chains', f));
+    const r = readJson<LayerRecord>(old.chainFile(f.slice(0, -'.json'.length)));
     byId.set(r.id, { id: r.id, diffId: r.diffId, parent: r.parent ?? undefined, size: r.size, files: r.files, createdAt: r.createdAt });
   }
   const changes: Change[] = [];
@@ -102,8 +103,8 @@ function readOldRecords(layersDir: string, store: MetaStore): { changes: Change[
   };
   for (const rec of [...byId.values()]) place(rec, 0);
   let tags = 0;
-  for (const name of entries(path.join(layersDir, 'tags'))) {
-    const layer = fs.readFileSync(path.join(layersDir, 'tags', name), 'utf8').trim();
+  for (const name of entries(old.tagsDir)) {
+    const layer = fs.readFileSync(old.tagFile(name), 'utf8').trim();
     if (!placed.has(layer)) skipped.push(`tag "${name}" (layer ${layer} missing)`);
     else {
       changes.push({ op: 'tag.put', name, layer });
@@ -111,8 +112,8 @@ function readOldRecords(layersDir: string, store: MetaStore): { changes: Change[
     }
   }
   let holds = 0;
-  for (const hex of entries(path.join(layersDir, 'holds'))) {
-    for (const file of entries(path.join(layersDir, 'holds', hex))) {
+  for (const hex of entries(old.holdsDir)) {
+    for (const file of entries(old.holdsOf(hex))) {
       const layer = `sha256:${hex}`;
       const holder = decodeURIComponent(file);
       if (!placed.has(layer)) skipped.push(`hold ${holder} (layer ${layer} missing)`);
@@ -124,9 +125,9 @@ function readOldRecords(layersDir: string, store: MetaStore): { changes: Change[
     }
   }
   let containers = 0;
-  for (const f of entries(path.join(layersDir, 'containers'))) {
+  for (const f of entries(old.containersDir)) {
     if (!f.endsWith('.json')) continue;
-    const rec = readJson<ContainerRecord>(path.join(layersDir, 'containers', f));
+    const rec = readJson<ContainerRecord>(old.containerRecord(f.slice(0, -'.json'.length)));
     if (!placed.has(rec.from)) skipped.push(`container "${rec.name}" (layer ${rec.from} missing)`);
     else {
       changes.push({ op: 'container.put', record: { ...rec, driver: rec.driver ?? 'overlay' } });
@@ -144,20 +145,22 @@ function remove(p: string): boolean {
   return true;
 }
 
-/** Deletes 0.1's record files and lock; the container directories stay. Returns how many entries went. */
-function deleteOldRecords(layersDir: string): number {
+/** Deletes 0.1's record files and lock under `layers`; the container directories stay. Returns how many entries went. */
+function deleteOldRecords(layers: LayersLayout): number {
+  const old = layers.legacy01;
   let deleted = 0;
-  for (const d of ['chains', 'tags', 'holds', 'store', 'store.lock']) if (remove(path.join(layersDir, d))) deleted++;
-  const containers = path.join(layersDir, 'containers');
+  for (const d of [old.chainsDir, old.tagsDir, old.holdsDir, old.lockFile, old.lockDir]) if (remove(d)) deleted++;
+  const containers = old.containersDir;
   let touched = false;
   for (const f of fs.existsSync(containers) ? fs.readdirSync(containers) : []) {
-    // <name>.json and writeFileDurable's temp files (.<name>.json.tmp-<hex>); <name>/ is the container itself.
+    // <name>.json and writeFileDurable's temp files (.<name>.json.tmp-<hex>), as listed; <name>/ is the
+    // container itself.
     if (!f.endsWith('.json') && !(isTempName(f) && f.includes('.json'))) continue;
     if (remove(path.join(containers, f))) deleted++;
     touched = true;
   }
   if (touched) fsyncDir(containers);
-  if (deleted > 0) fsyncDir(layersDir);
+  if (deleted > 0) fsyncDir(layers.root);
   return deleted;
 }
 
@@ -167,11 +170,10 @@ function deleteOldRecords(layersDir: string): number {
  * server lock), before anything else uses the layers.
  */
 export function migrate(layout: Layout, store: MetaStore): MigrationReport {
-  const layersDir = layout.layersDir;
   let imported = false;
   let counts: Omit<MigrationReport, 'imported' | 'deleted'> = { layers: 0, tags: 0, holds: 0, containers: 0, skipped: [] };
   if (store.getMeta(MIGRATED_KEY) === undefined) {
-    const read = readOldRecords(layersDir, store);
+    const read = readOldRecords(layout.layers.legacy01, store);
     counts = read.counts;
     crashPoint('migrate:before-commit');
     const mark = JSON.stringify({ at: new Date().toISOString(), ...counts });
@@ -179,6 +181,6 @@ export function migrate(layout: Layout, store: MetaStore): MigrationReport {
     imported = true;
     crashPoint('migrate:after-commit');
   }
-  const deleted = deleteOldRecords(layersDir);
+  const deleted = deleteOldRecords(layout.layers);
   return { imported, ...counts, deleted };
 }

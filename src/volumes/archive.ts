@@ -18,10 +18,9 @@
  * starting meanwhile leaves it alone (#9 §7).
  */
 import fs from 'node:fs';
-import path from 'node:path';
 import { ConflictError, InvalidArgumentError, describeError } from '../errors.js';
 import { packTree, unpackTree } from '../layers/tree-archive.js';
-import type { Layout } from '../store/layout.js';
+import { volumeFiles, type Layout } from '../store/layout.js';
 import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
 import type { Beneath } from '../sys/beneath.js';
 import { stageThenPublish } from '../sys/staging.js';
@@ -59,7 +58,7 @@ export async function importVolume(layout: Layout, store: VolumeStore, name: str
   return stageThenPublish(
     publish,
     async (dir) => {
-      const data = path.join(dir, '_data');
+      const data = volumeFiles(dir).data;
       fs.mkdirSync(data, { mode: 0o755 });
       try {
         // A `./` entry first carries the volume root's own owner, mode and xattrs (exportTree writes one).
