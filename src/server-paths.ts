@@ -11,10 +11,12 @@ export interface ServerPaths {
   readonly root: string;
   readonly lockFile: string;
   readonly controlSocket: string;
+  /** layers/: where `tsvol info` probes the layer driver (the server probes the same directory). */
+  readonly layersDir: string;
 }
 
 /** Where the server of `config`'s data root listens and locks (src/store/layout.ts). */
 export function serverPaths(config: Config): ServerPaths {
-  const { root, lockFile, controlSocket } = createLayout(config.dataRoot);
-  return { root, lockFile, controlSocket };
+  const { root, lockFile, controlSocket, layersDir } = createLayout(config.dataRoot);
+  return { root, lockFile, controlSocket, layersDir };
 }

@@ -1,9 +1,9 @@
 /** `tsvol info`: where the state is, which layer driver and which size-limit backing are in use, and why. */
 import fs from 'node:fs';
-import path from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
 import { probeOverlay } from '../layers/probe.js';
+import { serverPaths } from '../server-paths.js';
 import { probeSizeBacking } from '../volumes/size-limit.js';
 
 /** Registers `tsvol info`. */
@@ -14,7 +14,7 @@ export function registerInfo(program: Command): void {
     .description('data root, layer driver and size-limit backing in use, and why')
     .action((opts: { json?: boolean }) => {
       const config = loadConfig();
-      const layersRoot = path.join(config.dataRoot, 'layers');
+      const layersRoot = serverPaths(config).layersDir;
       fs.mkdirSync(layersRoot, { recursive: true, mode: 0o700 }); // and the data root, root-only (#9 §5)
       const probe = probeOverlay(layersRoot);
       const sizing = probeSizeBacking(config.dataRoot);
