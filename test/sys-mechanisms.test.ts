@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { isMountRoot, tryFlock } from '../src/sys/libc.js';
-import { bindMount, unmount, unmountAsync, unmountTarget, unmountTargetAsync, unmountUnlessBusy } from '../src/sys/mount.js';
+import { bindMount, unmountTarget, unmountTargetAsync } from '../src/sys/mount.js';
 import { buildStaged, stageThenPublish, withStage } from '../src/sys/staging.js';
 import { cleanupDir, requireRoot, tempDir } from './helpers/server.js';
 
@@ -59,28 +59,6 @@ test('unmount: unmounted, not-mounted, busy reported (still mounted) or detached
     t.true(isMountRoot(pointed.target), `${label}: the mount behind the symlink stays`);
     t.is(await run(pointed.target, 'detach'), 'unmounted', label);
   }
-});
-
-test('the deprecated unmount names keep their answers until the lead switches their callers', async (t) => {
-  if (!requireRoot(t)) return;
-  const base = tempDir('tsvol-unmount-old-');
-  t.teardown(() => cleanupDir(base));
-  const a = bound(base, 'a');
-  t.true(unmount(a.target));
-  t.false(unmount(a.target));
-  const b = bound(base, 'b');
-  t.true(await unmountAsync(b.target));
-  t.false(await unmountAsync(b.target));
-  const c = bound(base, 'c');
-  const fd = fs.openSync(c.file, 'r');
-  try {
-    t.is(unmountUnlessBusy(c.target), 'busy');
-    t.true(unmount(c.target), 'busy: detached lazily');
-    t.false(isMountRoot(c.target));
-  } finally {
-    fs.closeSync(fd);
-  }
-  t.is(unmountUnlessBusy(c.target), 'not-mounted');
 });
 
 /** True if another open file can take the flock of directory `dir` (its stage owner let go or is gone). */

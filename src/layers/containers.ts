@@ -18,7 +18,7 @@ import { layersLayout, type ContainerDirs } from '../store/layout.js';
 import type { ContainerRecord, LayerDriver } from '../store/records.js';
 import { readBootId } from '../sys/boot.js';
 import { isMountRoot } from '../sys/libc.js';
-import { unmount, unmountUnlessBusy } from '../sys/mount.js';
+import { unmountTarget } from '../sys/mount.js';
 import { removeTreeNoCross } from '../sys/remove.js';
 import { createStage } from '../sys/staging.js';
 import type { LayerRecord, LayerStore } from './layer-store.js';
@@ -158,7 +158,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
             const dirs = layout.containerDirs(rec.name, f);
             if (layout.isUpperName(f) && dirs.upper !== p.upper) fs.rmSync(dirs.upper, { recursive: true, force: true });
           }
-          if (unmountUnlessBusy(p.merged) === 'busy') return undefined;
+          if (unmountTarget(p.merged, { ifBusy: 'report' }) === 'busy') return undefined;
           started = true;
           const st = fs.lstatSync(p.upper);
           const target = layout.containerDirs(rec.name, fresh).upper;
@@ -219,7 +219,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
         // made again by the next create; the record, committed last, is the truth.
         await save(rec);
       } catch (err) {
-        if (fs.existsSync(p.merged) && isMountRoot(p.merged)) unmount(p.merged);
+        if (fs.existsSync(p.merged) && isMountRoot(p.merged)) unmountTarget(p.merged, { ifBusy: 'detach' });
         fs.rmSync(p.base, { recursive: true, force: true });
         throw err;
       }
@@ -275,7 +275,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
 
     async remove(name) {
       const p = paths(await read(name));
-      if (fs.existsSync(p.merged) && isMountRoot(p.merged)) unmount(p.merged);
+      if (fs.existsSync(p.merged) && isMountRoot(p.merged)) unmountTarget(p.merged, { ifBusy: 'detach' });
       await meta.commit([{ op: 'container.delete', name }]);
       const left = await removeTreeNoCross(p.base);
       if (left.length > 0) throw new ConflictError(`container layer "${name}" removed, but mounts inside were left: ${left.join(', ')}`);

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describeError } from '../errors.js';
 import { mknod } from '../sys/libc.js';
-import { overlayMount, unmount } from '../sys/mount.js';
+import { overlayMount, unmountTarget } from '../sys/mount.js';
 
 /** The probe's verdict. */
 export interface ProbeResult {
@@ -25,7 +25,7 @@ export function probeOverlay(dir: string): ProbeResult {
     if (!dirent || !dirent.isFile()) return { ok: false, why: 'the filesystem does not report file types (d_type), which overlayfs needs' };
     mknod(path.join(upper, 'wh'), fs.constants.S_IFCHR, 0);
     overlayMount(merged, `lowerdir=${lower},upperdir=${upper},workdir=${work},index=off,redirect_dir=off,metacopy=off`);
-    unmount(merged);
+    unmountTarget(merged, { ifBusy: 'detach' });
     return { ok: true, why: 'overlayfs mounted with index=off,redirect_dir=off,metacopy=off; d_type and whiteouts work' };
   } catch (err) {
     return { ok: false, why: `overlayfs is not usable here: ${describeError(err)}` };

@@ -79,24 +79,6 @@ export async function unmountTargetAsync(target: string, opts: UnmountOptions): 
   return 'detached';
 }
 
-/**
- * Unmounts `target`, detaching it lazily if busy; false when nothing was mounted there.
- * @deprecated Use `unmountTarget(target, { ifBusy: 'detach' }) !== 'not-mounted'`.
- * TODO(lead): switch reconcile.ts, containers.ts and probe.ts to unmountTarget, then delete this #10
- */
-export function unmount(target: string): boolean {
-  return unmountTarget(target, { ifBusy: 'detach' }) !== 'not-mounted';
-}
-
-/**
- * Unmounts `target` unless something uses it (no lazy detach): 'busy' leaves it mounted.
- * @deprecated Use `unmountTarget(target, { ifBusy: 'report' })` (it never answers 'detached' then).
- * TODO(lead): switch containers.ts (commitInPlace) to unmountTarget, then delete this #10
- */
-export function unmountUnlessBusy(target: string): 'unmounted' | 'busy' | 'not-mounted' {
-  return unmountTarget(target, { ifBusy: 'report' });
-}
-
 /** Mounts an overlay filesystem at `target` with the option string `data`. */
 export function overlayMount(target: string, data: string, flags = 0): void {
   mount('overlay', target, 'overlay', flags, data);
@@ -105,13 +87,4 @@ export function overlayMount(target: string, data: string, flags = 0): void {
 /** bindMount on the thread pool (the event loop keeps serving meanwhile). */
 export async function bindMountAsync(source: string, target: string): Promise<void> {
   await mountAsync(source, target, null, MS_BIND, null);
-}
-
-/**
- * unmount on the thread pool; same semantics (lazy detach when busy, false when nothing was mounted).
- * @deprecated Use `await unmountTargetAsync(target, { ifBusy: 'detach' }) !== 'not-mounted'`.
- * TODO(lead): switch volume-service.ts to unmountTargetAsync, then delete this #10
- */
-export async function unmountAsync(target: string): Promise<boolean> {
-  return (await unmountTargetAsync(target, { ifBusy: 'detach' })) !== 'not-mounted';
 }
