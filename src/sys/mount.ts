@@ -115,3 +115,15 @@ export async function bindMountAsync(source: string, target: string): Promise<vo
 export async function unmountAsync(target: string): Promise<boolean> {
   return (await unmountTargetAsync(target, { ifBusy: 'detach' })) !== 'not-mounted';
 }
+
+/** mount(2) flags for a read-only bind (linux/mount.h). */
+const MS_RDONLY = 0x1;
+const MS_REMOUNT = 0x20;
+
+/**
+ * Makes the bind mount at `target` read-only. A bind ignores MS_RDONLY on creation, so this is the second
+ * step (mount(8)'s `-o bind,ro` does the same remount). Only this mount: the source stays writable.
+ */
+export async function remountBindReadOnly(target: string): Promise<void> {
+  await mountAsync(null, target, null, MS_REMOUNT | MS_BIND | MS_RDONLY, null);
+}
