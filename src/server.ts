@@ -73,7 +73,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
   // already there is a dead server's (we hold the lock), and listenOnSocket replaces it.
   const control = createControlApi(state, log);
   const controlServer = await listenOnSocket(control.listener, layout.controlSocket, 0o600);
-  const server = await listenOnSocket(createRequestListener(volumeDriverRoutes(service), log, inflight), config.socket);
+  // CSI before the VolumeDriver socket: whoever sees that one answer (tests, dockerd) finds CSI up too.
   let csi: CsiServer | undefined;
   if (config.csiSocket !== undefined) {
     csi = await startCsiServer({
@@ -86,6 +86,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       log,
     });
   }
+  const server = await listenOnSocket(createRequestListener(volumeDriverRoutes(service), log, inflight), config.socket);
   log.info(
     { socket: config.socket, csi: config.csiSocket, node: config.csiSocket === undefined ? undefined : config.nodeId, control: layout.controlSocket, data: config.dataRoot, mounts: config.mountsRoot, volumes: store.size, ms: Date.now() - started, ...repaired },
     'tsvol listening',
