@@ -50,8 +50,9 @@ function csiSocketOf(env: NodeJS.ProcessEnv): string | undefined {
   if (env.TSVOL_CSI_SOCKET) return absolutePath('TSVOL_CSI_SOCKET', env.TSVOL_CSI_SOCKET);
   const endpoint = env.CSI_ENDPOINT;
   if (!endpoint) return undefined;
-  const m = /^unix:(?:\/\/)?(\/.*)$/.exec(endpoint);
-  if (m !== null) return absolutePath('CSI_ENDPOINT', m[1]!);
+  // unix:///abs (empty authority) or unix:/abs; unix://name/… would be a host name, which a socket has not.
+  const m = /^unix:(?:\/\/(\/.*)|(\/(?!\/).*))$/.exec(endpoint);
+  if (m !== null) return absolutePath('CSI_ENDPOINT', (m[1] ?? m[2])!);
   if (endpoint.startsWith('/')) return absolutePath('CSI_ENDPOINT', endpoint);
   throw new InvalidArgumentError(`CSI_ENDPOINT="${endpoint}" is not a Unix socket; use unix:///path/csi.sock`);
 }

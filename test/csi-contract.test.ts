@@ -334,7 +334,14 @@ test('snapshots: a committed layer, idempotent by name; restore and clone hold t
     t.is((await fails(csi.controller('ListSnapshots', { starting_token: 'bogus' }))).code, status.ABORTED);
 
     // Restore: a copy-on-write volume on the snapshot's layer.
-    const restoreReq = { name: 'db-restored', volume_capabilities: [cap], capacity_range: { required_bytes: String(1 << 30), limit_bytes: '0' }, volume_content_source: { snapshot: { snapshot_id: 'snap-1' } } };
+    // As Kubernetes asks: the claim's size and the StorageClass's parameters come along, and do not apply.
+    const restoreReq = {
+      name: 'db-restored',
+      volume_capabilities: [cap],
+      capacity_range: { required_bytes: String(1 << 30), limit_bytes: '0' },
+      parameters: { mode: '0775' },
+      volume_content_source: { snapshot: { snapshot_id: 'snap-1' } },
+    };
     const restored = await csi.controller('CreateVolume', restoreReq);
     t.like(restored, { volume: { volume_id: 'db-restored', content_source: { snapshot: { snapshot_id: 'snap-1' } }, accessible_topology: topology } });
     t.deepEqual(await csi.controller('CreateVolume', restoreReq), restored, 'again: the same volume');

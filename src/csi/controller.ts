@@ -35,6 +35,9 @@ export interface ControllerDeps {
 /** The capabilities the controller advertises: all it implements, nothing it does not. */
 const CONTROLLER_RPCS = ['CREATE_DELETE_VOLUME', 'LIST_VOLUMES', 'GET_CAPACITY', 'CREATE_DELETE_SNAPSHOT', 'LIST_SNAPSHOTS', 'CLONE_VOLUME'];
 
+/** Options a restore or a clone takes from its source, so a request's are dropped (see CreateVolume). */
+const OWN_OPTIONS = ['uid', 'gid', 'mode', 'size'];
+
 /** Page tokens are opaque: `p1.` and the base64url of the first name of the next page. */
 const TOKEN_PREFIX = 'p1.';
 
@@ -118,6 +121,11 @@ export function controllerHandlers(deps: ControllerDeps) {
       }
       const opts = new Map<string, string>(Object.entries(req.parameters));
       const source = req.volume_content_source;
+      if (source !== null) {
+        // A restore or a clone has its source's files, owners and modes: a StorageClass's ownership and
+        // size parameters, which Kubernetes passes on every CreateVolume, do not apply to it.
+        for (const key of OWN_OPTIONS) opts.delete(key);
+      }
       if (source?.snapshot) {
         const snap = snapshots.find(source.snapshot.snapshot_id);
         if (snap === undefined) throw new CsiError(status.NOT_FOUND, `CreateVolume "${name}": snapshot "${source.snapshot.snapshot_id}" not found; ListSnapshots lists them`);
@@ -141,20 +149,18 @@ export function controllerHandlers(deps: ControllerDeps) {
         }
         opts.set('size', String(size));
       }
-      const existing = tryGet(service, name);
-      if (existing === undefined) {
-        await service.create(name, opts);
-      } else {
-        const had = existing.status.options as Readonly<Record<string, string>> | undefined;
-        if (optionsKey(Object.entries(had ?? {})) !== optionsKey(opts)) {
-          const cap = capacityOf(existing);
-          throw new CsiError(
-            status.ALREADY_EXISTS,
-            `volume "${name}" already exists with other ${cap > 0 ? `capacity (${cap} bytes) or ` : ''}parameters (${JSON.stringify(had ?? {})}); ask with the same ones, or use another name`,
-          );
-        }
-      }
+      // Create of an existing name changes nothing (the service's rule, as Docker's): compare afterwards,
+      // so that two racing CreateVolumes with different options cannot both succeed.
+      if (tryGet(service, name) === undefined) await service.create(name, opts);
       const info = service.get(name);
+      const had = info.status.options as Readonly<Record<string, string>> | undefined;
+      if (optionsKey(Object.entries(had ?? {})) !== optionsKey(opts)) {
+        const cap = capacityOf(info);
+        throw new CsiError(
+          status.ALREADY_EXISTS,
+          `volume "${name}" already exists with other ${cap > 0 ? `capacity (${cap} bytes) or ` : ''}parameters (${JSON.stringify(had ?? {})}); ask with the same ones, or use another name`,
+        );
+      }
       return { volume: csiVolume(info, nodeId, contentSourceOf(info)) };
     },
 
