@@ -375,3 +375,24 @@ test('snapshots: a committed layer, idempotent by name; restore and clone hold t
     t.deepEqual(names(await csi.controller('ListSnapshots', {})), []);
   });
 });
+
+test('racing publishes of one target make one hold and one mount; a sized volume reports its limit', async (t) => {
+  await withCsi(t, async (csi, s) => {
+    await csi.controller('CreateVolume', { name: 'quota', volume_capabilities: [cap], capacity_range: { required_bytes: String(64 << 20), limit_bytes: String(64 << 20) } });
+    const target = path.join(s.dir, 'pod', 'mount');
+    const req = { volume_id: 'quota', target_path: target, volume_capability: cap };
+    await Promise.all([1, 2, 3, 4].map(() => csi.node('NodePublishVolume', req)));
+    t.like(await s.ok('/VolumeDriver.Get', { Name: 'quota' }), { Volume: { Status: { mounts: 1, kind: 'sized' } } });
+    const stacked = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.split(' ')[4] === target);
+    t.is(stacked.length, 1, 'one mount at the target');
+    fs.writeFileSync(path.join(target, 'blob'), Buffer.alloc(1 << 20, 1));
+    const stats = await csi.node('NodeGetVolumeStats', { volume_id: 'quota', volume_path: target });
+    const bytes = (stats.usage as { unit: string; total: string; available: string }[])[0]!;
+    t.is(bytes.unit, 'BYTES');
+    t.is(bytes.total, String(64 << 20));
+    t.true(Number(bytes.available) < 64 << 20);
+    await Promise.all([1, 2].map(() => csi.node('NodeUnpublishVolume', { volume_id: 'quota', target_path: target })));
+    t.false(fs.existsSync(target));
+    t.deepEqual(await csi.controller('DeleteVolume', { volume_id: 'quota' }), {});
+  });
+});
