@@ -269,6 +269,11 @@ test('a volume Docker mounts is refused by DeleteVolume, and one CSI publishes b
     await csi.node('NodeUnpublishVolume', { volume_id: 'shared', target_path: target });
     await s.ok('/VolumeDriver.Remove', { Name: 'shared' });
     t.deepEqual((await csi.controller('ListVolumes', {})).entries, []);
+    // One JSON log line per CSI call: op, volume, target, ms, code (reads only at debug).
+    const lines = s.output().split('\n').filter((l) => l.includes('"csi request"')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    t.like(lines.find((l) => l.op === 'DeleteVolume'), { volume: 'shared', code: 'FAILED_PRECONDITION', level: 30 });
+    t.like(lines.find((l) => l.op === 'NodePublishVolume'), { volume: 'shared', target, code: 'OK' });
+    t.false(lines.some((l) => l.op === 'ListVolumes'), 'reads are logged at debug only');
   });
 });
 

@@ -53,10 +53,12 @@ function unaryHandlers(handlers: Record<string, Handler>, log: Logger): grpc.Unt
     const call: grpc.handleUnaryCall<Record<string, unknown>, object> = (c, callback) => {
       const started = Date.now();
       const req = c.request;
-      const volume = req.volume_id ?? req.name ?? req.source_volume_id ?? req.snapshot_id;
+      // With proto-loader's defaults an absent field is '', so `||`: the volume and the snapshot a call names.
+      const volume = req.volume_id || req.source_volume_id || (op === 'CreateVolume' ? req.name : undefined) || undefined;
+      const snapshot = req.snapshot_id || (op === 'CreateSnapshot' ? req.name : undefined) || undefined;
       fn(req as never).then(
         (reply) => {
-          const line = { op, volume, target: req.target_path, ms: Date.now() - started, code: 'OK' };
+          const line = { op, volume, snapshot, target: req.target_path || undefined, ms: Date.now() - started, code: 'OK' };
           if (READS.has(op)) log.debug(line, 'csi request');
           else log.info(line, 'csi request');
           callback(null, reply);
@@ -64,7 +66,7 @@ function unaryHandlers(handlers: Record<string, Handler>, log: Logger): grpc.Unt
         (err: unknown) => {
           const code = grpcCodeOf(err);
           log[code === grpc.status.INTERNAL ? 'error' : 'info'](
-            { op, volume, target: req.target_path, ms: Date.now() - started, code: grpc.status[code], err: describeError(err) },
+            { op, volume, snapshot, target: req.target_path || undefined, ms: Date.now() - started, code: grpc.status[code], err: describeError(err) },
             'csi request',
           );
           callback(toServiceError(err), null);
