@@ -51,7 +51,7 @@ test('Identity and node info: name, version, capabilities, probe, topology', asy
       const ctl = await csi.controller('ControllerGetCapabilities');
       t.deepEqual(
         (ctl.capabilities as { rpc: { type: string } }[]).map((c) => c.rpc.type).sort(),
-        ['CLONE_VOLUME', 'CREATE_DELETE_SNAPSHOT', 'CREATE_DELETE_VOLUME', 'GET_CAPACITY', 'LIST_SNAPSHOTS', 'LIST_VOLUMES'],
+        ['CLONE_VOLUME', 'CREATE_DELETE_SNAPSHOT', 'CREATE_DELETE_VOLUME', 'GET_CAPACITY', 'GET_VOLUME', 'LIST_SNAPSHOTS', 'LIST_VOLUMES', 'LIST_VOLUMES_PUBLISHED_NODES'],
       );
     }
     // Not advertised, so not served: the spec's UNIMPLEMENTED.
@@ -200,6 +200,13 @@ test('NodePublishVolume bind-mounts at the target (read-only when asked), holds 
     t.is(holders.mounts, 1);
     t.regex(holders.holders[0]!, /^csi-[0-9a-f]{32}$/);
 
+    t.deepEqual(await csi.controller('ControllerGetVolume', { volume_id: 'web' }), {
+      volume: { volume_id: 'web', capacity_bytes: '0', volume_context: {}, content_source: null, accessible_topology: topology },
+      status: { published_node_ids: ['node-a'], volume_condition: null },
+    });
+    t.like(await csi.controller('ListVolumes', {}), { entries: [{ volume: { volume_id: 'web' }, status: { published_node_ids: ['node-a'] } }] });
+    t.is((await fails(csi.controller('ControllerGetVolume', { volume_id: 'ghost' }))).code, status.NOT_FOUND);
+
     const conflict = await fails(csi.node('NodePublishVolume', { ...req, readonly: true }));
     t.is(conflict.code, status.ALREADY_EXISTS);
     t.regex(conflict.details, /volume "web" is already published at ".*" read-write; unpublish it first/);
@@ -235,6 +242,7 @@ test('NodePublishVolume bind-mounts at the target (read-only when asked), holds 
     }
     t.is(fs.readFileSync(path.join(s.data, 'volumes', 'web', '_data', 'index.html'), 'utf8'), 'hello from the pod', 'data stays');
     t.like(await s.ok('/VolumeDriver.Get', { Name: 'web' }), { Volume: { Status: { mounts: 0, holders: [] } } });
+    t.like(await csi.controller('ControllerGetVolume', { volume_id: 'web' }), { status: { published_node_ids: [] } });
 
     const errs: [object, number][] = [
       [{ ...req, volume_id: 'ghost' }, status.NOT_FOUND],

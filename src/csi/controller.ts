@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import { status } from '@grpc/grpc-js';
 import { InvalidArgumentError, NotFoundError, TsvolError } from '../errors.js';
+import { PUBLISH_HOLD_PREFIX } from '../volumes/holds.js';
 import { MIN_SIZE } from '../volumes/options.js';
 import type { SnapshotInfo, Snapshots } from '../volumes/snapshots.js';
 import type { VolumeInfo, VolumeService } from '../volumes/volume-service.js';
@@ -33,7 +34,16 @@ export interface ControllerDeps {
 }
 
 /** The capabilities the controller advertises: all it implements, nothing it does not. */
-const CONTROLLER_RPCS = ['CREATE_DELETE_VOLUME', 'LIST_VOLUMES', 'GET_CAPACITY', 'CREATE_DELETE_SNAPSHOT', 'LIST_SNAPSHOTS', 'CLONE_VOLUME'];
+const CONTROLLER_RPCS = [
+  'CREATE_DELETE_VOLUME',
+  'LIST_VOLUMES',
+  'LIST_VOLUMES_PUBLISHED_NODES',
+  'GET_VOLUME',
+  'GET_CAPACITY',
+  'CREATE_DELETE_SNAPSHOT',
+  'LIST_SNAPSHOTS',
+  'CLONE_VOLUME',
+];
 
 /** Options a restore or a clone takes from its source, so a request's are dropped (see CreateVolume). */
 const OWN_OPTIONS = ['uid', 'gid', 'mode', 'size'];
@@ -111,7 +121,21 @@ export function controllerHandlers(deps: ControllerDeps) {
     return snap === undefined ? null : { snapshot: { snapshot_id: snap.name } };
   }
 
+  /** A volume's status: published on this node while any CSI publish holds it (a Docker Mount is not a CSI publish). */
+  function statusOf(info: VolumeInfo): Record<string, unknown> {
+    const holders = info.status.holders;
+    const published = Array.isArray(holders) && holders.some((h) => typeof h === 'string' && h.startsWith(PUBLISH_HOLD_PREFIX));
+    return { published_node_ids: published ? [nodeId] : [], volume_condition: null };
+  }
+
   return {
+    async ControllerGetVolume(req: DeleteVolumeRequest) {
+      const id = required(req.volume_id, 'ControllerGetVolume: volume_id');
+      const info = tryGet(service, id);
+      if (info === undefined) throw new CsiError(status.NOT_FOUND, `volume "${id}" not found; ListVolumes lists them`);
+      return { volume: csiVolume(info, nodeId, contentSourceOf(info)), status: statusOf(info) };
+    },
+
     async CreateVolume(req: CreateVolumeRequest) {
       const name = required(req.name, 'CreateVolume: name');
       checkCapabilities(req.volume_capabilities, `CreateVolume "${name}"`);
@@ -191,7 +215,13 @@ export function controllerHandlers(deps: ControllerDeps) {
     async ListVolumes(req: PageRequest) {
       const all = service.list().sort(byName);
       const { items, next } = page(all, (v) => v.name, req);
-      return { entries: items.map((v) => ({ volume: csiVolume(service.get(v.name), nodeId), status: null })), next_token: next };
+      return {
+        entries: items.map((v) => {
+          const info = service.get(v.name);
+          return { volume: csiVolume(info, nodeId, contentSourceOf(info)), status: statusOf(info) };
+        }),
+        next_token: next,
+      };
     },
 
     async GetCapacity(req: GetCapacityRequest) {

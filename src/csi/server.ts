@@ -36,7 +36,7 @@ export interface CsiServer {
 }
 
 /** RPCs that change nothing: logged at debug when they succeed. */
-const READS = new Set(['GetPluginInfo', 'GetPluginCapabilities', 'Probe', 'ValidateVolumeCapabilities', 'ListVolumes', 'GetCapacity', 'ControllerGetCapabilities', 'ListSnapshots', 'NodeGetInfo', 'NodeGetCapabilities', 'NodeGetVolumeStats']);
+const READS = new Set(['GetPluginInfo', 'GetPluginCapabilities', 'Probe', 'ValidateVolumeCapabilities', 'ListVolumes', 'ControllerGetVolume', 'GetCapacity', 'ControllerGetCapabilities', 'ListSnapshots', 'NodeGetInfo', 'NodeGetCapabilities', 'NodeGetVolumeStats']);
 
 /** The package's version (GetPluginInfo), from package.json two levels above this module (dist/csi/, src/csi/). */
 function packageVersion(): string {
