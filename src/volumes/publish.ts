@@ -19,7 +19,7 @@ import { bindMountAsync, remountBindReadOnly, unmountTargetAsync } from '../sys/
 import { mountOptionsAt } from '../sys/mountinfo.js';
 import { PUBLISH_HOLD_PREFIX } from './holds.js';
 import { createKeyedMutex } from './keyed-mutex.js';
-import type { VolumeService } from './volume-service.js';
+import type { VolumeMechanics, VolumeService } from './volume-service.js';
 
 
 /** The hold's mount ID for a publish at `target` (an absolute path). */
@@ -64,14 +64,12 @@ async function unmountAll(target: string): Promise<void> {
 }
 
 /** A publisher over `service`. */
-export function createPublisher(service: VolumeService, log: Logger): Publisher {
+export function createPublisher(service: VolumeService & VolumeMechanics, log: Logger): Publisher {
   // Per target: two calls for one target never interleave their mount and unmount steps.
   const locks = createKeyedMutex();
 
-  const held = (name: string, id: string): boolean => {
-    const holders = service.get(name).status.holders;
-    return Array.isArray(holders) && holders.includes(id);
-  };
+  /** True if `id` holds volume `name` (NotFound for an unknown volume). */
+  const held = (name: string, id: string): boolean => service.kinds.mustGet(name).holds.has(id);
 
   return {
     isPublished: (name, target) => held(name, publishMountId(target)),
