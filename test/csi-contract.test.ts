@@ -285,13 +285,15 @@ test('a volume Docker mounts is refused by DeleteVolume, and one CSI publishes b
   });
 });
 
-test('a publish survives a server restart as a hold; unpublish after it still works', async (t) => {
+test('a publish and a snapshot survive a server restart; unpublish and restore after it still work', async (t) => {
   await withServer(t, { root: true, csi: true }, async (s) => {
     let csi = csiClient(s.csiSocket!);
     const target = path.join(s.dir, 'pod', 'mount');
     try {
       await csi.controller('CreateVolume', { name: 'keep', volume_capabilities: [cap] });
       await csi.node('NodePublishVolume', { volume_id: 'keep', target_path: target, volume_capability: cap });
+      fs.writeFileSync(path.join(target, 'f'), 'kept');
+      await csi.controller('CreateSnapshot', { name: 'keep-snap', source_volume_id: 'keep' });
     } finally {
       csi.close();
     }
@@ -303,6 +305,12 @@ test('a publish survives a server restart as a hold; unpublish after it still wo
       t.is((await fails(csi.controller('DeleteVolume', { volume_id: 'keep' }))).code, status.FAILED_PRECONDITION, 'the hold was persisted');
       await csi.node('NodePublishVolume', { volume_id: 'keep', target_path: target, volume_capability: cap });
       t.like(await s2.ok('/VolumeDriver.Get', { Name: 'keep' }), { Volume: { Status: { mounts: 1 } } }, 'a publish again is the same hold');
+      t.like(await csi.controller('ListSnapshots', {}), { entries: [{ snapshot: { snapshot_id: 'keep-snap', source_volume_id: 'keep', size_bytes: '4' } }] }, 'snapshots are kept');
+      await csi.controller('CreateVolume', { name: 'keep-2', volume_capabilities: [cap], volume_content_source: { snapshot: { snapshot_id: 'keep-snap' } } });
+      const t2 = path.join(s.dir, 'pod2', 'mount');
+      await csi.node('NodePublishVolume', { volume_id: 'keep-2', target_path: t2, volume_capability: cap });
+      t.is(fs.readFileSync(path.join(t2, 'f'), 'utf8'), 'kept');
+      await csi.node('NodeUnpublishVolume', { volume_id: 'keep-2', target_path: t2 });
       await csi.node('NodeUnpublishVolume', { volume_id: 'keep', target_path: target });
       t.deepEqual(await csi.controller('DeleteVolume', { volume_id: 'keep' }), {});
     } finally {
