@@ -4,6 +4,7 @@
  *   main.ts, server.ts ─→ state.ts ─→ {volumes, layers, store, sys}     (wiring: the only place all meet)
  *   cli/ ─→ http/control-client.ts, volumes/, layers/ (operations, types), state.ts (loaded when no server answers)
  *   http/ ─→ volumes/, layers/layer-ops.ts (the operations it serves)
+ *   csi/ ─→ volumes/ (the CSI gRPC services, #12: a peer of http/, decoding and encoding only)
  *
  * cli/ and http/ never import store/, sys/ or layers/tar/ (#10): they reach the state through the
  * operations (volumes/volume-ops.ts, layers/layer-ops.ts) and src/state.ts. Type-only imports count too
@@ -36,6 +37,14 @@ module.exports = {
       to: { path: '^src/(store|sys|layers/tar)/' },
     },
     {
+      name: 'csi-not-below-operations',
+      severity: 'error',
+      comment:
+        'src/csi/ is decode → call the volume service → encode (#12), a peer of http/: never store/, sys/, layers/ or the HTTP layer.',
+      from: { path: '^src/csi/' },
+      to: { path: '^src/(store|sys|layers|http|cli)/' },
+    },
+    {
       name: 'cli-only-the-control-client',
       severity: 'error',
       comment: "Of src/http/, the CLI uses the control API's client only; the server's side is the server's.",
@@ -48,7 +57,7 @@ module.exports = {
       comment:
         'Imports flow one way (README "Import graph"): volumes/, layers/, store/ and sys/ never import the CLI, the HTTP layer or the wiring.',
       from: { path: '^src/(volumes|layers|store|sys)/' },
-      to: { path: '^src/(cli/|http/|cli\\.ts$|main\\.ts$|server\\.ts$|state\\.ts$|server-paths\\.ts$)' },
+      to: { path: '^src/(cli/|http/|csi/|cli\\.ts$|main\\.ts$|server\\.ts$|state\\.ts$|server-paths\\.ts$)' },
     },
   ],
   options: {

@@ -6,7 +6,7 @@ REGISTRY ?=
 DOCKER ?= /usr/bin/docker
 ROOTFS := plugin/rootfs
 
-.PHONY: deps build test rootfs plugin enable disable push clean e2e bench
+.PHONY: deps build test rootfs plugin plugin-csi enable disable push clean e2e bench
 
 # The Debian packages of scripts/deps.txt that are missing: `make deps` for build, tests and benches,
 # `make deps DEPS="build e2e"` for the end-to-end suite's Docker engine, registry and compose too.
@@ -34,6 +34,19 @@ plugin: rootfs
 	$(DOCKER) plugin create $(PLUGIN) plugin
 	$(DOCKER) plugin enable $(PLUGIN)
 
+# The same rootfs as a CSI plugin for Swarm cluster volumes (Docker >= 23, config-csi.json; #12). Written
+# from Docker's docs and not exercised here (README "CSI"). Its own data root: one server per data root.
+PLUGIN_CSI ?= tsvol-csi
+plugin-csi: rootfs
+	rm -rf plugin-csi && mkdir plugin-csi
+	cp -al $(ROOTFS) plugin-csi/rootfs
+	cp config-csi.json plugin-csi/config.json
+	-$(DOCKER) plugin disable -f $(PLUGIN_CSI) 2>/dev/null
+	-$(DOCKER) plugin rm -f $(PLUGIN_CSI) 2>/dev/null
+	install -d -m 0700 /var/lib/tsvol-csi
+	$(DOCKER) plugin create $(PLUGIN_CSI) plugin-csi
+	$(DOCKER) plugin enable $(PLUGIN_CSI)
+
 enable:
 	$(DOCKER) plugin enable $(PLUGIN)
 
@@ -54,4 +67,4 @@ bench: build
 	npm run bench
 
 clean:
-	rm -rf dist plugin/rootfs plugin/config.json
+	rm -rf dist plugin/rootfs plugin/config.json plugin-csi

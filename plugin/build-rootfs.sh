@@ -49,8 +49,10 @@ deps=$(dirname "$(readlink -f "$top/node_modules")")
 (cd "$deps" && npm ls --omit=dev --parseable --all 2>/dev/null) | while read -r dir; do
   [ "$dir" = "$deps" ] && continue
   rel=${dir#"$deps"/}
-  mkdir -p "$stage/$(dirname "$rel")"
-  cp -a "$dir" "$stage/$rel"
+  # Into the directory, not onto it: npm may list a nested package (a/node_modules/b) before its parent a,
+  # and `cp -a a stage/a` would then copy a inside the stage/a that b's copy made (#12: proto-loader's yargs).
+  mkdir -p "$stage/$rel"
+  cp -a "$dir/." "$stage/$rel/"
 done
 rm -rf "$nm/better-sqlite3/deps" "$nm/better-sqlite3/src" "$nm/better-sqlite3/build/deps"
 find "$nm/better-sqlite3/build" -mindepth 1 -maxdepth 1 ! -name Release -exec rm -rf {} +

@@ -1,8 +1,9 @@
 /**
  * Configuration from the environment, validated once and frozen. This is the contract outside checks use
  * (README "Configuration"): TSVOL_SOCKET, TSVOL_DATA, TSVOL_MOUNTS, TSVOL_BIND_ROOTS, TSVOL_LOG_LEVEL,
- * TSVOL_LAYER_DRIVER, TSVOL_HOST_ROOT.
+ * TSVOL_LAYER_DRIVER, TSVOL_HOST_ROOT; and for CSI (#12) TSVOL_CSI_SOCKET (or CSI_ENDPOINT) and TSVOL_NODE_ID.
  */
+import os from 'node:os';
 import path from 'node:path';
 import { InvalidArgumentError } from './errors.js';
 
@@ -26,6 +27,10 @@ export interface Config {
   readonly logLevel: string;
   /** Layer storage driver override: 'overlay', 'copy' or undefined for auto-probe. */
   readonly layerDriver: 'overlay' | 'copy' | undefined;
+  /** Unix socket the CSI gRPC server listens on (#12); undefined = no CSI server. */
+  readonly csiSocket: string | undefined;
+  /** This node's name for CSI (NodeGetInfo, every volume's topology). */
+  readonly nodeId: string;
 }
 
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
@@ -35,6 +40,30 @@ function absolutePath(name: string, value: string): string {
     throw new InvalidArgumentError(`${name}="${value}" must be an absolute path`);
   }
   return path.resolve(value);
+}
+
+/**
+ * The CSI socket: TSVOL_CSI_SOCKET (a path), else CSI_ENDPOINT, the name Kubernetes and Docker pass
+ * (`unix:///path/csi.sock`; `unix:/path` and a bare absolute path are taken too). Only Unix sockets.
+ */
+function csiSocketOf(env: NodeJS.ProcessEnv): string | undefined {
+  if (env.TSVOL_CSI_SOCKET) return absolutePath('TSVOL_CSI_SOCKET', env.TSVOL_CSI_SOCKET);
+  const endpoint = env.CSI_ENDPOINT;
+  if (!endpoint) return undefined;
+  // unix:///abs (empty authority) or unix:/abs; unix://name/… would be a host name, which a socket has not.
+  const m = /^unix:(?:\/\/(\/.*)|(\/(?!\/).*))$/.exec(endpoint);
+  if (m !== null) return absolutePath('CSI_ENDPOINT', (m[1] ?? m[2])!);
+  if (endpoint.startsWith('/')) return absolutePath('CSI_ENDPOINT', endpoint);
+  throw new InvalidArgumentError(`CSI_ENDPOINT="${endpoint}" is not a Unix socket; use unix:///path/csi.sock`);
+}
+
+/** A CSI node ID: at most 128 printable ASCII characters without spaces (the spec's limit for IDs). */
+function nodeIdOf(env: NodeJS.ProcessEnv): string {
+  const id = env.TSVOL_NODE_ID || os.hostname();
+  if (!/^[\x21-\x7e]{1,128}$/.test(id)) {
+    throw new InvalidArgumentError(`TSVOL_NODE_ID="${id}" is not a node ID; use 1 to 128 printable ASCII characters without spaces`);
+  }
+  return id;
 }
 
 /** Reads and validates the configuration from `env` (defaults match the managed plugin's layout). */
@@ -61,5 +90,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     hostRoot: env.TSVOL_HOST_ROOT ? absolutePath('TSVOL_HOST_ROOT', env.TSVOL_HOST_ROOT) : undefined,
     logLevel,
     layerDriver: driver,
+    csiSocket: csiSocketOf(env),
+    nodeId: nodeIdOf(env),
   });
 }

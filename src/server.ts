@@ -6,12 +6,14 @@
  * Two sockets, one process: the VolumeDriver socket for dockerd, and the control socket in the data root
  * for the `tsvol` CLI (src/http/control.ts), so the CLI never works on the state behind the server's back.
  * While a CLI command holds the data root's lock (no server was running when it started), start-up waits
- * for it (#9 §6).
+ * for it (#9 §6). With TSVOL_CSI_SOCKET (or CSI_ENDPOINT) a third: CSI over gRPC (src/csi/, #12), on the
+ * same service, so Docker and an orchestrator share one store and one set of holds.
  */
 import fs from 'node:fs';
 import type http from 'node:http';
 import type { Config } from './config.js';
 import { ConflictError, describeError, errnoCode } from './errors.js';
+import { startCsiServer, type CsiServer } from './csi/server.js';
 import { createRequestListener, listenOnSocket } from './http/app.js';
 import { createControlApi } from './http/control.js';
 import { controlReachable } from './http/control-client.js';
@@ -20,7 +22,9 @@ import { createLogger, type Logger } from './log.js';
 import { serverPaths } from './server-paths.js';
 import { lockDataRoot, openState, type ReleaseLock } from './state.js';
 import { makePrivateDir, reportPrivateDir } from './sys/private-dir.js';
+import { createPublisher } from './volumes/publish.js';
 import { reconcileVolumes } from './volumes/reconcile.js';
+import { createSnapshots } from './volumes/snapshots.js';
 
 /** How long SIGTERM waits for in-flight requests before closing connections. */
 const DRAIN_MS = 8000;
@@ -69,9 +73,22 @@ export async function startServer(config: Config): Promise<RunningServer> {
   // already there is a dead server's (we hold the lock), and listenOnSocket replaces it.
   const control = createControlApi(state, log);
   const controlServer = await listenOnSocket(control.listener, layout.controlSocket, 0o600);
+  // CSI before the VolumeDriver socket: whoever sees that one answer (tests, dockerd) finds CSI up too.
+  let csi: CsiServer | undefined;
+  if (config.csiSocket !== undefined) {
+    csi = await startCsiServer({
+      socket: config.csiSocket,
+      nodeId: config.nodeId,
+      dataRoot: config.dataRoot,
+      service,
+      publisher: createPublisher(service, log),
+      snapshots: createSnapshots(service, state.volumes, log),
+      log,
+    });
+  }
   const server = await listenOnSocket(createRequestListener(volumeDriverRoutes(service), log, inflight), config.socket);
   log.info(
-    { socket: config.socket, control: layout.controlSocket, data: config.dataRoot, mounts: config.mountsRoot, volumes: store.size, ms: Date.now() - started, ...repaired },
+    { socket: config.socket, csi: config.csiSocket, node: config.csiSocket === undefined ? undefined : config.nodeId, control: layout.controlSocket, data: config.dataRoot, mounts: config.mountsRoot, volumes: store.size, ms: Date.now() - started, ...repaired },
     'tsvol listening',
   );
 
@@ -83,7 +100,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       const closed = Promise.all(servers.map((srv) => new Promise<void>((resolve) => srv.close(() => resolve()))));
       for (const srv of servers) srv.closeIdleConnections();
       const timer = setTimeout(() => servers.forEach((srv) => srv.closeAllConnections()), DRAIN_MS);
-      await closed;
+      await Promise.all([closed, csi?.stop(DRAIN_MS)]);
       clearTimeout(timer);
       // A control request cut off above (an export) still releases its hold: let it, before the store closes.
       await control.settled();

@@ -88,3 +88,15 @@ export function overlayMount(target: string, data: string, flags = 0): void {
 export async function bindMountAsync(source: string, target: string): Promise<void> {
   await mountAsync(source, target, null, MS_BIND, null);
 }
+
+/** mount(2) flags for a read-only bind (linux/mount.h). */
+const MS_RDONLY = 0x1;
+const MS_REMOUNT = 0x20;
+
+/**
+ * Makes the bind mount at `target` read-only. A bind ignores MS_RDONLY on creation, so this is the second
+ * step (mount(8)'s `-o bind,ro` does the same remount). Only this mount: the source stays writable.
+ */
+export async function remountBindReadOnly(target: string): Promise<void> {
+  await mountAsync(null, target, null, MS_REMOUNT | MS_BIND | MS_RDONLY, null);
+}

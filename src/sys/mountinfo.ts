@@ -35,3 +35,14 @@ export function mountsUnder(dir: string, mounts: readonly MountEntry[] = readMou
   const prefix = dir.endsWith('/') ? dir : `${dir}/`;
   return mounts.map((m) => m.mountPoint).filter((p) => p === dir || p.startsWith(prefix));
 }
+
+/** The per-mount options (`ro,relatime`…) of the mount whose root is at `mountPoint` (the last one stacked there), or undefined. */
+export function mountOptionsAt(mountPoint: string): string[] | undefined {
+  const text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
+  let found: string[] | undefined;
+  for (const line of text.split('\n')) {
+    const fields = line.split(' ');
+    if (fields[4] !== undefined && unescape(fields[4]) === mountPoint) found = (fields[5] ?? '').split(',');
+  }
+  return found;
+}

@@ -7,3 +7,6 @@ export function holdCount(rec: VolumeRecord): number {
   for (const c of rec.holds.values()) n += c;
   return n;
 }
+
+/** Mount IDs of CSI publishes (src/volumes/publish.ts): `csi-` and 32 hex digits of sha256(target path). */
+export const PUBLISH_HOLD_PREFIX = 'csi-';

@@ -20,7 +20,7 @@ import type { Logger } from '../log.js';
 import type { Layout } from '../store/layout.js';
 import { nullProtoRecord, type VolumeRecord, type VolumeStore } from '../store/volume-store.js';
 import type { Beneath } from '../sys/beneath.js';
-import { holdCount } from './holds.js';
+import { PUBLISH_HOLD_PREFIX, holdCount } from './holds.js';
 import { createKeyedMutex } from './keyed-mutex.js';
 import { createKindContext } from './kinds/context.js';
 import { hasOwnMount, kindOf } from './kinds/index.js';
@@ -139,7 +139,10 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
         const n = holdCount(rec);
         if (n > 0) {
           const ids = [...rec.holds.keys()].map((id) => (id === '' ? '(none)' : id)).join(', ');
-          throw new InUseError(`volume "${name}" is in use: ${n} active mount(s) (IDs ${ids}); stop the containers using it first`);
+          // A CSI publish is a hold too (#12): say how that side lets go.
+          const csi = [...rec.holds.keys()].some((id) => id.startsWith(PUBLISH_HOLD_PREFIX));
+          const fix = csi ? 'stop the containers and pods using it first (a CSI publish ends with NodeUnpublishVolume)' : 'stop the containers using it first';
+          throw new InUseError(`volume "${name}" is in use: ${n} active mount(s) (IDs ${ids}); ${fix}`);
         }
         const kind = kindOf(rec.spec);
         try {

@@ -35,6 +35,8 @@ export interface ServerOptions {
   prefix?: string[];
   /** How long to wait for the socket to answer (default 15 s). */
   startMs?: number;
+  /** Serve CSI too, on `<dir>/csi.sock` (TSVOL_CSI_SOCKET, #12). */
+  csi?: boolean;
 }
 
 /** A server under test. */
@@ -43,6 +45,8 @@ export interface TestServer {
   readonly socket: string;
   readonly data: string;
   readonly mounts: string | undefined;
+  /** The CSI socket, when started with `csi: true`. */
+  readonly csiSocket: string | undefined;
   readonly proc: ChildProcess;
   /** Everything the server wrote to stdout/stderr. */
   output(): string;
@@ -138,6 +142,8 @@ export async function startTestServer(opts: ServerOptions = {}): Promise<TestSer
   };
   if (mounts !== undefined) env.TSVOL_MOUNTS = mounts;
   else delete env.TSVOL_MOUNTS;
+  const csiSocket = opts.csi === true ? path.join(dir, 'csi.sock') : undefined;
+  if (csiSocket !== undefined) env.TSVOL_CSI_SOCKET = csiSocket;
   await takeStartSlot();
   const argv = [...(opts.prefix ?? []), process.execPath, MAIN];
   const proc = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -161,6 +167,7 @@ export async function startTestServer(opts: ServerOptions = {}): Promise<TestSer
     socket,
     data,
     mounts,
+    csiSocket,
     proc,
     output,
     call: (endpoint, body) => post(socket, endpoint, body),

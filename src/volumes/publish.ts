@@ -1,0 +1,125 @@
+/**
+ * Publishes: a volume bind-mounted at a path an orchestrator chose (CSI NodePublishVolume, #12). A publish
+ * is a hold like a Docker Mount, so the volume service counts it with the others: Docker's `volume rm` and
+ * CSI's DeleteVolume both refuse a volume either side uses, and a restarted server still knows who holds it.
+ * The hold's mount ID is derived from the target path (publishMountId), so it is stable across restarts and
+ * calls, and one target is one hold however often it is published.
+ *
+ * Order, as for a Docker Mount (volume-service.ts): the hold first (it establishes the volume's own mount),
+ * then the bind at the target; a failed bind releases the hold again. Unpublish undoes it in reverse: the
+ * bind, the target directory, then the hold.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { ConflictError, InvalidArgumentError, describeError, errnoCode, wrapError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { isMountRoot } from '../sys/libc.js';
+import { bindMountAsync, remountBindReadOnly, unmountTargetAsync } from '../sys/mount.js';
+import { mountOptionsAt } from '../sys/mountinfo.js';
+import { PUBLISH_HOLD_PREFIX } from './holds.js';
+import { createKeyedMutex } from './keyed-mutex.js';
+import type { VolumeMechanics, VolumeService } from './volume-service.js';
+
+
+/** The hold's mount ID for a publish at `target` (an absolute path). */
+export function publishMountId(target: string): string {
+  return `${PUBLISH_HOLD_PREFIX}${createHash('sha256').update(path.resolve(target)).digest('hex').slice(0, 32)}`;
+}
+
+/** Publishing volumes at target paths. */
+export interface Publisher {
+  /**
+   * Bind-mounts volume `name` at `target` (created if missing), read-only if asked, holding the volume.
+   * Idempotent: a target already published from the same volume in the same mode is success; in the other
+   * mode it is a ConflictError.
+   */
+  publish(name: string, target: string, readOnly: boolean): Promise<void>;
+  /** Unmounts `target`, removes the directory and drops the hold. Idempotent. */
+  unpublish(name: string, target: string): Promise<void>;
+  /** True if the volume holds a publish at `target`. */
+  isPublished(name: string, target: string): boolean;
+}
+
+function checkTarget(target: string): void {
+  if (!path.isAbsolute(target)) throw new InvalidArgumentError(`target path "${target}" must be absolute`);
+}
+
+/** True if `p` is the root of a mount; false if it is not, or does not exist. */
+function mountedAt(p: string): boolean {
+  try {
+    return isMountRoot(p);
+  } catch (err) {
+    // ENOENT: no target, nothing mounted.
+    if (errnoCode(err) === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+/** Unmounts everything stacked at `target` (a crash between bind and remount may leave two). */
+async function unmountAll(target: string): Promise<void> {
+  for (let i = 0; i < 16; i++) {
+    if ((await unmountTargetAsync(target, { ifBusy: 'detach' })) === 'not-mounted') return;
+  }
+}
+
+/** A publisher over `service`. */
+export function createPublisher(service: VolumeService & VolumeMechanics, log: Logger): Publisher {
+  // Per target: two calls for one target never interleave their mount and unmount steps.
+  const locks = createKeyedMutex();
+
+  /** True if `id` holds volume `name` (NotFound for an unknown volume). */
+  const held = (name: string, id: string): boolean => service.kinds.mustGet(name).holds.has(id);
+
+  return {
+    isPublished: (name, target) => held(name, publishMountId(target)),
+
+    async publish(name, target, readOnly) {
+      checkTarget(target);
+      const id = publishMountId(target);
+      await locks.run(path.resolve(target), async () => {
+        if (held(name, id) && mountedAt(target)) {
+          const ro = mountOptionsAt(path.resolve(target))?.includes('ro') ?? false;
+          if (ro === readOnly) return;
+          throw new ConflictError(
+            `volume "${name}" is already published at "${target}" ${ro ? 'read-only' : 'read-write'}; unpublish it first to publish it ${readOnly ? 'read-only' : 'read-write'}`,
+          );
+        }
+        // A hold without its bind (a crash between the two, or a reboot) is completed below; the hold's
+        // count stays one per target.
+        const mountpoint = held(name, id) ? service.path(name) : await service.mount(name, id);
+        try {
+          fs.mkdirSync(target, { recursive: true, mode: 0o750 });
+          await bindMountAsync(mountpoint, target);
+          if (readOnly) await remountBindReadOnly(target);
+        } catch (err) {
+          try {
+            await unmountAll(target);
+            await service.unmount(name, id);
+          } catch (undo) {
+            log.warn({ volume: name, target, err: describeError(undo) }, 'could not undo a failed publish');
+          }
+          throw wrapError(`publish volume "${name}" at "${target}"`, err);
+        }
+      });
+    },
+
+    async unpublish(name, target) {
+      checkTarget(target);
+      const id = publishMountId(target);
+      await locks.run(path.resolve(target), async () => {
+        service.get(name); // NotFound for an unknown volume, before anything is touched
+        // Only our own bind is unmounted: a target this volume does not hold is someone else's mount.
+        if (held(name, id)) await unmountAll(target);
+        else if (mountedAt(target)) return;
+        try {
+          fs.rmdirSync(target);
+        } catch (err) {
+          // ENOENT: already removed (a repeated unpublish).
+          if (errnoCode(err) !== 'ENOENT') throw wrapError(`unpublish volume "${name}": remove "${target}"`, err);
+        }
+        await service.unmount(name, id);
+      });
+    },
+  };
+}
