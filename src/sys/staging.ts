@@ -16,8 +16,9 @@
  *   (#10): fill a locked stage, flush it (syncfs), rename it into place and make the rename durable, keep
  *   it locked until the caller's record is committed, and remove it (from tmp/ or its new name) on failure.
  *
- * Deletion never crosses a mountpoint (removeTreeNoCross). Every fd is opened O_CLOEXEC (libuv's default),
- * so a child process never inherits a stage's lock.
+ * Deletion never crosses a mountpoint and runs on the deleter's worker thread (removeTreeNoCross), which
+ * is handed the stage's locked fd and closes it once the tree is gone: the lock outlives the delete. Every
+ * fd is opened O_CLOEXEC (libuv's default), so a child process never inherits a stage's lock.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -37,10 +38,11 @@ export interface Stage {
   /** Drops the lock and leaves the directory where it is (someone's record owns it now). Idempotent. */
   release(): void;
   /**
-   * Deletes the directory if it is still this stage's (never across a mountpoint), then releases the lock.
-   * Returns the mountpoints it left in place.
+   * Deletes the directory if it is still this stage's (never across a mountpoint, off the event loop),
+   * then releases the lock. Returns the mountpoints it left in place. `background`: nobody is waiting for
+   * it, so deletions that someone awaits go first (removeTreeNoCross).
    */
-  remove(): Promise<string[]>;
+  remove(background?: boolean): Promise<string[]>;
 }
 
 const DIR_FLAGS = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW;
@@ -89,13 +91,24 @@ function stageOf(initial: string, fd: number): Stage {
       dir = dest;
     },
     release,
-    async remove() {
+    async remove(background = false) {
+      if (!open) return [];
+      open = false;
+      let ours: boolean;
       try {
         // Only our own inode: if the name now holds something else, that is not ours to delete.
-        return open && isCurrent(fd, dir) ? await removeTreeNoCross(dir) : [];
-      } finally {
-        release();
+        ours = isCurrent(fd, dir);
+      } catch (err) {
+        fs.closeSync(fd);
+        throw err;
       }
+      if (!ours) {
+        // Closed off the event loop too: the inode may be a deleted directory, which this close frees.
+        await new Promise<void>((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve())));
+        return [];
+      }
+      // The fd (and its lock) goes to the deleter, which closes it once the tree is gone.
+      return removeTreeNoCross(dir, { lockFd: fd, background });
     },
   };
 }
@@ -142,11 +155,11 @@ export interface Sweep {
 
 /**
  * Deletes the entries of `tmpDir` whose owner is dead: each directory is claimed with a non-blocking
- * flock (EWOULDBLOCK: a live owner, left alone) and, once claimed, deleted with its lock held, by
- * `remove` (removeTreeNoCross by default: never across a mountpoint). Anything that is not a directory
- * cannot be a stage and is unlinked. The claims are made before this returns; the deletions run in `done`.
+ * flock (EWOULDBLOCK: a live owner, left alone) and, once claimed, deleted with its lock held (Stage.remove:
+ * never across a mountpoint, off the event loop). Anything that is not a directory cannot be a stage and is
+ * unlinked. The claims are made before this returns; the deletions run in `done`.
  */
-export function sweepStages(tmpDir: string, remove: (dir: string) => Promise<string[]> = removeTreeNoCross): Sweep {
+export function sweepStages(tmpDir: string): Sweep {
   const dead: string[] = [];
   const live: string[] = [];
   const jobs: Promise<string[]>[] = [];
@@ -180,7 +193,7 @@ export function sweepStages(tmpDir: string, remove: (dir: string) => Promise<str
       continue;
     }
     dead.push(entry.name);
-    jobs.push(remove(p).finally(() => fs.closeSync(fd)));
+    jobs.push(stageOf(p, fd).remove());
   }
   return { dead, live, done: Promise.all(jobs).then((skipped) => skipped.flat()) };
 }

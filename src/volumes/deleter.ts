@@ -2,7 +2,8 @@
  * Background deletion of volume directories (containerd's Remove: commit metadata, then delete data). A
  * directory is moved into tmp/ first, so its name is free at once, and deleted there holding its lock (a
  * stage tmp/rm-*): a crash mid-delete leaves debris that the next start-up sweeps (sys/staging.ts).
- * Deletion never crosses a mountpoint (sys/remove.ts). Failures are logged, never returned.
+ * Deletion never crosses a mountpoint and runs off the event loop, behind any deletion someone awaits
+ * (sys/remove.ts, #13): a Remove's reply never waits for it. Failures are logged, never returned.
  */
 import fs from 'node:fs';
 import { nanoid } from 'nanoid';
@@ -52,7 +53,7 @@ export function createDeleter(layout: Layout, log: Logger): Deleter {
         return false;
       }
       const job = claim
-        .remove()
+        .remove(true)
         .then((skipped) => {
           if (skipped.length > 0) log.warn({ volume: name, mounts: skipped }, 'removed volume had mounts inside; left them and their directories in tmp/');
         })
