@@ -10,6 +10,7 @@
  */
 import type { Config } from './config.js';
 import type { ControlOps } from './http/control-client.js';
+import { imageOps } from './images/image-ops.js';
 import { createContainerStore, type ContainerStore } from './layers/containers.js';
 import { layerOps } from './layers/layer-ops.js';
 import { createLayerStore, type LayerStore } from './layers/layer-store.js';
@@ -70,6 +71,7 @@ export function openState(config: Config, log: Logger): State {
     service,
     volumes: volumeOps({ config, layout, store, service }),
     layers: layerOps({ layers, containers: () => (containers ??= createContainerStore(layout.layersDir, layers(), config.layerDriver)) }),
+    images: imageOps({ meta, layers, tmpDir: layout.tmpDir }),
     close: () => store.close(),
   };
 }

@@ -282,6 +282,7 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
     const out = store.childrenOf(rec.id).map((id) => `child layer ${id.slice(7, 19)}`);
     for (const c of store.containersOn(rec.id)) out.push(`container layer "${c}"`);
     for (const t of store.tagsOf(rec.id)) out.push(`tag "${t}"`);
+    for (const i of store.imagesOn(rec.id)) out.push(`image "${i}"`);
     out.push(...store.holdsOf(rec.id).sort());
     return out;
   }
@@ -375,6 +376,7 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
         for (const c of store.containers()) hold(c.from);
         for (const t of store.tags()) hold(t.layer);
         for (const h of store.holds()) hold(h.layer);
+        for (const i of store.images()) hold(i.top);
 
         const doomed: LayerRecord[] = [];
         const unheld = layers.filter((l) => !holdCount.has(l.id));

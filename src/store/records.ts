@@ -58,6 +58,23 @@ export interface LayerRecord {
   readonly createdAt: string;
 }
 
+/** One image reference (src/images/, #11); the image's layers are ordinary layers, held through `top`. */
+export interface ImageRecord {
+  /** The normalized reference (`docker.io/library/app:latest`), or the image ID for an unnamed image. */
+  readonly name: string;
+  /** Image ID: `sha256:` of the config bytes. */
+  readonly id: string;
+  /** Manifest digest: `sha256:` of the manifest bytes. */
+  readonly digest: string;
+  /** ChainID of the top layer. */
+  readonly top: string;
+  /** The config JSON, byte-exact. */
+  readonly config: string;
+  /** The manifest JSON, byte-exact. */
+  readonly manifest: string;
+  readonly createdAt: string;
+}
+
 /** Storage drivers for container layers. */
 export type LayerDriver = 'overlay' | 'copy';
 
