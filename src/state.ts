@@ -62,7 +62,8 @@ export function openState(config: Config, log: Logger): State {
   const store = volumeStoreOf(meta);
   let layerStore: LayerStore | undefined;
   const layers = (): LayerStore => (layerStore ??= createLayerStore(layout.layersDir, meta));
-  const layered = createLayeredVolumes(layout, layers);
+  const images = imageOps({ meta, layers, tmpDir: layout.tmpDir });
+  const layered = createLayeredVolumes(layout, layers, (ref) => images.topLayer(ref));
   const service = createVolumeService({ config, layout, store, log, layered });
   let containers: ContainerStore | undefined;
   return {
@@ -71,7 +72,7 @@ export function openState(config: Config, log: Logger): State {
     service,
     volumes: volumeOps({ config, layout, store, service }),
     layers: layerOps({ layers, containers: () => (containers ??= createContainerStore(layout.layersDir, layers(), config.layerDriver)) }),
-    images: imageOps({ meta, layers, tmpDir: layout.tmpDir }),
+    images,
     close: () => store.close(),
   };
 }

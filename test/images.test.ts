@@ -12,8 +12,8 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import anyTest, { type TestFn } from 'ava';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
-import { DOCKER, docker, setupEngine, type EngineEnv } from './helpers/docker.js';
-import { CLI, tempDir } from './helpers/server.js';
+import { DOCKER, docker, dockerFails, setupEngine, type EngineEnv } from './helpers/docker.js';
+import { CLI, cleanupDir, startTestServer, tempDir } from './helpers/server.js';
 
 const UNIQ = `${process.pid}-${Date.now().toString(36)}`;
 const BASE = `tsvol-img-base:${UNIQ}`;
@@ -33,8 +33,8 @@ interface Tsvol {
 }
 
 /** The tsvol CLI on its own fresh data root (no server: each command works under the server lock). */
-function world(): Tsvol {
-  const data = path.join(tempDir('tsvol-img-'), 'data');
+function world(dataRoot?: string): Tsvol {
+  const data = dataRoot ?? path.join(tempDir('tsvol-img-'), 'data');
   const run = (args: string[], input?: Buffer): { status: number | null; out: string; err: string } => {
     const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, TSVOL_DATA: data }, input, maxBuffer: 1 << 28 });
     return { status: r.status, out: r.stdout.toString().trim(), err: r.stderr.toString() };
@@ -186,6 +186,44 @@ test.serial('container create --from an image', (t) => {
     tsvol(['container', 'rm', `ctr-${UNIQ}`]);
   }
   t.regex(tsvol.fails(['container', 'create', 'x', '--from', 'no-such-image']), /neither a layer nor an image/);
+});
+
+test.serial('docker volume create -o image=REF: a copy-on-write volume on the image, in a real container', async (t) => {
+  // A legacy (spec-file) plugin with a unique name: a tsvol server of this test's own, next to the
+  // managed plugin the e2e suite may be running on the same engine.
+  const server = await startTestServer();
+  const driver = `tsvol-img-${UNIQ}`;
+  const spec = path.join('/etc/docker/plugins', `${driver}.spec`);
+  fs.mkdirSync(path.dirname(spec), { recursive: true });
+  fs.writeFileSync(spec, `unix://${server.socket}\n`);
+  const vol = `imgvol-${UNIQ}`;
+  try {
+    const tsvol = world(server.data); // through the server's control socket
+    tsvol(['image', 'load', '-i', t.context.saved]);
+    docker('volume', 'create', '-d', driver, '-o', `image=${APP_B}`, vol);
+    const status = (JSON.parse(docker('volume', 'inspect', vol)) as { Status: { kind: string; image?: string; layer: string } }[])[0]!.Status;
+    t.is(status.kind, 'layered');
+    t.is(status.image, APP_B);
+    t.is(status.layer, (JSON.parse(tsvol(['image', 'inspect', APP_B])) as Details).top);
+    const run = (cmd: string): string => docker('run', '--rm', '--network', 'none', '-v', `${vol}:/d`, BASE, 'sh', '-c', cmd);
+    t.is(run('cat /d/app/b.txt /d/one.txt'), 'hello from b\none');
+    run('echo changed > /d/one.txt');
+    t.is(run('cat /d/one.txt'), 'changed');
+    // The image is untouched: a second volume on it sees the original file.
+    docker('volume', 'create', '-d', driver, '-o', `image=${APP_B}`, `${vol}-2`);
+    t.is(docker('run', '--rm', '--network', 'none', '-v', `${vol}-2:/d`, BASE, 'cat', '/d/one.txt'), 'one');
+    // The volume holds the image's layer even once the image's name is gone.
+    tsvol(['image', 'rm', APP_B]);
+    tsvol(['layer', 'gc']);
+    t.is(run('cat /d/app/b.txt'), 'hello from b');
+    // A missing image: the Err says how to bring it in on the host.
+    t.regex(dockerFails('volume', 'create', '-d', driver, '-o', 'image=no-such-image:1', `${vol}-x`), /tsvol image load/);
+  } finally {
+    spawnSync(DOCKER, ['volume', 'rm', '-f', vol, `${vol}-2`]);
+    fs.rmSync(spec, { force: true });
+    await server.stop();
+    cleanupDir(server.dir);
+  }
 });
 
 // --- hostile archives ---------------------------------------------------------------------------

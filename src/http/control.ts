@@ -218,15 +218,6 @@ export function createControlApi(ops: ControlOps, log: Logger): ControlApi {
       replyJson(res, 200, {});
     }),
   );
-  app.use((req: Request, res: Response) => {
-    replyJson(res, 404, { Err: `unknown endpoint ${req.method} ${req.path} of the tsvol control API`, code: 'TSVOL_NOT_FOUND' });
-  });
-  // Express 5 error handler (4 arguments): anything thrown outside a route.
-  app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
-    log.error({ api: 'control', err: describeError(err) }, 'unhandled request error');
-    if (!res.headersSent) replyJson(res, 500, { Err: `internal error: ${describeError(err)}`, code: 'TSVOL_INTERNAL' });
-  });
-
   app.get(
     '/v1/images',
     serve('image.ls', async (_req, res) => replyJson(res, 200, await images.list())),
@@ -271,6 +262,15 @@ export function createControlApi(ops: ControlOps, log: Logger): ControlApi {
     '/v1/images/rm',
     serve('image.rm', async (req, res) => replyJson(res, 200, await images.remove(requiredParam(req, 'ref')))),
   );
+
+  app.use((req: Request, res: Response) => {
+    replyJson(res, 404, { Err: `unknown endpoint ${req.method} ${req.path} of the tsvol control API`, code: 'TSVOL_NOT_FOUND' });
+  });
+  // Express 5 error handler (4 arguments): anything thrown outside a route.
+  app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    log.error({ api: 'control', err: describeError(err) }, 'unhandled request error');
+    if (!res.headersSent) replyJson(res, 500, { Err: `internal error: ${describeError(err)}`, code: 'TSVOL_INTERNAL' });
+  });
 
   return {
     listener: app,

@@ -24,8 +24,8 @@ export type VolumeSpec =
     }
   /** A full copy of volume `from` as it was at Create (#6); afterwards an ordinary named volume. */
   | { readonly kind: 'clone'; readonly from: string }
-  /** Copy-on-write on a layer chain (ChainID), src/volumes/layered.ts. */
-  | { readonly kind: 'layered'; readonly layer: string };
+  /** Copy-on-write on a layer chain (ChainID), src/volumes/layered.ts; `image`: the reference it came from (#11). */
+  | { readonly kind: 'layered'; readonly layer: string; readonly image?: string };
 
 /** One volume's durable record. */
 export interface VolumeRecord {
