@@ -262,6 +262,61 @@ function archive(opts: { diffIds?: string[]; layers?: string[]; layerBody?: Buff
   return tarOf(opts.manifestFirst === false ? [...parts, entry('manifest.json', manifest)] : [entry('manifest.json', manifest), ...parts]);
 }
 
+test.serial("Docker ≥ 25's save layout (manifest.json over an OCI layout) loads with the index's manifest digest", (t) => {
+  // Made from the 20.10 archive as Docker 25 lays it out: blobs/sha256/<hex>, oci-layout, index.json.
+  const dir = path.join(t.context.env.workDir, 'v25-src');
+  fs.mkdirSync(dir, { recursive: true });
+  const x = spawnSync('tar', ['-C', dir, '-xf', t.context.saved]);
+  if (x.status !== 0) throw new Error(`tar -x: ${x.stderr.toString()}`);
+  const old = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as { Config: string; RepoTags: string[]; Layers: string[] }[];
+  const blobs = new Map<string, Buffer>();
+  const blob = (b: Buffer | string): string => {
+    const d = sha(b);
+    blobs.set(d, Buffer.from(b));
+    return d;
+  };
+  const manifests: { digest: string; size: number; tag: string }[] = [];
+  const entries = old.map((m) => {
+    const config = blob(fs.readFileSync(path.join(dir, m.Config)));
+    const layers = m.Layers.map((l) => fs.readFileSync(path.join(dir, l))); // follows the repeated layer's symlink
+    const manifest = JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${config}`, size: blobs.get(config)!.length },
+      layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: `sha256:${blob(l)}`, size: l.length })),
+    });
+    manifests.push({ digest: blob(manifest), size: manifest.length, tag: m.RepoTags[0]! });
+    return { Config: `blobs/sha256/${config}`, RepoTags: m.RepoTags, Layers: layers.map((l) => `blobs/sha256/${sha(l)}`) };
+  });
+  const index = JSON.stringify({
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.index.v1+json',
+    manifests: manifests.map((m) => ({
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      digest: `sha256:${m.digest}`,
+      size: m.size,
+      annotations: { 'io.containerd.image.name': `docker.io/${m.tag}`, 'org.opencontainers.image.ref.name': m.tag.split(':').pop()! },
+    })),
+  });
+  const tar = tarOf([
+    ...[...blobs].map(([d, b]) => entry(`blobs/sha256/${d}`, b)),
+    entry('index.json', index),
+    entry('manifest.json', JSON.stringify(entries)),
+    entry('oci-layout', '{"imageLayoutVersion":"1.0.0"}'),
+  ]);
+  const tsvol = world();
+  t.deepEqual(tsvol(['image', 'load'], tar).split('\n').sort(), [`Loaded image: ${APP_A}`, `Loaded image: ${APP_B}`].sort());
+  const a = JSON.parse(tsvol(['image', 'inspect', APP_A])) as Details;
+  t.is(a.id, inspectDocker(APP_A).Id);
+  t.is(a.digest, `sha256:${manifests.find((m) => m.tag === APP_A)!.digest}`);
+  t.is((JSON.parse(tsvol(['layer', 'ls', '--json'])) as unknown[]).length, 5);
+  // The same layout without manifest.json is a plain OCI layout: names from the index's annotations.
+  const ociOnly = tarOf([...[...blobs].map(([d, b]) => entry(`blobs/sha256/${d}`, b)), entry('index.json', index), entry('oci-layout', '{"imageLayoutVersion":"1.0.0"}')]);
+  const oci = world();
+  t.deepEqual(oci(['image', 'load'], ociOnly).split('\n').sort(), [`Loaded image: ${APP_A}`, `Loaded image: ${APP_B}`].sort());
+  t.is((JSON.parse(oci(['image', 'inspect', APP_B])) as Details).id, inspectDocker(APP_B).Id);
+});
+
 test.serial('a well-formed hand-made archive loads, manifest.json last, gzip too', (t) => {
   const tsvol = world();
   t.is(tsvol(['image', 'load'], archive({ manifestFirst: false })), `Loaded image: hostile:${UNIQ}`);
