@@ -5,7 +5,7 @@
  * images hold their layers; bad archives are refused and store nothing. Shares dockerd with the e2e suite:
  * every image name here is unique to this run, and dockerd is never stopped. Needs root.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -223,6 +223,47 @@ test.serial('docker volume create -o image=REF: a copy-on-write volume on the im
     fs.rmSync(spec, { force: true });
     await server.stop();
     cleanupDir(server.dir);
+  }
+});
+
+test.serial('docker push → tsvol image pull: same image ID and manifest digest; a missing image is a clear 404', async (t) => {
+  // A registry of this test's own on a loopback port (Docker speaks plain HTTP to 127.0.0.0/8), so the
+  // e2e suite's registry on :5000 is never touched.
+  const port = 15000 + (process.pid % 5000);
+  const registry = `127.0.0.1:${port}`;
+  const conf = path.join(t.context.env.workDir, 'registry.yml');
+  fs.writeFileSync(conf, `version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: ${t.context.env.workDir}/registry\nhttp:\n  addr: ${registry}\n`);
+  const proc = spawn('/usr/bin/docker-registry', ['serve', conf], { stdio: 'ignore' });
+  const remote = `${registry}/tsimg/pulled:${UNIQ}`;
+  try {
+    for (let i = 0; ; i++) {
+      const up = await fetch(`http://${registry}/v2/`).then((r) => r.status === 200, () => false);
+      if (up) break;
+      if (i > 100 || proc.exitCode !== null) throw new Error(`docker-registry did not start on ${registry}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    docker('tag', APP_A, remote);
+    docker('push', remote);
+    const repoDigest = (JSON.parse(docker('image', 'inspect', remote)) as { RepoDigests: string[] }[])[0]!.RepoDigests.find((d) => d.startsWith(`${registry}/`))!;
+    const digest = repoDigest.slice(repoDigest.indexOf('@') + 1);
+    const tsvol = world();
+    const out = tsvol(['image', 'pull', remote]);
+    t.regex(out, new RegExp(`Digest: ${digest}`));
+    t.regex(out, new RegExp(`Pulled image: ${remote.replace(/[.]/g, '\\.')}`));
+    const d = JSON.parse(tsvol(['image', 'inspect', remote])) as Details;
+    t.is(d.id, inspectDocker(APP_A).Id);
+    t.is(d.digest, digest);
+    t.deepEqual(d.config.rootfs.diff_ids, inspectDocker(APP_A).RootFS.Layers);
+    // By digest too.
+    tsvol(['image', 'pull', `${registry}/tsimg/pulled@${digest}`]);
+    t.is((JSON.parse(tsvol(['image', 'inspect', `${registry}/tsimg/pulled@${digest}`])) as Details).id, d.id);
+    // A missing image: a clear error, nothing stored.
+    const fresh = world();
+    t.regex(fresh.fails(['image', 'pull', `${registry}/tsimg/nope:1`]), /not found in the registry \(404\)/);
+    t.deepEqual(JSON.parse(fresh(['image', 'ls', '--json'])), []);
+  } finally {
+    spawnSync(DOCKER, ['rmi', '-f', remote]);
+    proc.kill();
   }
 });
 

@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
+import { pullArchive, type PullInfo } from '../images/registry.js';
 import { withImageOps } from './client.js';
 import { humanSize, table } from './format.js';
 import { withProgress } from './progress.js';
@@ -33,6 +34,18 @@ export function registerImage(program: Command): void {
         if (img.names.length === 0) process.stdout.write(`Loaded image ID: ${img.id}\n`);
         for (const n of img.names) process.stdout.write(`Loaded image: ${n}\n`);
       }
+    });
+  image
+    .command('pull')
+    .argument('<ref>', 'NAME[:TAG] or NAME@sha256:DIGEST; 127.0.0.0/8 registries over plain HTTP')
+    .description('pull an image from a registry (distribution spec v2); every digest is verified')
+    .action(async (ref: string) => {
+      let info: PullInfo | undefined;
+      // Fetched here, in the CLI (a managed plugin has no network); the server loads and verifies it again.
+      const archive = pullArchive(ref, (i) => (info = i));
+      const loaded = await withImageOps(loadConfig(), (ops) => ops.load(withProgress('pulling', archive)));
+      if (info !== undefined) process.stdout.write(`Digest: ${info.digest}\n`);
+      for (const img of loaded) for (const n of img.names) process.stdout.write(`Pulled image: ${n}\n`);
     });
   image
     .command('save')
