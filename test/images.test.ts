@@ -226,7 +226,7 @@ test.serial('docker volume create -o image=REF: a copy-on-write volume on the im
   }
 });
 
-test.serial('docker push → tsvol image pull: same image ID and manifest digest; a missing image is a clear 404', async (t) => {
+test.serial('registry: docker push → tsvol image pull (same ID and digest); tsvol image push → docker pull → run; a missing image is a clear 404', async (t) => {
   // A registry of this test's own on a loopback port (Docker speaks plain HTTP to 127.0.0.0/8), so the
   // e2e suite's registry on :5000 is never touched.
   const port = 15000 + (process.pid % 5000);
@@ -257,6 +257,24 @@ test.serial('docker push → tsvol image pull: same image ID and manifest digest
     // By digest too.
     tsvol(['image', 'pull', `${registry}/tsimg/pulled@${digest}`]);
     t.is((JSON.parse(tsvol(['image', 'inspect', `${registry}/tsimg/pulled@${digest}`])) as Details).id, d.id);
+    // tsvol → registry → docker pull → docker run, with the manifest digest unchanged (stored byte-exact).
+    tsvol(['image', 'load', '-i', t.context.saved]);
+    const pushed = `${registry}/tsimg/pushed:${UNIQ}`;
+    tsvol(['image', 'tag', APP_B, pushed]);
+    const pushOut = tsvol(['image', 'push', pushed]);
+    const b = JSON.parse(tsvol(['image', 'inspect', pushed])) as Details;
+    t.is(pushOut, `${pushed}: digest: ${b.digest}`);
+    docker('pull', pushed);
+    t.is(inspectDocker(pushed).Id, inspectDocker(APP_B).Id);
+    t.is(docker('run', '--rm', '--network', 'none', pushed), 'hello from b');
+    // A pulled image (gzip blobs, which the store does not keep) pushes as uncompressed layers: still runs.
+    const again = `${registry}/tsimg/again:${UNIQ}`;
+    tsvol(['image', 'tag', remote, again]);
+    tsvol(['image', 'push', again]);
+    docker('pull', again);
+    t.is(inspectDocker(again).Id, d.id);
+    t.is(docker('run', '--rm', '--network', 'none', again), 'hello from a');
+    spawnSync(DOCKER, ['rmi', '-f', pushed, again]);
     // A missing image: a clear error, nothing stored.
     const fresh = world();
     t.regex(fresh.fails(['image', 'pull', `${registry}/tsimg/nope:1`]), /not found in the registry \(404\)/);

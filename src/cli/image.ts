@@ -6,8 +6,8 @@
 import fs from 'node:fs';
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
-import { pullArchive, type PullInfo } from '../images/registry.js';
-import { withImageOps } from './client.js';
+import { pullArchive, pushImage, type PullInfo } from '../images/registry.js';
+import { withImageOps, withOps } from './client.js';
 import { humanSize, table } from './format.js';
 import { withProgress } from './progress.js';
 
@@ -46,6 +46,18 @@ export function registerImage(program: Command): void {
       const loaded = await withImageOps(loadConfig(), (ops) => ops.load(withProgress('pulling', archive)));
       if (info !== undefined) process.stdout.write(`Digest: ${info.digest}\n`);
       for (const img of loaded) for (const n of img.names) process.stdout.write(`Pulled image: ${n}\n`);
+    });
+  image
+    .command('push')
+    .argument('<ref>', 'a stored image reference with its registry: HOST[:PORT]/NAME:TAG')
+    .description('push an image to a registry (distribution spec v2); blobs the registry has are skipped')
+    .action(async (ref: string) => {
+      // Sent from the CLI (a managed plugin has no network); the layers stream from the server's store.
+      const digest = await withOps(loadConfig(), async (ops) => {
+        const docs = await ops.images.documents(ref);
+        return pushImage(ref, { ...docs, exportLayer: (id, sink) => ops.layers.exportLayer(id, sink) });
+      });
+      process.stdout.write(`${ref}: digest: ${digest}\n`);
     });
   image
     .command('save')

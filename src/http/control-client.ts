@@ -33,6 +33,8 @@
  *   GET  /v1/images/history?ref=R               200 ImageHistoryRow[], newest first
  *   POST /v1/images/tag?ref=R&name=N            200 {}
  *   POST /v1/images/rm?ref=R                    200 {untagged}
+ *   GET  /v1/images/top?ref=R                   200 {top}: the top layer's ChainID
+ *   GET  /v1/images/documents?ref=R             200 ImageDocuments (manifest and config bytes, chain), for a push
  *
  * A layer's or container's name travels in the query, not the path: every string the user typed (an empty
  * one, `..`, a name with `/`) reaches the operation as typed and gets the operation's own answer, never
@@ -48,7 +50,7 @@ import net from 'node:net';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { InternalError, TsvolError, UnavailableError, describeError, errnoCode, type ErrorCode } from '../errors.js';
-import type { ImageDetails, ImageHistoryRow, ImageOps, ImageSummary, LoadedImage } from '../images/image-ops.js';
+import type { ImageDetails, ImageDocuments, ImageHistoryRow, ImageOps, ImageSummary, LoadedImage } from '../images/image-ops.js';
 import type { Change, CollectedLayers, LayerOps, LayerRecord, RemovedLayers } from '../layers/layer-ops.js';
 import type { VolumeInfo } from '../volumes/volume-service.js';
 import type { DiskUsage, ExportOptions, ImportSummary, VolumeOps } from '../volumes/volume-ops.js';
@@ -96,6 +98,7 @@ export const CONTROL_PATHS = {
   imageTag: (ref: string, name: string) => `/v1/images/tag${query({ ref, name })}`,
   imageRm: (ref: string) => `/v1/images/rm${query({ ref })}`,
   imageTop: (ref: string) => `/v1/images/top${query({ ref })}`,
+  imageDocuments: (ref: string) => `/v1/images/documents${query({ ref })}`,
 } as const;
 
 const CODES = new Set<ErrorCode>(['TSVOL_INVALID_ARGUMENT', 'TSVOL_NOT_FOUND', 'TSVOL_CONFLICT', 'TSVOL_IN_USE', 'TSVOL_UNAVAILABLE', 'TSVOL_INTERNAL']);
@@ -312,6 +315,7 @@ export function createControlClient(socket: string): ControlOps {
     async topLayer(ref) {
       return (await call<{ top: string }>('GET', CONTROL_PATHS.imageTop(ref))).top;
     },
+    documents: (ref) => call<ImageDocuments>('GET', CONTROL_PATHS.imageDocuments(ref)),
   };
 
   return { volumes, layers, images };

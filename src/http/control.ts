@@ -251,6 +251,10 @@ export function createControlApi(ops: ControlOps, log: Logger): ControlApi {
     '/v1/images/top',
     serve('image.top', async (req, res) => replyJson(res, 200, { top: await images.topLayer(requiredParam(req, 'ref')) })),
   );
+  app.get(
+    '/v1/images/documents',
+    serve('image.documents', async (req, res) => replyJson(res, 200, await images.documents(requiredParam(req, 'ref')))),
+  );
   app.post(
     '/v1/images/tag',
     serve('image.tag', async (req, res) => {

@@ -64,6 +64,14 @@ export interface ImageHistoryRow {
   readonly layer: string | undefined;
 }
 
+/** What a push sends: the stored documents, byte-exact, and the chain (base first). */
+export interface ImageDocuments {
+  readonly name: string;
+  readonly manifest: string;
+  readonly config: string;
+  readonly layers: readonly { readonly id: string; readonly diffId: string }[];
+}
+
 /** Receives a saved archive (a tar stream); the save lasts until the promise settles. */
 export type ImageSaveSink = (tar: AsyncIterable<Buffer>) => Promise<void>;
 
@@ -80,6 +88,8 @@ export interface ImageOps {
   tag(source: string, target: string): Promise<void>;
   /** Drops the reference `ref` (never the layers); returns the names it removed, familiar form. */
   remove(ref: string): Promise<{ untagged: string[] }>;
+  /** The image's manifest and config bytes and its chain, for a push. */
+  documents(ref: string): Promise<ImageDocuments>;
   /** The ChainID of the image's top layer, for volumes and containers built on an image. */
   topLayer(ref: string): Promise<string>;
 }
@@ -256,6 +266,11 @@ export function imageOps(ctx: ImageOpsContext): ImageOps {
 
     async topLayer(ref) {
       return resolve(ref).top;
+    },
+
+    async documents(ref) {
+      const row = resolve(ref);
+      return { name: row.name, manifest: row.manifest, config: row.config, layers: chainOf(row).map((l) => ({ id: l.id, diffId: l.diffId })) };
     },
   };
 }

@@ -233,3 +233,96 @@ export async function* pullArchive(refText: string, onInfo: (info: PullInfo) => 
   }
   yield Buffer.alloc(2 * BLOCK);
 }
+
+/** What a push needs of the store: the documents and the layers' bytes (uncompressed, byte-exact). */
+export interface PushSource {
+  readonly manifest: string;
+  readonly config: string;
+  readonly layers: readonly { readonly id: string; readonly diffId: string }[];
+  /** Streams layer `id`'s tar to `sink`. */
+  exportLayer(id: string, sink: (tar: AsyncIterable<Buffer>) => Promise<void>): Promise<void>;
+}
+
+/**
+ * Pushes an image to `refText`'s registry: each blob that the registry lacks (HEAD) is uploaded (POST
+ * uploads/ → 202 Location, then PUT Location&digest=), then the manifest is PUT under the tag. The stored
+ * manifest is pushed byte-exact when its layers are the uncompressed tars the store holds (images loaded
+ * from docker save), so the manifest digest is unchanged; an image whose manifest names compressed blobs
+ * (pulled) gets a new schema2 manifest of uncompressed layers, since the store keeps no compressed bytes.
+ * Returns the manifest digest.
+ */
+export async function pushImage(refText: string, src: PushSource): Promise<string> {
+  const ref = parseReference(refText);
+  if (ref.tag === undefined) throw new InvalidArgumentError(`push needs a tag: ${JSON.stringify(refText)}`);
+  const base = baseUrl(ref);
+  const repoUrl = `${base}/v2/${ref.path}`;
+  const send = async (url: string, init: RequestInit & { duplex?: 'half' }, what: string): Promise<Response> => {
+    let res: Response;
+    try {
+      res = await fetch(url, init);
+    } catch (err) {
+      throw new UnavailableError(`registry ${base} unreachable (${what}): ${describeError(err instanceof Error && err.cause !== undefined ? err.cause : err)}`, { cause: err });
+    }
+    if (res.status === 401 || res.status === 403) {
+      await res.body?.cancel();
+      throw new InvalidArgumentError(`the registry refused ${what} (${res.status}); log in with \`docker login ${ref.domain}\``);
+    }
+    return res;
+  };
+  const upload = async (digest: string, body: Buffer | AsyncIterable<Buffer>): Promise<void> => {
+    const head = await send(`${repoUrl}/blobs/${digest}`, { method: 'HEAD' }, `HEAD blob ${digest}`);
+    if (head.status === 200) return;
+    const start = await send(`${repoUrl}/blobs/uploads/`, { method: 'POST' }, 'an upload');
+    await start.body?.cancel();
+    const location = start.headers.get('location');
+    if (start.status !== 202 || location === null) throw new UnavailableError(`the registry answered ${start.status} to an upload of ${digest}`);
+    const url = new URL(location, base);
+    url.searchParams.set('digest', digest);
+    const stream = Buffer.isBuffer(body) ? body : ReadableStream.from(body);
+    const put = await send(url.toString(), { method: 'PUT', body: stream, headers: { 'Content-Type': 'application/octet-stream' }, duplex: 'half' }, `the upload of ${digest}`);
+    const text = await put.text();
+    if (put.status !== 201) throw new UnavailableError(`the registry answered ${put.status} to the upload of ${digest}: ${text.slice(0, 300)}`);
+  };
+  const stored = parseJson(src.manifest);
+  const storedLayers = Array.isArray(stored.layers) ? (stored.layers as { digest?: string }[]) : [];
+  const exact = storedLayers.length === src.layers.length && storedLayers.every((l, i) => l.digest === src.layers[i]!.diffId);
+  const sizes = new Map<string, number>();
+  for (const l of src.layers) {
+    let size = 0;
+    if (!sizes.has(l.diffId)) {
+      await src.exportLayer(l.id, async (tar) => {
+        async function* counted(): AsyncGenerator<Buffer> {
+          for await (const c of tar) {
+            size += c.length;
+            yield c;
+          }
+        }
+        await upload(l.diffId, counted());
+        if (size === 0) {
+          // HEAD said the registry has it: drain the export (its size is needed for a new manifest).
+          for await (const c of tar) size += c.length;
+        }
+      });
+      sizes.set(l.diffId, size);
+    }
+  }
+  const configDigest = `sha256:${createHash('sha256').update(src.config).digest('hex')}`;
+  await upload(configDigest, Buffer.from(src.config));
+  const manifest = exact
+    ? src.manifest
+    : JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MEDIA.dockerManifest,
+        config: { mediaType: MEDIA.dockerConfig, size: Buffer.byteLength(src.config), digest: configDigest },
+        layers: src.layers.map((l) => ({ mediaType: MEDIA.dockerLayer, size: sizes.get(l.diffId) ?? 0, digest: l.diffId })),
+      });
+  const mediaType = typeof parseJson(manifest).mediaType === 'string' ? (parseJson(manifest).mediaType as string) : MEDIA.dockerManifest;
+  const put = await send(`${repoUrl}/manifests/${ref.tag}`, { method: 'PUT', body: manifest, headers: { 'Content-Type': mediaType } }, `the manifest of ${refText}`);
+  const text = await put.text();
+  if (put.status !== 201) throw new UnavailableError(`the registry answered ${put.status} to the manifest of ${refText}: ${text.slice(0, 300)}`);
+  return `sha256:${createHash('sha256').update(manifest).digest('hex')}`;
+}
+
+function parseJson(text: string): Record<string, unknown> {
+  return JSON.parse(text) as Record<string, unknown>;
+}
