@@ -71,7 +71,11 @@ export function openState(config: Config, log: Logger): State {
     store,
     service,
     volumes: volumeOps({ config, layout, store, service }),
-    layers: layerOps({ layers, containers: () => (containers ??= createContainerStore(layout.layersDir, layers(), config.layerDriver)) }),
+    layers: layerOps({
+      layers,
+      containers: () => (containers ??= createContainerStore(layout.layersDir, layers(), config.layerDriver)),
+      imageTop: (ref) => images.topLayer(ref),
+    }),
     images,
     close: () => store.close(),
   };

@@ -5,11 +5,7 @@
  */
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
-import { NotFoundError, TsvolError } from '../errors.js';
-import { withLayerOps, withOps } from './client.js';
-
-/** A not-found error, as thrown in-process or carried by the control API (a TsvolError with its code). */
-const isNotFound = (err: unknown): boolean => err instanceof TsvolError && err.code === 'TSVOL_NOT_FOUND';
+import { withLayerOps } from './client.js';
 
 /** Registers `tsvol container`. */
 export function registerContainer(program: Command): void {
@@ -19,23 +15,7 @@ export function registerContainer(program: Command): void {
     .requiredOption('--from <ref>', 'the layer (ID or name) or image (reference or ID) to build on')
     .description('make and mount a writable layer; prints the merged path')
     .action(async (name: string, opts: { from: string }) => {
-      const merged = await withOps(loadConfig(), async (ops) => {
-        try {
-          return await ops.layers.createContainer(name, opts.from);
-        } catch (err) {
-          // Not a layer: an image's top layer (#11). Neither: say both were tried.
-          if (!isNotFound(err)) throw err;
-          let top: string;
-          try {
-            top = await ops.images.topLayer(opts.from);
-          } catch (imageErr) {
-            if (!isNotFound(imageErr)) throw imageErr;
-            throw new NotFoundError(`"${opts.from}" is neither a layer nor an image; \`tsvol layer ls\` and \`tsvol image ls\` list them`, { cause: imageErr });
-          }
-          return ops.layers.createContainer(name, top);
-        }
-      });
-      process.stdout.write(`${merged}\n`);
+      process.stdout.write(`${await withLayerOps(loadConfig(), (ops) => ops.createContainer(name, opts.from))}\n`);
     });
   c.command('mount')
     .argument('<name>')
