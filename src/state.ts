@@ -10,6 +10,7 @@
  */
 import type { Config } from './config.js';
 import type { ControlOps } from './http/control-client.js';
+import { createGcBarrier } from './images/gc-barrier.js';
 import { imageOps } from './images/image-ops.js';
 import { createContainerStore, type ContainerStore } from './layers/containers.js';
 import { layerOps } from './layers/layer-ops.js';
@@ -62,7 +63,8 @@ export function openState(config: Config, log: Logger): State {
   const store = volumeStoreOf(meta);
   let layerStore: LayerStore | undefined;
   const layers = (): LayerStore => (layerStore ??= createLayerStore(layout.layersDir, meta));
-  const images = imageOps({ meta, layers, tmpDir: layout.tmpDir });
+  const barrier = createGcBarrier();
+  const images = imageOps({ meta, layers, tmpDir: layout.tmpDir, barrier });
   const layered = createLayeredVolumes(layout, layers, (ref) => images.topLayer(ref));
   const service = createVolumeService({ config, layout, store, log, layered });
   let containers: ContainerStore | undefined;
@@ -75,6 +77,7 @@ export function openState(config: Config, log: Logger): State {
       layers,
       containers: () => (containers ??= createContainerStore(layout.layersDir, layers(), config.layerDriver)),
       imageTop: (ref) => images.topLayer(ref),
+      gcExclusive: (fn) => barrier.exclusive(fn),
     }),
     images,
     close: () => store.close(),

@@ -404,6 +404,18 @@ for (const [what, make, err] of BAD) {
   });
 }
 
+test.serial('a layer with the right digest but a hostile entry: refused, and the layers before it go again', (t) => {
+  const tsvol = world();
+  const good = tarOf([entry('ok.txt', 'fine\n')]);
+  const evil = tarOf([entry('../escape.txt', 'out\n')]);
+  const config = JSON.stringify({ rootfs: { type: 'layers', diff_ids: [`sha256:${sha(good)}`, `sha256:${sha(evil)}`] } });
+  const manifest = JSON.stringify([{ Config: `${sha(config)}.json`, RepoTags: [`evil:${UNIQ}`], Layers: ['1/layer.tar', '2/layer.tar'] }]);
+  const tar = tarOf([entry('manifest.json', manifest), entry(`${sha(config)}.json`, config), entry('1/layer.tar', good), entry('2/layer.tar', evil)]);
+  t.regex(tsvol.fails(['image', 'load'], tar), /layer tar refused/);
+  t.deepEqual(JSON.parse(tsvol(['image', 'ls', '--json'])), []);
+  t.deepEqual(JSON.parse(tsvol(['layer', 'ls', '--json'])), []);
+});
+
 test.serial('an OCI layout with an unknown layer media type is refused', (t) => {
   const tsvol = world();
   const layer = zlib.gzipSync(tarOf([entry('a', 'b')]));

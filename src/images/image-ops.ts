@@ -14,6 +14,7 @@ import type { Change, MetaStore } from '../store/meta-store.js';
 import type { ImageRecord } from '../store/records.js';
 import { withStage } from '../sys/staging.js';
 import { parseConfig, type HistoryEntry } from './formats.js';
+import type { GcBarrier } from './gc-barrier.js';
 import { planLoad } from './load.js';
 import { familiarRepository, isImageId, normalizeReference, parseReference } from './reference.js';
 import { writeDockerArchive, type SaveItem } from './save.js';
@@ -100,6 +101,8 @@ export interface ImageOpsContext {
   readonly layers: () => LayerStore;
   /** The data root's tmp/ (same filesystem): load and save stages. */
   readonly tmpDir: string;
+  /** Keeps a layer gc out of a load's window between its layer imports and its image rows. */
+  readonly barrier: GcBarrier;
 }
 
 /** How Docker shows a stored name: repository and tag (`<none>` where there is none). */
@@ -166,27 +169,37 @@ export function imageOps(ctx: ImageOpsContext): ImageOps {
       return withStage(ctx.tmpDir, 'image-load', async (dir) => {
         const spool = await spoolArchive(input, dir);
         const plans = await planLoad(spool);
-        const changes: Change[] = [];
-        const loaded: LoadedImage[] = [];
-        for (const plan of plans) {
-          let parent: string | undefined;
-          for (const [i, p] of plan.layers.entries()) {
-            const want = chainId(parent, plan.parsed.rootfs.diff_ids[i]!);
-            // A layer already stored is not stored again (content-addressed by ChainID).
-            if (meta.getLayer(want) === undefined) {
-              const rec = await store.importLayer(fs.createReadStream(spool.file(p), { highWaterMark: 1 << 20 }), parent);
-              if (rec.id !== want) throw new InvalidArgumentError(`layer ${p} imported as ${rec.id}, not ${want}: its content changed while it was read`);
+        return ctx.barrier.shared(async () => {
+          const changes: Change[] = [];
+          const loaded: LoadedImage[] = [];
+          const created: string[] = [];
+          try {
+            for (const plan of plans) {
+              let parent: string | undefined;
+              for (const [i, p] of plan.layers.entries()) {
+                const want = chainId(parent, plan.parsed.rootfs.diff_ids[i]!);
+                // A layer already stored is not stored again (content-addressed by ChainID).
+                if (meta.getLayer(want) === undefined) {
+                  const rec = await store.importLayer(fs.createReadStream(spool.file(p), { highWaterMark: 1 << 20 }), parent);
+                  created.push(rec.id);
+                  if (rec.id !== want) throw new InvalidArgumentError(`layer ${p} imported as ${rec.id}, not ${want}: its content changed while it was read`);
+                }
+                parent = want;
+              }
+              const names = plan.names.length > 0 ? plan.names : [plan.id];
+              const createdAt = new Date().toISOString();
+              for (const name of names) changes.push({ op: 'image.put', image: { name, id: plan.id, digest: plan.digest, top: parent!, config: plan.config, manifest: plan.manifest, createdAt } });
+              loaded.push({ names: plan.names.map(familiar), id: plan.id });
             }
-            parent = want;
+            await meta.commit(changes);
+          } catch (err) {
+            // A layer refused by the import (its digest was right, its entries hostile) or a failed commit:
+            // the layers this load made go again, newest first, so a refused archive stores nothing.
+            await removeLayers(store, created);
+            throw err;
           }
-          const names = plan.names.length > 0 ? plan.names : [plan.id];
-          const createdAt = new Date().toISOString();
-          for (const name of names) changes.push({ op: 'image.put', image: { name, id: plan.id, digest: plan.digest, top: parent!, config: plan.config, manifest: plan.manifest, createdAt } });
-          loaded.push({ names: plan.names.map(familiar), id: plan.id });
-        }
-        // TODO(images): a gc between the layer imports and this commit could take the new layers; hold them in a stage-scoped hold. #11
-        await meta.commit(changes);
-        return loaded;
+          return loaded;
+        });
       });
     },
 
@@ -273,6 +286,18 @@ export function imageOps(ctx: ImageOpsContext): ImageOps {
       return { name: row.name, manifest: row.manifest, config: row.config, layers: chainOf(row).map((l) => ({ id: l.id, diffId: l.diffId })) };
     },
   };
+}
+
+/** Removes the layers `ids` (a failed load's), newest first; what cannot go is left to `tsvol layer gc`. */
+async function removeLayers(store: LayerStore, ids: readonly string[]): Promise<void> {
+  for (const id of [...ids].reverse()) {
+    try {
+      await store.remove(id);
+    } catch {
+      // Held meanwhile (another load or a volume took it): then it is not this load's to remove.
+      continue;
+    }
+  }
 }
 
 /** `ref` normalized, or undefined when it is no valid reference (an image ID prefix). */

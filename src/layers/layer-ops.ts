@@ -75,6 +75,8 @@ export interface LayerOpsContext {
   readonly containers: () => ContainerStore;
   /** The top layer's ChainID of image `ref` (#11: `container create --from` an image); NotFound if none. */
   readonly imageTop?: (ref: string) => Promise<string>;
+  /** Runs a gc where no image load is between its layer imports and its image rows (#11). */
+  readonly gcExclusive?: <T>(fn: () => Promise<T>) => Promise<T>;
 }
 
 /** The operations over `ctx`. */
@@ -104,7 +106,7 @@ export function layerOps(ctx: LayerOpsContext): LayerOps {
       return layers().remove(ref);
     },
     async gc() {
-      return layers().gc();
+      return ctx.gcExclusive === undefined ? layers().gc() : ctx.gcExclusive(() => layers().gc());
     },
     async createContainer(name, from) {
       const store = containers();
