@@ -5,6 +5,7 @@
  */
 import { InvalidArgumentError } from '../errors.js';
 
+/** The media types tsvol reads and writes, by short name. */
 export const MEDIA = {
   ociManifest: 'application/vnd.oci.image.manifest.v1+json',
   ociIndex: 'application/vnd.oci.image.index.v1+json',
@@ -18,8 +19,11 @@ export const MEDIA = {
   dockerLayerGzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
 } as const;
 
+/** Image manifest media types (OCI, Docker schema2). */
 export const MANIFEST_TYPES: ReadonlySet<string> = new Set([MEDIA.ociManifest, MEDIA.dockerManifest]);
+/** Index media types (OCI index, Docker manifest list). */
 export const INDEX_TYPES: ReadonlySet<string> = new Set([MEDIA.ociIndex, MEDIA.dockerList]);
+/** Image config media types. */
 export const CONFIG_TYPES: ReadonlySet<string> = new Set([MEDIA.ociConfig, MEDIA.dockerConfig]);
 /** Layer media types we unpack: plain or gzip tar (Docker 20.10 has no zstd). */
 export const LAYER_TYPES: ReadonlySet<string> = new Set([MEDIA.ociLayer, MEDIA.ociLayerGzip, MEDIA.dockerLayer, MEDIA.dockerLayerGzip]);

@@ -7,8 +7,8 @@
  *   tmp/<kind>-<id>/            stages (imports, commits), each locked by its live owner (sys/staging.ts);
  *                               gc sweeps those whose owner died
  *
- * A layer is held by its child layers, by container layers on it (containers.ts), by tags and by holds
- * (holdLayer: volumes built on it). The database's foreign keys refuse deleting a held layer whatever the
+ * A layer is held by its child layers, by container layers on it (containers.ts), by tags, by images (their
+ * top layer, src/images/) and by holds (holdLayer: volumes built on it). The database's foreign keys refuse deleting a held layer whatever the
  * code does; the code asks first, to name the holders in the error.
  *
  * One process writes at a time (the server, or a `tsvol` command holding the server lock), so mutations
