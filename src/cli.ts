@@ -5,6 +5,7 @@
  */
 import { Command } from 'commander';
 import { registerContainer } from './cli/container.js';
+import { registerImage } from './cli/image.js';
 import { registerInfo } from './cli/info.js';
 import { registerLayer } from './cli/layer.js';
 import { registerServe } from './cli/serve.js';
@@ -19,6 +20,7 @@ const program = new Command()
 
 registerServe(program);
 registerLayer(program);
+registerImage(program);
 registerContainer(program);
 registerInfo(program);
 registerVolume(program);

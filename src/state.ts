@@ -10,6 +10,8 @@
  */
 import type { Config } from './config.js';
 import type { ControlOps } from './http/control-client.js';
+import { createGcBarrier } from './images/gc-barrier.js';
+import { imageOps } from './images/image-ops.js';
 import { createContainerStore, type ContainerStore } from './layers/containers.js';
 import { layerOps } from './layers/layer-ops.js';
 import { createLayerStore, type LayerStore } from './layers/layer-store.js';
@@ -61,7 +63,9 @@ export function openState(config: Config, log: Logger): State {
   const store = volumeStoreOf(meta);
   let layerStore: LayerStore | undefined;
   const layers = (): LayerStore => (layerStore ??= createLayerStore(layout.layersDir, meta));
-  const layered = createLayeredVolumes(layout, layers);
+  const barrier = createGcBarrier();
+  const images = imageOps({ meta, layers, tmpDir: layout.tmpDir, barrier });
+  const layered = createLayeredVolumes(layout, layers, (ref) => images.topLayer(ref));
   const service = createVolumeService({ config, layout, store, log, layered });
   let containers: ContainerStore | undefined;
   return {
@@ -69,7 +73,13 @@ export function openState(config: Config, log: Logger): State {
     store,
     service,
     volumes: volumeOps({ config, layout, store, service }),
-    layers: layerOps({ layers, containers: () => (containers ??= createContainerStore(layout.layersDir, layers(), config.layerDriver)) }),
+    layers: layerOps({
+      layers,
+      containers: () => (containers ??= createContainerStore(layout.layersDir, layers(), config.layerDriver)),
+      imageTop: (ref) => images.topLayer(ref),
+      gcExclusive: (fn) => barrier.exclusive(fn),
+    }),
+    images,
     close: () => store.close(),
   };
 }

@@ -14,6 +14,7 @@
 import type { Config } from '../config.js';
 import { ConflictError } from '../errors.js';
 import { controlReachable, createControlClient, type ControlOps } from '../http/control-client.js';
+import type { ImageOps } from '../images/image-ops.js';
 import type { LayerOps } from '../layers/layer-ops.js';
 import { serverPaths } from '../server-paths.js';
 import type { VolumeOps } from '../volumes/volume-ops.js';
@@ -63,4 +64,9 @@ export function withVolumeOps<T>(config: Config, fn: (ops: VolumeOps) => Promise
 /** Runs `fn` with the layer and container operations (see withOps). */
 export function withLayerOps<T>(config: Config, fn: (ops: LayerOps) => Promise<T>): Promise<T> {
   return withOps(config, (ops) => fn(ops.layers));
+}
+
+/** Runs `fn` with the image operations (see withOps). */
+export function withImageOps<T>(config: Config, fn: (ops: ImageOps) => Promise<T>): Promise<T> {
+  return withOps(config, (ops) => fn(ops.images));
 }

@@ -12,7 +12,7 @@ export function registerContainer(program: Command): void {
   const c = program.command('container').description('writable copy-on-write layers on a layer chain');
   c.command('create')
     .argument('<name>', 'the container layer name')
-    .requiredOption('--from <id>', 'the layer (ID or name) to build on')
+    .requiredOption('--from <ref>', 'the layer (ID or name) or image (reference or ID) to build on')
     .description('make and mount a writable layer; prints the merged path')
     .action(async (name: string, opts: { from: string }) => {
       process.stdout.write(`${await withLayerOps(loadConfig(), (ops) => ops.createContainer(name, opts.from))}\n`);

@@ -26,6 +26,16 @@
  *   POST /v1/containers/commit?name=N           200 LayerRecord
  *   POST /v1/containers/rm?name=N               200 {}
  *
+ *   POST /v1/images/load            body: tar   200 LoadedImage[]
+ *   GET  /v1/images/save?refs=JSON              200 tar stream (docker save 20.10 layout), trailers as above
+ *   GET  /v1/images                             200 ImageSummary[]
+ *   GET  /v1/images/inspect?ref=R               200 ImageDetails
+ *   GET  /v1/images/history?ref=R               200 ImageHistoryRow[], newest first
+ *   POST /v1/images/tag?ref=R&name=N            200 {}
+ *   POST /v1/images/rm?ref=R                    200 {untagged}
+ *   GET  /v1/images/top?ref=R                   200 {top}: the top layer's ChainID
+ *   GET  /v1/images/documents?ref=R             200 ImageDocuments (manifest and config bytes, chain), for a push
+ *
  * A layer's or container's name travels in the query, not the path: every string the user typed (an empty
  * one, `..`, a name with `/`) reaches the operation as typed and gets the operation's own answer, never
  * the router's.
@@ -40,6 +50,7 @@ import net from 'node:net';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { InternalError, TsvolError, UnavailableError, describeError, errnoCode, type ErrorCode } from '../errors.js';
+import type { ImageDetails, ImageDocuments, ImageHistoryRow, ImageOps, ImageSummary, LoadedImage } from '../images/image-ops.js';
 import type { Change, CollectedLayers, LayerOps, LayerRecord, RemovedLayers } from '../layers/layer-ops.js';
 import type { VolumeInfo } from '../volumes/volume-service.js';
 import type { DiskUsage, ExportOptions, ImportSummary, VolumeOps } from '../volumes/volume-ops.js';
@@ -54,7 +65,7 @@ export const ERROR_TRAILER = 'Tsvol-Err';
 export const CODE_TRAILER = 'Tsvol-Code';
 
 /** A query string from parameters (given ones only), each URI-encoded. */
-function query(params: { readonly [K in 'ref' | 'name' | 'from' | 'parent']?: string | undefined }): string {
+function query(params: { readonly [K in 'ref' | 'name' | 'from' | 'parent' | 'refs']?: string | undefined }): string {
   const parts = Object.entries(params)
     .filter((e): e is [string, string] => e[1] !== undefined)
     .map(([k, v]) => `${k}=${encodeURIComponent(v)}`);
@@ -79,6 +90,15 @@ export const CONTROL_PATHS = {
   layerGc: '/v1/layers/gc',
   containerCreate: (name: string, from: string) => `/v1/containers/create${query({ name, from })}`,
   container: (verb: 'mount' | 'diff' | 'commit' | 'rm', name: string) => `/v1/containers/${verb}${query({ name })}`,
+  images: '/v1/images',
+  imageLoad: '/v1/images/load',
+  imageSave: (refs: readonly string[]) => `/v1/images/save${query({ refs: JSON.stringify(refs) })}`,
+  imageInspect: (ref: string) => `/v1/images/inspect${query({ ref })}`,
+  imageHistory: (ref: string) => `/v1/images/history${query({ ref })}`,
+  imageTag: (ref: string, name: string) => `/v1/images/tag${query({ ref, name })}`,
+  imageRm: (ref: string) => `/v1/images/rm${query({ ref })}`,
+  imageTop: (ref: string) => `/v1/images/top${query({ ref })}`,
+  imageDocuments: (ref: string) => `/v1/images/documents${query({ ref })}`,
 } as const;
 
 const CODES = new Set<ErrorCode>(['TSVOL_INVALID_ARGUMENT', 'TSVOL_NOT_FOUND', 'TSVOL_CONFLICT', 'TSVOL_IN_USE', 'TSVOL_UNAVAILABLE', 'TSVOL_INTERNAL']);
@@ -137,6 +157,7 @@ export function controlReachable(socket: string): Promise<boolean> {
 export interface ControlOps {
   readonly volumes: VolumeOps;
   readonly layers: LayerOps;
+  readonly images: ImageOps;
 }
 
 /** The control API's client on `socket`. */
@@ -279,5 +300,23 @@ export function createControlClient(socket: string): ControlOps {
     },
   };
 
-  return { volumes, layers };
+  const images: ImageOps = {
+    load: (input) => upload<LoadedImage[]>(CONTROL_PATHS.imageLoad, input, 'the image load'),
+    async save(refs, sink) {
+      await sink(checked(await download(CONTROL_PATHS.imageSave(refs)), `save of ${refs.join(', ')}`));
+    },
+    list: () => call<ImageSummary[]>('GET', CONTROL_PATHS.images),
+    inspect: (ref) => call<ImageDetails>('GET', CONTROL_PATHS.imageInspect(ref)),
+    history: (ref) => call<ImageHistoryRow[]>('GET', CONTROL_PATHS.imageHistory(ref)),
+    async tag(ref, name) {
+      await call<Record<string, never>>('POST', CONTROL_PATHS.imageTag(ref, name));
+    },
+    remove: (ref) => call<{ untagged: string[] }>('POST', CONTROL_PATHS.imageRm(ref)),
+    async topLayer(ref) {
+      return (await call<{ top: string }>('GET', CONTROL_PATHS.imageTop(ref))).top;
+    },
+    documents: (ref) => call<ImageDocuments>('GET', CONTROL_PATHS.imageDocuments(ref)),
+  };
+
+  return { volumes, layers, images };
 }

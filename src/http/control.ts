@@ -28,7 +28,7 @@ function replyJson(res: http.ServerResponse, status: number, body: unknown): voi
 }
 
 /** The query parameters the API reads (constant keys: a request's own keys are never looked up). */
-type QueryKey = 'gzip' | 'tag' | 'from' | 'ref' | 'name' | 'parent';
+type QueryKey = 'gzip' | 'tag' | 'from' | 'ref' | 'name' | 'parent' | 'refs';
 
 /** An optional query parameter given at most once. */
 function queryParam(req: Request, key: QueryKey): string | undefined {
@@ -52,6 +52,7 @@ function subject(req: Request): Record<string, string | undefined> {
   const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
   if (req.path.startsWith('/v1/containers/')) return { container: str(q.name) };
   if (req.path.startsWith('/v1/layers/')) return { layer: str(q.ref) };
+  if (req.path.startsWith('/v1/images/')) return { image: str(q.ref) ?? str(q.refs) };
   return {};
 }
 
@@ -69,7 +70,7 @@ async function streamReply(res: Response, stream: AsyncIterable<Buffer>, headers
 
 /** The routes of the control API over `ops`. */
 export function createControlApi(ops: ControlOps, log: Logger): ControlApi {
-  const { volumes, layers } = ops;
+  const { volumes, layers, images } = ops;
   const active = new Set<Promise<void>>();
   const app = express();
   app.disable('x-powered-by');
@@ -217,6 +218,55 @@ export function createControlApi(ops: ControlOps, log: Logger): ControlApi {
       replyJson(res, 200, {});
     }),
   );
+  app.get(
+    '/v1/images',
+    serve('image.ls', async (_req, res) => replyJson(res, 200, await images.list())),
+  );
+  app.post(
+    '/v1/images/load',
+    serve('image.load', async (req, res) => replyJson(res, 200, await images.load(req))),
+  );
+  app.get(
+    '/v1/images/save',
+    serve('image.save', async (req, res) => {
+      let refs: unknown;
+      try {
+        refs = JSON.parse(requiredParam(req, 'refs'));
+      } catch (err) {
+        throw new InvalidArgumentError(`?refs= must be a JSON list of image references: ${describeError(err)}`);
+      }
+      if (!Array.isArray(refs) || !refs.every((r) => typeof r === 'string')) throw new InvalidArgumentError('?refs= must be a JSON list of image references');
+      await images.save(refs as string[], (tar) => streamReply(res, tar, { 'Content-Type': 'application/x-tar' }));
+    }),
+  );
+  app.get(
+    '/v1/images/inspect',
+    serve('image.inspect', async (req, res) => replyJson(res, 200, await images.inspect(requiredParam(req, 'ref')))),
+  );
+  app.get(
+    '/v1/images/history',
+    serve('image.history', async (req, res) => replyJson(res, 200, await images.history(requiredParam(req, 'ref')))),
+  );
+  app.get(
+    '/v1/images/top',
+    serve('image.top', async (req, res) => replyJson(res, 200, { top: await images.topLayer(requiredParam(req, 'ref')) })),
+  );
+  app.get(
+    '/v1/images/documents',
+    serve('image.documents', async (req, res) => replyJson(res, 200, await images.documents(requiredParam(req, 'ref')))),
+  );
+  app.post(
+    '/v1/images/tag',
+    serve('image.tag', async (req, res) => {
+      await images.tag(requiredParam(req, 'ref'), requiredParam(req, 'name'));
+      replyJson(res, 200, {});
+    }),
+  );
+  app.post(
+    '/v1/images/rm',
+    serve('image.rm', async (req, res) => replyJson(res, 200, await images.remove(requiredParam(req, 'ref')))),
+  );
+
   app.use((req: Request, res: Response) => {
     replyJson(res, 404, { Err: `unknown endpoint ${req.method} ${req.path} of the tsvol control API`, code: 'TSVOL_NOT_FOUND' });
   });

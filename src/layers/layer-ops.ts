@@ -8,6 +8,7 @@
  * The operations are the only callers of LayerStore and ContainerStore for the CLI: a change to how those
  * are built or called is made here and in src/state.ts, nowhere in src/cli/ or src/http/.
  */
+import { NotFoundError } from '../errors.js';
 import type { Change, ContainerStore } from './containers.js';
 import type { LayerRecord, LayerStore } from './layer-store.js';
 
@@ -50,7 +51,10 @@ export interface LayerOps {
   removeLayer(ref: string): Promise<RemovedLayers>;
   /** Removes every layer held by nothing, and crash leftovers. */
   gc(): Promise<CollectedLayers>;
-  /** Makes and mounts a writable container layer `name` on `from`; returns the merged path. */
+  /**
+   * Makes and mounts a writable container layer `name` on `from` (a layer, or an image's top layer, #11);
+   * returns the merged path.
+   */
   createContainer(name: string, from: string): Promise<string>;
   /** The container's merged path, mounted again if needed (after a reboot or an interrupted commit). */
   mountContainer(name: string): Promise<string>;
@@ -69,6 +73,10 @@ export interface LayerOps {
 export interface LayerOpsContext {
   readonly layers: () => LayerStore;
   readonly containers: () => ContainerStore;
+  /** The top layer's ChainID of image `ref` (#11: `container create --from` an image); NotFound if none. */
+  readonly imageTop?: (ref: string) => Promise<string>;
+  /** Runs a gc where no image load is between its layer imports and its image rows (#11). */
+  readonly gcExclusive?: <T>(fn: () => Promise<T>) => Promise<T>;
 }
 
 /** The operations over `ctx`. */
@@ -98,10 +106,24 @@ export function layerOps(ctx: LayerOpsContext): LayerOps {
       return layers().remove(ref);
     },
     async gc() {
-      return layers().gc();
+      return ctx.gcExclusive === undefined ? layers().gc() : ctx.gcExclusive(() => layers().gc());
     },
     async createContainer(name, from) {
-      return containers().create(name, from);
+      const store = containers();
+      let base = from;
+      try {
+        layers().resolve(from);
+      } catch (err) {
+        // Not a layer: an image's top layer (#11). Neither: say both were looked for.
+        if (!(err instanceof NotFoundError) || ctx.imageTop === undefined) throw err;
+        try {
+          base = await ctx.imageTop(from);
+        } catch (imageErr) {
+          if (!(imageErr instanceof NotFoundError)) throw imageErr;
+          throw new NotFoundError(`"${from}" is neither a layer nor an image; \`tsvol layer ls\` and \`tsvol image ls\` list them`, { cause: imageErr });
+        }
+      }
+      return store.create(name, base);
     },
     async mountContainer(name) {
       return containers().mergedPath(name);

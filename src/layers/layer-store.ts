@@ -8,8 +8,8 @@
  *   tmp/<kind>-<id>/            stages (imports, commits), each locked by its live owner (sys/staging.ts);
  *                               gc sweeps those whose owner died
  *
- * A layer is held by its child layers, by container layers on it (containers.ts), by tags and by holds
- * (holdLayer: volumes built on it). The database's foreign keys refuse deleting a held layer whatever the
+ * A layer is held by its child layers, by container layers on it (containers.ts), by tags, by images (their
+ * top layer, src/images/) and by holds (holdLayer: volumes built on it). The database's foreign keys refuse deleting a held layer whatever the
  * code does; the code asks first, to name the holders in the error.
  *
  * One process writes at a time (the server, or a `tsvol` command holding the server lock), so mutations
@@ -278,6 +278,7 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
     const out = store.childrenOf(rec.id).map((id) => `child layer ${id.slice(7, 19)}`);
     for (const c of store.containersOn(rec.id)) out.push(`container layer "${c}"`);
     for (const t of store.tagsOf(rec.id)) out.push(`tag "${t}"`);
+    for (const i of store.imagesOn(rec.id)) out.push(`image "${i}"`);
     out.push(...store.holdsOf(rec.id).sort());
     return out;
   }
@@ -372,6 +373,7 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
         for (const c of store.containers()) hold(c.from);
         for (const t of store.tags()) hold(t.layer);
         for (const h of store.holds()) hold(h.layer);
+        for (const i of store.images()) hold(i.top);
 
         const doomed: LayerRecord[] = [];
         const unheld = layers.filter((l) => !holdCount.has(l.id));

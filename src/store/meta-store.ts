@@ -25,7 +25,7 @@ import { makePrivateDir } from '../sys/private-dir.js';
 import type { SetError } from './commit-protocol.js';
 import { createGroupCommitter, type GroupCommitter } from './group-commit.js';
 import type { Layout } from './layout.js';
-import type { ContainerRecord, LayerRecord, VolumeRecord } from './records.js';
+import type { ContainerRecord, ImageRecord, LayerRecord, VolumeRecord } from './records.js';
 import { parseVolume } from './records.js';
 import { PRAGMAS, READS, SCHEMA, STATEMENTS, opsOf, type Change } from './schema.js';
 
@@ -78,6 +78,15 @@ export interface MetaStore {
   containersOn(layer: string): string[];
   containers(): ContainerRecord[];
 
+  /** The image reference `name` (normalized). */
+  getImage(name: string): ImageRecord | undefined;
+  /** Up to `limit` image references whose image ID starts with `sha256:<hexPrefix>`. */
+  imagesById(hexPrefix: string, limit: number): ImageRecord[];
+  /** Names of the image references whose top layer is `layer`. */
+  imagesOn(layer: string): string[];
+  /** Every image reference, by name. */
+  images(): ImageRecord[];
+
   /**
    * Commits `changes` synchronously on this thread's connection. Start-up only (the migration, src/store/
    * migrate.ts), before the first commit(): it blocks the event loop for an fsync.
@@ -100,6 +109,20 @@ function toLayer(row: LayerRow): LayerRecord {
   return { id: row.id, diffId: row.diff_id, parent: row.parent ?? undefined, size: row.size, files: row.files, createdAt: row.created_at };
 }
 
+interface ImageRow {
+  name: string;
+  id: string;
+  digest: string;
+  top: string;
+  config: string;
+  manifest: string;
+  created_at: string;
+}
+
+function toImage(row: ImageRow): ImageRecord {
+  return { name: row.name, id: row.id, digest: row.digest, top: row.top, config: row.config, manifest: row.manifest, createdAt: row.created_at };
+}
+
 function parseContainer(json: string): ContainerRecord {
   const rec = JSON.parse(json) as ContainerRecord;
   return { ...rec, driver: rec.driver ?? 'overlay' };
@@ -112,7 +135,7 @@ function refusal(changes: readonly Change[], err: SetError): Error {
   // reference SQLITE_CONSTRAINT_FOREIGNKEY; both say "FOREIGN KEY constraint failed".
   if (err.code === 'SQLITE_CONSTRAINT_FOREIGNKEY' || /FOREIGN KEY constraint failed/.test(err.message)) {
     if (changes.some((c) => c.op === 'layer.delete')) {
-      return new InUseError(`metadata change refused (${what}): a layer still held by a child, tag, hold or container cannot be deleted`);
+      return new InUseError(`metadata change refused (${what}): a layer still held by a child, tag, hold, container or image cannot be deleted`);
     }
     return new NotFoundError(`metadata change refused (${what}): a layer it refers to does not exist`);
   }
@@ -129,6 +152,12 @@ export function createMetaStore(layout: Layout): MetaStore {
     db = new Database(layout.dbFile);
     for (const p of PRAGMAS) db.pragma(p);
     db.exec(SCHEMA);
+    // Before #11 the images table was reserved with another shape and never written: replace it.
+    const cols = (db.pragma('table_info(images)') as { name: string }[]).map((c) => c.name);
+    if (!cols.includes('manifest')) {
+      db.exec('DROP TABLE images');
+      db.exec(SCHEMA);
+    }
   } catch (err) {
     throw wrapError(`open metadata database ${layout.dbFile}`, err);
   }
@@ -148,6 +177,10 @@ export function createMetaStore(layout: Layout): MetaStore {
     container: prep(READS.container).pluck(),
     containersOn: prep(READS.containersOn).pluck(),
     containerAll: prep(READS.containerAll).pluck(),
+    image: prep(READS.image),
+    imagesById: prep(READS.imagesById),
+    imagesOn: prep(READS.imagesOn).pluck(),
+    imageAll: prep(READS.imageAll),
   };
   const volumes = new Map<string, VolumeRecord>();
   const meta = new Map<string, string>();
@@ -222,6 +255,14 @@ export function createMetaStore(layout: Layout): MetaStore {
     },
     containersOn: (layer) => q.containersOn.all(layer) as string[],
     containers: () => (q.containerAll.all() as string[]).map(parseContainer),
+
+    getImage(name) {
+      const row = q.image.get(name) as ImageRow | undefined;
+      return row === undefined ? undefined : toImage(row);
+    },
+    imagesById: (hexPrefix, limit) => (q.imagesById.all(`sha256:${hexPrefix}`, `sha256:${hexPrefix}g`, limit) as ImageRow[]).map(toImage),
+    imagesOn: (layer) => q.imagesOn.all(layer) as string[],
+    images: () => (q.imageAll.all() as ImageRow[]).map(toImage),
 
     async close() {
       await committer?.close();

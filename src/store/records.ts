@@ -24,8 +24,8 @@ export type VolumeSpec =
     }
   /** A full copy of volume `from` as it was at Create (#6); afterwards an ordinary named volume. */
   | { readonly kind: 'clone'; readonly from: string }
-  /** Copy-on-write on a layer chain (ChainID), src/volumes/layered.ts. */
-  | { readonly kind: 'layered'; readonly layer: string };
+  /** Copy-on-write on a layer chain (ChainID), src/volumes/layered.ts; `image`: the reference it came from (#11). */
+  | { readonly kind: 'layered'; readonly layer: string; readonly image?: string };
 
 /** One volume's durable record. */
 export interface VolumeRecord {
@@ -55,6 +55,23 @@ export interface LayerRecord {
   /** Bytes of regular-file content in this layer's own diff. */
   readonly size: number;
   readonly files: number;
+  readonly createdAt: string;
+}
+
+/** One image reference (src/images/, #11); the image's layers are ordinary layers, held through `top`. */
+export interface ImageRecord {
+  /** The normalized reference (`docker.io/library/app:latest`), or the image ID for an unnamed image. */
+  readonly name: string;
+  /** Image ID: `sha256:` of the config bytes. */
+  readonly id: string;
+  /** Manifest digest: `sha256:` of the manifest bytes. */
+  readonly digest: string;
+  /** ChainID of the top layer. */
+  readonly top: string;
+  /** The config JSON, byte-exact. */
+  readonly config: string;
+  /** The manifest JSON, byte-exact. */
+  readonly manifest: string;
   readonly createdAt: string;
 }
 

@@ -5,7 +5,7 @@
  * under a container, or recording anything on a layer that does not exist. Every foreign key column is
  * indexed, so such a check (and every read of the layer manager) is a B-tree lookup, never a scan.
  */
-import type { ContainerRecord, LayerRecord, VolumeRecord } from './records.js';
+import type { ContainerRecord, ImageRecord, LayerRecord, VolumeRecord } from './records.js';
 import { serializeVolume } from './records.js';
 
 /** The schema version this code writes (meta key `schema`). */
@@ -15,9 +15,15 @@ export const SCHEMA_VERSION = '2';
  * Tables. `volumes` and `meta` are 0.1's, unchanged (0.1's `changes` log is dropped: one process writes at
  * a time, so nobody needs to catch up with another's commits).
  *
- * `images` is reserved for issue 11 (image-seeded volumes): one row per pulled image, `name` its
- * reference (`docker.io/library/redis:7`), `digest` the manifest digest, `top` the ChainID of its top
- * layer (which the row holds, like a tag), `config` the image config JSON, `created_at` RFC 3339.
+ * `images` (#11): one row per image reference. `name` is the normalized reference
+ * (`docker.io/library/redis:7`, `docker.io/library/app@sha256:…`, or the bare image ID `sha256:…` for an
+ * image loaded without a name), `id` the image ID (the config's digest), `digest` the manifest digest,
+ * `top` the ChainID of its top layer (which the row holds, like a tag: `layer rm` and gc respect it),
+ * `config` and `manifest` the exact bytes of the config and manifest JSON (their digests are computed
+ * from them: byte-exact is what makes a save or push reproduce the image ID and manifest digest), and
+ * `created_at` RFC 3339. They live in the row rather than in blobs/sha256/: they are a few KiB, and the
+ * reference and its blobs then land in one atomic commit and go with one delete (no blob GC, no window
+ * where a reference names a blob that is not durable yet).
  */
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -50,12 +56,15 @@ CREATE TABLE IF NOT EXISTS containers (
 CREATE INDEX IF NOT EXISTS containers_by_base ON containers (base);
 CREATE TABLE IF NOT EXISTS images (
   name TEXT PRIMARY KEY,
+  id TEXT NOT NULL,
   digest TEXT NOT NULL,
   top TEXT NOT NULL REFERENCES layers (id) ON DELETE RESTRICT,
   config TEXT NOT NULL,
+  manifest TEXT NOT NULL,
   created_at TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS images_by_top ON images (top);
+CREATE INDEX IF NOT EXISTS images_by_id ON images (id);
 DROP TABLE IF EXISTS changes;
 `;
 
@@ -77,6 +86,8 @@ export type Change =
   | { readonly op: 'layerHold.delete'; readonly layer: string; readonly holder: string }
   | { readonly op: 'container.put'; readonly record: ContainerRecord }
   | { readonly op: 'container.delete'; readonly name: string }
+  | { readonly op: 'image.put'; readonly image: ImageRecord }
+  | { readonly op: 'image.delete'; readonly name: string }
   | { readonly op: 'meta.put'; readonly key: string; readonly value: string };
 
 /** The SQL of each statement the worker runs, by name (prepared once). */
@@ -95,7 +106,13 @@ export const STATEMENTS = {
   containerPut: 'INSERT INTO containers (name, base, record) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET base = excluded.base, record = excluded.record',
   containerDelete: 'DELETE FROM containers WHERE name = ?',
   metaPut: 'INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)',
+  imagePut:
+    'INSERT INTO images (name, id, digest, top, config, manifest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ' +
+    'ON CONFLICT (name) DO UPDATE SET id = excluded.id, digest = excluded.digest, top = excluded.top, config = excluded.config, manifest = excluded.manifest, created_at = excluded.created_at',
+  imageDelete: 'DELETE FROM images WHERE name = ?',
 } as const;
+
+const IMAGE_COLUMNS = 'name, id, digest, top, config, manifest, created_at';
 
 const LAYER_COLUMNS = 'id, diff_id, parent, size, files, created_at';
 
@@ -119,10 +136,14 @@ export const READS = {
   tagAll: 'SELECT name, layer FROM tags ORDER BY name',
   holdAll: 'SELECT layer, holder FROM layer_holds ORDER BY layer, holder',
   containerAll: 'SELECT record FROM containers ORDER BY name',
+  image: `SELECT ${IMAGE_COLUMNS} FROM images WHERE name = ?`,
+  imagesById: `SELECT ${IMAGE_COLUMNS} FROM images WHERE id >= ? AND id < ? ORDER BY id, name LIMIT ?`,
+  imagesOn: 'SELECT name FROM images WHERE top = ? ORDER BY name',
+  imageAll: `SELECT ${IMAGE_COLUMNS} FROM images ORDER BY name`,
 } as const;
 
 /** The reads that serve one operation (not listings): each must be a key or index lookup. */
-export const POINT_READS = ['layer', 'layerRange', 'children', 'diffUsers', 'tag', 'tagsOf', 'holdsOf', 'container', 'containersOn'] as const;
+export const POINT_READS = ['layer', 'layerRange', 'children', 'diffUsers', 'tag', 'tagsOf', 'holdsOf', 'container', 'containersOn', 'image', 'imagesById', 'imagesOn'] as const;
 
 /** A statement name and its parameters: what a Change becomes on its way to the worker. */
 export interface Op {
@@ -157,5 +178,11 @@ export function opsOf(change: Change): Op {
       return { s: 'containerDelete', a: [change.name] };
     case 'meta.put':
       return { s: 'metaPut', a: [change.key, change.value] };
+    case 'image.put': {
+      const i = change.image;
+      return { s: 'imagePut', a: [i.name, i.id, i.digest, i.top, i.config, i.manifest, i.createdAt] };
+    }
+    case 'image.delete':
+      return { s: 'imageDelete', a: [change.name] };
   }
 }

@@ -19,12 +19,18 @@ import type { LayerRecord, LayerStore } from '../layers/layer-store.js';
 import { createOverlayMounter, type OverlayMounter } from '../layers/overlay.js';
 import { packTree } from '../layers/tree-archive.js';
 import type { Layout, VolumeFiles } from '../store/layout.js';
+import { NotFoundError } from '../errors.js';
 import type { Beneath } from '../sys/beneath.js';
 import { isMountRoot } from '../sys/libc.js';
 
 /** The layer manager as layered volumes use it. */
 export interface LayeredVolumes {
   readonly layers: LayerStore;
+  /**
+   * The ChainID of image `ref`'s top layer (#11); NotFound, saying how to bring the image in on the host,
+   * when the store has no such image.
+   */
+  imageTop(ref: string): Promise<string>;
   /** The holder name a volume's layer hold carries. */
   holderOf(name: string): string;
   /** Makes the upper, work and (empty) merged directories of a volume directory being built. */
@@ -40,7 +46,7 @@ export interface LayeredVolumes {
 }
 
 /** Opens the layer store of the data root (lazily: volumes that never use layers never touch it). */
-export function createLayeredVolumes(layout: Layout, layers: () => LayerStore): LayeredVolumes {
+export function createLayeredVolumes(layout: Layout, layers: () => LayerStore, imageTop: (ref: string) => Promise<string>): LayeredVolumes {
   let mounter: OverlayMounter | undefined;
   const dirs = (name: string) => {
     const files = layout.filesOf(name);
@@ -50,6 +56,18 @@ export function createLayeredVolumes(layout: Layout, layers: () => LayerStore): 
   return {
     get layers() {
       return layers();
+    },
+    async imageTop(ref) {
+      try {
+        return await imageTop(ref);
+      } catch (err) {
+        if (!(err instanceof NotFoundError)) throw err;
+        // The managed plugin has no network and never pulls: the image must be brought in on the host.
+        throw new NotFoundError(
+          `image "${ref}" is not in tsvol's image store; on the host, run \`docker save ${ref} | tsvol image load\` (or \`tsvol image load -i FILE\`), then create the volume again`,
+          { cause: err },
+        );
+      }
     },
     holderOf: (name) => `volume "${name}"`,
     async build(files) {

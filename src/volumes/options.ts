@@ -7,7 +7,7 @@
 import { InvalidArgumentError } from '../errors.js';
 
 /** Options a Create may carry. */
-export const SUPPORTED_OPTIONS = ['uid', 'gid', 'mode', 'type', 'o', 'device', 'size', 'from', 'layer'] as const;
+export const SUPPORTED_OPTIONS = ['uid', 'gid', 'mode', 'type', 'o', 'device', 'size', 'from', 'layer', 'image'] as const;
 
 /** Validated Create options, by kind: what the caller asked for, before the kind's plan fills in the rest. */
 export type ParsedOptions =
@@ -15,8 +15,12 @@ export type ParsedOptions =
   | { readonly kind: 'bind'; readonly device: string }
   | { readonly kind: 'sized'; readonly limit: number; readonly uid?: number; readonly gid?: number; readonly mode?: number }
   | { readonly kind: 'clone'; readonly from: string }
-  /** `layer` as given (an ID, a unique prefix or a tag): the layered kind resolves it to a ChainID. */
-  | { readonly kind: 'layered'; readonly layer: string };
+  /**
+   * `layer` as given (an ID, a unique prefix or a tag), or `image` (a reference or image ID, #11): the
+   * layered kind resolves either to a ChainID (an image's top layer). Exactly one is set.
+   */
+  | { readonly kind: 'layered'; readonly layer: string; readonly image?: undefined }
+  | { readonly kind: 'layered'; readonly image: string; readonly layer?: undefined };
 
 /** The smallest size= accepted: an ext4 image below this has no room for its own metadata. */
 export const MIN_SIZE = 16 * 1024 * 1024;
@@ -76,8 +80,20 @@ export function parseOptions(opts: ReadonlyMap<string, string>): ParsedOptions {
   const o = opts.get('o');
   const device = opts.get('device');
   const layer = opts.get('layer');
+  const image = opts.get('image');
   const from = opts.get('from');
   const size = opts.get('size');
+  if (image !== undefined) {
+    for (const k of ['uid', 'gid', 'mode', 'type', 'o', 'device', 'size', 'from', 'layer'] as const) {
+      if (opts.get(k) !== undefined) {
+        throw new InvalidArgumentError(`invalid option ${k}: a volume on an image (image=) starts with the image's files, owners and modes; it takes no other options`);
+      }
+    }
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.:/@-]{0,319}$/.test(image)) {
+      throw new InvalidArgumentError(`invalid option image=${JSON.stringify(image)}: want an image reference (NAME[:TAG], NAME@sha256:…) or ID; \`tsvol image ls\` on the host lists them`);
+    }
+    return { kind: 'layered', image };
+  }
   if (layer !== undefined) {
     for (const k of ['uid', 'gid', 'mode', 'type', 'o', 'device', 'size', 'from'] as const) {
       if (opts.get(k) !== undefined) {

@@ -88,6 +88,58 @@ async function stopDockerd(): Promise<void> {
   dockerd = undefined;
 }
 
+/**
+ * A test image with a file at /seed (for Docker's populate-an-empty-volume step), made offline from
+ * busybox-static with `docker import` as `tag`; built in `workDir`.
+ */
+export function importTestImage(workDir: string, tag: string): void {
+  const img = path.join(workDir, 'image');
+  fs.mkdirSync(path.join(img, 'bin'), { recursive: true });
+  fs.copyFileSync('/bin/busybox', path.join(img, 'bin', 'busybox'));
+  fs.chmodSync(path.join(img, 'bin', 'busybox'), 0o755);
+  for (const app of ['sh', 'cat', 'echo', 'ls', 'stat', 'sleep', 'dd', 'id', 'touch', 'mkdir', 'test', 'true', 'wc']) {
+    fs.symlinkSync('busybox', path.join(img, 'bin', app));
+  }
+  fs.mkdirSync(path.join(img, 'seed'));
+  fs.writeFileSync(path.join(img, 'seed', 'from-image.txt'), 'shipped in the image\n');
+  fs.mkdirSync(path.join(img, 'tmp'));
+  const tar = spawnSync('tar', ['-C', img, '-c', '.'], { maxBuffer: 64 << 20 });
+  const imp = spawnSync(DOCKER, ['import', '-c', 'CMD ["/bin/sh"]', '-', tag], { input: tar.stdout });
+  if (imp.status !== 0) throw new Error(`docker import failed: ${imp.stderr.toString()}`);
+}
+
+/** An engine shared with other suites (setupEngine): nothing of theirs is touched. */
+export interface EngineEnv {
+  readonly workDir: string;
+  /** The busybox test image, under the caller's own tag. */
+  readonly baseImage: string;
+  /** Removes the caller's image and work directory; a dockerd is left running for the other suites. */
+  teardown(): void;
+}
+
+/**
+ * The engine only, shared with other suites running at the same time (#11's image tests alongside the
+ * e2e suite): installs what is missing, starts dockerd if none answers (and leaves it running), and
+ * imports the busybox test image as `baseImage`. No registry, no plugin, no removal of others' leftovers.
+ */
+export async function setupEngine(baseImage: string): Promise<EngineEnv> {
+  if (process.getuid?.() !== 0) throw new Error('the image suite needs root to run dockerd');
+  execFileSync(path.join(ROOT, 'scripts', 'install-deps.sh'), ['e2e'], { stdio: 'inherit', timeout: 1_500_000 });
+  const workDir = tempDir('tsvol-engine-');
+  if (!engineUp()) await startDockerd(path.join(workDir, 'dockerd.log'));
+  importTestImage(workDir, baseImage);
+  return {
+    workDir,
+    baseImage,
+    teardown() {
+      spawnSync(DOCKER, ['rmi', '-f', baseImage]);
+      // A dockerd started here outlives the suite (others share it): it must not keep this process alive.
+      dockerd?.unref();
+      fs.rmSync(workDir, { recursive: true, force: true });
+    },
+  };
+}
+
 /** Installs what is missing, starts the engine and the registry, imports the image, builds the plugin. */
 export async function setupDocker(): Promise<DockerEnv> {
   if (process.getuid?.() !== 0) throw new Error('the end-to-end suite needs root to run dockerd and mount volumes');
@@ -114,20 +166,7 @@ export async function setupDocker(): Promise<DockerEnv> {
   await waitFor('the registry', () => spawnSync(process.execPath, ['-e', probe]).status === 0 || registry.exitCode !== null, 30_000);
   if (registry.exitCode !== null) throw new Error(`docker-registry exited ${registry.exitCode} (is ${REGISTRY} taken?)`);
 
-  // A test image with a file at /seed, for Docker's populate-an-empty-volume step.
-  const img = path.join(workDir, 'image');
-  fs.mkdirSync(path.join(img, 'bin'), { recursive: true });
-  fs.copyFileSync('/bin/busybox', path.join(img, 'bin', 'busybox'));
-  fs.chmodSync(path.join(img, 'bin', 'busybox'), 0o755);
-  for (const app of ['sh', 'cat', 'echo', 'ls', 'stat', 'sleep', 'dd', 'id', 'touch', 'mkdir', 'test', 'true', 'wc']) {
-    fs.symlinkSync('busybox', path.join(img, 'bin', app));
-  }
-  fs.mkdirSync(path.join(img, 'seed'));
-  fs.writeFileSync(path.join(img, 'seed', 'from-image.txt'), 'shipped in the image\n');
-  fs.mkdirSync(path.join(img, 'tmp'));
-  const tar = spawnSync('tar', ['-C', img, '-c', '.'], { maxBuffer: 64 << 20 });
-  const imp = spawnSync(DOCKER, ['import', '-c', 'CMD ["/bin/sh"]', '-', IMAGE], { input: tar.stdout });
-  if (imp.status !== 0) throw new Error(`docker import failed: ${imp.stderr.toString()}`);
+  importTestImage(workDir, IMAGE);
 
   execFileSync(path.join(ROOT, 'plugin', 'build-rootfs.sh'), [path.join(ROOT, 'plugin', 'rootfs')], { stdio: 'ignore' });
   fs.copyFileSync(path.join(ROOT, 'config.json'), path.join(ROOT, 'plugin', 'config.json'));

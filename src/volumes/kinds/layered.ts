@@ -13,6 +13,9 @@ export const layered: VolumeKind<'layered'> = {
   statusKind: 'layered',
   hasOwnMount: () => true,
   async plan(_name, parsed, ctx) {
+    // An image (#11) is its top layer: the record keeps the ChainID, so retagging or removing the image
+    // later never changes the volume (the volume's own hold keeps the layer).
+    if (parsed.image !== undefined) return { kind: 'layered', layer: await ctx.layered.imageTop(parsed.image), image: parsed.image };
     // A tag or prefix names a ChainID now; the record keeps the ID, which never changes meaning. The
     // hold is taken with the record (linked), so a layer removed meanwhile fails the Create there.
     return { kind: 'layered', layer: ctx.layered.layers.resolve(parsed.layer).id };
@@ -27,5 +30,5 @@ export const layered: VolumeKind<'layered'> = {
   // A layered volume costs what was written to it: its upper directory, not the layer's files.
   measure: (rec, ctx) => () => measureTree(ctx.layout.filesOf(rec.name).upper),
   diffOf: (rec, ctx) => ({ dir: ctx.layout.filesOf(rec.name).upper, parent: rec.spec.layer }),
-  describe: (rec, ctx) => ({ path: ctx.layout.dataDir(rec.name), layer: rec.spec.layer }),
+  describe: (rec, ctx) => ({ path: ctx.layout.dataDir(rec.name), layer: rec.spec.layer, ...(rec.spec.image === undefined ? {} : { image: rec.spec.image }) }),
 };
