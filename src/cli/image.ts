@@ -9,7 +9,7 @@ import { loadConfig } from '../config.js';
 import { pullArchive, pushImage, type PullInfo } from '../images/registry.js';
 import { withImageOps, withOps } from './client.js';
 import { humanSize, table } from './format.js';
-import { withProgress } from './progress.js';
+import { withProgress, writeOut } from './progress.js';
 
 const short = (id: string | undefined): string => (id ? id.slice(7, 19) : '<missing>');
 
@@ -66,20 +66,7 @@ export function registerImage(program: Command): void {
     .description('a docker save (20.10) archive of the images, which docker load accepts')
     .action(async (refs: string[], opts: { output?: string }) => {
       await withImageOps(loadConfig(), (ops) =>
-        ops.save(refs, async (tar) => {
-          if (opts.output) {
-            const fd = fs.openSync(opts.output, 'w', 0o644);
-            try {
-              for await (const chunk of withProgress('saving', tar)) fs.writeSync(fd, chunk);
-            } finally {
-              fs.closeSync(fd);
-            }
-            return;
-          }
-          for await (const chunk of tar) {
-            if (!process.stdout.write(chunk)) await new Promise((r) => process.stdout.once('drain', r));
-          }
-        }),
+        ops.save(refs, (tar) => writeOut(tar, opts.output, 'saving')),
       );
     });
   image

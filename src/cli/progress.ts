@@ -42,11 +42,11 @@ export async function* withProgress(label: string, input: AsyncIterable<Buffer>,
  * stream's async hops cost ~30% here) or to standard output (usually a pipe: back-pressure respected, no
  * progress bar mixed into the data).
  */
-export async function writeOut(chunks: AsyncIterable<Buffer>, output: string | undefined): Promise<void> {
+export async function writeOut(chunks: AsyncIterable<Buffer>, output: string | undefined, label = 'exporting'): Promise<void> {
   if (output !== undefined) {
     const fd = fs.openSync(output, 'w', 0o644);
     try {
-      for await (const chunk of withProgress('exporting', chunks)) fs.writeSync(fd, chunk);
+      for await (const chunk of withProgress(label, chunks)) fs.writeSync(fd, chunk);
     } finally {
       fs.closeSync(fd);
     }
