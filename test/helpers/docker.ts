@@ -8,7 +8,17 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { acquireLock } from '../../src/sys/lock.js';
 import { ROOT, tempDir } from './server.js';
+
+/**
+ * One suite on the engine at a time, across ava's worker processes: the e2e suite restarts dockerd and
+ * stops the one it started, which would cut a suite running beside it (the image suite) off mid-test. A
+ * flock: the kernel drops it with its holder, so a killed suite never blocks the next.
+ */
+const ENGINE_LOCK = '/run/tsvol-test-engine.lock';
+/** How long a suite waits for the other to finish with the engine. */
+const ENGINE_WAIT_MS = 20 * 60_000;
 
 /** Debian's client, matching its 20.10 engine (a newer client may sit earlier in PATH). */
 export const DOCKER = fs.existsSync('/usr/bin/docker') ? '/usr/bin/docker' : 'docker';
@@ -125,6 +135,7 @@ export interface EngineEnv {
 export async function setupEngine(baseImage: string): Promise<EngineEnv> {
   if (process.getuid?.() !== 0) throw new Error('the image suite needs root to run dockerd');
   execFileSync(path.join(ROOT, 'scripts', 'install-deps.sh'), ['e2e'], { stdio: 'inherit', timeout: 1_500_000 });
+  const releaseEngine = await acquireLock(ENGINE_LOCK, 'a test suite using dockerd', ENGINE_WAIT_MS);
   const workDir = tempDir('tsvol-engine-');
   if (!engineUp()) await startDockerd(path.join(workDir, 'dockerd.log'));
   importTestImage(workDir, baseImage);
@@ -136,6 +147,7 @@ export async function setupEngine(baseImage: string): Promise<EngineEnv> {
       // A dockerd started here outlives the suite (others share it): it must not keep this process alive.
       dockerd?.unref();
       fs.rmSync(workDir, { recursive: true, force: true });
+      void releaseEngine();
     },
   };
 }
@@ -145,6 +157,7 @@ export async function setupDocker(): Promise<DockerEnv> {
   if (process.getuid?.() !== 0) throw new Error('the end-to-end suite needs root to run dockerd and mount volumes');
   // The e2e group of scripts/deps.txt (docker.io, docker-registry, docker-compose, busybox-static): the one list.
   execFileSync(path.join(ROOT, 'scripts', 'install-deps.sh'), ['e2e'], { stdio: 'inherit', timeout: 1_500_000 });
+  const releaseEngine = await acquireLock(ENGINE_LOCK, 'a test suite using dockerd', ENGINE_WAIT_MS);
   const workDir = tempDir('tsvol-e2e-');
   const dataDir = path.join(workDir, 'plugin-data');
   fs.mkdirSync(dataDir);
@@ -193,6 +206,7 @@ export async function setupDocker(): Promise<DockerEnv> {
       // Unmount anything the plugin left under our data dir before deleting it.
       spawnSync('sh', ['-c', `grep -o ' ${workDir}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l`]);
       fs.rmSync(workDir, { recursive: true, force: true });
+      await releaseEngine();
     },
   };
   return env;
