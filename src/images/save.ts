@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { InternalError } from '../errors.js';
-import { BLOCK, encodeHeader, padding, type TarHeader } from '../layers/tar/format.js';
+import { BLOCK, blankHeader, encodeHeader, padding } from '../layers/tar/format.js';
 
 /** One image to save. */
 export interface SaveItem {
@@ -22,22 +22,7 @@ export interface SaveItem {
 }
 
 function header(p: string, type: 'file' | 'dir', size: number): Buffer {
-  const h: TarHeader = {
-    path: p,
-    type,
-    mode: type === 'dir' ? 0o755 : 0o644,
-    uid: 0,
-    gid: 0,
-    size,
-    mtime: 0,
-    linkname: '',
-    uname: '',
-    gname: '',
-    devmajor: 0,
-    devminor: 0,
-    xattrs: new Map(),
-  };
-  return encodeHeader(h);
+  return encodeHeader(blankHeader(p, type, { mode: type === 'dir' ? 0o755 : 0o644, size }));
 }
 
 function* smallFile(p: string, body: string | Buffer): Generator<Buffer> {

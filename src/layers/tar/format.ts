@@ -363,6 +363,14 @@ const TYPEFLAG: Record<TarHeader['type'], number> = {
 };
 
 /**
+ * A header for `path` with every other field empty or zero (owner root, mtime 0, no names, no xattrs),
+ * then `fields`: the one place a header is built from scratch (the tree writer, image saves).
+ */
+export function blankHeader(path: string, type: TarHeader['type'], fields: Partial<TarHeader> = {}): TarHeader {
+  return { path, type, mode: 0o644, uid: 0, gid: 0, size: 0, mtime: 0, linkname: '', uname: '', gname: '', devmajor: 0, devminor: 0, xattrs: new Map(), ...fields };
+}
+
+/**
  * Encodes the header blocks of one entry: a pax header first when a field does not fit ustar (long
  * path or link, non-ASCII names, large ids or sizes, fractional mtime) or when there are xattrs.
  */

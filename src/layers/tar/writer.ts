@@ -15,27 +15,14 @@ import { Beneath, type EntryStat } from '../../sys/beneath.js';
 import { keptXattrs, OPAQUE_XATTR, XATTRS } from '../../sys/file-meta.js';
 import { lgetxattr } from '../../sys/libc.js';
 import { Coalescer } from './coalesce.js';
-import { BLOCK, encodeHeader, padding, type TarHeader } from './format.js';
+import { BLOCK, blankHeader, encodeHeader, padding, type TarHeader } from './format.js';
 
 
 /** A tar header for `p` from its stat: numeric owners, whole-second mtime, no names or times beyond it. */
 function headerOf(p: string, st: EntryStat, type: TarHeader['type'], extra: Partial<TarHeader> = {}): TarHeader {
-  return {
-    path: p,
-    type,
-    mode: st.mode & 0o7777,
-    uid: st.uid,
-    gid: st.gid,
-    size: 0,
-    mtime: Number(st.mtimeNs / 1_000_000_000n) - (st.mtimeNs < 0n && st.mtimeNs % 1_000_000_000n !== 0n ? 1 : 0), // whole seconds, floored
-    linkname: '',
-    uname: '',
-    gname: '',
-    devmajor: 0,
-    devminor: 0,
-    xattrs: new Map(),
-    ...extra,
-  };
+  // Whole seconds, floored (a negative time with a fraction rounds down).
+  const mtime = Number(st.mtimeNs / 1_000_000_000n) - (st.mtimeNs < 0n && st.mtimeNs % 1_000_000_000n !== 0n ? 1 : 0);
+  return blankHeader(p, type, { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime, ...extra });
 }
 
 /** True for an overlayfs whiteout: a character device 0/0. */
