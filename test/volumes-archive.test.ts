@@ -6,6 +6,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
+import { createControlClient } from '../src/http/control-client.js';
 import { CLI, startTestServer, withServer, type TestServer } from './helpers/server.js';
 import { buildRichTree, snapshotTree } from './helpers/tree.js';
 import { encodeHeader, type TarHeader } from '../src/layers/tar/format.js';
@@ -184,5 +185,29 @@ test('import gives entries and the root owners, set-id modes, file xattrs and pa
     const fileXattrs = hexXattrs(FILE_XATTRS, ['user.k', 'security.capability']);
     t.deepEqual(readMeta(path.join(data, 'f')), { uid: 1000, gid: 1001, mode: '104755', xattrs: fileXattrs, atimeNs: MTIME_NS, mtimeNs: MTIME_NS });
     t.like(readMeta(data), { uid: 5, gid: 6, mode: '42750', xattrs: { 'user.root': Buffer.from('r').toString('hex') }, mtimeNs: MTIME_NS + 7n });
+  });
+});
+
+test('an upload refused before its end gets its refusal, never a closed connection (import into a taken name, a hostile entry first)', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    await s.ok('/VolumeDriver.Create', { Name: 'taken' });
+    const client = createControlClient(path.join(s.data, 'control.sock'));
+    const filler = Buffer.alloc(1 << 20, 7);
+    // 16 MiB after the refused part: far more than the sockets buffer, so the server answers mid-upload.
+    async function* upload(first: Buffer): AsyncGenerator<Buffer> {
+      yield first;
+      for (let i = 0; i < 16; i += 1) yield filler;
+    }
+    const evil = Buffer.concat([header('/etc/evil', 'file', { size: 16 << 20 })]);
+    for (let i = 0; i < 15; i += 1) {
+      await t.throwsAsync(client.volumes.import('taken', upload(Buffer.alloc(0))), { message: /volume "taken" already exists/ }, `taken, round ${i}`);
+      await t.throwsAsync(client.volumes.import('evil', upload(evil)), { message: /import of volume "evil" refused/ }, `hostile, round ${i}`);
+    }
+    const viaCli = cli(s, ['volume', 'import', 'taken', '-'], Buffer.concat([...Array.from({ length: 16 }, () => filler)]));
+    t.is(viaCli.status, 1);
+    t.regex(viaCli.stderr, /volume "taken" already exists/);
+    // The server lives on and the refused names changed nothing.
+    t.is((await s.call('/VolumeDriver.Get', { Name: 'evil' })).json.Err, 'volume "evil" not found');
+    t.deepEqual(fs.readdirSync(path.join(s.data, 'volumes')).sort(), ['taken']);
   });
 });

@@ -47,8 +47,6 @@
  */
 import http from 'node:http';
 import net from 'node:net';
-import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { InternalError, TsvolError, UnavailableError, describeError, errnoCode, type ErrorCode } from '../errors.js';
 import type { ImageDetails, ImageDocuments, ImageHistoryRow, ImageOps, ImageSummary, LoadedImage } from '../images/image-ops.js';
 import type { Change, CollectedLayers, LayerOps, LayerRecord, RemovedLayers } from '../layers/layer-ops.js';
@@ -194,14 +192,19 @@ export function createControlClient(socket: string): ControlOps {
     });
   }
 
-  /** A request whose body is `input` (a tar) and whose reply is JSON. */
+  /**
+   * A request whose body is `input` (a tar) and whose reply is JSON. The server may answer before the upload
+   * ends (a refused name, parent or archive): sending stops then and the request is ended, which the server
+   * waits for before it closes (src/http/control.ts replyJson), so the answer is read, never an EPIPE.
+   */
   function upload<T>(path: string, input: AsyncIterable<Buffer>, what: string): Promise<T> {
     return new Promise((resolve, reject) => {
       let answered = false;
+      let wake: (() => void) | undefined;
       const req = send('POST', path, { 'Content-Type': 'application/x-tar' });
       req.once('response', (res) => {
-        // The server may answer before the upload ends (a refused name, parent or archive): stop sending then.
         answered = true;
+        wake?.();
         readText(res).then(
           (raw) => {
             req.destroy();
@@ -217,8 +220,22 @@ export function createControlClient(socket: string): ControlOps {
       req.on('error', (err) => {
         if (!answered) reject(connectionLost(err));
       });
-      pipeline(Readable.from(input), req).catch((err: unknown) => {
-        // After an answer the upload is stopped on purpose; before one, the input failed: that is the error.
+      req.on('drain', () => wake?.());
+      req.on('close', () => wake?.());
+      (async () => {
+        for await (const chunk of input) {
+          if (answered || req.destroyed) break;
+          if (!req.write(chunk)) {
+            await new Promise<void>((r) => {
+              wake = r;
+            });
+            wake = undefined;
+          }
+        }
+        if (!req.destroyed) req.end();
+      })().catch((err: unknown) => {
+        // The input failed (an unreadable file): that is the error, and the upload is abandoned.
+        req.destroy();
         if (!answered) reject(connectionLost(err));
       });
     });

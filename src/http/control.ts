@@ -21,10 +21,47 @@ export interface ControlApi {
   settled(): Promise<void>;
 }
 
+/** How long an answered upload's client may go on sending before the connection is closed on it. */
+const DRAIN_MS = 30_000;
+
+/**
+ * Sends a JSON reply. When the request's body has not all arrived (an upload refused before its end, or
+ * bytes after a tar's end-of-archive), the reply goes out at once but the connection stays open until the
+ * body ends (read and dropped): closing it would make the client's next write fail (EPIPE), and the client
+ * could lose the reply that says why. A client that answers the reply by ending its upload (ours does) closes
+ * at once; one that does not is cut off after DRAIN_MS.
+ */
 function replyJson(res: http.ServerResponse, status: number, body: unknown): void {
   const json = JSON.stringify(body);
   res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(json) });
-  res.end(json);
+  const req = res.req;
+  if (req.complete || req.destroyed) {
+    res.end(json);
+    return;
+  }
+  res.write(json);
+  let ended = false;
+  const end = (): void => {
+    if (ended) return;
+    ended = true;
+    clearTimeout(timer);
+    res.end();
+  };
+  const timer = setTimeout(() => {
+    end();
+    req.destroy();
+  }, DRAIN_MS);
+  req.once('end', end);
+  req.once('close', end);
+  req.resume();
+}
+
+/**
+ * A request's body for an operation that reads it. Stopping early (a refused archive) leaves the request
+ * open, unlike iterating the request itself, which destroys it and with it the connection the reply needs.
+ */
+function bodyOf(req: Request): AsyncIterable<Buffer> {
+  return { [Symbol.asyncIterator]: () => req.iterator({ destroyOnReturn: false }) as AsyncIterator<Buffer> };
 }
 
 /** The query parameters the API reads (constant keys: a request's own keys are never looked up). */
@@ -137,7 +174,7 @@ export function createControlApi(ops: ControlOps, log: Logger): ControlApi {
   );
   app.post(
     '/v1/volumes/:name/import',
-    serve('import', async (req, res) => replyJson(res, 200, await volumes.import(name(req), req))),
+    serve('import', async (req, res) => replyJson(res, 200, await volumes.import(name(req), bodyOf(req)))),
   );
   app.post(
     '/v1/volumes/:name/commit',
@@ -170,7 +207,7 @@ export function createControlApi(ops: ControlOps, log: Logger): ControlApi {
   );
   app.post(
     '/v1/layers/import',
-    serve('layer.import', async (req, res) => replyJson(res, 200, await layers.importLayer(req, queryParam(req, 'parent')))),
+    serve('layer.import', async (req, res) => replyJson(res, 200, await layers.importLayer(bodyOf(req), queryParam(req, 'parent')))),
   );
   app.get(
     '/v1/layers/export',
@@ -224,7 +261,7 @@ export function createControlApi(ops: ControlOps, log: Logger): ControlApi {
   );
   app.post(
     '/v1/images/load',
-    serve('image.load', async (req, res) => replyJson(res, 200, await images.load(req))),
+    serve('image.load', async (req, res) => replyJson(res, 200, await images.load(bodyOf(req)))),
   );
   app.get(
     '/v1/images/save',
