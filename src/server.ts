@@ -12,7 +12,7 @@
 import fs from 'node:fs';
 import type http from 'node:http';
 import type { Config } from './config.js';
-import { ConflictError, describeError, errnoCode } from './errors.js';
+import { ConflictError, UnavailableError, describeError, errnoCode } from './errors.js';
 import { startCsiServer, type CsiServer } from './csi/server.js';
 import { createRequestListener, listenOnSocket } from './http/app.js';
 import { createControlApi } from './http/control.js';
@@ -60,6 +60,8 @@ async function lockForServer(config: Config, log: Logger): Promise<ReleaseLock> 
 export async function startServer(config: Config): Promise<RunningServer> {
   const started = Date.now();
   const log = createLogger(config.logLevel);
+  // TODO(s3-cluster): the cluster store lands in the next commits (#14); until then never SQLite on a shared root.
+  if (config.scope === 'global') throw new UnavailableError('TSVOL_SCOPE=global is not implemented in this build yet');
   const { root } = serverPaths(config);
   // Root-only (#9 §5); a root left open by an older version or by hand is closed now, and said so once.
   reportPrivateDir(log, 'data root', root, makePrivateDir(root));
@@ -86,7 +88,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       log,
     });
   }
-  const server = await listenOnSocket(createRequestListener(volumeDriverRoutes(service), log, inflight), config.socket);
+  const server = await listenOnSocket(createRequestListener(volumeDriverRoutes(service, config.scope), log, inflight), config.socket);
   log.info(
     { socket: config.socket, csi: config.csiSocket, node: config.csiSocket === undefined ? undefined : config.nodeId, control: layout.controlSocket, data: config.dataRoot, mounts: config.mountsRoot, volumes: store.size, ms: Date.now() - started, ...repaired },
     'tsvol listening',
