@@ -54,9 +54,9 @@ export function readFileAt(root: Beneath, rel: string): string | undefined {
   try {
     opened = root.openReadStat(rel);
   } catch (err) {
-    // ENOENT: no such file (a volume removed, a node that holds nothing); ENOTDIR: not a tsvol directory.
-    const code = errnoCode(err);
-    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    // ENOENT: no such file (a volume removed, a node that holds nothing). A symlink or a file where a
+    // directory belongs (ELOOP, ENOTDIR) is not tsvol's: an error, never followed.
+    if (errnoCode(err) === 'ENOENT') return undefined;
     throw err;
   }
   try {
@@ -81,9 +81,9 @@ export function listNamesAt(root: Beneath, rel: string): string[] {
   try {
     entries = root.readdir(rel);
   } catch (err) {
-    // ENOENT: no such directory (a volume nobody ever held, or one removed meanwhile).
-    const code = errnoCode(err);
-    if (code === 'ENOENT' || code === 'ENOTDIR') return [];
+    // ENOENT: no such directory (a volume nobody ever held, or one removed meanwhile). A symlink there
+    // is not tsvol's: an error (a Remove refused), never followed.
+    if (errnoCode(err) === 'ENOENT') return [];
     throw err;
   }
   return entries.filter((e) => !isTempName(e.name)).map((e) => e.name);

@@ -53,6 +53,7 @@ import {
   type StoredRecord,
 } from './cluster-files.js';
 import { CLUSTER_MARKER, NODES_DIR, type Layout } from './layout.js';
+import { pausePoint } from './crash-point.js';
 import { createNodeLease, type NodeLease } from './node-lease.js';
 import { isVolumeName, type VolumeRecord } from './records.js';
 import type { NodeHolds, VolumeStore } from './volume-store.js';
@@ -163,14 +164,15 @@ function clusterStore(root: Beneath, me: string, layout: Layout, lease: NodeLeas
   /** The record file of `name` as stored, or undefined if there is none (never, or removed). */
   function readRecord(name: string): StoredRecord | undefined {
     const rel = clusterPaths.record(name);
-    const text = readFileAt(root, rel);
-    if (text === undefined) return undefined;
     try {
-      return parseRecord(name, text, `${root.where}/${rel}`);
+      const text = readFileAt(root, rel);
+      return text === undefined ? undefined : parseRecord(name, text, `${root.where}/${rel}`);
     } catch (err) {
-      if (!(err instanceof BadFileError)) throw err;
+      // A record that is not tsvol's shape, or a path through a symlink or a file: refused, never followed.
+      if (err instanceof InternalError) throw err;
       throw new InternalError(
-        `volume "${name}": its record on the shared root is damaged or was not written by this tsvol (${err.message}); remove ${layout.volumeDir(name)} by hand if it is no volume`,
+        `volume "${name}": its record on the shared root is damaged or was not written by tsvol (${describeError(err)}); remove ${layout.volumeDir(name)} by hand if it is no volume`,
+        { cause: err },
       );
     }
   }
@@ -417,6 +419,7 @@ function clusterStore(root: Beneath, me: string, layout: Layout, lease: NodeLeas
         );
       }
       const tomb = `${clusterPaths.tmp(me)}/rm-${nanoid(10)}`;
+      pausePoint('cluster:remove:before-rename');
       try {
         root.rename(clusterPaths.volume(name), tomb);
       } catch (err) {
