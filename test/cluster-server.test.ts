@@ -5,11 +5,12 @@
  * GlusterFS or ceph-fuse). Spoken to as dockerd speaks. The real multi-host Swarm + GlusterFS suite is
  * the cluster harness's (test/e2e-cluster*.test.ts); this one is the product's contract on one machine.
  */
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { makeSharedRoot, type SharedRoot } from './helpers/cluster.js';
-import { cleanupDir, isMounted, requireRoot, startTestServer, tempDir, type TestServer } from './helpers/server.js';
+import { CLI, cleanupDir, isMounted, requireRoot, startTestServer, tempDir, type TestServer } from './helpers/server.js';
 
 /** Lease of the test servers: renewed every 2 s, expired 6 s after a kill -9. */
 const LEASE_S = 6;
@@ -267,5 +268,33 @@ test.serial('two servers claiming one node ID: the second refuses to start, nami
     } finally {
       cleanupDir(dir);
     }
+  });
+});
+
+test.serial('the tsvol CLI on a node goes through that node\'s server; alone it refuses, and layers are refused in cluster mode', async (t) => {
+  await withCluster(t, async (c) => {
+    const a = await c.start('a');
+    await a.ok('/VolumeDriver.Create', { Name: 'db' });
+    const mp = (await a.ok('/VolumeDriver.Mount', { Name: 'db', ID: 'w' })).Mountpoint as string;
+    fs.writeFileSync(path.join(mp, 'f'), 'cli');
+    await a.ok('/VolumeDriver.Unmount', { Name: 'db', ID: 'w' });
+    const cli = (node: string, ...args: string[]) => {
+      const env: Record<string, string> = { PATH: process.env.PATH ?? '', TSVOL_SCOPE: 'global', TSVOL_NODE_ID: node, TSVOL_DATA: c.shared.mountOf(node) };
+      return spawnSync(process.execPath, [CLI, ...args], { env, encoding: 'utf8' });
+    };
+    const ls = cli('a', 'volume', 'ls', '--json');
+    t.is(ls.status, 0, ls.stderr);
+    t.deepEqual((JSON.parse(ls.stdout) as { name: string }[]).map((v) => v.name), ['db']);
+    // An export is read below the pinned _data: the file comes back.
+    const tar = spawnSync(process.execPath, [CLI, 'volume', 'export', 'db'], { env: { PATH: process.env.PATH ?? '', TSVOL_SCOPE: 'global', TSVOL_NODE_ID: 'a', TSVOL_DATA: c.shared.mountOf('a') } });
+    t.is(tar.status, 0, tar.stderr.toString());
+    t.true(tar.stdout.includes(Buffer.from('cli')));
+    const layers = cli('a', 'layer', 'ls');
+    t.not(layers.status, 0);
+    t.regex(layers.stderr, /the layer manager and images are not offered in cluster mode \(TSVOL_SCOPE=global\)/);
+    // Node b has no server: its CLI refuses to work alone.
+    const alone = cli('b', 'volume', 'ls');
+    t.not(alone.status, 0);
+    t.regex(alone.stderr, /cluster mode \(TSVOL_SCOPE=global\): no tsvol server of node "b" answers on .*nodes\/b\/control\.sock; tsvol commands go through this node's running server/);
   });
 });
