@@ -85,6 +85,8 @@ export interface Cluster {
   readonly manager: ClusterNode;
   readonly scope: 'global' | 'local';
   readonly leaseSeconds: number;
+  /** Milliseconds each setup step took, in order. */
+  readonly setupTimings: readonly (readonly [string, number])[];
   /** Scratch space for the tests. */
   readonly workDir: string;
   /** The node named `id` (`tsvolc-n2`) or `name` (`n2`). */
@@ -260,46 +262,95 @@ function detachLoops(): void {
 const NAMESPACES = ['sw', 'gl', 'n1', 'n2'].map((n) => `${PREFIX}-${n}`);
 
 /**
- * Shim sockets of the containers our containerds ran: containerd names each
- * sha256("<containerd address>/<namespace>/<id>") under /run/containerd/s. A shim killed with SIGKILL
- * leaves its socket there, outside our roots.
+ * What SIGKILLed containers leave outside our roots, by container: containerd (1.6, as Debian ships it)
+ * names a shim's socket /run/containerd/s/<sha256("<containerd address>/<namespace>/<id>")>, and runc's
+ * cgroups are directories named by the id in each cgroup hierarchy. Collected from the nodes' task
+ * directories before killing; cleared by removeCluster.
  */
-function shimSockets(): string[] {
-  const sockets: string[] = [];
-  for (const node of ['n1', 'n2']) {
+const debris = { sockets: new Set<string>(), ids: new Set<string>() };
+
+/** Records the shim sockets and container ids of `nodes`' containerds (see debris). */
+function collectDebris(nodes: readonly string[]): void {
+  for (const node of nodes) {
     const address = path.join(RUN, node, 'containerd', 'containerd.sock');
     const tasks = path.join(RUN, node, 'containerd', 'daemon', 'io.containerd.runtime.v2.task');
     if (!fs.existsSync(tasks)) continue;
     for (const ns of fs.readdirSync(tasks)) {
       for (const id of fs.readdirSync(path.join(tasks, ns))) {
-        sockets.push(path.join(SHIM_SOCKETS, createHash('sha256').update(`${address}/${ns}/${id}`).digest('hex')));
+        debris.sockets.add(path.join(SHIM_SOCKETS, createHash('sha256').update(`${address}/${ns}/${id}`).digest('hex')));
+        debris.ids.add(id);
       }
     }
   }
-  return sockets;
+}
+
+/** Directories below `dir` (to `depth` levels) whose name is in `names`, deepest first. */
+function findDirs(dir: string, names: ReadonlySet<string>, depth: number): string[] {
+  const found: string[] = [];
+  let entries: fs.Dirent[];
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch (err) {
+    // ENOENT: a cgroup removed meanwhile.
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return found;
+    throw err;
+  }
+  for (const e of entries) {
+    if (!e.isDirectory()) continue;
+    const sub = path.join(dir, e.name);
+    if (depth > 1) found.push(...findDirs(sub, names, depth - 1));
+    if (names.has(e.name)) found.push(sub);
+  }
+  return found;
+}
+
+/** cgroup2's statfs magic: one unified hierarchy at /sys/fs/cgroup. */
+const CGROUP2_SUPER_MAGIC = 0x63677270;
+
+/** Removes the debris of SIGKILLed containers: shim sockets and the (now empty) cgroups named by their ids. */
+function clearDebris(): void {
+  for (const socket of debris.sockets) fs.rmSync(socket, { force: true });
+  debris.sockets.clear();
+  if (debris.ids.size === 0) return;
+  // Containers sit in /docker/<id>; plugins below dockerd's own cgroup (which may be deeper).
+  const hierarchies =
+    fs.statfsSync('/sys/fs/cgroup').type === CGROUP2_SUPER_MAGIC
+      ? ['/sys/fs/cgroup']
+      : fs.readdirSync('/sys/fs/cgroup').map((c) => path.join('/sys/fs/cgroup', c)).filter((h) => !fs.lstatSync(h).isSymbolicLink());
+  for (const h of hierarchies) {
+    for (const dir of findDirs(h, debris.ids, 4)) {
+      try {
+        fs.rmdirSync(dir);
+      } catch (err) {
+        // EBUSY: a process of it has not been reaped yet; ENOENT: runc removed it meanwhile.
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT' && code !== 'EBUSY') throw err;
+        if (code === 'EBUSY') console.warn(`cluster teardown: cgroup ${dir} still busy; left behind`);
+      }
+    }
+  }
+  debris.ids.clear();
 }
 
 /** The brick's log file glusterd names after the brick's path (outside our roots). */
 const BRICK_LOG = `/var/log/glusterfs/bricks/${BRICK.slice(1).replaceAll('/', '-')}.log`;
 
 /**
- * Removes every trace of a cluster, this run's or a crashed one's: dockerds stopped (SIGTERM, then
- * SIGKILL for what is left of the nodes and of GlusterFS), everything below WORK and RUN unmounted, loop
+ * Removes every trace of a cluster, this run's or a crashed one's: every process of the nodes and of
+ * GlusterFS killed, their shim sockets and cgroups removed, everything below WORK and RUN unmounted, loop
  * devices detached, namespaces deleted, files removed. Idempotent.
  */
 export async function removeCluster(): Promise<void> {
-  // Each dockerd first, gently: it stops its containers and plugins, and their shims remove their sockets.
-  const dockerds = processes().filter((p) => p.args.some((a) => a.endsWith('dockerd')) && mentions(p.args, RUN));
-  for (const p of dockerds) process.kill(p.pid, 'SIGTERM');
-  const deadline = Date.now() + 30_000;
-  while (dockerds.some((p) => alive(p.pid)) && Date.now() < deadline) await sleep(200);
-  const stale = shimSockets();
+  // Straight to SIGKILL: a graceful dockerd stop waits out every task's stop grace period, and nothing of
+  // the cluster is kept. What that leaves outside our roots is cleared below.
+  collectDebris(['n1', 'n2']);
   // The brick's socket (`-S /var/run/gluster/<hash>.socket`), which a SIGKILLed glusterfsd leaves.
   for (const p of processes()) {
     const i = p.args.indexOf('-S');
-    if (mentions(p.args, BRICK) && i >= 0 && p.args[i + 1] !== undefined) stale.push(p.args[i + 1]!);
+    if (mentions(p.args, BRICK) && i >= 0 && p.args[i + 1] !== undefined) debris.sockets.add(p.args[i + 1]!);
   }
   await killTree((args) => mentions(args, WORK) || mentions(args, RUN));
+  clearDebris();
   unmountUnder([WORK, RUN]);
   detachLoops();
   for (const ns of NAMESPACES) {
@@ -307,7 +358,7 @@ export async function removeCluster(): Promise<void> {
     const r = attempt('ip', ['netns', 'del', ns]);
     if (r.status !== 0) throw new Error(`ip netns del ${ns}: ${r.stderr.trim()}`);
   }
-  for (const file of [...stale, BRICK_LOG]) fs.rmSync(file, { force: true });
+  fs.rmSync(BRICK_LOG, { force: true });
   fs.rmSync(WORK, { recursive: true, force: true });
   fs.rmSync(RUN, { recursive: true, force: true });
 }
@@ -513,30 +564,53 @@ export async function setupCluster(opts: ClusterOptions): Promise<Cluster> {
     if (set.length > 0) node.docker('plugin', 'set', name, ...set);
     if (o.enable !== false) node.docker('plugin', 'enable', name);
   };
+  const createPluginAsync = async (node: ClusterNode, name: string, set: readonly string[]): Promise<void> => {
+    const dir = pluginDir(name, node);
+    await node.dockerAsync('plugin', 'create', name, dir);
+    fs.rmSync(dir, { recursive: true, force: true });
+    if (set.length > 0) await node.dockerAsync('plugin', 'set', name, ...set);
+    await node.dockerAsync('plugin', 'enable', name);
+  };
+  const timings: [string, number][] = [];
+  let t0 = Date.now();
+  const step = (what: string): void => {
+    timings.push([what, Date.now() - t0]);
+    t0 = Date.now();
+  };
   let done = false;
   try {
     await removeCluster();
+    step('remove a previous run');
     fs.mkdirSync(WORK, { recursive: true, mode: 0o700 });
     fs.mkdirSync(RUN, { recursive: true, mode: 0o700 });
     run(path.join(ROOT, 'plugin', 'build-rootfs.sh'), [path.join(ROOT, 'plugin', 'rootfs')]);
+    step('plugin rootfs');
     buildNetwork();
+    step('network');
     await startGluster();
+    step('glusterd and volume');
     for (const node of nodes) await mountShared(node);
+    step('FUSE mounts');
     // The data roots, made through n1's mount; root-only as the plugin keeps them (#9 §5).
     for (const node of nodes) fs.mkdirSync(node.dataSource, { recursive: true, mode: 0o700 });
     await Promise.all(nodes.map((n) => startDockerd(n)));
+    step('dockerds');
     for (const node of nodes) {
       const dir = path.join(WORK, node.name, 'image');
       fs.mkdirSync(dir, { recursive: true });
       importTestImage(dir, IMAGE, node.host);
-      createPlugin(node, CLUSTER_PLUGIN, settings(node));
     }
+    step('images');
+    // Both nodes at once: docker plugin create copies the 100 MB rootfs into dockerd's store.
+    await Promise.all(nodes.map((n) => createPluginAsync(n, CLUSTER_PLUGIN, settings(n))));
+    step('plugins');
     const [n1, n2] = nodes;
     // A short heartbeat: a killed node is marked down in seconds, not the default 5 s × grace.
     n1.docker('swarm', 'init', '--advertise-addr', n1.addr, '--listen-addr', `${n1.addr}:2377`, '--dispatcher-heartbeat', '2s');
     const token = n1.docker('swarm', 'join-token', '-q', 'worker');
     n2.docker('swarm', 'join', '--token', token, '--advertise-addr', n2.addr, '--listen-addr', `${n2.addr}:2377`, `${n1.addr}:2377`);
     await waitFor('both Swarm nodes Ready', () => n1.docker('node', 'ls', '--format', '{{.Hostname}} {{.Status}}').split('\n').filter((l) => l.endsWith(' Ready')).length === 2, 60_000);
+    step('swarm');
     done = true;
   } finally {
     if (!done) {
@@ -551,6 +625,7 @@ export async function setupCluster(opts: ClusterOptions): Promise<Cluster> {
     manager: nodes[0],
     scope: opts.scope,
     leaseSeconds,
+    setupTimings: timings,
     workDir,
     node(idOrName) {
       const n = nodes.find((x) => x.id === idOrName || x.name === idOrName);
@@ -563,6 +638,7 @@ export async function setupCluster(opts: ClusterOptions): Promise<Cluster> {
       // Its dockerd (by its exec root), its containerd (config under it), every shim (its containerd's
       // address under it) and all their children: plugin, tasks. Not the GlusterFS client (its mount point
       // is below WORK, not the node's exec or data root).
+      collectDebris([node.name]);
       return killTree((args) => mentions(args, node.execRoot) || mentions(args, node.dataRoot));
     },
     async startNode(node) {
