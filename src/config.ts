@@ -1,7 +1,8 @@
 /**
  * Configuration from the environment, validated once and frozen. This is the contract outside checks use
  * (README "Configuration"): TSVOL_SOCKET, TSVOL_DATA, TSVOL_MOUNTS, TSVOL_BIND_ROOTS, TSVOL_LOG_LEVEL,
- * TSVOL_LAYER_DRIVER, TSVOL_HOST_ROOT; and for CSI (#12) TSVOL_CSI_SOCKET (or CSI_ENDPOINT) and TSVOL_NODE_ID.
+ * TSVOL_LAYER_DRIVER, TSVOL_HOST_ROOT; for CSI (#12) TSVOL_CSI_SOCKET (or CSI_ENDPOINT) and TSVOL_NODE_ID;
+ * for cluster mode (#14, README "Cluster mode") TSVOL_SCOPE, TSVOL_NODE_ID and TSVOL_LEASE_SECONDS.
  */
 import os from 'node:os';
 import path from 'node:path';
@@ -29,9 +30,30 @@ export interface Config {
   readonly layerDriver: 'overlay' | 'copy' | undefined;
   /** Unix socket the CSI gRPC server listens on (#12); undefined = no CSI server. */
   readonly csiSocket: string | undefined;
-  /** This node's name for CSI (NodeGetInfo, every volume's topology). */
+  /**
+   * This node's name: for CSI (NodeGetInfo, every volume's topology), and in cluster mode the name under
+   * which its holds and lease live on the shared root (unique per node; src/store/cluster-store.ts).
+   */
   readonly nodeId: string;
+  /**
+   * `local`: one host's volumes, metadata in SQLite. `global` (#14): TSVOL_DATA is a shared filesystem every
+   * node mounts, the filesystem itself is the store, and Capabilities answers Scope "global".
+   */
+  readonly scope: 'local' | 'global';
+  /** Cluster mode: how long this node's holds stay valid without a renewal (renewed every third of it). */
+  readonly leaseSeconds: number;
 }
+
+/** TSVOL_LEASE_SECONDS unset: 30 s (README "Cluster mode": what the lease trades). */
+export const DEFAULT_LEASE_SECONDS = 30;
+/** Bounds of TSVOL_LEASE_SECONDS: below 3 s a renewal every second competes with real work on a slow filesystem. */
+const MIN_LEASE_SECONDS = 3;
+const MAX_LEASE_SECONDS = 3600;
+/**
+ * A node ID in cluster mode: a file name on the shared root (nodes/<id>/, volumes/<name>/holds/<id>), so
+ * the volume-name alphabet, one component, at most 64 bytes; never `.`-led (temp files are).
+ */
+const CLUSTER_NODE_ID_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$/;
 
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
 
@@ -66,6 +88,38 @@ function nodeIdOf(env: NodeJS.ProcessEnv): string {
   return id;
 }
 
+/** TSVOL_SCOPE: `local` (default) or `global`. */
+function scopeOf(env: NodeJS.ProcessEnv): 'local' | 'global' {
+  const scope = (env.TSVOL_SCOPE || 'local').toLowerCase();
+  if (scope !== 'local' && scope !== 'global') {
+    throw new InvalidArgumentError(`TSVOL_SCOPE="${env.TSVOL_SCOPE}" is not a scope; use local (one host) or global (a shared TSVOL_DATA every node mounts)`);
+  }
+  return scope;
+}
+
+/** TSVOL_LEASE_SECONDS: whole seconds in [MIN, MAX]. */
+function leaseSecondsOf(env: NodeJS.ProcessEnv): number {
+  const raw = env.TSVOL_LEASE_SECONDS || String(DEFAULT_LEASE_SECONDS);
+  const n = /^\d{1,7}$/.test(raw) ? Number(raw) : NaN;
+  if (!(n >= MIN_LEASE_SECONDS && n <= MAX_LEASE_SECONDS)) {
+    throw new InvalidArgumentError(`TSVOL_LEASE_SECONDS="${raw}" is not a lease; use whole seconds from ${MIN_LEASE_SECONDS} to ${MAX_LEASE_SECONDS} (default ${DEFAULT_LEASE_SECONDS})`);
+  }
+  return n;
+}
+
+/**
+ * In cluster mode the node ID names this node's files on the shared root: it must be given (a hostname is
+ * not known to be unique: cloned VMs, containers), and be a safe file name.
+ */
+function checkClusterNodeId(env: NodeJS.ProcessEnv, id: string): void {
+  if (!env.TSVOL_NODE_ID) {
+    throw new InvalidArgumentError('TSVOL_SCOPE=global needs TSVOL_NODE_ID: a name unique to this node (docker plugin set tsvol TSVOL_NODE_ID=node1)');
+  }
+  if (!CLUSTER_NODE_ID_RE.test(id)) {
+    throw new InvalidArgumentError(`TSVOL_NODE_ID="${id}" cannot name a node in cluster mode; use 1 to 64 characters from [a-zA-Z0-9_.-], starting with a letter or digit`);
+  }
+}
+
 /** Reads and validates the configuration from `env` (defaults match the managed plugin's layout). */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const logLevel = (env.TSVOL_LOG_LEVEL ?? 'info').toLowerCase();
@@ -82,6 +136,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     .split(':')
     .filter((p) => p !== '')
     .map((p) => absolutePath('TSVOL_BIND_ROOTS entry', p));
+  const nodeId = nodeIdOf(env);
+  const scope = scopeOf(env);
+  if (scope === 'global') checkClusterNodeId(env, nodeId);
   return Object.freeze({
     socket: absolutePath('TSVOL_SOCKET', env.TSVOL_SOCKET || '/run/docker/plugins/tsvol.sock'),
     dataRoot: absolutePath('TSVOL_DATA', env.TSVOL_DATA || '/var/lib/tsvol'),
@@ -91,6 +148,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel,
     layerDriver: driver,
     csiSocket: csiSocketOf(env),
-    nodeId: nodeIdOf(env),
+    nodeId,
+    scope,
+    leaseSeconds: leaseSecondsOf(env),
   });
 }

@@ -15,8 +15,11 @@ export interface ServerPaths {
   readonly layersDir: string;
 }
 
-/** Where the server of `config`'s data root listens and locks (src/store/layout.ts). */
+/**
+ * Where the server of `config`'s data root listens and locks (src/store/layout.ts): in cluster mode, this
+ * node's own (nodes/<TSVOL_NODE_ID>/), so that each node's CLI reaches its own node's server.
+ */
 export function serverPaths(config: Config): ServerPaths {
-  const { root, lockFile, controlSocket, layersDir } = createLayout(config.dataRoot);
+  const { root, lockFile, controlSocket, layersDir } = createLayout(config.dataRoot, config.scope === 'global' ? config.nodeId : undefined);
   return { root, lockFile, controlSocket, layersDir };
 }

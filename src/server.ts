@@ -20,7 +20,7 @@ import { controlReachable } from './http/control-client.js';
 import { volumeDriverRoutes } from './http/protocol.js';
 import { createLogger, type Logger } from './log.js';
 import { serverPaths } from './server-paths.js';
-import { lockDataRoot, openState, type ReleaseLock } from './state.js';
+import { checkSharedRoot, lockDataRoot, openState, type ReleaseLock } from './state.js';
 import { makePrivateDir, reportPrivateDir } from './sys/private-dir.js';
 import { createPublisher } from './volumes/publish.js';
 import { reconcileVolumes } from './volumes/reconcile.js';
@@ -60,19 +60,27 @@ async function lockForServer(config: Config, log: Logger): Promise<ReleaseLock> 
 export async function startServer(config: Config): Promise<RunningServer> {
   const started = Date.now();
   const log = createLogger(config.logLevel);
+  // Cluster mode (#14): refuse a root that is not a shared filesystem before anything touches it.
+  const shared = config.scope === 'global' ? checkSharedRoot(config) : undefined;
   const { root } = serverPaths(config);
   // Root-only (#9 §5); a root left open by an older version or by hand is closed now, and said so once.
   reportPrivateDir(log, 'data root', root, makePrivateDir(root));
   // Held for the server's lifetime; a flock cannot be lost while this process lives (src/sys/lock.ts).
   const releaseLock = await lockForServer(config, log);
-  const state = openState(config, log);
+  let state;
+  try {
+    state = await openState(config, log);
+  } catch (err) {
+    await releaseLock();
+    throw err;
+  }
   const { layout, store, service } = state;
   const repaired = await reconcileVolumes({ layout, store, mountsRoot: config.mountsRoot, service, log });
   const inflight = { count: 0 };
   // The control socket first: a CLI that sees the VolumeDriver socket answer finds it too. Any control.sock
   // already there is a dead server's (we hold the lock), and listenOnSocket replaces it.
   const control = createControlApi(state, log);
-  const controlServer = await listenOnSocket(control.listener, layout.controlSocket, 0o600);
+  const controlServer = await listenControl(control.listener, layout.controlSocket, config.scope, log);
   // CSI before the VolumeDriver socket: whoever sees that one answer (tests, dockerd) finds CSI up too.
   let csi: CsiServer | undefined;
   if (config.csiSocket !== undefined) {
@@ -86,9 +94,21 @@ export async function startServer(config: Config): Promise<RunningServer> {
       log,
     });
   }
-  const server = await listenOnSocket(createRequestListener(volumeDriverRoutes(service), log, inflight), config.socket);
+  const server = await listenOnSocket(createRequestListener(volumeDriverRoutes(service, config.scope), log, inflight), config.socket);
   log.info(
-    { socket: config.socket, csi: config.csiSocket, node: config.csiSocket === undefined ? undefined : config.nodeId, control: layout.controlSocket, data: config.dataRoot, mounts: config.mountsRoot, volumes: store.size, ms: Date.now() - started, ...repaired },
+    {
+      socket: config.socket,
+      csi: config.csiSocket,
+      scope: config.scope,
+      node: config.csiSocket === undefined && shared === undefined ? undefined : config.nodeId,
+      ...(shared === undefined ? {} : { sharedFs: shared.name, leaseSeconds: config.leaseSeconds }),
+      control: layout.controlSocket,
+      data: config.dataRoot,
+      mounts: config.mountsRoot,
+      volumes: store.size,
+      ms: Date.now() - started,
+      ...repaired,
+    },
     'tsvol listening',
   );
 
@@ -96,7 +116,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
       log.info({ inflight: inflight.count }, 'draining');
-      const servers = [server, controlServer];
+      const servers = controlServer === undefined ? [server] : [server, controlServer];
       const closed = Promise.all(servers.map((srv) => new Promise<void>((resolve) => srv.close(() => resolve()))));
       for (const srv of servers) srv.closeIdleConnections();
       const timer = setTimeout(() => servers.forEach((srv) => srv.closeAllConnections()), DRAIN_MS);
@@ -122,6 +142,21 @@ export async function startServer(config: Config): Promise<RunningServer> {
     });
   }
   return { http: server, stop };
+}
+
+/**
+ * The control socket. In cluster mode it lives on the shared root (nodes/<node>/control.sock, where this
+ * node's CLI finds it), and a shared filesystem may refuse socket files (a FUSE filesystem without mknod):
+ * then the server runs without one, and says so, since dockerd's socket is what matters.
+ */
+async function listenControl(listener: http.RequestListener, socket: string, scope: Config['scope'], log: Logger): Promise<http.Server | undefined> {
+  try {
+    return await listenOnSocket(listener, socket, 0o600);
+  } catch (err) {
+    if (scope !== 'global') throw err;
+    log.warn({ socket, err: describeError(err) }, 'no control socket on the shared filesystem; tsvol commands on this node cannot reach the server');
+    return undefined;
+  }
 }
 
 /** Removes a socket file we listened on (close usually has); a failure is logged, the next start replaces it. */

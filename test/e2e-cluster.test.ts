@@ -1,11 +1,11 @@
 /**
  * tsvol in a real Swarm over a real GlusterFS volume (issue #14): two dockerd nodes in their own network
- * namespaces, each with its own FUSE mount of the volume, built and removed by test/helpers/cluster.ts.
+ * namespaces, each with its own FUSE mount of the volume, built and removed by test/helpers/swarm.ts.
  * Needs root, FUSE and network namespaces; a missing one fails the suite (never a skip).
  */
 import anyTest, { type TestFn } from 'ava';
 import { IMAGE } from './helpers/docker.js';
-import { CLUSTER_PLUGIN, setupCluster, waitFor, type Cluster } from './helpers/cluster.js';
+import { CLUSTER_PLUGIN, setupCluster, waitFor, type Cluster } from './helpers/swarm.js';
 
 const test = anyTest as TestFn<{ cluster: Cluster }>;
 

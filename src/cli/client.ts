@@ -12,7 +12,7 @@
  * the stores, SQLite or the layer code.
  */
 import type { Config } from '../config.js';
-import { ConflictError } from '../errors.js';
+import { ConflictError, UnavailableError } from '../errors.js';
 import { controlReachable, createControlClient, type ControlOps } from '../http/control-client.js';
 import type { ImageOps } from '../images/image-ops.js';
 import type { LayerOps } from '../layers/layer-ops.js';
@@ -35,6 +35,12 @@ export async function withOps<T>(config: Config, fn: (ops: ControlOps) => Promis
   const deadline = Date.now() + WAIT_MS;
   for (;;) {
     if (await controlReachable(controlSocket)) return fn(createControlClient(controlSocket));
+    if (config.scope === 'global') {
+      // Cluster mode (#14): only a live server holds this node's lease; a command alone would act without one.
+      throw new UnavailableError(
+        `cluster mode (TSVOL_SCOPE=global): no tsvol server of node "${config.nodeId}" answers on ${controlSocket}; tsvol commands go through this node's running server: start it (docker plugin enable tsvol)`,
+      );
+    }
     const state = await import('../state.js');
     let release: () => Promise<void>;
     try {

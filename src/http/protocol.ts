@@ -65,8 +65,13 @@ function wireVolumeWithStatus(v: VolumeInfo): WireVolume {
   return { ...wireVolume(v), Status: v.status };
 }
 
-/** The routes of a volume driver backed by `svc`. */
-export function volumeDriverRoutes(svc: VolumeService): Route[] {
+/**
+ * The routes of a volume driver backed by `svc`. `scope` is what Capabilities answers: `local`, or
+ * `global` in cluster mode (#14: dockerd then treats a volume as one object cluster-wide, and Swarm
+ * schedules tasks on any node with it).
+ */
+export function volumeDriverRoutes(svc: VolumeService, scope: 'local' | 'global' = 'local'): Route[] {
+  const capabilities = JSON.stringify({ Capabilities: { Scope: scope } });
   // A VolumeInfo never changes (a new one is made for every change), so its encoded Get reply is kept.
   const getReplies = new WeakMap<VolumeInfo, string>();
   const encodeGet = (v: VolumeInfo): string => {
@@ -83,7 +88,7 @@ export function volumeDriverRoutes(svc: VolumeService): Route[] {
       path: '/VolumeDriver.Capabilities',
       op: 'capabilities',
       schema: none,
-      handle: () => ({ Capabilities: { Scope: 'local' } }),
+      handle: () => capabilities,
     },
     {
       path: '/VolumeDriver.Create',

@@ -12,3 +12,20 @@ export function crashPoint(point: string): void {
   // The signal may land on another thread of this process an instant later: go no further meanwhile.
   for (;;) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
 }
+
+/**
+ * Named pause points for race tests: with TSVOL_PAUSE_AT=<name>=<ms>[,<name>=<ms>…] in the environment, the
+ * thread stops for <ms> at the point of that name (a synchronous wait, as a slow disk or a descheduled
+ * process would stop it there), so that a test widens exactly the window it means to race through.
+ * Unset (always, outside tests) it costs one environment lookup.
+ */
+export function pausePoint(point: string): void {
+  const spec = process.env.TSVOL_PAUSE_AT;
+  if (spec === undefined) return;
+  for (const item of spec.split(',')) {
+    const eq = item.lastIndexOf('=');
+    if (item.slice(0, eq) !== point) continue;
+    const ms = Number(item.slice(eq + 1));
+    if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+  }
+}

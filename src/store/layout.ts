@@ -24,6 +24,25 @@
  * tmp/ sits on the same filesystem as volumes/ so that the renames are atomic. Each entry in tmp/ is a
  * stage (src/sys/staging.ts): its owner holds a flock on it while it lives, so start-up deletes only
  * the stages of dead processes, never a CLI import in flight.
+ *
+ * Cluster mode (#14, TSVOL_SCOPE=global; src/store/cluster-store.ts) on a shared root every node mounts:
+ * no tsvol.db, no layers/; each volume directory carries its own record and every node's holds, and what
+ * one node alone uses lives under nodes/<node>/ (createLayout's `node`), so that no two nodes share a lock,
+ * a socket or a staging area:
+ *
+ *   tsvol-cluster                  marker, made by the first node: this root is a cluster-mode root
+ *   volumes/<name>/record          the volume's record (JSON), written into the stage before the rename
+ *                                  that publishes the directory, never changed afterwards
+ *   volumes/<name>/_data           its contents
+ *   volumes/<name>/holds/<node>    node <node>'s holds on it (JSON mount IDs); only that node writes it
+ *   volumes/<name>/removing/<node> node <node> is removing it (JSON: its instance); only that node writes it
+ *   nodes/<node>/lease             the node's lease (JSON: instance, host, pid, boot, expiry), renewed
+ *                                  every third of TSVOL_LEASE_SECONDS by its live server
+ *   nodes/<node>/meta              small facts of that node (its boot id), as tsvol.db's meta table
+ *   nodes/<node>/server.lock       the node's server lock (flock)
+ *   nodes/<node>/control.sock      the node's control socket
+ *   nodes/<node>/tmp/              the node's stages: volumes being built (new-*), removed volumes being
+ *                                  deleted (rm-*); only that node sweeps them
  */
 import path from 'node:path';
 
@@ -58,6 +77,13 @@ export function volumeFiles(dir: string): VolumeFiles {
 /** Paths inside one data root. */
 export interface Layout {
   readonly root: string;
+  /**
+   * Cluster mode: this node's ID; lockFile, controlSocket, tmpDir and bindsDir are then its own, under
+   * nodes/<node>/ (see the header). Undefined in local mode.
+   */
+  readonly node: string | undefined;
+  /** nodes/<node>/ in cluster mode (undefined in local mode). */
+  readonly nodeDir: string | undefined;
   readonly dbFile: string;
   readonly lockFile: string;
   /** control.sock: the running server's control API, for the CLI (src/http/control.ts). */
@@ -81,26 +107,39 @@ export interface Layout {
   readonly layers: LayersLayout;
 }
 
-/** Builds the layout of the data root `root`. Names must already be validated (no separators). */
-export function createLayout(root: string): Layout {
+/** nodes/: one directory per node in cluster mode (see the header). */
+export const NODES_DIR = 'nodes';
+/** The marker of a cluster-mode root (see the header). */
+export const CLUSTER_MARKER = 'tsvol-cluster';
+
+/**
+ * Builds the layout of the data root `root`; in cluster mode, of node `node` on it (its own lock, socket,
+ * tmp/ and binds/ under nodes/<node>/). Names must already be validated (no separators).
+ */
+export function createLayout(root: string, node?: string): Layout {
   const volumesDir = path.join(root, 'volumes');
   const layersDir = path.join(root, 'layers');
+  const nodeDir = node === undefined ? undefined : path.join(root, NODES_DIR, node);
+  const own = nodeDir ?? root;
+  const tmpDir = path.join(own, 'tmp');
   return {
     root,
+    node,
+    nodeDir,
     dbFile: path.join(root, 'tsvol.db'),
-    lockFile: path.join(root, 'server.lock'),
-    controlSocket: path.join(root, 'control.sock'),
+    lockFile: path.join(own, 'server.lock'),
+    controlSocket: path.join(own, 'control.sock'),
     volumesDir,
-    tmpDir: path.join(root, 'tmp'),
+    tmpDir,
     layersDir,
-    bindsDir: path.join(root, 'binds'),
-    bindMountpoint: (name) => path.join(root, 'binds', name),
+    bindsDir: path.join(own, 'binds'),
+    bindMountpoint: (name) => path.join(own, 'binds', name),
     // Concatenation, not path.join: List and Get build one of these per volume (path.join was a tenth of a
     // 100k-volume List's CPU), and a validated name is one normalized component (names.ts).
     volumeDir: (name) => `${volumesDir}${path.sep}${name}`,
     dataDir: (name) => `${volumesDir}${path.sep}${name}${path.sep}${DATA}`,
     filesOf: (name) => volumeFiles(path.join(volumesDir, name)),
-    removedDir: (id) => path.join(root, 'tmp', `rm-${id}`),
+    removedDir: (id) => path.join(tmpDir, `rm-${id}`),
     layers: layersLayout(layersDir),
   };
 }

@@ -5,6 +5,29 @@
  */
 import { InternalError } from '../errors.js';
 
+/**
+ * Volume names: moby daemon/volume/local's `^[a-zA-Z0-9][a-zA-Z0-9_.-]+$` (so at least two characters), at
+ * most VOLUME_NAME_MAX_BYTES (one path component). Here so that the service (src/volumes/names.ts) and the
+ * cluster store's strict parser of records other nodes wrote (cluster-files.ts) apply the one rule.
+ */
+export const VOLUME_NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]+$/;
+/** A name is one path component on disk; ext4/xfs allow 255 bytes. */
+export const VOLUME_NAME_MAX_BYTES = 255;
+/** Mount IDs: printable ASCII without spaces, possibly empty (src/volumes/names.ts validateMountId). */
+export const MOUNT_ID_RE = /^[\x21-\x7e]*$/;
+/** Longest mount ID accepted; dockerd's are 64 characters. */
+export const MAX_MOUNT_ID = 128;
+
+/** True if `name` is a valid volume name (VOLUME_NAME_RE, at most VOLUME_NAME_MAX_BYTES). */
+export function isVolumeName(name: string): boolean {
+  return VOLUME_NAME_RE.test(name) && Buffer.byteLength(name) <= VOLUME_NAME_MAX_BYTES;
+}
+
+/** True if `id` is an acceptable mount ID (MOUNT_ID_RE, at most MAX_MOUNT_ID characters). */
+export function isMountId(id: string): boolean {
+  return id.length <= MAX_MOUNT_ID && MOUNT_ID_RE.test(id);
+}
+
 /** What a volume is, as validated at Create. Persisted as JSON: add kinds, never change old ones. */
 export type VolumeSpec =
   | { readonly kind: 'named'; readonly uid?: number; readonly gid?: number; readonly mode?: number }
@@ -44,6 +67,12 @@ export interface VolumeRecord {
    * Object.prototype (#9 §4). Persisted as an array of [id, count] pairs (serializeVolume).
    */
   readonly holds: ReadonlyMap<string, number>;
+  /**
+   * Cluster mode (#14): a random ID given at Create, so that a node can tell the volume it read from a
+   * volume of the same name created after another node removed it (src/store/cluster-store.ts). Unset in
+   * local mode, where one process writes the store.
+   */
+  readonly incarnation?: string;
 }
 
 /** One read-only layer (src/layers/layer-store.ts). */

@@ -7,6 +7,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { describeError, errnoCode } from '../errors.js';
+import type { Beneath } from './beneath.js';
 import { syncfs } from './libc.js';
 
 /**
@@ -47,7 +49,7 @@ export function syncFilesystem(dir: string): void {
 /** Writes `data` to `file` atomically and durably (temp, fsync, rename, fsync dir). */
 export function writeFileDurable(file: string, data: string | Uint8Array, mode = 0o600): void {
   const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}${TEMP_MARKER}${randomBytes(6).toString('hex')}`);
+  const tmp = path.join(dir, tempNameFor(path.basename(file)));
   const fd = fs.openSync(tmp, 'wx', mode);
   try {
     fs.writeFileSync(fd, data);
@@ -60,6 +62,62 @@ export function writeFileDurable(file: string, data: string | Uint8Array, mode =
   fs.closeSync(fd);
   fs.renameSync(tmp, file);
   fsyncDir(dir);
+}
+
+/** The name of a new temp file beside `name` (see TEMP_MARKER). */
+function tempNameFor(name: string): string {
+  return `.${name}${TEMP_MARKER}${randomBytes(6).toString('hex')}`;
+}
+
+/** fsyncs the directory `rel` below `root` (resolved beneath it, never through a symlink). */
+export function fsyncDirAt(root: Beneath, rel: string): void {
+  const fd = root.openDirFd(rel, fs.constants.O_RDONLY);
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * writeFileDurable below a pinned root (#14: a shared root other nodes write too): the temp file is
+ * created O_EXCL|O_NOFOLLOW in the parent resolved beneath `root`, fsynced, renamed over `rel` (renameat:
+ * neither name is followed), and the parent fsynced. A symlink or `..` planted anywhere on the path is
+ * refused by the kernel, so the write never lands outside `root`.
+ */
+export function writeFileDurableAt(root: Beneath, rel: string, data: string | Uint8Array, mode = 0o600): void {
+  const dir = path.posix.dirname(rel);
+  const tmp = path.posix.join(dir, tempNameFor(path.posix.basename(rel)));
+  const fd = root.createFile(tmp, mode);
+  try {
+    fs.writeFileSync(fd, data);
+    fs.fsyncSync(fd);
+  } catch (err) {
+    fs.closeSync(fd);
+    throw removeTempAt(root, tmp, err);
+  }
+  fs.closeSync(fd);
+  try {
+    root.rename(tmp, rel);
+  } catch (err) {
+    throw removeTempAt(root, tmp, err);
+  }
+  fsyncDirAt(root, dir);
+}
+
+/**
+ * Removes a temp file of writeFileDurableAt after `failure`; returns the error to throw: `failure`, or,
+ * if the temp file could not be removed either, an error that says both.
+ */
+function removeTempAt(root: Beneath, tmp: string, failure: unknown): unknown {
+  try {
+    root.remove(tmp);
+    return failure;
+  } catch (err) {
+    // ENOENT: its directory went away meanwhile (a volume removed by another node), and the file with it.
+    if (errnoCode(err) === 'ENOENT') return failure;
+    return new Error(`${describeError(failure)}; and its temp file ${tmp} could not be removed: ${describeError(err)}`, { cause: failure });
+  }
 }
 
 /** Per directory: the fsync running now, and the one queued to start after it. */

@@ -18,6 +18,7 @@
  * starting meanwhile leaves it alone (#9 §7).
  */
 import fs from 'node:fs';
+import { nanoid } from 'nanoid';
 import { ConflictError, InvalidArgumentError, describeError } from '../errors.js';
 import { packTree, unpackTree } from '../layers/tree-archive.js';
 import { volumeFiles, type Layout } from '../store/layout.js';
@@ -48,6 +49,15 @@ export async function importVolume(layout: Layout, store: VolumeStore, name: str
   fs.mkdirSync(layout.tmpDir, { recursive: true, mode: 0o700 });
   fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o701 });
   let stats = { files: 0, size: 0 };
+  const record: VolumeRecord = {
+    name,
+    createdAt: new Date().toISOString(),
+    spec: { kind: 'named' },
+    options: {},
+    holds: new Map(),
+    // Cluster mode (#14): its incarnation, and the record staged with the tree (below).
+    ...(store.scope === 'global' ? { incarnation: nanoid(16) } : {}),
+  };
   const publish = {
     tmpDir: layout.tmpDir,
     kind: 'new',
@@ -66,10 +76,10 @@ export async function importVolume(layout: Layout, store: VolumeStore, name: str
       } catch (err) {
         throw new InvalidArgumentError(`import of volume "${name}" refused: ${describeError(err)}`, { cause: err });
       }
+      store.stageRecord?.(record, dir);
     },
     async () => {
       // The rename is durable already (stageThenPublish fsyncs volumes/): the record is the last step.
-      const record: VolumeRecord = { name, createdAt: new Date().toISOString(), spec: { kind: 'named' }, options: {}, holds: new Map() };
       await store.put(record);
       return { record, files: stats.files, bytes: stats.size };
     },

@@ -10,3 +10,10 @@ export function holdCount(rec: VolumeRecord): number {
 
 /** Mount IDs of CSI publishes (src/volumes/publish.ts): `csi-` and 32 hex digits of sha256(target path). */
 export const PUBLISH_HOLD_PREFIX = 'csi-';
+
+/**
+ * Mount IDs of holds taken for a request of this process's own (`tsvol-cli-<verb>-<random>`: a CLI export,
+ * a cluster-mode clone's source): no such hold outlives the process that took it, so start-up drops any
+ * it finds (src/volumes/reconcile.ts).
+ */
+export const CLI_HOLD_PREFIX = 'tsvol-cli-';

@@ -1,10 +1,8 @@
 /** Volume names: Docker's local-driver rule, so names are portable between drivers. */
 import { InvalidArgumentError } from '../errors.js';
+import { MAX_MOUNT_ID, VOLUME_NAME_MAX_BYTES as MAX_NAME_BYTES, VOLUME_NAME_RE as NAME_RE, isMountId } from '../store/records.js';
 
-/** moby daemon/volume/local: `^[a-zA-Z0-9][a-zA-Z0-9_.-]+$` (so at least two characters). */
-const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]+$/;
-/** A name is one path component on disk; ext4/xfs allow 255 bytes. */
-const MAX_NAME_BYTES = 255;
+export { MAX_MOUNT_ID };
 
 /** Throws InvalidArgumentError unless `name` is a valid volume name. */
 export function validateName(name: string): void {
@@ -23,15 +21,11 @@ export function validateName(name: string): void {
  * re-uses. Accepted: up to MAX_MOUNT_ID printable ASCII characters without spaces, so that tools and tests
  * may use readable IDs. The empty ID is accepted too: engines before Docker 1.13 sent no ID, and such a
  * caller holds the volume as one anonymous consumer. Holds are kept in a Map, so an ID such as
- * `constructor` or `__proto__` is an ordinary key.
+ * `constructor` or `__proto__` is an ordinary key. Throws InvalidArgumentError unless `id` is one (the rule
+ * is records.ts MOUNT_ID_RE, which the cluster store applies to hold files too).
  */
-const MOUNT_ID_RE = /^[\x21-\x7e]*$/;
-/** Longest mount ID accepted; dockerd's are 64 characters. */
-export const MAX_MOUNT_ID = 128;
-
-/** Throws InvalidArgumentError unless `id` is an acceptable mount ID (see MOUNT_ID_RE). */
 export function validateMountId(id: string): void {
-  if (id.length <= MAX_MOUNT_ID && MOUNT_ID_RE.test(id)) return;
+  if (isMountId(id)) return;
   const shown = id.length > 80 ? `${JSON.stringify(id.slice(0, 80))}…` : JSON.stringify(id);
   throw new InvalidArgumentError(
     `invalid mount ID ${shown}: want at most ${MAX_MOUNT_ID} printable ASCII characters without spaces (dockerd sends 64 hex digits)`,

@@ -1,6 +1,8 @@
 /**
  * Start-up reconciliation: make disk, mounts and records agree after a crash, a kill -9 or a reboot,
  * without losing a volume. Records are the truth (they were committed before any reply said "done").
+ * In cluster mode (#14) each node repairs only what is its own: its tmp/ (nodes/<node>/tmp), its holds
+ * (a record's holds are this node's), its boot id, its mountpoints; never another node's holds or stages.
  *
  * - tmp/ holds stages (volumes being built or deleted), each locked by its owner while it lives
  *   (src/sys/staging.ts): those of dead owners are debris, deleted in the background; a live one (a
@@ -26,9 +28,8 @@ import { unmountTarget } from '../sys/mount.js';
 import { mountsUnder, readMounts } from '../sys/mountinfo.js';
 import { makePrivateDir, reportPrivateDir } from '../sys/private-dir.js';
 import { claimDir, sweepStages } from '../sys/staging.js';
-import { holdCount } from './holds.js';
 import { kindOf } from './kinds/index.js';
-import { CLI_HOLD_PREFIX } from './volume-ops.js';
+import { CLI_HOLD_PREFIX, holdCount } from './holds.js';
 import type { VolumeMechanics } from './volume-service.js';
 
 /** What reconciliation needs. */
@@ -62,7 +63,9 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
     (err: unknown) => log.warn({ err: describeError(err) }, 'deleting tmp/ leftover failed'),
   );
 
-  for (const name of fs.readdirSync(layout.volumesDir)) {
+  // Cluster mode (#14): a volume directory appears with its record (one rename publishes both), so
+  // volumes/ holds no record-less directory of this node's to judge; another node's is not ours to touch.
+  for (const name of store.scope === 'local' ? fs.readdirSync(layout.volumesDir) : []) {
     if (store.get(name) !== undefined) continue;
     const dir = layout.volumeDir(name);
     if (mountsUnder(dir, mounts).length > 0) {

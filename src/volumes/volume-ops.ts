@@ -21,12 +21,11 @@ import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
 import type { Beneath } from '../sys/beneath.js';
 import { isMountRoot } from '../sys/libc.js';
 import { exportTree, importVolume } from './archive.js';
-import { holdCount } from './holds.js';
+import { CLI_HOLD_PREFIX, holdCount } from './holds.js';
 import { kindOf } from './kinds/index.js';
 import type { VolumeInfo, VolumeMechanics, VolumeService } from './volume-service.js';
 
-/** Mount IDs of holds taken for a CLI request: `tsvol-cli-<verb>-<random>`. */
-export const CLI_HOLD_PREFIX = 'tsvol-cli-';
+export { CLI_HOLD_PREFIX };
 
 /** A volume's export: `gzip` compresses the tar. */
 export interface ExportOptions {
@@ -193,7 +192,8 @@ export function volumeOps(ctx: VolumeOpsContext): VolumeOps {
     },
 
     async df() {
-      const layers = kinds.layered.layers.list();
+      // Cluster mode (#14) has no layer store.
+      const layers = ctx.config.scope === 'global' ? [] : kinds.layered.layers.list();
       const children = new Map<string, number>();
       for (const l of layers) if (l.parent !== undefined) children.set(l.parent, (children.get(l.parent) ?? 0) + 1);
       // A layer's chain below it is shared by every layer on top: count each layer's own diff once.

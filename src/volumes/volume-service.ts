@@ -14,13 +14,14 @@
  */
 import type { Config } from '../config.js';
 import { holdChange, releaseChange } from '../layers/layer-store.js';
-import { InUseError, NotFoundError, describeError, wrapError } from '../errors.js';
+import { ConflictError, InUseError, InvalidArgumentError, NotFoundError, describeError, wrapError } from '../errors.js';
+import { nanoid } from 'nanoid';
 import type { LayerRecord } from '../layers/layer-store.js';
 import type { Logger } from '../log.js';
 import type { Layout } from '../store/layout.js';
 import { nullProtoRecord, type VolumeRecord, type VolumeStore } from '../store/volume-store.js';
 import type { Beneath } from '../sys/beneath.js';
-import { PUBLISH_HOLD_PREFIX, holdCount } from './holds.js';
+import { CLI_HOLD_PREFIX, PUBLISH_HOLD_PREFIX, holdCount } from './holds.js';
 import { createKeyedMutex } from './keyed-mutex.js';
 import { createKindContext } from './kinds/context.js';
 import { hasOwnMount, kindOf } from './kinds/index.js';
@@ -70,6 +71,8 @@ export interface VolumeServiceDeps {
   readonly sizeBacking?: SizeBacking;
   /** The layer manager for layer= volumes. */
   readonly layered: LayeredVolumes;
+  /** Cluster mode (#14): the shared data root pinned by an fd (ClusterStore.root). */
+  readonly sharedRoot?: Beneath;
 }
 
 /** Creates the service. Call reconcileVolumes first so that disk and records agree. */
@@ -88,7 +91,14 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     return rec;
   }
 
-  const ctx = createKindContext({ ...deps, mustGet, withLock: (name, work) => locks.run(name, work) });
+  const ctx = createKindContext({
+    ...deps,
+    mustGet,
+    withLock: (name, work) => locks.run(name, work),
+    holdDuring,
+    sharedRoot: deps.sharedRoot,
+    stageRecord: store.stageRecord,
+  });
   const mountpoints = createMountpoints(ctx);
 
   /** Last holder gone: undoes establish, and measures again off the request path (what it wrote is final). */
@@ -100,6 +110,60 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
 
   const info = createVolumeInfos(ctx, mountpoints, usage);
 
+  /** Takes a hold for mount ID `id` and returns the mountpoint (VolumeService.mount). */
+  async function mountVolume(name: string, id: string): Promise<string> {
+    validateName(name);
+    validateMountId(id);
+    return locks.run(name, async () => {
+      const rec = mustGet(name);
+      const first = holdCount(rec) === 0;
+      let mp: string;
+      try {
+        mp = first ? await mountpoints.establish(rec) : mountpoints.of(rec);
+      } catch (err) {
+        throw wrapError(`mount volume "${name}"`, err);
+      }
+      const holds = new Map(rec.holds);
+      holds.set(id, (holds.get(id) ?? 0) + 1);
+      try {
+        // Cluster mode: refused while another node removes the volume, or while this node's lease lapsed.
+        await store.put({ ...rec, holds });
+      } catch (err) {
+        if (first) await release(rec);
+        throw wrapError(`mount volume "${name}"`, err);
+      }
+      return mp;
+    });
+  }
+
+  /** Releases one hold of `id` (VolumeService.unmount). */
+  async function unmountVolume(name: string, id: string): Promise<void> {
+    validateName(name);
+    validateMountId(id);
+    await locks.run(name, async () => {
+      const rec = mustGet(name);
+      const count = rec.holds.get(id);
+      if (count === undefined) return; // not ours to release: no change (e.g. an ID from before a reboot)
+      const holds = new Map(rec.holds);
+      if (count > 1) holds.set(id, count - 1);
+      else holds.delete(id);
+      const next = { ...rec, holds };
+      await store.put(next);
+      if (holdCount(next) === 0) await release(next);
+    });
+  }
+
+  /** KindContext.holdDuring: a hold under a mount ID of its own (dropped by start-up after a crash). */
+  async function holdDuring<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const id = `${CLI_HOLD_PREFIX}hold-${nanoid(10)}`;
+    await mountVolume(name, id);
+    try {
+      return await fn();
+    } finally {
+      await unmountVolume(name, id);
+    }
+  }
+
   return {
     kinds: ctx,
     mountpoints,
@@ -108,6 +172,9 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
       validateName(name);
       const parsed = parseOptions(opts);
       const kind = kindOf(parsed);
+      if (store.scope === 'global' && kind.clusterRefusal !== undefined) {
+        throw new InvalidArgumentError(`create volume "${name}": not offered in cluster mode (TSVOL_SCOPE=global): ${kind.clusterRefusal}`);
+      }
       await locks.run(name, async () => {
         if (store.get(name) !== undefined) return; // Create of an existing volume succeeds (local driver)
         let rec: VolumeRecord;
@@ -115,8 +182,12 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
         try {
           const spec = await kind.plan(name, parsed, ctx);
           rec = { name, createdAt: new Date().toISOString(), spec, options: nullProtoRecord(opts), holds: new Map() };
+          // Cluster mode: tells this volume from one of the same name created after a removal elsewhere.
+          if (store.scope === 'global') rec = { ...rec, incarnation: nanoid(16) };
           built = await kind.build(rec, ctx);
         } catch (err) {
+          // Cluster mode: another node published the name first (its rename won): it exists, as Create wants.
+          if (store.scope === 'global' && err instanceof ConflictError && store.get(name) !== undefined) return;
           throw wrapError(`create volume "${name}"`, err);
         }
         try {
@@ -142,7 +213,8 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
           // A CSI publish is a hold too (#12): say how that side lets go.
           const csi = [...rec.holds.keys()].some((id) => id.startsWith(PUBLISH_HOLD_PREFIX));
           const fix = csi ? 'stop the containers and pods using it first (a CSI publish ends with NodeUnpublishVolume)' : 'stop the containers using it first';
-          throw new InUseError(`volume "${name}" is in use: ${n} active mount(s) (IDs ${ids}); ${fix}`);
+          const here = store.scope === 'global' ? ` on this node ("${deps.config.nodeId}")` : '';
+          throw new InUseError(`volume "${name}" is in use${here}: ${n} active mount(s) (IDs ${ids}); ${fix}`);
         }
         const kind = kindOf(rec.spec);
         try {
@@ -151,54 +223,34 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
           throw wrapError(`remove volume "${name}"`, err);
         }
         kind.checkRemovable(rec, ctx);
-        await store.delete(name, kind.linked(rec, ctx).map((c) => releaseChange(c.layer, c.holder)));
+        // Cluster mode: refused while another live node holds it; else the directory moved to our tmp/.
+        const moved = await store.delete(name, kind.linked(rec, ctx).map((c) => releaseChange(c.layer, c.holder)));
         usage.forget(name);
-        await kind.destroy(rec, ctx);
+        if (moved !== undefined) await ctx.deleter.delete(moved, name);
+        else if (store.scope === 'local') await kind.destroy(rec, ctx);
       });
     },
 
-    async mount(name, id) {
-      validateName(name);
-      validateMountId(id);
-      return locks.run(name, async () => {
-        const rec = mustGet(name);
-        const first = holdCount(rec) === 0;
-        let mp: string;
-        try {
-          mp = first ? await mountpoints.establish(rec) : mountpoints.of(rec);
-        } catch (err) {
-          throw wrapError(`mount volume "${name}"`, err);
-        }
-        const holds = new Map(rec.holds);
-        holds.set(id, (holds.get(id) ?? 0) + 1);
-        try {
-          await store.put({ ...rec, holds });
-        } catch (err) {
-          if (first) await release(rec);
-          throw wrapError(`mount volume "${name}"`, err);
-        }
-        return mp;
-      });
-    },
-
-    async unmount(name, id) {
-      validateName(name);
-      validateMountId(id);
-      await locks.run(name, async () => {
-        const rec = mustGet(name);
-        const count = rec.holds.get(id);
-        if (count === undefined) return; // not ours to release: no change (e.g. an ID from before a reboot)
-        const holds = new Map(rec.holds);
-        if (count > 1) holds.set(id, count - 1);
-        else holds.delete(id);
-        const next = { ...rec, holds };
-        await store.put(next);
-        if (holdCount(next) === 0) await release(next);
-      });
-    },
+    mount: mountVolume,
+    unmount: unmountVolume,
 
     path: (name) => mountpoints.of(mustGet(name)),
-    get: (name) => info(mustGet(name)),
+    get(name) {
+      const base = info(mustGet(name));
+      if (store.scope === 'local') return base;
+      // Cluster mode: Status says who else holds it (mounts and holders are this node's).
+      const elsewhere = store.holdsElsewhere(name);
+      if (elsewhere.length === 0) return base;
+      const nodes = nullProtoRecord(
+        elsewhere.map((h) => {
+          let mounts = 0;
+          for (const c of h.holds.values()) mounts += c;
+          const lease = h.live ? 'live' : Number.isFinite(h.expiredForMs) ? `expired ${Math.round(h.expiredForMs / 1000)} s ago` : 'none';
+          return [h.node, { mounts, holders: [...h.holds.keys()], lease }] as const;
+        }),
+      );
+      return { ...base, status: { ...base.status, nodes } };
+    },
 
     list() {
       const out: VolumeSummary[] = [];

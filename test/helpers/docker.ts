@@ -101,7 +101,7 @@ async function stopDockerd(): Promise<void> {
 /**
  * A test image with a file at /seed (for Docker's populate-an-empty-volume step), made offline from
  * busybox-static with `docker import` as `tag`; built in `workDir` (a fresh directory per call). `host`:
- * another engine's socket (`unix:///…`, the cluster nodes of test/helpers/cluster.ts), not the default one.
+ * another engine's socket (`unix:///…`, the cluster nodes of test/helpers/swarm.ts), not the default one.
  */
 export function importTestImage(workDir: string, tag: string, host?: string): void {
   const img = path.join(workDir, 'image');

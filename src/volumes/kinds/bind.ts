@@ -15,6 +15,7 @@ import type { VolumeKind } from './kind.js';
 /** The bind kind. */
 export const bind: VolumeKind<'bind'> = {
   statusKind: 'bind',
+  clusterRefusal: 'bind-style volumes (type=bind, device=) name a host path, and each node has its own host paths',
   hasOwnMount: () => false,
   privateMountpoint: true,
   async plan(_name, parsed, ctx) {

@@ -9,15 +9,16 @@ import { copyTreeInWorker } from '../clone.js';
 import { holdCount } from '../holds.js';
 import { validateName } from '../names.js';
 import { buildInTmp, dataDirVolume } from './common.js';
-import type { Built, KindContext, VolumeKind } from './kind.js';
+import type { Built, KindContext, RecordOf, VolumeKind } from './kind.js';
 
 /**
- * Copies volume `from` into a new volume directory for `name`. A source whose files are only visible
+ * Copies volume `rec.spec.from` into a new volume directory for `rec`. A source whose files are only visible
  * through its own mount (hasOwnMount) that nobody holds is mounted for the copy under its own lock (two
  * mounts of one ext4 image would corrupt it); any other source is read without its lock, so a long copy
  * never holds up the source's Mount. A bind-style source is read below its pinned device (Contents).
  */
-async function copyVolume(name: string, from: string, ctx: KindContext): Promise<Built> {
+async function copyVolume(rec: RecordOf<'clone'>, ctx: KindContext): Promise<Built> {
+  const from = rec.spec.from;
   const src = ctx.mustGet(from);
   const kind = ctx.kindOf(src.spec);
   const copy = async (): Promise<Built> => {
@@ -25,11 +26,13 @@ async function copyVolume(name: string, from: string, ctx: KindContext): Promise
     try {
       // A pinned tree goes to the worker as its fd: the copy reads below it only.
       const source = typeof contents.tree === 'string' ? contents.tree : contents.tree.fd;
-      return await buildInTmp(name, ctx, async (files) => void (await copyTreeInWorker(source, files.data)));
+      return await buildInTmp(rec, ctx, async (files) => void (await copyTreeInWorker(source, files.data)));
     } finally {
       contents.close();
     }
   };
+  // Cluster mode (#14): the source is held by this node for the copy, so no other node removes it midway.
+  if (ctx.sharedRoot !== undefined) return ctx.holdDuring(from, copy);
   if (!kind.hasOwnMount(src.spec)) return copy();
   return ctx.withLock(from, async () => {
     const now = ctx.mustGet(from);
@@ -47,12 +50,13 @@ async function copyVolume(name: string, from: string, ctx: KindContext): Promise
 export const clone: VolumeKind<'clone'> = {
   ...dataDirVolume,
   statusKind: 'clone-of',
+  clusterRefusal: undefined,
   hasOwnMount: () => false,
   async plan(name, parsed) {
     validateName(parsed.from);
     if (parsed.from === name) throw new InvalidArgumentError(`volume "${name}" cannot be a clone of itself`);
     return parsed;
   },
-  build: (rec, ctx) => copyVolume(rec.name, rec.spec.from, ctx),
+  build: (rec, ctx) => copyVolume(rec, ctx),
   describe: (rec, ctx) => ({ path: ctx.layout.dataDir(rec.name), from: rec.spec.from }),
 };

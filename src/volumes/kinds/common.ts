@@ -4,7 +4,7 @@
  * `dataDirVolume` and overrides what differs.
  */
 import fs from 'node:fs';
-import { InUseError, errnoCode } from '../../errors.js';
+import { ConflictError, InUseError, errnoCode } from '../../errors.js';
 import { volumeFiles, type VolumeFiles } from '../../store/layout.js';
 import type { VolumeRecord } from '../../store/volume-store.js';
 import { fsyncDirShared } from '../../sys/durable.js';
@@ -57,13 +57,26 @@ export async function bindAt(source: string, mp: string): Promise<void> {
  * Builds a volume's directory whole in a stage tmp/new-*, flushes it, and renames it to volumes/<name>.
  * A crash at any instant leaves either that directory or debris start-up deletes. The stage stays locked
  * after the rename: the service releases it once the record is committed, so a server starting meanwhile
- * (this may be the CLI) never deletes it as record-less (sys/staging.ts).
+ * (this may be the CLI) never deletes it as record-less (sys/staging.ts). In cluster mode (#14) the record
+ * goes into the stage too (KindContext.stageRecord), so the rename publishes the volume with its record,
+ * and fails if another node published the name first (ConflictError).
  */
-export async function buildInTmp(name: string, ctx: KindContext, fill: (files: VolumeFiles) => Promise<void>): Promise<Built> {
+export async function buildInTmp(rec: VolumeRecord, ctx: KindContext, fill: (files: VolumeFiles) => Promise<void>): Promise<Built> {
+  const { stageRecord } = ctx;
   // The rename into volumes/ is made durable here, its fsync shared with concurrent builds (fsyncDirShared).
   const stage = await buildStaged(
-    { tmpDir: ctx.layout.tmpDir, kind: 'new', mode: 0o701, dest: ctx.layout.volumeDir(name), syncParent: fsyncDirShared },
-    (dir) => fill(volumeFiles(dir)),
+    {
+      tmpDir: ctx.layout.tmpDir,
+      kind: 'new',
+      mode: 0o701,
+      dest: ctx.layout.volumeDir(rec.name),
+      syncParent: fsyncDirShared,
+      taken: () => new ConflictError(`volume "${rec.name}" was created meanwhile by another node`),
+    },
+    async (dir) => {
+      await fill(volumeFiles(dir));
+      stageRecord?.(rec, dir);
+    },
   );
   return { release: () => stage.release(), remove: () => stage.remove() };
 }
@@ -81,13 +94,27 @@ export const dataDirVolume = {
     // Built whole in tmp/ and made durable before its record: the directory is there.
   },
   async bindTo(rec: VolumeRecord, mp: string, ctx: KindContext) {
-    await bindAt(ctx.layout.dataDir(rec.name), mp);
+    if (ctx.sharedRoot === undefined) {
+      await bindAt(ctx.layout.dataDir(rec.name), mp);
+      return;
+    }
+    // Cluster mode: _data pinned below the shared root, never through a symlink someone planted there,
+    // and bound from that very inode.
+    const fd = ctx.sharedRoot.openDirFd(`volumes/${rec.name}/_data`);
+    try {
+      await bindAt(`/proc/self/fd/${fd}`, mp);
+    } finally {
+      fs.closeSync(fd);
+    }
   },
   async release() {
     return false; // no mount of its own
   },
   contents(rec: VolumeRecord, ctx: KindContext): Contents {
-    return { tree: ctx.layout.dataDir(rec.name), close: () => undefined };
+    if (ctx.sharedRoot === undefined) return { tree: ctx.layout.dataDir(rec.name), close: () => undefined };
+    // Cluster mode: read below _data pinned beneath the shared root (a clone's copy, an export).
+    const tree = ctx.sharedRoot.sub(`volumes/${rec.name}/_data`);
+    return { tree, close: () => tree.close() };
   },
   measure(rec: VolumeRecord, ctx: KindContext) {
     return () => measureTree(ctx.layout.dataDir(rec.name));
@@ -108,4 +135,4 @@ export const dataDirVolume = {
     // The record existed, so whoever built the directory has committed it and is releasing its lock now.
     await ctx.deleter.delete(ctx.layout.volumeDir(rec.name), rec.name, RELEASE_WAIT_MS);
   },
-} satisfies Omit<VolumeKind, 'statusKind' | 'hasOwnMount' | 'plan' | 'build'>;
+} satisfies Omit<VolumeKind, 'statusKind' | 'clusterRefusal' | 'hasOwnMount' | 'plan' | 'build'>;

@@ -4,6 +4,7 @@ import type { Config } from '../../config.js';
 import type { Logger } from '../../log.js';
 import type { Layout } from '../../store/layout.js';
 import type { VolumeRecord } from '../../store/volume-store.js';
+import type { Beneath } from '../../sys/beneath.js';
 import { createBindRoots } from '../bind-roots.js';
 import { createDeleter } from '../deleter.js';
 import type { LayeredVolumes } from '../layered.js';
@@ -22,6 +23,11 @@ export interface KindContextDeps {
   readonly layered: LayeredVolumes;
   mustGet(name: string): VolumeRecord;
   withLock<T>(name: string, work: () => Promise<T>): Promise<T>;
+  holdDuring<T>(name: string, fn: () => Promise<T>): Promise<T>;
+  /** Cluster mode: the shared root pinned (KindContext.sharedRoot). */
+  readonly sharedRoot: Beneath | undefined;
+  /** Cluster mode: VolumeStore.stageRecord. */
+  readonly stageRecord: ((rec: VolumeRecord, dir: string) => void) | undefined;
 }
 
 /** Builds the context: one per service. */
@@ -42,6 +48,9 @@ export function createKindContext(deps: KindContextDeps): KindContext {
     deleter: createDeleter(layout, log),
     mustGet: deps.mustGet,
     withLock: deps.withLock,
+    holdDuring: deps.holdDuring,
+    sharedRoot: deps.sharedRoot,
+    stageRecord: deps.stageRecord,
     kindOf,
   };
 }

@@ -90,6 +90,23 @@ export interface KindContext {
   withLock<T>(name: string, work: () => Promise<T>): Promise<T>;
   /** The kind of another volume's spec (a clone's source): kinds never import the table. */
   kindOf(spec: { readonly kind: KindName }): VolumeKind;
+  /**
+   * Cluster mode (#14): the shared data root pinned by an fd (the cluster store's). A volume's files are
+   * reached below it only (openat2, no symlink followed): another node, or anyone who can write the
+   * shared filesystem, could plant a symlink there. Undefined in local mode.
+   */
+  readonly sharedRoot: Beneath | undefined;
+  /**
+   * Cluster mode: writes the record into a stage before the rename that publishes it (VolumeStore
+   * stageRecord), so that a volume directory appears with its record; every kind then builds in tmp/.
+   * Undefined in local mode.
+   */
+  readonly stageRecord: ((rec: VolumeRecord, dir: string) => void) | undefined;
+  /**
+   * Runs `fn` while volume `name` is held by this node under a mount ID of its own (a clone's source in
+   * cluster mode: another node cannot remove it mid-copy). The hold goes when `fn` settles.
+   */
+  holdDuring<T>(name: string, fn: () => Promise<T>): Promise<T>;
 }
 
 /**
@@ -99,6 +116,11 @@ export interface KindContext {
 export interface VolumeKind<K extends KindName = KindName> {
   /** What Status shows as `kind` (#6): named, bind, sized, clone-of, layered. */
   readonly statusKind: string;
+  /**
+   * Cluster mode (#14, TSVOL_SCOPE=global): undefined if the kind works there; else why not, naming its
+   * options, for the Err of a Create refused in cluster mode.
+   */
+  readonly clusterRefusal: string | undefined;
   /**
    * True when the volume's files are its own filesystem, visible only while a mount of its own is up on
    * _data (a loop-backed sized volume's ext4 image, a layered volume's overlay): mounted by establish,

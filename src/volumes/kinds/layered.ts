@@ -11,6 +11,7 @@ import type { VolumeKind } from './kind.js';
 export const layered: VolumeKind<'layered'> = {
   ...dataDirVolume,
   statusKind: 'layered',
+  clusterRefusal: 'layer= and image= are refused: the layer store is one host\'s SQLite database, which must not live on a shared filesystem',
   hasOwnMount: () => true,
   async plan(_name, parsed, ctx) {
     // An image (#11) is its top layer: the record keeps the ChainID, so retagging or removing the image
@@ -21,7 +22,7 @@ export const layered: VolumeKind<'layered'> = {
     return { kind: 'layered', layer: ctx.layered.layers.resolve(parsed.layer).id };
   },
   linked: (rec, ctx) => [{ type: 'layerHold', layer: rec.spec.layer, holder: ctx.layered.holderOf(rec.name) }],
-  build: (rec, ctx) => buildInTmp(rec.name, ctx, (files) => ctx.layered.build(files)),
+  build: (rec, ctx) => buildInTmp(rec, ctx, (files) => ctx.layered.build(files)),
   async establish(rec, ctx) {
     ctx.layered.mount(rec.name, rec.spec.layer);
   },

@@ -6,8 +6,18 @@
  * told is lost.
  */
 import fs from 'node:fs';
-import { dataDirVolume } from './common.js';
+import { buildInTmp, dataDirVolume } from './common.js';
 import type { KindContext, RecordOf, VolumeKind } from './kind.js';
+
+/** Makes `data`, a named volume's _data, with its owner and mode. */
+async function fillData(rec: RecordOf<'named'>, data: string, ctx: KindContext): Promise<void> {
+  const { spec } = rec;
+  await fs.promises.mkdir(data, { mode: 0o755 });
+  if (spec.uid !== undefined || spec.gid !== undefined) await fs.promises.chown(data, spec.uid ?? 0, spec.gid ?? 0);
+  const mode = spec.mode ?? 0o755;
+  // mkdir's mode is masked by the umask: chmod only when that changed the result.
+  if (mode !== (0o755 & ~ctx.umask)) await fs.promises.chmod(data, mode);
+}
 
 /**
  * Makes a named volume's directory with its owner and mode, on the thread pool (mkdir costs ~150 µs on
@@ -19,11 +29,7 @@ async function buildVolumeDir(rec: RecordOf<'named'>, ctx: KindContext): Promise
   const data = ctx.layout.dataDir(rec.name);
   await fs.promises.mkdir(dir, { mode: 0o701 });
   try {
-    await fs.promises.mkdir(data, { mode: 0o755 });
-    if (spec.uid !== undefined || spec.gid !== undefined) await fs.promises.chown(data, spec.uid ?? 0, spec.gid ?? 0);
-    const mode = spec.mode ?? 0o755;
-    // mkdir's mode is masked by the umask: chmod only when that changed the result.
-    if (mode !== (0o755 & ~ctx.umask)) await fs.promises.chmod(data, mode);
+    await fillData(rec, data, ctx);
   } catch (err) {
     await fs.promises.rm(dir, { recursive: true, force: true });
     throw err;
@@ -34,11 +40,14 @@ async function buildVolumeDir(rec: RecordOf<'named'>, ctx: KindContext): Promise
 export const named: VolumeKind<'named'> = {
   ...dataDirVolume,
   statusKind: 'named',
+  clusterRefusal: undefined,
   hasOwnMount: () => false,
   async plan(_name, parsed) {
     return parsed;
   },
   async build(rec, ctx) {
+    // Cluster mode (#14): built whole in tmp/ with its record, published by one rename (buildInTmp).
+    if (ctx.stageRecord !== undefined) return buildInTmp(rec, ctx, (files) => fillData(rec, files.data, ctx));
     await buildVolumeDir(rec, ctx);
     return {
       release: () => undefined,
@@ -46,7 +55,9 @@ export const named: VolumeKind<'named'> = {
     };
   },
   async establish(rec, ctx) {
-    if (fs.existsSync(ctx.layout.dataDir(rec.name))) return;
+    // Cluster mode: published whole with its record, so there is nothing to rebuild (and a path on the
+    // shared root is never trusted: bindTo pins _data).
+    if (ctx.sharedRoot !== undefined || fs.existsSync(ctx.layout.dataDir(rec.name))) return;
     // Only power loss right after Create can leave a record without its (empty) directory: rebuild it.
     ctx.log.warn({ volume: rec.name }, 'volume directory missing; recreating it empty');
     await fs.promises.rm(ctx.layout.volumeDir(rec.name), { recursive: true, force: true });

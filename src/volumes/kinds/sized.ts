@@ -23,6 +23,11 @@ import type { VolumeKind } from './kind.js';
 export const sized: VolumeKind<'sized'> = {
   ...dataDirVolume,
   statusKind: 'sized',
+  // A loop-backed ext4 image mounted by two nodes at once is corrupted at once, and a project quota is a
+  // property of one host's local filesystem: neither is offered until an image lease (a single writer,
+  // checked before mounting) exists.
+  clusterRefusal:
+    'size= is refused: a loop-mounted ext4 image on a shared filesystem would be mounted by every node running a task on it, which corrupts it, and project quotas belong to one host\'s filesystem; use a quota of the shared filesystem itself',
   hasOwnMount: (spec) => spec.backing === 'loop',
   async plan(_name, parsed, ctx) {
     const { backing } = ctx.sizeBacking();
@@ -30,7 +35,7 @@ export const sized: VolumeKind<'sized'> = {
   },
   async build(rec, ctx) {
     const { spec } = rec;
-    return buildInTmp(rec.name, ctx, async (files) => {
+    return buildInTmp(rec, ctx, async (files) => {
       await fs.promises.mkdir(files.data, { mode: 0o755 });
       if (spec.backing === 'loop') {
         await makeImage(files.image, spec.limit, spec);
