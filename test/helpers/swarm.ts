@@ -308,7 +308,7 @@ function findDirs(dir: string, names: ReadonlySet<string>, depth: number): strin
 const CGROUP2_SUPER_MAGIC = 0x63677270;
 
 /** Removes the debris of SIGKILLed containers: shim sockets and the (now empty) cgroups named by their ids. */
-function clearDebris(): void {
+async function clearDebris(): Promise<void> {
   for (const socket of debris.sockets) fs.rmSync(socket, { force: true });
   debris.sockets.clear();
   if (debris.ids.size === 0) return;
@@ -317,23 +317,26 @@ function clearDebris(): void {
     fs.statfsSync('/sys/fs/cgroup').type === CGROUP2_SUPER_MAGIC
       ? ['/sys/fs/cgroup']
       : fs.readdirSync('/sys/fs/cgroup').map((c) => path.join('/sys/fs/cgroup', c)).filter((h) => !fs.lstatSync(h).isSymbolicLink());
-  for (const h of hierarchies) {
-    for (const dir of findDirs(h, debris.ids, 4)) {
+  let busy = hierarchies.flatMap((h) => findDirs(h, debris.ids, 4));
+  // A cgroup v1 directory stays EBUSY for a moment after its last task was reaped.
+  for (let round = 0; round < 40 && busy.length > 0; round++) {
+    if (round > 0) await sleep(250);
+    busy = busy.filter((dir) => {
       try {
         fs.rmdirSync(dir);
+        return false;
       } catch (err) {
-        // EBUSY: a process of it has not been reaped yet; ENOENT: runc removed it meanwhile.
+        // ENOENT: runc removed it meanwhile; EBUSY: try again.
         const code = (err as NodeJS.ErrnoException).code;
-        if (code !== 'ENOENT' && code !== 'EBUSY') throw err;
-        if (code === 'EBUSY') console.warn(`cluster teardown: cgroup ${dir} still busy; left behind`);
+        if (code === 'ENOENT') return false;
+        if (code === 'EBUSY') return true;
+        throw err;
       }
-    }
+    });
   }
+  if (busy.length > 0) console.warn(`cluster teardown: cgroups still busy after 10 s, left behind: ${busy.join(' ')}`);
   debris.ids.clear();
 }
-
-/** The brick's log file glusterd names after the brick's path (outside our roots). */
-const BRICK_LOG = `/var/log/glusterfs/bricks/${BRICK.slice(1).replaceAll('/', '-')}.log`;
 
 /**
  * Removes every trace of a cluster, this run's or a crashed one's: every process of the nodes and of
@@ -350,7 +353,7 @@ export async function removeCluster(): Promise<void> {
     if (mentions(p.args, BRICK) && i >= 0 && p.args[i + 1] !== undefined) debris.sockets.add(p.args[i + 1]!);
   }
   await killTree((args) => mentions(args, WORK) || mentions(args, RUN));
-  clearDebris();
+  await clearDebris();
   unmountUnder([WORK, RUN]);
   detachLoops();
   for (const ns of NAMESPACES) {
