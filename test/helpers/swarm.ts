@@ -338,6 +338,9 @@ async function clearDebris(): Promise<void> {
   debris.ids.clear();
 }
 
+/** The brick's log file glusterd names after the brick's path (outside our roots). */
+const BRICK_LOG = `/var/log/glusterfs/bricks/${BRICK.slice(1).replaceAll('/', '-')}.log`;
+
 /**
  * Removes every trace of a cluster, this run's or a crashed one's: every process of the nodes and of
  * GlusterFS killed, their shim sockets and cgroups removed, everything below WORK and RUN unmounted, loop
