@@ -2,9 +2,10 @@
 # Installs the Debian packages tsvol needs (issue #9 §1): for every program of the asked groups in
 # scripts/deps.txt that is not found, its package. Idempotent: when nothing is missing it changes nothing
 # and reaches no network (no apt-get update).
-#   scripts/install-deps.sh [--check] [build] [e2e]
+#   scripts/install-deps.sh [--check] [build] [e2e] [cluster]
 # build (the default): npm ci, the unit tests, benches, `make rootfs` and the product.
 # e2e: the Docker engine, registry, compose and busybox-static of test/e2e-*.test.ts.
+# cluster: GlusterFS and iproute2 for the Swarm cluster of test/e2e-cluster.test.ts and bench/cluster.ts.
 # --check: only list what is missing; exit 1 if anything is.
 set -euo pipefail
 list=$(cd "$(dirname "$0")" && pwd)/deps.txt
@@ -13,8 +14,8 @@ groups=()
 for arg in "$@"; do
   case $arg in
     --check) check=true ;;
-    build | e2e) groups+=("$arg") ;;
-    *) echo "usage: $0 [--check] [build] [e2e]" >&2; exit 2 ;;
+    build | e2e | cluster) groups+=("$arg") ;;
+    *) echo "usage: $0 [--check] [build] [e2e] [cluster]" >&2; exit 2 ;;
   esac
 done
 [ ${#groups[@]} -gt 0 ] || groups=(build)

@@ -16,9 +16,9 @@ import { ROOT, tempDir } from './server.js';
  * stops the one it started, which would cut a suite running beside it (the image suite) off mid-test. A
  * flock: the kernel drops it with its holder, so a killed suite never blocks the next.
  */
-const ENGINE_LOCK = '/run/tsvol-test-engine.lock';
+export const ENGINE_LOCK = '/run/tsvol-test-engine.lock';
 /** How long a suite waits for the other to finish with the engine. */
-const ENGINE_WAIT_MS = 20 * 60_000;
+export const ENGINE_WAIT_MS = 20 * 60_000;
 
 /** Debian's client, matching its 20.10 engine (a newer client may sit earlier in PATH). */
 export const DOCKER = fs.existsSync('/usr/bin/docker') ? '/usr/bin/docker' : 'docker';
@@ -100,9 +100,10 @@ async function stopDockerd(): Promise<void> {
 
 /**
  * A test image with a file at /seed (for Docker's populate-an-empty-volume step), made offline from
- * busybox-static with `docker import` as `tag`; built in `workDir`.
+ * busybox-static with `docker import` as `tag`; built in `workDir` (a fresh directory per call). `host`:
+ * another engine's socket (`unix:///…`, the cluster nodes of test/helpers/swarm.ts), not the default one.
  */
-export function importTestImage(workDir: string, tag: string): void {
+export function importTestImage(workDir: string, tag: string, host?: string): void {
   const img = path.join(workDir, 'image');
   fs.mkdirSync(path.join(img, 'bin'), { recursive: true });
   fs.copyFileSync('/bin/busybox', path.join(img, 'bin', 'busybox'));
@@ -114,7 +115,8 @@ export function importTestImage(workDir: string, tag: string): void {
   fs.writeFileSync(path.join(img, 'seed', 'from-image.txt'), 'shipped in the image\n');
   fs.mkdirSync(path.join(img, 'tmp'));
   const tar = spawnSync('tar', ['-C', img, '-c', '.'], { maxBuffer: 64 << 20 });
-  const imp = spawnSync(DOCKER, ['import', '-c', 'CMD ["/bin/sh"]', '-', tag], { input: tar.stdout });
+  const hostArgs = host === undefined ? [] : ['-H', host];
+  const imp = spawnSync(DOCKER, [...hostArgs, 'import', '-c', 'CMD ["/bin/sh"]', '-', tag], { input: tar.stdout });
   if (imp.status !== 0) throw new Error(`docker import failed: ${imp.stderr.toString()}`);
 }
 
