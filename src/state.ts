@@ -10,6 +10,7 @@
  */
 import type { Config } from './config.js';
 import type { ControlOps } from './http/control-client.js';
+import { createBlobStore, type BlobStore } from './images/blob-store.js';
 import { createGcBarrier } from './images/gc-barrier.js';
 import { imageOps } from './images/image-ops.js';
 import { createContainerStore, type ContainerStore } from './layers/containers.js';
@@ -64,7 +65,9 @@ export function openState(config: Config, log: Logger): State {
   let layerStore: LayerStore | undefined;
   const layers = (): LayerStore => (layerStore ??= createLayerStore(layout.layersDir, meta));
   const barrier = createGcBarrier();
-  const images = imageOps({ meta, layers, tmpDir: layout.tmpDir, barrier });
+  let blobStore: BlobStore | undefined;
+  const blobs = (): BlobStore => (blobStore ??= createBlobStore(layout, meta));
+  const images = imageOps({ meta, layers, tmpDir: layout.tmpDir, barrier, blobs });
   const layered = createLayeredVolumes(layout, layers, (ref) => images.topLayer(ref));
   const service = createVolumeService({ config, layout, store, log, layered });
   let containers: ContainerStore | undefined;
@@ -78,6 +81,7 @@ export function openState(config: Config, log: Logger): State {
       containers: () => (containers ??= createContainerStore(layout.layersDir, layers(), config.layerDriver)),
       imageTop: (ref) => images.topLayer(ref),
       gcExclusive: (fn) => barrier.exclusive(fn),
+      gcBlobs: () => blobs().gc(),
     }),
     images,
     close: () => store.close(),
