@@ -10,6 +10,7 @@
  */
 import type { Config } from './config.js';
 import type { ControlOps } from './http/control-client.js';
+import { createBlobStore, type BlobStore } from './images/blob-store.js';
 import { createGcBarrier } from './images/gc-barrier.js';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -110,7 +111,9 @@ export async function openState(config: Config, log: Logger): Promise<State> {
   let layerStore: LayerStore | undefined;
   const layers = (): LayerStore => (layerStore ??= createLayerStore(layout.layersDir, meta));
   const barrier = createGcBarrier();
-  const images = imageOps({ meta, layers, tmpDir: layout.tmpDir, barrier });
+  let blobStore: BlobStore | undefined;
+  const blobs = (): BlobStore => (blobStore ??= createBlobStore(layout, meta));
+  const images = imageOps({ meta, layers, tmpDir: layout.tmpDir, barrier, blobs });
   const layered = createLayeredVolumes(layout, layers, (ref) => images.topLayer(ref));
   const service = createVolumeService({ config, layout, store, log, layered });
   let containers: ContainerStore | undefined;
@@ -124,6 +127,7 @@ export async function openState(config: Config, log: Logger): Promise<State> {
       containers: () => (containers ??= createContainerStore(layout.layersDir, layers(), config.layerDriver)),
       imageTop: (ref) => images.topLayer(ref),
       gcExclusive: (fn) => barrier.exclusive(fn),
+      gcBlobs: () => blobs().gc(),
     }),
     images,
     close: () => store.close(),

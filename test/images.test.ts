@@ -13,6 +13,7 @@ import zlib from 'node:zlib';
 import anyTest, { type TestFn } from 'ava';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { DOCKER, docker, dockerFails, setupEngine, type EngineEnv } from './helpers/docker.js';
+import { startRegistry } from './helpers/registry.js';
 import { CLI, cleanupDir, startTestServer, tempDir } from './helpers/server.js';
 
 const UNIQ = `${process.pid}-${Date.now().toString(36)}`;
@@ -98,6 +99,7 @@ interface Details {
   top: string;
   layers: string[];
   repoTags: string[];
+  manifest: unknown;
   config: { rootfs: { diff_ids: string[] }; history: { created_by: string; empty_layer?: boolean }[] };
 }
 
@@ -226,62 +228,146 @@ test.serial('docker volume create -o image=REF: a copy-on-write volume on the im
   }
 });
 
-test.serial('registry: docker push → tsvol image pull (same ID and digest); tsvol image push → docker pull → run; a missing image is a clear 404', async (t) => {
-  // A registry of this test's own on a loopback port (Docker speaks plain HTTP to 127.0.0.0/8), so the
-  // e2e suite's registry on :5000 is never touched.
-  const port = 15000 + (process.pid % 5000);
-  const registry = `127.0.0.1:${port}`;
-  const conf = path.join(t.context.env.workDir, 'registry.yml');
-  fs.writeFileSync(conf, `version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: ${t.context.env.workDir}/registry\nhttp:\n  addr: ${registry}\n`);
-  const proc = spawn('/usr/bin/docker-registry', ['serve', conf], { stdio: 'ignore' });
-  const remote = `${registry}/tsimg/pulled:${UNIQ}`;
+interface RegistryManifest {
+  mediaType: string;
+  layers: { mediaType: string; digest: string; size: number }[];
+}
+
+test.serial('registry: docker push → tsvol pull → tsvol push to another repository keeps the manifest digest (blobs mounted); docker pull runs it', async (t) => {
+  // A registry of this test's own on a loopback port behind a counting proxy (Docker speaks plain HTTP to
+  // 127.0.0.0/8), so the e2e suite's registry on :5000 is never touched.
+  const reg = await startRegistry(t.context.env.workDir, 15000 + (process.pid % 2500) * 2);
+  const remote = `${reg.host}/tsimg/pulled:${UNIQ}`;
+  const again = `${reg.host}/tsimg/again:${UNIQ}`;
   try {
-    for (let i = 0; ; i++) {
-      const up = await fetch(`http://${registry}/v2/`).then((r) => r.status === 200, () => false);
-      if (up) break;
-      if (i > 100 || proc.exitCode !== null) throw new Error(`docker-registry did not start on ${registry}`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
     docker('tag', APP_A, remote);
     docker('push', remote);
-    const repoDigest = (JSON.parse(docker('image', 'inspect', remote)) as { RepoDigests: string[] }[])[0]!.RepoDigests.find((d) => d.startsWith(`${registry}/`))!;
-    const digest = repoDigest.slice(repoDigest.indexOf('@') + 1);
+    const original = (await reg.manifestDigest('tsimg/pulled', UNIQ)) ?? '';
+    t.regex(original ?? '', /^sha256:[0-9a-f]{64}$/);
     const tsvol = world();
+    reg.reset();
     const out = tsvol(['image', 'pull', remote]);
-    t.regex(out, new RegExp(`Digest: ${digest}`));
+    t.regex(out, new RegExp(`Digest: ${original}`));
     t.regex(out, new RegExp(`Pulled image: ${remote.replace(/[.]/g, '\\.')}`));
     const d = JSON.parse(tsvol(['image', 'inspect', remote])) as Details;
     t.is(d.id, inspectDocker(APP_A).Id);
-    t.is(d.digest, digest);
+    t.is(d.digest, original);
     t.deepEqual(d.config.rootfs.diff_ids, inspectDocker(APP_A).RootFS.Layers);
-    // By digest too.
-    tsvol(['image', 'pull', `${registry}/tsimg/pulled@${digest}`]);
-    t.is((JSON.parse(tsvol(['image', 'inspect', `${registry}/tsimg/pulled@${digest}`])) as Details).id, d.id);
-    // tsvol → registry → docker pull → docker run, with the manifest digest unchanged (stored byte-exact).
-    tsvol(['image', 'load', '-i', t.context.saved]);
-    const pushed = `${registry}/tsimg/pushed:${UNIQ}`;
-    tsvol(['image', 'tag', APP_B, pushed]);
-    const pushOut = tsvol(['image', 'push', pushed]);
-    const b = JSON.parse(tsvol(['image', 'inspect', pushed])) as Details;
-    t.is(pushOut, `${pushed}: digest: ${b.digest}`);
-    docker('pull', pushed);
-    t.is(inspectDocker(pushed).Id, inspectDocker(APP_B).Id);
-    t.is(docker('run', '--rm', '--network', 'none', pushed), 'hello from b');
-    // A pulled image (gzip blobs, which the store does not keep) pushes as uncompressed layers: still runs.
-    const again = `${registry}/tsimg/again:${UNIQ}`;
+    const m = JSON.parse(JSON.stringify(d.manifest)) as RegistryManifest;
+    t.true(m.layers.every((l) => l.mediaType.endsWith('gzip')), 'docker pushed gzip layers');
+    // The compressed blobs are kept byte-exact, one file per layer.
+    const blobsDir = path.join(tsvol.data, 'blobs', 'sha256');
+    t.deepEqual(fs.readdirSync(blobsDir).sort(), m.layers.map((l) => l.digest.slice(7)).sort());
+    // Pushed to another repository: the very manifest and blobs, so the same digest; each layer is
+    // mounted from the repository it was pulled from, not uploaded again.
     tsvol(['image', 'tag', remote, again]);
+    reg.reset();
+    t.is(tsvol(['image', 'push', again]), `${again}: digest: ${original}`);
+    t.is(await reg.manifestDigest('tsimg/again', UNIQ), original, "the registry's Docker-Content-Digest");
+    const mounts = reg.seen.filter((s) => s.method === 'POST' && s.query.has('mount'));
+    t.is(mounts.length, m.layers.length);
+    t.true(mounts.every((s) => s.status === 201 && s.query.get('from') === 'tsimg/pulled'));
+    t.is(reg.seen.filter((s) => (s.method === 'PUT' || s.method === 'PATCH') && s.path.includes('/blobs/uploads/')).length, 1, 'only the config is uploaded');
+    // Pushing again: every blob is there (HEAD), nothing is sent but the manifest.
+    reg.reset();
     tsvol(['image', 'push', again]);
+    t.is(reg.seen.filter((s) => s.method !== 'HEAD' && s.path.includes('/blobs/')).length, 0);
     docker('pull', again);
     t.is(inspectDocker(again).Id, d.id);
     t.is(docker('run', '--rm', '--network', 'none', again), 'hello from a');
-    spawnSync(DOCKER, ['rmi', '-f', pushed, again]);
+    // By digest too.
+    tsvol(['image', 'pull', `${reg.host}/tsimg/pulled@${original}`]);
+    t.is((JSON.parse(tsvol(['image', 'inspect', `${reg.host}/tsimg/pulled@${original}`])) as Details).id, d.id);
+    // image rm + gc frees the kept blobs once no image names their manifest.
+    for (const n of [remote, again, `${reg.host}/tsimg/pulled@${original}`]) tsvol(['image', 'rm', n]);
+    const removed = JSON.parse(tsvol(['layer', 'gc', '--json'])) as string[];
+    t.is(removed.filter((r) => r.startsWith('blobs/')).length, m.layers.length);
+    t.deepEqual(fs.readdirSync(blobsDir), []);
+  } finally {
+    spawnSync(DOCKER, ['rmi', '-f', remote, again]);
+    await reg.stop();
+  }
+});
+
+test.serial('registry: a loaded image is pushed with gzip layers (as docker push does), docker pull runs it; a missing image is a clear 404', async (t) => {
+  const reg = await startRegistry(t.context.env.workDir, 15000 + (process.pid % 2500) * 2);
+  const pushed = `${reg.host}/tsimg/pushed:${UNIQ}`;
+  try {
+    const tsvol = world();
+    tsvol(['image', 'load', '-i', t.context.saved]);
+    tsvol(['image', 'tag', APP_B, pushed]);
+    const pushOut = tsvol(['image', 'push', pushed]);
+    const digest = await reg.manifestDigest('tsimg/pushed', UNIQ);
+    t.is(pushOut, `${pushed}: digest: ${digest}`);
+    const m = (await (await fetch(`http://${reg.host}/v2/tsimg/pushed/manifests/${UNIQ}`, { headers: { Accept: 'application/vnd.docker.distribution.manifest.v2+json' } })).json()) as RegistryManifest;
+    t.is(m.layers.length, 4);
+    t.true(m.layers.every((l) => l.mediaType === 'application/vnd.docker.image.rootfs.diff.tar.gzip'));
+    // Deterministic gzip: pushing again to another repository gives the same manifest.
+    tsvol(['image', 'tag', APP_B, `${reg.host}/tsimg/pushed2:${UNIQ}`]);
+    t.is(tsvol(['image', 'push', `${reg.host}/tsimg/pushed2:${UNIQ}`]), `${reg.host}/tsimg/pushed2:${UNIQ}: digest: ${digest}`);
+    docker('pull', pushed);
+    t.is(inspectDocker(pushed).Id, inspectDocker(APP_B).Id);
+    t.is(docker('run', '--rm', '--network', 'none', pushed), 'hello from b');
     // A missing image: a clear error, nothing stored.
     const fresh = world();
-    t.regex(fresh.fails(['image', 'pull', `${registry}/tsimg/nope:1`]), /not found in the registry \(404\)/);
+    t.regex(fresh.fails(['image', 'pull', `${reg.host}/tsimg/nope:1`]), /not found in the registry \(404\)/);
     t.deepEqual(JSON.parse(fresh(['image', 'ls', '--json'])), []);
   } finally {
-    spawnSync(DOCKER, ['rmi', '-f', remote]);
-    proc.kill();
+    spawnSync(DOCKER, ['rmi', '-f', pushed]);
+    await reg.stop();
+  }
+});
+
+test.serial('registry: a second pull downloads only the layers it lacks, 3 at a time; progress lines on a terminal; a reset mid-blob resumes', async (t) => {
+  const reg = await startRegistry(t.context.env.workDir, 15000 + (process.pid % 2500) * 2);
+  const a = `${reg.host}/tsimg/share-a:${UNIQ}`;
+  const b = `${reg.host}/tsimg/share-b:${UNIQ}`;
+  try {
+    docker('tag', APP_A, a);
+    docker('tag', APP_B, b);
+    docker('push', a);
+    docker('push', b);
+    const layersOf = async (repo: string): Promise<string[]> =>
+      ((await (await fetch(`http://${reg.host}/v2/${repo}/manifests/${UNIQ}`, { headers: { Accept: 'application/vnd.docker.distribution.manifest.v2+json' } })).json()) as RegistryManifest).layers.map((l) => l.digest);
+    const la = await layersOf('tsimg/share-a');
+    const lb = await layersOf('tsimg/share-b');
+    const fresh = lb.filter((d) => !la.includes(d));
+    t.is(fresh.length, 1, 'b shares all but its COPY layer with a');
+    const tsvol = world();
+    // The first pull: every layer, each once, 3 at a time (each blob GET held 500 ms at the proxy, so the
+    // overlap shows), and one of them cut mid-body (resumed with Range).
+    await reg.cutBlob(la[0]!, 10_000, 1);
+    await reg.delayBlobs(500);
+    reg.reset();
+    tsvol(['image', 'pull', a]);
+    await reg.delayBlobs(0);
+    t.is(reg.maxBlobGetsAtOnce(), 3, 'three downloads at once, never more');
+    const gets = reg.blobGets().filter((d) => la.includes(d));
+    t.deepEqual([...new Set(gets)].sort(), [...la].sort());
+    t.is(gets.length, la.length + 1, 'the cut blob was asked for twice');
+    t.true(reg.seen.some((s) => s.method === 'GET' && s.path.endsWith(la[0]!) && /^bytes=[1-9]\d*-$/.test(s.range ?? '')), 'resumed with Range where it was cut');
+    // The second: only the layer it lacks. Under a terminal, per-layer progress lines.
+    reg.reset();
+    const pty = spawnSync('script', ['-qec', `${process.execPath} ${CLI} image pull ${b}`, '/dev/null'], { env: { ...process.env, TSVOL_DATA: tsvol.data }, encoding: 'utf8' });
+    t.is(pty.status, 0, pty.stdout);
+    t.deepEqual(reg.blobGets().filter((d) => lb.includes(d)), fresh);
+    t.regex(pty.stdout, new RegExp(`${fresh[0]!.slice(7, 19)}: Pull complete`));
+    t.regex(pty.stdout, new RegExp(`${la[0]!.slice(7, 19)}: Already exists`));
+    t.regex(pty.stdout, /Downloading \d+\.\dMB\/\d+\.\dMB|Pull complete/);
+    // Not a terminal: no progress lines, only the result.
+    const plain = tsvol(['image', 'pull', b]);
+    t.notRegex(plain, /Already exists|Downloading/);
+    t.is((JSON.parse(tsvol(['layer', 'ls', '--json'])) as unknown[]).length, 5);
+    // A blob that keeps being cut: the pull fails cleanly after its retries, and stores nothing.
+    const other = world();
+    await reg.cutBlob(la[0]!, 0, 100);
+    t.regex(other.fails(['image', 'pull', a]), /cut short after 0 of \d+ bytes/);
+    t.deepEqual(JSON.parse(other(['image', 'ls', '--json'])), []);
+    t.deepEqual(JSON.parse(other(['layer', 'ls', '--json'])), []);
+    await reg.cutBlob(la[0]!, 0, 0);
+  } finally {
+    spawnSync(DOCKER, ['rmi', '-f', a, b]);
+    await reg.stop();
   }
 });
 

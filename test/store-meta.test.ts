@@ -7,6 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
+import Database from 'better-sqlite3';
 import { InUseError, NotFoundError } from '../src/errors.js';
 import { createLayout } from '../src/store/layout.js';
 import { createMetaStore, type MetaStore } from '../src/store/meta-store.js';
@@ -178,7 +179,7 @@ test('every read that serves one operation is a key or index lookup, never a sca
         t.notRegex(plan, /\bSCAN\b/, `${name}: ${plan}`);
       }
       // The foreign keys' own checks (a delete looks for referencing rows) use the child indexes too.
-      for (const [table, column] of [['layers', 'parent'], ['tags', 'layer'], ['layer_holds', 'layer'], ['containers', 'base'], ['images', 'top']]) {
+      for (const [table, column] of [['layers', 'parent'], ['tags', 'layer'], ['layer_holds', 'layer'], ['containers', 'base'], ['images', 'top'], ['manifest_blobs', 'blob']]) {
         const plan = (db.prepare(`EXPLAIN QUERY PLAN SELECT 1 FROM ${table} WHERE ${column} = ?`).all('x') as { detail: string }[]).map((r) => r.detail).join('; ');
         t.notRegex(plan, /\bSCAN\b/, `${table}.${column}: ${plan}`);
       }
@@ -223,6 +224,44 @@ test('fsyncDirShared: callers share syncs, but never one that was already runnin
     t.is(started.length, 3);
   } finally {
     fs.promises.open = open;
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a schema-2 tsvol.db (images without origin, no blob tables) opens: its images read as received, blobs can be recorded', async (t) => {
+  const dir = tempDir('tsvol-meta-v2-');
+  const data = path.join(dir, 'data');
+  try {
+    fs.mkdirSync(data, { recursive: true });
+    // The tables #11's first images wrote (schema 2), with one image on one layer.
+    const db = new Database(path.join(data, 'tsvol.db'));
+    db.exec(`
+      CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+      CREATE TABLE layers (id TEXT PRIMARY KEY, diff_id TEXT NOT NULL, parent TEXT REFERENCES layers (id) ON DELETE RESTRICT,
+        size INTEGER NOT NULL, files INTEGER NOT NULL, created_at TEXT NOT NULL) WITHOUT ROWID;
+      CREATE TABLE images (name TEXT PRIMARY KEY, id TEXT NOT NULL, digest TEXT NOT NULL,
+        top TEXT NOT NULL REFERENCES layers (id) ON DELETE RESTRICT, config TEXT NOT NULL, manifest TEXT NOT NULL,
+        created_at TEXT NOT NULL) WITHOUT ROWID;
+    `);
+    const l = layer(1);
+    db.prepare('INSERT INTO layers VALUES (?, ?, NULL, 1, 1, ?)').run(l.id, l.diffId, l.createdAt);
+    db.prepare('INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?)').run('docker.io/library/old:1', `sha256:${hex(7)}`, `sha256:${hex(8)}`, l.id, '{}', '{}', l.createdAt);
+    db.close();
+    const store = createMetaStore(createLayout(data));
+    try {
+      const img = store.getImage('docker.io/library/old:1');
+      t.is(img?.origin, 'received');
+      t.is(img?.top, l.id);
+      const blob = { digest: `sha256:${hex(9)}`, size: 3, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', source: '127.0.0.1:5000/x', createdAt: l.createdAt };
+      await store.commit([{ op: 'blob.put', blob }, { op: 'manifestBlob.put', manifest: `sha256:${hex(8)}`, blob: blob.digest }]);
+      t.deepEqual(store.blobsOf(`sha256:${hex(8)}`), [blob]);
+      // A hold names a blob that exists: the foreign key refuses one that does not, and a held blob's delete.
+      await t.throwsAsync(store.commit([{ op: 'manifestBlob.put', manifest: 'm', blob: `sha256:${hex(10)}` }]));
+      await t.throwsAsync(store.commit([{ op: 'blob.delete', digest: blob.digest }]));
+    } finally {
+      await store.close();
+    }
+  } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -6,9 +6,10 @@
 import fs from 'node:fs';
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
-import { pullArchive, pushImage, type PullInfo } from '../images/registry.js';
+import { blobsToFetch, pushImage, pullStream, resolvePull } from '../images/registry.js';
 import { withImageOps, withOps } from './client.js';
 import { humanSize, table } from './format.js';
+import { layerProgress } from './layer-progress.js';
 import { withProgress, writeOut } from './progress.js';
 
 const short = (id: string | undefined): string => (id ? id.slice(7, 19) : '<missing>');
@@ -38,26 +39,64 @@ export function registerImage(program: Command): void {
   image
     .command('pull')
     .argument('<ref>', 'NAME[:TAG] or NAME@sha256:DIGEST; 127.0.0.0/8 registries over plain HTTP')
-    .description('pull an image from a registry (distribution spec v2); every digest is verified')
+    .description('pull an image from a registry (distribution spec v2): stored layers are skipped, up to 3 fetched at once, every digest verified')
     .action(async (ref: string) => {
-      let info: PullInfo | undefined;
-      // Fetched here, in the CLI (a managed plugin has no network); the server loads and verifies it again.
-      const archive = pullArchive(ref, (i) => (info = i));
-      const loaded = await withImageOps(loadConfig(), (ops) => ops.load(withProgress('pulling', archive)));
-      if (info !== undefined) process.stdout.write(`Digest: ${info.digest}\n`);
+      // Fetched here, in the CLI (a managed plugin has no network); the store checks and unpacks the bytes
+      // as they arrive.
+      const r = await resolvePull(ref);
+      const progress = layerProgress();
+      const loaded = await withOps(loadConfig(), async (ops) => {
+        const stored = await ops.images.stored({ diffIds: r.diffIds, blobs: r.layers.map((l) => l.digest) });
+        const fetch = blobsToFetch(r, stored);
+        const fetching = new Set(fetch.map((b) => b.digest));
+        for (const l of r.layers) progress.add(l.digest, fetching.has(l.digest) ? 'Waiting' : 'Already exists', l.size);
+        try {
+          const done = await ops.images.pull(
+            pullStream(r, fetch, {
+              bytes: (d, n) => progress.bytes(d, 'Downloading', n),
+              downloaded: (d) => progress.status(d, 'Download complete'),
+            }),
+          );
+          // Stored: each fetched layer was unpacked as it arrived.
+          for (const d of fetching) progress.status(d, 'Pull complete');
+          return done;
+        } finally {
+          progress.finish();
+        }
+      });
+      process.stdout.write(`Digest: ${r.manifest.digest}\n`);
       for (const img of loaded) for (const n of img.names) process.stdout.write(`Pulled image: ${n}\n`);
     });
   image
     .command('push')
     .argument('<ref>', 'a stored image reference with its registry: HOST[:PORT]/NAME:TAG')
-    .description('push an image to a registry (distribution spec v2); blobs the registry has are skipped')
+    .description('push an image to a registry (distribution spec v2): a pulled image as it came (same digest), blobs the registry has skipped or mounted')
     .action(async (ref: string) => {
-      // Sent from the CLI (a managed plugin has no network); the layers stream from the server's store.
-      const digest = await withOps(loadConfig(), async (ops) => {
-        const docs = await ops.images.documents(ref);
-        return pushImage(ref, { ...docs, exportLayer: (id, sink) => ops.layers.exportLayer(id, sink) });
+      // Sent from the CLI (a managed plugin has no network); layers and blobs stream from the store.
+      const progress = layerProgress();
+      const result = await withOps(loadConfig(), async (ops) => {
+        const documents = await ops.images.documents(ref);
+        try {
+          return await pushImage(
+            ref,
+            {
+              documents,
+              exportLayer: (id, sink) => ops.layers.exportLayer(id, sink),
+              readBlob: (digest, sink) => ops.images.readBlob(digest, sink),
+            },
+            {
+              start: (layers) => {
+                for (const l of layers) progress.add(l.key, 'Preparing', l.size);
+              },
+              bytes: (key, n) => progress.bytes(key, 'Pushing', n),
+              finished: (key, how) => progress.status(key, how === 'exists' ? 'Layer already exists' : how === 'mounted' ? 'Mounted' : 'Pushed'),
+            },
+          );
+        } finally {
+          progress.finish();
+        }
       });
-      process.stdout.write(`${ref}: digest: ${digest}\n`);
+      process.stdout.write(`${ref}: digest: ${result.digest}\n`);
     });
   image
     .command('save')

@@ -34,7 +34,10 @@
  *   POST /v1/images/tag?ref=R&name=N            200 {}
  *   POST /v1/images/rm?ref=R                    200 {untagged}
  *   GET  /v1/images/top?ref=R                   200 {top}: the top layer's ChainID
- *   GET  /v1/images/documents?ref=R             200 ImageDocuments (manifest and config bytes, chain), for a push
+ *   GET  /v1/images/documents?ref=R             200 ImageDocuments (manifest and config bytes, chain, kept blobs), for a push
+ *   POST /v1/images/pull     body: pull stream  200 LoadedImage[] (src/images/pull-stream.ts)
+ *   POST /v1/images/stored   body: StoredQuery  200 StoredAnswer: which layers and blobs the store has
+ *   GET  /v1/images/blob?digest=D               200 a kept blob's bytes, trailers as for an export
  *
  * A layer's or container's name travels in the query, not the path: every string the user typed (an empty
  * one, `..`, a name with `/`) reaches the operation as typed and gets the operation's own answer, never
@@ -48,7 +51,7 @@
 import http from 'node:http';
 import net from 'node:net';
 import { InternalError, TsvolError, UnavailableError, describeError, errnoCode, type ErrorCode } from '../errors.js';
-import type { ImageDetails, ImageDocuments, ImageHistoryRow, ImageOps, ImageSummary, LoadedImage } from '../images/image-ops.js';
+import type { ImageDetails, ImageDocuments, ImageHistoryRow, ImageOps, ImageSummary, LoadedImage, StoredAnswer } from '../images/image-ops.js';
 import type { Change, CollectedLayers, LayerOps, LayerRecord, RemovedLayers } from '../layers/layer-ops.js';
 import type { VolumeInfo } from '../volumes/volume-service.js';
 import type { DiskUsage, ExportOptions, ImportSummary, VolumeOps } from '../volumes/volume-ops.js';
@@ -63,7 +66,7 @@ export const ERROR_TRAILER = 'Tsvol-Err';
 export const CODE_TRAILER = 'Tsvol-Code';
 
 /** A query string from parameters (given ones only), each URI-encoded. */
-function query(params: { readonly [K in 'ref' | 'name' | 'from' | 'parent' | 'refs']?: string | undefined }): string {
+function query(params: { readonly [K in 'ref' | 'name' | 'from' | 'parent' | 'refs' | 'digest']?: string | undefined }): string {
   const parts = Object.entries(params)
     .filter((e): e is [string, string] => e[1] !== undefined)
     .map(([k, v]) => `${k}=${encodeURIComponent(v)}`);
@@ -97,6 +100,9 @@ export const CONTROL_PATHS = {
   imageRm: (ref: string) => `/v1/images/rm${query({ ref })}`,
   imageTop: (ref: string) => `/v1/images/top${query({ ref })}`,
   imageDocuments: (ref: string) => `/v1/images/documents${query({ ref })}`,
+  imagePull: '/v1/images/pull',
+  imageStored: '/v1/images/stored',
+  imageBlob: (digest: string) => `/v1/images/blob${query({ digest })}`,
 } as const;
 
 const CODES = new Set<ErrorCode>(['TSVOL_INVALID_ARGUMENT', 'TSVOL_NOT_FOUND', 'TSVOL_CONFLICT', 'TSVOL_IN_USE', 'TSVOL_UNAVAILABLE', 'TSVOL_INTERNAL']);
@@ -333,6 +339,13 @@ export function createControlClient(socket: string): ControlOps {
       return (await call<{ top: string }>('GET', CONTROL_PATHS.imageTop(ref))).top;
     },
     documents: (ref) => call<ImageDocuments>('GET', CONTROL_PATHS.imageDocuments(ref)),
+    pull: (input) => upload<LoadedImage[]>(CONTROL_PATHS.imagePull, input, 'the image pull'),
+    stored: (q) => upload<StoredAnswer>(CONTROL_PATHS.imageStored, (async function* () {
+      yield Buffer.from(JSON.stringify(q));
+    })(), 'the stored-layers query'),
+    async readBlob(digest, sink) {
+      await sink(checked(await download(CONTROL_PATHS.imageBlob(digest)), `blob ${digest}`));
+    },
   };
 
   return { volumes, layers, images };

@@ -65,7 +65,7 @@ function bodyOf(req: Request): AsyncIterable<Buffer> {
 }
 
 /** The query parameters the API reads (constant keys: a request's own keys are never looked up). */
-type QueryKey = 'gzip' | 'tag' | 'from' | 'ref' | 'name' | 'parent' | 'refs';
+type QueryKey = 'gzip' | 'tag' | 'from' | 'ref' | 'name' | 'parent' | 'refs' | 'digest';
 
 /** An optional query parameter given at most once. */
 function queryParam(req: Request, key: QueryKey): string | undefined {
@@ -80,6 +80,25 @@ function requiredParam(req: Request, key: QueryKey): string {
   const v = queryParam(req, key);
   if (v === undefined) throw new InvalidArgumentError(`${req.path} needs ?${key}=`);
   return v;
+}
+
+/** The most bytes of a JSON request body (a pull's stored-layers query: a few KiB per hundred layers). */
+const MAX_JSON_BODY = 1 << 20;
+
+/** A request's body as JSON (at most MAX_JSON_BODY bytes). */
+async function readJsonBody(req: Request): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > MAX_JSON_BODY) throw new InvalidArgumentError(`request body over ${MAX_JSON_BODY} bytes`);
+    chunks.push(c);
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+  } catch (err) {
+    throw new InvalidArgumentError(`request body is not JSON: ${describeError(err)}`);
+  }
 }
 
 /** What a request is about, for its log line: a volume (path), a layer (?ref=) or a container (?name=). */
@@ -262,6 +281,24 @@ export function createControlApi(ops: ControlOps, log: Logger): ControlApi {
   app.post(
     '/v1/images/load',
     serve('image.load', async (req, res) => replyJson(res, 200, await images.load(bodyOf(req)))),
+  );
+  app.post(
+    '/v1/images/pull',
+    serve('image.pull', async (req, res) => replyJson(res, 200, await images.pull(req))),
+  );
+  app.post(
+    '/v1/images/stored',
+    serve('image.stored', async (req, res) => {
+      const q = (await readJsonBody(req)) as { diffIds?: unknown; blobs?: unknown } | null;
+      const list = (v: unknown): string[] => (Array.isArray(v) && v.every((x) => typeof x === 'string') ? (v as string[]) : []);
+      replyJson(res, 200, await images.stored({ diffIds: list(q?.diffIds), blobs: list(q?.blobs) }));
+    }),
+  );
+  app.get(
+    '/v1/images/blob',
+    serve('image.blob', async (req, res) => {
+      await images.readBlob(requiredParam(req, 'digest'), (blob) => streamReply(res, blob, { 'Content-Type': 'application/octet-stream' }));
+    }),
   );
   app.get(
     '/v1/images/save',

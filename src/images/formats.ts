@@ -25,6 +25,8 @@ export const MANIFEST_TYPES: ReadonlySet<string> = new Set([MEDIA.ociManifest, M
 export const INDEX_TYPES: ReadonlySet<string> = new Set([MEDIA.ociIndex, MEDIA.dockerList]);
 /** Image config media types. */
 export const CONFIG_TYPES: ReadonlySet<string> = new Set([MEDIA.ociConfig, MEDIA.dockerConfig]);
+/** Compressed layer media types: their blobs are kept byte-exact (a push sends them as they came). */
+export const COMPRESSED_LAYER_TYPES: ReadonlySet<string> = new Set([MEDIA.ociLayerGzip, MEDIA.dockerLayerGzip]);
 /** Layer media types we unpack: plain or gzip tar (Docker 20.10 has no zstd). */
 export const LAYER_TYPES: ReadonlySet<string> = new Set([MEDIA.ociLayer, MEDIA.ociLayerGzip, MEDIA.dockerLayer, MEDIA.dockerLayerGzip]);
 

@@ -7,18 +7,25 @@
  * of the layer store, imported through its hostile-input-safe importLayer; `image rm` drops the
  * reference only (gc reclaims the layers).
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { ConflictError, InvalidArgumentError, NotFoundError } from '../errors.js';
-import { chainId, type LayerRecord, type LayerStore } from '../layers/layer-store.js';
+import path from 'node:path';
+import { ConflictError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
+import { chainId, type LayerRecord, type LayerStore, type StagedLayer } from '../layers/layer-store.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
 import type { ImageRecord } from '../store/records.js';
+import { crashPoint } from '../store/crash-point.js';
 import { withStage } from '../sys/staging.js';
-import { parseConfig, type HistoryEntry } from './formats.js';
+import type { BlobStore } from './blob-store.js';
+import { Channel } from './channel.js';
+import { COMPRESSED_LAYER_TYPES, parseConfig, parseManifest, type HistoryEntry, type ImageConfig } from './formats.js';
 import type { GcBarrier } from './gc-barrier.js';
-import { planLoad } from './load.js';
-import { familiarRepository, isImageId, normalizeReference, parseReference } from './reference.js';
+import { ingestLayer, type Ingested } from './ingest.js';
+import { asText, planLoad } from './load.js';
+import { FRAME, readFrames, type PullHeader } from './pull-stream.js';
+import { familiarRepository, formatReference, isImageId, normalizeReference, parseReference } from './reference.js';
 import { writeDockerArchive, type SaveItem } from './save.js';
-import { spoolArchive } from './spool.js';
+import { MAX_JSON, spoolArchive } from './spool.js';
 
 /** One image loaded: how Docker prints it (`app:latest`, or the ID for an unnamed image). */
 export interface LoadedImage {
@@ -65,12 +72,30 @@ export interface ImageHistoryRow {
   readonly layer: string | undefined;
 }
 
-/** What a push sends: the stored documents, byte-exact, and the chain (base first). */
+/** What a push sends: the stored documents, byte-exact, the chain (base first) and the kept blobs. */
 export interface ImageDocuments {
   readonly name: string;
   readonly manifest: string;
   readonly config: string;
+  /** `made`: tsvol wrote the manifest (a push compresses the layers and makes a new one). */
+  readonly origin: 'received' | 'made';
   readonly layers: readonly { readonly id: string; readonly diffId: string }[];
+  /** The blobs kept for this manifest (readBlob sends them), with the repository each came from. */
+  readonly blobs: readonly { readonly digest: string; readonly size: number; readonly source: string | undefined }[];
+}
+
+/** Which of a pull's layers and blobs the store has (ImageOps.stored). */
+export interface StoredQuery {
+  /** The config's rootfs.diff_ids: layer i is stored if the chain of diff_ids[0..i] is. */
+  readonly diffIds: readonly string[];
+  /** Blob digests: stored if kept in the blob area. */
+  readonly blobs: readonly string[];
+}
+
+/** The answer to a StoredQuery, index by index. */
+export interface StoredAnswer {
+  readonly layers: boolean[];
+  readonly blobs: boolean[];
 }
 
 /** Receives a saved archive (a tar stream); the save lasts until the promise settles. */
@@ -89,8 +114,17 @@ export interface ImageOps {
   tag(source: string, target: string): Promise<void>;
   /** Drops the reference `ref` (never the layers); returns the names it removed, familiar form. */
   remove(ref: string): Promise<{ untagged: string[] }>;
-  /** The image's manifest and config bytes and its chain, for a push. */
+  /**
+   * Stores a pulled image from a pull stream (src/images/pull-stream.ts): unpacks its blobs as their
+   * frames arrive, checks every digest, size and DiffID, keeps compressed blobs, and names the image.
+   */
+  pull(input: AsyncIterable<Buffer>): Promise<LoadedImage[]>;
+  /** Which layers (by chain) and blobs the store has, so that a pull fetches only the others. */
+  stored(query: StoredQuery): Promise<StoredAnswer>;
+  /** The image's manifest and config bytes, its chain and kept blobs, for a push. */
   documents(ref: string): Promise<ImageDocuments>;
+  /** Streams a kept blob to `sink` (a push of a pulled image sends it as it came). */
+  readBlob(digest: string, sink: ImageSaveSink): Promise<void>;
   /** The ChainID of the image's top layer, for volumes and containers built on an image. */
   topLayer(ref: string): Promise<string>;
 }
@@ -103,7 +137,26 @@ export interface ImageOpsContext {
   readonly tmpDir: string;
   /** Keeps a layer gc out of a load's window between its layer imports and its image rows. */
   readonly barrier: GcBarrier;
+  /** The blob area (compressed blobs kept byte-exact). */
+  readonly blobs: () => BlobStore;
 }
+
+/** One image ready to be stored: its documents and its layers, each read and checked (or stored already). */
+interface Storable {
+  readonly names: readonly string[];
+  readonly id: string;
+  readonly config: string;
+  readonly parsed: ImageConfig;
+  readonly manifest: string;
+  readonly digest: string;
+  readonly made: boolean;
+  /** Per layer, base first: what was read of it (nothing when its chain was stored), its descriptor's type. */
+  readonly layers: readonly { readonly ingested: Ingested | undefined; readonly mediaType: string | undefined; readonly digest: string | undefined }[];
+  /** Where its blobs came from (a pull's repository), for mounts on push. */
+  readonly source: string | undefined;
+}
+
+const sha256 = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 /** How Docker shows a stored name: repository and tag (`<none>` where there is none). */
 function shownName(name: string): { repository: string; tag: string } {
@@ -162,45 +215,213 @@ export function imageOps(ctx: ImageOpsContext): ImageOps {
     return { ...shownName(row.name), name: row.name, id: row.id, digest: row.digest, top: row.top, created, size };
   }
 
+  /** True if the chain of diffIds[0..i] is a stored layer. */
+  function hasChain(diffIds: readonly string[], i: number): boolean {
+    let id: string | undefined;
+    for (let j = 0; j <= i; j++) id = chainId(id, diffIds[j]!);
+    return meta.getLayer(id!) !== undefined;
+  }
+
+  /**
+   * True if an archive entry is a layer the store has for sure, by its name alone: a `blobs/sha256/<hex>`
+   * that is a stored DiffID (a plain tar's digest is its DiffID), or a `<hex>/layer.tar` whose hex is a
+   * stored ChainID (tsvol's own saves). Such a layer is only hashed, not unpacked again.
+   */
+  function alreadyStored(name: string): boolean {
+    const blob = /^blobs\/sha256\/([0-9a-f]{64})$/.exec(name)?.[1];
+    if (blob !== undefined) return meta.diffUsers(`sha256:${blob}`) > 0;
+    const v1 = /^([0-9a-f]{64})\/layer\.tar$/.exec(name)?.[1];
+    return v1 !== undefined && meta.getLayer(`sha256:${v1}`) !== undefined;
+  }
+
+  /**
+   * Stores checked images: publishes each missing layer (base first), then the compressed blobs they came
+   * with, then commits every name, blob row and blob hold in one commit (record last). Everything was
+   * verified before; what can still fail here is the disk.
+   */
+  async function storeImages(store: LayerStore, items: readonly Storable[]): Promise<LoadedImage[]> {
+    const blobs = ctx.blobs();
+    const rows: Change[] = [];
+    const holds: Change[] = [];
+    const images: Change[] = [];
+    const files: { file: string; digest: string }[] = [];
+    const newBlobs = new Set<string>();
+    const loaded: LoadedImage[] = [];
+    for (const item of items) {
+      const diffIds = item.parsed.rootfs.diff_ids;
+      let parent: string | undefined;
+      for (const [i, l] of item.layers.entries()) {
+        const want = chainId(parent, diffIds[i]!);
+        if (meta.getLayer(want) === undefined) {
+          const staged: StagedLayer | undefined = l.ingested?.staged ?? (l.ingested?.diffId === diffIds[i] ? store.reuseDiff(diffIds[i]!) : undefined);
+          if (staged === undefined || staged.diffId !== diffIds[i]) {
+            throw new ConflictError(`layer ${i} of image ${item.id} (${diffIds[i]}) is neither stored nor read: it was removed while the image was loading; load or pull again`);
+          }
+          const { layer } = await store.publishLayer(staged, parent);
+          if (layer.id !== want) throw new InvalidArgumentError(`layer ${i} of image ${item.id} stored as ${layer.id}, not ${want}`);
+        }
+        parent = want;
+        // A compressed layer's blob, kept byte-exact for a push: only when it is the very blob the manifest
+        // names and it unpacks to this layer.
+        const digest = l.digest ?? l.ingested?.digest;
+        if (item.made || l.mediaType === undefined || !COMPRESSED_LAYER_TYPES.has(l.mediaType) || digest === undefined) continue;
+        const ing = l.ingested;
+        if (!newBlobs.has(digest) && !blobs.has(digest)) {
+          if (ing?.kept === undefined || ing.digest !== digest || ing.diffId !== diffIds[i]) continue;
+          files.push({ file: ing.kept, digest });
+          newBlobs.add(digest);
+          rows.push({ op: 'blob.put', blob: { digest, size: ing.size, mediaType: l.mediaType, source: item.source, createdAt: new Date().toISOString() } });
+        } else if (item.source !== undefined && blobs.has(digest)) {
+          // Kept already: remember this repository too if the blob had none (blob.put keeps a first source).
+          rows.push({ op: 'blob.put', blob: { ...meta.getBlob(digest)!, source: item.source } });
+        }
+        holds.push({ op: 'manifestBlob.put', manifest: item.digest, blob: digest });
+      }
+      const names = item.names.length > 0 ? item.names : [item.id];
+      const createdAt = new Date().toISOString();
+      const origin = item.made ? 'made' : 'received';
+      for (const name of names) images.push({ op: 'image.put', image: { name, id: item.id, digest: item.digest, top: parent!, config: item.config, manifest: item.manifest, createdAt, origin } });
+      loaded.push({ names: item.names.map(familiar), id: item.id });
+    }
+    blobs.publish(files);
+    crashPoint('image-store:before-commit');
+    await meta.commit([...rows, ...holds, ...images]);
+    return loaded;
+  }
+
+  /** Receives a pull stream into `dir` (see ImageOps.pull). */
+  async function receivePull(store: LayerStore, input: AsyncIterable<Buffer>, dir: string): Promise<LoadedImage[]> {
+    const frames = readFrames(input)[Symbol.asyncIterator]();
+    const first = await frames.next();
+    if (first.done === true || first.value.type !== FRAME.header) throw new InvalidArgumentError('pull stream refused: it does not start with its header');
+    const h = parseHeader(first.value.payload);
+    const manifestBytes = Buffer.from(h.manifest, 'base64');
+    const configBytes = Buffer.from(h.config, 'base64');
+    if (manifestBytes.length > MAX_JSON || configBytes.length > MAX_JSON) throw new InvalidArgumentError(`pull of ${h.name} refused: a document over ${MAX_JSON} bytes`);
+    const name = normalizeReference(h.name);
+    const src = parseReference(h.source);
+    const source = `${src.domain}/${src.path}`;
+    const digest = sha256(manifestBytes);
+    const manifest = asText(manifestBytes, `manifest of ${name}`);
+    const m = parseManifest(manifestBytes, `manifest of ${name}`, h.mediaType);
+    const id = sha256(configBytes);
+    if (id !== m.config.digest) throw new InvalidArgumentError(`config of ${name} refused: its content has digest ${id}, not ${m.config.digest}`);
+    const config = asText(configBytes, `config of ${name}`);
+    const parsed = parseConfig(configBytes, `config of ${name}`);
+    const diffIds = parsed.rootfs.diff_ids;
+    if (diffIds.length !== m.layers.length) {
+      throw new InvalidArgumentError(`${name} refused: its manifest lists ${m.layers.length} layers but its config's rootfs.diff_ids has ${diffIds.length}`);
+    }
+    const missing = diffIds.map((_, i) => !hasChain(diffIds, i));
+    const sent = new Map<string, number>();
+    for (const [j, b] of h.blobs.entries()) {
+      const at = m.layers.findIndex((l) => l.digest === b.digest);
+      if (at < 0 || m.layers[at]!.size !== b.size || sent.has(b.digest)) throw new InvalidArgumentError(`pull of ${name} refused: blob ${j} (${b.digest}) is not one of its layers, or sent twice`);
+      sent.set(b.digest, j);
+    }
+    for (const [i, l] of m.layers.entries()) {
+      if (missing[i] && !sent.has(l.digest)) throw new InvalidArgumentError(`pull of ${name} refused: layer ${i} (${l.digest}) is neither stored nor sent`);
+    }
+    const sources = h.blobs.map(() => new Channel<Buffer>(8));
+    const ingests = h.blobs.map((b, j) => {
+      const unpack = m.layers.some((l, i) => l.digest === b.digest && missing[i]);
+      const keep = m.layers.some((l) => l.digest === b.digest && COMPRESSED_LAYER_TYPES.has(l.mediaType)) ? path.join(dir, `b${j}`) : undefined;
+      return ingestLayer(sources[j]!, store, { unpack, ...(keep === undefined ? {} : { keep }) });
+    });
+    const received = h.blobs.map(() => 0);
+    const ended = h.blobs.map(() => false);
+    try {
+      let complete = false;
+      for (let r = await frames.next(); r.done !== true; r = await frames.next()) {
+        const f = r.value;
+        if (f.type === FRAME.end) {
+          complete = true;
+          break;
+        }
+        const j = f.index;
+        if (j >= h.blobs.length || ended[j] || (f.type !== FRAME.data && f.type !== FRAME.blobEnd)) throw new InvalidArgumentError(`pull stream refused: frame ${f.type} for blob ${j}`);
+        if (f.type === FRAME.data) {
+          received[j]! += f.payload.length;
+          if (received[j]! > h.blobs[j]!.size) throw new InvalidArgumentError(`blob ${h.blobs[j]!.digest} refused: longer than its ${h.blobs[j]!.size} bytes`);
+          await sources[j]!.push(f.payload);
+        } else {
+          if (received[j] !== h.blobs[j]!.size) throw new InvalidArgumentError(`blob ${h.blobs[j]!.digest} refused: ${received[j]} of its ${h.blobs[j]!.size} bytes`);
+          ended[j] = true;
+          sources[j]!.end();
+        }
+      }
+      if (!complete || ended.some((e) => !e)) throw new InvalidArgumentError(`the pull of ${name} was cut short`);
+    } catch (err) {
+      for (const s of sources) s.fail(err);
+      const done = await Promise.allSettled(ingests);
+      await Promise.allSettled(done.map((d) => (d.status === 'fulfilled' ? d.value.staged?.discard() : undefined)));
+      throw err;
+    }
+    const results = await Promise.all(ingests);
+    try {
+      for (const [j, b] of h.blobs.entries()) {
+        const r = results[j]!;
+        if (r.error !== undefined) throw new InvalidArgumentError(`blob ${b.digest} of ${name}: ${r.error.message}`, { cause: r.error });
+        if (r.digest !== b.digest) throw new InvalidArgumentError(`blob ${b.digest} of ${name} refused: its content has digest ${r.digest}`);
+      }
+      const layers = m.layers.map((l, i) => {
+        const j = sent.get(l.digest);
+        const ingested = j === undefined ? undefined : results[j];
+        if (ingested !== undefined && ingested.diffId !== diffIds[i]) {
+          throw new InvalidArgumentError(`layer ${i} (${l.digest}) of ${name} refused: its uncompressed digest ${ingested.diffId} is not rootfs.diff_ids[${i}] ${diffIds[i]}`);
+        }
+        return { ingested, mediaType: l.mediaType, digest: l.digest };
+      });
+      return await storeImages(store, [{ names: [name], id, config, parsed, manifest, digest, made: false, layers, source }]);
+    } finally {
+      await Promise.allSettled(results.map((r) => r.staged?.discard()));
+    }
+  }
+
   return {
     async load(input) {
       const store = ctx.layers(); // opens the layer store (its directories) before anything is read
       fs.mkdirSync(ctx.tmpDir, { recursive: true, mode: 0o700 });
-      return withStage(ctx.tmpDir, 'image-load', async (dir) => {
-        const spool = await spoolArchive(input, dir);
-        const plans = await planLoad(spool);
-        return ctx.barrier.shared(async () => {
-          const changes: Change[] = [];
-          const loaded: LoadedImage[] = [];
-          const created: string[] = [];
+      return withStage(ctx.tmpDir, 'image-load', (dir) =>
+        ctx.barrier.shared(async () => {
+          const ingest = (body: AsyncIterable<Buffer>, keep: string, name: string): Promise<Ingested> =>
+            ingestLayer(body, store, { unpack: !alreadyStored(name), keep });
+          const spool = await spoolArchive(input, dir, ingest);
           try {
-            for (const plan of plans) {
-              let parent: string | undefined;
-              for (const [i, p] of plan.layers.entries()) {
-                const want = chainId(parent, plan.parsed.rootfs.diff_ids[i]!);
-                // A layer already stored is not stored again (content-addressed by ChainID).
-                if (meta.getLayer(want) === undefined) {
-                  const rec = await store.importLayer(fs.createReadStream(spool.file(p), { highWaterMark: 1 << 20 }), parent);
-                  created.push(rec.id);
-                  if (rec.id !== want) throw new InvalidArgumentError(`layer ${p} imported as ${rec.id}, not ${want}: its content changed while it was read`);
-                }
-                parent = want;
-              }
-              const names = plan.names.length > 0 ? plan.names : [plan.id];
-              const createdAt = new Date().toISOString();
-              for (const name of names) changes.push({ op: 'image.put', image: { name, id: plan.id, digest: plan.digest, top: parent!, config: plan.config, manifest: plan.manifest, createdAt } });
-              loaded.push({ names: plan.names.map(familiar), id: plan.id });
-            }
-            await meta.commit(changes);
-          } catch (err) {
-            // A layer refused by the import (its digest was right, its entries hostile) or a failed commit:
-            // the layers this load made go again, newest first, so a refused archive stores nothing.
-            await removeLayers(store, created);
-            throw err;
+            const plans = await planLoad(spool, hasChain);
+            return await storeImages(
+              store,
+              plans.map((p) => ({ ...p, source: undefined, layers: p.layers.map((l) => ({ ingested: l.ingested, mediaType: l.mediaType, digest: l.digest })) })),
+            );
+          } finally {
+            await Promise.allSettled(spool.ingested().map((l) => l.staged?.discard()));
           }
-          return loaded;
-        });
+        }),
+      );
+    },
+
+    async pull(input) {
+      const store = ctx.layers();
+      fs.mkdirSync(ctx.tmpDir, { recursive: true, mode: 0o700 });
+      return withStage(ctx.tmpDir, 'image-pull', (dir) => ctx.barrier.shared(() => receivePull(store, input, dir)));
+    },
+
+    async stored(query) {
+      const store = ctx.layers();
+      const blobs = ctx.blobs();
+      let parent: string | undefined;
+      let present = true;
+      const layers = query.diffIds.map((d) => {
+        parent = chainId(parent, String(d));
+        present = present && store.meta.getLayer(parent) !== undefined;
+        return present;
       });
+      return { layers, blobs: query.blobs.map((d) => blobs.has(String(d))) };
+    },
+
+    async readBlob(digest, sink) {
+      const stream = ctx.blobs().read(digest);
+      await sink(stream);
     },
 
     async save(refs, sink) {
@@ -283,21 +504,18 @@ export function imageOps(ctx: ImageOpsContext): ImageOps {
 
     async documents(ref) {
       const row = resolve(ref);
-      return { name: row.name, manifest: row.manifest, config: row.config, layers: chainOf(row).map((l) => ({ id: l.id, diffId: l.diffId })) };
+      const blobs = ctx.blobs();
+      const kept = meta.blobsOf(row.digest).filter((b) => blobs.has(b.digest));
+      return {
+        name: row.name,
+        manifest: row.manifest,
+        config: row.config,
+        origin: row.origin,
+        layers: chainOf(row).map((l) => ({ id: l.id, diffId: l.diffId })),
+        blobs: kept.map((b) => ({ digest: b.digest, size: b.size, source: b.source })),
+      };
     },
   };
-}
-
-/** Removes the layers `ids` (a failed load's), newest first; what cannot go is left to `tsvol layer gc`. */
-async function removeLayers(store: LayerStore, ids: readonly string[]): Promise<void> {
-  for (const id of [...ids].reverse()) {
-    try {
-      await store.remove(id);
-    } catch {
-      // Held meanwhile (another load or a volume took it): then it is not this load's to remove.
-      continue;
-    }
-  }
 }
 
 /** `ref` normalized, or undefined when it is no valid reference (an image ID prefix). */
@@ -308,4 +526,28 @@ function safeNormalize(ref: string): string | undefined {
     // Not a name: the caller treats it as an ID.
     return undefined;
   }
+}
+
+/** A pull stream's header, checked field by field (it crossed a socket). */
+function parseHeader(payload: Buffer): PullHeader {
+  let v: unknown;
+  try {
+    v = JSON.parse(payload.toString('utf8'));
+  } catch (err) {
+    throw new InvalidArgumentError(`pull stream refused: its header is not JSON (${describeError(err)})`);
+  }
+  const o = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;
+  const str = (k: string): string => {
+    if (typeof o[k] !== 'string') throw new InvalidArgumentError(`pull stream refused: its header needs "${k}"`);
+    return o[k];
+  };
+  if (!Array.isArray(o.blobs)) throw new InvalidArgumentError('pull stream refused: its header needs "blobs"');
+  const blobs = (o.blobs as unknown[]).map((b) => {
+    const d = (typeof b === 'object' && b !== null ? b : {}) as Record<string, unknown>;
+    if (typeof d.digest !== 'string' || typeof d.size !== 'number' || !Number.isSafeInteger(d.size) || d.size < 0) {
+      throw new InvalidArgumentError('pull stream refused: a blob needs a digest and a size');
+    }
+    return { digest: d.digest, size: d.size };
+  });
+  return { name: str('name'), source: str('source'), manifest: str('manifest'), mediaType: str('mediaType'), config: str('config'), blobs };
 }

@@ -7,10 +7,9 @@
  * the config's rootfs.diff_ids[i], and the layer count.
  */
 import { createHash } from 'node:crypto';
-import fs from 'node:fs';
 import { InvalidArgumentError } from '../errors.js';
-import { decompressed } from '../layers/tar/gzip.js';
 import { INDEX_TYPES, MANIFEST_TYPES, MEDIA, parseConfig, parseIndex, parseJson, parseManifest, type Descriptor, type ImageConfig } from './formats.js';
+import type { Ingested } from './ingest.js';
 import { isImageId, normalizeReference } from './reference.js';
 import type { Spool } from './spool.js';
 
@@ -23,8 +22,24 @@ export interface LoadPlan {
   readonly parsed: ImageConfig;
   readonly manifest: string;
   readonly digest: string;
-  /** Archive paths of the layers, base first, each verified against diff_ids. */
-  readonly layers: readonly string[];
+  /** True when tsvol wrote the manifest (a Docker 20.10 save has none). */
+  readonly made: boolean;
+  /** The layers, base first, each verified against its descriptor and diff_ids[i]. */
+  readonly layers: readonly { readonly path: string; readonly ingested: Ingested; readonly mediaType: string | undefined; readonly digest: string | undefined }[];
+}
+
+/**
+ * What the loader knows of the store before it reads the layers: whether a layer on this chain is stored
+ * already (then, as `docker load` does, the archive's copy is not needed), so that only missing ones are
+ * read and checked.
+ */
+export type HasChain = (diffIds: readonly string[], i: number) => boolean;
+
+/** Checks `bytes` survive as text (the store keeps documents as TEXT: byte-exact is what keeps their digests). */
+export function asText(bytes: Buffer, what: string): string {
+  const text = bytes.toString('utf8');
+  if (!Buffer.from(text, 'utf8').equals(bytes)) throw new InvalidArgumentError(`${what} refused: not valid UTF-8`);
+  return text;
 }
 
 const sha256 = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -38,36 +53,11 @@ function claimedDigest(p: string): string | undefined {
 /** The path of a blob in an OCI layout. */
 const blobPath = (digest: string): string => `blobs/sha256/${digest.slice(7)}`;
 
-/**
- * Hashes a layer file: its stored digest (for a descriptor or a content-addressed path) and its
- * uncompressed digest (the DiffID), streaming; returns both and the uncompressed size.
- */
-async function hashLayer(file: string): Promise<{ stored: string; diffId: string; size: number }> {
-  const stored = createHash('sha256');
-  const diff = createHash('sha256');
-  let size = 0;
-  async function* raw(): AsyncGenerator<Buffer> {
-    for await (const chunk of fs.createReadStream(file, { highWaterMark: 1 << 20 })) {
-      stored.update(chunk as Buffer);
-      yield chunk as Buffer;
-    }
-  }
-  try {
-    for await (const chunk of decompressed(raw())) {
-      diff.update(chunk);
-      size += chunk.length;
-    }
-  } catch (err) {
-    throw new InvalidArgumentError(`layer ${file} cannot be decompressed: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-  }
-  return { stored: `sha256:${stored.digest('hex')}`, diffId: `sha256:${diff.digest('hex')}`, size };
-}
-
 interface Candidate {
   names: string[];
   configPath: string;
   configDigest?: string;
-  layers: { path: string; digest?: string }[];
+  layers: { path: string; digest?: string; mediaType?: string }[];
   manifest?: { bytes: Buffer; digest: string };
 }
 
@@ -123,9 +113,10 @@ function candidatesOf(spool: Spool): Candidate[] {
         names: namesOf(e.RepoTags, what),
         configPath: e.Config,
         ...(configDigest === undefined ? {} : { configDigest }),
-        layers: (e.Layers as string[]).map((p) => {
+        layers: (e.Layers as string[]).map((p, j) => {
           const d = claimedDigest(p);
-          return { path: p, ...(d !== undefined && p.startsWith('blobs/') ? { digest: d } : {}) };
+          const mediaType = match === undefined ? undefined : parseManifest(match.bytes, `manifest ${match.desc.digest}`, match.desc.mediaType).layers[j]?.mediaType;
+          return { path: p, ...(d !== undefined && p.startsWith('blobs/') ? { digest: d } : {}), ...(mediaType === undefined ? {} : { mediaType }) };
         }),
         ...(match ? { manifest: { bytes: match.bytes, digest: match.desc.digest } } : {}),
       };
@@ -138,7 +129,7 @@ function candidatesOf(spool: Spool): Candidate[] {
       names,
       configPath: blobPath(m.config.digest),
       configDigest: m.config.digest,
-      layers: m.layers.map((l) => ({ path: blobPath(l.digest), digest: l.digest })),
+      layers: m.layers.map((l) => ({ path: blobPath(l.digest), digest: l.digest, mediaType: l.mediaType })),
       manifest: { bytes, digest: desc.digest },
     };
   });
@@ -154,31 +145,39 @@ function synthesizeManifest(config: string, id: string, layers: { diffId: string
   });
 }
 
-/** Reads and verifies every image of a spooled archive; throws before anything is stored. */
-export async function planLoad(spool: Spool): Promise<LoadPlan[]> {
+/**
+ * Reads and verifies every image of a spooled archive; throws before anything is stored. A layer whose
+ * chain the store has already is not checked (nor needed); every other one must have been read whole,
+ * with its digest as named (a `blobs/sha256/<hex>` path, or the manifest's descriptor) and its DiffID
+ * equal to the config's diff_ids[i].
+ */
+export async function planLoad(spool: Spool, hasChain: HasChain): Promise<LoadPlan[]> {
   const plans: LoadPlan[] = [];
   for (const c of candidatesOf(spool)) {
     const configBytes = spool.read(c.configPath);
     const id = sha256(configBytes);
     if (c.configDigest !== undefined && c.configDigest !== id) throw new InvalidArgumentError(`config ${c.configPath} refused: its content does not match its digest ${c.configDigest}`);
-    const config = configBytes.toString('utf8');
+    const config = asText(configBytes, `config ${c.configPath}`);
     const parsed = parseConfig(configBytes, `config ${id}`);
     const diffIds = parsed.rootfs.diff_ids;
     if (c.layers.length !== diffIds.length) {
       throw new InvalidArgumentError(`image ${id} refused: its manifest lists ${c.layers.length} layers but its config's rootfs.diff_ids has ${diffIds.length}`);
     }
-    const hashed: { diffId: string; size: number }[] = [];
+    const layers: LoadPlan['layers'][number][] = [];
     for (const [i, l] of c.layers.entries()) {
-      const h = await hashLayer(spool.file(l.path));
-      if (l.digest !== undefined && h.stored !== l.digest) throw new InvalidArgumentError(`layer ${l.path} refused: its content has digest ${h.stored}, not ${l.digest}`);
-      if (h.diffId !== diffIds[i]) {
-        throw new InvalidArgumentError(`layer ${i} (${l.path}) of image ${id} refused: its uncompressed digest ${h.diffId} is not rootfs.diff_ids[${i}] ${diffIds[i]}`);
+      const ingested = await spool.layer(l.path);
+      layers.push({ path: l.path, ingested, mediaType: l.mediaType, digest: l.digest });
+      if (hasChain(diffIds, i)) continue;
+      if (ingested.error !== undefined) throw new InvalidArgumentError(`layer ${i} (${l.path}) of image ${id}: ${ingested.error.message}`, { cause: ingested.error });
+      if (l.digest !== undefined && ingested.digest !== l.digest) throw new InvalidArgumentError(`layer ${l.path} refused: its content has digest ${ingested.digest}, not ${l.digest}`);
+      if (ingested.diffId !== diffIds[i]) {
+        throw new InvalidArgumentError(`layer ${i} (${l.path}) of image ${id} refused: its uncompressed digest ${ingested.diffId} is not rootfs.diff_ids[${i}] ${diffIds[i]}`);
       }
-      hashed.push(h);
     }
-    const manifest = c.manifest?.bytes.toString('utf8') ?? synthesizeManifest(config, id, hashed);
+    const made = c.manifest === undefined;
+    const manifest = c.manifest !== undefined ? asText(c.manifest.bytes, `manifest ${c.manifest.digest}`) : synthesizeManifest(config, id, layers.map((l, i) => ({ diffId: diffIds[i]!, size: l.ingested.tarSize })));
     const digest = c.manifest?.digest ?? sha256(manifest);
-    plans.push({ names: c.names.filter((n) => !isImageId(n)), id, config, parsed, manifest, digest, layers: c.layers.map((l) => l.path) });
+    plans.push({ names: c.names.filter((n) => !isImageId(n)), id, config, parsed, manifest, digest, made, layers });
   }
   if (plans.length === 0) throw new InvalidArgumentError('image archive refused: it holds no image');
   return plans;

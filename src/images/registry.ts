@@ -1,24 +1,44 @@
 /**
- * Pulling from a registry (distribution spec, #11), as an OCI layout tar stream that `image load` takes:
- * the CLI fetches (the managed plugin has `network: none`), the server (or the CLI under the server lock)
- * loads, and load verifies everything again. Plain HTTP for 127.0.0.0/8, localhost and ::1, as Docker
- * does; HTTPS elsewhere (Docker Hub at registry-1.docker.io). Credentials from ~/.docker/config.json
- * `auths` (basic), through the bearer-token challenge. Every document and blob is checked against its
- * digest while it streams; a connection lost mid-blob is resumed with a Range request after a backoff.
+ * Registries (distribution spec v2, #11), spoken by the CLI: a managed plugin has `network: none`.
+ *
+ * Pull: the manifest (an index → this platform's manifest) and the config are fetched and checked first;
+ * then the CLI asks the store which layers it has (by ChainID, from the config's rootfs.diff_ids) and
+ * which compressed blobs it keeps, and fetches only the others, up to 3 at once (dockerd's default
+ * max-concurrent-downloads). Their bytes go to the store as they arrive, interleaved in one pull stream
+ * (src/images/pull-stream.ts), where each is hashed, kept and unpacked while it streams; the receiver
+ * checks every digest. A connection lost mid-blob resumes with a Range request after a backoff.
+ *
+ * Push: a pulled image (its manifest `received`) is pushed byte-exact, the manifest as it came and each
+ * blob as it was kept, so the manifest digest is the one it was pulled with. Each blob is checked with
+ * HEAD first; one the registry has in the repository it came from is cross-mounted (`POST
+ * uploads/?mount=&from=`), falling back to an upload. An image whose manifest tsvol made (a Docker 20.10
+ * save) has no compressed blobs: its layers are gzipped as they are uploaded and a new schema2 manifest
+ * names them, as `docker push` does.
+ *
+ * Plain HTTP for 127.0.0.0/8, localhost and ::1, as Docker does; HTTPS elsewhere (Docker Hub at
+ * registry-1.docker.io). Credentials from ~/.docker/config.json `auths` (basic), through the bearer-token
+ * challenge.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { createGzip } from 'node:zlib';
 import { InvalidArgumentError, NotFoundError, UnavailableError, describeError } from '../errors.js';
-import { BLOCK, encodeHeader, padding, type TarHeader } from '../layers/tar/format.js';
-import { INDEX_TYPES, MANIFEST_TYPES, MEDIA, parseConfig, parseIndex, parseManifest } from './formats.js';
-import { formatReference, parseReference, type Reference } from './reference.js';
+import { Channel } from './channel.js';
+import { COMPRESSED_LAYER_TYPES, INDEX_TYPES, MANIFEST_TYPES, MEDIA, parseConfig, parseIndex, parseManifest, type Descriptor } from './formats.js';
+import type { ImageDocuments } from './image-ops.js';
+import { FRAME, dataFrames, framePrefix, headerFrame } from './pull-stream.js';
+import { formatReference, parseReference, repositoryOf, type Reference } from './reference.js';
 import { MAX_JSON } from './spool.js';
 
 const ACCEPT = [MEDIA.ociIndex, MEDIA.ociManifest, MEDIA.dockerList, MEDIA.dockerManifest].join(', ');
 /** Tries per request (the first and the retries), backing off 0.5 s, 1 s, 2 s. */
 const TRIES = 4;
+/** Blobs fetched at once (dockerd's default max-concurrent-downloads). */
+export const PULL_CONCURRENCY = 3;
+/** Blobs sent at once on push (dockerd's default max-concurrent-uploads is 5; 3 keeps two cores busy). */
+const PUSH_CONCURRENCY = 3;
 
 /** Where a reference's registry answers. */
 function baseUrl(ref: Reference): string {
@@ -47,38 +67,66 @@ function credentials(domain: string): string | undefined {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const sha256 = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+type Init = RequestInit & { duplex?: 'half' };
 
 /** A registry session for one repository: requests with auth, retries and clear errors. */
 class Registry {
   private token: string | undefined;
+  readonly base: string;
+  readonly repo: string;
   constructor(
-    private readonly ref: Reference,
-    private readonly base = baseUrl(ref),
-  ) {}
-
-  private url(kind: 'manifests' | 'blobs', what: string): string {
-    return `${this.base}/v2/${this.ref.path}/${kind}/${what}`;
+    readonly ref: Reference,
+    private readonly push = false,
+  ) {
+    this.base = baseUrl(ref);
+    this.repo = formatReference({ domain: ref.domain, path: ref.path });
   }
 
-  /** Fetches with the bearer challenge answered; retries connection errors and 5xx. */
-  async get(kind: 'manifests' | 'blobs', what: string, headers: Record<string, string> = {}): Promise<Response> {
-    const url = this.url(kind, what);
+  /** `/v2/<name>/<rest>` of this repository, or an absolute URL (an upload's Location) as it is. */
+  url(rest: string): string {
+    return /^https?:\/\//.test(rest) ? rest : `${this.base}/v2/${this.ref.path}/${rest}`;
+  }
+
+  /**
+   * One request with the bearer challenge answered (once per request, with the challenge's own scope).
+   * A connection error is an UnavailableError; 401/403 after auth an InvalidArgumentError naming the login.
+   */
+  async send(method: string, rest: string, init: Init, what: string): Promise<Response> {
+    for (let authed = false; ; authed = true) {
+      let res: Response;
+      try {
+        res = await fetch(this.url(rest), { ...init, method, headers: { ...(init.headers as Record<string, string>), ...(this.token ? { Authorization: `Bearer ${this.token}` } : {}) }, redirect: 'follow' });
+      } catch (err) {
+        throw new UnavailableError(`registry ${this.base} unreachable (${what}): ${describeError(err instanceof Error && err.cause !== undefined ? err.cause : err)}`, { cause: err });
+      }
+      // A body being streamed cannot be sent twice: only bodiless requests retry after the challenge.
+      if (res.status === 401 && !authed && (init.body === undefined || Buffer.isBuffer(init.body) || typeof init.body === 'string')) {
+        await res.body?.cancel();
+        await this.authenticate(res.headers.get('www-authenticate'));
+        continue;
+      }
+      if (res.status === 401 || res.status === 403) {
+        await res.body?.cancel();
+        throw new InvalidArgumentError(`the registry refused ${what} on ${this.repo} (${res.status}); log in with \`docker login ${this.ref.domain}\` (tsvol reads ~/.docker/config.json)`);
+      }
+      return res;
+    }
+  }
+
+  /** GET with retries on connection errors and 5xx; 404 is NotFound. */
+  async get(rest: string, headers: Record<string, string>, what: string): Promise<Response> {
     for (let attempt = 1; ; attempt++) {
       let res: Response;
       try {
-        res = await fetch(url, { headers: { ...headers, ...(this.token ? { Authorization: `Bearer ${this.token}` } : {}) }, redirect: 'follow' });
+        res = await this.send('GET', rest, { headers }, what);
       } catch (err) {
-        if (attempt < TRIES) {
+        if (err instanceof UnavailableError && attempt < TRIES) {
           await sleep(250 * 2 ** attempt);
           continue;
         }
-        throw new UnavailableError(`registry ${this.base} unreachable for ${what}: ${describeError(err instanceof Error && err.cause !== undefined ? err.cause : err)}`, { cause: err });
-      }
-      if (res.status === 401 && this.token === undefined && attempt === 1) {
-        await res.body?.cancel();
-        await this.authenticate(res.headers.get('www-authenticate'));
-        attempt = 0;
-        continue;
+        throw err;
       }
       if (res.status >= 500 && attempt < TRIES) {
         await res.body?.cancel();
@@ -87,12 +135,8 @@ class Registry {
       }
       if (res.status === 200 || res.status === 206) return res;
       await res.body?.cancel();
-      const repo = formatReference({ domain: this.ref.domain, path: this.ref.path });
-      if (res.status === 404) throw new NotFoundError(`${kind === 'manifests' ? `manifest ${what}` : `blob ${what}`} of ${repo} not found in the registry (404)`);
-      if (res.status === 401 || res.status === 403) {
-        throw new InvalidArgumentError(`the registry refused access to ${repo} (${res.status}); log in with \`docker login ${this.ref.domain}\` (tsvol reads ~/.docker/config.json)`);
-      }
-      throw new UnavailableError(`the registry answered ${res.status} for ${kind} ${what} of ${repo}`);
+      if (res.status === 404) throw new NotFoundError(`${what} of ${this.repo} not found in the registry (404)`);
+      throw new UnavailableError(`the registry answered ${res.status} for ${what} of ${this.repo}`);
     }
   }
 
@@ -107,7 +151,7 @@ class Registry {
     const url = new URL(realm);
     const service = params.get('service');
     if (service !== undefined) url.searchParams.set('service', service);
-    url.searchParams.set('scope', params.get('scope') ?? `repository:${this.ref.path}:pull`);
+    url.searchParams.set('scope', params.get('scope') ?? `repository:${this.ref.path}:${this.push ? 'pull,push' : 'pull'}`);
     const basic = credentials(this.ref.domain);
     const res = await fetch(url, { headers: basic ? { Authorization: `Basic ${basic}` } : {} });
     if (res.status !== 200) throw new InvalidArgumentError(`the registry's token service refused access to ${this.ref.path} (${res.status}); log in with \`docker login ${this.ref.domain}\``);
@@ -118,25 +162,27 @@ class Registry {
 
   /** A small document (manifest, index, config), verified against `digest` when it is known. */
   async document(kind: 'manifests' | 'blobs', what: string, digest: string | undefined): Promise<{ bytes: Buffer; digest: string; mediaType: string | undefined }> {
-    const res = await this.get(kind, what, kind === 'manifests' ? { Accept: ACCEPT } : {});
+    const res = await this.get(`${kind}/${what}`, kind === 'manifests' ? { Accept: ACCEPT } : {}, `${kind === 'manifests' ? 'manifest' : 'blob'} ${what}`);
     const bytes = Buffer.from(await res.arrayBuffer());
     if (bytes.length > MAX_JSON) throw new InvalidArgumentError(`${kind} ${what} refused: ${bytes.length} bytes, at most ${MAX_JSON}`);
-    const got = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    const got = sha256(bytes);
     const claimed = digest ?? res.headers.get('docker-content-digest') ?? undefined;
     if (claimed !== undefined && claimed !== got) throw new InvalidArgumentError(`${kind} ${what} refused: its content has digest ${got}, not ${claimed}`);
     return { bytes, digest: got, mediaType: res.headers.get('content-type')?.split(';')[0]?.trim() };
   }
 
-  /** A blob's bytes, exactly `size` of them with digest `digest`; resumed with Range after a lost connection. */
+  /**
+   * A blob's bytes, exactly `size` of them; resumed with Range after a lost connection (backing off). The
+   * receiver checks the digest as the bytes arrive (it hashes what it stores).
+   */
   async *blob(digest: string, size: number): AsyncGenerator<Buffer> {
-    const hash = createHash('sha256');
     let got = 0;
     for (let attempt = 1; got < size || attempt === 1; attempt++) {
-      const res = await this.get('blobs', digest, got > 0 ? { Range: `bytes=${got}-` } : {});
+      const res = await this.get(`blobs/${digest}`, got > 0 ? { Range: `bytes=${got}-` } : {}, `blob ${digest}`);
       let skip = res.status === 200 ? got : 0; // a registry that ignores Range resends from the start
       try {
         for await (const raw of res.body as unknown as AsyncIterable<Uint8Array>) {
-          let chunk = Buffer.from(raw);
+          let chunk = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
           if (skip > 0) {
             const n = Math.min(skip, chunk.length);
             skip -= n;
@@ -144,7 +190,6 @@ class Registry {
           }
           if (chunk.length === 0) continue;
           if (got + chunk.length > size) throw new InvalidArgumentError(`blob ${digest} refused: longer than its ${size} bytes`);
-          hash.update(chunk);
           got += chunk.length;
           yield chunk;
         }
@@ -158,37 +203,22 @@ class Registry {
       if (got < size && attempt >= TRIES) throw new UnavailableError(`blob ${digest} cut short after ${got} of ${size} bytes`);
       if (got === size) break;
     }
-    const d = `sha256:${hash.digest('hex')}`;
-    if (d !== digest) throw new InvalidArgumentError(`blob ${digest} refused: its content has digest ${d}`);
   }
 }
 
-function tarHeader(p: string, size: number): Buffer {
-  const h: TarHeader = { path: p, type: 'file', mode: 0o644, uid: 0, gid: 0, size, mtime: 0, linkname: '', uname: '', gname: '', devmajor: 0, devminor: 0, xattrs: new Map() };
-  return encodeHeader(h);
-}
-
-function* small(p: string, body: Buffer | string): Generator<Buffer> {
-  const b = Buffer.from(body);
-  yield tarHeader(p, b.length);
-  yield b;
-  yield Buffer.alloc(padding(b.length));
-}
-
-/** What a pull is about to fetch (for progress and the final message). */
-export interface PullInfo {
+/** An image resolved in its registry: documents fetched and checked, layers not yet. */
+export interface ResolvedPull {
+  /** The normalized reference it is stored under (the reference as asked). */
   readonly name: string;
-  readonly digest: string;
-  readonly layers: number;
-  readonly bytes: number;
+  readonly manifest: { readonly bytes: Buffer; readonly digest: string; readonly mediaType: string };
+  readonly config: Buffer;
+  readonly layers: readonly Descriptor[];
+  readonly diffIds: readonly string[];
+  readonly registry: Registry;
 }
 
-/**
- * Pulls `refText` as an OCI layout tar stream (index.json naming the image by its normalized reference),
- * for `image load`. Manifest, index and config are fetched and checked first (`onInfo` hears of them);
- * then each layer streams from the registry into the tar, its digest checked at its end.
- */
-export async function* pullArchive(refText: string, onInfo: (info: PullInfo) => void = () => undefined): AsyncGenerator<Buffer> {
+/** Fetches and checks `refText`'s manifest (this platform's, from an index) and config. */
+export async function resolvePull(refText: string): Promise<ResolvedPull> {
   const ref = parseReference(refText);
   const reg = new Registry(ref);
   const want = ref.digest ?? ref.tag ?? 'latest';
@@ -211,118 +241,271 @@ export async function* pullArchive(refText: string, onInfo: (info: PullInfo) => 
   if (parsed.rootfs.diff_ids.length !== manifest.layers.length) {
     throw new InvalidArgumentError(`${refText} refused: its manifest lists ${manifest.layers.length} layers but its config's rootfs.diff_ids has ${parsed.rootfs.diff_ids.length}`);
   }
-  // The name the image is stored under: the reference as asked, normalized.
-  const name = formatReference(ref);
-  onInfo({ name, digest: top.digest, layers: manifest.layers.length, bytes: manifest.layers.reduce((n, l) => n + l.size, 0) });
-  const index = JSON.stringify({
-    schemaVersion: 2,
-    mediaType: MEDIA.ociIndex,
-    manifests: [{ mediaType, digest: top.digest, size: top.bytes.length, annotations: { 'io.containerd.image.name': name } }],
-  });
-  yield* small('oci-layout', '{"imageLayoutVersion":"1.0.0"}');
-  yield* small('index.json', index);
-  yield* small(`blobs/sha256/${top.digest.slice(7)}`, top.bytes);
-  yield* small(`blobs/sha256/${config.digest.slice(7)}`, config.bytes);
-  const seen = new Set<string>();
-  for (const l of manifest.layers) {
-    if (seen.has(l.digest)) continue;
-    seen.add(l.digest);
-    yield tarHeader(`blobs/sha256/${l.digest.slice(7)}`, l.size);
-    yield* reg.blob(l.digest, l.size);
-    yield Buffer.alloc(padding(l.size));
-  }
-  yield Buffer.alloc(2 * BLOCK);
+  return {
+    name: formatReference(ref),
+    manifest: { bytes: top.bytes, digest: top.digest, mediaType },
+    config: config.bytes,
+    layers: manifest.layers,
+    diffIds: parsed.rootfs.diff_ids,
+    registry: reg,
+  };
 }
 
-/** What a push needs of the store: the documents and the layers' bytes (uncompressed, byte-exact). */
-export interface PushSource {
-  readonly manifest: string;
-  readonly config: string;
-  readonly layers: readonly { readonly id: string; readonly diffId: string }[];
-  /** Streams layer `id`'s tar to `sink`. */
-  exportLayer(id: string, sink: (tar: AsyncIterable<Buffer>) => Promise<void>): Promise<void>;
+/** What the store has of a pull's layers: layers[i] (its chain), blobs[i] (its compressed blob kept). */
+export interface Stored {
+  readonly layers: readonly boolean[];
+  readonly blobs: readonly boolean[];
 }
 
 /**
- * Pushes an image to `refText`'s registry: each blob that the registry lacks (HEAD) is uploaded (POST
- * uploads/ → 202 Location, then PUT Location&digest=), then the manifest is PUT under the tag. The stored
- * manifest is pushed byte-exact when its layers are the uncompressed tars the store holds (images loaded
- * from docker save), so the manifest digest is unchanged; an image whose manifest names compressed blobs
- * (pulled) gets a new schema2 manifest of uncompressed layers, since the store keeps no compressed bytes.
- * Returns the manifest digest.
+ * The blobs to fetch: a layer whose chain is stored is not fetched, unless it is compressed and its blob
+ * is not kept (a push of this image would need it). Each digest once.
  */
-export async function pushImage(refText: string, src: PushSource): Promise<string> {
+export function blobsToFetch(r: ResolvedPull, stored: Stored): Descriptor[] {
+  const out = new Map<string, Descriptor>();
+  for (const [i, l] of r.layers.entries()) {
+    const need = !stored.layers[i] || (COMPRESSED_LAYER_TYPES.has(l.mediaType) && !stored.blobs[i]);
+    if (need && !out.has(l.digest)) out.set(l.digest, l);
+  }
+  return [...out.values()];
+}
+
+/** Hears how a pull's downloads go (per blob). */
+export interface PullEvents {
+  bytes(digest: string, done: number): void;
+  downloaded(digest: string): void;
+}
+
+/**
+ * The pull stream (src/images/pull-stream.ts) of `r` carrying `fetch`'s blobs: up to PULL_CONCURRENCY
+ * downloads at once, their chunks framed as they arrive. Memory stays bounded: a download waits while the
+ * stream's reader is behind. If the reader stops (the store refused the pull), the downloads stop too.
+ */
+export async function* pullStream(r: ResolvedPull, fetchBlobs: readonly Descriptor[], events: PullEvents, concurrency = PULL_CONCURRENCY): AsyncGenerator<Buffer> {
+  yield headerFrame({
+    name: r.name,
+    source: repositoryOf(r.registry.ref),
+    manifest: r.manifest.bytes.toString('base64'),
+    mediaType: r.manifest.mediaType,
+    config: r.config.toString('base64'),
+    blobs: fetchBlobs.map((b) => ({ digest: b.digest, size: b.size })),
+  });
+  const out = new Channel<Buffer>(32);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < fetchBlobs.length && !out.closed) {
+      const j = next++;
+      const b = fetchBlobs[j]!;
+      let done = 0;
+      for await (const chunk of r.registry.blob(b.digest, b.size)) {
+        if (out.closed) return;
+        done += chunk.length;
+        events.bytes(b.digest, done);
+        for (const f of dataFrames(j, chunk)) await out.push(f);
+      }
+      await out.push(framePrefix(FRAME.blobEnd, j, 0));
+      events.downloaded(b.digest);
+    }
+  };
+  const workers = Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, fetchBlobs.length)) }, worker)).then(
+    async () => {
+      await out.push(framePrefix(FRAME.end, 0, 0));
+      out.end();
+    },
+    (err: unknown) => out.fail(err),
+  );
+  try {
+    yield* out;
+  } finally {
+    // The reader stopped early or all was sent: either way the workers end now.
+    await out[Symbol.asyncIterator]().return?.();
+    await workers;
+  }
+}
+
+/** What a push needs of the store: the image's documents and a way to read its layers and kept blobs. */
+export interface PushSource {
+  readonly documents: ImageDocuments;
+  /** Streams layer `id`'s tar (uncompressed, byte-exact) to `sink`. */
+  exportLayer(id: string, sink: (tar: AsyncIterable<Buffer>) => Promise<void>): Promise<void>;
+  /** Streams the kept blob `digest` to `sink`. */
+  readBlob(digest: string, sink: (blob: AsyncIterable<Buffer>) => Promise<void>): Promise<void>;
+}
+
+/** Hears how a push goes, per layer (by the layer's position). */
+export interface PushEvents {
+  start(layers: readonly { readonly key: string; readonly size: number | undefined }[]): void;
+  bytes(key: string, done: number): void;
+  finished(key: string, how: 'exists' | 'mounted' | 'pushed'): void;
+}
+
+/** What a push did. */
+export interface PushResult {
+  /** The manifest digest (the registry's Docker-Content-Digest when it sends one). */
+  readonly digest: string;
+  /** True when the layers were gzipped on the way (tsvol made the manifest). */
+  readonly compressed: boolean;
+  readonly mounted: number;
+  readonly uploaded: number;
+  readonly existing: number;
+}
+
+/** Runs `fn` over `items`, at most `n` at once; results in order. */
+async function pool<T, R>(items: readonly T[], n: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array<R>(items.length);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.max(1, Math.min(n, items.length)) }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        out[i] = await fn(items[i]!, i);
+      }
+    }),
+  );
+  return out;
+}
+
+/** Counts bytes of `input` for `onBytes` as they pass. */
+async function* counting(input: AsyncIterable<Buffer>, onBytes: (n: number) => void): AsyncGenerator<Buffer> {
+  let n = 0;
+  for await (const c of input) {
+    n += c.length;
+    onBytes(n);
+    yield c;
+  }
+}
+
+/**
+ * Pushes an image to `refText`'s registry (see the module comment): blob by blob (HEAD, mount, upload),
+ * then the manifest under the tag. Returns what it did and the manifest digest.
+ */
+export async function pushImage(refText: string, src: PushSource, events?: PushEvents): Promise<PushResult> {
   const ref = parseReference(refText);
   if (ref.tag === undefined) throw new InvalidArgumentError(`push needs a tag: ${JSON.stringify(refText)}`);
-  const base = baseUrl(ref);
-  const repoUrl = `${base}/v2/${ref.path}`;
-  const send = async (url: string, init: RequestInit & { duplex?: 'half' }, what: string): Promise<Response> => {
-    let res: Response;
-    try {
-      res = await fetch(url, init);
-    } catch (err) {
-      throw new UnavailableError(`registry ${base} unreachable (${what}): ${describeError(err instanceof Error && err.cause !== undefined ? err.cause : err)}`, { cause: err });
-    }
-    if (res.status === 401 || res.status === 403) {
-      await res.body?.cancel();
-      throw new InvalidArgumentError(`the registry refused ${what} (${res.status}); log in with \`docker login ${ref.domain}\``);
-    }
-    return res;
+  const reg = new Registry(ref, true);
+  const docs = src.documents;
+  const kept = new Map(docs.blobs.map((b) => [b.digest, b]));
+  const counts = { mounted: 0, uploaded: 0, existing: 0 };
+
+  /** True if the registry has `digest` in this repository. */
+  const has = async (digest: string): Promise<boolean> => {
+    const res = await reg.send('HEAD', `blobs/${digest}`, {}, `HEAD blob ${digest}`);
+    await res.body?.cancel();
+    return res.status === 200;
   };
-  const upload = async (digest: string, body: Buffer | AsyncIterable<Buffer>): Promise<void> => {
-    const head = await send(`${repoUrl}/blobs/${digest}`, { method: 'HEAD' }, `HEAD blob ${digest}`);
-    if (head.status === 200) return;
-    const start = await send(`${repoUrl}/blobs/uploads/`, { method: 'POST' }, 'an upload');
-    await start.body?.cancel();
-    const location = start.headers.get('location');
-    if (start.status !== 202 || location === null) throw new UnavailableError(`the registry answered ${start.status} to an upload of ${digest}`);
-    const url = new URL(location, base);
+  /** Starts an upload (or mounts `digest` from `from`): the Location to send to, or undefined once mounted. */
+  const begin = async (mount?: { digest: string; from: string }): Promise<string | undefined> => {
+    const q = mount === undefined ? '' : `?mount=${encodeURIComponent(mount.digest)}&from=${encodeURIComponent(mount.from)}`;
+    const res = await reg.send('POST', `blobs/uploads/${q}`, {}, 'an upload');
+    await res.body?.cancel();
+    if (mount !== undefined && res.status === 201) return undefined;
+    const location = res.headers.get('location');
+    if (res.status !== 202 || location === null) throw new UnavailableError(`the registry answered ${res.status} to an upload on ${reg.repo}`);
+    return new URL(location, reg.base).toString();
+  };
+  const finish = async (res: Response, what: string): Promise<void> => {
+    const text = await res.text();
+    if (res.status !== 201) throw new UnavailableError(`the registry answered ${res.status} to ${what}: ${text.slice(0, 300)}`);
+  };
+  /** Sends a blob whose digest is known (HEAD, then a mount from where it came, then one PUT). */
+  const sendKnown = async (digest: string, key: string, source: string | undefined, body: (sink: (b: AsyncIterable<Buffer>) => Promise<void>) => Promise<void>): Promise<void> => {
+    if (await has(digest)) {
+      counts.existing++;
+      events?.finished(key, 'exists');
+      return;
+    }
+    const from = source === undefined ? undefined : parseReference(source);
+    const mountable = from !== undefined && from.domain === ref.domain && from.path !== ref.path;
+    const location = await begin(mountable ? { digest, from: from.path } : undefined);
+    if (location === undefined) {
+      counts.mounted++;
+      events?.finished(key, 'mounted');
+      return;
+    }
+    const url = new URL(location);
     url.searchParams.set('digest', digest);
-    const stream = Buffer.isBuffer(body) ? body : ReadableStream.from(body);
-    const put = await send(url.toString(), { method: 'PUT', body: stream, headers: { 'Content-Type': 'application/octet-stream' }, duplex: 'half' }, `the upload of ${digest}`);
-    const text = await put.text();
-    if (put.status !== 201) throw new UnavailableError(`the registry answered ${put.status} to the upload of ${digest}: ${text.slice(0, 300)}`);
+    await body(async (blob) => {
+      const stream = ReadableStream.from(counting(blob, (n) => events?.bytes(key, n)));
+      const res = await reg.send('PUT', url.toString(), { body: stream, headers: { 'Content-Type': 'application/octet-stream' }, duplex: 'half' }, `the upload of ${digest}`);
+      await finish(res, `the upload of ${digest}`);
+    });
+    counts.uploaded++;
+    events?.finished(key, 'pushed');
   };
-  const stored = parseJson(src.manifest);
-  const storedLayers = Array.isArray(stored.layers) ? (stored.layers as { digest?: string }[]) : [];
-  const exact = storedLayers.length === src.layers.length && storedLayers.every((l, i) => l.digest === src.layers[i]!.diffId);
-  const sizes = new Map<string, number>();
-  for (const l of src.layers) {
-    let size = 0;
-    if (!sizes.has(l.diffId)) {
+
+  // The stored manifest as it came, when every blob it names can be sent as it was: a compressed one
+  // kept in the blob area, an uncompressed one from the layer store (its export is byte-exact).
+  let exact: Descriptor[] | undefined;
+  if (docs.origin === 'received') {
+    const m = parseManifest(Buffer.from(docs.manifest), `manifest of ${docs.name}`);
+    const ok =
+      m.layers.length === docs.layers.length &&
+      m.layers.every((l, i) => (COMPRESSED_LAYER_TYPES.has(l.mediaType) ? kept.has(l.digest) : l.digest === docs.layers[i]!.diffId));
+    if (ok) exact = m.layers;
+  }
+  let manifest: string;
+  if (exact !== undefined) {
+    const unique = [...new Map(exact.map((l, i) => [l.digest, { l, i }])).values()];
+    events?.start(unique.map(({ l }) => ({ key: l.digest, size: l.size })));
+    await pool(unique, PUSH_CONCURRENCY, async ({ l, i }) => {
+      const blob = kept.get(l.digest);
+      await sendKnown(l.digest, l.digest, blob?.source, (sink) => (blob !== undefined ? src.readBlob(l.digest, sink) : src.exportLayer(docs.layers[i]!.id, sink)));
+    });
+    manifest = docs.manifest;
+  } else {
+    // Gzip on the way: the digest is known only at the end, so the bytes go in a PATCH and the digest
+    // with the closing PUT. zlib's gzip is deterministic (no name, mtime 0), so pushing again gives the
+    // same blobs, but not the digests a pulled image had (those are kept, and pushed byte-exact above).
+    events?.start(docs.layers.map((l) => ({ key: l.diffId, size: undefined })));
+    const layers = await pool(docs.layers, PUSH_CONCURRENCY, async (l) => {
+      let size = 0;
+      let digest = '';
       await src.exportLayer(l.id, async (tar) => {
-        async function* counted(): AsyncGenerator<Buffer> {
-          for await (const c of tar) {
+        const location = (await begin())!;
+        const hash = createHash('sha256');
+        async function* gzipped(): AsyncGenerator<Buffer> {
+          const gz = createGzip();
+          const feed = (async () => {
+            for await (const c of tar) if (!gz.write(c)) await new Promise((r) => gz.once('drain', r));
+            gz.end();
+          })();
+          feed.catch((err: unknown) => gz.destroy(err instanceof Error ? err : new Error(String(err))));
+          for await (const c of gz as AsyncIterable<Buffer>) {
+            hash.update(c);
             size += c.length;
             yield c;
           }
+          await feed;
         }
-        await upload(l.diffId, counted());
-        if (size === 0) {
-          // HEAD said the registry has it: drain the export (its size is needed for a new manifest).
-          for await (const c of tar) size += c.length;
-        }
+        const body = ReadableStream.from(counting(gzipped(), (n) => events?.bytes(l.diffId, n)));
+        const patch = await reg.send('PATCH', location, { body, headers: { 'Content-Type': 'application/octet-stream' }, duplex: 'half' }, `the upload of layer ${l.diffId}`);
+        await patch.body?.cancel();
+        const next = patch.headers.get('location');
+        if (patch.status !== 202 || next === null) throw new UnavailableError(`the registry answered ${patch.status} to the upload of layer ${l.diffId}`);
+        digest = `sha256:${hash.digest('hex')}`;
+        const url = new URL(next, reg.base);
+        url.searchParams.set('digest', digest);
+        await finish(await reg.send('PUT', url.toString(), { headers: { 'Content-Length': '0' } }, `the end of the upload of ${digest}`), `the upload of ${digest}`);
       });
-      sizes.set(l.diffId, size);
-    }
+      counts.uploaded++;
+      events?.finished(l.diffId, 'pushed');
+      return { mediaType: MEDIA.dockerLayerGzip, size, digest };
+    });
+    manifest = JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MEDIA.dockerManifest,
+      config: { mediaType: MEDIA.dockerConfig, size: Buffer.byteLength(docs.config), digest: sha256(docs.config) },
+      layers,
+    });
   }
-  const configDigest = `sha256:${createHash('sha256').update(src.config).digest('hex')}`;
-  await upload(configDigest, Buffer.from(src.config));
-  const manifest = exact
-    ? src.manifest
-    : JSON.stringify({
-        schemaVersion: 2,
-        mediaType: MEDIA.dockerManifest,
-        config: { mediaType: MEDIA.dockerConfig, size: Buffer.byteLength(src.config), digest: configDigest },
-        layers: src.layers.map((l) => ({ mediaType: MEDIA.dockerLayer, size: sizes.get(l.diffId) ?? 0, digest: l.diffId })),
-      });
-  const mediaType = typeof parseJson(manifest).mediaType === 'string' ? (parseJson(manifest).mediaType as string) : MEDIA.dockerManifest;
-  const put = await send(`${repoUrl}/manifests/${ref.tag}`, { method: 'PUT', body: manifest, headers: { 'Content-Type': mediaType } }, `the manifest of ${refText}`);
+  const configDigest = sha256(docs.config);
+  await sendKnown(configDigest, configDigest, undefined, (sink) => sink((async function* () {
+    yield Buffer.from(docs.config);
+  })()));
+  const mediaType = (JSON.parse(manifest) as { mediaType?: unknown }).mediaType;
+  const put = await reg.send('PUT', `manifests/${ref.tag}`, { body: manifest, headers: { 'Content-Type': typeof mediaType === 'string' ? mediaType : MEDIA.dockerManifest } }, `the manifest of ${refText}`);
   const text = await put.text();
   if (put.status !== 201) throw new UnavailableError(`the registry answered ${put.status} to the manifest of ${refText}: ${text.slice(0, 300)}`);
-  return `sha256:${createHash('sha256').update(manifest).digest('hex')}`;
-}
-
-function parseJson(text: string): Record<string, unknown> {
-  return JSON.parse(text) as Record<string, unknown>;
+  const digest = put.headers.get('docker-content-digest') ?? sha256(manifest);
+  return { digest, compressed: exact === undefined, ...counts };
 }

@@ -1,9 +1,15 @@
 /**
- * An image archive (`docker save` output or an OCI layout tar) spooled to disk: every regular file of the
- * outer tar is written to its own file in a stage, so the archive may list manifest.json after the
- * layers and memory stays bounded whatever its size (#11). Paths are checked as entries arrive: an
- * absolute path, `..`, a link leaving the archive or a device is refused, and nothing is extracted under
- * its own name (files are `f<N>` in the stage), so no path in the archive ever reaches the filesystem.
+ * An image archive (`docker save` output or an OCI layout tar) read once, in order (#11). Docker 20.10
+ * writes manifest.json after the layers, so an entry's role is not known when it streams by; each regular
+ * file is therefore told by its first bytes:
+ * - a tar or a gzip stream is a layer: it goes straight to `ingest` (src/images/ingest.ts), which hashes
+ *   it, unpacks it into a stage of the layer store and keeps its bytes only when they are compressed (for
+ *   the blob area). A layer is read once and never written out as a tar;
+ * - anything else (manifest.json, configs, index.json, an empty or pre-POSIX layer) is spooled to its own
+ *   file in the stage, so memory stays bounded whatever the archive holds.
+ * Paths are checked as entries arrive: an absolute path, `..`, a link leaving the archive or a device is
+ * refused, and nothing is extracted under its own name (files are `f<N>` in the stage), so no path in
+ * the archive ever reaches the filesystem.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -11,6 +17,7 @@ import path from 'node:path';
 import { InvalidArgumentError, describeError } from '../errors.js';
 import { decompressed } from '../layers/tar/gzip.js';
 import { TarReader } from '../layers/tar/reader.js';
+import type { Ingested } from './ingest.js';
 
 /** The most bytes a JSON document of the archive may have (manifests, configs, index). */
 export const MAX_JSON = 8 << 20;
@@ -27,6 +34,25 @@ export interface Spool {
   read(name: string): Buffer;
   /** The file's sha256 (`sha256:<hex>`) of its stored bytes, computed once. */
   digest(name: string): Promise<string>;
+  /**
+   * The layer `name` (after links), read once: what ingest made of it as it streamed by, or, for an entry
+   * that did not look like a layer then (an empty layer), ingested now from its spooled file.
+   */
+  layer(name: string): Promise<Ingested>;
+  /** Every layer ingested so far (their stages are the caller's to discard). */
+  ingested(): Ingested[];
+}
+
+/** Reads a layer's bytes once (src/images/ingest.ts); `keep` is a fresh file for compressed bytes. */
+export type IngestFn = (body: AsyncIterable<Buffer>, keep: string, name: string) => Promise<Ingested>;
+
+/** Names that are never layers (documents of the formats): spooled without sniffing. */
+const DOCUMENT = /(?:^|\/)(?:manifest\.json|index\.json|repositories|oci-layout|json|VERSION|[^/]*\.json)$/;
+
+/** True if `head` (the first ≤ 512 bytes of an entry) starts a gzip stream or a POSIX/GNU tar. */
+function looksLikeLayer(head: Buffer): boolean {
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return true;
+  return head.length >= 262 && head.toString('latin1', 257, 262) === 'ustar';
 }
 
 /** An archive path, normalized: `./a//b` is `a/b`; absolute paths and `..` are refused. */
@@ -37,10 +63,13 @@ function clean(p: string): string {
   return parts.join('/');
 }
 
-/** Reads `input` (a tar, plain or gzip) into `dir`, returning how to find its files. */
-export async function spoolArchive(input: AsyncIterable<Buffer>, dir: string): Promise<Spool> {
+/** Reads `input` (a tar, plain or gzip) into `dir`, layers through `ingest`; returns how to find its files. */
+export async function spoolArchive(input: AsyncIterable<Buffer>, dir: string, ingest: IngestFn): Promise<Spool> {
   const files = new Map<string, string>();
   const links = new Map<string, string>();
+  const layers = new Map<string, Promise<Ingested>>();
+  const settled: Ingested[] = [];
+  const track = (p: Promise<Ingested>): Promise<Ingested> => p.then((r) => (settled.push(r), r));
   const reader = new TarReader(decompressed(input));
   let n = 0;
   try {
@@ -54,9 +83,36 @@ export async function spoolArchive(input: AsyncIterable<Buffer>, dir: string): P
           break;
         case 'file': {
           const f = path.join(dir, `f${n}`);
+          const body = e.body();
+          // The first bytes say whether this is a layer: gather up to a header's worth.
+          const head: Buffer[] = [];
+          let headLen = 0;
+          let ended = false;
+          if (!DOCUMENT.test(name)) {
+            while (headLen < 512) {
+              const r = await body.next();
+              if (r.done) {
+                ended = true;
+                break;
+              }
+              head.push(r.value);
+              headLen += r.value.length;
+            }
+          }
+          if (looksLikeLayer(Buffer.concat(head))) {
+            async function* whole(): AsyncGenerator<Buffer> {
+              yield* head;
+              if (!ended) yield* body;
+            }
+            const result = track(ingest(whole(), f, name));
+            layers.set(name, result);
+            await result; // one at a time: the outer tar goes on once this layer is read
+            break;
+          }
           const fd = fs.openSync(f, 'wx', 0o600);
           try {
-            for await (const chunk of e.body()) fs.writeSync(fd, chunk);
+            for (const chunk of head) fs.writeSync(fd, chunk);
+            if (!ended) for await (const chunk of body) fs.writeSync(fd, chunk);
           } finally {
             fs.closeSync(fd);
           }
@@ -80,25 +136,32 @@ export async function spoolArchive(input: AsyncIterable<Buffer>, dir: string): P
     }
   } catch (err) {
     await reader.close();
+    await Promise.allSettled(settled.map((l) => l.staged?.discard()));
     if (err instanceof InvalidArgumentError) throw err;
     throw new InvalidArgumentError(`image archive refused: ${describeError(err)}`, { cause: err });
   }
   const digests = new Map<string, Promise<string>>();
-  function file(name: string): string {
+  /** The archive's own name of `name`, after its links. */
+  function target(name: string): string {
     let p = clean(name);
     for (let hops = 0; hops < 16; hops++) {
-      const f = files.get(p);
-      if (f !== undefined) return f;
+      if (files.has(p) || layers.has(p)) return p;
       const next = links.get(p);
       if (next === undefined) break;
       p = next;
     }
     throw new InvalidArgumentError(`image archive refused: ${JSON.stringify(name)} is missing (or a link to nothing)`);
   }
+  function file(name: string): string {
+    const t = target(name);
+    const f = files.get(t);
+    if (f === undefined) throw new InvalidArgumentError(`image archive refused: ${JSON.stringify(name)} is a layer, not a document`);
+    return f;
+  }
   return {
     has(name) {
       try {
-        file(name);
+        target(name);
         return true;
       } catch {
         // Missing is the answer, not an error.
@@ -125,5 +188,16 @@ export async function spoolArchive(input: AsyncIterable<Buffer>, dir: string): P
       }
       return d;
     },
+    layer(name) {
+      const t = target(name);
+      let l = layers.get(t);
+      if (l === undefined) {
+        const f = files.get(t)!;
+        l = track(ingest(fs.createReadStream(f, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>, `${f}.kept`, t));
+        layers.set(t, l);
+      }
+      return l;
+    },
+    ingested: () => [...settled],
   };
 }

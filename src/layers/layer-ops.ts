@@ -77,6 +77,8 @@ export interface LayerOpsContext {
   readonly imageTop?: (ref: string) => Promise<string>;
   /** Runs a gc where no image load is between its layer imports and its image rows (#11). */
   readonly gcExclusive?: <T>(fn: () => Promise<T>) => Promise<T>;
+  /** Deletes the image blobs nothing holds any longer (#11); returns their digests. Runs in the same gc. */
+  readonly gcBlobs?: () => Promise<string[]>;
 }
 
 /** The operations over `ctx`. */
@@ -106,7 +108,12 @@ export function layerOps(ctx: LayerOpsContext): LayerOps {
       return layers().remove(ref);
     },
     async gc() {
-      return ctx.gcExclusive === undefined ? layers().gc() : ctx.gcExclusive(() => layers().gc());
+      const run = async (): Promise<CollectedLayers> => {
+        const { removed } = await layers().gc();
+        const blobs = ctx.gcBlobs === undefined ? [] : await ctx.gcBlobs();
+        return { removed: [...removed, ...blobs.map((d) => `blobs/sha256/${d.slice(7)}`)] };
+      };
+      return ctx.gcExclusive === undefined ? run() : ctx.gcExclusive(run);
     },
     async createContainer(name, from) {
       const store = containers();

@@ -24,8 +24,9 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { nanoid } from 'nanoid';
-import { InUseError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
-import { digestHex, layerStageFiles, layersLayout } from '../store/layout.js';
+import { InUseError, InternalError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
+import { crashPoint } from '../store/crash-point.js';
+import { digestHex, layerStageFiles, layersLayout, type LayerStageFiles } from '../store/layout.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
 import type { LayerRecord } from '../store/records.js';
 import { syncFilesystem } from '../sys/durable.js';
@@ -45,10 +46,40 @@ export interface AdoptHooks {
   afterPublish(layer: LayerRecord): void | Promise<void>;
 }
 
+/**
+ * A layer's diff made ready to publish (LayerStore.stageLayer): unpacked into a stage of its own in
+ * layers/tmp/, locked by this process while it lives, and not visible to anyone. Or, from reuseDiff, a
+ * diff the store already has. Either way publishLayer makes layers of it, on any parent, any number of
+ * times; discard() deletes the stage (a no-op for a reused diff, and safe after publishing).
+ */
+export interface StagedLayer {
+  readonly diffId: string;
+  /** Bytes of regular-file content. */
+  readonly size: number;
+  readonly files: number;
+  /** Bytes of the uncompressed tar, when it was read (stageLayer). */
+  readonly tarSize?: number;
+  discard(): Promise<void>;
+}
+
 /** The layer store. */
 export interface LayerStore {
   /** Imports a layer tar (plain or gzip) on top of `parent`; returns the layer (existing if identical). */
   importLayer(input: AsyncIterable<Buffer> | NodeJS.ReadableStream, parent?: string): Promise<LayerRecord>;
+  /**
+   * Unpacks a layer tar (plain or gzip) into a fresh stage, hashing its DiffID on the way: the expensive
+   * half of an import, outside the store's queue, so any number run at once (an image's layers, two
+   * loads). Hostile entries are refused here (InvalidArgument) and the stage is deleted.
+   */
+  stageLayer(input: AsyncIterable<Buffer>): Promise<StagedLayer>;
+  /** The diff `diffId` as a StagedLayer if the store has it (no unpack needed), else undefined. */
+  reuseDiff(diffId: string): StagedLayer | undefined;
+  /**
+   * Makes the layer `staged` on `parent` visible: the one place a layer is published. In the store's queue;
+   * idempotent: if that ChainID exists already (another load published it meanwhile), returns it with
+   * `created: false`, and the stage stays for the caller to discard. See publish() for the crash story.
+   */
+  publishLayer(staged: StagedLayer, parent?: string): Promise<{ layer: LayerRecord; created: boolean }>;
   /**
    * A layer on `parent` made from a tree (an overlay upper directory) without copying file data: its
    * DiffID is hashed from the tree's tar, and the layer's directory hard-links the tree's files, so the
@@ -120,9 +151,10 @@ export function chainId(parent: string | undefined, diffId: string): string {
   return `sha256:${createHash('sha256').update(`${parent} ${diffId}`).digest('hex')}`;
 }
 
-async function* hashed(input: AsyncIterable<Buffer>, hash: ReturnType<typeof createHash>): AsyncGenerator<Buffer> {
+async function* hashed(input: AsyncIterable<Buffer>, hash: ReturnType<typeof createHash>, count: { bytes: number }): AsyncGenerator<Buffer> {
   for await (const chunk of input) {
     hash.update(chunk);
+    count.bytes += chunk.length;
     yield chunk;
   }
 }
@@ -184,63 +216,116 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
 
   /**
    * Reads a layer tar through `consume` (which writes the split file to the fd it is given), hashing it
-   * for the DiffID on the way; returns the record the layer would have on `parent`.
+   * for the DiffID on the way; returns the DiffID and what `consume` counted.
    */
   async function readTar(
     stage: string,
     tar: AsyncIterable<Buffer>,
-    parent: LayerRecord | undefined,
     consume: (reader: TarReader, splitFd: number) => Promise<UnpackStats>,
-  ): Promise<LayerRecord> {
+  ): Promise<{ diffId: string; size: number; files: number; tarSize: number }> {
     const hash = createHash('sha256');
+    const count = { bytes: 0 };
     const splitFd = fs.openSync(layerStageFiles(stage).split, 'wx', 0o600);
     let stats: UnpackStats;
-    const reader = new TarReader(hashed(tar, hash));
+    const reader = new TarReader(hashed(tar, hash, count));
     try {
       stats = await consume(reader, splitFd);
     } finally {
       fs.closeSync(splitFd);
       await reader.close(); // a refused entry leaves the input half read: close it (a no-op at the end)
     }
-    const diffId = `sha256:${hash.digest('hex')}`;
-    return { id: chainId(parent?.id, diffId), diffId, parent: parent?.id, size: stats.size, files: stats.files, createdAt: new Date().toISOString() };
+    return { diffId: `sha256:${hash.digest('hex')}`, size: stats.size, files: stats.files, tarSize: count.bytes };
   }
 
+  const recordOf = (parent: LayerRecord | undefined, d: StagedLayer | { diffId: string; size: number; files: number }): LayerRecord => ({
+    id: chainId(parent?.id, d.diffId),
+    diffId: d.diffId,
+    parent: parent?.id,
+    size: d.size,
+    files: d.files,
+    createdAt: new Date().toISOString(),
+  });
+
   /**
-   * Makes a staged layer visible. The diff directory is stored once per DiffID: only a new one is made
-   * (`makeDiff` fills stage/diff) and renamed into diffs/ with its split file. Then one syncfs makes the
-   * files and the renames durable, and only then is the record committed: the record is the truth.
+   * Makes a layer visible; in the queue. The diff directory is stored once per DiffID. When no layer uses
+   * the DiffID yet, `makeDiff` fills `staged.diff` (unless it is filled already) and it is renamed into
+   * diffs/ with its split file; whatever was at that name is debris of an import killed before its record
+   * (possibly torn: its rename may have reached the disk before its files), and is replaced. Then one
+   * syncfs makes the files and the renames durable, and only then is the record committed: the record is
+   * the truth. A kill -9 at any instant leaves the layer whole with its record, or no record (gc deletes
+   * the diff, and the next publish of that DiffID replaces it).
    */
-  async function publish(stage: string, rec: LayerRecord, makeDiff: (dir: string) => void): Promise<void> {
-    const hex = digestHex(rec.diffId);
-    const staged = layerStageFiles(stage);
-    const target = layout.diffDir(hex);
-    if (!fs.existsSync(target)) {
+  async function publish(staged: LayerStageFiles | undefined, rec: LayerRecord, makeDiff: (dir: string) => void): Promise<void> {
+    if (store.diffUsers(rec.diffId) === 0) {
+      if (staged === undefined || !fs.existsSync(staged.split)) {
+        throw new InternalError(`layer ${rec.id}: its diff ${rec.diffId} is no longer stored (removed while it was being published); retry`);
+      }
+      const hex = digestHex(rec.diffId);
+      const target = layout.diffDir(hex);
+      if (fs.existsSync(target)) {
+        const trash = layout.removedDir(nanoid(10));
+        fs.renameSync(target, trash);
+        fs.rmSync(trash, { recursive: true, force: true });
+      }
       makeDiff(staged.diff);
       fs.renameSync(staged.split, layout.splitFile(hex));
       fs.renameSync(staged.diff, target);
+      crashPoint('layer-publish:after-rename');
     }
     syncFilesystem(layout.diffsDir);
     await store.commit([{ op: 'layer.put', layer: rec }]);
   }
 
-  async function importLayer(input: AsyncIterable<Buffer> | NodeJS.ReadableStream, parentRef?: string): Promise<LayerRecord> {
+  /** A StagedLayer's own parts, by the object the store handed out. */
+  const stagedParts = new WeakMap<StagedLayer, LayerStageFiles | undefined>();
+
+  async function stageLayer(input: AsyncIterable<Buffer>): Promise<StagedLayer> {
+    const stage = await createStage(layout.tmpDir, 'import');
+    try {
+      const files = layerStageFiles(stage.dir);
+      fs.mkdirSync(files.diff, { mode: 0o755 });
+      const d = await readTar(stage.dir, decompressed(input), (reader, splitFd) =>
+        unpackLayer(reader, files.diff, splitFd).catch((err: unknown) => {
+          throw new InvalidArgumentError(`layer tar refused: ${describeError(err)}`, { cause: err });
+        }),
+      );
+      const staged: StagedLayer = { ...d, discard: async () => void (await stage.remove()) };
+      stagedParts.set(staged, files);
+      return staged;
+    } catch (err) {
+      await stage.remove();
+      throw err;
+    }
+  }
+
+  function reuseDiff(diffId: string): StagedLayer | undefined {
+    const l = store.layerWithDiff(diffId);
+    if (l === undefined) return undefined;
+    const staged: StagedLayer = { diffId, size: l.size, files: l.files, discard: async () => undefined };
+    stagedParts.set(staged, undefined);
+    return staged;
+  }
+
+  async function publishLayer(staged: StagedLayer, parentRef?: string): Promise<{ layer: LayerRecord; created: boolean }> {
+    if (!stagedParts.has(staged)) throw new InternalError('publishLayer: not a layer this store staged');
     return locked(async () => {
       const parent = parentRef === undefined ? undefined : resolve(parentRef);
-      return withStage('import', async (stage) => {
-        const stageDiff = layerStageFiles(stage).diff;
-        fs.mkdirSync(stageDiff, { mode: 0o755 });
-        const rec = await readTar(stage, decompressed(input as AsyncIterable<Buffer>), parent, (reader, splitFd) =>
-          unpackLayer(reader, stageDiff, splitFd).catch((err: unknown) => {
-            throw new InvalidArgumentError(`layer tar refused: ${describeError(err)}`, { cause: err });
-          }),
-        );
-        const existing = store.getLayer(rec.id);
-        if (existing) return existing;
-        await publish(stage, rec, () => undefined); // unpacked into stage/diff already
-        return rec;
-      });
+      const rec = recordOf(parent, staged);
+      const existing = store.getLayer(rec.id);
+      if (existing) return { layer: existing, created: false };
+      await publish(stagedParts.get(staged), rec, () => undefined); // unpacked into the stage's diff already
+      return { layer: rec, created: true };
     });
+  }
+
+  async function importLayer(input: AsyncIterable<Buffer> | NodeJS.ReadableStream, parentRef?: string): Promise<LayerRecord> {
+    if (parentRef !== undefined) resolve(parentRef); // an unknown parent fails before anything is read
+    const staged = await stageLayer(input as AsyncIterable<Buffer>);
+    try {
+      return (await publishLayer(staged, parentRef)).layer;
+    } finally {
+      await staged.discard();
+    }
   }
 
   async function adoptTree(parentRef: string | undefined, hooks: AdoptHooks): Promise<LayerRecord | undefined> {
@@ -249,12 +334,12 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
       const dir = hooks.prepare();
       if (dir === undefined) return undefined;
       return withStage('adopt', async (stage) => {
-        const made = await readTar(stage, writeTree(dir), parent, splitOnly);
+        const made = recordOf(parent, await readTar(stage, writeTree(dir), splitOnly));
         const existing = store.getLayer(made.id);
         const rec = existing ?? made;
         await hooks.beforePublish(rec);
         // The syncfs in publish also flushes the files' data, written by the container and never synced.
-        if (!existing) await publish(stage, rec, (diff) => linkTree(dir, diff));
+        if (!existing) await publish(layerStageFiles(stage), rec, (diff) => linkTree(dir, diff));
         await hooks.afterPublish(rec);
         return rec;
       });
@@ -309,6 +394,9 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
 
   return {
     importLayer,
+    stageLayer,
+    reuseDiff,
+    publishLayer,
     adoptTree,
     exportLayer,
     resolve,

@@ -18,6 +18,8 @@
  *   binds/<name>             without TSVOL_MOUNTS: a held bind-style volume's mountpoint, a bind mount of
  *                            the pinned, re-checked device directory (#9 §10a); what Mount and Path return.
  *                            binds/ is 0700 inside the 0700 root: no path to host data for other users.
+ *   blobs/sha256/<hex>       image blobs kept byte-exact (a pull's compressed layers, #11), named by digest;
+ *                            rows of tsvol.db say which manifest holds which (src/images/blob-store.ts)
  *   layers/                  the layer manager's data only (src/layers; its records are in tsvol.db):
  *                            diffs, container directories, overlay's short links l/ (LayersLayout)
  *
@@ -93,6 +95,10 @@ export interface Layout {
   readonly layersDir: string;
   /** binds/: mountpoints of bind-style volumes when TSVOL_MOUNTS is unset (#9 §10a). */
   readonly bindsDir: string;
+  /** blobs/sha256/: the image blob area (#11), on the same filesystem as tmp/ (a blob is published by a link). */
+  readonly blobsDir: string;
+  /** blobs/sha256/<hex>: the blob whose digest is `sha256:<hex>` (a checked digest: hex only). */
+  blobFile(digest: string): string;
   /** binds/<name>: where a held bind-style volume is mounted when TSVOL_MOUNTS is unset. */
   bindMountpoint(name: string): string;
   /** volumes/<name>: the directory that holds one named volume. */
@@ -133,6 +139,8 @@ export function createLayout(root: string, node?: string): Layout {
     tmpDir,
     layersDir,
     bindsDir: path.join(own, 'binds'),
+    blobsDir: path.join(root, 'blobs', 'sha256'),
+    blobFile: (digest) => path.join(root, 'blobs', 'sha256', digestHex(digest)),
     bindMountpoint: (name) => path.join(own, 'binds', name),
     // Concatenation, not path.join: List and Get build one of these per volume (path.join was a tenth of a
     // 100k-volume List's CPU), and a validated name is one normalized component (names.ts).

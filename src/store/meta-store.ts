@@ -25,7 +25,7 @@ import { makePrivateDir } from '../sys/private-dir.js';
 import type { SetError } from './commit-protocol.js';
 import { createGroupCommitter, type GroupCommitter } from './group-commit.js';
 import type { Layout } from './layout.js';
-import type { ContainerRecord, ImageRecord, LayerRecord, VolumeRecord } from './records.js';
+import type { BlobRecord, ContainerRecord, ImageRecord, LayerRecord, VolumeRecord } from './records.js';
 import { parseVolume } from './records.js';
 import { PRAGMAS, READS, SCHEMA, STATEMENTS, opsOf, type Change } from './schema.js';
 
@@ -64,6 +64,8 @@ export interface MetaStore {
   diffUsers(diffId: string): number;
   /** Every DiffID some layer uses (gc). */
   diffIds(): Set<string>;
+  /** A layer whose diff is `diffId`, if any (its size and file count are the diff's). */
+  layerWithDiff(diffId: string): LayerRecord | undefined;
 
   /** The layer tag `name` names. */
   getTag(name: string): string | undefined;
@@ -86,6 +88,15 @@ export interface MetaStore {
   imagesOn(layer: string): string[];
   /** Every image reference, by name. */
   images(): ImageRecord[];
+
+  /** The blob `digest` of the blob area, if it has a row. */
+  getBlob(digest: string): BlobRecord | undefined;
+  /** The blobs the manifest `digest` holds. */
+  blobsOf(manifest: string): BlobRecord[];
+  /** Every blob (gc). */
+  blobs(): BlobRecord[];
+  /** Every manifest → blob hold (gc). */
+  manifestBlobs(): { manifest: string; blob: string }[];
 
   /**
    * Commits `changes` synchronously on this thread's connection. Start-up only (the migration, src/store/
@@ -117,10 +128,24 @@ interface ImageRow {
   config: string;
   manifest: string;
   created_at: string;
+  origin: string;
 }
 
 function toImage(row: ImageRow): ImageRecord {
-  return { name: row.name, id: row.id, digest: row.digest, top: row.top, config: row.config, manifest: row.manifest, createdAt: row.created_at };
+  const origin = row.origin === 'made' ? 'made' : 'received';
+  return { name: row.name, id: row.id, digest: row.digest, top: row.top, config: row.config, manifest: row.manifest, createdAt: row.created_at, origin };
+}
+
+interface BlobRow {
+  digest: string;
+  size: number;
+  media_type: string;
+  source: string | null;
+  created_at: string;
+}
+
+function toBlob(row: BlobRow): BlobRecord {
+  return { digest: row.digest, size: row.size, mediaType: row.media_type, source: row.source ?? undefined, createdAt: row.created_at };
 }
 
 function parseContainer(json: string): ContainerRecord {
@@ -157,6 +182,10 @@ export function createMetaStore(layout: Layout): MetaStore {
     if (!cols.includes('manifest')) {
       db.exec('DROP TABLE images');
       db.exec(SCHEMA);
+    } else if (!cols.includes('origin')) {
+      // Schema 2 (#11's first images) had no origin: their manifests were kept as given or made, and a
+      // push sent either as it is, which `received` keeps doing.
+      db.exec("ALTER TABLE images ADD COLUMN origin TEXT NOT NULL DEFAULT 'received'");
     }
   } catch (err) {
     throw wrapError(`open metadata database ${layout.dbFile}`, err);
@@ -169,6 +198,7 @@ export function createMetaStore(layout: Layout): MetaStore {
     children: prep(READS.children).pluck(),
     diffUsers: prep(READS.diffUsers).pluck(),
     diffIds: prep(READS.diffIds).pluck(),
+    layerWithDiff: prep(READS.layerWithDiff),
     tag: prep(READS.tag).pluck(),
     tagsOf: prep(READS.tagsOf).pluck(),
     tagAll: prep(READS.tagAll),
@@ -181,6 +211,10 @@ export function createMetaStore(layout: Layout): MetaStore {
     imagesById: prep(READS.imagesById),
     imagesOn: prep(READS.imagesOn).pluck(),
     imageAll: prep(READS.imageAll),
+    blob: prep(READS.blob),
+    blobsOf: prep(READS.blobsOf),
+    blobAll: prep(READS.blobAll),
+    manifestBlobAll: prep(READS.manifestBlobAll),
   };
   const volumes = new Map<string, VolumeRecord>();
   const meta = new Map<string, string>();
@@ -241,6 +275,10 @@ export function createMetaStore(layout: Layout): MetaStore {
     childrenOf: (id) => q.children.all(id) as string[],
     diffUsers: (diffId) => q.diffUsers.get(diffId) as number,
     diffIds: () => new Set(q.diffIds.all() as string[]),
+    layerWithDiff(diffId) {
+      const row = q.layerWithDiff.get(diffId) as LayerRow | undefined;
+      return row === undefined ? undefined : toLayer(row);
+    },
 
     getTag: (name) => q.tag.get(name) as string | undefined,
     tagsOf: (layer) => q.tagsOf.all(layer) as string[],
@@ -263,6 +301,14 @@ export function createMetaStore(layout: Layout): MetaStore {
     imagesById: (hexPrefix, limit) => (q.imagesById.all(`sha256:${hexPrefix}`, `sha256:${hexPrefix}g`, limit) as ImageRow[]).map(toImage),
     imagesOn: (layer) => q.imagesOn.all(layer) as string[],
     images: () => (q.imageAll.all() as ImageRow[]).map(toImage),
+
+    getBlob(digest) {
+      const row = q.blob.get(digest) as BlobRow | undefined;
+      return row === undefined ? undefined : toBlob(row);
+    },
+    blobsOf: (manifest) => (q.blobsOf.all(manifest) as BlobRow[]).map(toBlob),
+    blobs: () => (q.blobAll.all() as BlobRow[]).map(toBlob),
+    manifestBlobs: () => q.manifestBlobAll.all() as { manifest: string; blob: string }[],
 
     async close() {
       await committer?.close();

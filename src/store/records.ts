@@ -102,6 +102,22 @@ export interface ImageRecord {
   /** The manifest JSON, byte-exact. */
   readonly manifest: string;
   readonly createdAt: string;
+  /**
+   * `received`: the manifest came with the image (a registry, an OCI layout), so a push sends it as it
+   * is; `made`: tsvol wrote it (a Docker 20.10 save has none), so a push compresses the layers and makes
+   * a new one, as `docker push` does.
+   */
+  readonly origin: 'received' | 'made';
+}
+
+/** A blob kept in the blob area (TSVOL_DATA/blobs/sha256/<hex>, #11): a compressed layer as it was pulled. */
+export interface BlobRecord {
+  readonly digest: string;
+  readonly size: number;
+  readonly mediaType: string;
+  /** The repository it came from (`127.0.0.1:5000/tsimg/app`), for a cross-repository mount on push. */
+  readonly source: string | undefined;
+  readonly createdAt: string;
 }
 
 /** Storage drivers for container layers. */

@@ -5,11 +5,11 @@
  * under a container, or recording anything on a layer that does not exist. Every foreign key column is
  * indexed, so such a check (and every read of the layer manager) is a B-tree lookup, never a scan.
  */
-import type { ContainerRecord, ImageRecord, LayerRecord, VolumeRecord } from './records.js';
+import type { BlobRecord, ContainerRecord, ImageRecord, LayerRecord, VolumeRecord } from './records.js';
 import { serializeVolume } from './records.js';
 
 /** The schema version this code writes (meta key `schema`). */
-export const SCHEMA_VERSION = '2';
+export const SCHEMA_VERSION = '3';
 
 /**
  * Tables. `volumes` and `meta` are 0.1's, unchanged (0.1's `changes` log is dropped: one process writes at
@@ -23,7 +23,19 @@ export const SCHEMA_VERSION = '2';
  * from them: byte-exact is what makes a save or push reproduce the image ID and manifest digest), and
  * `created_at` RFC 3339. They live in the row rather than in blobs/sha256/: they are a few KiB, and the
  * reference and its blobs then land in one atomic commit and go with one delete (no blob GC, no window
- * where a reference names a blob that is not durable yet).
+ * where a reference names a blob that is not durable yet). `origin` says where the manifest came from:
+ * `received` (a registry or an archive gave these bytes: a push sends them as they are) or `made` (a
+ * Docker 20.10 save has no distribution manifest, so tsvol wrote one: a push compresses the layers and
+ * makes a new one, as `docker push` does).
+ *
+ * `blobs` and `manifest_blobs` (#11): the compressed layer blobs an image came with (a pull's gzip layers),
+ * kept byte-exact in TSVOL_DATA/blobs/sha256/<hex> so that a push sends the very manifest and blobs that
+ * were pulled (same manifest digest). `blobs` is one row per blob file (digest, size, media type, and the
+ * repository it came from, `host/path`, for a cross-repository mount on push); `manifest_blobs` says which
+ * manifest (by digest, the `digest` of `images`) holds which blob. A manifest no image names any longer
+ * holds nothing, and `tsvol layer gc` deletes its rows, the blobs no manifest holds, and then their files
+ * (src/images/blob-store.ts). A blob file is published before its row and the row before the image's, all
+ * in the load's one commit: a crash leaves at most a file without a row, which gc deletes.
  */
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -61,10 +73,25 @@ CREATE TABLE IF NOT EXISTS images (
   top TEXT NOT NULL REFERENCES layers (id) ON DELETE RESTRICT,
   config TEXT NOT NULL,
   manifest TEXT NOT NULL,
-  created_at TEXT NOT NULL
+  created_at TEXT NOT NULL,
+  origin TEXT NOT NULL DEFAULT 'received'
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS images_by_top ON images (top);
 CREATE INDEX IF NOT EXISTS images_by_id ON images (id);
+CREATE INDEX IF NOT EXISTS images_by_digest ON images (digest);
+CREATE TABLE IF NOT EXISTS blobs (
+  digest TEXT PRIMARY KEY,
+  size INTEGER NOT NULL,
+  media_type TEXT NOT NULL,
+  source TEXT,
+  created_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS manifest_blobs (
+  manifest TEXT NOT NULL,
+  blob TEXT NOT NULL REFERENCES blobs (digest) ON DELETE RESTRICT,
+  PRIMARY KEY (manifest, blob)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS manifest_blobs_by_blob ON manifest_blobs (blob);
 DROP TABLE IF EXISTS changes;
 `;
 
@@ -88,6 +115,10 @@ export type Change =
   | { readonly op: 'container.delete'; readonly name: string }
   | { readonly op: 'image.put'; readonly image: ImageRecord }
   | { readonly op: 'image.delete'; readonly name: string }
+  | { readonly op: 'blob.put'; readonly blob: BlobRecord }
+  | { readonly op: 'blob.delete'; readonly digest: string }
+  | { readonly op: 'manifestBlob.put'; readonly manifest: string; readonly blob: string }
+  | { readonly op: 'manifestBlob.delete'; readonly manifest: string; readonly blob: string }
   | { readonly op: 'meta.put'; readonly key: string; readonly value: string };
 
 /** The SQL of each statement the worker runs, by name (prepared once). */
@@ -107,12 +138,21 @@ export const STATEMENTS = {
   containerDelete: 'DELETE FROM containers WHERE name = ?',
   metaPut: 'INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)',
   imagePut:
-    'INSERT INTO images (name, id, digest, top, config, manifest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ' +
-    'ON CONFLICT (name) DO UPDATE SET id = excluded.id, digest = excluded.digest, top = excluded.top, config = excluded.config, manifest = excluded.manifest, created_at = excluded.created_at',
+    'INSERT INTO images (name, id, digest, top, config, manifest, created_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ' +
+    'ON CONFLICT (name) DO UPDATE SET id = excluded.id, digest = excluded.digest, top = excluded.top, config = excluded.config, manifest = excluded.manifest, created_at = excluded.created_at, origin = excluded.origin',
   imageDelete: 'DELETE FROM images WHERE name = ?',
+  // A blob stored again keeps its first source (any repository that has it serves a mount).
+  blobPut:
+    'INSERT INTO blobs (digest, size, media_type, source, created_at) VALUES (?, ?, ?, ?, ?) ' +
+    'ON CONFLICT (digest) DO UPDATE SET source = coalesce(blobs.source, excluded.source)',
+  blobDelete: 'DELETE FROM blobs WHERE digest = ?',
+  manifestBlobPut: 'INSERT OR IGNORE INTO manifest_blobs (manifest, blob) VALUES (?, ?)',
+  manifestBlobDelete: 'DELETE FROM manifest_blobs WHERE manifest = ? AND blob = ?',
 } as const;
 
-const IMAGE_COLUMNS = 'name, id, digest, top, config, manifest, created_at';
+const IMAGE_COLUMNS = 'name, id, digest, top, config, manifest, created_at, origin';
+
+const BLOB_COLUMNS = 'digest, size, media_type, source, created_at';
 
 const LAYER_COLUMNS = 'id, diff_id, parent, size, files, created_at';
 
@@ -126,6 +166,7 @@ export const READS = {
   layerRange: `SELECT ${LAYER_COLUMNS} FROM layers WHERE id >= ? AND id < ? ORDER BY id LIMIT ?`,
   children: 'SELECT id FROM layers WHERE parent = ? ORDER BY id',
   diffUsers: 'SELECT count(*) FROM layers WHERE diff_id = ?',
+  layerWithDiff: `SELECT ${LAYER_COLUMNS} FROM layers WHERE diff_id = ? LIMIT 1`,
   tag: 'SELECT layer FROM tags WHERE name = ?',
   tagsOf: 'SELECT name FROM tags WHERE layer = ? ORDER BY name',
   holdsOf: 'SELECT holder FROM layer_holds WHERE layer = ? ORDER BY holder',
@@ -140,10 +181,30 @@ export const READS = {
   imagesById: `SELECT ${IMAGE_COLUMNS} FROM images WHERE id >= ? AND id < ? ORDER BY id, name LIMIT ?`,
   imagesOn: 'SELECT name FROM images WHERE top = ? ORDER BY name',
   imageAll: `SELECT ${IMAGE_COLUMNS} FROM images ORDER BY name`,
+  blob: `SELECT ${BLOB_COLUMNS} FROM blobs WHERE digest = ?`,
+  blobsOf: `SELECT ${BLOB_COLUMNS.split(', ').map((c) => `b.${c}`).join(', ')} FROM manifest_blobs m JOIN blobs b ON b.digest = m.blob WHERE m.manifest = ? ORDER BY b.digest`,
+  blobAll: `SELECT ${BLOB_COLUMNS} FROM blobs ORDER BY digest`,
+  manifestBlobAll: 'SELECT manifest, blob FROM manifest_blobs ORDER BY manifest, blob',
 } as const;
 
 /** The reads that serve one operation (not listings): each must be a key or index lookup. */
-export const POINT_READS = ['layer', 'layerRange', 'children', 'diffUsers', 'tag', 'tagsOf', 'holdsOf', 'container', 'containersOn', 'image', 'imagesById', 'imagesOn'] as const;
+export const POINT_READS = [
+  'layer',
+  'layerRange',
+  'children',
+  'diffUsers',
+  'layerWithDiff',
+  'tag',
+  'tagsOf',
+  'holdsOf',
+  'container',
+  'containersOn',
+  'image',
+  'imagesById',
+  'imagesOn',
+  'blob',
+  'blobsOf',
+] as const;
 
 /** A statement name and its parameters: what a Change becomes on its way to the worker. */
 export interface Op {
@@ -180,9 +241,19 @@ export function opsOf(change: Change): Op {
       return { s: 'metaPut', a: [change.key, change.value] };
     case 'image.put': {
       const i = change.image;
-      return { s: 'imagePut', a: [i.name, i.id, i.digest, i.top, i.config, i.manifest, i.createdAt] };
+      return { s: 'imagePut', a: [i.name, i.id, i.digest, i.top, i.config, i.manifest, i.createdAt, i.origin] };
     }
     case 'image.delete':
       return { s: 'imageDelete', a: [change.name] };
+    case 'blob.put': {
+      const b = change.blob;
+      return { s: 'blobPut', a: [b.digest, b.size, b.mediaType, b.source ?? null, b.createdAt] };
+    }
+    case 'blob.delete':
+      return { s: 'blobDelete', a: [change.digest] };
+    case 'manifestBlob.put':
+      return { s: 'manifestBlobPut', a: [change.manifest, change.blob] };
+    case 'manifestBlob.delete':
+      return { s: 'manifestBlobDelete', a: [change.manifest, change.blob] };
   }
 }

@@ -1,0 +1,76 @@
+/**
+ * A bounded queue between one producer and one consumer, as an async iterable (#11): a pull's demultiplexer
+ * hands each layer's bytes to that layer's unpacker through one, so several layers stream at once while
+ * memory stays bounded (the producer waits while `capacity` chunks are queued). A consumer that stops
+ * early (return(), as a refused tar does) never blocks the producer again: what it pushes later is
+ * dropped, so the producer can still drain and hash its source.
+ */
+
+/** A bounded single-producer, single-consumer queue. */
+export class Channel<T> implements AsyncIterable<T> {
+  private readonly queue: T[] = [];
+  private ended = false;
+  private failure: { err: unknown } | undefined;
+  private stopped = false;
+  private wakeConsumer: (() => void) | undefined;
+  private wakeProducer: (() => void) | undefined;
+
+  constructor(private readonly capacity = 8) {}
+
+  /** True once the consumer has stopped (what is pushed from now on is dropped). */
+  get closed(): boolean {
+    return this.stopped;
+  }
+
+  /** Queues `value`; resolves once there is room again (at once when the consumer has stopped). */
+  async push(value: T): Promise<void> {
+    if (this.stopped) return;
+    if (this.ended) throw new Error('push after end');
+    this.queue.push(value);
+    this.wake('consumer');
+    while (this.queue.length >= this.capacity && !this.stopped) await new Promise<void>((r) => (this.wakeProducer = r));
+  }
+
+  /** No more values: the consumer ends once it has taken the queued ones. */
+  end(): void {
+    this.ended = true;
+    this.wake('consumer');
+  }
+
+  /** The consumer's next read throws `err` (after the values queued before). */
+  fail(err: unknown): void {
+    this.failure ??= { err };
+    this.ended = true;
+    this.wake('consumer');
+  }
+
+  private wake(who: 'consumer' | 'producer'): void {
+    const w = who === 'consumer' ? this.wakeConsumer : this.wakeProducer;
+    if (who === 'consumer') this.wakeConsumer = undefined;
+    else this.wakeProducer = undefined;
+    w?.();
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<T> {
+    return {
+      next: async (): Promise<IteratorResult<T>> => {
+        for (;;) {
+          if (this.queue.length > 0) {
+            const value = this.queue.shift()!;
+            this.wake('producer');
+            return { value, done: false };
+          }
+          if (this.failure !== undefined) throw this.failure.err;
+          if (this.ended || this.stopped) return { value: undefined, done: true };
+          await new Promise<void>((r) => (this.wakeConsumer = r));
+        }
+      },
+      return: async (): Promise<IteratorResult<T>> => {
+        this.stopped = true;
+        this.queue.length = 0;
+        this.wake('producer');
+        return { value: undefined, done: true };
+      },
+    };
+  }
+}
