@@ -81,34 +81,50 @@ test('on XFS, a clone shares file data by reflink: near-instant and no space unt
   }
 });
 
-test('kill -9 during a clone leaves either the whole clone or none, and start-up removes the debris', async (t) => {
-  await withServer(t, { root: true }, async (s) => {
-    await s.ok('/VolumeDriver.Create', { Name: 'many', Opts: {} });
-    const data = path.join(s.data, 'volumes', 'many', '_data');
-    for (let i = 0; i < 3000; i++) fs.writeFileSync(path.join(data, `f${i}`), Buffer.alloc(4096, i));
-    const pending = s.call('/VolumeDriver.Create', { Name: 'copy', Opts: { from: 'many' } }).catch(() => undefined);
-    await new Promise((r) => setTimeout(r, 60));
-    await s.kill();
-    await pending;
-    const s2 = await startTestServer({ dir: s.dir });
+/** Named crash points a clone passes (src/volumes/clone.ts, src/sys/staging.ts), in order. */
+const CLONE_CRASH_POINTS = ['clone:mid-copy', 'stage:before-rename', 'stage:after-rename'] as const;
+
+for (const point of CLONE_CRASH_POINTS) {
+  test(`kill -9 during a clone (${point}) leaves no clone, and start-up removes the debris`, async (t) => {
+    // The source is made by a server without the crash point: a Create passes stage:* too.
+    const s0 = await startTestServer();
+    await s0.ok('/VolumeDriver.Create', { Name: 'many', Opts: {} });
+    const data = path.join(s0.data, 'volumes', 'many', '_data');
+    for (let i = 0; i < 1500; i++) fs.writeFileSync(path.join(data, `f${i}`), Buffer.alloc(4096, i));
+    t.is(await s0.stop(), 0);
+    const s = await startTestServer({ dir: s0.dir, env: { TSVOL_CRASH_AT: point } });
     try {
-      const r = await s2.call('/VolumeDriver.Get', { Name: 'copy' });
-      if (r.json.Err === '') t.is(fs.readdirSync(path.join(s.data, 'volumes', 'copy', '_data')).length, 3000, 'whole');
-      else {
-        t.regex(String(r.json.Err), /not found/);
-        await new Promise((res) => setTimeout(res, 500));
-        t.false(fs.existsSync(path.join(s.data, 'volumes', 'copy')), 'none');
-      }
-      t.deepEqual(
-        fs.readdirSync(path.join(s.data, 'tmp')).filter((e) => e.startsWith('new-')),
-        [],
-        'half-built clones in tmp/ are deleted at start-up',
+      const exited = new Promise<NodeJS.Signals | null>((res) => s.proc.once('exit', (_code, signal) => res(signal)));
+      const reply = await s.call('/VolumeDriver.Create', { Name: 'copy', Opts: { from: 'many' } }).then(
+        (r) => `answered ${r.status} ${r.raw}`,
+        (err: unknown) => `no answer: ${String(err)}`,
       );
+      // The kill landed at the point: the server died by SIGKILL before answering.
+      t.is(await exited, 'SIGKILL', `the server reached ${point}`);
+      t.regex(reply, /^no answer/);
+      const debris = fs.readdirSync(path.join(s.data, point === 'stage:after-rename' ? 'volumes' : 'tmp'));
+      t.true(debris.length > (point === 'stage:after-rename' ? 1 : 0), `the crash left debris: ${debris.join(', ')}`);
+      const s2 = await startTestServer({ dir: s.dir });
+      try {
+        t.regex(String((await s2.call('/VolumeDriver.Get', { Name: 'copy' })).json.Err), /volume "copy" not found/);
+        // Start-up sweeps in the background: wait for it, a bounded time.
+        const gone = (): boolean =>
+          !fs.existsSync(path.join(s.data, 'volumes', 'copy')) && fs.readdirSync(path.join(s.data, 'tmp')).filter((e) => !e.startsWith('rm-')).length === 0;
+        for (const until = Date.now() + 30_000; !gone() && Date.now() < until; ) await new Promise((r) => setTimeout(r, 100));
+        t.false(fs.existsSync(path.join(s.data, 'volumes', 'copy')), 'no clone without its record');
+        t.deepEqual(fs.readdirSync(path.join(s.data, 'tmp')).filter((e) => !e.startsWith('rm-')), [], 'half-built clones in tmp/ are deleted at start-up');
+        // The source is untouched and a new clone works.
+        await s2.ok('/VolumeDriver.Create', { Name: 'copy', Opts: { from: 'many' } });
+        t.is(fs.readdirSync(path.join(s.data, 'volumes', 'copy', '_data')).length, 1500);
+      } finally {
+        await s2.kill();
+      }
     } finally {
-      await s2.kill();
+      await s.kill().catch(() => undefined);
+      cleanupDir(s.dir);
     }
   });
-});
+}
 
 test('a clone is verbatim: owners, set-id modes after chown, every xattr (trusted.overlay.* too) and nanosecond atimes and mtimes (#10)', (t) => {
   if (!requireRoot(t)) return; // other owners, security.capability, trusted.* xattrs

@@ -14,7 +14,7 @@ import { ConflictError, InvalidArgumentError, NotFoundError, describeError } fro
 import { chainId, type LayerRecord, type LayerStore, type StagedLayer } from '../layers/layer-store.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
 import type { ImageRecord } from '../store/records.js';
-import { crashPoint } from '../store/crash-point.js';
+import { crashPoint } from '../sys/crash-point.js';
 import { withStage } from '../sys/staging.js';
 import type { BlobStore } from './blob-store.js';
 import { Channel } from './channel.js';

@@ -25,7 +25,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { nanoid } from 'nanoid';
 import { InUseError, InternalError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
-import { crashPoint } from '../store/crash-point.js';
+import { crashPoint } from '../sys/crash-point.js';
 import { digestHex, layerStageFiles, layersLayout, type LayerStageFiles } from '../store/layout.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
 import type { LayerRecord } from '../store/records.js';

@@ -53,7 +53,7 @@ import {
   type StoredRecord,
 } from './cluster-files.js';
 import { CLUSTER_MARKER, NODES_DIR, type Layout } from './layout.js';
-import { pausePoint } from './crash-point.js';
+import { pausePoint } from '../sys/crash-point.js';
 import { createNodeLease, type NodeLease } from './node-lease.js';
 import { isVolumeName, type VolumeRecord } from './records.js';
 import type { NodeHolds, VolumeStore } from './volume-store.js';

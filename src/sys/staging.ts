@@ -24,6 +24,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { nanoid } from 'nanoid';
 import { errnoCode } from '../errors.js';
+import { crashPoint } from './crash-point.js';
 import { fsyncDir, syncFilesystem } from './durable.js';
 import { tryFlock } from './libc.js';
 import { POLL_MS } from './lock.js';
@@ -245,6 +246,7 @@ export async function buildStaged(spec: PublishSpec, fill: (dir: string) => Prom
     // Every file on disk before the name says the tree exists: a crash after the rename never exposes a
     // half-written tree under its real name.
     syncFilesystem(stage.dir);
+    crashPoint('stage:before-rename');
     try {
       stage.rename(spec.dest);
     } catch (err) {
@@ -253,6 +255,7 @@ export async function buildStaged(spec: PublishSpec, fill: (dir: string) => Prom
       throw err;
     }
     await (spec.syncParent ?? fsyncDir)(path.dirname(spec.dest));
+    crashPoint('stage:after-rename');
     return stage;
   } catch (err) {
     await stage.remove();

@@ -23,6 +23,7 @@ import { Worker } from 'node:worker_threads';
 import { errnoCode } from '../errors.js';
 import { Beneath, statFd, type EntryStat } from '../sys/beneath.js';
 import { copyFileData, newCopyDataState } from '../sys/copy-data.js';
+import { crashPoint } from '../sys/crash-point.js';
 import { applyMetaFd, fdXattrs, metaOf, XATTRS } from '../sys/file-meta.js';
 
 /** What a copy did. */
@@ -77,6 +78,9 @@ function openSource(src: string | number): Beneath {
  * that vanish or change type while the copy runs (a volume in use) are skipped: the clone is what was
  * there at that moment.
  */
+/** Where the crash point `clone:mid-copy` is: after this many entries are copied (crash tests). */
+const CRASH_MID_COPY_AT = 1000;
+
 export function copyTree(src: string | number, dst: string): CopyStats {
   const stats: CopyStats = { files: 0, bytes: 0, reflinked: 0, skippedSockets: 0 };
   const state = newCopyDataState();
@@ -119,6 +123,7 @@ export function copyTree(src: string | number, dst: string): CopyStats {
       names = [];
     }
     for (const entry of names) {
+      if (stats.files === CRASH_MID_COPY_AT) crashPoint('clone:mid-copy');
       const name = entry.name;
       const childRel = rel === '' ? name : `${rel}/${name}`;
       try {
