@@ -192,20 +192,22 @@ try {
   }
 
   // 1. Engine API throughput, warm-up then ROUNDS interleaved rounds, best of each.
-  const best = new Map(drivers.map((d) => [d.driver, [0, 0, 0]]));
-  for (const d of drivers) await throughput(n1, d, 'warm', Math.min(N, 50));
-  for (let r = 0; r < ROUNDS; r++) {
-    for (const d of drivers) {
-      const m = await throughput(n1, d, String(r), N);
-      best.set(d.driver, best.get(d.driver)!.map((v, i) => Math.max(v, m[i]!)));
+  if (ROUNDS > 0) {
+    const best = new Map(drivers.map((d) => [d.driver, [0, 0, 0]]));
+    for (const d of drivers) await throughput(n1, d, 'warm', Math.min(N, 50));
+    for (let r = 0; r < ROUNDS; r++) {
+      for (const d of drivers) {
+        const m = await throughput(n1, d, String(r), N);
+        best.set(d.driver, best.get(d.driver)!.map((v, i) => Math.max(v, m[i]!)));
+      }
     }
+    console.log(`### Engine API on n1, c=${CONCURRENCY}, ${N} volumes, best of ${ROUNDS} interleaved rounds\n`);
+    console.log('| driver | docker volume create | docker volume inspect | docker volume rm |\n|---|---:|---:|---:|');
+    for (const d of drivers) console.log(`| ${d.label} | ${best.get(d.driver)!.map((v) => `${v.toFixed(0)}/s`).join(' | ')} |`);
+    const cm = best.get(CLUSTER_PLUGIN)!;
+    const lm = best.get(LOCAL_DISK)!;
+    console.log(`| cluster mode / local mode (local disk) | ${cm.map((x, i) => `${(x / lm[i]!).toFixed(2)}×`).join(' | ')} |`);
   }
-  console.log(`### Engine API on n1, c=${CONCURRENCY}, ${N} volumes, best of ${ROUNDS} interleaved rounds\n`);
-  console.log('| driver | docker volume create | docker volume inspect | docker volume rm |\n|---|---:|---:|---:|');
-  for (const d of drivers) console.log(`| ${d.label} | ${best.get(d.driver)!.map((v) => `${v.toFixed(0)}/s`).join(' | ')} |`);
-  const cm = best.get(CLUSTER_PLUGIN)!;
-  const lm = best.get(LOCAL_DISK)!;
-  console.log(`| cluster mode / local mode (local disk) | ${cm.map((x, i) => `${(x / lm[i]!).toFixed(2)}×`).join(' | ')} |`);
 
   // 2. Container start with a volume: Mount and Unmount through dockerd.
   if (RUNS > 0) {
