@@ -290,7 +290,9 @@ function clusterStore(root: Beneath, me: string, layout: Layout, lease: NodeLeas
       const removers = liveRemovers(name);
       const now = readRecord(name);
       if (now?.incarnation !== stored.incarnation) {
-        restoreOwnHolds(name, before);
+        // Gone, or a new volume of the same name (created after a removal elsewhere) that this node never
+        // held: the hold just written, if it landed anywhere, is withdrawn whole.
+        if (now !== undefined) restoreOwnHolds(name, new Map());
         throw new NotFoundError(`volume "${name}" was removed by another node meanwhile`);
       }
       if (removers.length === 0) {

@@ -101,17 +101,21 @@ export function createNodeLease(opts: NodeLeaseOptions): NodeLease {
     if (state === 'running') validUntil = startedMono + leaseMs;
   }
 
+  /** This node's lease file; a damaged one (not tsvol's shape) is said and counts as none: ours to write. */
+  function readOwnQuietly(): LeaseRecord | undefined {
+    try {
+      return read(node);
+    } catch (err) {
+      if (!(err instanceof BadFileError)) throw err;
+      log.warn({ node, err: describeError(err) }, 'own lease file unreadable; writing it again');
+      return undefined;
+    }
+  }
+
   function renew(): void {
     if (lost !== undefined) return;
     try {
-      let cur: LeaseRecord | undefined;
-      try {
-        cur = read(node);
-      } catch (err) {
-        // Damaged (a torn write by hand, or someone else's file): ours to overwrite, and said so.
-        if (!(err instanceof BadFileError)) throw err;
-        log.warn({ node, err: describeError(err) }, 'own lease file unreadable; writing it again');
-      }
+      const cur = readOwnQuietly();
       if (cur !== undefined && cur.instance !== instance) {
         lost = `another tsvol server took TSVOL_NODE_ID="${node}" (host ${cur.host}, pid ${cur.pid}): two nodes must never share an ID; this server no longer acts for the node`;
         log.error({ node, host: cur.host, pid: cur.pid }, 'node ID taken by another server; no more mounts or removals here');
@@ -141,7 +145,7 @@ export function createNodeLease(opts: NodeLeaseOptions): NodeLease {
     leaseMs,
 
     async claim() {
-      const first = read(node);
+      const first = readOwnQuietly();
       if (first !== undefined && first.instance !== instance && first.state === 'running' && Date.now() < first.expiresAt) {
         // Live and not stopped cleanly: this node's own server killed moments ago, or a twin. A live server
         // renews every renewMs: watch for a renewal and a half (no longer than its lease has left).
@@ -149,7 +153,7 @@ export function createNodeLease(opts: NodeLeaseOptions): NodeLease {
         log.info({ node, host: first.host, pid: first.pid, waitMs: until - Date.now() }, 'node lease is live: making sure no other server holds this node ID');
         while (Date.now() < until) {
           await new Promise((r) => setTimeout(r, opts.pollMs ?? 200));
-          const now = read(node);
+          const now = readOwnQuietly();
           if (now !== undefined && (now.instance !== first.instance || now.renewedAt !== first.renewedAt)) {
             throw new ConflictError(
               `TSVOL_NODE_ID="${node}" is in use by a live tsvol server (host ${now.host}, pid ${now.pid}): its lease on ${root.where} was renewed ${Math.max(0, Date.now() - now.renewedAt)} ms ago; give each node its own TSVOL_NODE_ID`,

@@ -161,7 +161,14 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
   async function sweepMountpoints(dir: string, uses: (rec: VolumeRecord) => boolean): Promise<void> {
     for (const name of fs.readdirSync(dir)) {
       const mp = path.join(dir, name);
-      const found = store.get(name);
+      let found: VolumeRecord | undefined;
+      try {
+        found = store.get(name);
+      } catch (err) {
+        // Cluster mode: a record on the shared root that cannot be read (damaged, or not tsvol's) must not
+        // stop this node from starting: its mountpoint here is treated as a stale one, and said so.
+        log.warn({ volume: name, err: describeError(err) }, 'unreadable volume record; clearing its mountpoint here');
+      }
       const rec = found !== undefined && uses(found) ? found : undefined;
       if (rec !== undefined && holdCount(rec) > 0) continue;
       try {

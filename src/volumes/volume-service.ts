@@ -11,6 +11,12 @@
  * - Mount: establish first, then commit the hold; if the commit fails, release again (a failed Mount
  *   leaves no hold, and dockerd never sends Unmount after one).
  * - Unmount: commit the release, then release; a failed unmount leaves a stale mount start-up removes.
+ *
+ * Cluster mode (#14, store.scope 'global'): the same order on the shared root's store (src/store/
+ * cluster-store.ts). A record's holds are this node's; Create refuses the kinds that cannot work there
+ * (VolumeKind.clusterRefusal) and builds every volume whole in tmp/ with its record; the store refuses a
+ * Remove while another live node holds the volume and a Mount while another node removes it, and moves a
+ * removed volume's directory into this node's tmp/, which the deleter then deletes.
  */
 import type { Config } from '../config.js';
 import { holdChange, releaseChange } from '../layers/layer-store.js';
