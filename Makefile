@@ -9,7 +9,8 @@ ROOTFS := plugin/rootfs
 .PHONY: deps build test rootfs plugin plugin-csi enable disable push clean e2e bench
 
 # The Debian packages of scripts/deps.txt that are missing: `make deps` for build, tests and benches,
-# `make deps DEPS="build e2e"` for the end-to-end suite's Docker engine, registry and compose too.
+# `make deps DEPS="build e2e"` for the end-to-end suite's Docker engine, registry and compose too,
+# `make deps DEPS="build e2e cluster"` for the cluster suite's GlusterFS and iproute2 as well.
 DEPS ?= build
 deps:
 	scripts/install-deps.sh $(DEPS)

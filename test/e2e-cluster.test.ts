@@ -89,7 +89,7 @@ async function removeServiceAndVolumes(c: Cluster, service: string, node: Cluste
 
 const volumeNames = (node: ClusterNode): string[] => node.docker('volume', 'ls', '-q', '--filter', `driver=${CLUSTER_PLUGIN}:latest`).split('\n').filter((l) => l !== '');
 
-test.serial('cluster: a volume made on one node is listed, inspected, mounted and removed on the other, with its data; Scope global', (t) => {
+test.serial('e2e cluster: a volume made on one node is listed, inspected, mounted and removed on the other, with its data; Scope global', (t) => {
   const [n1, n2] = t.context.cluster.nodes;
   n1.docker('volume', 'create', '-d', CLUSTER_PLUGIN, 'everywhere');
   runOn(n1, 'everywhere', 'printf "made on n1\\001\\377" > /d/f');
@@ -101,7 +101,7 @@ test.serial('cluster: a volume made on one node is listed, inspected, mounted an
   t.false(volumeNames(n1).includes('everywhere'), 'gone on n1 too');
 });
 
-test.serial('cluster: a drained node’s task starts on the other node and finds every byte', async (t) => {
+test.serial('e2e cluster: a drained node’s task starts on the other node and finds every byte', async (t) => {
   const c = t.context.cluster;
   // 8 MiB of random bytes and their hash, written once: a task that finds the file leaves it alone.
   createService(c, 'follow', ['--replicas', '1', '--mount', MOUNT('follow')],
@@ -127,7 +127,7 @@ test.serial('cluster: a drained node’s task starts on the other node and finds
   t.false(volumeNames(c.nodes[1]).includes('follow'));
 });
 
-test.serial('cluster: two replicas on two nodes write to one volume and each sees the other’s files', async (t) => {
+test.serial('e2e cluster: two replicas on two nodes write to one volume and each sees the other’s files', async (t) => {
   const c = t.context.cluster;
   const [n1, n2] = c.nodes;
   createService(c, 'pair', ['--replicas', '2', '--replicas-max-per-node', '1', '--mount', MOUNT('pair')], 'echo "hello from $(hostname)" > /d/$(hostname); sleep 100000');
@@ -141,7 +141,7 @@ test.serial('cluster: two replicas on two nodes write to one volume and each see
   await removeServiceAndVolumes(c, 'pair', n1, 'pair');
 });
 
-test.serial('cluster: docker volume rm on the idle node is refused while a task on the other holds the volume, naming that node; allowed after', async (t) => {
+test.serial('e2e cluster: docker volume rm on the idle node is refused while a task on the other holds the volume, naming that node; allowed after', async (t) => {
   const c = t.context.cluster;
   const [n1, n2] = c.nodes;
   createService(c, 'pinner', ['--replicas', '1', '--constraint', `node.hostname==${n2.id}`, '--mount', MOUNT('pinned')], 'echo x > /d/x; sleep 100000');
@@ -156,7 +156,7 @@ test.serial('cluster: docker volume rm on the idle node is refused while a task 
   t.false(volumeNames(n2).includes('pinned'));
 });
 
-test.serial('cluster: a plugin restart on one node while the other writes: no volume lost, no hold lost', async (t) => {
+test.serial('e2e cluster: a plugin restart on one node while the other writes: no volume lost, no hold lost', async (t) => {
   const c = t.context.cluster;
   const [n1, n2] = c.nodes;
   // n2 appends a numbered line every 50 ms and stops the task at the first failed write.
@@ -192,7 +192,7 @@ test.serial('cluster: a plugin restart on one node while the other writes: no vo
   await removeServiceAndVolumes(c, 'writer', n1, 'steady');
 });
 
-test.serial('cluster: a node killed with kill -9: its holds expire after the lease; the volume is used and removed on the survivor', async (t) => {
+test.serial('e2e cluster: a node killed with kill -9: its holds expire after the lease; the volume is used and removed on the survivor', async (t) => {
   const c = t.context.cluster;
   const [n1, n2] = c.nodes;
   createService(c, 'doomed', ['--replicas', '1', '--constraint', `node.hostname==${n2.id}`, '--mount', MOUNT('orphan')], 'echo "before the crash" > /d/note; sleep 100000');
@@ -228,12 +228,16 @@ test.serial('cluster: a node killed with kill -9: its holds expire after the lea
   // n2 comes back (its dockerd restarts the plugin) and sees the cluster as it is now.
   await c.startNode(n2);
   t.false(volumeNames(n2).includes('orphan'));
+  // Its plugin's start-up cleared the mount the killed instance had made for the task, of a volume the
+  // survivor has removed since.
+  const stale = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(`${n2.dataRoot}/plugins/`) && / \S+\/orphan /.test(l));
+  t.deepEqual(stale, [], 'no mount of the removed volume left on the restarted node');
   n2.docker('volume', 'create', '-d', CLUSTER_PLUGIN, 'after-crash');
   t.true(volumeNames(n1).includes('after-crash'));
   n1.docker('volume', 'rm', 'after-crash');
 });
 
-test.serial('cluster: a data.source not on a shared filesystem: the plugin refuses to start in global scope, saying why', (t) => {
+test.serial('e2e cluster: a data.source not on a shared filesystem: the plugin refuses to start in global scope, saying why', (t) => {
   const c = t.context.cluster;
   const n1 = c.nodes[0];
   const local = `${WORK}/n1/not-shared`;

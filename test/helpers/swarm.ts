@@ -500,6 +500,25 @@ function makeNode(name: string, index: number, scope: 'global' | 'local'): Clust
   };
 }
 
+/**
+ * With TSVOL_CLUSTER_LOGS=DIR, copies the cluster's logs there before teardown removes them: each node's
+ * dockerd log (the plugin's output is in it) and GlusterFS client log, glusterd's and the brick's log.
+ */
+function saveLogs(): void {
+  const dir = process.env.TSVOL_CLUSTER_LOGS;
+  if (dir === undefined || dir === '') return;
+  fs.mkdirSync(dir, { recursive: true });
+  const logs: [string, string][] = [
+    [path.join(WORK, 'gl', 'glusterd.log'), 'glusterd.log'],
+    [BRICK_LOG, 'brick.log'],
+    ...['n1', 'n2'].flatMap((n): [string, string][] => [
+      [path.join(WORK, n, 'dockerd.log'), `${n}-dockerd.log`],
+      [path.join(WORK, n, 'glusterfs.log'), `${n}-glusterfs.log`],
+    ]),
+  ];
+  for (const [from, to] of logs) if (fs.existsSync(from)) fs.copyFileSync(from, path.join(dir, to));
+}
+
 /** Starts `node`'s dockerd in its namespaces and waits until it answers. */
 async function startDockerd(node: ClusterNode): Promise<void> {
   fs.mkdirSync(node.dataRoot, { recursive: true });
@@ -654,6 +673,7 @@ export async function setupCluster(opts: ClusterOptions): Promise<Cluster> {
     },
     async teardown() {
       try {
+        saveLogs();
         await removeCluster();
       } finally {
         await releaseEngine();
