@@ -182,7 +182,7 @@ class Registry {
       let skip = res.status === 200 ? got : 0; // a registry that ignores Range resends from the start
       try {
         for await (const raw of res.body as unknown as AsyncIterable<Uint8Array>) {
-          let chunk = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+          let chunk = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength); // a view: fetch hands out fresh chunks
           if (skip > 0) {
             const n = Math.min(skip, chunk.length);
             skip -= n;
@@ -290,7 +290,9 @@ export async function* pullStream(r: ResolvedPull, fetchBlobs: readonly Descript
     config: r.config.toString('base64'),
     blobs: fetchBlobs.map((b) => ({ digest: b.digest, size: b.size })),
   });
-  const out = new Channel<Buffer>(32);
+  // One item per whole frame (prefix and payload together): several downloads push at once, and a frame's
+  // parts must never be interleaved with another's.
+  const out = new Channel<Buffer[]>(32);
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < fetchBlobs.length && !out.closed) {
@@ -301,21 +303,22 @@ export async function* pullStream(r: ResolvedPull, fetchBlobs: readonly Descript
         if (out.closed) return;
         done += chunk.length;
         events.bytes(b.digest, done);
-        for (const f of dataFrames(j, chunk)) await out.push(f);
+        const frames = [...dataFrames(j, chunk)];
+        for (let k = 0; k < frames.length; k += 2) await out.push([frames[k]!, frames[k + 1]!]);
       }
-      await out.push(framePrefix(FRAME.blobEnd, j, 0));
+      await out.push([framePrefix(FRAME.blobEnd, j, 0)]);
       events.downloaded(b.digest);
     }
   };
   const workers = Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, fetchBlobs.length)) }, worker)).then(
     async () => {
-      await out.push(framePrefix(FRAME.end, 0, 0));
+      await out.push([framePrefix(FRAME.end, 0, 0)]);
       out.end();
     },
     (err: unknown) => out.fail(err),
   );
   try {
-    yield* out;
+    for await (const frame of out) yield* frame;
   } finally {
     // The reader stopped early or all was sent: either way the workers end now.
     await out[Symbol.asyncIterator]().return?.();
