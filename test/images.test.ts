@@ -333,7 +333,13 @@ test.serial('registry: a second pull downloads only the layers it lacks, 3 at a 
     const lb = await layersOf('tsimg/share-b');
     const fresh = lb.filter((d) => !la.includes(d));
     t.is(fresh.length, 1, 'b shares all but its COPY layer with a');
-    const tsvol = world();
+    // Through a running server: the pull stream crosses its control socket.
+    const server = await startTestServer();
+    t.teardown(async () => {
+      await server.stop();
+      cleanupDir(server.dir);
+    });
+    const tsvol = world(server.data);
     // The first pull: every layer, each once, 3 at a time (each blob GET held 500 ms at the proxy, so the
     // overlap shows), and one of them cut mid-body (resumed with Range).
     await reg.cutBlob(la[0]!, 10_000, 1);
