@@ -67,7 +67,6 @@ try {
   const remote = `${reg.direct}/bench/img:${UNIQ}`;
   docker('tag', IMAGE, remote);
   docker('push', remote);
-  spawnSync(DOCKER, ['rmi', remote]);
 
   /** One tsvol run: a fresh server and data root (untimed), then the timed command. */
   const tsvolRun = async (args: string[]): Promise<number> => {
@@ -82,8 +81,11 @@ try {
       servers.pop();
     }
   };
-  const dockerRun = (args: string[], ref: string): number => {
-    spawnSync(DOCKER, ['rmi', '-f', ref]);
+  // Every name of the image goes before a docker run: a layer another tag still holds would be reused.
+  const dockerRun = (args: string[]): number => {
+    spawnSync(DOCKER, ['rmi', '-f', IMAGE, remote]);
+    const left = spawnSync(DOCKER, ['image', 'inspect', IMAGE]).status === 0 || spawnSync(DOCKER, ['image', 'inspect', remote]).status === 0;
+    if (left) throw new Error('docker rmi left the bench image in place');
     sh('sync', []);
     return timed(() => sh(DOCKER, args));
   };
@@ -98,10 +100,10 @@ try {
     const order: ('tsvol' | 'docker')[] = round % 2 === 0 ? ['tsvol', 'docker'] : ['docker', 'tsvol'];
     for (const side of order) {
       if (ONLY !== 'pull') {
-        record('load', side, side === 'tsvol' ? await tsvolRun(['image', 'load', '-i', tar]) : dockerRun(['load', '-i', tar], IMAGE));
+        record('load', side, side === 'tsvol' ? await tsvolRun(['image', 'load', '-i', tar]) : dockerRun(['load', '-i', tar]));
       }
       if (ONLY !== 'load') {
-        record('pull', side, side === 'tsvol' ? await tsvolRun(['image', 'pull', remote]) : dockerRun(['pull', remote], remote));
+        record('pull', side, side === 'tsvol' ? await tsvolRun(['image', 'pull', remote]) : dockerRun(['pull', remote]));
       }
     }
   }
