@@ -13,6 +13,7 @@ import zlib from 'node:zlib';
 import test from 'ava';
 import { blankHeader, encodeHeader, padding } from '../src/layers/tar/format.js';
 import { CLI, cleanupDir, startTestServer, tempDir } from './helpers/server.js';
+import { openLayerStore } from './helpers/store.js';
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 const entry = (p: string, body: Buffer | string): Buffer => {
@@ -87,6 +88,42 @@ async function concurrentLoads(t: import('ava').ExecutionContext, data: string, 
   }
   t.is(json<unknown[]>(data, ['image', 'ls']).length, 2 * rounds);
 }
+
+test('the layer store publishes a layer staged twice at once exactly once: both callers get it, one made it', async (t) => {
+  const dir = tempDir('tsvol-img-publish-');
+  try {
+    const store = openLayerStore(path.join(dir, 'data', 'layers'));
+    const base = layerOf('base', 50);
+    const top = layerOf('top', 50);
+    const one = async function* (b: Buffer): AsyncGenerator<Buffer> {
+      yield b;
+    };
+    // Two loads unpack the same layer at once, each into its own stage, then both publish it.
+    const [s1, s2] = await Promise.all([store.stageLayer(one(base)), store.stageLayer(one(base))]);
+    t.is(s1.diffId, s2.diffId);
+    const [p1, p2] = await Promise.all([store.publishLayer(s1), store.publishLayer(s2)]);
+    t.is(p1.layer.id, p2.layer.id);
+    t.deepEqual([p1.created, p2.created].sort(), [false, true]);
+    // On a parent too, and the same diff on another parent is a new layer sharing the stored diff.
+    const [s3, s4] = await Promise.all([store.stageLayer(one(top)), store.stageLayer(one(top))]);
+    const [p3, p4] = await Promise.all([store.publishLayer(s3, p1.layer.id), store.publishLayer(s4, p1.layer.id)]);
+    t.is(p3.layer.id, p4.layer.id);
+    t.deepEqual([p3.created, p4.created].sort(), [false, true]);
+    const bare = await store.publishLayer(s4);
+    t.true(bare.created);
+    t.is(bare.layer.diffId, p3.layer.diffId);
+    for (const s of [s1, s2, s3, s4]) await s.discard();
+    t.is(store.list().length, 3);
+    t.is(diffsOf(path.join(dir, 'data')).length, 2, 'one diff per DiffID');
+    t.deepEqual(fs.readdirSync(path.join(dir, 'data', 'layers', 'tmp')), [], 'every stage is gone');
+    // Its export is the tar, byte for byte.
+    const out: Buffer[] = [];
+    for await (const c of store.exportLayer(bare.layer.id)) out.push(c);
+    t.true(Buffer.concat(out).equals(top));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
 
 test('two loads at once through the server, sharing a new layer: both succeed, the layer stored once (20 rounds)', async (t) => {
   const server = await startTestServer();

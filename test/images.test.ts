@@ -5,7 +5,7 @@
  * images hold their layers; bad archives are refused and store nothing. Shares dockerd with the e2e suite:
  * every image name here is unique to this run, and dockerd is never stopped. Needs root.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -14,7 +14,7 @@ import anyTest, { type TestFn } from 'ava';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { DOCKER, docker, dockerFails, setupEngine, type EngineEnv } from './helpers/docker.js';
 import { startRegistry } from './helpers/registry.js';
-import { CLI, cleanupDir, startTestServer, tempDir } from './helpers/server.js';
+import { CLI, ROOT, cleanupDir, startTestServer, tempDir } from './helpers/server.js';
 
 const UNIQ = `${process.pid}-${Date.now().toString(36)}`;
 const BASE = `tsvol-img-base:${UNIQ}`;
@@ -228,6 +228,46 @@ test.serial('docker volume create -o image=REF: a copy-on-write volume on the im
   }
 });
 
+test.serial('the managed plugin (built as `make plugin` does): -o image=REF, in a real container', async (t) => {
+  // Its own plugin name and config description, so the e2e suite's `tsvol` plugin is never touched (dockerd
+  // refuses a second plugin with the same content).
+  execFileSync(path.join(ROOT, 'plugin', 'build-rootfs.sh'), [path.join(ROOT, 'plugin', 'rootfs')], { stdio: 'ignore' });
+  const dir = path.join(t.context.env.workDir, 'managed');
+  fs.mkdirSync(dir);
+  execFileSync('cp', ['-al', path.join(ROOT, 'plugin', 'rootfs'), path.join(dir, 'rootfs')]);
+  const config = JSON.parse(fs.readFileSync(path.join(ROOT, 'config.json'), 'utf8')) as { description: string };
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...config, description: `${config.description} (image suite ${UNIQ})` }));
+  const plugin = `tsvol-img-${UNIQ}`;
+  const data = path.join(t.context.env.workDir, 'managed-data');
+  fs.mkdirSync(data, { mode: 0o700 });
+  const vol = `managed-img-${UNIQ}`;
+  try {
+    docker('plugin', 'create', plugin, dir);
+    docker('plugin', 'set', plugin, `data.source=${data}`);
+    docker('plugin', 'enable', plugin);
+    // The plugin's server answers on data.source/control.sock: the CLI on the host loads through it.
+    const tsvol = world(data);
+    for (let i = 0; !fs.existsSync(path.join(data, 'control.sock')); i++) {
+      if (i > 100) throw new Error('the managed plugin never made its control socket');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    tsvol(['image', 'load', '-i', t.context.saved]);
+    // The image is the plugin's too: it has no network and never pulls, and needs none of that here.
+    t.regex(dockerFails('volume', 'create', '-d', plugin, '-o', `image=${APP_A}-nope`, `${vol}-x`), /tsvol image (pull|load)/);
+    docker('volume', 'create', '-d', plugin, '-o', `image=${APP_B}`, vol);
+    const status = (JSON.parse(docker('volume', 'inspect', vol)) as { Status: { kind: string; image?: string } }[])[0]!.Status;
+    t.like(status, { kind: 'layered', image: APP_B });
+    const run = (cmd: string): string => docker('run', '--rm', '--network', 'none', '-v', `${vol}:/d`, BASE, 'sh', '-c', cmd);
+    t.is(run('cat /d/app/b.txt /d/one.txt'), 'hello from b\none');
+    run('echo changed > /d/one.txt');
+    t.is(run('cat /d/one.txt'), 'changed');
+  } finally {
+    spawnSync(DOCKER, ['volume', 'rm', '-f', vol]);
+    spawnSync(DOCKER, ['plugin', 'disable', '-f', plugin]);
+    spawnSync(DOCKER, ['plugin', 'rm', '-f', plugin]);
+  }
+});
+
 interface RegistryManifest {
   mediaType: string;
   layers: { mediaType: string; digest: string; size: number }[];
@@ -333,7 +373,13 @@ test.serial('registry: a second pull downloads only the layers it lacks, 3 at a 
     const lb = await layersOf('tsimg/share-b');
     const fresh = lb.filter((d) => !la.includes(d));
     t.is(fresh.length, 1, 'b shares all but its COPY layer with a');
-    const tsvol = world();
+    // Through a running server: the pull stream crosses its control socket.
+    const server = await startTestServer();
+    t.teardown(async () => {
+      await server.stop();
+      cleanupDir(server.dir);
+    });
+    const tsvol = world(server.data);
     // The first pull: every layer, each once, 3 at a time (each blob GET held 500 ms at the proxy, so the
     // overlap shows), and one of them cut mid-body (resumed with Range).
     await reg.cutBlob(la[0]!, 10_000, 1);

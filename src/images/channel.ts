@@ -1,19 +1,20 @@
 /**
- * A bounded queue between one producer and one consumer, as an async iterable (#11): a pull's demultiplexer
+ * A bounded queue between producers and one consumer, as an async iterable (#11): a pull's demultiplexer
  * hands each layer's bytes to that layer's unpacker through one, so several layers stream at once while
  * memory stays bounded (the producer waits while `capacity` chunks are queued). A consumer that stops
  * early (return(), as a refused tar does) never blocks the producer again: what it pushes later is
  * dropped, so the producer can still drain and hash its source.
  */
 
-/** A bounded single-producer, single-consumer queue. */
+/** A bounded queue: any number of producers, one consumer. */
 export class Channel<T> implements AsyncIterable<T> {
   private readonly queue: T[] = [];
   private ended = false;
   private failure: { err: unknown } | undefined;
   private stopped = false;
   private wakeConsumer: (() => void) | undefined;
-  private wakeProducer: (() => void) | undefined;
+  /** Producers waiting for room (a pull's downloads share one channel). */
+  private producers: (() => void)[] = [];
 
   constructor(private readonly capacity = 8) {}
 
@@ -28,7 +29,7 @@ export class Channel<T> implements AsyncIterable<T> {
     if (this.ended) throw new Error('push after end');
     this.queue.push(value);
     this.wake('consumer');
-    while (this.queue.length >= this.capacity && !this.stopped) await new Promise<void>((r) => (this.wakeProducer = r));
+    while (this.queue.length > this.capacity && !this.stopped) await new Promise<void>((r) => this.producers.push(r));
   }
 
   /** No more values: the consumer ends once it has taken the queued ones. */
@@ -44,11 +45,16 @@ export class Channel<T> implements AsyncIterable<T> {
     this.wake('consumer');
   }
 
-  private wake(who: 'consumer' | 'producer'): void {
-    const w = who === 'consumer' ? this.wakeConsumer : this.wakeProducer;
-    if (who === 'consumer') this.wakeConsumer = undefined;
-    else this.wakeProducer = undefined;
-    w?.();
+  private wake(who: 'consumer' | 'producers'): void {
+    if (who === 'consumer') {
+      const w = this.wakeConsumer;
+      this.wakeConsumer = undefined;
+      w?.();
+      return;
+    }
+    const waiting = this.producers;
+    this.producers = [];
+    for (const w of waiting) w();
   }
 
   [Symbol.asyncIterator](): AsyncIterator<T> {
@@ -57,7 +63,7 @@ export class Channel<T> implements AsyncIterable<T> {
         for (;;) {
           if (this.queue.length > 0) {
             const value = this.queue.shift()!;
-            this.wake('producer');
+            this.wake('producers');
             return { value, done: false };
           }
           if (this.failure !== undefined) throw this.failure.err;
@@ -68,7 +74,7 @@ export class Channel<T> implements AsyncIterable<T> {
       return: async (): Promise<IteratorResult<T>> => {
         this.stopped = true;
         this.queue.length = 0;
-        this.wake('producer');
+        this.wake('producers');
         return { value: undefined, done: true };
       },
     };

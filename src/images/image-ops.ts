@@ -326,7 +326,10 @@ export function imageOps(ctx: ImageOpsContext): ImageOps {
     const ingests = h.blobs.map((b, j) => {
       const unpack = m.layers.some((l, i) => l.digest === b.digest && missing[i]);
       const keep = m.layers.some((l) => l.digest === b.digest && COMPRESSED_LAYER_TYPES.has(l.mediaType)) ? path.join(dir, `b${j}`) : undefined;
-      return ingestLayer(sources[j]!, store, { unpack, ...(keep === undefined ? {} : { keep }) });
+      const ingest = ingestLayer(sources[j]!, store, { unpack, ...(keep === undefined ? {} : { keep }) });
+      // Awaited once the stream is read; a failure meanwhile (a disk error) stops its source, and waits.
+      ingest.catch(() => undefined);
+      return ingest;
     });
     const received = h.blobs.map(() => 0);
     const ended = h.blobs.map(() => false);

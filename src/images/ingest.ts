@@ -89,6 +89,8 @@ export async function ingestLayer(raw: AsyncIterable<Buffer>, store: LayerStore,
       if (keepFd !== undefined) fs.closeSync(keepFd);
     }
   })();
+  // Awaited below, once the consumer is done; until then its failure must not count as unhandled.
+  pump.catch(() => undefined);
   let staged: StagedLayer | undefined;
   let diffId: string | undefined;
   let error: Error | undefined;

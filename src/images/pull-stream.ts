@@ -49,12 +49,11 @@ export function headerFrame(h: PullHeader): Buffer {
   return Buffer.concat([framePrefix(FRAME.header, 0, json.length), json]);
 }
 
-/** DATA frames for `chunk` of blob `index` (split at MAX_DATA). */
+/** DATA frames for `chunk` of blob `index` (split at MAX_DATA), each one buffer: prefix and payload. */
 export function* dataFrames(index: number, chunk: Buffer): Generator<Buffer> {
   for (let off = 0; off < chunk.length; off += MAX_DATA) {
     const part = chunk.subarray(off, Math.min(chunk.length, off + MAX_DATA));
-    yield framePrefix(FRAME.data, index, part.length);
-    yield part;
+    yield Buffer.concat([framePrefix(FRAME.data, index, part.length), part]);
   }
 }
 

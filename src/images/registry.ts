@@ -35,6 +35,8 @@ import { MAX_JSON } from './spool.js';
 const ACCEPT = [MEDIA.ociIndex, MEDIA.ociManifest, MEDIA.dockerList, MEDIA.dockerManifest].join(', ');
 /** Tries per request (the first and the retries), backing off 0.5 s, 1 s, 2 s. */
 const TRIES = 4;
+/** Payload bytes gathered into one frame of a pull stream. */
+const FRAME_BYTES = 256 << 10;
 /** Blobs fetched at once (dockerd's default max-concurrent-downloads). */
 export const PULL_CONCURRENCY = 3;
 /** Blobs sent at once on push (dockerd's default max-concurrent-uploads is 5; 3 keeps two cores busy). */
@@ -182,7 +184,7 @@ class Registry {
       let skip = res.status === 200 ? got : 0; // a registry that ignores Range resends from the start
       try {
         for await (const raw of res.body as unknown as AsyncIterable<Uint8Array>) {
-          let chunk = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+          let chunk = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength); // a view: fetch hands out fresh chunks
           if (skip > 0) {
             const n = Math.min(skip, chunk.length);
             skip -= n;
@@ -290,19 +292,35 @@ export async function* pullStream(r: ResolvedPull, fetchBlobs: readonly Descript
     config: r.config.toString('base64'),
     blobs: fetchBlobs.map((b) => ({ digest: b.digest, size: b.size })),
   });
-  const out = new Channel<Buffer>(32);
+  // One item per whole frame (prefix and payload in one buffer): several downloads push at once, and a
+  // frame's parts must never be interleaved with another's.
+  const out = new Channel<Buffer>(16);
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < fetchBlobs.length && !out.closed) {
       const j = next++;
       const b = fetchBlobs[j]!;
       let done = 0;
+      // fetch hands out chunks of 16 to 64 KiB: gathered into frames of FRAME_BYTES, a quarter to a sixteenth
+      // as many frames (each costs a queue hop and a write here, a parse and two queue hops in the store).
+      let pending: Buffer[] = [];
+      let pendingBytes = 0;
+      const flush = async (): Promise<void> => {
+        if (pendingBytes === 0) return;
+        const payload = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
+        pending = [];
+        pendingBytes = 0;
+        for (const f of dataFrames(j, payload)) await out.push(f);
+      };
       for await (const chunk of r.registry.blob(b.digest, b.size)) {
         if (out.closed) return;
         done += chunk.length;
         events.bytes(b.digest, done);
-        for (const f of dataFrames(j, chunk)) await out.push(f);
+        pending.push(chunk);
+        pendingBytes += chunk.length;
+        if (pendingBytes >= FRAME_BYTES) await flush();
       }
+      await flush();
       await out.push(framePrefix(FRAME.blobEnd, j, 0));
       events.downloaded(b.digest);
     }

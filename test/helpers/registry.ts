@@ -27,6 +27,8 @@ export interface Seen {
 export interface TestRegistry {
   /** `127.0.0.1:<proxy port>`: the host every image name uses. */
   readonly host: string;
+  /** `127.0.0.1:<registry port>`: the registry itself, without the proxy (benchmarks). */
+  readonly direct: string;
   /** Requests seen since the last reset() (each once its reply was sent). */
   readonly seen: Seen[];
   reset(): void;
@@ -95,6 +97,7 @@ export async function startRegistry(workDir: string, port: number): Promise<Test
       });
   return {
     host: `127.0.0.1:${port + 1}`,
+    direct: upstream,
     get seen() {
       return seen();
     },
