@@ -33,8 +33,8 @@ import { createStage, sweepStages } from '../sys/staging.js';
 import { decompressed } from './tar/gzip.js';
 import { TarReader } from './tar/reader.js';
 import { removeShortLink } from './overlay.js';
-import { linkTree, replaySplit, splitOnly, unpackLayer, type UnpackStats } from './unpack.js';
-import { writeTree } from './tar/writer.js';
+import { hashTreeInWorker } from './tree-split.js';
+import { linkTree, replaySplit, unpackLayer, type UnpackStats } from './unpack.js';
 
 export type { LayerRecord } from '../store/records.js';
 
@@ -182,6 +182,11 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
     }
   }
 
+  /** The record of a layer with `diffId` and `stats` on `parent`. */
+  function recordOf(diffId: string, parent: LayerRecord | undefined, stats: UnpackStats): LayerRecord {
+    return { id: chainId(parent?.id, diffId), diffId, parent: parent?.id, size: stats.size, files: stats.files, createdAt: new Date().toISOString() };
+  }
+
   /**
    * Reads a layer tar through `consume` (which writes the split file to the fd it is given), hashing it
    * for the DiffID on the way; returns the record the layer would have on `parent`.
@@ -202,21 +207,41 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
       fs.closeSync(splitFd);
       await reader.close(); // a refused entry leaves the input half read: close it (a no-op at the end)
     }
-    const diffId = `sha256:${hash.digest('hex')}`;
-    return { id: chainId(parent?.id, diffId), diffId, parent: parent?.id, size: stats.size, files: stats.files, createdAt: new Date().toISOString() };
+    return recordOf(`sha256:${hash.digest('hex')}`, parent, stats);
   }
 
   /**
-   * Makes a staged layer visible. The diff directory is stored once per DiffID: only a new one is made
-   * (`makeDiff` fills stage/diff) and renamed into diffs/ with its split file. Then one syncfs makes the
-   * files and the renames durable, and only then is the record committed: the record is the truth.
+   * The record the tree `dir` would have as a layer on `parent`, with its split file written into the stage
+   * and the tree linked into stage/diff (linkTree: the layer's directory, if the layer is new), both
+   * straight from the tree (#13). The walk that hashes the tree runs on a worker thread while this one
+   * links: they read the same tree, which no longer changes. A layer that exists already leaves its
+   * links to be deleted with the stage.
    */
-  async function publish(stage: string, rec: LayerRecord, makeDiff: (dir: string) => void): Promise<void> {
+  async function readTree(stage: string, dir: string, parent: LayerRecord | undefined): Promise<LayerRecord> {
+    const staged = layerStageFiles(stage);
+    const hashing = hashTreeInWorker(dir, staged.split);
+    let linkError: unknown;
+    try {
+      linkTree(dir, staged.diff);
+    } catch (err) {
+      linkError = err;
+    }
+    // The worker writes into the stage: it must be done, whatever happened here, before anyone deletes it.
+    const { diffId, stats } = await hashing;
+    if (linkError !== undefined) throw linkError;
+    return recordOf(diffId, parent, stats);
+  }
+
+  /**
+   * Makes a staged layer visible. The diff directory is stored once per DiffID: only a new one (stage/diff,
+   * filled by the import or the adopt) is renamed into diffs/ with its split file. Then one syncfs makes
+   * the files and the renames durable, and only then is the record committed: the record is the truth.
+   */
+  async function publish(stage: string, rec: LayerRecord): Promise<void> {
     const hex = digestHex(rec.diffId);
     const staged = layerStageFiles(stage);
     const target = layout.diffDir(hex);
     if (!fs.existsSync(target)) {
-      makeDiff(staged.diff);
       fs.renameSync(staged.split, layout.splitFile(hex));
       fs.renameSync(staged.diff, target);
     }
@@ -237,7 +262,7 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
         );
         const existing = store.getLayer(rec.id);
         if (existing) return existing;
-        await publish(stage, rec, () => undefined); // unpacked into stage/diff already
+        await publish(stage, rec); // unpacked into stage/diff already
         return rec;
       });
     });
@@ -249,12 +274,13 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
       const dir = hooks.prepare();
       if (dir === undefined) return undefined;
       return withStage('adopt', async (stage) => {
-        const made = await readTar(stage, writeTree(dir), parent, splitOnly);
+        const made = await readTree(stage, dir, parent);
         const existing = store.getLayer(made.id);
         const rec = existing ?? made;
         await hooks.beforePublish(rec);
-        // The syncfs in publish also flushes the files' data, written by the container and never synced.
-        if (!existing) await publish(stage, rec, (diff) => linkTree(dir, diff));
+        // Linked by readTree already. The syncfs in publish also flushes the files' data, written by the
+        // container and never synced.
+        if (!existing) await publish(stage, rec);
         await hooks.afterPublish(rec);
         return rec;
       });
