@@ -6,7 +6,8 @@
  *   diffs/<diffid-hex>/         a diff's unpacked contents, stored once whatever its parent
  *   diffs/<diffid-hex>.split    raw tar headers for byte-exact export (the tar-split idea)
  *   tmp/<kind>-<id>/            stages (imports, commits), each locked by its live owner (sys/staging.ts);
- *                               gc sweeps those whose owner died
+ *                               start-up and gc sweep those whose owner died
+ *   tmp/rm-<id>/                a directory being deleted (discard.ts), locked the same way
  *
  * A layer is held by its child layers, by container layers on it (containers.ts), by tags, by images (their
  * top layer, src/images/) and by holds (holdLayer: volumes built on it). The database's foreign keys refuse deleting a held layer whatever the
@@ -23,13 +24,13 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { nanoid } from 'nanoid';
-import { InUseError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
+import { ConflictError, InUseError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
 import { digestHex, layerStageFiles, layersLayout } from '../store/layout.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
 import type { LayerRecord } from '../store/records.js';
 import { syncFilesystem } from '../sys/durable.js';
-import { createStage, sweepStages } from '../sys/staging.js';
+import { createStage } from '../sys/staging.js';
+import { discardDir, discardFile, stageForDelete, sweepLayerStages } from './discard.js';
 import { decompressed } from './tar/gzip.js';
 import { TarReader } from './tar/reader.js';
 import { removeShortLink } from './overlay.js';
@@ -40,7 +41,7 @@ export type { LayerRecord } from '../store/records.js';
 
 /** What adoptTree's caller does around publishing (see LayerStore.adoptTree). */
 export interface AdoptHooks {
-  prepare(): string | undefined;
+  prepare(): string | undefined | Promise<string | undefined>;
   beforePublish(layer: LayerRecord): void | Promise<void>;
   afterPublish(layer: LayerRecord): void | Promise<void>;
 }
@@ -134,7 +135,7 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
 
   /**
    * Mutations one at a time within the process (the only writer: see the module comment). Long synchronous
-   * work inside (syncfs, rmSync on a slow disk) only delays the next mutation.
+   * work inside (syncfs, a delete on a slow disk) only delays the next mutation.
    */
   let tail: Promise<unknown> = Promise.resolve();
   async function locked<T>(work: () => Promise<T>): Promise<T> {
@@ -271,7 +272,7 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
   async function adoptTree(parentRef: string | undefined, hooks: AdoptHooks): Promise<LayerRecord | undefined> {
     return locked(async () => {
       const parent = parentRef === undefined ? undefined : resolve(parentRef);
-      const dir = hooks.prepare();
+      const dir = await hooks.prepare();
       if (dir === undefined) return undefined;
       return withStage('adopt', async (stage) => {
         const made = await readTree(stage, dir, parent);
@@ -311,21 +312,27 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
 
   /**
    * Deletes a deleted layer's diff directory, split file and short link (call once its record is gone and
-   * no other layer uses its DiffID: the diff directory is shared by every chain with that DiffID).
+   * no other layer uses its DiffID: the diff directory is shared by every chain with that DiffID). The
+   * directory is moved into tmp/ first (discard.ts), so no half-deleted diff is ever visible under its
+   * name, then deleted off the event loop, never across a mountpoint; returns the mountpoints left.
    */
-  function deleteDiff(rec: LayerRecord): void {
+  async function deleteDiff(rec: LayerRecord): Promise<string[]> {
     const hex = digestHex(rec.diffId);
-    const trash = layout.removedDir(nanoid(10));
-    fs.renameSync(layout.diffDir(hex), trash);
-    fs.rmSync(layout.splitFile(hex), { force: true });
+    const staged = await stageForDelete(layout, layout.diffDir(hex));
+    discardFile(layout.splitFile(hex));
     removeShortLink(layout, hex);
-    fs.rmSync(trash, { recursive: true, force: true });
+    return staged === undefined ? [] : staged.remove();
   }
 
-  /** Commits `changes` (the layer's deletion among them), then deletes its diff unless another layer uses it. */
+  /**
+   * Commits `changes` (the layer's deletion among them), then deletes its diff unless another layer uses
+   * it. A mount found inside the diff is left in place (in tmp/), and said: the layer is deleted anyway.
+   */
   async function deleteLayer(rec: LayerRecord, changes: readonly Change[]): Promise<void> {
     await store.commit(changes);
-    if (store.diffUsers(rec.diffId) === 0) deleteDiff(rec);
+    if (store.diffUsers(rec.diffId) > 0) return;
+    const left = await deleteDiff(rec);
+    if (left.length > 0) throw new ConflictError(`layer ${rec.id} deleted, but mounts inside its directory were left: ${left.join(', ')}; unmount them and run \`tsvol layer gc\``);
   }
 
   function refuseIfHeld(rec: LayerRecord): void {
@@ -417,10 +424,10 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
         // Children come before their parents in `doomed`: one commit deletes them all, in that order.
         await store.commit(doomed.map((rec) => ({ op: 'layer.delete', id: rec.id }) as const));
         const removed = doomed.map((rec) => rec.id);
-        // Stages whose owner died; a live one (a copy-driver commit writing its changes before it enters
-        // this store's queue) is left alone.
-        const sweep = sweepStages(layout.tmpDir);
-        await sweep.done;
+        // Stages whose owner died (and directories being deleted when a process died); a live one (a
+        // copy-driver commit writing its changes before it enters this store's queue) is left alone.
+        const sweep = sweepLayerStages(layout);
+        const left = await sweep.done;
         removed.push(...sweep.dead.map((e) => `tmp/${e}`));
         // Diffs no layer uses: those of the layers just deleted, and any published by an import or commit
         // killed before its record was committed.
@@ -430,11 +437,12 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
           const hex = e.replace(/\.(split|link)$/, '');
           if (!used.has(`sha256:${hex}`)) {
             if (e.endsWith('.link')) removeShortLink(layout, hex);
-            const entry = e.endsWith('.split') ? layout.splitFile(hex) : e.endsWith('.link') ? layout.linkFile(hex) : layout.diffDir(hex);
-            fs.rmSync(entry, { recursive: true, force: true });
+            else if (e.endsWith('.split')) discardFile(layout.splitFile(hex));
+            else left.push(...(await discardDir(layout, layout.diffDir(hex))));
             if (!ofDoomed.has(hex)) removed.push(`diffs/${e}`);
           }
         }
+        if (left.length > 0) throw new ConflictError(`gc removed ${removed.length} entries, but left mounts it found inside them: ${left.join(', ')}; unmount them and run gc again`);
         return { removed };
       });
     },

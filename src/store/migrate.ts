@@ -21,7 +21,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { InternalError, describeError, errnoCode } from '../errors.js';
 import { fsyncDir, isTempName } from '../sys/durable.js';
-import { crashPoint } from './crash-point.js';
+import { crashPoint } from '../sys/crash-point.js';
 import type { Layout, LayersLayout, Legacy01Layout } from './layout.js';
 import type { MetaStore } from './meta-store.js';
 import type { ContainerRecord, LayerRecord } from './records.js';
