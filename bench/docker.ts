@@ -19,6 +19,8 @@
  *   TSVOL_BENCH_LEGACY_LEVEL, _LOG     its log level (info) and log file (in the work dir, deleted)
  *   TSVOL_BENCH_CPU_PROF=DIR          run that legacy plugin under `node --cpu-prof` (profiles in DIR on
  *                                     exit; bench/profile-summary.ts reads them)
+ *   TSVOL_BENCH_CPU_PROF_MANAGED=DIR  one more tsvol managed plugin (`tsvol-prof`), at info, under
+ *                                     `node --cpu-prof`: its profiles land in DIR when it is disabled
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -44,6 +46,8 @@ const COMPOSE_ROUNDS = envInt('TSVOL_BENCH_DOCKER_COMPOSE_ROUNDS', 3);
 const LEVELS = (process.env.TSVOL_BENCH_DOCKER_LEVELS ?? '').split(',').filter((l) => l !== '' && l !== 'info');
 const LEGACY = process.env.TSVOL_BENCH_DOCKER_LEGACY === '1' || process.env.TSVOL_BENCH_CPU_PROF !== undefined;
 const MEMORY_PLUGIN = 'tsvol-memory';
+const PROF_PLUGIN = 'tsvol-prof';
+const PROF_MANAGED = process.env.TSVOL_BENCH_CPU_PROF_MANAGED;
 const LEGACY_PLUGIN = 'tsvol-legacy';
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
@@ -207,6 +211,19 @@ function createLevelPlugin(level: string, workDir: string): string {
   return name;
 }
 
+/**
+ * tsvol as one more managed plugin, at info, its node under --cpu-prof writing into its data directory
+ * (the `data` mount, /data in the plugin); returns where its profiles appear on the host once it stops.
+ */
+function createProfiledPlugin(workDir: string): string {
+  const dataDir = path.join(workDir, 'data-prof');
+  createPluginCopy(PROF_PLUGIN, path.join(workDir, 'plugin-prof'), dataDir, (config) => {
+    config.description = 'tsvol under node --cpu-prof (bench)';
+    config.entrypoint = ['/usr/bin/node', '--cpu-prof', '--cpu-prof-dir=/data/cpu-prof', '/opt/tsvol/dist/main.js'];
+  });
+  return path.join(dataDir, 'cpu-prof');
+}
+
 /** tsvol as a legacy plugin (dockerd finds /run/docker/plugins/NAME.sock), optionally under --cpu-prof. */
 async function startLegacy(workDir: string): Promise<ChildProcess> {
   const socket = `/run/docker/plugins/${LEGACY_PLUGIN}.sock`;
@@ -281,6 +298,12 @@ try {
     extraPlugins.push(name);
     drivers.push({ label: `tsvol managed plugin (${level})`, driver: name });
   }
+  let profDir: string | undefined;
+  if (PROF_MANAGED !== undefined) {
+    profDir = createProfiledPlugin(env.workDir);
+    extraPlugins.push(PROF_PLUGIN);
+    drivers.push({ label: 'tsvol managed plugin (info, under --cpu-prof)', driver: PROF_PLUGIN });
+  }
   if (LEGACY) {
     legacy = await startLegacy(env.workDir);
     drivers.push({ label: `tsvol legacy plugin (${process.env.TSVOL_BENCH_LEGACY_LEVEL ?? 'info'}, log to a file)`, driver: LEGACY_PLUGIN });
@@ -310,6 +333,14 @@ try {
   console.log(rows.join('\n'));
 
   if (RUNS > 0) await containerStarts();
+  if (profDir !== undefined) {
+    // Disabling stops it with SIGTERM: it drains and exits, and node writes the profile then.
+    removeVolumes(PROF_PLUGIN);
+    docker('plugin', 'disable', PROF_PLUGIN);
+    fs.mkdirSync(PROF_MANAGED!, { recursive: true });
+    for (const f of fs.existsSync(profDir) ? fs.readdirSync(profDir) : []) fs.copyFileSync(path.join(profDir, f), path.join(PROF_MANAGED!, f));
+    console.log(`\nprofiles of ${PROF_PLUGIN}: ${PROF_MANAGED}`);
+  }
 } finally {
   agent.destroy();
   for (const d of [...extraPlugins, LEGACY_PLUGIN]) removeVolumes(d);

@@ -22,6 +22,8 @@ import { createLogger, type Logger } from './log.js';
 import { serverPaths } from './server-paths.js';
 import { checkSharedRoot, lockDataRoot, openState, type ReleaseLock } from './state.js';
 import { makePrivateDir, reportPrivateDir } from './sys/private-dir.js';
+import { sweepLayerStages } from './layers/discard.js';
+import type { LayersLayout } from './store/layout.js';
 import { createPublisher } from './volumes/publish.js';
 import { reconcileVolumes } from './volumes/reconcile.js';
 import { createSnapshots } from './volumes/snapshots.js';
@@ -56,6 +58,23 @@ async function lockForServer(config: Config, log: Logger): Promise<ReleaseLock> 
   return lockDataRoot(config, LOCK_WAIT_MS);
 }
 
+/**
+ * Deletes the layer store's stages whose owner died (an import, a commit, or a layer or container being
+ * deleted when its process was killed: src/layers/discard.ts), in the background; returns how many.
+ */
+function sweepLayerDebris(layout: LayersLayout, log: Logger): number {
+  if (!fs.existsSync(layout.tmpDir)) return 0; // no layer was ever made here
+  const sweep = sweepLayerStages(layout);
+  if (sweep.live.length > 0) log.info({ stages: sweep.live }, 'layers/tmp/ stages of live processes left alone');
+  sweep.done.then(
+    (skipped) => {
+      if (skipped.length > 0) log.warn({ mounts: skipped }, 'layers/tmp/ leftovers had mounts inside; left them');
+    },
+    (err: unknown) => log.warn({ err: describeError(err) }, 'deleting layers/tmp/ leftover failed'),
+  );
+  return sweep.dead.length;
+}
+
 /** Starts the VolumeDriver server described by `config`; exits the process on SIGTERM/SIGINT. */
 export async function startServer(config: Config): Promise<RunningServer> {
   const started = Date.now();
@@ -76,6 +95,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
   }
   const { layout, store, service } = state;
   const repaired = await reconcileVolumes({ layout, store, mountsRoot: config.mountsRoot, service, log });
+  // Cluster mode has no layer store (#14): nothing of another node's is swept.
+  const layerDebris = config.scope === 'global' ? 0 : sweepLayerDebris(layout.layers, log);
   const inflight = { count: 0 };
   // The control socket first: a CLI that sees the VolumeDriver socket answer finds it too. Any control.sock
   // already there is a dead server's (we hold the lock), and listenOnSocket replaces it.
@@ -108,6 +129,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       volumes: store.size,
       ms: Date.now() - started,
       ...repaired,
+      layerDebris,
     },
     'tsvol listening',
   );

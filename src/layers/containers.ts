@@ -19,10 +19,10 @@ import type { ContainerRecord, LayerDriver } from '../store/records.js';
 import { readBootId } from '../sys/boot.js';
 import { isMountRoot } from '../sys/libc.js';
 import { unmountTarget } from '../sys/mount.js';
-import { removeTreeNoCross } from '../sys/remove.js';
 import { createStage } from '../sys/staging.js';
 import type { LayerRecord, LayerStore } from './layer-store.js';
 import { changesAsUpper, copyDiff, materialize } from './copy-driver.js';
+import { discardDir } from './discard.js';
 import { createOverlayMounter } from './overlay.js';
 import { probeOverlay } from './probe.js';
 import { isOpaque, isWhiteout, writeTree } from './tar/writer.js';
@@ -119,7 +119,9 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
     const o = outcome(rec, force);
     if (o === undefined) return rec;
     await save(o.settled);
-    fs.rmSync(layout.containerDirs(rec.name, o.stale).upper, { recursive: true, force: true });
+    // Moved into tmp/ and deleted there (discard.ts). A mount someone left inside stays, with its
+    // directories, in tmp/: a commit is not failed over debris that gc reports.
+    await discardDir(layout, layout.containerDirs(rec.name, o.stale).upper);
     return o.settled;
   }
 
@@ -144,7 +146,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
     let started = false;
     try {
       return await layers.adoptTree(rec.from, {
-        prepare() {
+        async prepare() {
           // Settled just above and serialized with every other commit here: a journal is a live process's.
           rec = readNow(name);
           if (rec.next !== undefined) throw new ConflictError(`container layer "${name}" is being committed by process ${rec.next.pid}`);
@@ -156,7 +158,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
           // this commit goes, so that a container in use, committed by copying, does not keep them either.
           for (const f of fs.readdirSync(p.base)) {
             const dirs = layout.containerDirs(rec.name, f);
-            if (layout.isUpperName(f) && dirs.upper !== p.upper) fs.rmSync(dirs.upper, { recursive: true, force: true });
+            if (layout.isUpperName(f) && dirs.upper !== p.upper) await discardDir(layout, dirs.upper);
           }
           if (unmountTarget(p.merged, { ifBusy: 'report' }) === 'busy') return undefined;
           started = true;
@@ -178,7 +180,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
       if (started) {
         // Whatever happened, finish or undo what the record says, drop an unused fresh upper, mount again.
         rec = await settle(readStored(name), true);
-        if (rec.upper !== fresh) fs.rmSync(layout.containerDirs(rec.name, fresh).upper, { recursive: true, force: true });
+        if (rec.upper !== fresh) await discardDir(layout, layout.containerDirs(rec.name, fresh).upper);
         ensureMounted(rec);
       }
     }
@@ -220,7 +222,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
         await save(rec);
       } catch (err) {
         if (fs.existsSync(p.merged) && isMountRoot(p.merged)) unmountTarget(p.merged, { ifBusy: 'detach' });
-        fs.rmSync(p.base, { recursive: true, force: true });
+        await discardDir(layout, p.base);
         throw err;
       }
       return p.merged;
@@ -277,8 +279,9 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
       const p = paths(await read(name));
       if (fs.existsSync(p.merged) && isMountRoot(p.merged)) unmountTarget(p.merged, { ifBusy: 'detach' });
       await meta.commit([{ op: 'container.delete', name }]);
-      const left = await removeTreeNoCross(p.base);
-      if (left.length > 0) throw new ConflictError(`container layer "${name}" removed, but mounts inside were left: ${left.join(', ')}`);
+      // Its name is free at once; the tree goes off the event loop, never across a mount (discard.ts).
+      const left = await discardDir(layout, p.base);
+      if (left.length > 0) throw new ConflictError(`container layer "${name}" removed, but mounts inside were left: ${left.join(', ')}; unmount them and run \`tsvol layer gc\``);
     },
 
     list: () => meta.containers(),

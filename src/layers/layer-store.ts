@@ -6,7 +6,8 @@
  *   diffs/<diffid-hex>/         a diff's unpacked contents, stored once whatever its parent
  *   diffs/<diffid-hex>.split    raw tar headers for byte-exact export (the tar-split idea)
  *   tmp/<kind>-<id>/            stages (imports, commits), each locked by its live owner (sys/staging.ts);
- *                               gc sweeps those whose owner died
+ *                               start-up and gc sweep those whose owner died
+ *   tmp/rm-<id>/                a directory being deleted (discard.ts), locked the same way
  *
  * A layer is held by its child layers, by container layers on it (containers.ts), by tags, by images (their
  * top layer, src/images/) and by holds (holdLayer: volumes built on it). The database's foreign keys refuse deleting a held layer whatever the
@@ -23,25 +24,25 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { nanoid } from 'nanoid';
-import { InUseError, InternalError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
+import { ConflictError, InUseError, InternalError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
 import { crashPoint } from '../sys/crash-point.js';
 import { digestHex, layerStageFiles, layersLayout, type LayerStageFiles } from '../store/layout.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
 import type { LayerRecord } from '../store/records.js';
 import { syncFilesystem } from '../sys/durable.js';
-import { createStage, sweepStages } from '../sys/staging.js';
+import { createStage } from '../sys/staging.js';
+import { discardDir, discardFile, stageForDelete, sweepLayerStages } from './discard.js';
 import { decompressed } from './tar/gzip.js';
 import { TarReader } from './tar/reader.js';
 import { removeShortLink } from './overlay.js';
-import { linkTree, replaySplit, splitOnly, unpackLayer, type UnpackStats } from './unpack.js';
-import { writeTree } from './tar/writer.js';
+import { hashTreeInWorker } from './tree-split.js';
+import { linkTree, replaySplit, unpackLayer, type UnpackStats } from './unpack.js';
 
 export type { LayerRecord } from '../store/records.js';
 
 /** What adoptTree's caller does around publishing (see LayerStore.adoptTree). */
 export interface AdoptHooks {
-  prepare(): string | undefined;
+  prepare(): string | undefined | Promise<string | undefined>;
   beforePublish(layer: LayerRecord): void | Promise<void>;
   afterPublish(layer: LayerRecord): void | Promise<void>;
 }
@@ -166,7 +167,7 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
 
   /**
    * Mutations one at a time within the process (the only writer: see the module comment). Long synchronous
-   * work inside (syncfs, rmSync on a slow disk) only delays the next mutation.
+   * work inside (syncfs, a delete on a slow disk) only delays the next mutation.
    */
   let tail: Promise<unknown> = Promise.resolve();
   async function locked<T>(work: () => Promise<T>): Promise<T> {
@@ -262,11 +263,9 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
       }
       const hex = digestHex(rec.diffId);
       const target = layout.diffDir(hex);
-      if (fs.existsSync(target)) {
-        const trash = layout.removedDir(nanoid(10));
-        fs.renameSync(target, trash);
-        fs.rmSync(trash, { recursive: true, force: true });
-      }
+      // Debris at the name goes through the deleter (never across a mount); a mount found in it stays in tmp/.
+      const left = await discardDir(layout, target);
+      if (left.length > 0) throw new ConflictError(`layer ${rec.id}: mounts were found inside the debris of an earlier publish: ${left.join(', ')}; unmount them and retry`);
       makeDiff(staged.diff);
       fs.renameSync(staged.split, layout.splitFile(hex));
       fs.renameSync(staged.diff, target);
@@ -328,18 +327,40 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
     }
   }
 
+  /**
+   * The DiffID and counts the tree `dir` would have as a layer, with its split file written into the stage
+   * and the tree linked into stage/diff (linkTree), both straight from the tree (#13): the walk that hashes
+   * the tree runs on a worker thread while this one links; they read the same tree, which no longer changes.
+   * A layer that exists already leaves its links to be deleted with the stage.
+   */
+  async function readTree(stage: string, dir: string): Promise<{ diffId: string; size: number; files: number }> {
+    const staged = layerStageFiles(stage);
+    const hashing = hashTreeInWorker(dir, staged.split);
+    let linkError: unknown;
+    try {
+      linkTree(dir, staged.diff);
+    } catch (err) {
+      linkError = err;
+    }
+    // The worker writes into the stage: it must be done, whatever happened here, before anyone deletes it.
+    const { diffId, stats } = await hashing;
+    if (linkError !== undefined) throw linkError;
+    return { diffId, size: stats.size, files: stats.files };
+  }
+
   async function adoptTree(parentRef: string | undefined, hooks: AdoptHooks): Promise<LayerRecord | undefined> {
     return locked(async () => {
       const parent = parentRef === undefined ? undefined : resolve(parentRef);
-      const dir = hooks.prepare();
+      const dir = await hooks.prepare();
       if (dir === undefined) return undefined;
       return withStage('adopt', async (stage) => {
-        const made = recordOf(parent, await readTar(stage, writeTree(dir), splitOnly));
+        const made = recordOf(parent, await readTree(stage, dir));
         const existing = store.getLayer(made.id);
         const rec = existing ?? made;
         await hooks.beforePublish(rec);
-        // The syncfs in publish also flushes the files' data, written by the container and never synced.
-        if (!existing) await publish(layerStageFiles(stage), rec, (diff) => linkTree(dir, diff));
+        // Linked by readTree already. The syncfs in publish also flushes the files' data, written by the
+        // container and never synced.
+        if (!existing) await publish(layerStageFiles(stage), rec, () => undefined);
         await hooks.afterPublish(rec);
         return rec;
       });
@@ -370,21 +391,27 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
 
   /**
    * Deletes a deleted layer's diff directory, split file and short link (call once its record is gone and
-   * no other layer uses its DiffID: the diff directory is shared by every chain with that DiffID).
+   * no other layer uses its DiffID: the diff directory is shared by every chain with that DiffID). The
+   * directory is moved into tmp/ first (discard.ts), so no half-deleted diff is ever visible under its
+   * name, then deleted off the event loop, never across a mountpoint; returns the mountpoints left.
    */
-  function deleteDiff(rec: LayerRecord): void {
+  async function deleteDiff(rec: LayerRecord): Promise<string[]> {
     const hex = digestHex(rec.diffId);
-    const trash = layout.removedDir(nanoid(10));
-    fs.renameSync(layout.diffDir(hex), trash);
-    fs.rmSync(layout.splitFile(hex), { force: true });
+    const staged = await stageForDelete(layout, layout.diffDir(hex));
+    discardFile(layout.splitFile(hex));
     removeShortLink(layout, hex);
-    fs.rmSync(trash, { recursive: true, force: true });
+    return staged === undefined ? [] : staged.remove();
   }
 
-  /** Commits `changes` (the layer's deletion among them), then deletes its diff unless another layer uses it. */
+  /**
+   * Commits `changes` (the layer's deletion among them), then deletes its diff unless another layer uses
+   * it. A mount found inside the diff is left in place (in tmp/), and said: the layer is deleted anyway.
+   */
   async function deleteLayer(rec: LayerRecord, changes: readonly Change[]): Promise<void> {
     await store.commit(changes);
-    if (store.diffUsers(rec.diffId) === 0) deleteDiff(rec);
+    if (store.diffUsers(rec.diffId) > 0) return;
+    const left = await deleteDiff(rec);
+    if (left.length > 0) throw new ConflictError(`layer ${rec.id} deleted, but mounts inside its directory were left: ${left.join(', ')}; unmount them and run \`tsvol layer gc\``);
   }
 
   function refuseIfHeld(rec: LayerRecord): void {
@@ -479,10 +506,10 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
         // Children come before their parents in `doomed`: one commit deletes them all, in that order.
         await store.commit(doomed.map((rec) => ({ op: 'layer.delete', id: rec.id }) as const));
         const removed = doomed.map((rec) => rec.id);
-        // Stages whose owner died; a live one (a copy-driver commit writing its changes before it enters
-        // this store's queue) is left alone.
-        const sweep = sweepStages(layout.tmpDir);
-        await sweep.done;
+        // Stages whose owner died (and directories being deleted when a process died); a live one (a
+        // copy-driver commit writing its changes before it enters this store's queue) is left alone.
+        const sweep = sweepLayerStages(layout);
+        const left = await sweep.done;
         removed.push(...sweep.dead.map((e) => `tmp/${e}`));
         // Diffs no layer uses: those of the layers just deleted, and any published by an import or commit
         // killed before its record was committed.
@@ -492,11 +519,12 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
           const hex = e.replace(/\.(split|link)$/, '');
           if (!used.has(`sha256:${hex}`)) {
             if (e.endsWith('.link')) removeShortLink(layout, hex);
-            const entry = e.endsWith('.split') ? layout.splitFile(hex) : e.endsWith('.link') ? layout.linkFile(hex) : layout.diffDir(hex);
-            fs.rmSync(entry, { recursive: true, force: true });
+            else if (e.endsWith('.split')) discardFile(layout.splitFile(hex));
+            else left.push(...(await discardDir(layout, layout.diffDir(hex))));
             if (!ofDoomed.has(hex)) removed.push(`diffs/${e}`);
           }
         }
+        if (left.length > 0) throw new ConflictError(`gc removed ${removed.length} entries, but left mounts it found inside them: ${left.join(', ')}; unmount them and run gc again`);
         return { removed };
       });
     },

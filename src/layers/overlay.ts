@@ -22,6 +22,9 @@ import { overlayMount } from '../sys/mount.js';
 import { digestHex, layersLayout, type LayersLayout } from '../store/layout.js';
 import type { LayerRecord } from '../store/records.js';
 
+/** A short link's name: 4 of the characters shortLink() draws from. */
+const SHORT_ID = /^[a-z0-9]{4}$/;
+
 /** Largest mount data mount(2) accepts: one page, NUL included. */
 const MAX_MOUNT_DATA = 4095;
 
@@ -44,12 +47,22 @@ export interface LayerChains {
  */
 export function removeShortLink(layout: LayersLayout, hex: string): void {
   const linkFile = layout.linkFile(hex);
+  let id: string;
   try {
-    fs.rmSync(layout.shortLink(fs.readFileSync(linkFile, 'utf8').trim()), { force: true });
-    fs.rmSync(linkFile);
+    id = fs.readFileSync(linkFile, 'utf8').trim();
   } catch (err) {
     // ENOENT: the diff was never mounted, so it has no short link.
     if (errnoCode(err) !== 'ENOENT') throw err;
+    return;
+  }
+  // Two names, never a tree: unlinked (a missing one was unlinked before a crash). The short link only if
+  // the file names one as shortLink() makes them: its content never picks a path elsewhere.
+  for (const name of SHORT_ID.test(id) ? [layout.shortLink(id), linkFile] : [linkFile]) {
+    try {
+      fs.unlinkSync(name);
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT') throw err;
+    }
   }
 }
 

@@ -21,7 +21,8 @@
  * xattrs itself: overlayfs reads them (redirects, metacopy), and only the opaque marker may make them.
  *
  * The split file (the tar-split idea): for each entry its raw header bytes, the path whose content is its
- * body, and its padding when not all zeros; then the archive's trailer. Export replays it with bodies read
+ * body, and its padding when not all zeros; then the archive's trailer. tree-split.ts records the same
+ * for a tree it walks. Export replays it with bodies read
  * from the layer directory, so the tar is never stored twice.
  */
 import fs from 'node:fs';
@@ -74,8 +75,11 @@ export function safeRelative(p: string): string {
   return splitRelative(p).join('/');
 }
 
-/** Appends split records to a file descriptor, in writes of up to 1 MiB (one per entry cost ~7 µs each). */
-class SplitWriter {
+/**
+ * Appends split records to a file descriptor, in writes of up to 1 MiB (one per entry cost ~7 µs each).
+ * unpackLayer writes them for a tar it reads; tree-split.ts for a tree it walks.
+ */
+export class SplitWriter {
   private pending: Buffer[] = [];
   private bytes = 0;
   constructor(private readonly fd: number) {}
@@ -365,29 +369,6 @@ function setDirTime(tree: Beneath, rel: string, mtimeNs: bigint): void {
     throw err;
   }
   if (st?.isDirectory()) tree.applyMeta(rel, { mtimeNs });
-}
-
-/**
- * Records the split file for a tar made from a tree that will itself become the layer's directory
- * (adoptTree): the same records unpackLayer writes, with each file's body read back from `rel` in that
- * directory, and nothing unpacked. Whiteouts and opaque markers have no body there: the directory keeps
- * them in overlay's form.
- */
-export async function splitOnly(reader: EntrySource, splitFd: number): Promise<UnpackStats> {
-  const split = new SplitWriter(splitFd);
-  const stats: UnpackStats = { size: 0, files: 0 };
-  for (let entry = await reader.next(); entry !== undefined; entry = await reader.next()) {
-    const h = entry.header;
-    const rel = safeRelative(h.path);
-    const base = path.basename(rel);
-    const hasBody = rel !== '' && h.type === 'file' && !base.startsWith(WHITEOUT_PREFIX);
-    await entry.skip();
-    split.entry(entry.raw, hasBody ? rel : undefined, h.size, entry.padding());
-    if (hasBody) stats.size += h.size;
-    if (rel !== '') stats.files++;
-  }
-  split.trailer(reader.trailer);
-  return stats;
 }
 
 /**

@@ -231,13 +231,20 @@ export function listXattrs(p: string, follow = false): Map<string, Buffer> {
   );
 }
 
+/**
+ * The first buffer every xattr listing of this thread tries (most entries have no xattrs, and a tree walk
+ * lists every entry's: a fresh zeroed buffer each time showed in a commit's profile, #13). Only read before
+ * the next call: names are decoded out of it at once.
+ */
+const listBuf = Buffer.allocUnsafe(1024);
+
 /** The list-then-get loop of every xattr reader; `list` and `get` return the syscall's result (errno set). */
 function readXattrs(list: (buf: Buffer) => number, get: (name: string, buf: Buffer) => number, where: string): Map<string, Buffer> {
   const out = new Map<string, Buffer>();
-  let size = 1024;
+  let size = listBuf.length;
   let names: Buffer;
   for (;;) {
-    const buf = Buffer.alloc(size);
+    const buf = size === listBuf.length ? listBuf : Buffer.alloc(size);
     const n = list(buf);
     if (n >= 0) {
       names = buf.subarray(0, n);

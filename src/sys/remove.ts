@@ -18,7 +18,12 @@ import fs from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { errnoCode } from '../errors.js';
 import { Beneath } from './beneath.js';
+import { crashPoint } from './crash-point.js';
 import { isMountRoot } from './libc.js';
+
+/** The crash point in the middle of a tree delete (tests: TSVOL_CRASH_AT), reached after this many entries. */
+export const MID_TREE_CRASH = 'remove:mid-tree';
+const MID_TREE_ENTRIES = 100;
 
 /** How removeTreeNoCross is to delete a tree. */
 export interface RemoveOptions {
@@ -53,6 +58,8 @@ export function removeTreeSync(dir: string, rootFd?: number): string[] {
     if (errnoCode(err) === 'ENOENT') return skipped;
     throw err;
   }
+  // Looked up once per tree, not per entry: this loop is the deleter's whole cost.
+  let untilCrash = process.env.TSVOL_CRASH_AT === MID_TREE_CRASH ? MID_TREE_ENTRIES : -1;
   function walk(b: Beneath): boolean {
     let clean = true;
     for (const entry of b.readdir()) {
@@ -84,6 +91,7 @@ export function removeTreeSync(dir: string, rootFd?: number): string[] {
         }
       }
       b.remove(entry.name);
+      if (untilCrash > 0 && --untilCrash === 0) crashPoint(MID_TREE_CRASH);
     }
     return clean;
   }

@@ -10,9 +10,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describeError, errnoCode } from '../errors.js';
 import type { VolumeRecord } from '../store/volume-store.js';
+import { mountState } from '../sys/libc.js';
 import { unmountTargetAsync } from '../sys/mount.js';
 import { makePrivateDir } from '../sys/private-dir.js';
-import { isMountRootOrMissing } from './kinds/common.js';
 import { kindOf } from './kinds/index.js';
 import type { KindContext } from './kinds/kind.js';
 
@@ -68,11 +68,13 @@ export function createMountpoints(ctx: KindContext): Mountpoints {
     async clear(rec) {
       if (isBound(rec)) {
         const mp = of(rec);
-        if (isMountRootOrMissing(mp)) await unmountTargetAsync(mp, { ifBusy: 'detach' }); // stale: no holder, yet still mounted
+        // Missing (the usual case: never mounted, so there is no mountpoint directory): nothing to do.
+        const state = mountState(mp);
+        if (state === 'mount-root') await unmountTargetAsync(mp, { ifBusy: 'detach' }); // stale: no holder, yet still mounted
         try {
-          await fs.promises.rmdir(mp);
+          if (state !== 'missing') await fs.promises.rmdir(mp);
         } catch (err) {
-          // ENOENT: never mounted, so there is no mountpoint directory.
+          // ENOENT: removed meanwhile, which is what we wanted.
           if (errnoCode(err) !== 'ENOENT') throw err;
         }
       }

@@ -1,12 +1,18 @@
 /**
  * Volume usage (bytes and files) for Status, computed off the request path and cached (#6): Get returns
- * the last figure at once and, when it is older than USAGE_TTL_MS, queues a background refresh; the queue
- * is worked one volume at a time. So Get stays a memory read however large or many the volumes.
+ * the last figure at once and, when the volume is held (mounted) and the figure older than USAGE_TTL_MS,
+ * queues a background refresh; the queue is worked one volume at a time. So Get stays a memory read
+ * however large or many the volumes.
+ *
+ * A volume's files change only while it is held (#13): the last Unmount measures it again (refresh), and
+ * a figure taken since then stays exact, so a Get of a volume nobody holds never walks it again. A fresh
+ * volume's build says what it holds (an empty one: nothing), which is its first figure (seed): a `docker
+ * volume inspect` after `docker volume create` walks nothing.
  */
 import { errnoCode } from '../errors.js';
 import { Beneath } from '../sys/beneath.js';
 
-/** How old a cached figure may be before a Get starts a refresh. */
+/** How old a held volume's cached figure may be before a Get starts a refresh. */
 export const USAGE_TTL_MS = 5000;
 
 /** One measurement. Immutable: a new figure is a new object (callers memoize on identity). */
@@ -19,8 +25,13 @@ export interface Usage {
 
 /** The cache. */
 export interface UsageCache {
-  /** The cached figure (possibly stale or undefined); starts a refresh with `measure` if stale. */
-  peek(name: string, measure: () => Promise<{ bytes: number; files: number }>): Usage | undefined;
+  /**
+   * The cached figure (possibly stale or undefined); starts a refresh with `measure` if there is none, or
+   * if the volume is `held` and the figure is older than USAGE_TTL_MS.
+   */
+  peek(name: string, measure: () => Promise<{ bytes: number; files: number }>, held: boolean): Usage | undefined;
+  /** Records what a volume holds as measured now, unless a figure is cached (a build that knows: seed). */
+  seed(name: string, figure: { readonly bytes: number; readonly files: number }): void;
   /**
    * Starts a new measurement now if a figure is cached (the volume just changed: its last user went).
    * A volume nobody asked about is not walked. Errors go to onError.
@@ -75,10 +86,14 @@ export function createUsageCache(onError: (name: string, err: unknown) => void):
   }
 
   return {
-    peek(name, measure) {
+    peek(name, measure, held) {
       const cached = figures.get(name);
-      if (cached === undefined || Date.now() - cached.at > USAGE_TTL_MS) schedule(name, measure);
+      if (cached === undefined || (held && Date.now() - cached.at > USAGE_TTL_MS)) schedule(name, measure);
       return cached?.usage;
+    },
+    seed(name, figure) {
+      if (figures.has(name) || inflight.has(name)) return;
+      figures.set(name, { usage: { bytes: figure.bytes, files: figure.files, measured: new Date().toISOString() }, at: Date.now() });
     },
     refresh(name, measure) {
       if (figures.has(name)) schedule(name, measure);

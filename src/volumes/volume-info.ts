@@ -52,7 +52,7 @@ export function createVolumeInfos(ctx: KindContext, mountpoints: Mountpoints, us
   return (rec) => {
     const base = baseInfo(rec);
     const kind = kindOf(rec.spec);
-    const figure = kind.usageInStatus ? usage.peek(rec.name, kind.measure(rec, ctx)) : undefined;
+    const figure = kind.usageInStatus ? usage.peek(rec.name, kind.measure(rec, ctx), holdCount(rec) > 0) : undefined;
     if (figure === undefined) return base;
     const memo = withUsage.get(rec);
     if (memo !== undefined && memo.usage === figure) return memo.info;

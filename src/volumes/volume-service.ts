@@ -205,6 +205,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
         } finally {
           built.release(); // built in tmp/: locked until its record is committed (kinds/common.ts buildInTmp)
         }
+        if (built.usage !== undefined) usage.seed(name, built.usage); // its first Get walks nothing (#13)
         log.debug({ volume: name, kind: rec.spec.kind }, 'volume created');
       });
     },

@@ -12,7 +12,7 @@
 import fs from 'node:fs';
 import { errnoCode } from '../../errors.js';
 import { Beneath, type EntryStat } from '../../sys/beneath.js';
-import { keptXattrs, OPAQUE_XATTR, XATTRS } from '../../sys/file-meta.js';
+import { fdXattrs, keptXattrs, OPAQUE_XATTR, XATTRS } from '../../sys/file-meta.js';
 import { lgetxattr } from '../../sys/libc.js';
 import { Coalescer } from './coalesce.js';
 import { BLOCK, blankHeader, encodeHeader, padding, type TarHeader } from './format.js';
@@ -41,6 +41,14 @@ export interface WriteTreeOptions {
   readonly whiteouts?: 'overlay' | 'plain';
   /** Emit a `./` entry first, with the root's own owner, mode, xattrs and mtime (volume archives). */
   readonly rootEntry?: boolean;
+  /**
+   * Told of every entry as it is written, in order: its header bytes exactly as they appear in the stream
+   * (pax records included), and for a regular file with content the entry's path and size (its body is
+   * that file's content, then zero padding). Then `onEnd` with the archive's trailer. A layer's split file
+   * is recorded from these, straight from the walk (#13), instead of parsing the stream back.
+   */
+  readonly onEntry?: (raw: Buffer, body: { readonly path: string; readonly size: number } | undefined) => void;
+  readonly onEnd?: (trailer: Buffer) => void;
 }
 
 /** An entry's xattrs as a tar carries them: sorted, without overlayfs's private ones (XATTRS.fileOnly). */
@@ -52,84 +60,136 @@ function tarXattrs(all: ReadonlyMap<string, Buffer>): Map<string, Buffer> {
 const VANISHED = new Set(['ENOENT', 'ENOTDIR', 'ELOOP']);
 
 /**
- * Streams `root` (an overlay upper directory, or any tree; a path or an already pinned tree) as a tar. The tree is read only through
- * directory fds beneath its pinned root (src/sys/beneath.ts, #9): a volume in use whose container swaps a
- * directory for a symlink to a host path meanwhile can never put that path's files into the tar, and
- * another filesystem mounted inside is not entered (the kernel refuses: EXDEV). An entry that vanishes or
- * changes type while we read is left out.
+ * Streams `root` (an overlay upper directory, or any tree; a path or an already pinned tree) as a tar. The
+ * tree is read only through directory fds beneath its pinned root (src/sys/beneath.ts, #9): a volume in use
+ * whose container swaps a directory for a symlink to a host path meanwhile can never put that path's files
+ * into the tar, and another filesystem mounted inside is not entered (the kernel refuses: EXDEV). An entry
+ * that vanishes or changes type while we read is left out.
  */
 export async function* writeTree(root: string | Beneath, opts: WriteTreeOptions = {}): AsyncGenerator<Buffer> {
+  const out = new Coalescer();
+  for (const _ of emitTree(root, opts, out)) for (const b of out.take()) yield b;
+  for (const b of out.flush()) yield b;
+}
+
+/**
+ * writeTree for a consumer that takes the tar synchronously (a hash): each piece goes to `consume` and is
+ * reused once it returns, and nothing is yielded, so the walk makes no garbage per megabyte (#13). The
+ * same bytes as writeTree, by the same walk.
+ */
+export function writeTreeTo(root: string | Beneath, opts: WriteTreeOptions, consume: (bytes: Buffer) => void): void {
+  const out = new Coalescer(consume, 1 << 20);
+  for (const _ of emitTree(root, opts, out)) {
+    // Nothing to hand over between entries: full buffers went to `consume` as they filled.
+  }
+  out.flush();
+}
+
+/**
+ * The walk of writeTree: writes the tar into `out`, pausing (a yield) after each file's body and each
+ * directory's header, where a streaming caller hands over what is ready.
+ */
+function* emitTree(root: string | Beneath, opts: WriteTreeOptions, out: Coalescer): Generator<void> {
   const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
   const seen = new Map<string, string>(); // dev:ino → first path, for hardlinks
-  const out = new Coalescer();
-  async function* walk(dir: Beneath, rel: string): AsyncGenerator<Buffer> {
-    const names = dir.readdir().map((d) => d.name).sort();
-    for (const name of names) {
+  const onEntry = opts.onEntry;
+  /** Writes an entry's header (a body, if any, follows at once) and tells onEntry. */
+  const header = (h: TarHeader, body?: { readonly path: string; readonly size: number }): void => {
+    const raw = encodeHeader(h);
+    out.push(raw);
+    onEntry?.(raw, body);
+  };
+  function* walk(dir: Beneath, rel: string): Generator<void> {
+    const entries = dir.readdir().sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const entry of entries) {
+      const name = entry.name;
       const childRel = rel === '' ? name : `${rel}/${name}`;
-      const st = dir.lstat(name);
-      if (st === undefined) continue; // deleted meanwhile (a volume in use)
-      if (overlay && isWhiteout(st)) {
-        const wh = rel === '' ? `.wh.${name}` : `${rel}/.wh.${name}`;
-        out.push(encodeHeader(headerOf(wh, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
-        continue;
-      }
+      let st: EntryStat | undefined;
+      let fd: number | undefined;
       try {
-        if (st.isDirectory()) {
-          let sub: Beneath;
-          try {
-            sub = dir.sub(name);
-          } catch (err) {
-            // A filesystem mounted here is not ours to read: the directory, but none of its contents.
-            if (errnoCode(err) !== 'EXDEV') throw err;
-            out.push(encodeHeader(headerOf(`${childRel}/`, st, 'dir')));
-            continue;
-          }
-          try {
-            const all = sub.xattrs('');
-            out.push(encodeHeader(headerOf(`${childRel}/`, st, 'dir', { xattrs: tarXattrs(all) })));
-            if (overlay && all.get(OPAQUE_XATTR)?.toString() === 'y') {
-              out.push(encodeHeader(headerOf(`${childRel}/.wh..wh..opq`, st, 'file', { mode: 0o644, uid: 0, gid: 0 })));
-            }
-            for (const b of out.take()) yield b;
-            yield* walk(sub, childRel);
-          } finally {
-            sub.close();
-          }
-          continue;
-        }
-        const key = `${st.dev}:${st.ino}`;
-        const first = st.nlink > 1 ? seen.get(key) : undefined;
-        if (first !== undefined) {
-          out.push(encodeHeader(headerOf(childRel, st, 'hardlink', { linkname: first })));
-          continue;
-        }
-        if (st.isSymbolicLink()) {
-          out.push(encodeHeader(headerOf(childRel, st, 'symlink', { linkname: dir.readlink(name), xattrs: tarXattrs(dir.xattrs(name)) })));
-        } else if (st.isFile()) {
-          const xattrs = tarXattrs(dir.xattrs(name));
-          const fd = dir.openRead(name);
-          try {
-            out.push(encodeHeader(headerOf(childRel, st, 'file', { size: st.size, xattrs })));
-            out.file(fd, st.size, childRel);
-          } finally {
-            fs.closeSync(fd);
-          }
-          out.zeros(padding(st.size));
-          for (const b of out.take()) yield b;
-        } else if (st.isSocket()) {
-          continue; // a socket means something only to the process that bound it; tar has no type for it
-        } else {
-          const type = st.isCharacterDevice() ? 'char' : st.isBlockDevice() ? 'block' : 'fifo';
-          const major = Math.floor(st.rdev / 0x100) & 0xfff;
-          const minor = (st.rdev & 0xff) | (Math.floor(st.rdev / 0x1000) & 0xfff00);
-          out.push(encodeHeader(headerOf(childRel, st, type, { devmajor: major, devminor: minor, xattrs: tarXattrs(dir.xattrs(name)) })));
-        }
-        if (st.nlink > 1) seen.set(key, childRel);
+        if (entry.isFile()) {
+          // Most entries are files: one lookup pins the entry, stats it and opens it if it still is one.
+          const got = dir.openIfFile(name);
+          st = got?.st;
+          fd = got?.fd;
+        } else st = dir.lstat(name);
       } catch (err) {
-        // Changed or deleted between the listing and now (a volume in use): what is no longer there is left
-        // out. Only before its header is written: a body cut short still fails the archive (coalesce.ts).
-        if (!VANISHED.has(errnoCode(err) ?? '')) throw err;
+        if (VANISHED.has(errnoCode(err) ?? '')) continue; // replaced meanwhile by something we cannot reach
+        throw err;
       }
+      if (st === undefined) continue; // deleted meanwhile (a volume in use)
+      try {
+        yield* entryOf(dir, name, rel, childRel, st, fd);
+      } finally {
+        if (fd !== undefined) fs.closeSync(fd);
+      }
+    }
+  }
+  /** One entry of `dir` (`fd`: the file, opened by walk if it is one). */
+  function* entryOf(dir: Beneath, name: string, rel: string, childRel: string, st: EntryStat, fd: number | undefined): Generator<void> {
+    if (overlay && isWhiteout(st)) {
+      const wh = rel === '' ? `.wh.${name}` : `${rel}/.wh.${name}`;
+      header(headerOf(wh, st, 'file', { mode: 0o644, uid: 0, gid: 0 }));
+      return;
+    }
+    try {
+      if (st.isDirectory()) {
+        let sub: Beneath;
+        try {
+          sub = dir.sub(name);
+        } catch (err) {
+          // A filesystem mounted here is not ours to read: the directory, but none of its contents.
+          if (errnoCode(err) !== 'EXDEV') throw err;
+          header(headerOf(`${childRel}/`, st, 'dir'));
+          return;
+        }
+        try {
+          const all = sub.xattrs('');
+          header(headerOf(`${childRel}/`, st, 'dir', { xattrs: tarXattrs(all) }));
+          if (overlay && all.get(OPAQUE_XATTR)?.toString() === 'y') {
+            header(headerOf(`${childRel}/.wh..wh..opq`, st, 'file', { mode: 0o644, uid: 0, gid: 0 }));
+          }
+          yield;
+          yield* walk(sub, childRel);
+        } finally {
+          sub.close();
+        }
+        return;
+      }
+      const key = `${st.dev}:${st.ino}`;
+      const first = st.nlink > 1 ? seen.get(key) : undefined;
+      if (first !== undefined) {
+        header(headerOf(childRel, st, 'hardlink', { linkname: first }));
+        return;
+      }
+      if (st.isSymbolicLink()) {
+        header(headerOf(childRel, st, 'symlink', { linkname: dir.readlink(name), xattrs: tarXattrs(dir.xattrs(name)) }));
+      } else if (st.isFile()) {
+        // The file itself (walk opened it, or its listing said otherwise and it became one meanwhile).
+        const own = fd ?? dir.openRead(name);
+        try {
+          // Through the open fd: the very inode read below, without another lookup of its name.
+          const xattrs = tarXattrs(fdXattrs(own));
+          header(headerOf(childRel, st, 'file', { size: st.size, xattrs }), { path: childRel, size: st.size });
+          out.file(own, st.size, childRel);
+        } finally {
+          if (own !== fd) fs.closeSync(own);
+        }
+        out.zeros(padding(st.size));
+        yield;
+      } else if (st.isSocket()) {
+        return; // a socket means something only to the process that bound it; tar has no type for it
+      } else {
+        const type = st.isCharacterDevice() ? 'char' : st.isBlockDevice() ? 'block' : 'fifo';
+        const major = Math.floor(st.rdev / 0x100) & 0xfff;
+        const minor = (st.rdev & 0xff) | (Math.floor(st.rdev / 0x1000) & 0xfff00);
+        header(headerOf(childRel, st, type, { devmajor: major, devminor: minor, xattrs: tarXattrs(dir.xattrs(name)) }));
+      }
+      if (st.nlink > 1) seen.set(key, childRel);
+    } catch (err) {
+      // Changed or deleted between the listing and now (a volume in use): what is no longer there is left
+      // out. Only before its header is written: a body cut short still fails the archive (coalesce.ts).
+      if (!VANISHED.has(errnoCode(err) ?? '')) throw err;
     }
   }
   // A Beneath given by the caller (a pinned bind-style device) stays the caller's to close.
@@ -137,12 +197,13 @@ export async function* writeTree(root: string | Beneath, opts: WriteTreeOptions 
   try {
     if (opts.rootEntry === true) {
       const st = top.lstat('')!;
-      out.push(encodeHeader(headerOf('./', st, 'dir', { xattrs: tarXattrs(top.xattrs('')) })));
+      header(headerOf('./', st, 'dir', { xattrs: tarXattrs(top.xattrs('')) }));
     }
     yield* walk(top, '');
   } finally {
     if (top !== root) top.close();
   }
-  out.zeros(BLOCK * 2);
-  for (const b of out.flush()) yield b;
+  const trailer = Buffer.alloc(BLOCK * 2);
+  out.push(trailer);
+  opts.onEnd?.(trailer);
 }

@@ -8,7 +8,7 @@ import { ConflictError, InUseError, errnoCode } from '../../errors.js';
 import { volumeFiles, type VolumeFiles } from '../../store/layout.js';
 import type { VolumeRecord } from '../../store/volume-store.js';
 import { fsyncDirShared } from '../../sys/durable.js';
-import { isMountRoot } from '../../sys/libc.js';
+import { mountState } from '../../sys/libc.js';
 import { bindMountAsync, unmountTargetAsync } from '../../sys/mount.js';
 import { buildStaged } from '../../sys/staging.js';
 import { measureTree } from '../usage.js';
@@ -23,12 +23,7 @@ export const RELEASE_WAIT_MS = 5000;
 
 /** isMountRoot, with a missing path counted as not mounted. */
 export function isMountRootOrMissing(p: string): boolean {
-  try {
-    return isMountRoot(p);
-  } catch (err) {
-    if (errnoCode(err) === 'ENOENT') return false;
-    throw err;
-  }
+  return mountState(p) === 'mount-root';
 }
 
 /**

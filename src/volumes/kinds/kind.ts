@@ -54,6 +54,8 @@ export interface Built {
   release(): void;
   /** The record could not be committed: delete what the build made. */
   remove(): Promise<unknown>;
+  /** What the volume holds, when the build knows it (an empty volume): its first usage figure, no walk. */
+  readonly usage?: { readonly bytes: number; readonly files: number };
 }
 
 /**

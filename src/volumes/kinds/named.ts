@@ -52,6 +52,7 @@ export const named: VolumeKind<'named'> = {
     return {
       release: () => undefined,
       remove: () => fs.promises.rm(ctx.layout.volumeDir(rec.name), { recursive: true, force: true }),
+      usage: { bytes: 0, files: 0 }, // an empty _data: what a walk would find
     };
   },
   async establish(rec, ctx) {

@@ -1,0 +1,175 @@
+/**
+ * The layer store and container layers delete their own directories through the deleter (#13,
+ * src/layers/discard.ts): moved into layers/tmp/rm-* first, then deleted off the event loop, through fds
+ * beneath the pinned root, never across a mountpoint. So
+ * - a bind mount someone left inside a container's upper directory or a layer's directory is never
+ *   crossed: the data under it survives `container rm`, `layer rm` and `layer gc`, which say what they left;
+ * - a kill -9 in the middle of a removal (named crash points: after the move into tmp/, and mid-tree) leaves
+ *   no half-deleted layer or container under its name, and the next start-up deletes the rest.
+ * Needs root (mounts): fails under CI=true without it.
+ */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import test from 'ava';
+import { createContainerStore } from '../src/layers/containers.js';
+import { STAGED_CRASH } from '../src/layers/discard.js';
+import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
+import { layersLayout } from '../src/store/layout.js';
+import { bindMount } from '../src/sys/mount.js';
+import { MID_TREE_CRASH } from '../src/sys/remove.js';
+import { openLayerStore } from './helpers/store.js';
+import { CLI, cleanupDir, requireRoot, startTestServer, tempDir } from './helpers/server.js';
+
+/** A layer tar of `files` files under sub/ (and the directory itself). */
+function layerTar(files: number, tag = ''): Buffer {
+  const parts: Buffer[] = [];
+  const entry = (p: string, type: TarHeader['type'], body: Buffer): void => {
+    parts.push(
+      encodeHeader({ path: p, type, mode: type === 'dir' ? 0o755 : 0o644, uid: 0, gid: 0, size: body.length, mtime: 1_700_000_000, linkname: '', uname: '', gname: '', devmajor: 0, devminor: 0, xattrs: new Map() }),
+      body,
+      Buffer.alloc(padding(body.length)),
+    );
+  };
+  entry('sub/', 'dir', Buffer.alloc(0));
+  for (let i = 0; i < files; i++) entry(`sub/f${i}`, 'file', Buffer.from(`file ${i} ${tag}`));
+  parts.push(Buffer.alloc(1024));
+  return Buffer.concat(parts);
+}
+
+/** A directory outside the data root with a file in it: what a bind mount exposes. */
+function precious(dir: string): { src: string; file: string } {
+  const src = path.join(dir, 'precious');
+  fs.mkdirSync(src);
+  const file = path.join(src, 'keep-me');
+  fs.writeFileSync(file, 'data that must survive');
+  return { src, file };
+}
+
+/** The rm-* stages in layers/tmp/. */
+const rmStages = (layersDir: string): string[] => fs.readdirSync(layersLayout(layersDir).tmpDir).filter((e) => e.startsWith('rm-'));
+
+async function until(cond: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
+}
+
+test('container rm never crosses a bind mount left inside its upper directory: the data under it survives', async (t) => {
+  if (!requireRoot(t)) return;
+  const dir = tempDir('tsvol-layer-rm-');
+  try {
+    const root = path.join(dir, 'data', 'layers');
+    const layers = openLayerStore(root);
+    const containers = createContainerStore(root, layers, 'overlay');
+    const base = await layers.importLayer(Readable.from([layerTar(3)]));
+    const merged = await containers.create('web', base.id);
+    fs.writeFileSync(path.join(merged, 'written'), 'by the container');
+    const { src, file } = precious(dir);
+    const upper = layersLayout(root).containerDirs('web').upper;
+    fs.mkdirSync(path.join(upper, 'mnt'));
+    bindMount(src, path.join(upper, 'mnt'));
+
+    const err = await t.throwsAsync(containers.remove('web'));
+    t.regex(err.message, /container layer "web" removed, but mounts inside were left: .*\/tmp\/rm-[^/]+\/upper\/mnt/);
+    t.is(fs.readFileSync(file, 'utf8'), 'data that must survive');
+    t.false(fs.existsSync(layersLayout(root).containerDirs('web').base), 'the name is free');
+    t.deepEqual(containers.list(), []);
+    // Everything else of the container went; what holds the mount stays in tmp/ until it is unmounted.
+    const [stage] = rmStages(root);
+    t.deepEqual(fs.readdirSync(path.join(layersLayout(root).tmpDir, stage!)), ['upper']);
+    t.deepEqual(fs.readdirSync(path.join(layersLayout(root).tmpDir, stage!, 'upper')), ['mnt']);
+  } finally {
+    cleanupDir(dir);
+  }
+});
+
+test('layer rm and layer gc never cross a bind mount left inside a layer directory: the data under it survives', async (t) => {
+  if (!requireRoot(t)) return;
+  const dir = tempDir('tsvol-layer-rm-');
+  try {
+    const root = path.join(dir, 'data', 'layers');
+    const layers = openLayerStore(root);
+    const { src, file } = precious(dir);
+    // layer rm.
+    const a = await layers.importLayer(Readable.from([layerTar(3, 'a')]));
+    bindMount(src, path.join(layers.diffDir(a), 'sub'));
+    const err = await t.throwsAsync(layers.remove(a.id));
+    t.regex(err.message, /deleted, but mounts inside its directory were left: .*\/tmp\/rm-[^/]+\/sub/);
+    t.is(fs.readFileSync(file, 'utf8'), 'data that must survive');
+    t.false(fs.existsSync(layers.diffDir(a)), 'no diff directory under the layer\'s name');
+    t.deepEqual(layers.list(), []);
+    // gc of an orphan diff (a published diff whose record was never committed, as a crash leaves it).
+    const b = await layers.importLayer(Readable.from([layerTar(3, 'b')]));
+    const orphan = layersLayout(root).diffDir('0'.repeat(64));
+    fs.renameSync(layers.diffDir(b), orphan);
+    await layers.remove(b.id);
+    bindMount(src, path.join(orphan, 'sub'));
+    const gcErr = await t.throwsAsync(layers.gc());
+    t.regex(gcErr.message, /left mounts it found inside them: .*\/tmp\/rm-[^/]+\/sub/);
+    t.is(fs.readFileSync(file, 'utf8'), 'data that must survive');
+    t.false(fs.existsSync(orphan));
+  } finally {
+    cleanupDir(dir);
+  }
+});
+
+for (const point of [STAGED_CRASH, MID_TREE_CRASH]) {
+  test(`kill -9 at ${point} during layer rm and container rm leaves no half-made layer or container; start-up deletes the rest`, async (t) => {
+    if (!requireRoot(t)) return;
+    const dir = tempDir('tsvol-layer-rm-crash-');
+    try {
+      const data = path.join(dir, 'data');
+      const root = path.join(data, 'layers');
+      const env = { ...process.env, TSVOL_DATA: data, TSVOL_LAYER_DRIVER: 'overlay' };
+      const tsvol = (args: string[], crash?: string): { status: number | null; signal: NodeJS.Signals | null; out: string } => {
+        const r = spawnSync(process.execPath, [CLI, ...args], { env: crash === undefined ? env : { ...env, TSVOL_CRASH_AT: crash }, encoding: 'utf8' });
+        return { status: r.status, signal: r.signal, out: r.stdout.trim() };
+      };
+      // 2,000 files: the mid-tree point is reached after 100 of them.
+      fs.mkdirSync(data, { recursive: true });
+      fs.writeFileSync(path.join(dir, 'layer.tar'), layerTar(2000));
+      const id = tsvol(['layer', 'import', path.join(dir, 'layer.tar')]).out;
+      t.regex(id, /^sha256:/);
+      const diffDir = layersLayout(root).diffDir(id.slice(7));
+      t.true(fs.existsSync(diffDir));
+
+      const killed = tsvol(['layer', 'rm', id], point);
+      t.is(killed.signal, 'SIGKILL', `the layer rm died at ${point}`);
+      t.is(tsvol(['layer', 'ls', '--json']).out, '[]', 'the layer is gone from the records');
+      t.false(fs.existsSync(diffDir), 'no half-deleted diff under its name');
+      // The directory goes into tmp/ first, then its split file: a kill between leaves the split file for gc.
+      t.is(fs.existsSync(`${diffDir}.split`), point === STAGED_CRASH);
+      t.is(rmStages(root).length, 1, 'what was left is one stage in layers/tmp/');
+
+      // A container on a fresh layer, with 2,000 files of its own, killed while it is removed.
+      const base = tsvol(['layer', 'import', path.join(dir, 'layer.tar')]).out;
+      const merged = tsvol(['container', 'create', 'web', '--from', base]).out;
+      for (let i = 0; i < 2000; i++) fs.writeFileSync(path.join(merged, `own-${i}`), `${i}`);
+      t.is(tsvol(['container', 'rm', 'web'], point).signal, 'SIGKILL', `the container rm died at ${point}`);
+      t.false(fs.existsSync(layersLayout(root).containerDirs('web').base), 'no half-deleted container under its name');
+      t.is(rmStages(root).length, 2);
+      // The name is free: a new container of that name starts empty.
+      const again = tsvol(['container', 'create', 'web', '--from', base]).out;
+      t.deepEqual(fs.readdirSync(again).sort(), ['sub']);
+      t.is(tsvol(['container', 'rm', 'web']).status, 0);
+
+      // Start-up deletes what the killed removals left.
+      const s = await startTestServer({ dir });
+      try {
+        t.true(await until(() => rmStages(root).length === 0, 60_000), 'start-up deleted the leftovers');
+        t.is(tsvol(['layer', 'rm', base]).status, 0);
+        t.is(tsvol(['layer', 'gc']).status, 0);
+        t.deepEqual(fs.readdirSync(layersLayout(root).diffsDir), [], 'and gc anything else');
+      } finally {
+        await s.stop();
+      }
+    } finally {
+      cleanupDir(dir);
+    }
+  });
+}
