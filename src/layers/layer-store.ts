@@ -24,6 +24,7 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
 import { ConflictError, InUseError, InternalError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
 import { crashPoint } from '../sys/crash-point.js';
 import { digestHex, layerStageFiles, layersLayout, type LayerStageFiles } from '../store/layout.js';
@@ -515,13 +516,15 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
         // killed before its record was committed.
         const used = store.diffIds();
         const ofDoomed = new Set(doomed.map((l) => digestHex(l.diffId)));
-        for (const e of fs.readdirSync(layout.diffsDir)) {
-          const hex = e.replace(/\.(split|link)$/, '');
+        for (const e of fs.readdirSync(layout.diffsDir, { withFileTypes: true })) {
+          const hex = e.name.replace(/\.(split|link)$/, '');
           if (!used.has(`sha256:${hex}`)) {
-            if (e.endsWith('.link')) removeShortLink(layout, hex);
-            else if (e.endsWith('.split')) discardFile(layout.splitFile(hex));
+            if (e.name.endsWith('.link')) removeShortLink(layout, hex);
+            // Anything else that is not a directory (a split file; a short link's temporary file, left by a
+            // kill while it was written) is a file: only a directory can have a mount inside.
+            else if (!e.isDirectory()) discardFile(path.join(layout.diffsDir, e.name));
             else left.push(...(await discardDir(layout, layout.diffDir(hex))));
-            if (!ofDoomed.has(hex)) removed.push(`diffs/${e}`);
+            if (!ofDoomed.has(hex)) removed.push(`diffs/${e.name}`);
           }
         }
         if (left.length > 0) throw new ConflictError(`gc removed ${removed.length} entries, but left mounts it found inside them: ${left.join(', ')}; unmount them and run gc again`);
