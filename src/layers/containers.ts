@@ -118,10 +118,15 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
   async function settle(rec: ContainerRecord, force = false): Promise<ContainerRecord> {
     const o = outcome(rec, force);
     if (o === undefined) return rec;
-    await save(o.settled);
-    // Moved into tmp/ and deleted there (discard.ts). A mount someone left inside stays, with its
+    // The stale upper is stale whether or not the new record is saved yet: the outcome is decided by
+    // whether the layer's record exists, and a crash before the save reaches the same outcome again. So
+    // it is deleted while the record is saved, not after (#13: the save's fsync, off a commit's path).
+    // Moved into tmp/ and deleted there (discard.ts); a mount someone left inside stays, with its
     // directories, in tmp/: a commit is not failed over debris that gc reports.
-    await discardDir(layout, layout.containerDirs(rec.name, o.stale).upper);
+    // Both run to the end before either's failure is thrown: a retry must not find this delete half done.
+    const [saved, discarded] = await Promise.allSettled([save(o.settled), discardDir(layout, layout.containerDirs(rec.name, o.stale).upper)]);
+    if (saved.status === 'rejected') throw saved.reason;
+    if (discarded.status === 'rejected') throw discarded.reason;
     return o.settled;
   }
 
