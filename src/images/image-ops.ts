@@ -17,7 +17,7 @@ import type { ImageRecord } from '../store/records.js';
 import { crashPoint } from '../sys/crash-point.js';
 import { withStage } from '../sys/staging.js';
 import type { BlobStore } from './blob-store.js';
-import { Channel } from './channel.js';
+import { Channel, readAhead } from './channel.js';
 import { COMPRESSED_LAYER_TYPES, parseConfig, parseManifest, type HistoryEntry, type ImageConfig } from './formats.js';
 import type { GcBarrier } from './gc-barrier.js';
 import { ingestLayer, type Ingested } from './ingest.js';
@@ -389,7 +389,7 @@ export function imageOps(ctx: ImageOpsContext): ImageOps {
         ctx.barrier.shared(async () => {
           const ingest = (body: AsyncIterable<Buffer>, keep: string, name: string): Promise<Ingested> =>
             ingestLayer(body, store, { unpack: !alreadyStored(name), keep });
-          const spool = await spoolArchive(input, dir, ingest);
+          const spool = await spoolArchive(readAhead(input), dir, ingest);
           try {
             const plans = await planLoad(spool, hasChain);
             return await storeImages(
@@ -406,7 +406,7 @@ export function imageOps(ctx: ImageOpsContext): ImageOps {
     async pull(input) {
       const store = ctx.layers();
       fs.mkdirSync(ctx.tmpDir, { recursive: true, mode: 0o700 });
-      return withStage(ctx.tmpDir, 'image-pull', (dir) => ctx.barrier.shared(() => receivePull(store, input, dir)));
+      return withStage(ctx.tmpDir, 'image-pull', (dir) => ctx.barrier.shared(() => receivePull(store, readAhead(input), dir)));
     },
 
     async stored(query) {
