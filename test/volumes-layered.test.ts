@@ -16,7 +16,7 @@ requireTools('tar', 'umount');
 
 function cli(s: TestServer, args: string[]): { status: number | null; stdout: string; stderr: string } {
   const env = { ...process.env, TSVOL_DATA: s.data, TSVOL_SOCKET: s.socket, ...(s.mounts ? { TSVOL_MOUNTS: s.mounts } : {}) };
-  const r = spawnSync(process.execPath, [CLI, ...args], { env, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [CLI, ...args], { env, encoding: 'utf8', maxBuffer: 1 << 28 });
   return { status: r.status, stdout: r.stdout.trim(), stderr: r.stderr };
 }
 
