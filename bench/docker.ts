@@ -19,6 +19,9 @@
  *   TSVOL_BENCH_LEGACY_LEVEL, _LOG     its log level (info) and log file (in the work dir, deleted)
  *   TSVOL_BENCH_CPU_PROF=DIR          run that legacy plugin under `node --cpu-prof` (profiles in DIR on
  *                                     exit; bench/profile-summary.ts reads them)
+ *   TSVOL_BENCH_DOCKER_CHUNK          also measure in small chunks (50): each operation's N volumes in
+ *                                     chunks of this many, the drivers taking turns chunk by chunk, so a
+ *                                     burst of load elsewhere hits every driver alike (0: not measured)
  *   TSVOL_BENCH_CPU_PROF_MANAGED=DIR  one more tsvol managed plugin (`tsvol-prof`), at info, under
  *                                     `node --cpu-prof`: its profiles land in DIR when it is disabled
  */
@@ -43,6 +46,7 @@ const RUNS = envInt('TSVOL_BENCH_DOCKER_RUNS', 40);
 /** Containers started at once in the compose-like phase. */
 const COMPOSE = 20;
 const COMPOSE_ROUNDS = envInt('TSVOL_BENCH_DOCKER_COMPOSE_ROUNDS', 3);
+const CHUNK = envInt('TSVOL_BENCH_DOCKER_CHUNK', 50);
 const LEVELS = (process.env.TSVOL_BENCH_DOCKER_LEVELS ?? '').split(',').filter((l) => l !== '' && l !== 'info');
 const LEGACY = process.env.TSVOL_BENCH_DOCKER_LEGACY === '1' || process.env.TSVOL_BENCH_CPU_PROF !== undefined;
 const MEMORY_PLUGIN = 'tsvol-memory';
@@ -101,6 +105,32 @@ async function throughput(d: Driver, round: string, count: number): Promise<[num
   const inspect = await rate(count, (i) => api('GET', `/volumes/${name(i)}`));
   const remove = await rate(count, (i) => api('DELETE', `/volumes/${name(i)}`));
   return [create, inspect, remove];
+}
+
+/**
+ * create, inspect and rm of `count` volumes per driver, each operation in chunks of CHUNK volumes, the
+ * drivers taking turns chunk by chunk (the order rotating), so that load elsewhere on the machine falls on
+ * every driver alike. Returns each driver's rates: its volumes over the time its own chunks took.
+ */
+async function chunkedThroughput(drivers: readonly Driver[], count: number): Promise<Map<string, number[]>> {
+  const name = (d: Driver, i: number): string => `chunk-${d.driver.replace(/\W/g, '')}-${i}`;
+  const ops: ((d: Driver, i: number) => Promise<number>)[] = [
+    (d, i) => api('POST', '/volumes/create', { Name: name(d, i), Driver: d.driver }),
+    (d, i) => api('GET', `/volumes/${name(d, i)}`),
+    (d, i) => api('DELETE', `/volumes/${name(d, i)}`),
+  ];
+  const secs = new Map(drivers.map((d) => [d.driver, ops.map(() => 0)]));
+  for (const [o, op] of ops.entries()) {
+    for (let start = 0, turn = 0; start < count; start += CHUNK, turn++) {
+      const n = Math.min(CHUNK, count - start);
+      for (let k = 0; k < drivers.length; k++) {
+        const d = drivers[(k + turn) % drivers.length]!;
+        const r = await rate(n, (i) => op(d, start + i));
+        secs.get(d.driver)![o]! += n / r;
+      }
+    }
+  }
+  return new Map([...secs].map(([d, s]) => [d, s.map((x) => count / x)]));
 }
 
 /** Milliseconds `docker args…` takes, start to exit; throws if it fails. */
@@ -331,6 +361,19 @@ try {
   const ts = best.get(PLUGIN)!;
   rows.push(`| tsvol (info) / local driver | ${ts.map((x, i) => `${(x / local[i]!).toFixed(2)}×`).join(' | ')} |`);
   console.log(rows.join('\n'));
+  if (CHUNK > 0) {
+    const chunked = await chunkedThroughput(drivers, N);
+    const out: string[] = [];
+    out.push(`\n## The same, in chunks of ${CHUNK} volumes, the drivers taking turns chunk by chunk (${N} volumes each)\n`);
+    out.push('| driver | docker volume create | docker volume inspect | docker volume rm |', '|---|---:|---:|---:|');
+    for (const d of drivers) out.push(`| ${d.label} | ${chunked.get(d.driver)!.map((v) => `${v.toFixed(0)}/s`).join(' | ')} |`);
+    const cm = chunked.get(MEMORY_PLUGIN)!;
+    for (const d of drivers.slice(2)) {
+      const v = chunked.get(d.driver)!;
+      out.push(`| ${d.label} / in-memory managed | ${v.map((x, i) => `${(x / cm[i]!).toFixed(2)}× ${x / cm[i]! >= 0.9 ? '(≥ 0.9× met)' : '(≥ 0.9× NOT met)'}`).join(' | ')} |`);
+    }
+    console.log(out.join('\n'));
+  }
 
   if (RUNS > 0) await containerStarts();
   if (profDir !== undefined) {
