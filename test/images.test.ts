@@ -235,9 +235,12 @@ test.serial('the managed plugin (built as `make plugin` does): -o image=REF, in 
   const dir = path.join(t.context.env.workDir, 'managed');
   fs.mkdirSync(dir);
   execFileSync('cp', ['-al', path.join(ROOT, 'plugin', 'rootfs'), path.join(dir, 'rootfs')]);
+  const plugin = `tsvol-img-${UNIQ}`;
+  // dockerd 20.10 refuses a second plugin whose rootfs digest it already holds (the e2e suite's `tsvol`
+  // has this very rootfs): one new file (not a hard link) tells this copy apart.
+  fs.writeFileSync(path.join(dir, 'rootfs', 'etc', 'tsvol-plugin-copy'), `${plugin}\n`);
   const config = JSON.parse(fs.readFileSync(path.join(ROOT, 'config.json'), 'utf8')) as { description: string };
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...config, description: `${config.description} (image suite ${UNIQ})` }));
-  const plugin = `tsvol-img-${UNIQ}`;
   const data = path.join(t.context.env.workDir, 'managed-data');
   fs.mkdirSync(data, { mode: 0o700 });
   const vol = `managed-img-${UNIQ}`;
