@@ -22,12 +22,11 @@
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { DOCKER, IMAGE } from '../test/helpers/docker.js';
 import { CLUSTER_PLUGIN, RUN, WORK, setupCluster, waitFor, type Cluster, type ClusterNode } from '../test/helpers/swarm.js';
+import { CONCURRENCY, closeEngineApi, engineCall, rate } from './engine-api.js';
 
-const CONCURRENCY = 8;
 const envInt = (name: string, dflt: number): number => {
   const raw = process.env[name];
   const v = Number(raw);
@@ -43,44 +42,9 @@ const MIB = envInt('TSVOL_BENCH_CLUSTER_MIB', 1024);
 const LOCAL_DISK = 'tsvol-local';
 const LOCAL_GLUSTER = 'tsvol-local-gfs';
 
-const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
-
 /** One Engine API call on `node`'s socket; rejects on a status ≥ 300. */
 function api(node: ClusterNode, method: string, urlPath: string, body?: unknown): Promise<number> {
-  const payload = body === undefined ? undefined : JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      {
-        socketPath: node.host.replace(/^unix:\/\//, ''),
-        method,
-        path: urlPath,
-        agent,
-        headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) } : {},
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const status = res.statusCode ?? 0;
-          if (status < 300) resolve(status);
-          else reject(new Error(`${method} ${urlPath}: ${status} ${Buffer.concat(chunks).toString().trim()}`));
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
-
-async function rate(count: number, call: (i: number) => Promise<unknown>): Promise<number> {
-  let next = 0;
-  const t0 = process.hrtime.bigint();
-  await Promise.all(
-    Array.from({ length: CONCURRENCY }, async () => {
-      while (next < count) await call(next++);
-    }),
-  );
-  return count / (Number(process.hrtime.bigint() - t0) / 1e9);
+  return engineCall(node.host.replace(/^unix:\/\//, ''), method, urlPath, body);
 }
 
 const ms = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
@@ -287,6 +251,6 @@ try {
   }
   console.log(`\n(load average at the end: ${fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}; exec roots under ${RUN})`);
 } finally {
-  agent.destroy();
+  closeEngineApi();
   await cluster.teardown();
 }

@@ -27,14 +27,13 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DOCKER, IMAGE, PLUGIN, docker, removePlugin, setupDocker } from '../test/helpers/docker.js';
+import { CONCURRENCY, closeEngineApi, engineCall, rate } from './engine-api.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.join(HERE, '..');
-const CONCURRENCY = 8;
 const envInt = (name: string, dflt: number): number => {
   const raw = process.env[name];
   const v = Number(raw);
@@ -54,43 +53,8 @@ const PROF_PLUGIN = 'tsvol-prof';
 const PROF_MANAGED = process.env.TSVOL_BENCH_CPU_PROF_MANAGED;
 const LEGACY_PLUGIN = 'tsvol-legacy';
 
-const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
-
 function api(method: string, urlPath: string, body?: unknown): Promise<number> {
-  const payload = body === undefined ? undefined : JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      {
-        socketPath: '/var/run/docker.sock',
-        method,
-        path: urlPath,
-        agent,
-        headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) } : {},
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const status = res.statusCode ?? 0;
-          if (status < 300) resolve(status);
-          else reject(new Error(`${method} ${urlPath}: ${status} ${Buffer.concat(chunks).toString().trim()}`));
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
-
-async function rate(count: number, call: (i: number) => Promise<unknown>): Promise<number> {
-  let next = 0;
-  const t0 = process.hrtime.bigint();
-  await Promise.all(
-    Array.from({ length: CONCURRENCY }, async () => {
-      while (next < count) await call(next++);
-    }),
-  );
-  return count / (Number(process.hrtime.bigint() - t0) / 1e9);
+  return engineCall('/var/run/docker.sock', method, urlPath, body);
 }
 
 /** A volume driver under test: its label in the tables and the name dockerd knows it by. */
@@ -385,7 +349,7 @@ try {
     console.log(`\nprofiles of ${PROF_PLUGIN}: ${PROF_MANAGED}`);
   }
 } finally {
-  agent.destroy();
+  closeEngineApi();
   for (const d of [...extraPlugins, LEGACY_PLUGIN]) removeVolumes(d);
   for (const p of extraPlugins) removePlugin(p);
   if (legacy !== undefined && legacy.exitCode === null) {
