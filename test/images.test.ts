@@ -235,7 +235,8 @@ test.serial('the managed plugin (built as `make plugin` does): -o image=REF, in 
   const dir = path.join(t.context.env.workDir, 'managed');
   fs.mkdirSync(dir);
   execFileSync('cp', ['-al', path.join(ROOT, 'plugin', 'rootfs'), path.join(dir, 'rootfs')]);
-  const plugin = `tsvol-img-${UNIQ}`;
+  // Not the legacy test's driver name (tsvol-img-…): dockerd keeps a legacy plugin it found by name.
+  const plugin = `tsvol-managed-img-${UNIQ}`;
   // dockerd 20.10 refuses a second plugin whose rootfs digest it already holds (the e2e suite's `tsvol`
   // has this very rootfs): one new file (not a hard link) tells this copy apart.
   fs.writeFileSync(path.join(dir, 'rootfs', 'etc', 'tsvol-plugin-copy'), `${plugin}\n`);
