@@ -21,7 +21,7 @@ import { Channel, readAhead } from './channel.js';
 import { COMPRESSED_LAYER_TYPES, parseConfig, parseManifest, type HistoryEntry, type ImageConfig } from './formats.js';
 import type { GcBarrier } from './gc-barrier.js';
 import { ingestLayer, type Ingested } from './ingest.js';
-import { asText, planLoad } from './load.js';
+import { asText, planLoad, type ImageDocumentsOf } from './load.js';
 import { FRAME, readFrames, type PullHeader } from './pull-stream.js';
 import { familiarRepository, formatReference, isImageId, normalizeReference, parseReference } from './reference.js';
 import { writeDockerArchive, type SaveItem } from './save.js';
@@ -142,14 +142,7 @@ export interface ImageOpsContext {
 }
 
 /** One image ready to be stored: its documents and its layers, each read and checked (or stored already). */
-interface Storable {
-  readonly names: readonly string[];
-  readonly id: string;
-  readonly config: string;
-  readonly parsed: ImageConfig;
-  readonly manifest: string;
-  readonly digest: string;
-  readonly made: boolean;
+interface Storable extends ImageDocumentsOf {
   /** Per layer, base first: what was read of it (nothing when its chain was stored), its descriptor's type. */
   readonly layers: readonly { readonly ingested: Ingested | undefined; readonly mediaType: string | undefined; readonly digest: string | undefined }[];
   /** Where its blobs came from (a pull's repository), for mounts on push. */

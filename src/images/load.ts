@@ -13,10 +13,10 @@ import type { Ingested } from './ingest.js';
 import { isImageId, normalizeReference } from './reference.js';
 import type { Spool } from './spool.js';
 
-/** One image to store: its layers in the archive, verified, and its names. */
-export interface LoadPlan {
+/** An image's names and documents, as a load or a pull stores them. */
+export interface ImageDocumentsOf {
   /** Normalized references (none: the image is stored under its ID). */
-  readonly names: string[];
+  readonly names: readonly string[];
   readonly id: string;
   readonly config: string;
   readonly parsed: ImageConfig;
@@ -24,6 +24,11 @@ export interface LoadPlan {
   readonly digest: string;
   /** True when tsvol wrote the manifest (a Docker 20.10 save has none). */
   readonly made: boolean;
+}
+
+/** One image to store: its layers in the archive, verified, and its names. */
+export interface LoadPlan extends ImageDocumentsOf {
+  readonly names: string[];
   /** The layers, base first, each verified against its descriptor and diff_ids[i]. */
   readonly layers: readonly { readonly path: string; readonly ingested: Ingested; readonly mediaType: string | undefined; readonly digest: string | undefined }[];
 }
