@@ -18,7 +18,7 @@ import { crashPoint } from '../sys/crash-point.js';
 import { withStage } from '../sys/staging.js';
 import type { BlobStore } from './blob-store.js';
 import { Channel, readAhead } from './channel.js';
-import { COMPRESSED_LAYER_TYPES, parseConfig, parseManifest, type HistoryEntry, type ImageConfig } from './formats.js';
+import { COMPRESSED_LAYER_TYPES, parseConfig, parseManifest, type HistoryEntry } from './formats.js';
 import type { GcBarrier } from './gc-barrier.js';
 import { ingestLayer, type Ingested } from './ingest.js';
 import { asText, planLoad, type ImageDocumentsOf } from './load.js';
