@@ -1,4 +1,5 @@
 /** Holds: a volume record's persisted set of Docker mount IDs (STYLE: a Set of IDs, never a bare counter). */
+import { InUseError } from '../errors.js';
 import type { VolumeRecord } from '../store/volume-store.js';
 
 /** Total holds on a record. */
@@ -17,3 +18,15 @@ export const PUBLISH_HOLD_PREFIX = 'csi-';
  * it finds (src/volumes/reconcile.ts).
  */
 export const CLI_HOLD_PREFIX = 'tsvol-cli-';
+
+/**
+ * Remove's refusal of a held volume: the holders' IDs, and how to let go (a CSI publish is a hold too,
+ * #12); `node` names this node in cluster mode, where the holds shown are this node's.
+ */
+export function inUseError(rec: VolumeRecord, node?: string): InUseError {
+  const ids = [...rec.holds.keys()].map((id) => (id === '' ? '(none)' : id)).join(', ');
+  const csi = [...rec.holds.keys()].some((id) => id.startsWith(PUBLISH_HOLD_PREFIX));
+  const fix = csi ? 'stop the containers and pods using it first (a CSI publish ends with NodeUnpublishVolume)' : 'stop the containers using it first';
+  const here = node === undefined ? '' : ` on this node ("${node}")`;
+  return new InUseError(`volume "${rec.name}" is in use${here}: ${holdCount(rec)} active mount(s) (IDs ${ids}); ${fix}`);
+}

@@ -3,7 +3,7 @@
  * created, mounts, holders, options) and what its kind adds (VolumeKind.describe), plus the cached usage
  * figure where the kind shows one (usage.ts: Get never measures on the request path).
  */
-import type { VolumeRecord } from '../store/volume-store.js';
+import { nullProtoRecord, type NodeHolds, type VolumeRecord } from '../store/volume-store.js';
 import { holdCount } from './holds.js';
 import { kindOf } from './kinds/index.js';
 import type { KindContext } from './kinds/kind.js';
@@ -60,4 +60,18 @@ export function createVolumeInfos(ctx: KindContext, mountpoints: Mountpoints, us
     withUsage.set(rec, { usage: figure, info: built });
     return built;
   };
+}
+
+/** Cluster mode (#14): `info` with what other nodes hold of the volume in Status `nodes` (mounts, holders, lease). */
+export function withNodes(info: VolumeInfo, elsewhere: readonly NodeHolds[]): VolumeInfo {
+  if (elsewhere.length === 0) return info;
+  const nodes = nullProtoRecord(
+    elsewhere.map((h) => {
+      let mounts = 0;
+      for (const c of h.holds.values()) mounts += c;
+      const lease = h.live ? 'live' : Number.isFinite(h.expiredForMs) ? `expired ${Math.round(h.expiredForMs / 1000)} s ago` : 'none';
+      return [h.node, { mounts, holders: [...h.holds.keys()], lease }] as const;
+    }),
+  );
+  return { ...info, status: { ...info.status, nodes } };
 }

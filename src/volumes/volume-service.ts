@@ -12,22 +12,20 @@
  *   leaves no hold, and dockerd never sends Unmount after one).
  * - Unmount: commit the release, then release; a failed unmount leaves a stale mount start-up removes.
  *
- * Cluster mode (#14, store.scope 'global'): the same order on the shared root's store (src/store/
- * cluster-store.ts). A record's holds are this node's; Create refuses the kinds that cannot work there
- * (VolumeKind.clusterRefusal) and builds every volume whole in tmp/ with its record; the store refuses a
- * Remove while another live node holds the volume and a Mount while another node removes it, and moves a
- * removed volume's directory into this node's tmp/, which the deleter then deletes.
+ * Cluster mode (#14, store.scope 'global'): the same order on the shared root (store/cluster-store.ts), which
+ * refuses a Remove while another live node holds the volume and a Mount while another node removes it;
+ * Create refuses the kinds that cannot work there (VolumeKind.clusterRefusal).
  */
 import type { Config } from '../config.js';
 import { holdChange, releaseChange } from '../layers/layer-store.js';
-import { ConflictError, InUseError, InvalidArgumentError, NotFoundError, describeError, wrapError } from '../errors.js';
+import { ConflictError, InvalidArgumentError, NotFoundError, describeError, wrapError } from '../errors.js';
 import { nanoid } from 'nanoid';
 import type { LayerRecord } from '../layers/layer-store.js';
 import type { Logger } from '../log.js';
 import type { Layout } from '../store/layout.js';
 import { nullProtoRecord, type VolumeRecord, type VolumeStore } from '../store/volume-store.js';
 import type { Beneath } from '../sys/beneath.js';
-import { CLI_HOLD_PREFIX, PUBLISH_HOLD_PREFIX, holdCount } from './holds.js';
+import { CLI_HOLD_PREFIX, holdCount, inUseError } from './holds.js';
 import { createKeyedMutex } from './keyed-mutex.js';
 import { createKindContext } from './kinds/context.js';
 import { hasOwnMount, kindOf } from './kinds/index.js';
@@ -38,7 +36,7 @@ import { validateMountId, validateName } from './names.js';
 import { parseOptions } from './options.js';
 import type { SizeBacking } from './size-limit.js';
 import { createUsageCache, type Usage } from './usage.js';
-import { createVolumeInfos, type VolumeInfo, type VolumeSummary } from './volume-info.js';
+import { createVolumeInfos, withNodes, type VolumeInfo, type VolumeSummary } from './volume-info.js';
 
 export type { VolumeInfo, VolumeSummary };
 
@@ -87,10 +85,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
   const locks = createKeyedMutex();
   const usage = createUsageCache((name, err) => log.warn({ volume: name, err: describeError(err) }, 'measuring volume usage failed'));
 
-  /**
-   * The record of `name`, from memory: one process writes the store at a time (the server, or a CLI under
-   * the server lock), so the cache is the truth and Get and Path never touch the disk.
-   */
+  /** The record, from memory: one process writes the store at a time, so Get and Path never touch the disk. */
   function mustGet(name: string): VolumeRecord {
     const rec = store.get(name);
     if (rec === undefined) throw new NotFoundError(`volume "${name}" not found`);
@@ -214,15 +209,7 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
       validateName(name);
       await locks.run(name, async () => {
         const rec = mustGet(name);
-        const n = holdCount(rec);
-        if (n > 0) {
-          const ids = [...rec.holds.keys()].map((id) => (id === '' ? '(none)' : id)).join(', ');
-          // A CSI publish is a hold too (#12): say how that side lets go.
-          const csi = [...rec.holds.keys()].some((id) => id.startsWith(PUBLISH_HOLD_PREFIX));
-          const fix = csi ? 'stop the containers and pods using it first (a CSI publish ends with NodeUnpublishVolume)' : 'stop the containers using it first';
-          const here = store.scope === 'global' ? ` on this node ("${deps.config.nodeId}")` : '';
-          throw new InUseError(`volume "${name}" is in use${here}: ${n} active mount(s) (IDs ${ids}); ${fix}`);
-        }
+        if (holdCount(rec) > 0) throw inUseError(rec, store.scope === 'global' ? deps.config.nodeId : undefined);
         const kind = kindOf(rec.spec);
         try {
           await mountpoints.clear(rec);
@@ -244,26 +231,11 @@ export function createVolumeService(deps: VolumeServiceDeps): VolumeService & Vo
     path: (name) => mountpoints.of(mustGet(name)),
     get(name) {
       const base = info(mustGet(name));
-      if (store.scope === 'local') return base;
       // Cluster mode: Status says who else holds it (mounts and holders are this node's).
-      const elsewhere = store.holdsElsewhere(name);
-      if (elsewhere.length === 0) return base;
-      const nodes = nullProtoRecord(
-        elsewhere.map((h) => {
-          let mounts = 0;
-          for (const c of h.holds.values()) mounts += c;
-          const lease = h.live ? 'live' : Number.isFinite(h.expiredForMs) ? `expired ${Math.round(h.expiredForMs / 1000)} s ago` : 'none';
-          return [h.node, { mounts, holders: [...h.holds.keys()], lease }] as const;
-        }),
-      );
-      return { ...base, status: { ...base.status, nodes } };
+      return store.scope === 'local' ? base : withNodes(base, store.holdsElsewhere(name));
     },
 
-    list() {
-      const out: VolumeSummary[] = [];
-      for (const rec of store.list()) out.push({ name: rec.name, mountpoint: mountpoints.of(rec), createdAt: rec.createdAt });
-      return out;
-    },
+    list: () => Array.from(store.list(), (rec) => ({ name: rec.name, mountpoint: mountpoints.of(rec), createdAt: rec.createdAt })),
 
     drain: () => ctx.deleter.drain(),
 
