@@ -8,13 +8,14 @@
  *   no half-deleted layer or container under its name, and the next start-up deletes the rest.
  * Needs root (mounts): fails under CI=true without it.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import test from 'ava';
 import { createContainerStore } from '../src/layers/containers.js';
 import { STAGED_CRASH } from '../src/layers/discard.js';
+import { PROBE_CLEANUP_PAUSE } from '../src/layers/probe.js';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { layersLayout } from '../src/store/layout.js';
 import { bindMount } from '../src/sys/mount.js';
@@ -119,7 +120,7 @@ test('layer rm and layer gc never cross a bind mount left inside a layer directo
 });
 
 for (const point of [STAGED_CRASH, MID_TREE_CRASH]) {
-  test(`kill -9 at ${point} during layer rm and container rm leaves no half-made layer or container; start-up deletes the rest`, async (t) => {
+  test(`kill -9 at ${point} during layer rm and container rm leaves no half-made layer or container; start-up deletes the rest, orphan split file included`, async (t) => {
     if (!requireRoot(t)) return;
     const dir = tempDir('tsvol-layer-rm-crash-');
     try {
@@ -142,7 +143,8 @@ for (const point of [STAGED_CRASH, MID_TREE_CRASH]) {
       t.is(killed.signal, 'SIGKILL', `the layer rm died at ${point}`);
       t.is(tsvol(['layer', 'ls', '--json']).out, '[]', 'the layer is gone from the records');
       t.false(fs.existsSync(diffDir), 'no half-deleted diff under its name');
-      // The directory goes into tmp/ first, then its split file: a kill between leaves the split file for gc.
+      // The directory goes into tmp/ first, then its split file: a kill between leaves the split file for
+      // start-up to delete (below).
       t.is(fs.existsSync(`${diffDir}.split`), point === STAGED_CRASH);
       t.is(rmStages(root).length, 1, 'what was left is one stage in layers/tmp/');
 
@@ -162,6 +164,7 @@ for (const point of [STAGED_CRASH, MID_TREE_CRASH]) {
       const s = await startTestServer({ dir });
       try {
         t.true(await until(() => rmStages(root).length === 0, 60_000), 'start-up deleted the leftovers');
+        t.true(await until(() => !fs.existsSync(`${diffDir}.split`), 10_000), 'start-up deleted the orphan split file, before any gc');
         t.is(tsvol(['layer', 'rm', base]).status, 0);
         t.is(tsvol(['layer', 'gc']).status, 0);
         t.deepEqual(fs.readdirSync(layersLayout(root).diffsDir), [], 'and gc anything else');
@@ -173,3 +176,34 @@ for (const point of [STAGED_CRASH, MID_TREE_CRASH]) {
     }
   });
 }
+
+test('the overlay probe deletes its scratch directory without following a symlink or crossing a mount planted in it', async (t) => {
+  if (!requireRoot(t)) return;
+  const dir = tempDir('tsvol-probe-');
+  try {
+    const data = path.join(dir, 'data');
+    const layersDir = path.join(data, 'layers');
+    const { src, file } = precious(dir);
+    // `tsvol info` probes overlayfs under layers/, and waits before deleting its scratch directory.
+    const child = spawn(process.execPath, [CLI, 'info', '--json'], {
+      env: { ...process.env, TSVOL_DATA: data, TSVOL_SOCKET: path.join(dir, 'no-server.sock'), TSVOL_PAUSE_AT: `${PROBE_CLEANUP_PAUSE}=3000` },
+    });
+    let out = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    const scratchOf = (): string | undefined => (fs.existsSync(layersDir) ? fs.readdirSync(layersDir).find((e) => e.startsWith('.probe-')) : undefined);
+    t.true(await until(() => scratchOf() !== undefined, 10_000), 'the probe made its scratch directory');
+    const scratch = path.join(layersDir, scratchOf()!);
+    // Planted while the probe waits: a symlink and a bind mount, both to data outside.
+    fs.symlinkSync(src, path.join(scratch, 'link'));
+    fs.mkdirSync(path.join(scratch, 'mnt'));
+    bindMount(src, path.join(scratch, 'mnt'));
+    t.is(await exited, 0);
+    const info = JSON.parse(out) as { why: string };
+    t.is(fs.readFileSync(file, 'utf8'), 'data that must survive', 'nothing was deleted through the symlink or the mount');
+    t.regex(info.why, /mounts inside its scratch directory were left in place: .*\/\.probe-[^/]+\/mnt; unmount them/);
+    t.deepEqual(fs.readdirSync(scratch), ['mnt'], 'everything else went, the symlink as a symlink');
+  } finally {
+    cleanupDir(dir);
+  }
+});
