@@ -106,7 +106,7 @@ test('a tar whose bytes the layer could not give back is refused at import, and 
     t.regex(err?.message ?? '', /the layer's export could not reproduce them, so it is refused/, what);
     t.deepEqual(store.list(), [], `${what}: no layer`);
     t.deepEqual(listing(path.join(root, 'diffs')), [], `${what}: nothing in layers/diffs`);
-    t.deepEqual(listing(path.join(base, 'tmp')), [], `${what}: no stage left in tmp/`);
+    t.deepEqual(listing(path.join(root, 'tmp')), [], `${what}: no stage left in layers/tmp/`);
   }
 });
 
