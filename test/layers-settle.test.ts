@@ -80,14 +80,22 @@ test('in-process: two operations at once on a container a killed commit left bot
   try {
     const { data } = crashedContainer(dir);
     const root = path.join(data, 'layers');
-    const containers = createContainerStore(root, openLayerStore(root), 'overlay');
+    const layers = openLayerStore(root);
+    const containers = createContainerStore(root, layers, 'overlay');
     // Started in one tick: each settles the journal it reads, unless the other's settle is waited for.
     const [a, b] = await Promise.allSettled([containers.commit('web'), containers.commit('web')]);
     t.is(a.status, 'fulfilled', a.status === 'rejected' ? String(a.reason) : '');
     t.is(b.status, 'fulfilled', b.status === 'rejected' ? String(b.reason) : '');
     t.deepEqual(uppers(data).length, 1, 'one upper directory left');
     t.true(fs.existsSync(path.join(containers.mergedPath('web'), 'written')));
-    // Two removes at once: one removes it, the other says it is not there.
+    // A commit and a remove at once: in arrival order, the commit commits, then the remove removes (the
+    // old code let the remove overtake the commit, which then said "not found").
+    fs.writeFileSync(path.join(containers.mergedPath('web'), 'more'), 'more\n');
+    const committed = await Promise.allSettled([containers.commit('web'), containers.remove('web')]);
+    t.deepEqual(committed.map((r) => (r.status === 'rejected' ? String(r.reason) : 'ok')), ['ok', 'ok']);
+    t.deepEqual(containers.list(), []);
+    // Two removes at once: one removes it, the other says it is not there (the old code said both removed it).
+    await containers.create('web', layers.list()[0]!.id);
     const removed = await Promise.allSettled([containers.remove('web'), containers.remove('web')]);
     t.is(removed.filter((r) => r.status === 'fulfilled').length, 1);
     const failed = removed.find((r) => r.status === 'rejected');
