@@ -32,9 +32,9 @@
  * `./` read as a file with data) is refused, and so is any entry that would remove a file an earlier
  * entry of the same tar wrote its body to, or a directory holding one (the same path listed twice, a
  * whiteout of its own file, a directory later replaced): the BodyLedger below. Docker and containerd
- * apply both kinds and drop the first bytes, and then Docker's own `docker save` of such a layer fails
- * tar-split's checksum; refusing at import is what keeps every stored layer exportable. Empty bodies need
- * no file (replay writes nothing for them), so empty files may be replaced.
+ * apply both kinds and drop those bytes (moby's pkg/archive skips a whiteout's data; the last entry for a
+ * path wins); refusing at import is what keeps every stored layer exportable. Empty bodies need no file
+ * (replay writes nothing for them), so empty files may be replaced.
  */
 import fs from 'node:fs';
 import path from 'node:path';
