@@ -97,6 +97,15 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const repaired = await reconcileVolumes({ layout, store, mountsRoot: config.mountsRoot, service, log });
   // Cluster mode has no layer store (#14): nothing of another node's is swept.
   const layerDebris = config.scope === 'global' ? 0 : sweepLayerDebris(layout.layers, log);
+  // Diffs no record uses (a kill while a diff was published or deleted), in the layer store's queue;
+  // awaited before the stores close.
+  const repairing = state.repairLayers().then(
+    ({ removed, left }) => {
+      if (removed.length > 0) log.info({ removed }, 'layers/diffs/ entries no layer uses deleted');
+      if (left.length > 0) log.warn({ mounts: left }, 'layers/diffs/ leftovers had mounts inside; left them');
+    },
+    (err: unknown) => log.warn({ err: describeError(err) }, 'deleting layers/diffs/ leftovers failed'),
+  );
   const inflight = { count: 0 };
   // The control socket first: a CLI that sees the VolumeDriver socket answer finds it too. Any control.sock
   // already there is a dead server's (we hold the lock), and listenOnSocket replaces it.
@@ -147,6 +156,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       // A control request cut off above (an export) still releases its hold: let it, before the store closes.
       await control.settled();
       removeSocketFile(layout.controlSocket, log);
+      await repairing;
       await state.close();
       await releaseLock();
       log.info('stopped');

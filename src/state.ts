@@ -39,6 +39,12 @@ export interface State extends ControlOps {
   readonly layout: Layout;
   readonly store: VolumeStore;
   readonly service: VolumeService & VolumeMechanics;
+  /**
+   * The server's start-up repair of the layer store: deletes diff directories, split files and short
+   * links no layer record uses (what a process killed while it published or deleted a diff left, which
+   * otherwise stayed until `tsvol layer gc`). Opens the layer store only if a layer was ever stored.
+   */
+  repairLayers(): Promise<{ removed: string[]; left: string[] }>;
   /** Closes the stores (commits what is pending). The caller still holds the server lock. */
   close(): Promise<void>;
 }
@@ -130,6 +136,7 @@ export async function openState(config: Config, log: Logger): Promise<State> {
       gcBlobs: () => blobs().gc(),
     }),
     images,
+    repairLayers: async () => (fs.existsSync(layout.layers.diffsDir) ? layers().sweepUnusedDiffs() : { removed: [], left: [] }),
     close: () => store.close(),
   };
 }
@@ -162,6 +169,7 @@ async function openClusterState(config: Config, log: Logger): Promise<State> {
     volumes: volumeOps({ config, layout, store, service }),
     layers: refusingOps<LayerOps>(() => new UnavailableError(NO_LAYERS_IN_CLUSTER)),
     images: refusingOps<ImageOps>(() => new UnavailableError(NO_LAYERS_IN_CLUSTER)),
+    repairLayers: async () => ({ removed: [], left: [] }),
     close: () => store.close(),
   };
 }

@@ -8,13 +8,14 @@
  *   no half-deleted layer or container under its name, and the next start-up deletes the rest.
  * Needs root (mounts): fails under CI=true without it.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import test from 'ava';
 import { createContainerStore } from '../src/layers/containers.js';
 import { STAGED_CRASH } from '../src/layers/discard.js';
+import { PROBE_CLEANUP_PAUSE } from '../src/layers/probe.js';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { layersLayout } from '../src/store/layout.js';
 import { bindMount } from '../src/sys/mount.js';
@@ -142,7 +143,8 @@ for (const point of [STAGED_CRASH, MID_TREE_CRASH]) {
       t.is(killed.signal, 'SIGKILL', `the layer rm died at ${point}`);
       t.is(tsvol(['layer', 'ls', '--json']).out, '[]', 'the layer is gone from the records');
       t.false(fs.existsSync(diffDir), 'no half-deleted diff under its name');
-      // The directory goes into tmp/ first, then its split file: a kill between leaves the split file for gc.
+      // The directory goes into tmp/ first, then its split file: a kill between leaves the split file for
+      // start-up to delete (the next test).
       t.is(fs.existsSync(`${diffDir}.split`), point === STAGED_CRASH);
       t.is(rmStages(root).length, 1, 'what was left is one stage in layers/tmp/');
 
@@ -173,3 +175,73 @@ for (const point of [STAGED_CRASH, MID_TREE_CRASH]) {
     }
   });
 }
+
+test(`kill -9 at ${STAGED_CRASH} during layer rm leaves the diff's split file and short link; the next start-up deletes them, before any gc`, async (t) => {
+  if (!requireRoot(t)) return;
+  const dir = tempDir('tsvol-layer-rm-crash-');
+  try {
+    const data = path.join(dir, 'data');
+    const root = path.join(data, 'layers');
+    const env = { ...process.env, TSVOL_DATA: data, TSVOL_SOCKET: path.join(dir, 'tsvol.sock'), TSVOL_LAYER_DRIVER: 'overlay' };
+    const tsvol = (args: string[], crash?: string): { status: number | null; signal: NodeJS.Signals | null; out: string } => {
+      const r = spawnSync(process.execPath, [CLI, ...args], { env: crash === undefined ? env : { ...env, TSVOL_CRASH_AT: crash }, encoding: 'utf8' });
+      return { status: r.status, signal: r.signal, out: r.stdout.trim() };
+    };
+    fs.mkdirSync(data, { recursive: true });
+    fs.writeFileSync(path.join(dir, 'layer.tar'), layerTar(3));
+    const id = tsvol(['layer', 'import', path.join(dir, 'layer.tar')]).out;
+    const hex = id.slice('sha256:'.length);
+    const lay = layersLayout(root);
+    // Mounted once (a container on it), so that the diff has a short link too.
+    t.is(tsvol(['container', 'create', 'web', '--from', id]).status, 0);
+    t.is(tsvol(['container', 'rm', 'web']).status, 0);
+    const link = fs.readFileSync(lay.linkFile(hex), 'utf8').trim();
+    t.true(fs.existsSync(lay.shortLink(link)));
+
+    t.is(tsvol(['layer', 'rm', id], STAGED_CRASH).signal, 'SIGKILL');
+    const leftovers = (): string[] => [lay.splitFile(hex), lay.linkFile(hex), lay.shortLink(link)].filter((f) => fs.existsSync(f) || fs.lstatSync(f, { throwIfNoEntry: false }) !== undefined);
+    t.deepEqual(leftovers().length, 3, 'the kill left the split file, the link file and the short link');
+    const s = await startTestServer({ dir, env: { TSVOL_LAYER_DRIVER: 'overlay' } });
+    try {
+      t.true(await until(() => leftovers().length === 0, 10_000), `start-up deleted them: ${leftovers().join(', ')}`);
+      t.true(await until(() => rmStages(root).length === 0, 10_000), 'and the stage the kill left');
+      t.deepEqual(fs.readdirSync(lay.diffsDir), []);
+    } finally {
+      await s.stop();
+    }
+  } finally {
+    cleanupDir(dir);
+  }
+});
+
+test('the overlay probe deletes its scratch directory without following a symlink or crossing a mount planted in it', async (t) => {
+  if (!requireRoot(t)) return;
+  const dir = tempDir('tsvol-probe-');
+  try {
+    const data = path.join(dir, 'data');
+    const layersDir = path.join(data, 'layers');
+    const { src, file } = precious(dir);
+    // `tsvol info` probes overlayfs under layers/, and waits before deleting its scratch directory.
+    const child = spawn(process.execPath, [CLI, 'info', '--json'], {
+      env: { ...process.env, TSVOL_DATA: data, TSVOL_SOCKET: path.join(dir, 'no-server.sock'), TSVOL_PAUSE_AT: `${PROBE_CLEANUP_PAUSE}=3000` },
+    });
+    let out = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    const scratchOf = (): string | undefined => (fs.existsSync(layersDir) ? fs.readdirSync(layersDir).find((e) => e.startsWith('.probe-')) : undefined);
+    t.true(await until(() => scratchOf() !== undefined, 10_000), 'the probe made its scratch directory');
+    const scratch = path.join(layersDir, scratchOf()!);
+    // Planted while the probe waits: a symlink and a bind mount, both to data outside.
+    fs.symlinkSync(src, path.join(scratch, 'link'));
+    fs.mkdirSync(path.join(scratch, 'mnt'));
+    bindMount(src, path.join(scratch, 'mnt'));
+    const code = await exited;
+    t.true(fs.existsSync(file) && fs.readFileSync(file, 'utf8') === 'data that must survive', 'nothing was deleted through the symlink or the mount');
+    t.is(code, 0);
+    const info = JSON.parse(out) as { why: string };
+    t.regex(info.why, /mounts inside its scratch directory were left in place: .*\/\.probe-[^/]+\/mnt; unmount them/);
+    t.deepEqual(fs.readdirSync(scratch), ['mnt'], 'everything else went, the symlink as a symlink');
+  } finally {
+    cleanupDir(dir);
+  }
+});

@@ -26,6 +26,7 @@ import { discardDir } from './discard.js';
 import { createOverlayMounter } from './overlay.js';
 import { probeOverlay } from './probe.js';
 import { isOpaque, isWhiteout, writeTree } from './tar/writer.js';
+import { createKeyedMutex } from '../volumes/keyed-mutex.js';
 
 export type { ContainerRecord, LayerDriver } from '../store/records.js';
 
@@ -209,7 +210,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
     return false;
   }
 
-  return {
+  const ops: ContainerStore = {
     async create(name, from) {
       if (!NAME.test(name)) throw new InvalidArgumentError(`invalid container name "${name}": use [a-zA-Z0-9_.-]`);
       if (meta.getContainer(name) !== undefined) throw new ConflictError(`container layer "${name}" already exists`);
@@ -292,5 +293,16 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
     list: () => meta.containers(),
 
     mergedPath: (name) => paths(ensureMounted(readNow(name))).merged,
+  };
+  // One mutation at a time per container, in arrival order (moby's per-container lock). Two operations on
+  // a container that a killed commit left journaled would otherwise both settle it at once, and the second
+  // meet the first's claim on the stale upper ("locked by another live process"); now the second waits,
+  // finds it settled, and gets its own answer (a second rm: not found). Other containers run meanwhile.
+  const turns = createKeyedMutex();
+  return {
+    ...ops,
+    create: (name, from) => turns.run(name, () => ops.create(name, from)),
+    commit: (name) => turns.run(name, () => ops.commit(name)),
+    remove: (name) => turns.run(name, () => ops.remove(name)),
   };
 }

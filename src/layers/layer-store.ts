@@ -109,6 +109,12 @@ export interface LayerStore {
    * down, then staging debris and diff directories no layer uses. Returns what it removed.
    */
   gc(): Promise<{ removed: string[] }>;
+  /**
+   * Start-up's repair (src/server.ts): deletes diff directories, split files and short links no layer
+   * record uses, which only a process killed while it published or deleted a diff leaves; in the queue.
+   * Returns the diffs/ names removed and the mountpoints left in place.
+   */
+  sweepUnusedDiffs(): Promise<{ removed: string[]; left: string[] }>;
   /** The directory holding a layer's unpacked diff. */
   diffDir(layer: LayerRecord): string;
   /**
@@ -368,6 +374,30 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
     });
   }
 
+  /**
+   * Deletes what is in diffs/ and no layer record uses (call in the queue): diff directories, split files
+   * and short links of the layers just deleted, and those a kill -9 left: a diff published by an import or
+   * commit killed before its record was committed, or the split file and short link of a diff whose
+   * directory had just been moved into tmp/ to be deleted (discard.ts: STAGED_CRASH). Returns the names
+   * removed and the mountpoints left in place. One readdir of diffs/ and one query.
+   */
+  async function discardUnusedDiffs(): Promise<{ removed: string[]; left: string[] }> {
+    const used = store.diffIds();
+    const removed: string[] = [];
+    const left: string[] = [];
+    for (const e of fs.readdirSync(layout.diffsDir, { withFileTypes: true })) {
+      const hex = e.name.replace(/\.(split|link)$/, '');
+      if (used.has(`sha256:${hex}`)) continue;
+      if (e.name.endsWith('.link')) removeShortLink(layout, hex);
+      // Anything else that is not a directory (a split file; a short link's temporary file, left by a
+      // kill while it was written) is a file: only a directory can have a mount inside.
+      else if (!e.isDirectory()) discardFile(path.join(layout.diffsDir, e.name));
+      else left.push(...(await discardDir(layout, layout.diffDir(hex))));
+      removed.push(e.name);
+    }
+    return { removed, left };
+  }
+
   async function* exportLayer(idOrName: string): AsyncGenerator<Buffer> {
     const rec = resolve(idOrName);
     const hex = digestHex(rec.diffId);
@@ -477,6 +507,9 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
         return { untagged: [], deleted: [rec.id] };
       });
     },
+    sweepUnusedDiffs() {
+      return locked(discardUnusedDiffs);
+    },
     async gc() {
       return locked(async () => {
         // One pass over the store builds how many things hold each layer; removing a layer releases its
@@ -512,21 +545,11 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
         const sweep = sweepLayerStages(layout);
         const left = await sweep.done;
         removed.push(...sweep.dead.map((e) => `tmp/${e}`));
-        // Diffs no layer uses: those of the layers just deleted, and any published by an import or commit
-        // killed before its record was committed.
-        const used = store.diffIds();
+        // Diffs no layer uses: those of the layers just deleted, and any left by a process killed.
         const ofDoomed = new Set(doomed.map((l) => digestHex(l.diffId)));
-        for (const e of fs.readdirSync(layout.diffsDir, { withFileTypes: true })) {
-          const hex = e.name.replace(/\.(split|link)$/, '');
-          if (!used.has(`sha256:${hex}`)) {
-            if (e.name.endsWith('.link')) removeShortLink(layout, hex);
-            // Anything else that is not a directory (a split file; a short link's temporary file, left by a
-            // kill while it was written) is a file: only a directory can have a mount inside.
-            else if (!e.isDirectory()) discardFile(path.join(layout.diffsDir, e.name));
-            else left.push(...(await discardDir(layout, layout.diffDir(hex))));
-            if (!ofDoomed.has(hex)) removed.push(`diffs/${e.name}`);
-          }
-        }
+        const unused = await discardUnusedDiffs();
+        left.push(...unused.left);
+        removed.push(...unused.removed.filter((name) => !ofDoomed.has(name.replace(/\.(split|link)$/, ''))).map((name) => `diffs/${name}`));
         if (left.length > 0) throw new ConflictError(`gc removed ${removed.length} entries, but left mounts it found inside them: ${left.join(', ')}; unmount them and run gc again`);
         return { removed };
       });

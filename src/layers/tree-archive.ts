@@ -5,7 +5,6 @@
  * strict parsing, bounded memory, paths resolved beneath the root by the kernel (#9), one xattr policy
  * (sys/file-meta.ts) — have one entrance.
  */
-import fs from 'node:fs';
 import { Beneath } from '../sys/beneath.js';
 import type { TarHeader } from './tar/format.js';
 import { decompressed } from './tar/gzip.js';
@@ -64,13 +63,7 @@ export async function unpackTree(input: AsyncIterable<Buffer>, root: string, opt
       },
     };
     // No split file: a tree unpacked here is not re-exported byte for byte (that is a layer's job).
-    const devNull = fs.openSync('/dev/null', 'w');
-    let stats: UnpackStats;
-    try {
-      stats = await unpackLayer(source, root, devNull, { whiteouts: opts.whiteouts ?? 'overlay' });
-    } finally {
-      fs.closeSync(devNull);
-    }
+    const stats = await unpackLayer(source, root, undefined, { whiteouts: opts.whiteouts ?? 'overlay' });
     if (rootHeader !== undefined) {
       // Last, through the pinned root (its fd), with the same checks and xattr policy as every entry.
       Beneath.with(root, (tree) => tree.applyMeta('', entryMeta(rootHeader, 'the root entry "./"')));

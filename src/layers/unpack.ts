@@ -24,6 +24,17 @@
  * body, and its padding when not all zeros; then the archive's trailer. tree-split.ts records the same
  * for a tree it walks. Export replays it with bodies read
  * from the layer directory, so the tar is never stored twice.
+ *
+ * Byte-exact or refused (#11): a layer is stored only if its export reproduces every byte the reader
+ * consumed, so its DiffID. The reader hands back headers, padding and trailer raw; a body is reproduced
+ * only from the file it was written to, as long as that file keeps those bytes. So, with a split file,
+ * an entry whose body has no file to live in (a whiteout or opaque marker carrying data, a root entry
+ * `./` read as a file with data) is refused, and so is any entry that would remove a file an earlier
+ * entry of the same tar wrote its body to, or a directory holding one (the same path listed twice, a
+ * whiteout of its own file, a directory later replaced): the BodyLedger below. Docker and containerd
+ * apply both kinds and drop those bytes (moby's pkg/archive skips a whiteout's data; the last entry for a
+ * path wins); refusing at import is what keeps every stored layer exportable. Empty bodies need no file
+ * (replay writes nothing for them), so empty files may be replaced.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -68,6 +79,32 @@ export type WhiteoutMode = 'overlay' | 'plain';
 export interface UnpackOptions {
   /** Default 'overlay'. */
   readonly whiteouts?: WhiteoutMode;
+}
+
+/**
+ * The bodies written so far by the tar being unpacked, for byte-exact export (see the module comment):
+ * the files holding a recorded non-empty body, and every directory above one. Removing any of them would
+ * lose bytes the split file points at, so it is refused. Marking stops at the first directory marked
+ * already (its parents are marked too): each body costs O(1) amortized, and memory is one string per
+ * file and directory of the layer, which the unpacker holds references to anyway (dirTimes).
+ */
+class BodyLedger {
+  private readonly files = new Set<string>();
+  private readonly dirs = new Set<string>();
+
+  /** `rel` now holds the body of an entry: `size` bytes of it. */
+  record(rel: string, size: number): void {
+    if (size === 0) return;
+    this.files.add(rel);
+    for (let p = parentOf(rel); p !== '' && !this.dirs.has(p); p = parentOf(p)) this.dirs.add(p);
+  }
+
+  /** Throws unless removing `victim` (for entry `rel`) keeps every recorded body. */
+  assertRemovable(victim: string, rel: string): void {
+    const which = this.files.has(victim) ? `"${victim}", whose bytes` : this.dirs.has(victim) ? `directory "${victim}", which holds files whose bytes` : undefined;
+    if (which === undefined) return;
+    throw new Error(`entry "${rel}" replaces ${which} an earlier entry of this tar wrote; the layer's export could not reproduce them, so it is refused (a layer lists each path once)`);
+  }
 }
 
 /** Normalizes a tar path: relative, no `.`/`..`/empty components; throws on escapes (splitRelative). */
@@ -229,11 +266,14 @@ class ParentDir {
 /**
  * Unpacks every entry of `reader` into `root` (an empty directory), writing the split file to `splitFd`.
  * `whiteouts` says whether `.wh.` names are overlay whiteouts (layers, the default) or plain names
- * (volume archives).
+ * (volume archives). With a split file, a tar whose export could not reproduce it is refused (the module
+ * comment: byte-exact or refused); without one (`undefined`: a volume archive, never re-exported byte for
+ * byte), the last entry for a path wins, as tar does.
  */
-export async function unpackLayer(reader: EntrySource, root: string, splitFd: number, opts: UnpackOptions = {}): Promise<UnpackStats> {
+export async function unpackLayer(reader: EntrySource, root: string, splitFd: number | undefined, opts: UnpackOptions = {}): Promise<UnpackStats> {
   const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
-  const split = new SplitWriter(splitFd);
+  const split = splitFd === undefined ? undefined : new SplitWriter(splitFd);
+  const ledger = splitFd === undefined ? undefined : new BodyLedger();
   const tree = Beneath.open(root);
   const parents = new ParentDir(tree);
   // Directory mtimes, applied last (creating their children changes them); the last entry for a path wins.
@@ -243,13 +283,20 @@ export async function unpackLayer(reader: EntrySource, root: string, splitFd: nu
     for (let entry = await reader.next(); entry !== undefined; entry = await reader.next()) {
       const h = entry.header;
       const rel = safeRelative(h.path);
+      const base = path.posix.basename(rel);
+      // Entries whose body bytes would have no file to be exported from: refused before anything is made.
+      if (ledger !== undefined && entry.bodySize > 0) {
+        if (rel === '') throw new Error(`entry "${h.path}" is the archive's root, read as a file with ${entry.bodySize} bytes of data; the layer's export could not reproduce them, so it is refused`);
+        if (overlay && base.startsWith(WHITEOUT_PREFIX)) {
+          throw new Error(`entry "${rel}" is a whiteout carrying ${entry.bodySize} bytes of data (OCI whiteouts are empty files); the layer's export could not reproduce them, so it is refused`);
+        }
+      }
       if (rel === '') {
         // The archive's root directory entry ("./"): only its metadata applies (importVolume does that).
         await entry.skip();
-        split.entry(entry.raw, undefined, 0, entry.padding());
+        split?.entry(entry.raw, undefined, 0, entry.padding());
         continue;
       }
-      const base = path.posix.basename(rel);
       let bodyPath: string | undefined;
       const touched = [rel];
       try {
@@ -262,19 +309,23 @@ export async function unpackLayer(reader: EntrySource, root: string, splitFd: nu
           touched.push(parentOf(rel) === '' ? name : `${parentOf(rel)}/${name}`);
           const dir = parents.get(parentOf(rel));
           if (dir.lstat(name) !== undefined) {
+            ledger?.assertRemovable(touched[1]!, rel);
             dir.remove(name);
             parents.drop();
           }
           parents.get(parentOf(rel)).mknod(name, fs.constants.S_IFCHR | 0o000, 0);
         } else {
-          bodyPath = await applyEntry(tree, parents, rel, h, () => entry.body(), dirTimes, touched);
+          bodyPath = await applyEntry(tree, parents, rel, h, () => entry.body(), dirTimes, touched, ledger);
           if (bodyPath !== undefined) stats.size += h.size;
         }
       } catch (err) {
         throw entryError(tree, rel, touched, err);
       }
       await entry.skip();
-      split.entry(entry.raw, bodyPath, h.size, entry.padding());
+      // Every body byte the reader consumed has a file to be exported from (checked above for the rest).
+      if (bodyPath === undefined && entry.bodySize > 0 && ledger !== undefined) throw new Error(`entry "${rel}": its ${entry.bodySize} bytes of data were not kept`);
+      if (bodyPath !== undefined) ledger?.record(bodyPath, entry.bodySize);
+      split?.entry(entry.raw, bodyPath, entry.bodySize, entry.padding());
       stats.files++;
     }
     parents.drop();
@@ -283,7 +334,7 @@ export async function unpackLayer(reader: EntrySource, root: string, splitFd: nu
     parents.drop();
     tree.close();
   }
-  split.trailer(reader.trailer);
+  split?.trailer(reader.trailer);
   return stats;
 }
 
@@ -299,6 +350,7 @@ async function applyEntry(
   body: () => AsyncGenerator<Buffer>,
   dirTimes: Map<string, bigint>,
   touched: string[],
+  ledger: BodyLedger | undefined,
 ): Promise<string | undefined> {
   const what = `entry "${rel}"`;
   // A hardlink's target is checked before anything at `rel` is removed: a refused entry changes nothing.
@@ -314,6 +366,7 @@ async function applyEntry(
   let dir = parents.get(parentOf(rel));
   const existing = dir.lstat(name);
   if (existing !== undefined && !(existing.isDirectory() && h.type === 'dir')) {
+    ledger?.assertRemovable(rel, rel);
     dir.remove(name);
     // `dir` itself stayed (only its child went), but nothing pinned survives a removal: resolved afresh.
     parents.drop();
@@ -475,7 +528,9 @@ async function* replayRecords(data: Buffer, tree: Beneath): AsyncGenerator<Buffe
       o += pathLen;
       const pad = data.subarray(o, o + padLen);
       o += padLen;
-      if (size >= 0) {
+      // An empty body (and its padding) is no bytes at all: no file is opened for it, which lets a later
+      // entry of the tar replace an empty file (unpackLayer's BodyLedger).
+      if (size > 0) {
         let fd: number;
         try {
           fd = openBody(bodyPath);

@@ -108,6 +108,12 @@ export interface TarEntry {
   readonly header: TarHeader;
   /** The raw bytes of every header block of this entry (pax, GNU long names, the ustar block). */
   readonly raw: Buffer;
+  /**
+   * Bytes of body that follow the header in the archive: `header.size` for a regular file (and any type
+   * read as one), 0 for the header-only types (directories, links, devices, fifos) whatever their size
+   * field says, as Go's archive/tar reads them. Every one of these bytes is part of the DiffID.
+   */
+  readonly bodySize: number;
   /** The body's chunks; must be consumed fully (or skipped with `skip()`). */
   body(): AsyncGenerator<Buffer>;
   skip(): Promise<void>;
@@ -240,7 +246,7 @@ export class TarReader implements EntrySource {
       await self.closingOnError(finish);
     }
     this.current = finish;
-    return { header, raw, body, skip: () => self.closingOnError(finish), padding: () => self.lastPadding };
+    return { header, raw, bodySize: size, body, skip: () => self.closingOnError(finish), padding: () => self.lastPadding };
   }
 }
 
