@@ -483,7 +483,8 @@ async function* replayRecords(data: Buffer, tree: Beneath): AsyncGenerator<Buffe
           throw new Error(`the body of "${bodyPath}" is no longer a file below the layer (a later entry of its tar replaced it or a directory on its way): ${describeError(err)}`, { cause: err });
         }
         try {
-          out.file(fd, size, bodyPath);
+          // Handed over at each full buffer: a body of any size streams through, never held whole.
+          for (const _ of out.file(fd, size, bodyPath)) for (const b of out.take()) yield b;
         } finally {
           fs.closeSync(fd);
         }

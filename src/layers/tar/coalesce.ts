@@ -42,15 +42,24 @@ export class Coalescer {
     if (size > 0) this.push(Buffer.alloc(size));
   }
 
-  /** Appends exactly `size` bytes of the file `fd`, read straight into the output buffer. */
-  file(fd: number, size: number, what: string): void {
+  /**
+   * Appends exactly `size` bytes of the file `fd`, read straight into the output buffer, pausing (a yield)
+   * each time a buffer fills: a streaming caller takes it then (take()), so a file of any size is never
+   * held in memory beyond the buffer being filled and the one just handed out. Given `consume`, the
+   * buffer went to it already and the pause has nothing to hand over. Iterate it to the end: the bytes
+   * are read only as it is iterated.
+   */
+  *file(fd: number, size: number, what: string): Generator<void> {
     let left = size;
     while (left > 0) {
       const n = fs.readSync(fd, this.buf, this.used, Math.min(left, this.size - this.used), null);
       if (n === 0) throw new Error(`"${what}" is shorter than recorded (${size} bytes)`);
       this.used += n;
       left -= n;
-      if (this.used === this.size) this.rotate();
+      if (this.used === this.size) {
+        this.rotate();
+        yield;
+      }
     }
   }
 

@@ -86,8 +86,9 @@ export function writeTreeTo(root: string | Beneath, opts: WriteTreeOptions, cons
 }
 
 /**
- * The walk of writeTree: writes the tar into `out`, pausing (a yield) after each file's body and each
- * directory's header, where a streaming caller hands over what is ready.
+ * The walk of writeTree: writes the tar into `out`, pausing (a yield) after each file's body, each
+ * directory's header and each full buffer within a body, where a streaming caller hands over what is
+ * ready: what the walk holds is a buffer or two, whatever the files' sizes.
  */
 function* emitTree(root: string | Beneath, opts: WriteTreeOptions, out: Coalescer): Generator<void> {
   const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
@@ -171,7 +172,7 @@ function* emitTree(root: string | Beneath, opts: WriteTreeOptions, out: Coalesce
           // Through the open fd: the very inode read below, without another lookup of its name.
           const xattrs = tarXattrs(fdXattrs(own));
           header(headerOf(childRel, st, 'file', { size: st.size, xattrs }), { path: childRel, size: st.size });
-          out.file(own, st.size, childRel);
+          yield* out.file(own, st.size, childRel); // a pause per full buffer: a huge file streams through
         } finally {
           if (own !== fd) fs.closeSync(own);
         }
