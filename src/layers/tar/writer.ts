@@ -74,11 +74,18 @@ export async function* writeTree(root: string | Beneath, opts: WriteTreeOptions 
 
 /**
  * writeTree for a consumer that takes the tar synchronously (a hash): each piece goes to `consume` and is
- * reused once it returns, and nothing is yielded, so the walk makes no garbage per megabyte (#13). The
- * same bytes as writeTree, by the same walk.
+ * reused once it returns, and nothing is yielded, so the walk makes no garbage per megabyte (#13). With
+ * `buffers`, each piece is written into a buffer `buffers.provide()` gives (of `buffers.size` bytes: a
+ * slot of a ring another thread hashes, hash-ring.ts) and is the consumer's once handed over. The same
+ * bytes as writeTree, by the same walk.
  */
-export function writeTreeTo(root: string | Beneath, opts: WriteTreeOptions, consume: (bytes: Buffer) => void): void {
-  const out = new Coalescer(consume, 1 << 20);
+export function writeTreeTo(
+  root: string | Beneath,
+  opts: WriteTreeOptions,
+  consume: (bytes: Buffer) => void,
+  buffers?: { readonly size: number; provide(): Buffer },
+): void {
+  const out = new Coalescer(consume, buffers?.size ?? 1 << 20, buffers?.provide);
   for (const _ of emitTree(root, opts, out)) {
     // Nothing to hand over between entries: full buffers went to `consume` as they filled.
   }
