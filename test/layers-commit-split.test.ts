@@ -21,6 +21,7 @@ import { lsetxattr, mknod } from '../src/sys/libc.js';
 import { openLayerStore } from './helpers/store.js';
 import { cleanupDir, requireRoot, tempDir } from './helpers/server.js';
 import { buildRichTree } from './helpers/tree.js';
+import { readMeta } from './helpers/meta.js';
 
 async function collect(it: AsyncIterable<Buffer>): Promise<Buffer> {
   const parts: Buffer[] = [];
@@ -102,6 +103,20 @@ test('commit: the layer split from the walk has the same DiffID, export, split f
     const hex = layer.diffId.slice(7);
     const split = fs.readFileSync(layersLayout(root).splitFile(hex));
     t.true(split.equals(fs.readFileSync(layersLayout(path.join(dir, 'other', 'layers')).splitFile(hex))), 'the split files are byte-identical');
+    // The layer's directory is the upper itself, moved (#13): its directories are in a layer's form, with
+    // the owners, modes, xattrs and mtimes importing the same tar gives them (overlay's private xattrs
+    // gone, but the opaque marker).
+    const ours = layersLayout(root).diffDir(hex);
+    const theirs = layersLayout(path.join(dir, 'other', 'layers')).diffDir(hex);
+    const dirs = (top: string, rel = ''): string[] =>
+      [rel, ...fs.readdirSync(path.join(top, rel), { withFileTypes: true }).filter((e) => e.isDirectory()).flatMap((e) => dirs(top, path.join(rel, e.name)))];
+    t.deepEqual(dirs(ours).sort(), dirs(theirs).sort());
+    for (const rel of dirs(theirs).filter((r) => r !== '')) {
+      // A tar carries whole seconds: the imported mtime is the upper's, floored.
+      const { atimeNs: _a, mtimeNs: wantNs, ...want } = readMeta(path.join(theirs, rel));
+      const { atimeNs: _b, mtimeNs: gotNs, ...got } = readMeta(path.join(ours, rel));
+      t.deepEqual({ ...got, mtime: gotNs / 1_000_000_000n }, { ...want, mtime: wantNs / 1_000_000_000n }, `directory ${rel}`);
+    }
     await containers.remove('rich');
   } finally {
     cleanupDir(dir);

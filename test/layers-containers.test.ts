@@ -12,6 +12,7 @@ import { Readable } from 'node:stream';
 import test from 'ava';
 import { openLayerStore } from './helpers/store.js';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
+import { replaySplit } from '../src/layers/unpack.js';
 import { CLI, cleanupDir, requireRoot, tempDir } from './helpers/server.js';
 import { requireTools } from './helpers/require.js';
 
@@ -313,3 +314,53 @@ test('kill -9 during a commit leaves no half-made layer; the container and a lat
     cleanupDir(path.dirname(tsvol.data));
   }
 });
+
+// A commit of an idle container moves its upper directory whole into the layer store (#13). Each named
+// crash point is a window of that move: after the journal (nothing moved), after the move (the upper is
+// diffs/<hex>, no record), after the publish's renames (the same, in layer form), after the record and the
+// switch were committed together. Whatever the window, gc run first must not take the container's files
+// for debris, and the container's next use shows every file.
+for (const point of ['container-commit:after-journal', 'adopt:after-move', 'layer-publish:after-rename', 'container-commit:after-switch'] as const) {
+  test(`kill -9 at ${point} in a commit that moves the upper into the store: gc keeps it, the next use settles the commit`, async (t) => {
+    if (!requireRoot(t)) return;
+    const tsvol = world('overlay');
+    try {
+      const base = await importChain(tsvol, [[['seed', 'seed']]]);
+      const merged = tsvol(['container', 'create', 'busy', '--from', base]);
+      for (let i = 0; i < 50; i++) fs.writeFileSync(path.join(merged, `f${i}`), `file ${i}`);
+      fs.mkdirSync(path.join(merged, 'dir'));
+      fs.writeFileSync(path.join(merged, 'dir', 'inner'), 'inner');
+      const env = { ...process.env, TSVOL_DATA: tsvol.data, TSVOL_LAYER_DRIVER: 'overlay' };
+      const r = spawnSync(process.execPath, [CLI, 'container', 'commit', 'busy'], { env: { ...env, TSVOL_CRASH_AT: point } });
+      t.is(r.signal, 'SIGKILL', `the commit reached ${point}: ${r.stderr.toString()}`);
+      const diffs = path.join(tsvol.data, 'layers', 'diffs');
+      const moved = fs.readdirSync(diffs).filter((e) => /^[0-9a-f]{64}$/.test(e) && fs.existsSync(path.join(diffs, e, 'dir', 'inner')));
+      if (point === 'adopt:after-move') {
+        // The very tar the commit was making (same DiffID), imported meanwhile: refused, the upper untouched.
+        t.is(moved.length, 1, 'the upper is in diffs/');
+        const parts: Buffer[] = [];
+        for await (const b of replaySplit(path.join(diffs, `${moved[0]}.split`), path.join(diffs, moved[0]!))) parts.push(Buffer.from(b));
+        const tar = Buffer.concat(parts);
+        const err = spawnSync(process.execPath, [CLI, 'layer', 'import', '-'], { env, input: tar }).stderr.toString();
+        t.regex(err, /container layer "busy"'s upper, moved there by a commit that stopped midway/);
+      }
+      tsvol(['layer', 'gc']);
+      t.is(tsvol(['container', 'mount', 'busy']), merged);
+      t.deepEqual(fs.readdirSync(merged).sort(), ['dir', ...Array.from({ length: 50 }, (_, i) => `f${i}`), 'seed'].sort());
+      t.is(fs.readFileSync(path.join(merged, 'f7'), 'utf8'), 'file 7');
+      t.is(fs.readFileSync(path.join(merged, 'dir', 'inner'), 'utf8'), 'inner');
+      const committed = tsvol(['container', 'diff', 'busy']) === '';
+      t.is(committed, point === 'container-commit:after-switch', 'committed only once its record and switch were');
+      for (const l of JSON.parse(tsvol(['layer', 'ls', '--json'])) as { id: string; diffId: string }[]) {
+        const tar = spawnSync(process.execPath, [CLI, 'layer', 'export', l.id], { env, maxBuffer: 1 << 26 }).stdout;
+        t.is(`sha256:${createHash('sha256').update(tar).digest('hex')}`, l.diffId, 'a visible layer is whole');
+      }
+      t.regex(tsvol(['container', 'commit', 'busy']), /^sha256:/, 'and it commits again');
+      t.is(fs.readdirSync(path.join(tsvol.data, 'layers', 'containers', 'busy')).filter((f) => f.startsWith('upper')).length, 1, 'one upper directory left');
+      tsvol(['layer', 'gc']);
+      t.deepEqual(fs.readdirSync(path.join(tsvol.data, 'layers', 'tmp')), []);
+    } finally {
+      cleanupDir(path.dirname(tsvol.data));
+    }
+  });
+}

@@ -14,9 +14,9 @@ import test from 'ava';
 import fc from 'fast-check';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { TarReader } from '../src/layers/tar/reader.js';
-import { linkTree, unpackLayer, type WhiteoutMode } from '../src/layers/unpack.js';
+import { toLayerForm, unpackLayer, type WhiteoutMode } from '../src/layers/unpack.js';
 import { DIR_XATTRS, FILE_XATTRS, MTIME_NS, hexXattrs, plantMetaCases, readMeta } from './helpers/meta.js';
-import { lgetxattr, llistxattr, lsetxattr } from '../src/sys/libc.js';
+import { lgetxattr, llistxattr, lsetxattr, lutimesNs } from '../src/sys/libc.js';
 import { CLI, requireRoot, tempDir } from './helpers/server.js';
 
 /** One tar entry (header, body, padding). */
@@ -327,17 +327,23 @@ test('unpacked entries get owners, set-id modes, file xattrs and the pax mtime t
   }
 });
 
-test('linkTree gives a layer copy its directories\' owners, modes, xattrs and ns mtimes, keeping only the opaque marker of overlay\'s (#10)', (t) => {
+test('toLayerForm keeps a moved upper\'s directories\' owners, modes, xattrs and ns times, dropping overlay\'s own but the opaque marker (#10, #13)', (t) => {
   if (!requireRoot(t)) return; // other owners, trusted.* xattrs
-  const base = tempDir('tsvol-linktree-meta-');
+  const base = tempDir('tsvol-layerform-meta-');
   t.teardown(() => fs.rmSync(base, { recursive: true, force: true }));
-  const src = path.join(base, 'src');
-  fs.mkdirSync(src);
-  plantMetaCases(src);
-  lsetxattr(path.join(src, 'd'), 'trusted.overlay.redirect', Buffer.from('/x'));
-  const dst = path.join(base, 'dst');
-  linkTree(src, dst);
-  // XATTRS.layerForm: the opaque marker is part of a layer's form; redirect is not.
-  t.like(readMeta(path.join(dst, 'd')), { uid: 42, gid: 43, mode: '42750', xattrs: hexXattrs(DIR_XATTRS, [...DIR_XATTRS.keys()]), mtimeNs: MTIME_NS });
-  t.is(fs.statSync(path.join(dst, 'f')).ino, fs.statSync(path.join(src, 'f')).ino, 'files are shared by hard links');
+  const tree = path.join(base, 'tree');
+  fs.mkdirSync(tree);
+  plantMetaCases(tree);
+  // What overlayfs leaves on an upper's directories: a redirect, an origin, the impure marker.
+  for (const [k, v] of [['trusted.overlay.redirect', '/x'], ['trusted.overlay.impure', 'y'], ['trusted.overlay.origin', 'fh']] as const) lsetxattr(path.join(tree, 'd'), k, Buffer.from(v));
+  lsetxattr(tree, 'trusted.overlay.impure', Buffer.from('y'));
+  lutimesNs(path.join(tree, 'd'), MTIME_NS, MTIME_NS);
+  const file = readMeta(path.join(tree, 'f'));
+  toLayerForm(tree);
+  // XATTRS.layerForm: the opaque marker is part of a layer's form; the others are not. The mtime unchanged
+  // (the walk's own reads may touch atime, as linkTree's did).
+  const { atimeNs: _atime, ...d } = readMeta(path.join(tree, 'd'));
+  t.deepEqual(d, { uid: 42, gid: 43, mode: '42750', xattrs: hexXattrs(DIR_XATTRS, [...DIR_XATTRS.keys()]), mtimeNs: MTIME_NS });
+  t.deepEqual(readMeta(tree).xattrs, {});
+  t.deepEqual(readMeta(path.join(tree, 'f')), file, 'files are left as they are');
 });

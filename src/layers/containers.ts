@@ -14,9 +14,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ConflictError, InvalidArgumentError, NotFoundError, errnoCode } from '../errors.js';
-import { layersLayout, type ContainerDirs } from '../store/layout.js';
+import { digestHex, layersLayout, type ContainerDirs } from '../store/layout.js';
 import type { ContainerRecord, LayerDriver } from '../store/records.js';
 import { readBootId } from '../sys/boot.js';
+import { crashPoint } from '../sys/crash-point.js';
+import { fsyncDir } from '../sys/durable.js';
 import { isMountRoot } from '../sys/libc.js';
 import { unmountTarget } from '../sys/mount.js';
 import { createStage } from '../sys/staging.js';
@@ -52,7 +54,8 @@ function processAlive(pid: number): boolean {
 export interface ContainerStore {
   /** Makes and mounts a writable layer on `from`; returns the merged path. */
   create(name: string, from: string): Promise<string>;
-  diff(name: string): Change[];
+  /** The changes since the container's layer, like `docker diff` (a commit that stopped midway is settled first). */
+  diff(name: string): Promise<Change[]>;
   /**
    * Turns the writable layer into a new read-only layer on top of its base, and (except for an overlay
    * container in use) rebases the container on it: `diff` then lists the changes since this commit.
@@ -60,7 +63,8 @@ export interface ContainerStore {
   commit(name: string): Promise<LayerRecord>;
   remove(name: string): Promise<void>;
   list(): ContainerRecord[];
-  mergedPath(name: string): string;
+  /** The merged tree's path, mounted if it was not (a commit that stopped midway is settled first). */
+  mergedPath(name: string): Promise<string>;
 }
 
 /**
@@ -89,22 +93,25 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
   /**
    * What a commitInPlace that stopped between its journal and its switch comes to: if the new layer was
    * published, the container moves to it and its fresh upper (the old upper's files belong to the layer
-   * now, so they must never be written again); if not, the journal is dropped. `stale` is the upper
-   * directory that is then debris. A commit still running in another live process is left alone
-   * (undefined), unless `force` (the committing process itself, after a failure).
+   * now, so they must never be written again); if not, the journal is dropped, and an upper the commit
+   * had moved into the layer store already (next.diff) goes back first (`restore`: from there to its
+   * place; its directories may have lost overlay's private xattrs but the opaque marker on the way, as a
+   * layer's do: toLayerForm). `stale` is the upper directory that is then debris. A commit still running
+   * in another live process is left alone (undefined), unless `force` (the committing process itself,
+   * after a failure).
    */
-  function outcome(rec: ContainerRecord, force: boolean): { settled: ContainerRecord; stale: string } | undefined {
+  function outcome(rec: ContainerRecord, force: boolean): { settled: ContainerRecord; stale: string; restore?: string } | undefined {
     const next = rec.next;
     if (next === undefined) return undefined;
     if (!force && next.boot === readBootId() && processAlive(next.pid)) return undefined;
     const published = meta.getLayer(next.from) !== undefined;
     const { next: _, ...base } = rec;
-    return published
-      ? { settled: { ...base, from: next.from, upper: next.upper }, stale: rec.upper ?? 'upper' }
-      : { settled: base, stale: next.upper };
+    if (published) return { settled: { ...base, from: next.from, upper: next.upper }, stale: rec.upper ?? 'upper' };
+    const moved = next.diff !== undefined && !fs.existsSync(paths(rec).upper) ? layout.diffDir(digestHex(next.diff)) : undefined;
+    return moved === undefined ? { settled: base, stale: next.upper } : { settled: base, stale: next.upper, restore: moved };
   }
 
-  /** The record as settle() would leave it, without writing anything: for the synchronous reads. */
+  /** The record as settle() would leave it, without writing anything (a journal found is a live process's). */
   function readNow(name: string): ContainerRecord {
     const rec = readStored(name);
     return outcome(rec, false)?.settled ?? rec;
@@ -119,6 +126,14 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
   async function settle(rec: ContainerRecord, force = false): Promise<ContainerRecord> {
     const o = outcome(rec, force);
     if (o === undefined) return rec;
+    if (o.restore !== undefined) {
+      const upper = paths(rec).upper;
+      fs.renameSync(o.restore, upper);
+      // Durable before the journal goes: else a power cut could leave a record naming an upper that is
+      // still in diffs/ with no journal claiming it, where gc deletes it.
+      fsyncDir(path.dirname(upper));
+      fsyncDir(path.dirname(o.restore));
+    }
     // The stale upper is stale whether or not the new record is saved yet: the outcome is decided by
     // whether the layer's record exists, and a crash before the save reaches the same outcome again. So
     // it is deleted while the record is saved, not after (#13: the save's fsync, off a commit's path).
@@ -139,16 +154,18 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
 
   /**
    * Commit without copying data, for an overlay container nobody is using: in the layer store's queue of
-   * mutations, unmount it (refused if busy: then undefined, and the caller copies instead), hash its upper directory
-   * and publish it as the layer's directory by hard links, journal the switch in the record, then move
-   * the container onto the new layer with a fresh, empty upper, and mount it again. Every step is either
-   * undone or finished by settle() after a crash. Costs one read of the changes (for the DiffID) and one
-   * syncfs, instead of a full copy.
+   * mutations, unmount it (refused if busy: then undefined, and the caller copies instead), hash its upper
+   * directory, journal the switch in the record, move the upper whole into the layer store as the layer's
+   * directory (one rename, #13), and commit the layer's record together with the container's move onto it,
+   * with a fresh, empty upper; then mount it again. Every step is either undone or finished by settle()
+   * after a crash (the moved upper goes back to the container if the record was not committed). Costs one
+   * read of the changes (for the DiffID) and one syncfs, instead of a full copy.
    */
   async function commitInPlace(name: string): Promise<LayerRecord | undefined> {
     let rec = await read(name);
     const fresh = layout.newUpperName();
     let journal: ContainerRecord | undefined;
+    let switched: ContainerRecord | undefined;
     let started = false;
     try {
       return await layers.adoptTree(rec.from, {
@@ -174,12 +191,25 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
           fs.chownSync(target, st.uid, st.gid);
           return p.upper;
         },
-        async beforePublish(layer) {
-          journal = { ...rec, next: { from: layer.id, upper: fresh, pid: process.pid, boot: readBootId() } };
+        async beforePublish(layer, moves) {
+          // Durable before the upper moves (moves): the journal is what brings it back after a crash.
+          const next = { from: layer.id, upper: fresh, pid: process.pid, boot: readBootId() };
+          journal = { ...rec, next: moves ? { ...next, diff: layer.diffId } : next };
           await save(journal);
+          crashPoint('container-commit:after-journal');
+        },
+        publishWith(layer) {
+          // The container's switch onto the layer, in the transaction that records the layer.
+          switched = { ...rec, from: layer.id, upper: fresh };
+          return [{ op: 'container.put', record: switched }];
         },
         async afterPublish() {
-          rec = await settle(journal!, true);
+          crashPoint('container-commit:after-switch');
+          // The old upper: moved into the layer store (nothing left here), or, when the layer's diff
+          // existed already, debris whose files that layer does not use.
+          const old = paths(rec).upper;
+          rec = switched!;
+          await discardDir(layout, old);
         },
       });
     } finally {
@@ -234,8 +264,12 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
       return p.merged;
     },
 
-    diff(name) {
-      const rec = readNow(name);
+    async diff(name) {
+      const rec = await read(name);
+      // A commit under way in this process (the server) may have moved the upper into the layer store.
+      if (rec.next !== undefined && !fs.existsSync(paths(rec).upper)) {
+        throw new ConflictError(`container layer "${name}" is being committed by process ${rec.next.pid}; retry when the commit is done`);
+      }
       const lowerDirs = lowers(rec.from);
       if (rec.driver === 'copy') return copyDiff(lowerDirs, paths(rec).merged);
       const upper = paths(rec).upper;
@@ -292,7 +326,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
 
     list: () => meta.containers(),
 
-    mergedPath: (name) => paths(ensureMounted(readNow(name))).merged,
+    mergedPath: async (name) => paths(ensureMounted(await read(name))).merged,
   };
   // One mutation at a time per container, in arrival order (moby's per-container lock). Two operations on
   // a container that a killed commit left journaled would otherwise both settle it at once, and the second

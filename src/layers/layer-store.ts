@@ -37,14 +37,26 @@ import { decompressed } from './tar/gzip.js';
 import { TarReader } from './tar/reader.js';
 import { removeShortLink } from './overlay.js';
 import { hashTreeInWorker } from './tree-split.js';
-import { linkTree, replaySplit, unpackLayer, type UnpackStats } from './unpack.js';
+import { replaySplit, toLayerForm, unpackLayer, type UnpackStats } from './unpack.js';
 
 export type { LayerRecord } from '../store/records.js';
 
 /** What adoptTree's caller does around publishing (see LayerStore.adoptTree). */
 export interface AdoptHooks {
   prepare(): string | undefined | Promise<string | undefined>;
-  beforePublish(layer: LayerRecord): void | Promise<void>;
+  /**
+   * `moves`: the tree itself is about to become the layer's directory (diffs/<hex of layer.diffId>), moved
+   * there by one rename once this returns. The caller must have recorded that durably by then (a journal
+   * naming the DiffID, ContainerRecord.next.diff): until the layer's record is committed, the moved tree
+   * is still the caller's, which moves it back if the record never is (containers.ts settle). gc and
+   * publish leave a diff directory so journaled alone (journaledDiffs).
+   */
+  beforePublish(layer: LayerRecord, moves: boolean): void | Promise<void>;
+  /**
+   * Changes committed in the same transaction as the layer's record (the container's switch onto it), so
+   * the layer is never recorded without them; committed alone when the layer existed already.
+   */
+  publishWith(layer: LayerRecord): Change[];
   afterPublish(layer: LayerRecord): void | Promise<void>;
 }
 
@@ -84,11 +96,13 @@ export interface LayerStore {
   publishLayer(staged: StagedLayer, parent?: string): Promise<{ layer: LayerRecord; created: boolean }>;
   /**
    * A layer on `parent` made from a tree (an overlay upper directory) without copying file data: its
-   * DiffID is hashed from the tree's tar, and the layer's directory hard-links the tree's files, so the
-   * tree must never change again. Serialized with the store's other mutations: `hooks.prepare` returns
+   * DiffID is hashed from the tree's tar, and the tree itself is renamed into the store as the layer's
+   * directory (unless a layer has that DiffID already: then the tree is left where it is, for the caller
+   * to delete). The tree must never change again. Serialized with the store's other mutations: `hooks.prepare` returns
    * the tree (or undefined to give up: adoptTree then returns undefined); `hooks.beforePublish` runs once
-   * the layer is known and before it becomes visible; `hooks.afterPublish` once it is durable. Both run
-   * when the layer already existed too. containers.ts journals its switch to the new layer in them.
+   * the layer is known and before it becomes visible (and before the tree moves: see AdoptHooks);
+   * `hooks.afterPublish` once it is durable. Both run when the layer already existed too. containers.ts
+   * journals its switch to the new layer in them.
    */
   adoptTree(parent: string | undefined, hooks: AdoptHooks): Promise<LayerRecord | undefined>;
   /** The layer's own diff as a tar, byte-identical to what was imported. */
@@ -255,31 +269,49 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
   });
 
   /**
-   * Makes a layer visible; in the queue. The diff directory is stored once per DiffID. When no layer uses
-   * the DiffID yet, `makeDiff` fills `staged.diff` (unless it is filled already) and it is renamed into
-   * diffs/ with its split file; whatever was at that name is debris of an import killed before its record
-   * (possibly torn: its rename may have reached the disk before its files), and is replaced. Then one
-   * syncfs makes the files and the renames durable, and only then is the record committed: the record is
-   * the truth. A kill -9 at any instant leaves the layer whole with its record, or no record (gc deletes
-   * the diff, and the next publish of that DiffID replaces it).
+   * Container layers whose unfinished commit moved, or is about to move, their upper directory to
+   * diffs/<hex> (ContainerRecord.next.diff): hex → container name. Such a directory has no layer record
+   * yet, but it is no debris: it is the container's until its journal is settled (containers.ts).
    */
-  async function publish(staged: LayerStageFiles | undefined, rec: LayerRecord, makeDiff: (dir: string) => void): Promise<void> {
+  function journaledDiffs(): Map<string, string> {
+    const out = new Map<string, string>();
+    for (const c of store.containers()) if (c.next?.diff !== undefined) out.set(digestHex(c.next.diff), c.name);
+    return out;
+  }
+
+  /**
+   * Makes a layer visible; in the queue. The diff directory is stored once per DiffID. When no layer uses
+   * the DiffID yet, the split file `split` is renamed into diffs/ and `placeDiff` puts the directory at
+   * its name (a stage's diff renamed, or a container's upper moved whole: adoptTree); whatever was at that
+   * name is debris of an import killed before its record (possibly torn: its rename may have reached the
+   * disk before its files), and is replaced, unless a container's journal names it (journaledDiffs). Then
+   * one syncfs makes the files and the renames durable, and only then is the record committed: the record
+   * is the truth. A kill -9 at any instant leaves the layer whole with its record, or no record (gc deletes
+   * the diff, and the next publish of that DiffID replaces it; a moved upper goes back to its container).
+   */
+  async function publish(split: string | undefined, rec: LayerRecord, placeDiff: (target: string) => void, alsoCommit: readonly Change[] = []): Promise<void> {
     if (store.diffUsers(rec.diffId) === 0) {
-      if (staged === undefined || !fs.existsSync(staged.split)) {
+      if (split === undefined || !fs.existsSync(split)) {
         throw new InternalError(`layer ${rec.id}: its diff ${rec.diffId} is no longer stored (removed while it was being published); retry`);
       }
       const hex = digestHex(rec.diffId);
       const target = layout.diffDir(hex);
+      if (fs.existsSync(target)) {
+        // Only when something is there (a crash left it): the journals are read only then.
+        const owner = journaledDiffs().get(hex);
+        if (owner !== undefined) {
+          throw new ConflictError(`layer ${rec.id}: its directory is container layer "${owner}"'s upper, moved there by a commit that stopped midway; run \`tsvol container mount ${owner}\` (which finishes it), then retry`);
+        }
+      }
       // Debris at the name goes through the deleter (never across a mount); a mount found in it stays in tmp/.
       const left = await discardDir(layout, target);
       if (left.length > 0) throw new ConflictError(`layer ${rec.id}: mounts were found inside the debris of an earlier publish: ${left.join(', ')}; unmount them and retry`);
-      makeDiff(staged.diff);
-      fs.renameSync(staged.split, layout.splitFile(hex));
-      fs.renameSync(staged.diff, target);
+      fs.renameSync(split, layout.splitFile(hex));
+      placeDiff(target);
       crashPoint('layer-publish:after-rename');
     }
     syncFilesystem(layout.diffsDir);
-    await store.commit([{ op: 'layer.put', layer: rec }]);
+    await store.commit([{ op: 'layer.put', layer: rec }, ...alsoCommit]);
   }
 
   /** A StagedLayer's own parts, by the object the store handed out. */
@@ -319,7 +351,8 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
       const rec = recordOf(parent, staged);
       const existing = store.getLayer(rec.id);
       if (existing) return { layer: existing, created: false };
-      await publish(stagedParts.get(staged), rec, () => undefined); // unpacked into the stage's diff already
+      const parts = stagedParts.get(staged);
+      await publish(parts?.split, rec, (target) => fs.renameSync(parts!.diff, target)); // unpacked into the stage's diff already
       return { layer: rec, created: true };
     });
   }
@@ -334,40 +367,32 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
     }
   }
 
-  /**
-   * The DiffID and counts the tree `dir` would have as a layer, with its split file written into the stage
-   * and the tree linked into stage/diff (linkTree), both straight from the tree (#13): the walk that hashes
-   * the tree runs on a worker thread while this one links; they read the same tree, which no longer changes.
-   * A layer that exists already leaves its links to be deleted with the stage.
-   */
-  async function readTree(stage: string, dir: string): Promise<{ diffId: string; size: number; files: number }> {
-    const staged = layerStageFiles(stage);
-    const hashing = hashTreeInWorker(dir, staged.split);
-    let linkError: unknown;
-    try {
-      linkTree(dir, staged.diff);
-    } catch (err) {
-      linkError = err;
-    }
-    // The worker writes into the stage: it must be done, whatever happened here, before anyone deletes it.
-    const { diffId, stats } = await hashing;
-    if (linkError !== undefined) throw linkError;
-    return { diffId, size: stats.size, files: stats.files };
-  }
-
   async function adoptTree(parentRef: string | undefined, hooks: AdoptHooks): Promise<LayerRecord | undefined> {
     return locked(async () => {
       const parent = parentRef === undefined ? undefined : resolve(parentRef);
       const dir = await hooks.prepare();
       if (dir === undefined) return undefined;
       return withStage('adopt', async (stage) => {
-        const made = recordOf(parent, await readTree(stage, dir));
+        // The DiffID and the split file straight from one walk of the tree, on a worker thread (#13).
+        const split = layerStageFiles(stage).split;
+        const { diffId, stats } = await hashTreeInWorker(dir, split);
+        const made = recordOf(parent, { diffId, size: stats.size, files: stats.files });
         const existing = store.getLayer(made.id);
         const rec = existing ?? made;
-        await hooks.beforePublish(rec);
-        // Linked by readTree already. The syncfs in publish also flushes the files' data, written by the
-        // container and never synced.
-        if (!existing) await publish(layerStageFiles(stage), rec, () => undefined);
+        // The tree becomes the layer's directory, by one rename (#13: no link per file, and no name per
+        // file to delete afterwards), when no layer has this diff yet; else it stays for the caller.
+        const moves = existing === undefined && store.diffUsers(rec.diffId) === 0;
+        await hooks.beforePublish(rec, moves);
+        if (existing) await store.commit(hooks.publishWith(rec));
+        else {
+          // The syncfs in publish also flushes the files' data, written by the container and never synced.
+          const place = (target: string): void => {
+            fs.renameSync(dir, target);
+            crashPoint('adopt:after-move');
+            toLayerForm(target);
+          };
+          await publish(split, rec, place, hooks.publishWith(rec));
+        }
         await hooks.afterPublish(rec);
         return rec;
       });
@@ -383,11 +408,14 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
    */
   async function discardUnusedDiffs(): Promise<{ removed: string[]; left: string[] }> {
     const used = store.diffIds();
+    // A diff directory a container's journal names is that container's upper, moved by a commit that
+    // stopped before its record (publish): its files are the container's, never debris.
+    const journaled = journaledDiffs();
     const removed: string[] = [];
     const left: string[] = [];
     for (const e of fs.readdirSync(layout.diffsDir, { withFileTypes: true })) {
       const hex = e.name.replace(/\.(split|link)$/, '');
-      if (used.has(`sha256:${hex}`)) continue;
+      if (used.has(`sha256:${hex}`) || journaled.has(hex)) continue;
       if (e.name.endsWith('.link')) removeShortLink(layout, hex);
       // Anything else that is not a directory (a split file; a short link's temporary file, left by a
       // kill while it was written) is a file: only a directory can have a mount inside.
@@ -519,7 +547,10 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
         const holdCount = new Map<string, number>();
         const hold = (id: string): void => void holdCount.set(id, (holdCount.get(id) ?? 0) + 1);
         for (const l of layers) if (l.parent !== undefined) hold(l.parent);
-        for (const c of store.containers()) hold(c.from);
+        for (const c of store.containers()) {
+          hold(c.from);
+          if (c.next !== undefined) hold(c.next.from); // a journal's layer stays until the journal is settled
+        }
         for (const t of store.tags()) hold(t.layer);
         for (const h of store.holds()) hold(h.layer);
         for (const i of store.images()) hold(i.top);

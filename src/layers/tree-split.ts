@@ -6,12 +6,13 @@
  * layer's directory; whiteouts and opaque markers have no body there (the directory keeps them in
  * overlay's form).
  *
- * The walk runs on a worker thread (hashTreeInWorker), so a commit's caller can link the tree into the
- * layer store meanwhile, and the event loop never waits on the walk.
+ * The walk runs on a worker thread and the hash on another, fed through a ring in shared memory
+ * (hashTreeInWorker, hash-ring.ts): reading and hashing overlap on two cores, and the event loop never
+ * waits on either.
  */
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { Worker } from 'node:worker_threads';
+import { createRing, hashRingInWorker, RingWriter, SLOT, type Ring } from './hash-ring.js';
 import { writeTreeTo, type WriteTreeOptions } from './tar/writer.js';
 import { SplitWriter, type UnpackStats } from './unpack.js';
 
@@ -22,60 +23,88 @@ export interface TreeHash {
 }
 
 /**
- * Writes the tree `root` as a layer tar (writeTreeTo, overlay form) into a sha256 for the DiffID, and its
- * split file to `splitFile` (made here: it must not exist), on the way.
+ * Writes the tree `root` as a layer tar (writeTreeTo, overlay form) into the ring `ring`, whose hash
+ * thread hashes it for the DiffID (hash-ring.ts), and its split file to `splitFile` (made here: it must not
+ * exist), on the way; returns the layer's size and entry count. The ring's stream is ended whatever
+ * happens, so that its hash thread ends too.
  */
-export function hashTree(root: string, splitFile: string): TreeHash {
-  const hash = createHash('sha256');
-  const fd = fs.openSync(splitFile, 'wx', 0o600);
+export function splitTree(root: string, splitFile: string, ring: Ring): UnpackStats {
+  const writer = new RingWriter(ring);
   const stats: UnpackStats = { size: 0, files: 0 };
   try {
-    const split = new SplitWriter(fd);
-    const noPad = Buffer.alloc(0); // the tree writer pads with zeros, which a split file leaves out
-    const opts: WriteTreeOptions = {
-      onEntry(raw, body) {
-        split.entry(raw, body?.path, body?.size ?? 0, noPad);
-        if (body !== undefined) stats.size += body.size;
-        stats.files++;
-      },
-      onEnd: (trailer) => split.trailer(trailer),
-    };
-    // Each piece is hashed before the writer reuses its buffer.
-    writeTreeTo(root, opts, (bytes) => hash.update(bytes));
+    const fd = fs.openSync(splitFile, 'wx', 0o600);
+    try {
+      const split = new SplitWriter(fd);
+      const noPad = Buffer.alloc(0); // the tree writer pads with zeros, which a split file leaves out
+      const opts: WriteTreeOptions = {
+        onEntry(raw, body) {
+          split.entry(raw, body?.path, body?.size ?? 0, noPad);
+          if (body !== undefined) stats.size += body.size;
+          stats.files++;
+        },
+        onEnd: (trailer) => split.trailer(trailer),
+      };
+      // The tar is written straight into the ring's slots; each full one goes to the hash thread.
+      writeTreeTo(root, opts, (bytes) => writer.publish(bytes.length), { size: SLOT, provide: () => writer.acquire() });
+    } finally {
+      fs.closeSync(fd);
+    }
   } finally {
-    fs.closeSync(fd);
+    writer.end();
   }
-  return { diffId: `sha256:${hash.digest('hex')}`, stats };
+  return stats;
 }
 
-/** The job a hash worker (tree-split-worker.ts) is started with. */
+/** The job a split worker (tree-split-worker.ts) is started with. */
 export interface HashJob {
   readonly root: string;
   readonly splitFile: string;
+  readonly ring: Ring;
 }
 
-/** A hash worker's one answer. */
-export type HashReply = { readonly ok: true; readonly result: TreeHash } | { readonly ok: false; readonly message: string; readonly code?: string };
+/** A split worker's one answer. */
+export type HashReply = { readonly ok: true; readonly stats: UnpackStats } | { readonly ok: false; readonly message: string; readonly code?: string };
 
 /**
- * hashTree on a worker thread of its own (the built .js, or under tsx, in tests importing src/, a
- * bootstrap that registers tsx in the worker first, as the other workers do). trackUnmanagedFds off: the
+ * The DiffID and split file of the tree `root` from one walk (splitTree) on a worker thread of its own,
+ * with the hash on another (hashRingInWorker): the built .js, or under tsx, in tests importing src/, a
+ * bootstrap that registers tsx in the worker first, as the other workers do. trackUnmanagedFds off: the
  * walk opens its fds through FFI (sys/beneath.ts) and closes them with fs.closeSync, which Node would
  * otherwise warn about, once per file.
  */
-export function hashTreeInWorker(root: string, splitFile: string): Promise<TreeHash> {
-  const workerData: HashJob = { root, splitFile };
+export async function hashTreeInWorker(root: string, splitFile: string): Promise<TreeHash> {
+  const ring = createRing();
+  const hasher = hashRingInWorker(ring);
+  const walker = splitTreeInWorker({ root, splitFile, ring });
+  // Either thread failing stops the other, which could otherwise wait on the ring forever (the walk ends
+  // the ring's stream when it fails, but not if its thread died first). Both have ended before this
+  // returns: the walk writes into the caller's stage.
+  hasher.digest.catch(() => walker.stop());
+  walker.stats.catch(() => hasher.stop());
+  const [hashed, walked] = await Promise.allSettled([hasher.digest, walker.stats]);
+  if (walked.status === 'rejected') throw walked.reason;
+  if (hashed.status === 'rejected') throw hashed.reason;
+  return { diffId: `sha256:${hashed.value}`, stats: walked.value };
+}
+
+/** A split worker at work. */
+interface TreeSplitter {
+  readonly stats: Promise<UnpackStats>;
+  stop(): void;
+}
+
+function splitTreeInWorker(workerData: HashJob): TreeSplitter {
   const worker = import.meta.url.endsWith('.ts')
     ? new Worker(
         `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(new URL('./tree-split-worker.ts', import.meta.url).href)}); })`,
         { eval: true, workerData, trackUnmanagedFds: false },
       )
     : new Worker(new URL('./tree-split-worker.js', import.meta.url), { workerData, trackUnmanagedFds: false });
-  return new Promise((resolve, reject) => {
+  const stats = new Promise<UnpackStats>((resolve, reject) => {
     let settled = false;
     worker.once('message', (msg: HashReply) => {
       settled = true;
-      if (msg.ok) resolve(msg.result);
+      if (msg.ok) resolve(msg.stats);
       else reject(Object.assign(new Error(msg.message), msg.code === undefined ? {} : { code: msg.code }));
     });
     worker.once('error', (err) => {
@@ -83,7 +112,8 @@ export function hashTreeInWorker(root: string, splitFile: string): Promise<TreeH
       reject(err);
     });
     worker.once('exit', (code) => {
-      if (!settled) reject(new Error(`tree hash worker exited with code ${code} before answering`));
+      if (!settled) reject(new Error(`tree split worker exited with code ${code} before answering`));
     });
   });
+  return { stats, stop: () => void worker.terminate() };
 }

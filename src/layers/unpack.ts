@@ -40,7 +40,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describeError } from '../errors.js';
 import { Beneath, makedev, splitRelative } from '../sys/beneath.js';
-import { applyMetaFd, keptXattrs, metaOf, OPAQUE_XATTR, XATTRS, type EntryMeta } from '../sys/file-meta.js';
+import { applyMetaFd, dropXattrsFd, keptXattrs, metaOf, OPAQUE_XATTR, XATTRS, type EntryMeta } from '../sys/file-meta.js';
 import { SyscallError } from '../sys/libc.js';
 import { Coalescer } from './tar/coalesce.js';
 import { mtimeNsOf, type TarHeader } from './tar/format.js';
@@ -425,53 +425,32 @@ function setDirTime(tree: Beneath, rel: string, mtimeNs: bigint): void {
 }
 
 /**
- * Makes `dst` a copy of the tree `src` that shares every non-directory with it (hard links: no data is
- * copied) and has its own directories with the same owner, mode, xattrs and times. Overlay's private
- * xattrs are dropped, except the opaque marker, which the layer needs. `src` must not change afterwards:
- * its files are the copy's. Both trees are reached only through `Beneath`s pinned on their roots (#9): a
- * symlink in `src` is linked as itself, never followed, and nothing is made outside `dst`.
+ * Makes the tree `dir` (an overlay upper directory, moved whole into the layer store) a layer directory in
+ * overlay's form: every directory loses overlay's private xattrs but the opaque marker (XATTRS.layerForm),
+ * keeping its times. Files stay as they are (the layer shares them with nothing else now). Walked through `Beneath`s pinned on the root (#9).
  */
-export function linkTree(src: string, dst: string): void {
-  fs.mkdirSync(dst, { mode: 0o700 });
-  const from = Beneath.open(src);
+export function toLayerForm(dir: string): void {
+  const root = Beneath.open(dir);
   try {
-    const to = Beneath.open(dst);
-    try {
-      linkDir(from, to);
-    } finally {
-      to.close();
-    }
+    layerFormDir(root);
   } finally {
-    from.close();
+    root.close();
   }
 }
 
-/**
- * linkTree of one directory, both sides pinned by fd (each name below is one component of a pinned
- * directory): children first, then the directory's own metadata (its mtime last of all).
- */
-function linkDir(from: Beneath, to: Beneath): void {
-  for (const entry of from.readdir()) {
-    if (!entry.isDirectory()) {
-      to.linkFrom(from, entry.name, entry.name);
-      continue;
-    }
-    to.mkdir(entry.name, 0o700);
-    const subFrom = from.sub(entry.name);
+function layerFormDir(tree: Beneath): void {
+  const st = tree.lstat('');
+  if (st === undefined) throw new Error(`${tree.where} vanished while being made a layer`);
+  dropXattrsFd(tree.fd, st, XATTRS.layerForm, tree.where);
+  for (const entry of tree.readdir()) {
+    if (!entry.isDirectory()) continue;
+    const sub = tree.sub(entry.name);
     try {
-      const subTo = to.sub(entry.name);
-      try {
-        linkDir(subFrom, subTo);
-      } finally {
-        subTo.close();
-      }
+      layerFormDir(sub);
     } finally {
-      subFrom.close();
+      sub.close();
     }
   }
-  const st = from.lstat('');
-  if (st === undefined) throw new Error(`${from.where} vanished while being linked`);
-  to.applyMeta('', metaOf(st, from.xattrs(''), LAYER_DIR_XATTRS));
 }
 
 /**
@@ -538,7 +517,8 @@ async function* replayRecords(data: Buffer, tree: Beneath): AsyncGenerator<Buffe
           throw new Error(`the body of "${bodyPath}" is no longer a file below the layer (a later entry of its tar replaced it or a directory on its way): ${describeError(err)}`, { cause: err });
         }
         try {
-          out.file(fd, size, bodyPath);
+          // Handed over at each full buffer: a body of any size streams through, never held whole.
+          for (const _ of out.file(fd, size, bodyPath)) for (const b of out.take()) yield b;
         } finally {
           fs.closeSync(fd);
         }

@@ -137,8 +137,12 @@ export interface ContainerRecord {
    * A commit in progress (the journal of commitInPlace): the layer it makes and the fresh upper the
    * container moves to, with the committing process, so that another process can tell a live commit
    * from one that crashed. `next.from` may name a layer that does not exist (yet): it is no foreign key.
+   * `next.diff`, when the commit moves the upper directory itself into the layer store (the layer's diff
+   * is new): the DiffID whose directory, diffs/<hex>, the upper becomes. Until the journal is settled,
+   * that directory is still the container's: gc and publish leave it, and settling moves it back if the
+   * layer's record was never committed.
    */
-  readonly next?: { readonly from: string; readonly upper: string; readonly pid: number; readonly boot: string };
+  readonly next?: { readonly from: string; readonly upper: string; readonly pid: number; readonly boot: string; readonly diff?: string };
 }
 
 /** A null-prototype copy of `entries`, for objects whose keys come from a request. */

@@ -53,6 +53,7 @@ const cListxattr = libc.func('long listxattr(const char *path, _Out_ void *list,
 const cFsetxattr = libc.func('int fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)');
 const cFlistxattr = libc.func('long flistxattr(int fd, _Out_ void *list, size_t size)');
 const cFgetxattr = libc.func('long fgetxattr(int fd, const char *name, _Out_ void *value, size_t size)');
+const cRemovexattr = libc.func('int removexattr(const char *path, const char *name)');
 
 /** overlayfs's private xattrs (opaque, redirect, metacopy, origin, ...): markers of a layer's form. */
 export const OVERLAY_XATTR_PREFIX = 'trusted.overlay.';
@@ -209,6 +210,26 @@ export function applyMetaFd(fd: number, meta: EntryMeta): void {
     const times = timesBuf(meta.atimeNs ?? meta.mtimeNs, meta.mtimeNs);
     if (Number(cUtimensat(fd, null, times, 0)) < 0) check(cUtimensat(AT_FDCWD, `/proc/self/fd/${fd}`, times, 0), 'utimensat');
   }
+}
+
+/**
+ * Removes from the inode `fd` pins (an O_PATH fd will do: through /proc/self/fd/<fd>, which reaches exactly
+ * that inode) every xattr `policy` does not keep, keeping its times as they were (an xattr change touches
+ * mtime on some filesystems). `st`: the inode's stat, taken before. Returns how many were removed.
+ */
+export function dropXattrsFd(fd: number, st: StatMeta, policy: XattrPolicy, where: string): number {
+  const p = `/proc/self/fd/${fd}`;
+  let removed = 0;
+  for (const name of listXattrs(p, true).keys()) {
+    if (keepsXattr(policy, name)) continue;
+    if (Number(cRemovexattr(p, name)) < 0) {
+      const errno = koffi.errno();
+      if (errno !== E.ENODATA) throw new SyscallError('removexattr', errno, `${where}: ${name}`); // ENODATA: gone already
+    }
+    removed++;
+  }
+  if (removed > 0) applyMetaFd(fd, { atimeNs: st.atimeNs, mtimeNs: st.mtimeNs });
+  return removed;
 }
 
 /** Every xattr of the file open as `fd` (flistxattr/fgetxattr: an fd open for I/O, not an O_PATH fd). */

@@ -108,6 +108,21 @@ function stageOf(initial: string, fd: number): Stage {
         await new Promise<void>((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve())));
         return [];
       }
+      // An empty stage (a publish renamed its contents away) is one rmdir here, not a trip to the deleter's
+      // worker, which a CLI process would start for it (#13). Anything else (ENOTEMPTY; EBUSY: a mountpoint)
+      // goes to the deleter, which knows what to leave.
+      try {
+        fs.rmdirSync(dir);
+        fs.closeSync(fd);
+        return [];
+      } catch (err) {
+        const code = errnoCode(err);
+        if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'EBUSY') {
+          fs.closeSync(fd);
+          if (code === 'ENOENT') return []; // gone already (a concurrent sweep): the state we want
+          throw err;
+        }
+      }
       // The fd (and its lock) goes to the deleter, which closes it once the tree is gone.
       return removeTreeNoCross(dir, { lockFd: fd, background });
     },

@@ -74,11 +74,18 @@ export async function* writeTree(root: string | Beneath, opts: WriteTreeOptions 
 
 /**
  * writeTree for a consumer that takes the tar synchronously (a hash): each piece goes to `consume` and is
- * reused once it returns, and nothing is yielded, so the walk makes no garbage per megabyte (#13). The
- * same bytes as writeTree, by the same walk.
+ * reused once it returns, and nothing is yielded, so the walk makes no garbage per megabyte (#13). With
+ * `buffers`, each piece is written into a buffer `buffers.provide()` gives (of `buffers.size` bytes: a
+ * slot of a ring another thread hashes, hash-ring.ts) and is the consumer's once handed over. The same
+ * bytes as writeTree, by the same walk.
  */
-export function writeTreeTo(root: string | Beneath, opts: WriteTreeOptions, consume: (bytes: Buffer) => void): void {
-  const out = new Coalescer(consume, 1 << 20);
+export function writeTreeTo(
+  root: string | Beneath,
+  opts: WriteTreeOptions,
+  consume: (bytes: Buffer) => void,
+  buffers?: { readonly size: number; provide(): Buffer },
+): void {
+  const out = new Coalescer(consume, buffers?.size ?? 1 << 20, buffers?.provide);
   for (const _ of emitTree(root, opts, out)) {
     // Nothing to hand over between entries: full buffers went to `consume` as they filled.
   }
@@ -86,8 +93,9 @@ export function writeTreeTo(root: string | Beneath, opts: WriteTreeOptions, cons
 }
 
 /**
- * The walk of writeTree: writes the tar into `out`, pausing (a yield) after each file's body and each
- * directory's header, where a streaming caller hands over what is ready.
+ * The walk of writeTree: writes the tar into `out`, pausing (a yield) after each file's body, each
+ * directory's header and each full buffer within a body, where a streaming caller hands over what is
+ * ready: what the walk holds is a buffer or two, whatever the files' sizes.
  */
 function* emitTree(root: string | Beneath, opts: WriteTreeOptions, out: Coalescer): Generator<void> {
   const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
@@ -171,7 +179,7 @@ function* emitTree(root: string | Beneath, opts: WriteTreeOptions, out: Coalesce
           // Through the open fd: the very inode read below, without another lookup of its name.
           const xattrs = tarXattrs(fdXattrs(own));
           header(headerOf(childRel, st, 'file', { size: st.size, xattrs }), { path: childRel, size: st.size });
-          out.file(own, st.size, childRel);
+          yield* out.file(own, st.size, childRel); // a pause per full buffer: a huge file streams through
         } finally {
           if (own !== fd) fs.closeSync(own);
         }
