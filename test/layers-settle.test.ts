@@ -87,10 +87,10 @@ test('in-process: two operations at once on a container a killed commit left bot
     t.is(a.status, 'fulfilled', a.status === 'rejected' ? String(a.reason) : '');
     t.is(b.status, 'fulfilled', b.status === 'rejected' ? String(b.reason) : '');
     t.deepEqual(uppers(data).length, 1, 'one upper directory left');
-    t.true(fs.existsSync(path.join(containers.mergedPath('web'), 'written')));
+    t.true(fs.existsSync(path.join(await containers.mergedPath('web'), 'written')));
     // A commit and a remove at once: in arrival order, the commit commits, then the remove removes (the
     // old code let the remove overtake the commit, which then said "not found").
-    fs.writeFileSync(path.join(containers.mergedPath('web'), 'more'), 'more\n');
+    fs.writeFileSync(path.join(await containers.mergedPath('web'), 'more'), 'more\n');
     const committed = await Promise.allSettled([containers.commit('web'), containers.remove('web')]);
     t.deepEqual(committed.map((r) => (r.status === 'rejected' ? String(r.reason) : 'ok')), ['ok', 'ok']);
     t.deepEqual(containers.list(), []);

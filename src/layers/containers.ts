@@ -328,7 +328,7 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
 
     mergedPath: async (name) => paths(ensureMounted(await read(name))).merged,
   };
-  // One mutation at a time per container, in arrival order (moby's per-container lock). Two operations on
+  // One operation at a time per container, in arrival order (moby's per-container lock). Two operations on
   // a container that a killed commit left journaled would otherwise both settle it at once, and the second
   // meet the first's claim on the stale upper ("locked by another live process"); now the second waits,
   // finds it settled, and gets its own answer (a second rm: not found). Other containers run meanwhile.
@@ -338,5 +338,9 @@ export function createContainerStore(root: string, layers: LayerStore, driver?: 
     create: (name, from) => turns.run(name, () => ops.create(name, from)),
     commit: (name) => turns.run(name, () => ops.commit(name)),
     remove: (name) => turns.run(name, () => ops.remove(name)),
+    // A mount or a diff never runs inside a commit that moves the upper (it would mount or walk a tree
+    // that is leaving): they take their turn too.
+    mergedPath: (name) => turns.run(name, () => ops.mergedPath(name)),
+    diff: (name) => turns.run(name, () => ops.diff(name)),
   };
 }
