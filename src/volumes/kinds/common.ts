@@ -76,6 +76,37 @@ export async function buildInTmp(rec: VolumeRecord, ctx: KindContext, fill: (fil
   return { release: () => stage.release(), remove: () => stage.remove() };
 }
 
+/**
+ * Removes a removed volume's directory in place when it is empty, the usual case for a named volume (one
+ * that never held data, or whose data its user deleted): rmdir of _data, then of volumes/<name>, on the
+ * thread pool, two journal updates instead of a rename into tmp/, a claim and a trip to the deleter's
+ * worker (#13). rmdir deletes only empty directories and never follows a symlink, so nothing but those two
+ * entries can go. False when either is not empty (or not a plain directory): the caller hands what is left
+ * to the deleter.
+ *
+ * Crash safety: the volume's record is already deleted (durably) when this runs. A crash before, between
+ * or after the two rmdirs leaves at most a record-less volumes/<name>, with or without its _data, which
+ * start-up deletes as an orphan (reconcile.ts), exactly as a crash before the deleter's rename does. The
+ * per-volume lock is held until this returns, so a Create of the same name waits for the name to be free.
+ */
+export async function removeEmptyVolumeDir(dir: string, data: string): Promise<boolean> {
+  const rmdir = async (p: string): Promise<boolean> => {
+    try {
+      await fs.promises.rmdir(p);
+      return true;
+    } catch (err) {
+      const code = errnoCode(err);
+      // ENOENT: already gone (power loss took a fresh volume's _data; Mount would have rebuilt it).
+      if (code === 'ENOENT') return true;
+      // ENOTEMPTY/EEXIST: it holds files; ENOTDIR: not a plain directory; EBUSY: a mountpoint. The
+      // deleter takes it (it walks beneath the directory and never crosses a mount).
+      if (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOTDIR' || code === 'EBUSY') return false;
+      throw err;
+    }
+  };
+  return (await rmdir(data)) && rmdir(dir);
+}
+
 /** Unmounts a volume's own mount on its _data (an image's unmount also detaches its loop device, by autoclear). */
 export async function unmountData(rec: VolumeRecord, ctx: KindContext): Promise<boolean> {
   return (await unmountTargetAsync(ctx.layout.dataDir(rec.name), { ifBusy: 'detach' })) !== 'not-mounted';
