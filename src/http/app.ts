@@ -193,14 +193,7 @@ export async function listenOnSocket(listener: http.RequestListener, socket: str
     }
   }
   const server = http.createServer(listener);
-  // How long an idle connection stays open: Node's default, 5 s, not longer. dockerd (20.10 to 28) makes a
-  // new plugin client, with a transport of its own, for every driver lookup of a managed plugin (several
-  // per `docker volume` command: a `docker volume rm` makes six) and never closes it: each leaves one idle
-  // connection, open on both sides until the plugin closes it (Go's transport has no idle timeout by
-  // default). At 60 s tens of thousands piled up under load, each with two goroutines in dockerd and a
-  // socket here, near the plugin's fd limit (20000 in dockerd's plugin spec). A client that does reuse
-  // its connections (a legacy plugin's, cached by dockerd) merely reconnects after 5 s idle. #13
-  server.keepAliveTimeout = 5_000;
+  server.keepAliveTimeout = 60_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     // The bind happens synchronously inside listen(); the umask is process-wide, so it is restored at once.

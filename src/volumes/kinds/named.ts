@@ -60,7 +60,7 @@ export const named: VolumeKind<'named'> = {
     // Empty (the usual case): two rmdirs in place; else the deleter moves it to tmp/ and deletes it in the
     // background. Failures are logged, never returned (VolumeKind.destroy): start-up collects the rest.
     try {
-      if (await removeEmptyVolumeDir(ctx.layout.volumeDir(rec.name), ctx.layout.dataDir(rec.name))) return;
+      if (removeEmptyVolumeDir(ctx.layout.volumeDir(rec.name), ctx.layout.dataDir(rec.name))) return;
     } catch (err) {
       ctx.log.warn({ volume: rec.name, err: describeError(err) }, 'removing empty volume directory failed; handing it to the deleter');
     }
