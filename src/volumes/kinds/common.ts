@@ -76,42 +76,6 @@ export async function buildInTmp(rec: VolumeRecord, ctx: KindContext, fill: (fil
   return { release: () => stage.release(), remove: () => stage.remove() };
 }
 
-/**
- * Removes a removed volume's directory in place when it is empty, the usual case for a named volume (one
- * that never held data, or whose data its user deleted): rmdir of _data, then of volumes/<name>. Two
- * metadata updates instead of the deleter's claim (open, flock, two stats), rename into tmp/ and trip to its
- * worker thread (#13). rmdir deletes only an empty directory and never follows a symlink, so nothing but
- * those two entries can go. False when either is not empty (or not a plain directory, or a mountpoint):
- * the caller hands what is left to the deleter.
- *
- * Synchronous, on the event loop, like the rename it replaces: an rmdir of an empty, just-used directory is
- * one short metadata update, while a trip to the thread pool wakes a pool thread, which on a loaded machine
- * preempts the event loop for longer than the call itself (profiled under bench/docker.ts: ~190 µs of
- * main-thread time per pooled rmdir, ~95 µs of kernel time for the rmdir itself).
- *
- * Crash safety: the volume's record is already deleted (durably) when this runs. A crash before, between
- * or after the two rmdirs leaves at most a record-less volumes/<name>, with or without its _data, which
- * start-up deletes as an orphan (reconcile.ts), exactly as a crash before the deleter's rename does. The
- * per-volume lock is held until this returns, so a Create of the same name waits for the name to be free.
- */
-export function removeEmptyVolumeDir(dir: string, data: string): boolean {
-  const rmdir = (p: string): boolean => {
-    try {
-      fs.rmdirSync(p);
-      return true;
-    } catch (err) {
-      const code = errnoCode(err);
-      // ENOENT: already gone (power loss took a fresh volume's _data; Mount would have rebuilt it).
-      if (code === 'ENOENT') return true;
-      // ENOTEMPTY/EEXIST: it holds files; ENOTDIR: not a plain directory; EBUSY: a mountpoint. The
-      // deleter takes it (it walks beneath the directory and never crosses a mount).
-      if (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOTDIR' || code === 'EBUSY') return false;
-      throw err;
-    }
-  };
-  return rmdir(data) && rmdir(dir);
-}
-
 /** Unmounts a volume's own mount on its _data (an image's unmount also detaches its loop device, by autoclear). */
 export async function unmountData(rec: VolumeRecord, ctx: KindContext): Promise<boolean> {
   return (await unmountTargetAsync(ctx.layout.dataDir(rec.name), { ifBusy: 'detach' })) !== 'not-mounted';
