@@ -24,6 +24,12 @@
  *                                     burst of load elsewhere hits every driver alike (0: not measured)
  *   TSVOL_BENCH_CPU_PROF_MANAGED=DIR  one more tsvol managed plugin (`tsvol-prof`), at info, under
  *                                     `node --cpu-prof`: its profiles land in DIR when it is disabled
+ *   TSVOL_BENCH_DOCKER_BEFORE=DIR[:DIR…] one more tsvol managed plugin per DIR, another built checkout
+ *                                     (`tsvol-b-<basename of DIR>`): this rootfs with /opt/tsvol/dist
+ *                                     replaced by DIR/dist, measured in the same rounds (before/after from
+ *                                     one run)
+ *   TSVOL_BENCH_DOCKER_CPU=1          also CPU time per operation, read from /proc before and after each
+ *                                     timed phase: dockerd's, and each plugin's process (all its threads)
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -52,6 +58,12 @@ const MEMORY_PLUGIN = 'tsvol-memory';
 const PROF_PLUGIN = 'tsvol-prof';
 const PROF_MANAGED = process.env.TSVOL_BENCH_CPU_PROF_MANAGED;
 const LEGACY_PLUGIN = 'tsvol-legacy';
+/** Other built checkouts, each measured as one more plugin (TSVOL_BENCH_DOCKER_BEFORE). */
+const BEFORE = (process.env.TSVOL_BENCH_DOCKER_BEFORE ?? '')
+  .split(':')
+  .filter((d) => d !== '')
+  .map((d) => ({ dir: path.resolve(d), driver: `tsvol-b-${path.basename(d).replace(/[^a-z0-9]/gi, '').toLowerCase()}` }));
+const CPU = process.env.TSVOL_BENCH_DOCKER_CPU === '1';
 
 function api(method: string, urlPath: string, body?: unknown): Promise<number> {
   return engineCall('/var/run/docker.sock', method, urlPath, body);
@@ -63,11 +75,75 @@ interface Driver {
   readonly driver: string;
 }
 
+/** CPU seconds (user + system, every thread, exited ones included) process `pid` has used; 0 if it is gone. */
+function cpuSeconds(pid: number): number {
+  let stat: string;
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return 0; // gone: counted as nothing (a bench figure, not a decision)
+  }
+  // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+/** How many fds process `pid` has open (0 if it is gone). */
+function openFds(pid: number): number {
+  try {
+    return fs.readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return 0; // gone
+  }
+}
+
+/** The pids of managed plugin `name`: its processes' cgroup path names the plugin's id. */
+function pluginPids(name: string): number[] {
+  const id = docker('plugin', 'inspect', '-f', '{{.Id}}', name);
+  const pids: number[] = [];
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    let cgroup: string;
+    try {
+      cgroup = fs.readFileSync(`/proc/${e}/cgroup`, 'utf8');
+    } catch {
+      continue; // the process exited meanwhile: not one of the plugin's
+    }
+    if (cgroup.includes(id)) pids.push(Number(e));
+  }
+  return pids;
+}
+
+/** Per driver and operation: CPU seconds of dockerd and of the plugin's processes, summed over rounds, and the ops. */
+const cpuUse = new Map<string, { dockerd: number[]; plugin: number[]; ops: number[]; fds: number[] }>();
+let dockerdPid: number | undefined;
+
+/** `count` calls of `call` at c=8 (rate); with TSVOL_BENCH_DOCKER_CPU, adds the CPU they took to cpuUse. */
+async function measured(d: Driver, op: number, count: number, call: (i: number) => Promise<unknown>): Promise<number> {
+  if (!CPU) return rate(count, call);
+  dockerdPid ??= Number(spawnSync('pgrep', ['-xo', 'dockerd'], { encoding: 'utf8' }).stdout.trim());
+  const pids = d.driver === 'local' ? [] : d.driver === LEGACY_PLUGIN ? [legacy!.pid!] : pluginPids(d.driver);
+  if (d.driver !== 'local' && pids.length === 0) throw new Error(`TSVOL_BENCH_DOCKER_CPU: no process of plugin ${d.driver} found`);
+  const cpu = (): [number, number] => [cpuSeconds(dockerdPid!), pids.reduce((a, p) => a + cpuSeconds(p), 0)];
+  const before = cpu();
+  const r = await rate(count, call);
+  const after = cpu();
+  const u = cpuUse.get(d.driver) ?? { dockerd: [0, 0, 0], plugin: [0, 0, 0], ops: [0, 0, 0], fds: [0, 0, 0] };
+  // Open fds at the end of the phase: mostly dockerd's plugin connections still open (it makes a client
+  // per driver lookup and leaves its connection idle until the plugin closes it).
+  u.fds[op] = Math.max(u.fds[op]!, pids.reduce((a, p) => a + openFds(p), 0));
+  u.dockerd[op]! += after[0] - before[0];
+  u.plugin[op]! += after[1] - before[1];
+  u.ops[op]! += count;
+  cpuUse.set(d.driver, u);
+  return r;
+}
+
 async function throughput(d: Driver, round: string, count: number): Promise<[number, number, number]> {
   const name = (i: number): string => `bench-${d.driver.replace(/\W/g, '')}-${round}-${i}`;
-  const create = await rate(count, (i) => api('POST', '/volumes/create', { Name: name(i), Driver: d.driver }));
-  const inspect = await rate(count, (i) => api('GET', `/volumes/${name(i)}`));
-  const remove = await rate(count, (i) => api('DELETE', `/volumes/${name(i)}`));
+  const create = await measured(d, 0, count, (i) => api('POST', '/volumes/create', { Name: name(i), Driver: d.driver }));
+  const inspect = await measured(d, 1, count, (i) => api('GET', `/volumes/${name(i)}`));
+  const remove = await measured(d, 2, count, (i) => api('DELETE', `/volumes/${name(i)}`));
   return [create, inspect, remove];
 }
 
@@ -138,7 +214,8 @@ const median = (xs: number[]): number => {
 
 /**
  * Creates and enables managed plugin `name` from a copy of tsvol's plugin directory in `dir`: the rootfs
- * hard-linked (else copied), `extra` copied into it, and tsvol's config.json changed by `edit`.
+ * hard-linked (else copied), `extra` (files or directories, source → path in the rootfs) copied into it,
+ * and tsvol's config.json changed by `edit`.
  */
 function createPluginCopy(
   name: string,
@@ -158,8 +235,11 @@ function createPluginCopy(
     if (r.status !== 0) throw new Error(`cp -a ${src}: ${r.stderr}`);
   }
   for (const [from, to] of extra) {
-    fs.mkdirSync(path.dirname(path.join(rootfs, to)), { recursive: true });
-    fs.copyFileSync(from, path.join(rootfs, to));
+    const dest = path.join(rootfs, to);
+    fs.mkdirSync(path.dirname(dest), { recursive: true });
+    // A directory replaces what the rootfs has there (its hard links go, the originals stay).
+    fs.rmSync(dest, { recursive: true, force: true });
+    fs.cpSync(from, dest, { recursive: true, filter: (f) => !f.endsWith('.map') });
   }
   // dockerd 20.10 refuses a rootfs whose digest it already holds ("content … already exists"): one file
   // naming the copy makes each rootfs distinct.
@@ -216,6 +296,19 @@ function createProfiledPlugin(workDir: string): string {
     config.entrypoint = ['/usr/bin/node', '--cpu-prof', '--cpu-prof-dir=/data/cpu-prof', '/opt/tsvol/dist/main.js'];
   });
   return path.join(dataDir, 'cpu-prof');
+}
+
+/** Plugin `name`: tsvol from another built checkout (TSVOL_BENCH_DOCKER_BEFORE), this rootfs with its dist/. */
+function createBeforePlugin(name: string, workDir: string, checkout: string): void {
+  createPluginCopy(
+    name,
+    path.join(workDir, `plugin-${name}`),
+    path.join(workDir, `data-${name}`),
+    (config) => {
+      config.description = `tsvol built from ${checkout} (bench)`;
+    },
+    new Map([[path.join(checkout, 'dist'), 'opt/tsvol/dist']]),
+  );
 }
 
 /** tsvol as a legacy plugin (dockerd finds /run/docker/plugins/NAME.sock), optionally under --cpu-prof. */
@@ -292,6 +385,11 @@ try {
     extraPlugins.push(name);
     drivers.push({ label: `tsvol managed plugin (${level})`, driver: name });
   }
+  for (const b of BEFORE) {
+    createBeforePlugin(b.driver, env.workDir, b.dir);
+    extraPlugins.push(b.driver);
+    drivers.push({ label: `tsvol managed plugin (${b.dir})`, driver: b.driver });
+  }
   let profDir: string | undefined;
   if (PROF_MANAGED !== undefined) {
     profDir = createProfiledPlugin(env.workDir);
@@ -307,7 +405,10 @@ try {
   const best = new Map(drivers.map((d) => [d.driver, [0, 0, 0]]));
   for (const d of drivers) await throughput(d, 'warm', Math.min(N, 200));
   for (let r = 0; r < ROUNDS; r++) {
-    for (const d of drivers) {
+    // The order rotates every round: no driver always follows the same one (whose leftovers, dockerd's
+    // idle plugin connections or a deleter's backlog, it would meet).
+    for (let k = 0; k < drivers.length; k++) {
+      const d = drivers[(k + r) % drivers.length]!;
       const m = await throughput(d, String(r), N);
       best.set(d.driver, best.get(d.driver)!.map((v, i) => Math.max(v, m[i]!)));
     }
@@ -324,7 +425,22 @@ try {
   }
   const ts = best.get(PLUGIN)!;
   rows.push(`| tsvol (info) / local driver | ${ts.map((x, i) => `${(x / local[i]!).toFixed(2)}×`).join(' | ')} |`);
+  for (const b of BEFORE) {
+    const v = best.get(b.driver)!;
+    rows.push(`| tsvol (info) / ${b.driver} | ${ts.map((x, i) => `${(x / v[i]!).toFixed(2)}×`).join(' | ')} |`);
+  }
   console.log(rows.join('\n'));
+  if (CPU) {
+    const out: string[] = [`\n## CPU per operation, µs (summed over every round, warm-up included; /proc/PID/stat, 10 ms ticks)\n`];
+    out.push('| driver | create: dockerd / plugin | inspect: dockerd / plugin | rm: dockerd / plugin | plugin fds open after create / inspect / rm (max) |', '|---|---:|---:|---:|---:|');
+    for (const d of drivers) {
+      const u = cpuUse.get(d.driver);
+      if (u === undefined) continue;
+      const per = (v: number[], i: number): string => ((v[i]! / u.ops[i]!) * 1e6).toFixed(0);
+      out.push(`| ${d.label} | ${[0, 1, 2].map((i) => `${per(u.dockerd, i)} / ${d.driver === 'local' ? '—' : per(u.plugin, i)}`).join(' | ')} | ${u.fds.join(' / ')} |`);
+    }
+    console.log(out.join('\n'));
+  }
   if (CHUNK > 0) {
     const chunked = await chunkedThroughput(drivers, N);
     const out: string[] = [];
@@ -335,6 +451,10 @@ try {
     for (const d of drivers.slice(2)) {
       const v = chunked.get(d.driver)!;
       out.push(`| ${d.label} / in-memory managed | ${v.map((x, i) => `${(x / cm[i]!).toFixed(2)}× ${x / cm[i]! >= 0.9 ? '(≥ 0.9× met)' : '(≥ 0.9× NOT met)'}`).join(' | ')} |`);
+    }
+    for (const b of BEFORE) {
+      const [x, y] = [chunked.get(PLUGIN)!, chunked.get(b.driver)!];
+      out.push(`| tsvol (info) / ${b.driver} | ${x.map((v, i) => `${(v / y[i]!).toFixed(2)}×`).join(' | ')} |`);
     }
     console.log(out.join('\n'));
   }

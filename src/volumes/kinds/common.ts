@@ -76,6 +76,43 @@ export async function buildInTmp(rec: VolumeRecord, ctx: KindContext, fill: (fil
   return { release: () => stage.release(), remove: () => stage.remove() };
 }
 
+/**
+ * Removes a removed volume's directory in place when it is empty, the usual case for a named volume (one
+ * that never held data, or whose data its user deleted): rmdir of _data, then of volumes/<name>. Two
+ * metadata updates instead of the deleter's claim (open, flock, two stats), rename into tmp/ and trip to its
+ * worker thread (#13). rmdir deletes only an empty directory and never follows a symlink, so nothing but
+ * those two entries can go. False when either is not empty (or not a plain directory, or a mountpoint):
+ * the caller hands what is left to the deleter.
+ *
+ * On the thread pool, awaited: on an ext4 mounted with `discard` and no journal (the test VM's root) an
+ * rmdir waits for the discard of the directory's block inside the syscall (two rmdirs: p50 0.7 ms, p90
+ * 5 ms, p99 16 ms, against 14 µs for the deleter's rename), which must not stall the event loop. Measured
+ * through dockerd (bench/docker.ts, same runs, under load): plugin CPU per `docker volume rm` 16–23% lower
+ * than with the deleter's path; throughput equal in one run, 1.6× in the other (README, Through Docker).
+ *
+ * Crash safety: the volume's record is already deleted (durably) when this runs. A crash before, between
+ * or after the two rmdirs leaves at most a record-less volumes/<name>, with or without its _data, which
+ * start-up deletes as an orphan (reconcile.ts), exactly as a crash before the deleter's rename does. The
+ * per-volume lock is held until this returns, so a Create of the same name waits for the name to be free.
+ */
+export async function removeEmptyVolumeDir(dir: string, data: string): Promise<boolean> {
+  const rmdir = async (p: string): Promise<boolean> => {
+    try {
+      await fs.promises.rmdir(p);
+      return true;
+    } catch (err) {
+      const code = errnoCode(err);
+      // ENOENT: already gone (power loss took a fresh volume's _data; Mount would have rebuilt it).
+      if (code === 'ENOENT') return true;
+      // ENOTEMPTY/EEXIST: it holds files; ENOTDIR: not a plain directory; EBUSY: a mountpoint. The
+      // deleter takes it (it walks beneath the directory and never crosses a mount).
+      if (code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOTDIR' || code === 'EBUSY') return false;
+      throw err;
+    }
+  };
+  return (await rmdir(data)) && rmdir(dir);
+}
+
 /** Unmounts a volume's own mount on its _data (an image's unmount also detaches its loop device, by autoclear). */
 export async function unmountData(rec: VolumeRecord, ctx: KindContext): Promise<boolean> {
   return (await unmountTargetAsync(ctx.layout.dataDir(rec.name), { ifBusy: 'detach' })) !== 'not-mounted';

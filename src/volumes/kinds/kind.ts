@@ -190,8 +190,9 @@ export interface VolumeKind<K extends KindName = KindName> {
    */
   checkRemovable(rec: RecordOf<K>, ctx: KindContext): void;
   /**
-   * After Remove deleted the record: the volume's directory to the background deleter, its quota limit
-   * cleared. Failures are logged, never returned: the record is gone and start-up collects the rest.
+   * After Remove deleted the record: the volume's directory to the background deleter (a named volume's
+   * empty one removed in place, common.ts removeEmptyVolumeDir), its quota limit cleared. Failures are
+   * logged, never returned: the record is gone and start-up collects the rest.
    */
   destroy(rec: RecordOf<K>, ctx: KindContext): Promise<void>;
 }

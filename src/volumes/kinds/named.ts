@@ -6,7 +6,8 @@
  * told is lost.
  */
 import fs from 'node:fs';
-import { buildInTmp, dataDirVolume } from './common.js';
+import { describeError } from '../../errors.js';
+import { buildInTmp, dataDirVolume, removeEmptyVolumeDir } from './common.js';
 import type { KindContext, RecordOf, VolumeKind } from './kind.js';
 
 /** Makes `data`, a named volume's _data, with its owner and mode. */
@@ -54,6 +55,16 @@ export const named: VolumeKind<'named'> = {
       remove: () => fs.promises.rm(ctx.layout.volumeDir(rec.name), { recursive: true, force: true }),
       usage: { bytes: 0, files: 0 }, // an empty _data: what a walk would find
     };
+  },
+  async destroy(rec, ctx) {
+    // Empty (the usual case): two rmdirs in place; else the deleter moves it to tmp/ and deletes it in the
+    // background. Failures are logged, never returned (VolumeKind.destroy): start-up collects the rest.
+    try {
+      if (await removeEmptyVolumeDir(ctx.layout.volumeDir(rec.name), ctx.layout.dataDir(rec.name))) return;
+    } catch (err) {
+      ctx.log.warn({ volume: rec.name, err: describeError(err) }, 'removing empty volume directory failed; handing it to the deleter');
+    }
+    await dataDirVolume.destroy(rec, ctx);
   },
   async establish(rec, ctx) {
     // Cluster mode: published whole with its record, so there is nothing to rebuild (and a path on the
