@@ -9,7 +9,12 @@ export function identityHandlers(version: string) {
     },
     async GetPluginCapabilities() {
       return {
-        capabilities: [{ service: { type: 'CONTROLLER_SERVICE' } }, { service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } }],
+        capabilities: [
+          { service: { type: 'CONTROLLER_SERVICE' } },
+          { service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } },
+          // ControllerExpandVolume grows a sized volume while it is published (#12): no NodeExpandVolume.
+          { volume_expansion: { type: 'ONLINE' } },
+        ],
       };
     },
     // Serving means ready: the server answers only after start-up repair (src/server.ts).

@@ -14,8 +14,9 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { errnoCode, describeError, UnavailableError } from '../errors.js';
+import { growMountedExt4, readExt4Size, readImageSize } from '../sys/ext4.js';
 import { ioctlBuf, isMountRoot, quotactlFd } from '../sys/libc.js';
-import { mountLoopImage } from '../sys/loop.js';
+import { mountLoopImage, refreshLoopCapacity } from '../sys/loop.js';
 
 /** How sized volumes are made on this data root, and why. */
 export interface SizeBacking {
@@ -96,6 +97,19 @@ function setProjectLimit(fd: number, projectId: number, limit: number): void {
   quotactlFd(fd, qcmd(Q_SETQUOTA), projectId, dq);
 }
 
+/**
+ * Makes `dir`'s filesystem hold project `projectId` to `limit` bytes, unless it already does (Q_GETQUOTA,
+ * then Q_SETQUOTA only on a difference): a grown volume's new limit, or its recorded one made good again
+ * after a crash between the record's commit and the quota's change (#12).
+ */
+export function syncProjectLimit(dir: string, projectId: number, limit: number): void {
+  withDirFd(dir, (fd) => {
+    const dq = Buffer.alloc(72);
+    quotactlFd(fd, qcmd(Q_GETQUOTA), projectId, dq);
+    if (dq.readBigUInt64LE(0) !== BigInt(Math.ceil(limit / 1024))) setProjectLimit(fd, projectId, limit);
+  });
+}
+
 /** Drops a removed volume's limit, so that a reused project ID starts clean. */
 export function clearProjectQuota(root: string, projectId: number): void {
   withDirFd(root, (fd) => setProjectLimit(fd, projectId, 0));
@@ -169,4 +183,41 @@ export async function imageUsage(image: string): Promise<{ bytes: number; files:
     bytes: (field('Block count') - field('Free blocks')) * field('Block size'),
     files: field('Inode count') - field('Free inodes'),
   };
+}
+
+/**
+ * Makes the image file `limit` bytes long (never shorter) and durable (fsync) before any record says the
+ * volume is that large (#12): the sparse file's new length costs no blocks, and the filesystem inside does
+ * not grow until growMountedImage.
+ */
+export function extendImage(image: string, limit: number): void {
+  const fd = fs.openSync(image, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
+  try {
+    if (fs.fstatSync(fd).size < limit) fs.ftruncateSync(fd, limit);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Grows the ext4 filesystem of `image`, mounted at `data`, to fill `limit` bytes, online: the loop device
+ * takes the (already extended) file's size, then the kernel grows the filesystem (sys/ext4.ts). Nothing
+ * to do when it is that large already, so a repeated call is cheap.
+ */
+export async function growMountedImage(image: string, data: string, limit: number, devDir: string): Promise<void> {
+  const size = refreshLoopCapacity(data, image, devDir, (fd) => readExt4Size(fd, image));
+  const target = Math.floor(limit / size.blockSize);
+  if (size.blocks < target) await growMountedExt4(data, target);
+}
+
+/**
+ * True when the filesystem in the unmounted `image` is smaller than `limit` (a grow committed just before a
+ * crash, to be finished once mounted). One pread of the superblock. A filesystem a few blocks short of its
+ * limit (mke2fs and the kernel drop a last block group too small for its own metadata) also counts: growing
+ * it again is a no-op for the kernel.
+ */
+export function imageBelowLimit(image: string, limit: number): boolean {
+  const size = readImageSize(image);
+  return size.blocks < Math.floor(limit / size.blockSize);
 }

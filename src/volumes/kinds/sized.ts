@@ -3,21 +3,54 @@
  * enforces them, else by an ext4 image of its own (disk.img), loop-mounted on _data while held. The
  * backing is probed on the first sized Create, not at start-up (most servers and every CLI command never
  * need it), and recorded in the spec: a volume keeps its backing whatever later probes say.
+ *
+ * Growing (#12, `grow`): the new limit is committed before it takes effect, so a crash never leaves more
+ * room in effect than the record says. A quota: commit, then raise the project limit. An image: extend the
+ * file durably (no effect yet: the filesystem inside is unchanged), commit, then grow the filesystem
+ * online (the loop device takes the file's size, the kernel grows the ext4 in journaled steps; an unheld
+ * volume is mounted for it and unmounted again). A crash after the commit is finished by the next grow,
+ * whatever it asks, or by the next establish (the first Mount): the quota is set from the record, an
+ * image's filesystem smaller than the recorded limit is grown once mounted.
  */
 import fs from 'node:fs';
-import { describeError } from '../../errors.js';
+import { OutOfRangeError, describeError } from '../../errors.js';
+import { checkOnlineResize, mayResizeOnline } from '../../sys/ext4.js';
+import { crashPoint } from '../../sys/crash-point.js';
+import type { VolumeFiles } from '../../store/layout.js';
 import {
   applyProjectQuota,
   clearProjectQuota,
+  extendImage,
+  growMountedImage,
+  imageBelowLimit,
   imageUsage,
   makeImage,
   mountImage,
   mountedUsage,
   newProjectId,
   projectUsage,
+  syncProjectLimit,
 } from '../size-limit.js';
 import { buildInTmp, dataDirVolume, isMountRootOrMissing, unmountData } from './common.js';
-import type { VolumeKind } from './kind.js';
+import type { KindContext, RecordOf, VolumeKind } from './kind.js';
+
+/**
+ * Establish of an image a crash left smaller than its recorded limit (a grow committed, its filesystem
+ * not grown yet): grows it now that it is mounted. Never fails the Mount: the volume works at its old
+ * size, and the next grow says why it cannot finish.
+ */
+async function finishGrow(rec: RecordOf<'sized'>, files: VolumeFiles, ctx: KindContext): Promise<void> {
+  if (!mayResizeOnline()) {
+    ctx.log.warn({ volume: rec.name, limit: rec.spec.limit }, 'volume filesystem is below its limit; growing it needs CAP_SYS_RESOURCE');
+    return;
+  }
+  try {
+    await growMountedImage(files.image, files.data, rec.spec.limit, ctx.devDir);
+    ctx.log.debug({ volume: rec.name, limit: rec.spec.limit }, 'volume filesystem grown to its limit');
+  } catch (err) {
+    ctx.log.warn({ volume: rec.name, limit: rec.spec.limit, err: describeError(err) }, 'could not grow volume filesystem to its limit');
+  }
+}
 
 /** The sized kind. */
 export const sized: VolumeKind<'sized'> = {
@@ -47,9 +80,23 @@ export const sized: VolumeKind<'sized'> = {
     });
   },
   async establish(rec, ctx) {
-    if (rec.spec.backing !== 'loop') return; // a quota: the directory is there
+    const { spec } = rec;
     const files = ctx.layout.filesOf(rec.name);
+    if (spec.backing !== 'loop') {
+      // A quota: the directory is there. Its limit is the record's (a grow a crash cut short, #12); a
+      // failure to say so again leaves the quota as it was, and does not fail the Mount.
+      try {
+        syncProjectLimit(files.data, spec.projectId ?? 0, spec.limit);
+      } catch (err) {
+        ctx.log.warn({ volume: rec.name, err: describeError(err) }, 'could not set project quota limit');
+      }
+      return;
+    }
+    if (isMountRootOrMissing(files.data)) return; // still mounted (a restarted server keeps its held volumes' mounts)
+    // One pread of the superblock, while the file is the filesystem's only copy (unmounted).
+    const below = imageBelowLimit(files.image, spec.limit);
     await mountImage(files.image, files.data, ctx.devDir);
+    if (below) await finishGrow(rec, files, ctx);
   },
   async release(rec, ctx) {
     // The image's mount goes with the last holder; autoclear detaches its loop device.
@@ -60,6 +107,45 @@ export const sized: VolumeKind<'sized'> = {
     if (spec.backing === 'quota') return async () => projectUsage(ctx.layout.root, spec.projectId ?? 0);
     const files = ctx.layout.filesOf(rec.name);
     return async () => (isMountRootOrMissing(files.data) ? mountedUsage(files.data) : imageUsage(files.image));
+  },
+  async grow(rec, range, ctx, commit) {
+    const { spec } = rec;
+    if (range.limit > 0 && spec.limit > range.limit) {
+      throw new OutOfRangeError(`volume "${rec.name}" is ${spec.limit} bytes, more than the ${range.limit} asked for: a sized volume grows, it never shrinks`);
+    }
+    const limit = Math.max(spec.limit, range.required);
+    const grows = limit > spec.limit;
+    const files = ctx.layout.filesOf(rec.name);
+    if (spec.backing === 'quota') {
+      if (grows) await commit({ ...spec, limit });
+      crashPoint('grow:after-commit');
+      syncProjectLimit(files.data, spec.projectId ?? 0, limit);
+      return limit;
+    }
+    if (grows) {
+      checkOnlineResize(`grow volume "${rec.name}"`); // refused before anything changes
+      extendImage(files.image, limit);
+      crashPoint('grow:after-image');
+      await commit({ ...spec, limit });
+      crashPoint('grow:after-commit');
+    } else if (!mayResizeOnline()) {
+      return limit; // nothing asked that this process could finish
+    }
+    if (isMountRootOrMissing(files.data)) {
+      await growMountedImage(files.image, files.data, limit, ctx.devDir);
+      return limit;
+    }
+    if (!imageBelowLimit(files.image, limit)) return limit;
+    // Not mounted (not in use): mounted for the kernel's online resize, then unmounted. The caller holds
+    // the volume's lock, so no Mount comes meanwhile; a crash leaves a stale mount start-up removes.
+    await mountImage(files.image, files.data, ctx.devDir);
+    try {
+      crashPoint('grow:mounted');
+      await growMountedImage(files.image, files.data, limit, ctx.devDir);
+    } finally {
+      await unmountData(rec, ctx);
+    }
+    return limit;
   },
   describe: (rec, ctx) => ({ path: ctx.layout.dataDir(rec.name), limit: rec.spec.limit, sizeBacking: rec.spec.backing }),
   async destroy(rec, ctx) {
