@@ -1,0 +1,258 @@
+/**
+ * Volume expansion (#12): ControllerExpandVolume through a real gRPC client over the real server's CSI
+ * socket, and `tsvol volume resize` through the control socket, on loop-backed sized volumes (the data
+ * root here has no project quotas: see volumes-size-quota.test.ts). A published volume grows online and
+ * takes writes past its old limit up to the new one; repeats, shrinks and volumes without a size get the
+ * spec's answers; the capacity survives a restart; a kill -9 at each named crash point of a grow leaves a
+ * consistent, usable volume that the next grow or Mount finishes.
+ */
+import { spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { csiClient, fails, grpc, mountCap, type CsiClient } from './helpers/csi.js';
+import { requireTools } from './helpers/require.js';
+import { CLI, cleanupDir, isMounted, requireRoot, startTestServer, type TestServer } from './helpers/server.js';
+
+requireTools('mount', 'umount', 'mkfs.ext4', 'dd', 'losetup', 'e2fsck', 'dumpe2fs');
+
+const { status } = grpc;
+const cap = mountCap();
+const MiB = 1 << 20;
+const NODE = { TSVOL_NODE_ID: 'node-a' };
+
+/** A root server with CSI and a client to it; `restart` replaces both (same data root), all closed afterwards. */
+async function withCsi(
+  t: { log: (m: string) => void },
+  fn: (c: { csi: CsiClient; s: TestServer; restart(env?: Record<string, string>): Promise<void> }) => Promise<void>,
+  env: Record<string, string> = NODE,
+): Promise<void> {
+  if (!requireRoot(t)) return;
+  let s = await startTestServer({ csi: true, env });
+  let csi = csiClient(s.csiSocket!);
+  const ctx = {
+    get csi() {
+      return csi;
+    },
+    get s() {
+      return s;
+    },
+    async restart(next: Record<string, string> = NODE) {
+      csi.close();
+      await s.kill();
+      s = await startTestServer({ dir: s.dir, csi: true, env: next });
+      csi = csiClient(s.csiSocket!);
+    },
+  };
+  try {
+    await fn(ctx);
+  } finally {
+    csi.close();
+    await s.kill();
+    cleanupDir(s.dir);
+  }
+}
+
+/** dd of `mb` MiB of zeros into `file`, flushed; exit status and stderr. */
+function dd(file: string, mb: number): { status: number | null; stderr: string } {
+  const r = spawnSync('dd', ['if=/dev/zero', `of=${file}`, 'bs=1M', `count=${mb}`, 'conv=fsync'], { encoding: 'utf8' });
+  return { status: r.status, stderr: r.stderr };
+}
+
+/** The size of the filesystem mounted at `dir`, in bytes (statfs: blocks the filesystem offers). */
+function fsBytes(dir: string): number {
+  const st = fs.statfsSync(dir);
+  return st.blocks * st.bsize;
+}
+
+/** e2fsck -fn of an unmounted image: exit 0 means a clean filesystem. */
+function fsck(image: string): { status: number | null; out: string } {
+  const r = spawnSync('e2fsck', ['-fn', image], { encoding: 'utf8' });
+  return { status: r.status, out: `${r.stdout}${r.stderr}` };
+}
+
+const range = (required: number, limit = 0) => ({ required_bytes: String(required), limit_bytes: String(limit) });
+const expand = (csi: CsiClient, id: string, required: number, limit = 0) =>
+  csi.controller('ControllerExpandVolume', { volume_id: id, capacity_range: range(required, limit), volume_capability: cap });
+
+test('capabilities: VolumeExpansion ONLINE and EXPAND_VOLUME on the controller; no node expansion', async (t) => {
+  await withCsi(t, async ({ csi }) => {
+    const plugin = (await csi.identity('GetPluginCapabilities')).capabilities as Record<string, unknown>[];
+    t.deepEqual(plugin.filter((c) => c.volume_expansion !== null && c.volume_expansion !== undefined), [{ volume_expansion: { type: 'ONLINE' }, type: 'volume_expansion' }]);
+    const ctl = (await csi.controller('ControllerGetCapabilities')).capabilities as { rpc: { type: string } }[];
+    t.true(ctl.some((c) => c.rpc.type === 'EXPAND_VOLUME'));
+    const node = (await csi.node('NodeGetCapabilities')).capabilities as { rpc: { type: string } }[];
+    t.false(node.some((c) => c.rpc.type === 'EXPAND_VOLUME'));
+    t.is((await fails(csi.node('NodeExpandVolume', { volume_id: 'x' }))).code, status.UNIMPLEMENTED);
+  });
+});
+
+test('a published loop-backed volume grows online: writes pass the old limit and stop at the new one; repeats, shrinks, restart', async (t) => {
+  await withCsi(t, async (c) => {
+    const created = await c.csi.controller('CreateVolume', { name: 'pvc-grow', volume_capabilities: [cap], capacity_range: range(32 * MiB) });
+    t.like(created, { volume: { capacity_bytes: String(32 * MiB) } });
+    const target = path.join(c.s.dir, 'pods', 'p1', 'mount');
+    await c.csi.node('NodePublishVolume', { volume_id: 'pvc-grow', target_path: target, volume_capability: cap });
+    t.is(dd(path.join(target, 'a'), 20).status, 0);
+    const full = dd(path.join(target, 'b'), 20);
+    t.regex(full.stderr, /No space left on device/, 'the old limit holds');
+    fs.rmSync(path.join(target, 'b'));
+
+    const reply = { capacity_bytes: String(64 * MiB), node_expansion_required: false };
+    t.deepEqual(await expand(c.csi, 'pvc-grow', 64 * MiB), reply);
+    t.true(fsBytes(target) > 56 * MiB, `the mounted filesystem grew: ${fsBytes(target)} bytes`);
+    t.is(dd(path.join(target, 'b'), 30).status, 0, 'a write past the old limit');
+    t.regex(dd(path.join(target, 'c'), 30).stderr, /No space left on device/, 'the new limit holds');
+    t.is(fs.statSync(path.join(c.s.data, 'volumes', 'pvc-grow', 'disk.img')).size, 64 * MiB);
+
+    // Idempotent: the same request, a smaller one, and an exact range at the size all answer the capacity.
+    t.deepEqual(await expand(c.csi, 'pvc-grow', 64 * MiB), reply);
+    t.deepEqual(await expand(c.csi, 'pvc-grow', 40 * MiB), reply);
+    t.deepEqual(await expand(c.csi, 'pvc-grow', 64 * MiB, 64 * MiB), reply);
+    // A range the volume is above: no shrinking.
+    const shrink = await fails(expand(c.csi, 'pvc-grow', 16 * MiB, 32 * MiB));
+    t.is(shrink.code, status.OUT_OF_RANGE);
+    t.regex(shrink.details, /volume "pvc-grow" is 67108864 bytes, more than the 33554432 asked for: a sized volume grows, it never shrinks/);
+
+    const shows = async (): Promise<void> => {
+      t.like(await c.csi.controller('ControllerGetVolume', { volume_id: 'pvc-grow' }), { volume: { capacity_bytes: String(64 * MiB) } });
+      const list = (await c.csi.controller('ListVolumes', {})).entries as { volume: { volume_id: string; capacity_bytes: string } }[];
+      t.is(list.find((e) => e.volume.volume_id === 'pvc-grow')?.volume.capacity_bytes, String(64 * MiB));
+      t.like(await c.s.ok('/VolumeDriver.Get', { Name: 'pvc-grow' }), { Volume: { Status: { kind: 'sized', limit: 64 * MiB } } });
+      const stats = await c.csi.node('NodeGetVolumeStats', { volume_id: 'pvc-grow', volume_path: target });
+      t.is((stats.usage as { unit: string; total: string }[])[0]?.total, String(64 * MiB));
+    };
+    await shows();
+    await c.restart();
+    await shows();
+    t.true(isMounted(target), 'still published after the restart');
+
+    await c.csi.node('NodeUnpublishVolume', { volume_id: 'pvc-grow', target_path: target });
+    const check = fsck(path.join(c.s.data, 'volumes', 'pvc-grow', 'disk.img'));
+    t.is(check.status, 0, check.out);
+  });
+});
+
+test('a volume not in use grows too: mounted for the resize and unmounted again; the next publish has the room', async (t) => {
+  await withCsi(t, async (c) => {
+    await c.csi.controller('CreateVolume', { name: 'idle', volume_capabilities: [cap], capacity_range: range(32 * MiB) });
+    t.deepEqual(await expand(c.csi, 'idle', 48 * MiB), { capacity_bytes: String(48 * MiB), node_expansion_required: false });
+    const image = path.join(c.s.data, 'volumes', 'idle', 'disk.img');
+    t.false(isMounted(path.join(c.s.data, 'volumes', 'idle', '_data')), 'unmounted again');
+    t.is(spawnSync('losetup', ['-j', image], { encoding: 'utf8' }).stdout.trim(), '', 'no loop device left');
+    const check = fsck(image);
+    t.is(check.status, 0, check.out);
+    t.regex(spawnSync('dumpe2fs', ['-h', image], { encoding: 'utf8' }).stdout, new RegExp(`Block count:\\s+(${48 * 1024}|${12 * 1024})\\n`));
+    const target = path.join(c.s.dir, 'pods', 'p2', 'mount');
+    await c.csi.node('NodePublishVolume', { volume_id: 'idle', target_path: target, volume_capability: cap });
+    t.is(dd(path.join(target, 'big'), 40).status, 0, 'past the old 32 MiB');
+  });
+});
+
+test('ControllerExpandVolume errors: the spec codes, and a volume without a size is refused by name', async (t) => {
+  await withCsi(t, async ({ csi }) => {
+    await csi.controller('CreateVolume', { name: 'plain', volume_capabilities: [cap] });
+    await csi.controller('CreateVolume', { name: 'sized', volume_capabilities: [cap], capacity_range: range(16 * MiB) });
+    const cases: [string, object, number, RegExp][] = [
+      ['no volume_id', { capacity_range: range(MiB) }, status.INVALID_ARGUMENT, /volume_id is required/],
+      ['no capacity_range', { volume_id: 'sized' }, status.INVALID_ARGUMENT, /"sized": capacity_range is required/],
+      ['an empty range', { volume_id: 'sized', capacity_range: range(0) }, status.INVALID_ARGUMENT, /required_bytes or limit_bytes/],
+      ['required above limit', { volume_id: 'sized', capacity_range: range(64 * MiB, 32 * MiB) }, status.INVALID_ARGUMENT, /exceeds limit_bytes/],
+      ['block access', { volume_id: 'sized', capacity_range: range(64 * MiB), volume_capability: { block: {}, access_mode: { mode: 'SINGLE_NODE_WRITER' } } }, status.INVALID_ARGUMENT, /block access/],
+      ['unknown volume', { volume_id: 'nope', capacity_range: range(64 * MiB) }, status.NOT_FOUND, /volume "nope" not found/],
+      ['no size limit', { volume_id: 'plain', capacity_range: range(64 * MiB) }, status.INVALID_ARGUMENT, /volume "plain" is a named volume, with no size limit to grow/],
+    ];
+    for (const [what, req, code, message] of cases) {
+      const err = await fails(csi.controller('ControllerExpandVolume', req));
+      t.is(err.code, code, what);
+      t.regex(err.details, message, what);
+    }
+    t.like(await csi.controller('ControllerGetVolume', { volume_id: 'sized' }), { volume: { capacity_bytes: String(16 * MiB) } }, 'refusals change nothing');
+  });
+});
+
+test('tsvol volume resize grows a Docker volume in use through the control socket; refuses a shrink and a volume without a size', async (t) => {
+  await withCsi(t, async ({ s }) => {
+    const cli = (...args: string[]) => {
+      const env: NodeJS.ProcessEnv = { ...process.env, TSVOL_DATA: s.data };
+      delete env.TSVOL_SOCKET;
+      delete env.TSVOL_MOUNTS;
+      return spawnSync(process.execPath, [CLI, ...args], { env, encoding: 'utf8' });
+    };
+    await s.ok('/VolumeDriver.Create', { Name: 'db', Opts: { size: '32m' } });
+    await s.ok('/VolumeDriver.Create', { Name: 'logs', Opts: {} });
+    const mp = (await s.ok('/VolumeDriver.Mount', { Name: 'db', ID: 'c1' })).Mountpoint as string;
+    const grown = cli('volume', 'resize', 'db', '64m');
+    t.is(grown.status, 0, grown.stderr);
+    t.is(grown.stdout, `${64 * MiB}\n`);
+    t.is(dd(path.join(mp, 'f'), 50).status, 0, 'the container writes past the old limit');
+    t.is(cli('volume', 'resize', 'db', '64m').status, 0, 'the same size again');
+    const shrink = cli('volume', 'resize', 'db', '32m');
+    t.not(shrink.status, 0);
+    t.regex(shrink.stderr, /resize volume "db": volume "db" is 67108864 bytes, more than the 33554432 asked for/);
+    const unsized = cli('volume', 'resize', 'logs', '1g');
+    t.not(unsized.status, 0);
+    t.regex(unsized.stderr, /volume "logs" is a named volume, with no size limit to grow/);
+    t.regex(cli('volume', 'resize', 'db', 'lots').stderr, /invalid option size="lots"/);
+    t.regex(cli('volume', 'resize', 'gone', '1g').stderr, /volume "gone" not found/);
+    t.like(await s.ok('/VolumeDriver.Get', { Name: 'db' }), { Volume: { Status: { limit: 64 * MiB } } });
+    t.regex(s.output(), /"api":"control","op":"resize","volume":"db"/);
+  });
+});
+
+/**
+ * The named crash points of a loop-backed grow (src/volumes/kinds/sized.ts), in order, with what the
+ * restarted server must show before anything finishes the work: the recorded capacity, and whether the
+ * volume is published when the kill lands (grow:mounted is only reached by a volume not in use).
+ */
+const CRASHES = [
+  { point: 'grow:after-image', recorded: 32 * MiB, published: true },
+  { point: 'grow:after-commit', recorded: 64 * MiB, published: true },
+  { point: 'grow:mounted', recorded: 64 * MiB, published: false },
+] as const;
+
+for (const { point, recorded, published } of CRASHES) {
+  test(`kill -9 mid-grow (${point}): the volume stays consistent and usable, and the next ${published ? 'grow' : 'publish'} finishes it`, async (t) => {
+    await withCsi(
+      t,
+      async (c) => {
+        await c.csi.controller('CreateVolume', { name: 'v', volume_capabilities: [cap], capacity_range: range(32 * MiB) });
+        const target = path.join(c.s.dir, 'pods', 'p', 'mount');
+        const data = crypto.randomBytes(8 * MiB);
+        await c.csi.node('NodePublishVolume', { volume_id: 'v', target_path: target, volume_capability: cap });
+        fs.writeFileSync(path.join(target, 'kept'), data);
+        if (!published) await c.csi.node('NodeUnpublishVolume', { volume_id: 'v', target_path: target });
+
+        const exited = new Promise<NodeJS.Signals | null>((res) => c.s.proc.once('exit', (_code, signal) => res(signal)));
+        const err = await fails(expand(c.csi, 'v', 64 * MiB));
+        t.is(await exited, 'SIGKILL', `the server reached ${point}`);
+        t.is(err.code, status.UNAVAILABLE, 'no answer');
+        const image = path.join(c.s.data, 'volumes', 'v', 'disk.img');
+        t.is(fs.statSync(image).size, 64 * MiB, 'the image was extended before the kill');
+
+        await c.restart();
+        t.like(await c.csi.controller('ControllerGetVolume', { volume_id: 'v' }), { volume: { capacity_bytes: String(recorded) } });
+        if (published) {
+          t.true(isMounted(target), 'still published');
+          t.true(fsBytes(target) < 33 * MiB, 'the old size is in effect until the work is finished');
+          t.regex(dd(path.join(target, 'over'), 40).stderr, /No space left on device/);
+          fs.rmSync(path.join(target, 'over'));
+          // The orchestrator retries the call that got no answer: it finishes the grow.
+          t.deepEqual(await expand(c.csi, 'v', 64 * MiB), { capacity_bytes: String(64 * MiB), node_expansion_required: false });
+        } else {
+          t.false(isMounted(path.join(c.s.data, 'volumes', 'v', '_data')), "start-up removed the grow's own mount");
+          // The first Mount finishes the grow: no retry needed.
+          await c.csi.node('NodePublishVolume', { volume_id: 'v', target_path: target, volume_capability: cap });
+        }
+        t.true(fsBytes(target) > 56 * MiB, `grown: ${fsBytes(target)} bytes`);
+        t.is(dd(path.join(target, 'more'), 40).status, 0, 'a write past the old limit');
+        t.true(fs.readFileSync(path.join(target, 'kept')).equals(data), 'what was written before the kill is intact');
+        await c.csi.node('NodeUnpublishVolume', { volume_id: 'v', target_path: target });
+        const check = fsck(image);
+        t.is(check.status, 0, check.out);
+      },
+      { ...NODE, TSVOL_CRASH_AT: point },
+    );
+  });
+}
