@@ -78,8 +78,8 @@ const expand = (csi: CsiClient, id: string, required: number, limit = 0) =>
 
 test('capabilities: VolumeExpansion ONLINE and EXPAND_VOLUME on the controller; no node expansion', async (t) => {
   await withCsi(t, async ({ csi }) => {
-    const plugin = (await csi.identity('GetPluginCapabilities')).capabilities as Record<string, unknown>[];
-    t.deepEqual(plugin.filter((c) => c.volume_expansion !== null && c.volume_expansion !== undefined), [{ volume_expansion: { type: 'ONLINE' }, type: 'volume_expansion' }]);
+    const plugin = (await csi.identity('GetPluginCapabilities')).capabilities as { volume_expansion?: { type: string } | null }[];
+    t.deepEqual(plugin.flatMap((c) => (c.volume_expansion ? [c.volume_expansion.type] : [])), ['ONLINE']);
     const ctl = (await csi.controller('ControllerGetCapabilities')).capabilities as { rpc: { type: string } }[];
     t.true(ctl.some((c) => c.rpc.type === 'EXPAND_VOLUME'));
     const node = (await csi.node('NodeGetCapabilities')).capabilities as { rpc: { type: string } }[];
@@ -101,8 +101,9 @@ test('a published loop-backed volume grows online: writes pass the old limit and
 
     const reply = { capacity_bytes: String(64 * MiB), node_expansion_required: false };
     t.deepEqual(await expand(c.csi, 'pvc-grow', 64 * MiB), reply);
-    t.true(fsBytes(target) > 56 * MiB, `the mounted filesystem grew: ${fsBytes(target)} bytes`);
-    t.is(dd(path.join(target, 'b'), 30).status, 0, 'a write past the old limit');
+    // statfs counts what the filesystem offers: the limit less ext4's journal and inode tables.
+    t.true(fsBytes(target) > 48 * MiB, `the mounted filesystem grew: ${fsBytes(target)} bytes`);
+    t.is(dd(path.join(target, 'b'), 25).status, 0, 'a write past the old limit');
     t.regex(dd(path.join(target, 'c'), 30).stderr, /No space left on device/, 'the new limit holds');
     t.is(fs.statSync(path.join(c.s.data, 'volumes', 'pvc-grow', 'disk.img')).size, 64 * MiB);
 
@@ -137,13 +138,13 @@ test('a published loop-backed volume grows online: writes pass the old limit and
 test('a volume not in use grows too: mounted for the resize and unmounted again; the next publish has the room', async (t) => {
   await withCsi(t, async (c) => {
     await c.csi.controller('CreateVolume', { name: 'idle', volume_capabilities: [cap], capacity_range: range(32 * MiB) });
-    t.deepEqual(await expand(c.csi, 'idle', 48 * MiB), { capacity_bytes: String(48 * MiB), node_expansion_required: false });
+    t.deepEqual(await expand(c.csi, 'idle', 64 * MiB), { capacity_bytes: String(64 * MiB), node_expansion_required: false });
     const image = path.join(c.s.data, 'volumes', 'idle', 'disk.img');
     t.false(isMounted(path.join(c.s.data, 'volumes', 'idle', '_data')), 'unmounted again');
     t.is(spawnSync('losetup', ['-j', image], { encoding: 'utf8' }).stdout.trim(), '', 'no loop device left');
     const check = fsck(image);
     t.is(check.status, 0, check.out);
-    t.regex(spawnSync('dumpe2fs', ['-h', image], { encoding: 'utf8' }).stdout, new RegExp(`Block count:\\s+(${48 * 1024}|${12 * 1024})\\n`));
+    t.regex(spawnSync('dumpe2fs', ['-h', image], { encoding: 'utf8' }).stdout, new RegExp(`Block count:\\s+(${64 * 1024}|${16 * 1024})\\n`));
     const target = path.join(c.s.dir, 'pods', 'p2', 'mount');
     await c.csi.node('NodePublishVolume', { volume_id: 'idle', target_path: target, volume_capability: cap });
     t.is(dd(path.join(target, 'big'), 40).status, 0, 'past the old 32 MiB');
@@ -186,7 +187,7 @@ test('tsvol volume resize grows a Docker volume in use through the control socke
     const grown = cli('volume', 'resize', 'db', '64m');
     t.is(grown.status, 0, grown.stderr);
     t.is(grown.stdout, `${64 * MiB}\n`);
-    t.is(dd(path.join(mp, 'f'), 50).status, 0, 'the container writes past the old limit');
+    t.is(dd(path.join(mp, 'f'), 40).status, 0, 'the container writes past the old limit');
     t.is(cli('volume', 'resize', 'db', '64m').status, 0, 'the same size again');
     const shrink = cli('volume', 'resize', 'db', '32m');
     t.not(shrink.status, 0);
@@ -245,7 +246,7 @@ for (const { point, recorded, published } of CRASHES) {
           // The first Mount finishes the grow: no retry needed.
           await c.csi.node('NodePublishVolume', { volume_id: 'v', target_path: target, volume_capability: cap });
         }
-        t.true(fsBytes(target) > 56 * MiB, `grown: ${fsBytes(target)} bytes`);
+        t.true(fsBytes(target) > 48 * MiB, `grown: ${fsBytes(target)} bytes`);
         t.is(dd(path.join(target, 'more'), 40).status, 0, 'a write past the old limit');
         t.true(fs.readFileSync(path.join(target, 'kept')).equals(data), 'what was written before the kill is intact');
         await c.csi.node('NodeUnpublishVolume', { volume_id: 'v', target_path: target });
