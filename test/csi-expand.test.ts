@@ -218,38 +218,38 @@ for (const { point, recorded, published } of CRASHES) {
     await withCsi(
       t,
       async (c) => {
-        await c.csi.controller('CreateVolume', { name: 'v', volume_capabilities: [cap], capacity_range: range(32 * MiB) });
+        await c.csi.controller('CreateVolume', { name: 'vol', volume_capabilities: [cap], capacity_range: range(32 * MiB) });
         const target = path.join(c.s.dir, 'pods', 'p', 'mount');
         const data = crypto.randomBytes(8 * MiB);
-        await c.csi.node('NodePublishVolume', { volume_id: 'v', target_path: target, volume_capability: cap });
+        await c.csi.node('NodePublishVolume', { volume_id: 'vol', target_path: target, volume_capability: cap });
         fs.writeFileSync(path.join(target, 'kept'), data);
-        if (!published) await c.csi.node('NodeUnpublishVolume', { volume_id: 'v', target_path: target });
+        if (!published) await c.csi.node('NodeUnpublishVolume', { volume_id: 'vol', target_path: target });
 
         const exited = new Promise<NodeJS.Signals | null>((res) => c.s.proc.once('exit', (_code, signal) => res(signal)));
-        const err = await fails(expand(c.csi, 'v', 64 * MiB));
+        const err = await fails(expand(c.csi, 'vol', 64 * MiB));
         t.is(await exited, 'SIGKILL', `the server reached ${point}`);
         t.is(err.code, status.UNAVAILABLE, 'no answer');
-        const image = path.join(c.s.data, 'volumes', 'v', 'disk.img');
+        const image = path.join(c.s.data, 'volumes', 'vol', 'disk.img');
         t.is(fs.statSync(image).size, 64 * MiB, 'the image was extended before the kill');
 
         await c.restart();
-        t.like(await c.csi.controller('ControllerGetVolume', { volume_id: 'v' }), { volume: { capacity_bytes: String(recorded) } });
+        t.like(await c.csi.controller('ControllerGetVolume', { volume_id: 'vol' }), { volume: { capacity_bytes: String(recorded) } });
         if (published) {
           t.true(isMounted(target), 'still published');
           t.true(fsBytes(target) < 33 * MiB, 'the old size is in effect until the work is finished');
           t.regex(dd(path.join(target, 'over'), 40).stderr, /No space left on device/);
           fs.rmSync(path.join(target, 'over'));
           // The orchestrator retries the call that got no answer: it finishes the grow.
-          t.deepEqual(await expand(c.csi, 'v', 64 * MiB), { capacity_bytes: String(64 * MiB), node_expansion_required: false });
+          t.deepEqual(await expand(c.csi, 'vol', 64 * MiB), { capacity_bytes: String(64 * MiB), node_expansion_required: false });
         } else {
-          t.false(isMounted(path.join(c.s.data, 'volumes', 'v', '_data')), "start-up removed the grow's own mount");
+          t.false(isMounted(path.join(c.s.data, 'volumes', 'vol', '_data')), "start-up removed the grow's own mount");
           // The first Mount finishes the grow: no retry needed.
-          await c.csi.node('NodePublishVolume', { volume_id: 'v', target_path: target, volume_capability: cap });
+          await c.csi.node('NodePublishVolume', { volume_id: 'vol', target_path: target, volume_capability: cap });
         }
         t.true(fsBytes(target) > 48 * MiB, `grown: ${fsBytes(target)} bytes`);
         t.is(dd(path.join(target, 'more'), 40).status, 0, 'a write past the old limit');
         t.true(fs.readFileSync(path.join(target, 'kept')).equals(data), 'what was written before the kill is intact');
-        await c.csi.node('NodeUnpublishVolume', { volume_id: 'v', target_path: target });
+        await c.csi.node('NodeUnpublishVolume', { volume_id: 'vol', target_path: target });
         const check = fsck(image);
         t.is(check.status, 0, check.out);
       },

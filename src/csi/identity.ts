@@ -1,4 +1,5 @@
 /** The CSI Identity service (#12): the driver's name and version, its capabilities, and readiness. */
+import { growsOnline } from '../volumes/size-limit.js';
 import { DRIVER_NAME } from './common.js';
 
 /** The Identity service's handlers; `version` is the package's. */
@@ -12,8 +13,9 @@ export function identityHandlers(version: string) {
         capabilities: [
           { service: { type: 'CONTROLLER_SERVICE' } },
           { service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } },
-          // ControllerExpandVolume grows a sized volume while it is published (#12): no NodeExpandVolume.
-          { volume_expansion: { type: 'ONLINE' } },
+          // ControllerExpandVolume grows a sized volume, also while it is published where this process may
+          // resize a mounted filesystem (CAP_SYS_RESOURCE), else only unpublished (#12). No NodeExpandVolume.
+          { volume_expansion: { type: growsOnline() ? 'ONLINE' : 'OFFLINE' } },
         ],
       };
     },

@@ -11,6 +11,7 @@
  *   volumes/<name>/_data     a volume's contents (moby's local-driver layout); the mountpoint of a loop-backed
  *                            sized volume's image and of a layered volume's overlay while held
  *   volumes/<name>/disk.img  a loop-backed sized volume's sparse ext4 image (src/volumes/size-limit.ts)
+ *   volumes/<name>/growing   empty: a grow of that image is under way or was cut short (kinds/sized.ts)
  *   volumes/<name>/upper     a layered volume's writes: overlay's upper directory (src/volumes/layered.ts)
  *   volumes/<name>/work      a layered volume's overlay work directory
  *   tmp/new-<id>/            a volume directory being built; renamed into volumes/ when complete
@@ -57,6 +58,8 @@ export interface VolumeFiles {
   readonly data: string;
   /** disk.img: a loop-backed sized volume's ext4 image. */
   readonly image: string;
+  /** growing: present from before a grow's commit until its filesystem has grown (#12). */
+  readonly growing: string;
   /** upper: a layered volume's writes (overlay's upper directory). */
   readonly upper: string;
   /** work: a layered volume's overlay work directory (same filesystem as upper). */
@@ -71,6 +74,7 @@ export function volumeFiles(dir: string): VolumeFiles {
   return {
     data: path.join(dir, DATA),
     image: path.join(dir, 'disk.img'),
+    growing: path.join(dir, 'growing'),
     upper: path.join(dir, 'upper'),
     work: path.join(dir, 'work'),
   };

@@ -11,7 +11,7 @@
  * grants).
  */
 import fs from 'node:fs';
-import { InternalError, UnavailableError } from '../errors.js';
+import { InternalError } from '../errors.js';
 import { ioctlInAsync } from './libc.js';
 
 /** _IOW('f', 16, __u64): grow the filesystem of the open file to the given block count. */
@@ -61,15 +61,6 @@ export function readImageSize(image: string): Ext4Size {
 export function mayResizeOnline(): boolean {
   const line = /^CapEff:\s*([0-9a-f]+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'));
   return line?.[1] !== undefined && (BigInt(`0x${line[1]}`) & (1n << BigInt(CAP_SYS_RESOURCE))) !== 0n;
-}
-
-/** Throws UnavailableError naming the fix unless this process may resize a mounted filesystem. */
-export function checkOnlineResize(what: string): void {
-  if (!mayResizeOnline()) {
-    throw new UnavailableError(
-      `${what}: growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE, which this process lacks; grant it (the managed plugin's config.json lists it: upgrade the plugin and accept its privileges)`,
-    );
-  }
 }
 
 /**

@@ -13,9 +13,12 @@
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 import { errnoCode, describeError, UnavailableError } from '../errors.js';
-import { growMountedExt4, readExt4Size, readImageSize } from '../sys/ext4.js';
-import { ioctlBuf, isMountRoot, quotactlFd } from '../sys/libc.js';
+import { crashPoint } from '../sys/crash-point.js';
+import { fsyncDir } from '../sys/durable.js';
+import { growMountedExt4, mayResizeOnline, readExt4Size, readImageSize } from '../sys/ext4.js';
+import { ioctlBuf, isMountRoot, quotactlFd, tryFlock } from '../sys/libc.js';
 import { mountLoopImage, refreshLoopCapacity } from '../sys/loop.js';
 
 /** How sized volumes are made on this data root, and why. */
@@ -220,4 +223,83 @@ export async function growMountedImage(image: string, data: string, limit: numbe
 export function imageBelowLimit(image: string, limit: number): boolean {
   const size = readImageSize(image);
   return size.blocks < Math.floor(limit / size.blockSize);
+}
+
+/** True if this process may grow a mounted image (CAP_SYS_RESOURCE): CSI's VolumeExpansion ONLINE. */
+export function growsOnline(): boolean {
+  return mayResizeOnline();
+}
+
+/** Marks a volume's grow as under way (`marker`: VolumeFiles.growing), durably, before its commit. */
+export function markGrowing(marker: string): void {
+  fs.closeSync(fs.openSync(marker, 'w', 0o600));
+  fsyncDir(path.dirname(marker));
+}
+
+/** Its grow is finished: the marker goes (a leftover only costs the next establish a superblock read). */
+export function clearGrowing(marker: string): void {
+  try {
+    fs.unlinkSync(marker);
+  } catch (err) {
+    // ENOENT: cleared already (a repeated grow).
+    if (errnoCode(err) !== 'ENOENT') throw err;
+  }
+}
+
+/** How long a Mount or grow waits for an offline resize that a killed process left running. */
+const IMAGE_LOCK_WAIT_MS = 120_000;
+
+/**
+ * Opens `image` with an exclusive flock, waiting while another open file description holds it: an offline
+ * resize (growImageOffline) whose server was killed keeps the lock until it has finished. Returns the fd.
+ */
+export async function lockImage(image: string): Promise<number> {
+  const fd = fs.openSync(image, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  try {
+    for (const until = Date.now() + IMAGE_LOCK_WAIT_MS; !tryFlock(fd); ) {
+      if (Date.now() > until) throw new UnavailableError(`${image} is still being resized by an earlier process after ${IMAGE_LOCK_WAIT_MS / 1000} s; retry later`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return fd;
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+}
+
+/**
+ * Runs `cmd` holding `lockFd` (as its fd 3) with no pipe to this process: stdout to /dev/null, stderr
+ * appended to `log`. If this process is killed, the child neither dies of a closed pipe nor drops the
+ * lock: it runs to the end, and whoever wants the image waits for it (lockImage).
+ */
+function runHolding(cmd: string, args: readonly string[], lockFd: number, log: string, ok: (code: number) => boolean): Promise<void> {
+  const errFd = fs.openSync(log, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_NOFOLLOW);
+  try {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', errFd, lockFd] });
+    return new Promise((resolve, reject) => {
+      child.on('error', (e) => reject(errnoCode(e) === 'ENOENT' ? new UnavailableError(`${cmd} not found: growing a sized volume offline needs e2fsprogs`) : e));
+      child.on('close', (code) => {
+        if (code !== null && ok(code)) return resolve();
+        const said = fs.readFileSync(log, 'utf8').trim().split('\n').slice(-3).join('; ');
+        reject(new Error(`${cmd} ${args.join(' ')}: exit ${code}: ${said}`));
+      });
+    });
+  } finally {
+    fs.closeSync(errFd); // the child has its own copy
+  }
+}
+
+/**
+ * Grows the filesystem of the unmounted `image` to fill `limit` offline, where this process may not resize
+ * online (no CAP_SYS_RESOURCE): e2fsck -f -p (resize2fs wants a checked filesystem; exit 1 means it fixed
+ * something and is fine), then resize2fs to the block count. Both hold `lockFd` (lockImage's) and write
+ * their messages to `log` (the grow's marker file). resize2fs does not journal its work: a power cut in the
+ * middle of it can damage the image, which the online path cannot; see README (growing).
+ */
+export async function growImageOffline(image: string, limit: number, lockFd: number, log: string): Promise<void> {
+  const { blockSize } = readImageSize(image);
+  await runHolding('e2fsck', ['-f', '-p', image], lockFd, log, (code) => code <= 1);
+  const resize = runHolding('resize2fs', [image, String(Math.floor(limit / blockSize))], lockFd, log, (code) => code === 0);
+  crashPoint('grow:resizing');
+  await resize;
 }

@@ -13,16 +13,20 @@
  * image's filesystem smaller than the recorded limit is grown once mounted.
  */
 import fs from 'node:fs';
-import { OutOfRangeError, describeError } from '../../errors.js';
-import { checkOnlineResize, mayResizeOnline } from '../../sys/ext4.js';
+import { InUseError, OutOfRangeError, describeError } from '../../errors.js';
+import { mayResizeOnline } from '../../sys/ext4.js';
 import { crashPoint } from '../../sys/crash-point.js';
 import type { VolumeFiles } from '../../store/layout.js';
 import {
   applyProjectQuota,
+  clearGrowing,
   clearProjectQuota,
   extendImage,
+  growImageOffline,
   growMountedImage,
   imageBelowLimit,
+  lockImage,
+  markGrowing,
   imageUsage,
   makeImage,
   mountImage,
@@ -35,20 +39,45 @@ import { buildInTmp, dataDirVolume, isMountRootOrMissing, unmountData } from './
 import type { KindContext, RecordOf, VolumeKind } from './kind.js';
 
 /**
- * Establish of an image a crash left smaller than its recorded limit (a grow committed, its filesystem
- * not grown yet): grows it now that it is mounted. Never fails the Mount: the volume works at its old
- * size, and the next grow says why it cannot finish.
+ * Grows the filesystem of a volume's image that is not mounted here to fill `limit`: online on a mount of
+ * its own where this process may (journaled, see sys/ext4.ts), else offline (resize2fs). Under the
+ * image's lock, so it waits for an offline resize a killed process left running. Nothing to do if the
+ * filesystem has that size already.
+ */
+async function growUnmounted(rec: RecordOf<'sized'>, files: VolumeFiles, limit: number, ctx: KindContext): Promise<void> {
+  const lock = await lockImage(files.image);
+  try {
+    if (!imageBelowLimit(files.image, limit)) return;
+    if (!mayResizeOnline()) {
+      await growImageOffline(files.image, limit, lock, files.growing);
+      return;
+    }
+    // The caller holds the volume's lock (or is establishing it): no Mount comes meanwhile; a crash
+    // leaves a mount with no holder, which start-up removes.
+    await mountImage(files.image, files.data, ctx.devDir);
+    try {
+      crashPoint('grow:resizing');
+      await growMountedImage(files.image, files.data, limit, ctx.devDir);
+    } finally {
+      await unmountData(rec, ctx);
+    }
+  } finally {
+    fs.closeSync(lock);
+  }
+}
+
+/**
+ * Establish of an image whose grow a crash cut short (its `growing` marker is there): finishes it to the
+ * recorded limit before mounting. Never fails the Mount: the volume works at its old size, and the next
+ * grow says why it cannot finish.
  */
 async function finishGrow(rec: RecordOf<'sized'>, files: VolumeFiles, ctx: KindContext): Promise<void> {
-  if (!mayResizeOnline()) {
-    ctx.log.warn({ volume: rec.name, limit: rec.spec.limit }, 'volume filesystem is below its limit; growing it needs CAP_SYS_RESOURCE');
-    return;
-  }
   try {
-    await growMountedImage(files.image, files.data, rec.spec.limit, ctx.devDir);
-    ctx.log.debug({ volume: rec.name, limit: rec.spec.limit }, 'volume filesystem grown to its limit');
+    await growUnmounted(rec, files, rec.spec.limit, ctx);
+    clearGrowing(files.growing);
+    ctx.log.info({ volume: rec.name, limit: rec.spec.limit }, 'finished growing volume filesystem');
   } catch (err) {
-    ctx.log.warn({ volume: rec.name, limit: rec.spec.limit, err: describeError(err) }, 'could not grow volume filesystem to its limit');
+    ctx.log.warn({ volume: rec.name, limit: rec.spec.limit, err: describeError(err) }, 'could not finish growing volume filesystem');
   }
 }
 
@@ -93,10 +122,8 @@ export const sized: VolumeKind<'sized'> = {
       return;
     }
     if (isMountRootOrMissing(files.data)) return; // still mounted (a restarted server keeps its held volumes' mounts)
-    // One pread of the superblock, while the file is the filesystem's only copy (unmounted).
-    const below = imageBelowLimit(files.image, spec.limit);
+    if (fs.existsSync(files.growing)) await finishGrow(rec, files, ctx);
     await mountImage(files.image, files.data, ctx.devDir);
-    if (below) await finishGrow(rec, files, ctx);
   },
   async release(rec, ctx) {
     // The image's mount goes with the last holder; autoclear detaches its loop device.
@@ -122,29 +149,26 @@ export const sized: VolumeKind<'sized'> = {
       syncProjectLimit(files.data, spec.projectId ?? 0, limit);
       return limit;
     }
+    const mounted = isMountRootOrMissing(files.data);
     if (grows) {
-      checkOnlineResize(`grow volume "${rec.name}"`); // refused before anything changes
+      if (mounted && !mayResizeOnline()) {
+        // Refused before anything changes: the CSI spec's FAILED_PRECONDITION for a volume in use (#12).
+        throw new InUseError(
+          `volume "${rec.name}" is in use, and growing its mounted filesystem needs CAP_SYS_RESOURCE, which this server lacks; stop the containers and pods using it and retry, or grant the capability`,
+        );
+      }
+      markGrowing(files.growing);
       extendImage(files.image, limit);
       crashPoint('grow:after-image');
       await commit({ ...spec, limit });
       crashPoint('grow:after-commit');
-    } else if (!mayResizeOnline()) {
-      return limit; // nothing asked that this process could finish
+    } else if (!fs.existsSync(files.growing)) {
+      return limit; // no grow of this volume is unfinished
     }
-    if (isMountRootOrMissing(files.data)) {
-      await growMountedImage(files.image, files.data, limit, ctx.devDir);
-      return limit;
-    }
-    if (!imageBelowLimit(files.image, limit)) return limit;
-    // Not mounted (not in use): mounted for the kernel's online resize, then unmounted. The caller holds
-    // the volume's lock, so no Mount comes meanwhile; a crash leaves a stale mount start-up removes.
-    await mountImage(files.image, files.data, ctx.devDir);
-    try {
-      crashPoint('grow:mounted');
-      await growMountedImage(files.image, files.data, limit, ctx.devDir);
-    } finally {
-      await unmountData(rec, ctx);
-    }
+    if (!mounted) await growUnmounted(rec, files, limit, ctx);
+    else if (mayResizeOnline()) await growMountedImage(files.image, files.data, limit, ctx.devDir);
+    else return limit; // in use here: finished when it is next established (unmounted), or by a grow with the capability
+    clearGrowing(files.growing);
     return limit;
   },
   describe: (rec, ctx) => ({ path: ctx.layout.dataDir(rec.name), limit: rec.spec.limit, sizeBacking: rec.spec.backing }),
