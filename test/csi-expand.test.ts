@@ -87,18 +87,6 @@ const range = (required: number, limit = 0) => ({ required_bytes: String(require
 const expand = (csi: CsiClient, id: string, required: number, limit = 0) =>
   csi.controller('ControllerExpandVolume', { volume_id: id, capacity_range: range(required, limit), volume_capability: cap });
 
-test('capabilities: VolumeExpansion ONLINE and EXPAND_VOLUME on the controller; no node expansion', async (t) => {
-  await withCsi(t, async ({ csi }) => {
-    const plugin = (await csi.identity('GetPluginCapabilities')).capabilities as { volume_expansion?: { type: string } | null }[];
-    t.deepEqual(plugin.flatMap((c) => (c.volume_expansion ? [c.volume_expansion.type] : [])), [online ? 'ONLINE' : 'OFFLINE']);
-    const ctl = (await csi.controller('ControllerGetCapabilities')).capabilities as { rpc: { type: string } }[];
-    t.true(ctl.some((c) => c.rpc.type === 'EXPAND_VOLUME'));
-    const node = (await csi.node('NodeGetCapabilities')).capabilities as { rpc: { type: string } }[];
-    t.false(node.some((c) => c.rpc.type === 'EXPAND_VOLUME'));
-    t.is((await fails(csi.node('NodeExpandVolume', { volume_id: 'x' }))).code, status.UNIMPLEMENTED);
-  });
-});
-
 (online ? test : test.skip)('a published loop-backed volume grows online: writes pass the old limit and stop at the new one; repeats, shrinks, restart', async (t) => {
   await withCsi(t, async (c) => {
     const created = await c.csi.controller('CreateVolume', { name: 'pvc-grow', volume_capabilities: [cap], capacity_range: range(32 * MiB) });
@@ -183,8 +171,16 @@ test('a volume not in use grows too (online on a mount of its own, or offline); 
   });
 });
 
-test('ControllerExpandVolume errors: the spec codes, and a volume without a size is refused by name', async (t) => {
+test('capabilities (VolumeExpansion, EXPAND_VOLUME, no node expansion); ControllerExpandVolume errors: the spec codes, and a volume without a size is refused by name', async (t) => {
   await withCsi(t, async ({ csi }) => {
+    const plugin = (await csi.identity('GetPluginCapabilities')).capabilities as { volume_expansion?: { type: string } | null }[];
+    t.deepEqual(plugin.flatMap((c) => (c.volume_expansion ? [c.volume_expansion.type] : [])), [online ? 'ONLINE' : 'OFFLINE']);
+    const ctl = (await csi.controller('ControllerGetCapabilities')).capabilities as { rpc: { type: string } }[];
+    t.true(ctl.some((c) => c.rpc.type === 'EXPAND_VOLUME'));
+    const node = (await csi.node('NodeGetCapabilities')).capabilities as { rpc: { type: string } }[];
+    t.false(node.some((c) => c.rpc.type === 'EXPAND_VOLUME'));
+    t.is((await fails(csi.node('NodeExpandVolume', { volume_id: 'x' }))).code, status.UNIMPLEMENTED);
+
     await csi.controller('CreateVolume', { name: 'plain', volume_capabilities: [cap] });
     await csi.controller('CreateVolume', { name: 'sized', volume_capabilities: [cap], capacity_range: range(16 * MiB) });
     const cases: [string, object, number, RegExp][] = [
