@@ -7,8 +7,8 @@
  * it can leave the image unmountable. So tsvol only ever grows a mounted image.
  *
  * Also: an ext4 image's size from its superblock, read with one pread (no dumpe2fs), and whether this
- * process may resize at all (the kernel asks for CAP_SYS_RESOURCE, which the managed plugin's config
- * grants).
+ * process may resize online at all (the kernel asks for CAP_SYS_RESOURCE; the managed plugin's config does
+ * not ask for it, see README).
  */
 import fs from 'node:fs';
 import { InternalError } from '../errors.js';

@@ -289,16 +289,25 @@ function runHolding(cmd: string, args: readonly string[], lockFd: number, log: s
   }
 }
 
+/** e2fsck -p found what it may not fix alone: the image must not be mounted until someone has checked it. */
+export class ImageCheckError extends UnavailableError {}
+
 /**
  * Grows the filesystem of the unmounted `image` to fill `limit` offline, where this process may not resize
- * online (no CAP_SYS_RESOURCE): e2fsck -f -p (resize2fs wants a checked filesystem; exit 1 means it fixed
- * something and is fine), then resize2fs to the block count. Both hold `lockFd` (lockImage's) and write
+ * online (no CAP_SYS_RESOURCE): e2fsck -f -p (resize2fs wants a checked filesystem, and a grow cut short
+ * is checked before anything mounts it; exit 1 means it fixed something and is fine), then resize2fs to
+ * the block count unless the filesystem has it already. Both hold `lockFd` (lockImage's) and write
  * their messages to `log` (the grow's marker file). resize2fs does not journal its work: a power cut in the
  * middle of it can damage the image, which the online path cannot; see README (growing).
  */
 export async function growImageOffline(image: string, limit: number, lockFd: number, log: string): Promise<void> {
   const { blockSize } = readImageSize(image);
-  await runHolding('e2fsck', ['-f', '-p', image], lockFd, log, (code) => code <= 1);
+  try {
+    await runHolding('e2fsck', ['-f', '-p', image], lockFd, log, (code) => code <= 1);
+  } catch (err) {
+    throw new ImageCheckError(`${image} needs a manual check before it is mounted again (an offline grow was cut short?): run e2fsck -fy on it; ${describeError(err)}`, { cause: err });
+  }
+  if (!imageBelowLimit(image, limit)) return; // grown already (by a resize2fs that outlived its server)
   const resize = runHolding('resize2fs', [image, String(Math.floor(limit / blockSize))], lockFd, log, (code) => code === 0);
   crashPoint('grow:resizing');
   await resize;

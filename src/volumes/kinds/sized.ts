@@ -24,6 +24,7 @@ import {
   extendImage,
   growImageOffline,
   growMountedImage,
+  ImageCheckError,
   imageBelowLimit,
   lockImage,
   markGrowing,
@@ -47,11 +48,11 @@ import type { KindContext, RecordOf, VolumeKind } from './kind.js';
 async function growUnmounted(rec: RecordOf<'sized'>, files: VolumeFiles, limit: number, ctx: KindContext): Promise<void> {
   const lock = await lockImage(files.image);
   try {
-    if (!imageBelowLimit(files.image, limit)) return;
     if (!mayResizeOnline()) {
       await growImageOffline(files.image, limit, lock, files.growing);
       return;
     }
+    if (!imageBelowLimit(files.image, limit)) return;
     // The caller holds the volume's lock (or is establishing it): no Mount comes meanwhile; a crash
     // leaves a mount with no holder, which start-up removes.
     await mountImage(files.image, files.data, ctx.devDir);
@@ -68,8 +69,9 @@ async function growUnmounted(rec: RecordOf<'sized'>, files: VolumeFiles, limit: 
 
 /**
  * Establish of an image whose grow a crash cut short (its `growing` marker is there): finishes it to the
- * recorded limit before mounting. Never fails the Mount: the volume works at its old size, and the next
- * grow says why it cannot finish.
+ * recorded limit before mounting. Fails the Mount only when the image needs a manual check (an offline
+ * resize killed mid-way, ImageCheckError): never mount a damaged filesystem. Else the volume works at its
+ * old size, and the next grow says why it cannot finish.
  */
 async function finishGrow(rec: RecordOf<'sized'>, files: VolumeFiles, ctx: KindContext): Promise<void> {
   try {
@@ -77,6 +79,7 @@ async function finishGrow(rec: RecordOf<'sized'>, files: VolumeFiles, ctx: KindC
     clearGrowing(files.growing);
     ctx.log.info({ volume: rec.name, limit: rec.spec.limit }, 'finished growing volume filesystem');
   } catch (err) {
+    if (err instanceof ImageCheckError) throw err;
     ctx.log.warn({ volume: rec.name, limit: rec.spec.limit, err: describeError(err) }, 'could not finish growing volume filesystem');
   }
 }
