@@ -5,12 +5,14 @@
  * need it), and recorded in the spec: a volume keeps its backing whatever later probes say.
  *
  * Growing (#12, `grow`): the new limit is committed before it takes effect, so a crash never leaves more
- * room in effect than the record says. A quota: commit, then raise the project limit. An image: extend the
- * file durably (no effect yet: the filesystem inside is unchanged), commit, then grow the filesystem
- * online (the loop device takes the file's size, the kernel grows the ext4 in journaled steps; an unheld
- * volume is mounted for it and unmounted again). A crash after the commit is finished by the next grow,
- * whatever it asks, or by the next establish (the first Mount): the quota is set from the record, an
- * image's filesystem smaller than the recorded limit is grown once mounted.
+ * room in effect than the record says. A quota: commit, then raise the project limit. An image: the
+ * `growing` marker (durable), the file extended durably (no effect yet: the filesystem inside is
+ * unchanged), commit, grow the filesystem, drop the marker. The filesystem grows online where this process
+ * holds CAP_SYS_RESOURCE (the loop device takes the file's size, the kernel grows the ext4 in journaled
+ * steps; a volume not in use is mounted for it and unmounted again), else offline with resize2fs, and only
+ * when not in use (in use: refused before anything changes). A grow cut short is finished by the next grow,
+ * whatever it asks, or by the next establish (the first Mount), which sees the marker; a quota's limit is
+ * set from the record at each establish.
  */
 import fs from 'node:fs';
 import { InUseError, OutOfRangeError, describeError } from '../../errors.js';
