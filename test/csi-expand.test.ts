@@ -4,7 +4,7 @@
  * root here has no project quotas: see volumes-size-quota.test.ts). A volume grows and takes writes past
  * its old limit up to the new one; repeats, shrinks and volumes without a size get the spec's answers; the
  * capacity survives a restart; a kill -9 at each named crash point of a grow leaves a consistent, usable
- * volume that the next grow or Mount finishes.
+ * volume that the next grow or Mount finishes, and (offline) an image untouched until the rename.
  *
  * A published volume grows online only where the server holds CAP_SYS_RESOURCE (the kernel's online
  * resize checks it). Whether it does is known before the tests are declared (the server is this process's
@@ -240,18 +240,23 @@ test('tsvol volume resize grows a Docker volume through the control socket; refu
 
 /**
  * The named crash points of a loop-backed grow (src/volumes/kinds/sized.ts, size-limit.ts), in order, with
- * the capacity the restarted server must report before anything finishes the work. The volume is not in
- * use (so the grow runs on any machine: online on its own mount, or offline with resize2fs), and holds a
- * file written before the grow.
+ * the capacity the restarted server must report before anything finishes the work, and whether the image
+ * is still the one from before the grow. The volume is not in use (so the grow runs on any machine: online
+ * on its own mount, or offline with resize2fs on a copy renamed over the image), and holds a file written
+ * before the grow. `offline`: points only the offline grow reaches (declared with test.skip elsewhere).
  */
 const CRASHES = [
-  { point: 'grow:after-image', recorded: 32 * MiB },
-  { point: 'grow:after-commit', recorded: 64 * MiB },
-  { point: 'grow:resizing', recorded: 64 * MiB },
+  { point: 'grow:after-image', recorded: 32 * MiB, untouched: true, offline: false },
+  { point: 'grow:after-commit', recorded: 64 * MiB, untouched: true, offline: false },
+  { point: 'grow:resizing', recorded: 64 * MiB, untouched: true, offline: false },
+  { point: 'grow:before-rename', recorded: 64 * MiB, untouched: true, offline: true },
+  { point: 'grow:after-rename', recorded: 64 * MiB, untouched: false, offline: true },
 ] as const;
 
-for (const { point, recorded } of CRASHES) {
-  test(`kill -9 mid-grow (${point}): the volume stays consistent and usable, and the next grow or publish finishes it`, async (t) => {
+const sha256 = (file: string): string => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+
+for (const { point, recorded, untouched, offline } of CRASHES) {
+  (offline && online ? test.skip : test)(`kill -9 mid-grow (${point}): the volume stays consistent and usable${!online && untouched ? ', its image byte-identical,' : ''} and the next grow or publish finishes it`, async (t) => {
     await withCsi(
       t,
       async (c) => {
@@ -261,14 +266,26 @@ for (const { point, recorded } of CRASHES) {
         await c.csi.node('NodePublishVolume', { volume_id: 'vol', target_path: target, volume_capability: cap });
         fs.writeFileSync(path.join(target, 'kept'), data);
         await c.csi.node('NodeUnpublishVolume', { volume_id: 'vol', target_path: target });
+        const dir = path.join(c.s.data, 'volumes', 'vol');
+        const image = path.join(dir, 'disk.img');
+        const before = sha256(image);
 
         const exited = new Promise<NodeJS.Signals | null>((res) => c.s.proc.once('exit', (_code, signal) => res(signal)));
         const err = await fails(expand(c.csi, 'vol', 64 * MiB));
         t.is(await exited, 'SIGKILL', `the server reached ${point}`);
         t.is(err.code, status.UNAVAILABLE, 'no answer');
-        const dir = path.join(c.s.data, 'volumes', 'vol');
-        t.is(fs.statSync(path.join(dir, 'disk.img')).size, 64 * MiB, 'the image was extended before the kill');
         t.true(fs.existsSync(path.join(dir, 'growing')), 'the kill landed mid-grow: its marker is there');
+        if (online) {
+          t.is(fs.statSync(image).size, 64 * MiB, 'the image was extended before the commit');
+        } else if (untouched) {
+          // Offline, resize2fs works on a copy in tmp/ (perhaps still running now): the image is as it was.
+          t.is(sha256(image), before, 'the image is byte-identical to the one before the grow');
+        } else {
+          t.not(sha256(image), before, 'the grown copy has replaced the image');
+          t.is(fs.statSync(image).size, 64 * MiB);
+          const check = fsck(image);
+          t.is(check.status, 0, check.out);
+        }
 
         await c.restart();
         t.like(await c.csi.controller('ControllerGetVolume', { volume_id: 'vol' }), { volume: { capacity_bytes: String(recorded) } });
@@ -281,10 +298,15 @@ for (const { point, recorded } of CRASHES) {
         await c.csi.node('NodePublishVolume', { volume_id: 'vol', target_path: target, volume_capability: cap });
         t.true(fsBytes(target) > 48 * MiB, `grown: ${fsBytes(target)} bytes`);
         t.false(fs.existsSync(path.join(dir, 'growing')), 'the grow is finished');
+        t.deepEqual(
+          fs.readdirSync(path.join(c.s.data, 'tmp')).filter((e) => e.startsWith('grow-')),
+          [],
+          'no grow stage left in tmp/ (the dead one swept, the new one removed)',
+        );
         t.is(dd(path.join(target, 'more'), 40).status, 0, 'a write past the old limit');
         t.true(fs.readFileSync(path.join(target, 'kept')).equals(data), 'what was written before the kill is intact');
         await c.csi.node('NodeUnpublishVolume', { volume_id: 'vol', target_path: target });
-        const check = fsck(path.join(dir, 'disk.img'));
+        const check = fsck(image);
         t.is(check.status, 0, check.out);
       },
       { ...NODE, TSVOL_CRASH_AT: point },

@@ -20,6 +20,7 @@ import { fsyncDir } from '../sys/durable.js';
 import { growMountedExt4, mayResizeOnline, readExt4Size, readImageSize } from '../sys/ext4.js';
 import { ioctlBuf, isMountRoot, quotactlFd, tryFlock } from '../sys/libc.js';
 import { mountLoopImage, refreshLoopCapacity } from '../sys/loop.js';
+import { createStage } from '../sys/staging.js';
 
 /** How sized volumes are made on this data root, and why. */
 export interface SizeBacking {
@@ -136,7 +137,7 @@ function run(cmd: string, args: readonly string[]): Promise<string> {
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr.on('data', (c: Buffer) => (err += c.toString()));
     child.on('error', (e) =>
-      reject(errnoCode(e) === 'ENOENT' ? new UnavailableError(`${cmd} not found: sized volumes on a loop image need e2fsprogs`) : e),
+      reject(errnoCode(e) === 'ENOENT' ? new UnavailableError(`${cmd} not found: sized volumes on a loop image need it (scripts/deps.txt names its package)`) : e),
     );
     child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')}: exit ${code}: ${err.trim()}`))));
   });
@@ -246,36 +247,43 @@ export function clearGrowing(marker: string): void {
   }
 }
 
-/** How long a Mount or grow waits for an offline resize that a killed process left running. */
+/** How long a Mount or grow waits for another holder of an image's lock (lockImage). */
 const IMAGE_LOCK_WAIT_MS = 120_000;
 
 /**
- * Opens `image` with an exclusive flock, waiting while another open file description holds it: an offline
- * resize (growImageOffline) whose server was killed keeps the lock until it has finished. Returns the fd.
+ * Opens `image` with an exclusive flock, waiting while another open file description holds it: a grow of
+ * the image under way (growUnmounted holds it from before its copy until after the rename), or the
+ * in-place resize2fs of an older tsvol that outlived its killed server. The lock is on the inode, and an
+ * offline grow replaces the inode at `image` (a rename): a lock that is no longer the one at `image` is
+ * dropped and taken again on the current file. Returns the fd.
  */
 export async function lockImage(image: string): Promise<number> {
-  const fd = fs.openSync(image, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-  try {
-    for (const until = Date.now() + IMAGE_LOCK_WAIT_MS; !tryFlock(fd); ) {
-      if (Date.now() > until) throw new UnavailableError(`${image} is still being resized by an earlier process after ${IMAGE_LOCK_WAIT_MS / 1000} s; retry later`);
-      await new Promise((r) => setTimeout(r, 50));
+  for (const until = Date.now() + IMAGE_LOCK_WAIT_MS; ; ) {
+    const fd = fs.openSync(image, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    try {
+      if (tryFlock(fd)) {
+        const held = fs.fstatSync(fd);
+        const at = fs.statSync(image, { throwIfNoEntry: false });
+        if (at !== undefined && at.ino === held.ino && at.dev === held.dev) return fd;
+      }
+      if (Date.now() > until) throw new UnavailableError(`${image} is still being resized by another process after ${IMAGE_LOCK_WAIT_MS / 1000} s; retry later`);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
     }
-    return fd;
-  } catch (err) {
     fs.closeSync(fd);
-    throw err;
+    await new Promise((r) => setTimeout(r, 50));
   }
 }
 
 /**
- * Runs `cmd` holding `lockFd` (as its fd 3) with no pipe to this process: stdout to /dev/null, stderr
- * appended to `log`. If this process is killed, the child neither dies of a closed pipe nor drops the
- * lock: it runs to the end, and whoever wants the image waits for it (lockImage).
+ * Runs `cmd` with stdout to /dev/null and stderr appended to `log` (the grow's marker file, where whoever
+ * finds a grow cut short can read what its tools said), no pipe to this process.
  */
-function runHolding(cmd: string, args: readonly string[], lockFd: number, log: string, ok: (code: number) => boolean): Promise<void> {
+function runLogged(cmd: string, args: readonly string[], log: string, ok: (code: number) => boolean): Promise<void> {
   const errFd = fs.openSync(log, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_NOFOLLOW);
   try {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', errFd, lockFd] });
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', errFd] });
     return new Promise((resolve, reject) => {
       child.on('error', (e) => reject(errnoCode(e) === 'ENOENT' ? new UnavailableError(`${cmd} not found: growing a sized volume offline needs e2fsprogs`) : e));
       child.on('close', (code) => {
@@ -292,23 +300,58 @@ function runHolding(cmd: string, args: readonly string[], lockFd: number, log: s
 /** e2fsck -p found what it may not fix alone: the image must not be mounted until someone has checked it. */
 export class ImageCheckError extends UnavailableError {}
 
+/** tmp/grow-<id>/disk.img: an offline grow's copy of a volume's image, in a stage of the live grower. */
+const GROW_STAGE = 'grow';
+const GROWN_IMAGE = 'disk.img';
+
 /**
  * Grows the filesystem of the unmounted `image` to fill `limit` offline, where this process may not resize
- * online (no CAP_SYS_RESOURCE): e2fsck -f -p (resize2fs wants a checked filesystem, and a grow cut short
- * is checked before anything mounts it; exit 1 means it fixed something and is fine), then resize2fs to
- * the block count unless the filesystem has it already. Both hold `lockFd` (lockImage's) and write
- * their messages to `log` (the grow's marker file). resize2fs does not journal its work: a power cut in the
- * middle of it can damage the image, which the online path cannot; see README (growing).
+ * online (no CAP_SYS_RESOURCE), without ever writing to `image`: resize2fs does not journal its work, so
+ * it works on a copy, and the copy replaces the image by a rename once it is whole.
+ *
+ * 1. Copy `image` into a fresh stage in `tmpDir` (the data root's tmp/, same filesystem: src/sys/staging.ts,
+ *    locked by this process while it lives, swept by start-up once it is dead) with `cp --reflink=auto
+ *    --sparse=always`: a reflink where the data root's filesystem has them (XFS, btrfs: no data copied),
+ *    else a copy of the image's allocated blocks only (holes stay holes).
+ * 2. Extend the copy to `limit` bytes, `e2fsck -f -p` it (resize2fs wants a checked filesystem; exit 1
+ *    means it fixed something and is fine; more means the image itself needs a manual check:
+ *    ImageCheckError, naming it), then `resize2fs` it to the block count.
+ * 3. fsync the copy, rename it over `image` (atomic) and fsync the volume directory.
+ *
+ * A kill -9 or a power cut before the rename leaves `image` as it was, byte for byte (the copy, and a
+ * resize2fs still running on it, are in a dead owner's stage: start-up deletes it); after the rename,
+ * the grown image. Either way the image is a consistent filesystem, and the caller's marker makes the next
+ * grow or establish run this again, which returns at once if `image` has the size already. The tools'
+ * messages are appended to `log`. The caller holds the image's lock (lockImage) throughout. Costs a copy of
+ * the image's allocated blocks, in time and (until the rename) in space, unless the data root reflinks.
  */
-export async function growImageOffline(image: string, limit: number, lockFd: number, log: string): Promise<void> {
+export async function growImageOffline(image: string, limit: number, tmpDir: string, log: string): Promise<void> {
+  if (!imageBelowLimit(image, limit)) return; // grown already (a crash came after the rename)
   const { blockSize } = readImageSize(image);
+  const stage = await createStage(tmpDir, GROW_STAGE);
   try {
-    await runHolding('e2fsck', ['-f', '-p', image], lockFd, log, (code) => code <= 1);
-  } catch (err) {
-    throw new ImageCheckError(`${image} needs a manual check before it is mounted again (an offline grow was cut short?): run e2fsck -fy on it; ${describeError(err)}`, { cause: err });
+    const copy = path.join(stage.dir, GROWN_IMAGE);
+    await run('cp', ['--reflink=auto', '--sparse=always', '--preserve=mode,ownership', '--', image, copy]);
+    fs.truncateSync(copy, limit); // made durable with the rest of the copy below
+    try {
+      await runLogged('e2fsck', ['-f', '-p', copy], log, (code) => code <= 1);
+    } catch (err) {
+      throw new ImageCheckError(`${image} needs a manual check before it is mounted again: run e2fsck -fy on it; ${describeError(err)}`, { cause: err });
+    }
+    const resize = runLogged('resize2fs', [copy, String(Math.floor(limit / blockSize))], log, (code) => code === 0);
+    crashPoint('grow:resizing');
+    await resize;
+    const fh = await fs.promises.open(copy, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
+    try {
+      await fh.sync(); // on the thread pool: the whole image's dirty pages
+    } finally {
+      await fh.close();
+    }
+    crashPoint('grow:before-rename');
+    fs.renameSync(copy, image);
+    fsyncDir(path.dirname(image));
+    crashPoint('grow:after-rename');
+  } finally {
+    await stage.remove(); // the copy if it is still there; else an empty directory
   }
-  if (!imageBelowLimit(image, limit)) return; // grown already (by a resize2fs that outlived its server)
-  const resize = runHolding('resize2fs', [image, String(Math.floor(limit / blockSize))], lockFd, log, (code) => code === 0);
-  crashPoint('grow:resizing');
-  await resize;
 }

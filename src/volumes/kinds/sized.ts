@@ -6,13 +6,15 @@
  *
  * Growing (#12, `grow`): the new limit is committed before it takes effect, so a crash never leaves more
  * room in effect than the record says. A quota: commit, then raise the project limit. An image: the
- * `growing` marker (durable), the file extended durably (no effect yet: the filesystem inside is
- * unchanged), commit, grow the filesystem, drop the marker. The filesystem grows online where this process
- * holds CAP_SYS_RESOURCE (the loop device takes the file's size, the kernel grows the ext4 in journaled
- * steps; a volume not in use is mounted for it and unmounted again), else offline with resize2fs, and only
- * when not in use (in use: refused before anything changes). A grow cut short is finished by the next grow,
- * whatever it asks, or by the next establish (the first Mount), which sees the marker; a quota's limit is
- * set from the record at each establish.
+ * `growing` marker (durable), commit, grow the filesystem, drop the marker. The filesystem grows online
+ * where this process holds CAP_SYS_RESOURCE (the file is extended durably before the commit, which has no
+ * effect yet; then the loop device takes the file's size and the kernel grows the ext4 in journaled
+ * steps; a volume not in use is mounted for it and unmounted again). Else it grows offline, and only when
+ * not in use (in use: refused before anything changes): resize2fs on a copy in tmp/ that replaces the
+ * image by a rename (size-limit.ts growImageOffline), so the image is never written in place and a crash
+ * before the rename leaves it as it was. A grow cut short is finished by the next grow, whatever it asks,
+ * or by the next establish (the first Mount), which sees the marker; a quota's limit is set from the
+ * record at each establish.
  */
 import fs from 'node:fs';
 import { InUseError, OutOfRangeError, describeError } from '../../errors.js';
@@ -43,18 +45,19 @@ import type { KindContext, RecordOf, VolumeKind } from './kind.js';
 
 /**
  * Grows the filesystem of a volume's image that is not mounted here to fill `limit`: online on a mount of
- * its own where this process may (journaled, see sys/ext4.ts), else offline (resize2fs). Under the
- * image's lock, so it waits for an offline resize a killed process left running. Nothing to do if the
- * filesystem has that size already.
+ * its own where this process may (journaled, see sys/ext4.ts), else offline (resize2fs on a copy renamed
+ * over the image). Under the image's lock from start to end, so no Mount comes meanwhile. Nothing to do
+ * if the filesystem has that size already.
  */
 async function growUnmounted(rec: RecordOf<'sized'>, files: VolumeFiles, limit: number, ctx: KindContext): Promise<void> {
   const lock = await lockImage(files.image);
   try {
     if (!mayResizeOnline()) {
-      await growImageOffline(files.image, limit, lock, files.growing);
+      await growImageOffline(files.image, limit, ctx.layout.tmpDir, files.growing);
       return;
     }
     if (!imageBelowLimit(files.image, limit)) return;
+    extendImage(files.image, limit); // done before the commit, unless an offline grow was tried first
     // The caller holds the volume's lock (or is establishing it): no Mount comes meanwhile; a crash
     // leaves a mount with no holder, which start-up removes.
     await mountImage(files.image, files.data, ctx.devDir);
@@ -163,7 +166,9 @@ export const sized: VolumeKind<'sized'> = {
         );
       }
       markGrowing(files.growing);
-      extendImage(files.image, limit);
+      // Online, the loop device takes the file's size. Offline, the image is never written: its grown
+      // copy is extended instead (growImageOffline).
+      if (mayResizeOnline()) extendImage(files.image, limit);
       crashPoint('grow:after-image');
       await commit({ ...spec, limit });
       crashPoint('grow:after-commit');
@@ -171,7 +176,10 @@ export const sized: VolumeKind<'sized'> = {
       return limit; // no grow of this volume is unfinished
     }
     if (!mounted) await growUnmounted(rec, files, limit, ctx);
-    else if (mayResizeOnline()) await growMountedImage(files.image, files.data, limit, ctx.devDir);
+    else if (mayResizeOnline()) {
+      extendImage(files.image, limit); // done before the commit, unless an offline grow was tried first
+      await growMountedImage(files.image, files.data, limit, ctx.devDir);
+    }
     else return limit; // in use here: finished when it is next established (unmounted), or by a grow with the capability
     clearGrowing(files.growing);
     return limit;
