@@ -16,6 +16,8 @@
  *   volumes/<name>/work      a layered volume's overlay work directory
  *   tmp/new-<id>/            a volume directory being built; renamed into volumes/ when complete
  *   tmp/rm-<id>/             a removed volume's directory, being deleted in the background
+ *   tmp/grow-<id>/disk.img   an offline grow's copy of a volume's image, renamed over volumes/<name>/disk.img
+ *                            once grown (src/volumes/size-limit.ts growImageOffline)
  *   binds/<name>             without TSVOL_MOUNTS: a held bind-style volume's mountpoint, a bind mount of
  *                            the pinned, re-checked device directory (#9 §10a); what Mount and Path return.
  *                            binds/ is 0700 inside the 0700 root: no path to host data for other users.
@@ -45,7 +47,8 @@
  *   nodes/<node>/server.lock       the node's server lock (flock)
  *   nodes/<node>/control.sock      the node's control socket
  *   nodes/<node>/tmp/              the node's stages: volumes being built (new-*), removed volumes being
- *                                  deleted (rm-*); only that node sweeps them
+ *                                  deleted (rm-*); only that node sweeps them (no grow-*: cluster mode
+ *                                  refuses sized volumes)
  */
 import path from 'node:path';
 

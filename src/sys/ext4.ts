@@ -4,7 +4,9 @@
  * journaled transactions, so a kill -9 or a power cut mid-resize leaves a filesystem the next mount's
  * journal replay makes consistent, at the old size, the new one, or in between. An offline resize2fs
  * rewrites metadata in place without a journal and needs a forced e2fsck first: a crash in the middle of
- * it can leave the image unmountable. So tsvol only ever grows a mounted image.
+ * it can leave the filesystem it works on unmountable. So where this process may resize online it grows a
+ * mounted image; where it may not, resize2fs runs on a copy of the image that replaces it by a rename
+ * (src/volumes/size-limit.ts growImageOffline), never on the image itself.
  *
  * Also: an ext4 image's size from its superblock, read with one pread (no dumpe2fs), and whether this
  * process may resize online at all (the kernel asks for CAP_SYS_RESOURCE; the managed plugin's config does
