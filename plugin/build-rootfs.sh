@@ -14,12 +14,14 @@ mkdir -p "$out"/{usr/bin,opt/tsvol,etc,tmp,data,host,mnt/volumes,run/docker/plug
 chmod 1777 "$out/tmp"
 
 # The runtime and what ldd says it and the native addons link against. e2fsprogs makes and reads the ext4
-# images of sized volumes where the data root has no project quotas (mkfs.ext4, debugfs, dumpe2fs).
+# images of sized volumes where the data root has no project quotas (mkfs.ext4, debugfs, dumpe2fs), and
+# grows an unmounted one where the plugin may not resize online (e2fsck, resize2fs, on a copy made with
+# coreutils' cp; #12).
 cp "$node_bin" "$out/usr/bin/node"
 strip --strip-all "$out/usr/bin/node"
 e2fs=()
-for tool in mke2fs debugfs dumpe2fs; do
-  bin=$(PATH=/usr/sbin:/sbin:$PATH command -v "$tool") || { echo "build-rootfs: $tool is missing: apt-get install e2fsprogs" >&2; exit 1; }
+for tool in mke2fs debugfs dumpe2fs e2fsck resize2fs cp; do
+  bin=$(PATH=/usr/sbin:/sbin:$PATH command -v "$tool") || { echo "build-rootfs: $tool is missing: apt-get install e2fsprogs coreutils" >&2; exit 1; }
   cp "$bin" "$out/usr/bin/$tool"
   e2fs+=("$bin")
 done

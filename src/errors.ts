@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'TSVOL_NOT_FOUND'
   | 'TSVOL_CONFLICT'
   | 'TSVOL_IN_USE'
+  | 'TSVOL_OUT_OF_RANGE'
   | 'TSVOL_UNAVAILABLE'
   | 'TSVOL_INTERNAL';
 
@@ -47,6 +48,13 @@ export class ConflictError extends TsvolError {
 export class InUseError extends TsvolError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('TSVOL_IN_USE', message, options);
+  }
+}
+
+/** A size the object cannot take: a sized volume asked to shrink (volumes only grow). */
+export class OutOfRangeError extends TsvolError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('TSVOL_OUT_OF_RANGE', message, options);
   }
 }
 

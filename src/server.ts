@@ -121,6 +121,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       service,
       publisher: createPublisher(service, log),
       snapshots: createSnapshots(service, state.volumes, log),
+      volumes: state.volumes,
       log,
     });
   }

@@ -10,6 +10,7 @@ import test from 'ava';
 import { csiClient, fails, grpc, mountCap, type CsiClient } from './helpers/csi.js';
 import { requireTools } from './helpers/require.js';
 import { isMounted, withServer, type TestServer } from './helpers/server.js';
+import { mayResizeOnline } from '../src/sys/ext4.js';
 
 requireTools('mount', 'umount');
 
@@ -41,8 +42,9 @@ test('Identity and node info: name, version, capabilities, probe, topology', asy
       t.deepEqual(await csi.identity('GetPluginInfo'), { name: 'csi.tsvol.local', vendor_version: pkg.version, manifest: {} });
       const caps = await csi.identity('GetPluginCapabilities');
       t.deepEqual(
-        (caps.capabilities as { service: { type: string } }[]).map((c) => c.service.type),
-        ['CONTROLLER_SERVICE', 'VOLUME_ACCESSIBILITY_CONSTRAINTS'],
+        (caps.capabilities as { service?: { type: string }; volume_expansion?: { type: string } }[]).map((c) => c.service?.type ?? `VolumeExpansion ${c.volume_expansion?.type}`),
+        // ONLINE where the server may resize a mounted filesystem (CAP_SYS_RESOURCE; csi-expand.test.ts).
+        ['CONTROLLER_SERVICE', 'VOLUME_ACCESSIBILITY_CONSTRAINTS', `VolumeExpansion ${mayResizeOnline() ? 'ONLINE' : 'OFFLINE'}`],
       );
       t.deepEqual(await csi.identity('Probe'), { ready: { value: true } });
       t.deepEqual(await csi.node('NodeGetInfo'), { node_id: 'node-a', max_volumes_per_node: '0', accessible_topology: topology[0] });
@@ -51,13 +53,13 @@ test('Identity and node info: name, version, capabilities, probe, topology', asy
       const ctl = await csi.controller('ControllerGetCapabilities');
       t.deepEqual(
         (ctl.capabilities as { rpc: { type: string } }[]).map((c) => c.rpc.type).sort(),
-        ['CLONE_VOLUME', 'CREATE_DELETE_SNAPSHOT', 'CREATE_DELETE_VOLUME', 'GET_CAPACITY', 'GET_VOLUME', 'LIST_SNAPSHOTS', 'LIST_VOLUMES', 'LIST_VOLUMES_PUBLISHED_NODES'],
+        ['CLONE_VOLUME', 'CREATE_DELETE_SNAPSHOT', 'CREATE_DELETE_VOLUME', 'EXPAND_VOLUME', 'GET_CAPACITY', 'GET_VOLUME', 'LIST_SNAPSHOTS', 'LIST_VOLUMES', 'LIST_VOLUMES_PUBLISHED_NODES'],
       );
     }
     // Not advertised, so not served: the spec's UNIMPLEMENTED.
     t.is((await fails(csi.node('NodeStageVolume', { volume_id: 'x' }))).code, status.UNIMPLEMENTED);
     t.is((await fails(csi.controller('ControllerPublishVolume', { volume_id: 'x' }))).code, status.UNIMPLEMENTED);
-    t.is((await fails(csi.controller('ControllerExpandVolume', { volume_id: 'x' }))).code, status.UNIMPLEMENTED);
+    t.is((await fails(csi.node('NodeExpandVolume', { volume_id: 'x' }))).code, status.UNIMPLEMENTED);
   });
 });
 

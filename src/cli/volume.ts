@@ -1,5 +1,5 @@
 /**
- * `tsvol volume …`: ls, inspect, export, import, commit, clone (#6). Thin: parse, call the volume
+ * `tsvol volume …`: ls, inspect, export, import, commit, clone (#6), resize (#12). Thin: parse, call the volume
  * operations (src/volumes/volume-ops.ts), print.
  *
  * One path to the state (#9 §6): with a server running, each command is a request on its control socket
@@ -10,13 +10,14 @@
 import fs from 'node:fs';
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
+import { parseSize } from '../volumes/options.js';
 import { withVolumeOps } from './client.js';
 import { humanSize, table } from './format.js';
 import { withProgress, writeOut } from './progress.js';
 
 /** Registers `tsvol volume`. */
 export function registerVolume(program: Command): void {
-  const volume = program.command('volume').description('volumes: list, inspect, export, import, commit, clone');
+  const volume = program.command('volume').description('volumes: list, inspect, export, import, commit, clone, resize');
   volume
     .command('ls')
     .option('--json', 'machine-readable output')
@@ -78,6 +79,17 @@ export function registerVolume(program: Command): void {
       const total = fd === undefined ? undefined : fs.fstatSync(fd).size;
       const r = await withVolumeOps(loadConfig(), (ops) => ops.import(name, withProgress('importing', input as AsyncIterable<Buffer>, total)));
       process.stdout.write(`${r.name}\n`);
+    });
+  volume
+    .command('resize')
+    .argument('<name>', 'a sized volume (created with -o size=)')
+    .argument('<size>', 'its new size, such as 20G (as size=); volumes grow, never shrink')
+    .description('grow a sized volume to SIZE, online if it is in use (the same size again is a no-op)')
+    .action(async (name: string, size: string) => {
+      // Parsed here, so a bad size is refused before the server is asked; exactly SIZE: larger is refused too.
+      const bytes = parseSize(size);
+      const capacity = await withVolumeOps(loadConfig(), (ops) => ops.resize(name, { required: bytes, limit: bytes }));
+      process.stdout.write(`${capacity}\n`); // bytes, for scripts
     });
   volume
     .command('clone')

@@ -9,10 +9,12 @@ import { InvalidArgumentError, NotFoundError, TsvolError } from '../errors.js';
 import { PUBLISH_HOLD_PREFIX } from '../volumes/holds.js';
 import { MIN_SIZE } from '../volumes/options.js';
 import type { SnapshotInfo, Snapshots } from '../volumes/snapshots.js';
+import type { VolumeOps } from '../volumes/volume-ops.js';
 import type { VolumeInfo, VolumeService } from '../volumes/volume-service.js';
 import { capacityOf, checkCapabilities, csiVolume, topologyMatches, unsupportedCapability } from './common.js';
 import { CsiError, required } from './errors.js';
 import type {
+  ControllerExpandVolumeRequest,
   CreateSnapshotRequest,
   CreateVolumeRequest,
   DeleteSnapshotRequest,
@@ -28,6 +30,8 @@ import type {
 export interface ControllerDeps {
   readonly service: VolumeService;
   readonly snapshots: Snapshots;
+  /** Grows sized volumes (ControllerExpandVolume): the operation `tsvol volume resize` runs. */
+  readonly volumes: Pick<VolumeOps, 'resize'>;
   readonly nodeId: string;
   /** The data root: GetCapacity is its filesystem's free space. */
   readonly dataRoot: string;
@@ -43,6 +47,7 @@ const CONTROLLER_RPCS = [
   'CREATE_DELETE_SNAPSHOT',
   'LIST_SNAPSHOTS',
   'CLONE_VOLUME',
+  'EXPAND_VOLUME',
 ];
 
 /** Options a restore or a clone takes from its source, so a request's are dropped (see CreateVolume). */
@@ -198,6 +203,25 @@ export function controllerHandlers(deps: ControllerDeps) {
         throw err;
       }
       return {};
+    },
+
+    /**
+     * Grows a sized volume (#12), online: the controller is the node, so it does the whole of it (the
+     * filesystem included) and never asks for NodeExpandVolume. At or above the range already: OK with
+     * the current capacity (the spec's idempotency); above limit_bytes: OUT_OF_RANGE (no shrinking).
+     */
+    async ControllerExpandVolume(req: ControllerExpandVolumeRequest) {
+      const id = required(req.volume_id, 'ControllerExpandVolume: volume_id');
+      const range = req.capacity_range;
+      if (range === null) throw new CsiError(status.INVALID_ARGUMENT, `ControllerExpandVolume "${id}": capacity_range is required`);
+      const wanted = bytes(range.required_bytes, 'capacity_range.required_bytes');
+      const limit = bytes(range.limit_bytes, 'capacity_range.limit_bytes');
+      if (wanted === 0 && limit === 0) throw new CsiError(status.INVALID_ARGUMENT, `ControllerExpandVolume "${id}": capacity_range needs required_bytes or limit_bytes`);
+      if (limit > 0 && wanted > limit) throw new CsiError(status.INVALID_ARGUMENT, `ControllerExpandVolume "${id}": required_bytes ${wanted} exceeds limit_bytes ${limit}`);
+      if (req.volume_capability !== null) checkCapabilities([req.volume_capability], `ControllerExpandVolume "${id}"`);
+      if (tryGet(service, id) === undefined) throw new CsiError(status.NOT_FOUND, `volume "${id}" not found; ListVolumes lists them`);
+      const capacity = await deps.volumes.resize(id, { required: wanted, limit });
+      return { capacity_bytes: String(capacity), node_expansion_required: false };
     },
 
     async ValidateVolumeCapabilities(req: ValidateVolumeCapabilitiesRequest) {

@@ -87,6 +87,13 @@ export interface DeleteSnapshotRequest {
   readonly snapshot_id: string;
 }
 
+/** ControllerExpandVolumeRequest. */
+export interface ControllerExpandVolumeRequest {
+  readonly volume_id: string;
+  readonly capacity_range: CapacityRange | null;
+  readonly volume_capability: VolumeCapability | null;
+}
+
 /** NodePublishVolumeRequest. */
 export interface NodePublishVolumeRequest {
   readonly volume_id: string;

@@ -11,6 +11,7 @@ import { describeError, errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Publisher } from '../volumes/publish.js';
 import type { Snapshots } from '../volumes/snapshots.js';
+import type { VolumeOps } from '../volumes/volume-ops.js';
 import type { VolumeService } from '../volumes/volume-service.js';
 import { controllerHandlers } from './controller.js';
 import { grpcCodeOf, toServiceError } from './errors.js';
@@ -26,6 +27,8 @@ export interface CsiServerDeps {
   readonly service: VolumeService;
   readonly publisher: Publisher;
   readonly snapshots: Snapshots;
+  /** ControllerExpandVolume's operation (volume-ops.ts resize). */
+  readonly volumes: Pick<VolumeOps, 'resize'>;
   readonly log: Logger;
 }
 

@@ -24,6 +24,7 @@ export const STATUS: Readonly<Record<ErrorCode, number>> = {
   TSVOL_NOT_FOUND: 404,
   TSVOL_CONFLICT: 409,
   TSVOL_IN_USE: 409,
+  TSVOL_OUT_OF_RANGE: 400,
   TSVOL_UNAVAILABLE: 503,
   TSVOL_INTERNAL: 500,
 };

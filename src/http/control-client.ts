@@ -11,6 +11,7 @@
  *   POST /v1/volumes/{name}/import   body: tar  200 {name, files, bytes}
  *   POST /v1/volumes/{name}/commit[?tag=T]      200 {layer}
  *   POST /v1/volumes/{name}/clone?from=SRC      200 {name}
+ *   POST /v1/volumes/{name}/resize?required=N&limit=M  200 {capacity}: bytes, grown online (#12)
  *   GET  /v1/df                                 200 DiskUsage
  *
  *   GET  /v1/layers                             200 LayerRecord[]
@@ -81,6 +82,7 @@ export const CONTROL_PATHS = {
   import: (name: string) => `/v1/volumes/${encodeURIComponent(name)}/import`,
   commit: (name: string, tag?: string) => `/v1/volumes/${encodeURIComponent(name)}/commit${tag === undefined ? '' : `?tag=${encodeURIComponent(tag)}`}`,
   clone: (from: string, name: string) => `/v1/volumes/${encodeURIComponent(name)}/clone?from=${encodeURIComponent(from)}`,
+  resize: (name: string, required: number, limit: number) => `/v1/volumes/${encodeURIComponent(name)}/resize?required=${required}&limit=${limit}`,
   df: '/v1/df',
   layers: '/v1/layers',
   layerHistory: (ref: string) => `/v1/layers/history${query({ ref })}`,
@@ -105,7 +107,7 @@ export const CONTROL_PATHS = {
   imageBlob: (digest: string) => `/v1/images/blob${query({ digest })}`,
 } as const;
 
-const CODES = new Set<ErrorCode>(['TSVOL_INVALID_ARGUMENT', 'TSVOL_NOT_FOUND', 'TSVOL_CONFLICT', 'TSVOL_IN_USE', 'TSVOL_UNAVAILABLE', 'TSVOL_INTERNAL']);
+const CODES = new Set<ErrorCode>(['TSVOL_INVALID_ARGUMENT', 'TSVOL_NOT_FOUND', 'TSVOL_CONFLICT', 'TSVOL_IN_USE', 'TSVOL_OUT_OF_RANGE', 'TSVOL_UNAVAILABLE', 'TSVOL_INTERNAL']);
 
 /** The error a `{Err, code}` reply carries, with its kind. */
 function replyError(status: number, raw: string): TsvolError {
@@ -288,6 +290,9 @@ export function createControlClient(socket: string): ControlOps {
     },
     async clone(from, name) {
       await call<{ name: string }>('POST', CONTROL_PATHS.clone(from, name));
+    },
+    async resize(name, range) {
+      return (await call<{ capacity: number }>('POST', CONTROL_PATHS.resize(name, range.required, range.limit))).capacity;
     },
     df: () => call<DiskUsage>('GET', CONTROL_PATHS.df),
     async export(name: string, opts: ExportOptions, sink) {

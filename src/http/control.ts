@@ -65,7 +65,7 @@ function bodyOf(req: Request): AsyncIterable<Buffer> {
 }
 
 /** The query parameters the API reads (constant keys: a request's own keys are never looked up). */
-type QueryKey = 'gzip' | 'tag' | 'from' | 'ref' | 'name' | 'parent' | 'refs' | 'digest';
+type QueryKey = 'gzip' | 'tag' | 'from' | 'ref' | 'name' | 'parent' | 'refs' | 'digest' | 'required' | 'limit';
 
 /** An optional query parameter given at most once. */
 function queryParam(req: Request, key: QueryKey): string | undefined {
@@ -80,6 +80,14 @@ function requiredParam(req: Request, key: QueryKey): string {
   const v = queryParam(req, key);
   if (v === undefined) throw new InvalidArgumentError(`${req.path} needs ?${key}=`);
   return v;
+}
+
+/** A query parameter the route needs that is a number of bytes (decimal digits only). */
+function bytesParam(req: Request, key: QueryKey): number {
+  const v = requiredParam(req, key);
+  const n = Number(v);
+  if (!/^\d{1,16}$/.test(v) || !Number.isSafeInteger(n)) throw new InvalidArgumentError(`?${key}= must be a number of bytes, not ${JSON.stringify(v)}`);
+  return n;
 }
 
 /** The most bytes of a JSON request body (a pull's stored-layers query: a few KiB per hundred layers). */
@@ -209,6 +217,13 @@ export function createControlApi(ops: ControlOps, log: Logger): ControlApi {
       if (from === undefined) throw new InvalidArgumentError('clone needs ?from=<source volume>');
       await volumes.clone(from, name(req));
       replyJson(res, 200, { name: name(req) });
+    }),
+  );
+  app.post(
+    '/v1/volumes/:name/resize',
+    serve('resize', async (req, res) => {
+      const capacity = await volumes.resize(name(req), { required: bytesParam(req, 'required'), limit: bytesParam(req, 'limit') });
+      replyJson(res, 200, { capacity });
     }),
   );
   app.get(

@@ -11,10 +11,13 @@
  *   volumes/<name>/_data     a volume's contents (moby's local-driver layout); the mountpoint of a loop-backed
  *                            sized volume's image and of a layered volume's overlay while held
  *   volumes/<name>/disk.img  a loop-backed sized volume's sparse ext4 image (src/volumes/size-limit.ts)
+ *   volumes/<name>/growing   empty: a grow of that image is under way or was cut short (kinds/sized.ts)
  *   volumes/<name>/upper     a layered volume's writes: overlay's upper directory (src/volumes/layered.ts)
  *   volumes/<name>/work      a layered volume's overlay work directory
  *   tmp/new-<id>/            a volume directory being built; renamed into volumes/ when complete
  *   tmp/rm-<id>/             a removed volume's directory, being deleted in the background
+ *   tmp/grow-<id>/disk.img   an offline grow's copy of a volume's image, renamed over volumes/<name>/disk.img
+ *                            once grown (src/volumes/size-limit.ts growImageOffline)
  *   binds/<name>             without TSVOL_MOUNTS: a held bind-style volume's mountpoint, a bind mount of
  *                            the pinned, re-checked device directory (#9 §10a); what Mount and Path return.
  *                            binds/ is 0700 inside the 0700 root: no path to host data for other users.
@@ -44,7 +47,8 @@
  *   nodes/<node>/server.lock       the node's server lock (flock)
  *   nodes/<node>/control.sock      the node's control socket
  *   nodes/<node>/tmp/              the node's stages: volumes being built (new-*), removed volumes being
- *                                  deleted (rm-*); only that node sweeps them
+ *                                  deleted (rm-*); only that node sweeps them (no grow-*: cluster mode
+ *                                  refuses sized volumes)
  */
 import path from 'node:path';
 
@@ -57,6 +61,8 @@ export interface VolumeFiles {
   readonly data: string;
   /** disk.img: a loop-backed sized volume's ext4 image. */
   readonly image: string;
+  /** growing: present from before a grow's commit until its filesystem has grown (#12). */
+  readonly growing: string;
   /** upper: a layered volume's writes (overlay's upper directory). */
   readonly upper: string;
   /** work: a layered volume's overlay work directory (same filesystem as upper). */
@@ -71,6 +77,7 @@ export function volumeFiles(dir: string): VolumeFiles {
   return {
     data: path.join(dir, DATA),
     image: path.join(dir, 'disk.img'),
+    growing: path.join(dir, 'growing'),
     upper: path.join(dir, 'upper'),
     work: path.join(dir, 'work'),
   };

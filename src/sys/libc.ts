@@ -201,6 +201,7 @@ export function isMountRoot(path: string): boolean {
 
 const cIoctlPtr = libc.func('int ioctl(int fd, unsigned long request, _Inout_ uint8_t *arg)');
 const cIoctlInt = libc.func('ioctl', 'int', ['int', 'unsigned long', 'long']);
+const cIoctlIn = libc.func('ioctl', 'int', ['int', 'unsigned long', 'const uint8_t *']);
 const cLseek = libc.func('int64_t lseek(int fd, int64_t offset, int whence)');
 const cCopyFileRange = libc.func(
   'intptr_t copy_file_range(int fdIn, _Inout_ int64_t *offIn, int fdOut, _Inout_ int64_t *offOut, size_t len, unsigned int flags)',
@@ -216,6 +217,15 @@ export function ioctlInt(fd: number, request: number, arg: number, path?: string
 /** ioctl(2) whose argument is a struct, read and written in place in `buf`. */
 export function ioctlBuf(fd: number, request: number, buf: Buffer, path?: string): void {
   check(cIoctlPtr(fd, request, buf), 'ioctl', path);
+}
+
+/**
+ * ioctl(2) on the thread pool, whose argument is a struct the kernel only reads (an online resize takes a
+ * while). A failure is repeated synchronously to learn its errno (see mountAsync): only for requests whose
+ * repetition is harmless, such as a resize to the same size.
+ */
+export async function ioctlInAsync(fd: number, request: number, buf: Buffer, path?: string): Promise<void> {
+  if ((await callAsync(cIoctlIn as never, [fd, request, buf])) < 0) check(cIoctlIn(fd, request, buf), 'ioctl', path);
 }
 
 /** lseek whence values for sparse files (SEEK_DATA/SEEK_HOLE, Linux). */

@@ -13,9 +13,14 @@
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 import { errnoCode, describeError, UnavailableError } from '../errors.js';
-import { ioctlBuf, isMountRoot, quotactlFd } from '../sys/libc.js';
-import { mountLoopImage } from '../sys/loop.js';
+import { crashPoint } from '../sys/crash-point.js';
+import { fsyncDir } from '../sys/durable.js';
+import { growMountedExt4, mayResizeOnline, readExt4Size, readImageSize } from '../sys/ext4.js';
+import { ioctlBuf, isMountRoot, quotactlFd, tryFlock } from '../sys/libc.js';
+import { mountLoopImage, refreshLoopCapacity } from '../sys/loop.js';
+import { createStage } from '../sys/staging.js';
 
 /** How sized volumes are made on this data root, and why. */
 export interface SizeBacking {
@@ -96,6 +101,19 @@ function setProjectLimit(fd: number, projectId: number, limit: number): void {
   quotactlFd(fd, qcmd(Q_SETQUOTA), projectId, dq);
 }
 
+/**
+ * Makes `dir`'s filesystem hold project `projectId` to `limit` bytes, unless it already does (Q_GETQUOTA,
+ * then Q_SETQUOTA only on a difference): a grown volume's new limit, or its recorded one made good again
+ * after a crash between the record's commit and the quota's change (#12).
+ */
+export function syncProjectLimit(dir: string, projectId: number, limit: number): void {
+  withDirFd(dir, (fd) => {
+    const dq = Buffer.alloc(72);
+    quotactlFd(fd, qcmd(Q_GETQUOTA), projectId, dq);
+    if (dq.readBigUInt64LE(0) !== BigInt(Math.ceil(limit / 1024))) setProjectLimit(fd, projectId, limit);
+  });
+}
+
 /** Drops a removed volume's limit, so that a reused project ID starts clean. */
 export function clearProjectQuota(root: string, projectId: number): void {
   withDirFd(root, (fd) => setProjectLimit(fd, projectId, 0));
@@ -119,7 +137,7 @@ function run(cmd: string, args: readonly string[]): Promise<string> {
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr.on('data', (c: Buffer) => (err += c.toString()));
     child.on('error', (e) =>
-      reject(errnoCode(e) === 'ENOENT' ? new UnavailableError(`${cmd} not found: sized volumes on a loop image need e2fsprogs`) : e),
+      reject(errnoCode(e) === 'ENOENT' ? new UnavailableError(`${cmd} not found: sized volumes on a loop image need it (scripts/deps.txt names its package)`) : e),
     );
     child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')}: exit ${code}: ${err.trim()}`))));
   });
@@ -169,4 +187,171 @@ export async function imageUsage(image: string): Promise<{ bytes: number; files:
     bytes: (field('Block count') - field('Free blocks')) * field('Block size'),
     files: field('Inode count') - field('Free inodes'),
   };
+}
+
+/**
+ * Makes the image file `limit` bytes long (never shorter) and durable (fsync) before any record says the
+ * volume is that large (#12): the sparse file's new length costs no blocks, and the filesystem inside does
+ * not grow until growMountedImage.
+ */
+export function extendImage(image: string, limit: number): void {
+  const fd = fs.openSync(image, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
+  try {
+    if (fs.fstatSync(fd).size < limit) fs.ftruncateSync(fd, limit);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Grows the ext4 filesystem of `image`, mounted at `data`, to fill `limit` bytes, online: the loop device
+ * takes the (already extended) file's size, then the kernel grows the filesystem (sys/ext4.ts). Nothing
+ * to do when it is that large already, so a repeated call is cheap.
+ */
+export async function growMountedImage(image: string, data: string, limit: number, devDir: string): Promise<void> {
+  const size = refreshLoopCapacity(data, image, devDir, (fd) => readExt4Size(fd, image));
+  const target = Math.floor(limit / size.blockSize);
+  if (size.blocks < target) await growMountedExt4(data, target);
+}
+
+/**
+ * True when the filesystem in the unmounted `image` is smaller than `limit` (a grow committed just before a
+ * crash, to be finished once mounted). One pread of the superblock. A filesystem a few blocks short of its
+ * limit (mke2fs and the kernel drop a last block group too small for its own metadata) also counts: growing
+ * it again is a no-op for the kernel.
+ */
+export function imageBelowLimit(image: string, limit: number): boolean {
+  const size = readImageSize(image);
+  return size.blocks < Math.floor(limit / size.blockSize);
+}
+
+/** True if this process may grow a mounted image (CAP_SYS_RESOURCE): CSI's VolumeExpansion ONLINE. */
+export function growsOnline(): boolean {
+  return mayResizeOnline();
+}
+
+/** Marks a volume's grow as under way (`marker`: VolumeFiles.growing), durably, before its commit. */
+export function markGrowing(marker: string): void {
+  fs.closeSync(fs.openSync(marker, 'w', 0o600));
+  fsyncDir(path.dirname(marker));
+}
+
+/** Its grow is finished: the marker goes (a leftover only costs the next establish a superblock read). */
+export function clearGrowing(marker: string): void {
+  try {
+    fs.unlinkSync(marker);
+  } catch (err) {
+    // ENOENT: cleared already (a repeated grow).
+    if (errnoCode(err) !== 'ENOENT') throw err;
+  }
+}
+
+/** How long a Mount or grow waits for another holder of an image's lock (lockImage). */
+const IMAGE_LOCK_WAIT_MS = 120_000;
+
+/**
+ * Opens `image` with an exclusive flock, waiting while another open file description holds it: a grow of
+ * the image under way (growUnmounted holds it from before its copy until after the rename), or the
+ * in-place resize2fs of an older tsvol that outlived its killed server. The lock is on the inode, and an
+ * offline grow replaces the inode at `image` (a rename): a lock that is no longer the one at `image` is
+ * dropped and taken again on the current file. Returns the fd.
+ */
+export async function lockImage(image: string): Promise<number> {
+  for (const until = Date.now() + IMAGE_LOCK_WAIT_MS; ; ) {
+    const fd = fs.openSync(image, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    try {
+      if (tryFlock(fd)) {
+        const held = fs.fstatSync(fd);
+        const at = fs.statSync(image, { throwIfNoEntry: false });
+        if (at !== undefined && at.ino === held.ino && at.dev === held.dev) return fd;
+      }
+      if (Date.now() > until) throw new UnavailableError(`${image} is still being resized by another process after ${IMAGE_LOCK_WAIT_MS / 1000} s; retry later`);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+    fs.closeSync(fd);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * Runs `cmd` with stdout to /dev/null and stderr appended to `log` (the grow's marker file, where whoever
+ * finds a grow cut short can read what its tools said), no pipe to this process.
+ */
+function runLogged(cmd: string, args: readonly string[], log: string, ok: (code: number) => boolean): Promise<void> {
+  const errFd = fs.openSync(log, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_NOFOLLOW);
+  try {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', errFd] });
+    return new Promise((resolve, reject) => {
+      child.on('error', (e) => reject(errnoCode(e) === 'ENOENT' ? new UnavailableError(`${cmd} not found: growing a sized volume offline needs e2fsprogs`) : e));
+      child.on('close', (code) => {
+        if (code !== null && ok(code)) return resolve();
+        const said = fs.readFileSync(log, 'utf8').trim().split('\n').slice(-3).join('; ');
+        reject(new Error(`${cmd} ${args.join(' ')}: exit ${code}: ${said}`));
+      });
+    });
+  } finally {
+    fs.closeSync(errFd); // the child has its own copy
+  }
+}
+
+/** e2fsck -p found what it may not fix alone: the image must not be mounted until someone has checked it. */
+export class ImageCheckError extends UnavailableError {}
+
+/** tmp/grow-<id>/disk.img: an offline grow's copy of a volume's image, in a stage of the live grower. */
+const GROW_STAGE = 'grow';
+const GROWN_IMAGE = 'disk.img';
+
+/**
+ * Grows the filesystem of the unmounted `image` to fill `limit` offline, where this process may not resize
+ * online (no CAP_SYS_RESOURCE), without ever writing to `image`: resize2fs does not journal its work, so
+ * it works on a copy, and the copy replaces the image by a rename once it is whole.
+ *
+ * 1. Copy `image` into a fresh stage in `tmpDir` (the data root's tmp/, same filesystem: src/sys/staging.ts,
+ *    locked by this process while it lives, swept by start-up once it is dead) with `cp --reflink=auto
+ *    --sparse=always`: a reflink where the data root's filesystem has them (XFS, btrfs: no data copied),
+ *    else a copy of the image's allocated blocks only (holes stay holes).
+ * 2. Extend the copy to `limit` bytes, `e2fsck -f -p` it (resize2fs wants a checked filesystem; exit 1
+ *    means it fixed something and is fine; more means the image itself needs a manual check:
+ *    ImageCheckError, naming it), then `resize2fs` it to the block count.
+ * 3. fsync the copy, rename it over `image` (atomic) and fsync the volume directory.
+ *
+ * A kill -9 or a power cut before the rename leaves `image` as it was, byte for byte (the copy, and a
+ * resize2fs still running on it, are in a dead owner's stage: start-up deletes it); after the rename,
+ * the grown image. Either way the image is a consistent filesystem, and the caller's marker makes the next
+ * grow or establish run this again, which returns at once if `image` has the size already. The tools'
+ * messages are appended to `log`. The caller holds the image's lock (lockImage) throughout. Costs a copy of
+ * the image's allocated blocks, in time and (until the rename) in space, unless the data root reflinks.
+ */
+export async function growImageOffline(image: string, limit: number, tmpDir: string, log: string): Promise<void> {
+  if (!imageBelowLimit(image, limit)) return; // grown already (a crash came after the rename)
+  const { blockSize } = readImageSize(image);
+  const stage = await createStage(tmpDir, GROW_STAGE);
+  try {
+    const copy = path.join(stage.dir, GROWN_IMAGE);
+    await run('cp', ['--reflink=auto', '--sparse=always', '--preserve=mode,ownership', '--', image, copy]);
+    fs.truncateSync(copy, limit); // made durable with the rest of the copy below
+    try {
+      await runLogged('e2fsck', ['-f', '-p', copy], log, (code) => code <= 1);
+    } catch (err) {
+      throw new ImageCheckError(`${image} needs a manual check before it is mounted again: run e2fsck -fy on it; ${describeError(err)}`, { cause: err });
+    }
+    const resize = runLogged('resize2fs', [copy, String(Math.floor(limit / blockSize))], log, (code) => code === 0);
+    crashPoint('grow:resizing');
+    await resize;
+    const fh = await fs.promises.open(copy, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
+    try {
+      await fh.sync(); // on the thread pool: the whole image's dirty pages
+    } finally {
+      await fh.close();
+    }
+    crashPoint('grow:before-rename');
+    fs.renameSync(copy, image);
+    fsyncDir(path.dirname(image));
+    crashPoint('grow:after-rename');
+  } finally {
+    await stage.remove(); // the copy if it is still there; else an empty directory
+  }
 }

@@ -15,7 +15,7 @@ import { pipeline } from 'node:stream';
 import { createGzip } from 'node:zlib';
 import { nanoid } from 'nanoid';
 import type { Config } from '../config.js';
-import { NotFoundError, UnavailableError } from '../errors.js';
+import { InvalidArgumentError, NotFoundError, UnavailableError, wrapError } from '../errors.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
 import type { Beneath } from '../sys/beneath.js';
@@ -23,6 +23,8 @@ import { isMountRoot } from '../sys/libc.js';
 import { exportTree, importVolume } from './archive.js';
 import { CLI_HOLD_PREFIX, holdCount } from './holds.js';
 import { kindOf } from './kinds/index.js';
+import type { GrowRange } from './kinds/kind.js';
+import { validateName } from './names.js';
 import type { VolumeInfo, VolumeMechanics, VolumeService } from './volume-service.js';
 
 export { CLI_HOLD_PREFIX };
@@ -81,6 +83,12 @@ export interface VolumeOps {
   import(name: string, input: AsyncIterable<Buffer>): Promise<ImportSummary>;
   /** A new layer from the volume's state; returns its ID. */
   commit(name: string, opts: { readonly tag?: string }): Promise<string>;
+  /**
+   * Grows sized volume `name` to `range` (#12: at least `required` bytes, at most `limit` when above 0),
+   * online when it is in use; returns its limit now. A volume already large enough is left as it is (a
+   * repeated request succeeds); one above `limit` is refused (OutOfRangeError: volumes never shrink).
+   */
+  resize(name: string, range: GrowRange): Promise<number>;
   /** A new volume `name`, a full copy of `from` (a Create with from=). */
   clone(from: string, name: string): Promise<void>;
   df(): Promise<DiskUsage>;
@@ -189,6 +197,30 @@ export function volumeOps(ctx: VolumeOpsContext): VolumeOps {
 
     async clone(from, name) {
       await service.create(name, new Map([['from', from]]));
+    },
+
+    async resize(name, range) {
+      validateName(name);
+      const { required, limit } = range;
+      if (![required, limit].every((n) => Number.isSafeInteger(n) && n >= 0) || (required === 0 && limit === 0)) {
+        throw new InvalidArgumentError(`resize volume "${name}": give a size in bytes (got required ${required}, limit ${limit})`);
+      }
+      if (limit > 0 && required > limit) throw new InvalidArgumentError(`resize volume "${name}": required ${required} bytes exceeds limit ${limit}`);
+      // Under the volume's lock, as Mount and Remove are: the record read here is the one the grow replaces.
+      return kinds.withLock(name, async () => {
+        const rec = mustGet(name);
+        const kind = kindOf(rec.spec);
+        if (kind.grow === undefined) {
+          throw new InvalidArgumentError(
+            `volume "${name}" is a ${kind.statusKind} volume, with no size limit to grow (it takes what its filesystem has); only a sized volume (created with -o size=) can be resized`,
+          );
+        }
+        try {
+          return await kind.grow(rec, range, kinds, (spec) => store.put({ ...rec, spec }));
+        } catch (err) {
+          throw wrapError(`resize volume "${name}"`, err);
+        }
+      });
     },
 
     async df() {

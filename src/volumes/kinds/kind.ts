@@ -48,6 +48,16 @@ export interface LinkedChange {
   readonly holder: string;
 }
 
+/**
+ * A resize request (#12), as CSI's CapacityRange: the volume must end at least `required` bytes large and,
+ * when `limit` is above 0, at most `limit` bytes. Volumes only grow: one already at or above `required` is
+ * left as it is (and its last grow finished, if a crash cut it short).
+ */
+export interface GrowRange {
+  readonly required: number;
+  readonly limit: number;
+}
+
 /** What a build left on disk: released once the record is committed, removed if the commit fails. */
 export interface Built {
   /** The record is committed: drop the build's lock (Stage.release). Idempotent. */
@@ -184,6 +194,13 @@ export interface VolumeKind<K extends KindName = KindName> {
   diffOf(rec: RecordOf<K>, ctx: KindContext): { readonly dir: string; readonly parent: string } | undefined;
   /** Kind-specific Status fields, in display order: device or path, limit and sizeBacking, from, layer. */
   describe(rec: RecordOf<K>, ctx: KindContext): Record<string, unknown>;
+  /**
+   * Sized volumes only (#12): grows the volume's limit to `range`, online when it is in use, and returns
+   * the limit now in effect. The kind orders its disk work around `commit` (the service's store.put of the
+   * new spec, under the volume's lock) so that a crash at any instant leaves the old limit in effect, or the
+   * new one committed and finished by the next establish or grow. Undefined: the kind has no size to grow.
+   */
+  grow?(rec: RecordOf<K>, range: GrowRange, ctx: KindContext, commit: (spec: SpecOf<K>) => Promise<void>): Promise<number>;
   /**
    * Before Remove deletes the record (its mounts are already gone): throws InUseError when the volume's
    * files cannot be deleted now (something mounted on its directory).
