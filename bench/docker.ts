@@ -118,10 +118,29 @@ function pluginPids(name: string): number[] {
 const cpuUse = new Map<string, { dockerd: number[]; plugin: number[]; ops: number[]; fds: number[] }>();
 let dockerdPid: number | undefined;
 
+/** The oldest process whose command name is `comm` (what `pgrep -xo` finds), from /proc. */
+function oldestProcess(comm: string): number {
+  let best: { pid: number; start: number } | undefined;
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^[0-9]+$/.test(e)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${e}/comm`, 'utf8').trim() !== comm) continue;
+      // Field 22 of stat is the start time; the fields after the ")" that ends the name start at field 3.
+      const stat = fs.readFileSync(`/proc/${e}/stat`, 'utf8');
+      const start = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+      if (best === undefined || start < best.start) best = { pid: Number(e), start };
+    } catch {
+      continue; // the process ended while we looked
+    }
+  }
+  if (best === undefined) throw new Error(`no ${comm} process found`);
+  return best.pid;
+}
+
 /** `count` calls of `call` at c=8 (rate); with TSVOL_BENCH_DOCKER_CPU, adds the CPU they took to cpuUse. */
 async function measured(d: Driver, op: number, count: number, call: (i: number) => Promise<unknown>): Promise<number> {
   if (!CPU) return rate(count, call);
-  dockerdPid ??= Number(spawnSync('pgrep', ['-xo', 'dockerd'], { encoding: 'utf8' }).stdout.trim());
+  dockerdPid ??= oldestProcess('dockerd');
   const pids = d.driver === 'local' ? [] : d.driver === LEGACY_PLUGIN ? [legacy!.pid!] : pluginPids(d.driver);
   if (d.driver !== 'local' && pids.length === 0) throw new Error(`TSVOL_BENCH_DOCKER_CPU: no process of plugin ${d.driver} found`);
   const cpu = (): [number, number] => [cpuSeconds(dockerdPid!), pids.reduce((a, p) => a + cpuSeconds(p), 0)];
