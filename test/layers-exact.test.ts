@@ -16,6 +16,7 @@ import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.
 import { TarReader } from '../src/layers/tar/reader.js';
 import { replaySplit, unpackLayer } from '../src/layers/unpack.js';
 import { openLayerStore } from './helpers/store.js';
+import { resum } from './helpers/tar-block.js';
 import { requireRoot, tempDir } from './helpers/server.js';
 
 function header(h: Partial<TarHeader> & { path: string }): TarHeader {
@@ -23,15 +24,6 @@ function header(h: Partial<TarHeader> & { path: string }): TarHeader {
     type: 'file', mode: 0o644, uid: 0, gid: 0, size: 0, mtime: 1_700_000_000, linkname: '', uname: '', gname: '',
     devmajor: 0, devminor: 0, xattrs: new Map(), ...h,
   };
-}
-
-/** Recomputes a header block's checksum after a test changed its bytes. */
-function resum(block: Buffer): Buffer {
-  block.fill(0x20, 148, 156);
-  let sum = 0;
-  for (const b of block) sum += b;
-  block.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
-  return block;
 }
 
 /** One entry: header blocks, body, padding (zeros, or `pad` bytes of 0x55 to test non-zero padding). */

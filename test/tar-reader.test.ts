@@ -18,6 +18,7 @@ import { MAX_PAX_RECORDS, MAX_XATTRS, decodeHeader, encodeHeader, mtimeNsOf, pad
 import { decompressed } from '../src/layers/tar/gzip.js';
 import { MAX_METADATA, MAX_TRAILER, TarReader } from '../src/layers/tar/reader.js';
 import { CLI, ROOT, tempDir } from './helpers/server.js';
+import { resum } from './helpers/tar-block.js';
 
 const MiB = 1 << 20;
 
@@ -33,15 +34,6 @@ function entry(h: Partial<TarHeader> & { path: string }, body = Buffer.alloc(0))
   return Buffer.concat([encodeHeader(header({ size: body.length, ...h })), body, Buffer.alloc(padding(body.length))]);
 }
 const END = Buffer.alloc(1024);
-
-/** Recomputes a header block's checksum after a test changed its bytes. */
-function resum(block: Buffer): Buffer {
-  block.fill(0x20, 148, 156);
-  let sum = 0;
-  for (const b of block) sum += b;
-  block.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
-  return block;
-}
 
 /** A single ustar block for `h` with the field at `off` replaced by `bytes`. */
 function patched(h: Partial<TarHeader> & { path: string }, off: number, bytes: Buffer): Buffer {
