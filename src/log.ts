@@ -29,6 +29,9 @@ export interface LineDestination {
  * wait, in order, in memory and are retried every RETRY_MS off the event loop, as pino's default would
  * buffer them. A reader that went away (EPIPE) ends the output; any other failure drops the line and
  * says so once on stderr.
+ * Not pino.destination({ sync: true }) (sonic-boom): it writes on the calling thread too, but on EAGAIN it
+ * sleeps that thread (Atomics.wait) until the pipe drains, so a slow reader in dockerd would stall every
+ * request.
  */
 export function createLineDestination(fd: number): LineDestination {
   let pending: Buffer[] = [];

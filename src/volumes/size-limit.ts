@@ -233,7 +233,8 @@ export function growsOnline(): boolean {
 
 /** Marks a volume's grow as under way (`marker`: VolumeFiles.growing), durably, before its commit. */
 export function markGrowing(marker: string): void {
-  fs.closeSync(fs.openSync(marker, 'w', 0o600));
+  // O_NOFOLLOW: the marker is ours to make in the volume's directory, never a file a link points at.
+  fs.closeSync(fs.openSync(marker, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_NOFOLLOW, 0o600));
   fsyncDir(path.dirname(marker));
 }
 
@@ -285,7 +286,7 @@ function runLogged(cmd: string, args: readonly string[], log: string, ok: (code:
   try {
     const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', errFd] });
     return new Promise((resolve, reject) => {
-      child.on('error', (e) => reject(errnoCode(e) === 'ENOENT' ? new UnavailableError(`${cmd} not found: growing a sized volume offline needs e2fsprogs`) : e));
+      child.on('error', (e) => reject(errnoCode(e) === 'ENOENT' ? new UnavailableError(`${cmd} not found: growing a sized volume offline needs it (scripts/deps.txt names its package)`) : e));
       child.on('close', (code) => {
         if (code !== null && ok(code)) return resolve();
         const said = fs.readFileSync(log, 'utf8').trim().split('\n').slice(-3).join('; ');
