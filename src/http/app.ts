@@ -2,7 +2,7 @@
  * The Express app and its Unix-socket listener. The only place that turns errors into `{"Err": ...}`
  * replies: a bad body, an unknown endpoint or a failed call never produces a stack trace or kills the
  * server. One log line per request at debug (op, volume, mount id, ms, status, code); at info only the
- * lines worth keeping in dockerd's log (see requestLevel).
+ * lines dockerd's log needs (see requestLevel).
  */
 import fs from 'node:fs';
 import http from 'node:http';
@@ -83,25 +83,32 @@ function decode(route: Route, raw: Buffer): unknown {
 }
 
 /**
- * The protocol's reads: dockerd sends them far more often than anything else (a `docker volume rm` is six
- * Capabilities and two Gets around one Remove; an inspect is a Get) and they change nothing, so a
- * successful read's line is debug. #13
+ * How long after the server starts, or dockerd activates it, a Get answered "not found" is worth an info
+ * line. That is when dockerd restores its volumes (moby volume/service/restore.go): it asks the driver for
+ * each volume it knows and silently drops from its own database any the driver says it does not have
+ * (logged only at dockerd's debug), so this line is the only trace of a volume dockerd forgot. Later, a
+ * "not found" Get is dockerd's probe before every Create: debug. #13
  */
-const READ_OPS: ReadonlySet<string> = new Set(['activate', 'capabilities', 'get', 'path', 'list']);
+export const RESTORE_WINDOW_MS = 60_000;
+/** A successful request slower than this is logged at info as a slow request (dockerd waits on it). */
+export const SLOW_REQUEST_MS = 1000;
 
 /**
- * The level of a request's line. A managed plugin's stdout is copied line by line into dockerd's log, so
- * `info` (the default) keeps what an operator reads it for: every mutation (create, remove, mount,
- * unmount, and any op this file does not know) and every failure, a read's included (a Get answered "not
- * found" at dockerd's start-up is how dockerd comes to forget a volume: that line must be there). Successful
- * reads only at `debug`. Measured with bench/docker.ts (README, Logging). #13
+ * The level of a request's line. A managed plugin's stdout is copied line by line into dockerd's log, and
+ * each line costs both processes CPU (measured: ~0.3 ms in the plugin and ~0.3 ms in dockerd per line,
+ * bench/docker.ts at warn vs info), so `info` (the default) carries what nothing else records: every
+ * failure, a "not found" Get while dockerd restores its volumes (RESTORE_WINDOW_MS), and requests slower
+ * than SLOW_REQUEST_MS. Successful calls, mutations included, are debug: dockerd's own events (`docker
+ * events`: volume create, mount, unmount, destroy, with the driver) already record each one. README, Logging.
  */
-export function requestLevel(op: string, code: string | undefined): 'info' | 'debug' {
-  return code === undefined && READ_OPS.has(op) ? 'debug' : 'info';
+export function requestLevel(op: string, code: string | undefined, ms: number, sinceActivateMs: number): 'info' | 'debug' {
+  if (code === undefined) return ms >= SLOW_REQUEST_MS ? 'info' : 'debug';
+  if (op === 'get' && code === 'TSVOL_NOT_FOUND') return sinceActivateMs < RESTORE_WINDOW_MS ? 'info' : 'debug';
+  return 'info';
 }
 
 /** Serves one protocol call: decode → call → encode, one log line, errors as `{Err}`. */
-async function serveRoute(route: Route, req: http.IncomingMessage, res: http.ServerResponse, log: Logger, inflight: { count: number }): Promise<void> {
+async function serveRoute(route: Route, req: http.IncomingMessage, res: http.ServerResponse, log: Logger, inflight: { count: number }, activated: { at: number }): Promise<void> {
   const started = process.hrtime.bigint();
   inflight.count++;
   let status = 200;
@@ -125,11 +132,13 @@ async function serveRoute(route: Route, req: http.IncomingMessage, res: http.Ser
     if (status >= 500) log.error({ op: route.op, code, err: describeError(err), stack: err instanceof Error ? err.stack : undefined }, 'request failed');
   } finally {
     inflight.count--;
-    const level = requestLevel(route.op, code);
-    // The level check first: a line nobody reads costs nothing to build (Get and Path are the hot path).
+    if (route.op === 'activate') activated.at = performance.now();
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    const level = requestLevel(route.op, code, ms, performance.now() - activated.at);
+    // The level check first: a line nobody reads costs nothing to build (every call on the hot path).
     if (log.isLevelEnabled(level)) {
       const b = (body ?? {}) as { Name?: string; ID?: string };
-      log[level]({ op: route.op, volume: b.Name, id: b.ID, ms: Number(process.hrtime.bigint() - started) / 1e6, status, code }, 'request');
+      log[level]({ op: route.op, volume: b.Name, id: b.ID, ms, status, code }, code === undefined && level === 'info' ? 'slow request' : 'request');
     }
   }
 }
@@ -145,8 +154,10 @@ export function createRequestListener(routes: readonly Route[], log: Logger, inf
   app.disable('x-powered-by');
   app.disable('etag');
   const byPath = new Map(routes.map((r) => [r.path, r]));
+  // dockerd restores its volumes after it starts the plugin, or (a plugin that outlived it) activates it.
+  const activated = { at: performance.now() };
   for (const route of routes) {
-    app.post(route.path, (req: Request, res: Response) => serveRoute(route, req, res, log, inflight));
+    app.post(route.path, (req: Request, res: Response) => serveRoute(route, req, res, log, inflight, activated));
   }
   app.use((req: Request, res: Response) => {
     reply(res, 404, { Err: `unknown endpoint ${req.method} ${req.path}: tsvol speaks Docker's VolumeDriver protocol` });
@@ -158,7 +169,7 @@ export function createRequestListener(routes: readonly Route[], log: Logger, inf
   });
   return (req, res) => {
     const route = req.method === 'POST' && req.url !== undefined ? byPath.get(req.url) : undefined;
-    if (route !== undefined) void serveRoute(route, req, res, log, inflight);
+    if (route !== undefined) void serveRoute(route, req, res, log, inflight, activated);
     else app(req, res);
   };
 }
