@@ -76,7 +76,6 @@ const listing = (d: string): string[] => (fs.existsSync(d) ? fs.readdirSync(d) :
 const refusedCases: [string, Buffer, RegExp][] = [
   ['a whiteout carrying data', tarOf(dir('etc'), entry({ path: 'etc/.wh.gone' }, 'not empty')), /entry "etc\/\.wh\.gone" is a whiteout carrying 9 bytes of data \(OCI whiteouts are empty files\)/],
   ['an opaque marker carrying data', tarOf(dir('var'), entry({ path: 'var/.wh..wh..opq' }, 'y')), /entry "var\/\.wh\.\.wh\.\.opq" is a whiteout carrying 1 bytes of data/],
-  ['a whiteout of an unknown typeflag (read as a file) carrying data', tarOf(Buffer.concat([forced({ path: '.wh.x' }, 'S', 3), Buffer.from('abc'), Buffer.alloc(509)])), /entry "\.wh\.x" is a whiteout carrying 3 bytes/],
   ['the root entry read as a file with data', tarOf(entry({ path: './' }, 'root bytes')), /entry "\.\/" is the archive's root, read as a file with 10 bytes of data/],
   ['a file listed twice', tarOf(body('f', 'first'), body('f', 'second')), /entry "f" replaces "f", whose bytes an earlier entry of this tar wrote/],
   ['a whiteout of the layer\'s own file', tarOf(body('f', 'data'), entry({ path: '.wh.f' })), /entry "\.wh\.f" replaces "f", whose bytes an earlier entry/],
@@ -96,6 +95,35 @@ test('a tar whose bytes the layer could not give back is refused at import, and 
     t.regex(err?.message ?? '', /^layer tar refused: /, what);
     t.regex(err?.message ?? '', why, what);
     t.regex(err?.message ?? '', /the layer's export could not reproduce them, so it is refused/, what);
+    t.deepEqual(store.list(), [], `${what}: no layer`);
+    t.deepEqual(listing(path.join(root, 'diffs')), [], `${what}: nothing in layers/diffs`);
+    t.deepEqual(listing(path.join(root, 'tmp')), [], `${what}: no stage left in layers/tmp/`);
+  }
+});
+
+/**
+ * Entry types that are not what their bytes say (#11): a GNU sparse file's body is its map and data, so
+ * storing it as a regular file would hand containers other bytes than Docker does (Go expands the holes),
+ * and moby refuses every other GNU or vendor type. The old reader stored them all as regular files.
+ */
+const unsupportedCases: [string, Buffer, RegExp][] = [
+  ['a GNU sparse file (typeflag S)', tarOf(body('before', 'b'), Buffer.concat([forced({ path: 'holes' }, 'S', 3), Buffer.from('abc'), Buffer.alloc(509)])), /entry "holes" is a GNU sparse file, which tsvol does not store/],
+  ['a GNU sparse whiteout (typeflag S) carrying data', tarOf(Buffer.concat([forced({ path: '.wh.x' }, 'S', 3), Buffer.from('abc'), Buffer.alloc(509)])), /entry "\.wh\.x" is a GNU sparse file/],
+  ['a GNU dumpdir (typeflag D)', tarOf(Buffer.concat([forced({ path: 'dd/' }, 'D', 3), Buffer.from('Yab'), Buffer.alloc(509)])), /entry "dd\/" is type 'D', which tsvol does not store/],
+  ['a volume label (typeflag V)', tarOf(forced({ path: 'label' }, 'V'), body('f', 'x')), /entry "label" is type 'V'/],
+  ['a pax GNU sparse 1.0 file', tarOf(metadata('x', Buffer.concat([rec('GNU.sparse.major', '1'), rec('GNU.sparse.minor', '0'), rec('GNU.sparse.name', 'big'), rec('GNU.sparse.realsize', '1048576')])), entry({ path: 'GNUSparseFile.0/big' }, '1\n0\n512\n')), /entry "GNUSparseFile\.0\/big" is a GNU sparse file \(pax "GNU\.sparse\.major"\)/],
+];
+
+test('GNU sparse files and unknown entry types are refused at import with the entry named, and nothing is stored', async (t) => {
+  if (!requireRoot(t)) return;
+  const base = tempDir('tsvol-exact-');
+  t.teardown(() => fs.rmSync(base, { recursive: true, force: true }));
+  const root = path.join(base, 'layers');
+  const store = openLayerStore(root);
+  for (const [what, tar, why] of unsupportedCases) {
+    const err = await t.throwsAsync(store.importLayer(once(tar)), undefined, what);
+    t.regex(err?.message ?? '', /^layer tar refused: /, what);
+    t.regex(err?.message ?? '', why, what);
     t.deepEqual(store.list(), [], `${what}: no layer`);
     t.deepEqual(listing(path.join(root, 'diffs')), [], `${what}: nothing in layers/diffs`);
     t.deepEqual(listing(path.join(root, 'tmp')), [], `${what}: no stage left in layers/tmp/`);

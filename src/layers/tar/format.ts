@@ -128,6 +128,24 @@ const TYPES: Record<number, TarHeader['type']> = {
   [TYPE.fifo]: 'fifo',
 };
 
+/** The typeflags an entry may carry (metadata headers aside): NUL (old tars), '0'–'7'. */
+export function isEntryType(typeflag: number): boolean {
+  return TYPES[typeflag] !== undefined;
+}
+
+/**
+ * Why an entry's typeflag is refused: GNU sparse files ('S') and the other GNU and vendor types (dumpdir
+ * 'D', volume label 'V', multi-volume 'M', ...) are not what their bytes say. Docker (Go's archive/tar, then
+ * moby's pkg/archive) expands a sparse file's map into holes and refuses any other type ("unhandled tar
+ * header type"); stored as a regular file, the entry's body would be its sparse map and data, not the
+ * file a container sees under Docker. #11
+ */
+export function unsupportedTypeError(typeflag: number, path: string): Error {
+  const c = String.fromCharCode(typeflag);
+  const what = typeflag === 0x53 ? 'a GNU sparse file' : /^[ -~]$/.test(c) ? `type '${c}'` : `type byte ${typeflag}`;
+  return new Error(`tar entry ${quote(path)} is ${what}, which tsvol does not store (regular files, directories, links, devices and fifos only)`);
+}
+
 /**
  * Decodes a ustar/GNU header block (no pax applied). Returns the raw typeflag too. Numbers are parsed
  * strictly and bounded (sizes and ids non-negative, ids ≤ MAX_ID, device numbers as mknod takes them);
@@ -280,6 +298,10 @@ export function applyPax(h: TarHeader, pax: Map<string, Buffer>): void {
         h.mtimeNs = paxTimeNs(text());
         break;
       default: {
+        // GNU tar's pax sparse formats (0.0, 0.1, 1.0): the body is a sparse map and data, not the file.
+        if (key.startsWith('GNU.sparse.')) {
+          throw new Error(`tar entry ${quote(h.path)} is a GNU sparse file (pax ${quote(key)}), which tsvol does not store (regular files, directories, links, devices and fifos only)`);
+        }
         let name: string | undefined;
         let bytes: Buffer | undefined;
         if (key.startsWith('SCHILY.xattr.')) {

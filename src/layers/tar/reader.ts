@@ -8,7 +8,7 @@
  * to MAX_TRAILER bytes and a longer one is refused after reading at most one chunk more. On any error the
  * input is closed (its iterator's `return()`: a stream is destroyed) before the error reaches the caller.
  */
-import { BLOCK, MAX_PAX_RECORDS, TYPE, applyPax, assertNoNul, decodeHeader, isZeroBlock, padding, parsePax, type TarHeader } from './format.js';
+import { BLOCK, MAX_PAX_RECORDS, TYPE, applyPax, assertNoNul, decodeHeader, isEntryType, isZeroBlock, padding, parsePax, unsupportedTypeError, type TarHeader } from './format.js';
 
 /**
  * The most bytes accepted from the end-of-archive marker (the first zero block) to the end of the
@@ -218,6 +218,7 @@ export class TarReader implements EntrySource {
       if (longName !== undefined) header.path = longName;
       if (longLink !== undefined) header.linkname = longLink;
       applyPax(header, pax);
+      if (!isEntryType(typeflag)) throw unsupportedTypeError(typeflag, header.path);
       return this.entry(header, Buffer.concat(raws));
     }
   }
