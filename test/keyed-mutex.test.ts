@@ -1,6 +1,6 @@
 /** The per-volume lock: one volume's operations run in order; a slow one never stalls another volume. */
 import test from 'ava';
-import { createKeyedMutex } from '../src/volumes/keyed-mutex.js';
+import { createKeyedMutex } from '../src/sys/keyed-mutex.js';
 
 test('a slow operation on one volume never stalls operations on others', async (t) => {
   const locks = createKeyedMutex();

@@ -28,7 +28,7 @@ import { discardDir } from './discard.js';
 import { createOverlayMounter } from './overlay.js';
 import { probeOverlay } from './probe.js';
 import { isOpaque, isWhiteout, writeTree } from './tar/writer.js';
-import { createKeyedMutex } from '../volumes/keyed-mutex.js';
+import { createKeyedMutex } from '../sys/keyed-mutex.js';
 
 export type { ContainerRecord, LayerDriver } from '../store/records.js';
 

@@ -18,7 +18,7 @@ import { isMountRoot } from '../sys/libc.js';
 import { bindMountAsync, remountBindReadOnly, unmountTargetAsync } from '../sys/mount.js';
 import { mountOptionsAt } from '../sys/mountinfo.js';
 import { PUBLISH_HOLD_PREFIX } from './holds.js';
-import { createKeyedMutex } from './keyed-mutex.js';
+import { createKeyedMutex } from '../sys/keyed-mutex.js';
 import type { VolumeMechanics, VolumeService } from './volume-service.js';
 
 

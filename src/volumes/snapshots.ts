@@ -8,7 +8,7 @@
  */
 import { ConflictError, InvalidArgumentError, NotFoundError, TsvolError, wrapError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { createKeyedMutex } from './keyed-mutex.js';
+import { createKeyedMutex } from '../sys/keyed-mutex.js';
 import type { VolumeOps } from './volume-ops.js';
 import type { VolumeMechanics, VolumeService } from './volume-service.js';
 

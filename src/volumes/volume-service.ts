@@ -26,7 +26,7 @@ import type { Layout } from '../store/layout.js';
 import { nullProtoRecord, type VolumeRecord, type VolumeStore } from '../store/volume-store.js';
 import type { Beneath } from '../sys/beneath.js';
 import { CLI_HOLD_PREFIX, holdCount, inUseError } from './holds.js';
-import { createKeyedMutex } from './keyed-mutex.js';
+import { createKeyedMutex } from '../sys/keyed-mutex.js';
 import { createKindContext } from './kinds/context.js';
 import { hasOwnMount, kindOf } from './kinds/index.js';
 import type { Built, KindContext } from './kinds/kind.js';

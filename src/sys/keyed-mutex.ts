@@ -1,6 +1,6 @@
 /**
- * A per-key async mutex: operations on one volume run one at a time, in arrival order, while operations
- * on other volumes proceed (moby's VolumeStore.locks). An entry exists only while the key is busy, so
+ * A per-key async mutex: operations on one key (a volume, a container) run one at a time, in arrival order,
+ * while operations on other keys proceed (moby's VolumeStore.locks). An entry exists only while the key is busy, so
  * memory does not grow with the number of volumes.
  */
 
