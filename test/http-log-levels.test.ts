@@ -1,8 +1,8 @@
 /**
  * What a request leaves in dockerd's log (#13): a managed plugin's stdout is copied line by line into
- * dockerd's own log, so at the default `info` level only failures, a "not found" Get while dockerd restores
- * its volumes, and slow requests are written; at `debug` every request has its line (op, volume, mount id,
- * ms, status, code).
+ * dockerd's own log, so at the default `info` level only mutations, failures (a "not found" Get only while
+ * dockerd restores its volumes) and slow reads are written; at `debug` every request has its line (op,
+ * volume, mount id, ms, status, code).
  */
 import test from 'ava';
 import { RESTORE_WINDOW_MS, SLOW_REQUEST_MS, requestLevel } from '../src/http/app.js';
@@ -35,7 +35,7 @@ async function dockerLikeCalls(s: TestServer): Promise<Record<string, unknown>[]
     .filter((l) => l.msg === 'request');
 }
 
-test('at info, dockerd gets a line for each failure and none for a successful call, mutations included', async (t) => {
+test('at info, dockerd gets a line for each mutation and each failure, none for successful reads', async (t) => {
   await withServer(t, { env: { TSVOL_LOG_LEVEL: 'info' } }, async (s) => {
     const lines = await dockerLikeCalls(s);
     // The server has just started: its "not found" Get is inside dockerd's restore window.
@@ -43,12 +43,14 @@ test('at info, dockerd gets a line for each failure and none for a successful ca
       lines.map((l) => [l.op, l.status, l.code]),
       [
         ['get', 404, 'TSVOL_NOT_FOUND'],
+        ['create', 200, undefined],
+        ['remove', 200, undefined],
         ['path', lines.at(-1)?.status, lines.at(-1)?.code],
       ],
     );
     t.true(Number(lines.at(-1)?.status) >= 400, 'the failed Path is logged as a failure');
-    t.like(lines[0], { volume: 'quiet', level: 30 });
-    t.is(typeof lines[0]?.ms, 'number');
+    t.like(lines[1], { volume: 'quiet', level: 30 });
+    t.is(typeof lines[1]?.ms, 'number');
   });
 });
 
@@ -61,18 +63,22 @@ test('at debug, every request has its line with op, volume, ms and status', asyn
     );
     t.like(lines[3], { op: 'get', volume: 'quiet', status: 200, level: 20 });
     t.like(lines[4], { op: 'path', volume: 'quiet', status: 200, level: 20 });
-    t.like(lines[6], { op: 'remove', volume: 'quiet', status: 200, level: 20 });
+    t.like(lines[6], { op: 'remove', volume: 'quiet', status: 200, level: 30 });
   });
 });
 
-test('requestLevel: successes quiet unless slow; failures at info; a "not found" Get only in the restore window', (t) => {
-  for (const op of ['activate', 'capabilities', 'get', 'path', 'list', 'create', 'remove', 'mount', 'unmount', 'export']) {
+test('requestLevel: mutations and failures at info, reads only when slow; a "not found" Get only in the restore window', (t) => {
+  const later = RESTORE_WINDOW_MS * 10;
+  for (const op of ['activate', 'capabilities', 'get', 'path', 'list']) {
     t.is(requestLevel(op, undefined, 3, 5), 'debug', op);
-    t.is(requestLevel(op, undefined, SLOW_REQUEST_MS, RESTORE_WINDOW_MS * 10), 'info', `${op} slow`);
-    t.is(requestLevel(op, 'TSVOL_INTERNAL', 3, RESTORE_WINDOW_MS * 10), 'info', op);
-    t.is(requestLevel(op, 'TSVOL_IN_USE', 3, RESTORE_WINDOW_MS * 10), 'info', op);
+    t.is(requestLevel(op, undefined, SLOW_REQUEST_MS, later), 'info', `${op} slow`);
+    t.is(requestLevel(op, 'TSVOL_INTERNAL', 3, later), 'info', op);
   }
-  for (const op of ['path', 'mount', 'remove']) t.is(requestLevel(op, 'TSVOL_NOT_FOUND', 3, RESTORE_WINDOW_MS * 10), 'info', op);
+  for (const op of ['create', 'remove', 'mount', 'unmount', 'export']) {
+    t.is(requestLevel(op, undefined, 3, later), 'info', op);
+    t.is(requestLevel(op, 'TSVOL_IN_USE', 3, later), 'info', op);
+  }
+  for (const op of ['path', 'mount', 'remove']) t.is(requestLevel(op, 'TSVOL_NOT_FOUND', 3, later), 'info', op);
   t.is(requestLevel('get', 'TSVOL_NOT_FOUND', 3, 0), 'info', 'dockerd restoring: the volume it will forget');
   t.is(requestLevel('get', 'TSVOL_NOT_FOUND', 3, RESTORE_WINDOW_MS - 1), 'info');
   t.is(requestLevel('get', 'TSVOL_NOT_FOUND', 3, RESTORE_WINDOW_MS), 'debug', "later: dockerd's probe before a Create");

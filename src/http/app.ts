@@ -90,19 +90,29 @@ function decode(route: Route, raw: Buffer): unknown {
  * "not found" Get is dockerd's probe before every Create: debug. #13
  */
 export const RESTORE_WINDOW_MS = 60_000;
-/** A successful request slower than this is logged at info as a slow request (dockerd waits on it). */
+/** A successful read slower than this is logged at info as a slow request (dockerd waits on it). */
 export const SLOW_REQUEST_MS = 1000;
+
+/**
+ * The protocol's reads: dockerd sends them far more often than anything else (a `docker volume rm` is six
+ * Capabilities and two Gets around one Remove; an inspect is a Get) and they change nothing. #13
+ */
+const READ_OPS: ReadonlySet<string> = new Set(['activate', 'capabilities', 'get', 'path', 'list']);
 
 /**
  * The level of a request's line. A managed plugin's stdout is copied line by line into dockerd's log, and
  * each line costs both processes CPU (measured: ~0.3 ms in the plugin and ~0.3 ms in dockerd per line,
- * bench/docker.ts at warn vs info), so `info` (the default) carries what nothing else records: every
- * failure, a "not found" Get while dockerd restores its volumes (RESTORE_WINDOW_MS), and requests slower
- * than SLOW_REQUEST_MS. Successful calls, mutations included, are debug: dockerd's own events (`docker
- * events`: volume create, mount, unmount, destroy, with the driver) already record each one. README, Logging.
+ * bench/docker.ts at warn vs info), so `info` (the default) keeps what an operator reads it for:
+ * - every mutation (create, remove, mount, unmount, and any op this file does not know): the durable record
+ *   of who changed what (dockerd logs none of them, and `docker events` keeps only recent events, in
+ *   memory);
+ * - every failure, except a "not found" Get after RESTORE_WINDOW_MS: that is dockerd's probe before each
+ *   Create, not a failure;
+ * - a read slower than SLOW_REQUEST_MS.
+ * Successful reads only at `debug`. README, Logging.
  */
 export function requestLevel(op: string, code: string | undefined, ms: number, sinceActivateMs: number): 'info' | 'debug' {
-  if (code === undefined) return ms >= SLOW_REQUEST_MS ? 'info' : 'debug';
+  if (code === undefined) return !READ_OPS.has(op) || ms >= SLOW_REQUEST_MS ? 'info' : 'debug';
   if (op === 'get' && code === 'TSVOL_NOT_FOUND') return sinceActivateMs < RESTORE_WINDOW_MS ? 'info' : 'debug';
   return 'info';
 }
@@ -138,7 +148,7 @@ async function serveRoute(route: Route, req: http.IncomingMessage, res: http.Ser
     // The level check first: a line nobody reads costs nothing to build (every call on the hot path).
     if (log.isLevelEnabled(level)) {
       const b = (body ?? {}) as { Name?: string; ID?: string };
-      log[level]({ op: route.op, volume: b.Name, id: b.ID, ms, status, code }, code === undefined && level === 'info' ? 'slow request' : 'request');
+      log[level]({ op: route.op, volume: b.Name, id: b.ID, ms, status, code }, code === undefined && READ_OPS.has(route.op) && level === 'info' ? 'slow request' : 'request');
     }
   }
 }
