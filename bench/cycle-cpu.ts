@@ -4,7 +4,8 @@
  * (6 Capabilities, 2 Gets, Remove), C volumes at once, each call on a fresh connection as most of
  * dockerd's are. Reports each server's CPU (all threads, /proc/PID/stat) per create, inspect and rm, for
  * tsvol builds (TSVOL_BENCH_CYCLE_BUILDS: comma-separated repo dirs, default this one) and the in-memory
- * managed plugin's server. Rounds interleave. Knobs: TSVOL_BENCH_CYCLE_N (volumes, 1000), _C (8), _ROUNDS (3).
+ * managed plugin's server. Rounds interleave. Knobs: TSVOL_BENCH_CYCLE_N (volumes, 1000), _C (8), _ROUNDS (3),
+ * _THREADS=1 (CPU per thread), _PROF=DIR (tsvol under --cpu-prof) or =perf (--perf-basic-prof), _SKIP_MEMORY=1.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -86,7 +87,10 @@ async function runOnce(s: Server, dir: string): Promise<{ create: number; inspec
       try {
         await call(socket, '/Plugin.Activate', {});
         break;
-      } catch { /* not listening yet */ }
+      } catch (err) {
+        // Not listening yet: the socket file exists before listen() accepts.
+        if (!['ECONNREFUSED', 'ENOENT'].includes((err as NodeJS.ErrnoException).code ?? '')) throw err;
+      }
     }
     if (i > 300) throw new Error(`${s.label} did not start`);
     await new Promise((r) => setTimeout(r, 50));
@@ -139,4 +143,10 @@ for (let r = 0; r < ROUNDS; r++) {
     }
   }
 }
-for (const [label, b] of best) console.log(`best ${label}: create ${b.create.toFixed(0)} inspect ${b.inspect.toFixed(0)} rm ${b.rm.toFixed(0)} µs CPU/op`);
+console.log(`\n## Plugin CPU per Docker volume operation, on the socket (c=${C}, ${N} volumes, best of ${ROUNDS} interleaved rounds)\n`);
+console.log('| server | create | inspect | rm |\n|---|---:|---:|---:|');
+const mem = best.get('in-memory');
+for (const [label, b] of best) {
+  const ratio = (k: 'create' | 'inspect' | 'rm'): string => (mem === undefined || label === 'in-memory' ? '' : ` (${(b[k] / mem[k]).toFixed(2)}×)`);
+  console.log(`| ${label} | ${b.create.toFixed(0)} µs${ratio('create')} | ${b.inspect.toFixed(0)} µs${ratio('inspect')} | ${b.rm.toFixed(0)} µs${ratio('rm')} |`);
+}

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const only = [...process.argv.slice(2), ...(process.env.TSVOL_BENCH_ONLY ?? '').split(',').filter((o) => o !== '')];
-const benches = ['volumes.ts', 'volumes-extra.ts', 'layers.ts', 'images.ts', 'deleter.ts', 'socket.ts', 'docker.ts', 'cluster.ts'].filter(
+const benches = ['volumes.ts', 'volumes-extra.ts', 'layers.ts', 'images.ts', 'deleter.ts', 'socket.ts', 'cycle-cpu.ts', 'docker.ts', 'cluster.ts'].filter(
   (f) => fs.existsSync(path.join(HERE, f)) && (only.length === 0 || only.some((o) => f.startsWith(o))),
 );
 let failed = 0;
