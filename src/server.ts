@@ -14,7 +14,7 @@ import type http from 'node:http';
 import type { Config } from './config.js';
 import { ConflictError, describeError, errnoCode } from './errors.js';
 import { startCsiServer, type CsiServer } from './csi/server.js';
-import { createRequestListener, listenOnSocket } from './http/app.js';
+import { NotFoundLines, createRequestListener, listenOnSocket } from './http/app.js';
 import { createControlApi } from './http/control.js';
 import { controlReachable } from './http/control-client.js';
 import { volumeDriverRoutes } from './http/protocol.js';
@@ -125,7 +125,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
       log,
     });
   }
-  const server = await listenOnSocket(createRequestListener(volumeDriverRoutes(service, config.scope), log, inflight), config.socket);
+  const notFound = new NotFoundLines();
+  const server = await listenOnSocket(createRequestListener(volumeDriverRoutes(service, config.scope), log, inflight, notFound), config.socket);
   log.info(
     {
       socket: config.socket,
@@ -154,6 +155,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       const timer = setTimeout(() => servers.forEach((srv) => srv.closeAllConnections()), DRAIN_MS);
       await Promise.all([closed, csi?.stop(DRAIN_MS)]);
       clearTimeout(timer);
+      notFound.flush(true); // "not found" lines still waiting for a Create that will not come now
       // A control request cut off above (an export) still releases its hold: let it, before the store closes.
       await control.settled();
       removeSocketFile(layout.controlSocket, log);

@@ -1,11 +1,11 @@
 /**
  * What a request leaves in dockerd's log (#13): a managed plugin's stdout is copied line by line into
- * dockerd's own log, so at the default `info` level only mutations, failures (a "not found" Get only while
- * dockerd restores its volumes) and slow reads are written; at `debug` every request has its line (op,
- * volume, mount id, ms, status, code).
+ * dockerd's own log, so at the default `info` level only mutations, failures and slow reads are written, and
+ * a "not found" Get only when no Create of the name follows (dockerd's probe before each Create is not a
+ * failure); at `debug` every request has its line (op, volume, mount id, ms, status, code).
  */
 import test from 'ava';
-import { RESTORE_WINDOW_MS, SLOW_REQUEST_MS, requestLevel } from '../src/http/app.js';
+import { NotFoundLines, PROBE_PENDING_MAX, SLOW_REQUEST_MS, requestLevel } from '../src/http/app.js';
 import { withServer, type TestServer } from './helpers/server.js';
 
 /**
@@ -35,22 +35,47 @@ async function dockerLikeCalls(s: TestServer): Promise<Record<string, unknown>[]
     .filter((l) => l.msg === 'request');
 }
 
-test('at info, dockerd gets a line for each mutation and each failure, none for successful reads', async (t) => {
+test('at info, dockerd gets a line for each mutation and each failure, none for successful reads or its probe', async (t) => {
   await withServer(t, { env: { TSVOL_LOG_LEVEL: 'info' } }, async (s) => {
     const lines = await dockerLikeCalls(s);
-    // The server has just started: its "not found" Get is inside dockerd's restore window.
+    // The Get answered "not found" was dockerd's probe: the Create of its name followed.
     t.deepEqual(
       lines.map((l) => [l.op, l.status, l.code]),
       [
-        ['get', 404, 'TSVOL_NOT_FOUND'],
         ['create', 200, undefined],
         ['remove', 200, undefined],
         ['path', lines.at(-1)?.status, lines.at(-1)?.code],
       ],
     );
     t.true(Number(lines.at(-1)?.status) >= 400, 'the failed Path is logged as a failure');
-    t.like(lines[1], { volume: 'quiet', level: 30 });
-    t.is(typeof lines[1]?.ms, 'number');
+    t.like(lines[0], { volume: 'quiet', level: 30 });
+    t.is(typeof lines[0]?.ms, 'number');
+  });
+});
+
+test('at info, a "not found" Get no Create follows is written (dockerd forgetting a volume at its start), at the latest on shutdown', async (t) => {
+  await withServer(t, { env: { TSVOL_LOG_LEVEL: 'info' } }, async (s) => {
+    await new Promise((r) => setTimeout(r, 200));
+    const before = s.output().length;
+    await s.call('/VolumeDriver.Get', { Name: 'forgotten' });
+    await s.call('/VolumeDriver.Get', { Name: 'probed' });
+    await s.ok('/VolumeDriver.Create', { Name: 'probed', Opts: null });
+    await new Promise((r) => setTimeout(r, 100));
+    const notFound = (): Record<string, unknown>[] =>
+      s
+        .output()
+        .slice(before)
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .filter((l) => l.msg === 'request' && l.code === 'TSVOL_NOT_FOUND');
+    t.deepEqual(notFound(), [], 'held back while a Create may still come');
+    t.is(await s.stop(), 0);
+    t.deepEqual(
+      notFound().map((l) => [l.op, l.volume, l.status, l.level, l.deferred]),
+      [['get', 'forgotten', 404, 30, true]],
+      'written at shutdown; the probe of "probed" never',
+    );
   });
 });
 
@@ -67,19 +92,39 @@ test('at debug, every request has its line with op, volume, ms and status', asyn
   });
 });
 
-test('requestLevel: mutations and failures at info, reads only when slow; a "not found" Get only in the restore window', (t) => {
-  const later = RESTORE_WINDOW_MS * 10;
+test('requestLevel: mutations and failures at info, reads only when slow', (t) => {
   for (const op of ['activate', 'capabilities', 'get', 'path', 'list']) {
-    t.is(requestLevel(op, undefined, 3, 5), 'debug', op);
-    t.is(requestLevel(op, undefined, SLOW_REQUEST_MS, later), 'info', `${op} slow`);
-    t.is(requestLevel(op, 'TSVOL_INTERNAL', 3, later), 'info', op);
+    t.is(requestLevel(op, undefined, 3), 'debug', op);
+    t.is(requestLevel(op, undefined, SLOW_REQUEST_MS), 'info', `${op} slow`);
+    t.is(requestLevel(op, 'TSVOL_INTERNAL', 3), 'info', op);
+    t.is(requestLevel(op, 'TSVOL_NOT_FOUND', 3), 'info', op);
   }
   for (const op of ['create', 'remove', 'mount', 'unmount', 'export']) {
-    t.is(requestLevel(op, undefined, 3, later), 'info', op);
-    t.is(requestLevel(op, 'TSVOL_IN_USE', 3, later), 'info', op);
+    t.is(requestLevel(op, undefined, 3), 'info', op);
+    t.is(requestLevel(op, 'TSVOL_IN_USE', 3), 'info', op);
   }
-  for (const op of ['path', 'mount', 'remove']) t.is(requestLevel(op, 'TSVOL_NOT_FOUND', 3, later), 'info', op);
-  t.is(requestLevel('get', 'TSVOL_NOT_FOUND', 3, 0), 'info', 'dockerd restoring: the volume it will forget');
-  t.is(requestLevel('get', 'TSVOL_NOT_FOUND', 3, RESTORE_WINDOW_MS - 1), 'info');
-  t.is(requestLevel('get', 'TSVOL_NOT_FOUND', 3, RESTORE_WINDOW_MS), 'debug', "later: dockerd's probe before a Create");
+});
+
+test('NotFoundLines: a line waits its window, a Create drops it, a second Get joins the first, memory is bounded', (t) => {
+  let now = 0;
+  const written: string[] = [];
+  const lines = new NotFoundLines(5000, () => now);
+  t.teardown(() => lines.flush(true));
+  lines.defer('a', () => written.push('a'));
+  now = 10;
+  lines.defer('b', () => written.push('b'));
+  lines.defer('b', () => written.push('b again'));
+  lines.created('a');
+  now = 5009;
+  lines.flush(false);
+  t.deepEqual(written, [], 'b is still inside its window');
+  now = 5010;
+  lines.flush(false);
+  t.deepEqual(written, ['b'], 'a was a probe; b is written once');
+  t.is(lines.size, 0);
+  for (let i = 0; i <= PROBE_PENDING_MAX; i++) lines.defer(`n${i}`, () => written.push(`n${i}`));
+  t.is(lines.size, PROBE_PENDING_MAX, 'never more than PROBE_PENDING_MAX waiting');
+  t.deepEqual(written.slice(1), ['n0'], 'the oldest is written at once');
+  lines.flush(true);
+  t.is(written.length, PROBE_PENDING_MAX + 2);
 });

@@ -236,8 +236,8 @@ test('fuzzed bodies on every endpoint always get a JSON reply with a string Err 
   });
 });
 
-test('one JSON log line per request with op, volume, ms and status', async (t) => {
-  await withServer(t, {}, async (s) => {
+test('at debug, one JSON log line per request with op, volume, ms and status', async (t) => {
+  await withServer(t, { env: { TSVOL_LOG_LEVEL: 'debug' } }, async (s) => {
     await s.call('/VolumeDriver.Create', { Name: 'logged', Opts: null });
     await s.call('/VolumeDriver.Get', { Name: 'missing' });
     await new Promise((r) => setTimeout(r, 100));

@@ -82,14 +82,6 @@ function decode(route: Route, raw: Buffer): unknown {
   return parsed.data;
 }
 
-/**
- * How long after the server starts, or dockerd activates it, a Get answered "not found" is worth an info
- * line. That is when dockerd restores its volumes (moby volume/service/restore.go): it asks the driver for
- * each volume it knows and silently drops from its own database any the driver says it does not have
- * (logged only at dockerd's debug), so this line is the only trace of a volume dockerd forgot. Later, a
- * "not found" Get is dockerd's probe before every Create: debug. #13
- */
-export const RESTORE_WINDOW_MS = 60_000;
 /** A successful read slower than this is logged at info as a slow request (dockerd waits on it). */
 export const SLOW_REQUEST_MS = 1000;
 
@@ -106,19 +98,84 @@ const READ_OPS: ReadonlySet<string> = new Set(['activate', 'capabilities', 'get'
  * - every mutation (create, remove, mount, unmount, and any op this file does not know): the durable record
  *   of who changed what (dockerd logs none of them, and `docker events` keeps only recent events, in
  *   memory);
- * - every failure, except a "not found" Get after RESTORE_WINDOW_MS: that is dockerd's probe before each
- *   Create, not a failure;
+ * - every failure (a "not found" Get goes through NotFoundLines first: dockerd's probe before a Create is
+ *   not a failure);
  * - a read slower than SLOW_REQUEST_MS.
  * Successful reads only at `debug`. README, Logging.
  */
-export function requestLevel(op: string, code: string | undefined, ms: number, sinceActivateMs: number): 'info' | 'debug' {
+export function requestLevel(op: string, code: string | undefined, ms: number): 'info' | 'debug' {
   if (code === undefined) return !READ_OPS.has(op) || ms >= SLOW_REQUEST_MS ? 'info' : 'debug';
-  if (op === 'get' && code === 'TSVOL_NOT_FOUND') return sinceActivateMs < RESTORE_WINDOW_MS ? 'info' : 'debug';
   return 'info';
 }
 
+/** How long a "not found" Get's line waits for the Create that makes it dockerd's probe. */
+export const PROBE_WINDOW_MS = 5000;
+/** Most "not found" lines waiting at once; past it the oldest is written at once (memory stays bounded). */
+export const PROBE_PENDING_MAX = 4096;
+
+/**
+ * The info lines of Gets answered "not found", held back until it is known whether each was dockerd's
+ * probe. dockerd asks Get before every Create (DOCKER-FACTS), so most "not found" answers are followed by
+ * a Create of that name within milliseconds: that line is dropped (the Create has its own, and the Get's
+ * stays at debug). A "not found" no Create follows within PROBE_WINDOW_MS is written: at dockerd's start
+ * it is how dockerd comes to forget a volume for good (moby's volume/service/restore.go drops from its
+ * database, silently at info, every volume the driver says it does not have), and otherwise it answers a
+ * user's `docker volume inspect` of a name nobody has. Names live in a Map (request keys), at most
+ * PROBE_PENDING_MAX of them; flush(true) writes them all (shutdown).
+ */
+export class NotFoundLines {
+  private readonly pending = new Map<string, { readonly at: number; readonly write: () => void }>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly windowMs = PROBE_WINDOW_MS,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  /** Holds back `write`, the line of a "not found" Get of `name` (a second Get of the name joins the first). */
+  defer(name: string, write: () => void): void {
+    if (this.pending.has(name)) return;
+    this.pending.set(name, { at: this.now(), write });
+    if (this.pending.size > PROBE_PENDING_MAX) this.writeOldest();
+    this.timer ??= setInterval(() => this.flush(false), Math.min(1000, this.windowMs)).unref();
+  }
+
+  /** A Create of `name` arrived: its Gets were dockerd's probe. */
+  created(name: string): void {
+    this.pending.delete(name);
+  }
+
+  /** Writes the lines whose window has passed (all of them with `all`). */
+  flush(all: boolean): void {
+    const now = this.now();
+    // Insertion order is arrival order: stop at the first line still inside its window.
+    for (const [name, p] of this.pending) {
+      if (!all && now - p.at < this.windowMs) break;
+      this.pending.delete(name);
+      p.write();
+    }
+    if (this.pending.size === 0 && this.timer !== undefined) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+    }
+  }
+
+  /** Lines waiting. */
+  get size(): number {
+    return this.pending.size;
+  }
+
+  private writeOldest(): void {
+    for (const [name, p] of this.pending) {
+      this.pending.delete(name);
+      p.write();
+      return;
+    }
+  }
+}
+
 /** Serves one protocol call: decode → call → encode, one log line, errors as `{Err}`. */
-async function serveRoute(route: Route, req: http.IncomingMessage, res: http.ServerResponse, log: Logger, inflight: { count: number }, activated: { at: number }): Promise<void> {
+async function serveRoute(route: Route, req: http.IncomingMessage, res: http.ServerResponse, log: Logger, inflight: { count: number }, notFound: NotFoundLines): Promise<void> {
   const started = process.hrtime.bigint();
   inflight.count++;
   let status = 200;
@@ -142,13 +199,20 @@ async function serveRoute(route: Route, req: http.IncomingMessage, res: http.Ser
     if (status >= 500) log.error({ op: route.op, code, err: describeError(err), stack: err instanceof Error ? err.stack : undefined }, 'request failed');
   } finally {
     inflight.count--;
-    if (route.op === 'activate') activated.at = performance.now();
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
-    const level = requestLevel(route.op, code, ms, performance.now() - activated.at);
+    const b = (body ?? {}) as { Name?: string; ID?: string };
+    if (route.op === 'create' && typeof b.Name === 'string') notFound.created(b.Name);
+    const level = requestLevel(route.op, code, ms);
     // The level check first: a line nobody reads costs nothing to build (every call on the hot path).
     if (log.isLevelEnabled(level)) {
-      const b = (body ?? {}) as { Name?: string; ID?: string };
-      log[level]({ op: route.op, volume: b.Name, id: b.ID, ms, status, code }, code === undefined && READ_OPS.has(route.op) && level === 'info' ? 'slow request' : 'request');
+      const fields = { op: route.op, volume: b.Name, id: b.ID, ms, status, code };
+      const msg = code === undefined && READ_OPS.has(route.op) && level === 'info' ? 'slow request' : 'request';
+      if (route.op === 'get' && code === 'TSVOL_NOT_FOUND' && typeof b.Name === 'string' && !log.isLevelEnabled('debug')) {
+        // Written later unless a Create of the name shows it was dockerd's probe (at debug: now, as any).
+        notFound.defer(b.Name, () => log[level]({ ...fields, deferred: true }, msg));
+      } else {
+        log[level](fields, msg);
+      }
     }
   }
 }
@@ -159,15 +223,18 @@ async function serveRoute(route: Route, req: http.IncomingMessage, res: http.Ser
  * Path (measured: 10.5k vs 24k calls/s at c=8 on this machine), so the hot path skips it; everything else
  * (unknown endpoints, other methods, errors) is Express's. `inflight` counts requests being handled.
  */
-export function createRequestListener(routes: readonly Route[], log: Logger, inflight: { count: number }): http.RequestListener {
+export function createRequestListener(
+  routes: readonly Route[],
+  log: Logger,
+  inflight: { count: number },
+  notFound: NotFoundLines = new NotFoundLines(),
+): http.RequestListener {
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
   const byPath = new Map(routes.map((r) => [r.path, r]));
-  // dockerd restores its volumes after it starts the plugin, or (a plugin that outlived it) activates it.
-  const activated = { at: performance.now() };
   for (const route of routes) {
-    app.post(route.path, (req: Request, res: Response) => serveRoute(route, req, res, log, inflight, activated));
+    app.post(route.path, (req: Request, res: Response) => serveRoute(route, req, res, log, inflight, notFound));
   }
   app.use((req: Request, res: Response) => {
     reply(res, 404, { Err: `unknown endpoint ${req.method} ${req.path}: tsvol speaks Docker's VolumeDriver protocol` });
@@ -179,7 +246,7 @@ export function createRequestListener(routes: readonly Route[], log: Logger, inf
   });
   return (req, res) => {
     const route = req.method === 'POST' && req.url !== undefined ? byPath.get(req.url) : undefined;
-    if (route !== undefined) void serveRoute(route, req, res, log, inflight, activated);
+    if (route !== undefined) void serveRoute(route, req, res, log, inflight, notFound);
     else app(req, res);
   };
 }
