@@ -13,6 +13,13 @@ export type ErrorCode =
   | 'TSVOL_UNAVAILABLE'
   | 'TSVOL_INTERNAL';
 
+const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>(['TSVOL_INVALID_ARGUMENT', 'TSVOL_NOT_FOUND', 'TSVOL_CONFLICT', 'TSVOL_IN_USE', 'TSVOL_OUT_OF_RANGE', 'TSVOL_UNAVAILABLE', 'TSVOL_INTERNAL']);
+
+/** True if `code` is one of tsvol's error codes (an error's kind, carried across a thread as its code). */
+export function isErrorCode(code: string | undefined): code is ErrorCode {
+  return code !== undefined && ERROR_CODES.has(code);
+}
+
 /** Base class of every error tsvol raises on purpose. */
 export class TsvolError extends Error {
   readonly code: ErrorCode;

@@ -113,6 +113,7 @@ export async function openState(config: Config, log: Logger): Promise<State> {
   const layout = createLayout(config.dataRoot);
   const { store: meta, migration } = openMetaStore(layout);
   if (migration.imported) log.info({ migration }, 'migrated the 0.1 layer records into tsvol.db');
+  if (migration.left.length > 0) log.warn({ mounts: migration.left }, "mounts inside 0.1's record directories were left in place; unmount them and start again to delete the rest");
   const store = volumeStoreOf(meta);
   let layerStore: LayerStore | undefined;
   const layers = (): LayerStore => (layerStore ??= createLayerStore(layout.layersDir, meta));

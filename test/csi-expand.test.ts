@@ -156,8 +156,15 @@ const expand = (csi: CsiClient, id: string, required: number, limit = 0) =>
 
 test('a volume not in use grows too (online on a mount of its own, or offline); nothing is left mounted; the next publish has the room', async (t) => {
   await withCsi(t, async (c) => {
-    await c.csi.controller('CreateVolume', { name: 'idle', volume_capabilities: [cap], capacity_range: range(32 * MiB) });
+    const create = { name: 'idle', volume_capabilities: [cap], capacity_range: range(32 * MiB) };
+    await c.csi.controller('CreateVolume', create);
     t.deepEqual(await expand(c.csi, 'idle', 64 * MiB), { capacity_bytes: String(64 * MiB), node_expansion_required: false });
+    // Status says the size now, not the one given at create; a CreateVolume retried after the expand is
+    // still answered (the volume meets it), unless its limit_bytes is below what the volume now has.
+    t.like(await c.s.ok('/VolumeDriver.Get', { Name: 'idle' }), { Volume: { Status: { limit: 64 * MiB, options: { size: String(64 * MiB) } } } });
+    t.like(await c.csi.controller('CreateVolume', create), { volume: { volume_id: 'idle', capacity_bytes: String(64 * MiB) } });
+    const capped = await fails(c.csi.controller('CreateVolume', { ...create, capacity_range: range(32 * MiB, 48 * MiB) }));
+    t.is(capped.code, status.ALREADY_EXISTS);
     const image = path.join(c.s.data, 'volumes', 'idle', 'disk.img');
     t.false(isMounted(path.join(c.s.data, 'volumes', 'idle', '_data')), 'nothing left mounted');
     t.false(fs.existsSync(path.join(c.s.data, 'volumes', 'idle', 'growing')), 'the grow is finished');
@@ -209,11 +216,13 @@ test('tsvol volume resize grows a Docker volume through the control socket; refu
       delete env.TSVOL_MOUNTS;
       return spawnSync(process.execPath, [CLI, ...args], { env, encoding: 'utf8' });
     };
-    await s.ok('/VolumeDriver.Create', { Name: 'db', Opts: { size: '32m' } });
+    await s.ok('/VolumeDriver.Create', { Name: 'db', Opts: { size: '32m', uid: '7' } });
     await s.ok('/VolumeDriver.Create', { Name: 'logs', Opts: {} });
+    t.like(await s.ok('/VolumeDriver.Get', { Name: 'db' }), { Volume: { Status: { options: { size: '32m', uid: '7' } } } }, 'as given');
     const grown = cli('volume', 'resize', 'db', '64m');
     t.is(grown.status, 0, grown.stderr);
     t.is(grown.stdout, `${64 * MiB}\n`);
+    t.deepEqual((await s.ok('/VolumeDriver.Get', { Name: 'db' }) as { Volume: { Status: { options: object } } }).Volume.Status.options, { size: String(64 * MiB), uid: '7' }, 'the size now');
     const mp = (await s.ok('/VolumeDriver.Mount', { Name: 'db', ID: 'c1' })).Mountpoint as string;
     t.is(dd(path.join(mp, 'f'), 40).status, 0, 'the container writes past the old limit');
     t.is(cli('volume', 'resize', 'db', '64m').status, 0, 'the same size again, in use');

@@ -10,7 +10,7 @@ import test from 'ava';
 import { KINDS } from '../src/volumes/kinds/index.js';
 import type { KindName } from '../src/volumes/kinds/kind.js';
 import { requireTools } from './helpers/require.js';
-import { CLI, isMounted, tempDir, cleanupDir, withServer, type TestServer } from './helpers/server.js';
+import { CLI, isMounted, tempDir, cleanupDir, requireRoot, startTestServer, type TestServer } from './helpers/server.js';
 
 requireTools('tar', 'mkfs.ext4', 'debugfs', 'dumpe2fs', 'umount');
 
@@ -55,45 +55,67 @@ test('the kinds table and the cases name the same kinds', (t) => {
   for (const [name, kind] of Object.entries(KINDS)) t.is(kind.statusKind, CASES[name as KindName].status, name);
 });
 
+/**
+ * One server per TSVOL_MOUNTS mode, shared by the kinds' stories (each works on volumes of its own names,
+ * and only the bind story uses the host directory): a server start costs about a second of CPU, and ten of
+ * them were most of this file's time.
+ */
+const servers = new Map<boolean, Promise<{ s: TestServer; host: string }>>();
+function serverFor(mounts: boolean): Promise<{ s: TestServer; host: string }> {
+  let p = servers.get(mounts);
+  if (p === undefined) {
+    const host = tempDir('tsvol-kind-host-');
+    p = startTestServer({ mounts, bindRoots: [host] }).then((s) => ({ s, host }));
+    servers.set(mounts, p);
+  }
+  return p;
+}
+test.after.always(async () => {
+  for (const p of servers.values()) {
+    const { s, host } = await p;
+    await s.kill();
+    cleanupDir(s.dir);
+    cleanupDir(host);
+  }
+});
+
 for (const kind of Object.keys(CASES) as KindName[]) {
   for (const mounts of [true, false]) {
     test(`${kind} (${mounts ? 'TSVOL_MOUNTS' : 'no TSVOL_MOUNTS'}): Create, Get, two Mounts, Unmounts, a second Mount sees the data, Remove`, async (t) => {
       const c = CASES[kind];
-      const host = tempDir('tsvol-kind-host-');
-      t.teardown(() => cleanupDir(host));
-      await withServer(t, { root: true, mounts, bindRoots: [host] }, async (s) => {
-        const name = `kv-${kind}`;
-        await s.ok('/VolumeDriver.Create', { Name: name, Opts: await c.opts(s, host) });
-        const st = ((await s.ok('/VolumeDriver.Get', { Name: name })).Volume as { Status: Record<string, unknown> }).Status;
-        t.is(st.kind, c.status);
-        t.is(st.mounts, 0);
+      if (!requireRoot(t)) return;
+      const { s, host } = await serverFor(mounts);
+      const name = `kv-${kind}`;
+      await s.ok('/VolumeDriver.Create', { Name: name, Opts: await c.opts(s, host) });
+      const st = ((await s.ok('/VolumeDriver.Get', { Name: name })).Volume as { Status: Record<string, unknown> }).Status;
+      t.is(st.kind, c.status);
+      t.is(st.mounts, 0);
 
-        const mp = (await s.ok('/VolumeDriver.Mount', { Name: name, ID: 'c1' })).Mountpoint as string;
-        t.is((await s.ok('/VolumeDriver.Path', { Name: name })).Mountpoint, mp, 'Path answers what Mount did');
-        if (mounts) t.is(mp, path.join(s.mounts!, name));
-        t.true(fs.statSync(mp).isDirectory());
-        fs.writeFileSync(path.join(mp, 'written'), kind);
-        if (kind === 'clone') t.is(fs.readFileSync(path.join(mp, 'copied'), 'utf8'), 'from origin');
-        if (kind === 'layered') t.is(fs.readFileSync(path.join(mp, 'etc', 'from-layer'), 'utf8'), 'layer\n');
-        t.is((await s.ok('/VolumeDriver.Mount', { Name: name, ID: 'c2' })).Mountpoint, mp);
-        await s.ok('/VolumeDriver.Unmount', { Name: name, ID: 'c1' });
-        t.is(fs.readFileSync(path.join(mp, 'written'), 'utf8'), kind, 'one holder left: still there');
-        await s.ok('/VolumeDriver.Unmount', { Name: name, ID: 'c2' });
-        if (mounts || kind === 'bind') t.false(isMounted(mp), 'the last Unmount takes the mountpoint mount');
-        t.false(isMounted(path.join(s.data, 'volumes', name, '_data')), 'no mount of its own outlives its holders');
+      const mp = (await s.ok('/VolumeDriver.Mount', { Name: name, ID: 'c1' })).Mountpoint as string;
+      t.is((await s.ok('/VolumeDriver.Path', { Name: name })).Mountpoint, mp, 'Path answers what Mount did');
+      if (mounts) t.is(mp, path.join(s.mounts!, name));
+      t.true(fs.statSync(mp).isDirectory());
+      fs.writeFileSync(path.join(mp, 'written'), kind);
+      if (kind === 'clone') t.is(fs.readFileSync(path.join(mp, 'copied'), 'utf8'), 'from origin');
+      if (kind === 'layered') t.is(fs.readFileSync(path.join(mp, 'etc', 'from-layer'), 'utf8'), 'layer\n');
+      t.is((await s.ok('/VolumeDriver.Mount', { Name: name, ID: 'c2' })).Mountpoint, mp);
+      await s.ok('/VolumeDriver.Unmount', { Name: name, ID: 'c1' });
+      t.is(fs.readFileSync(path.join(mp, 'written'), 'utf8'), kind, 'one holder left: still there');
+      await s.ok('/VolumeDriver.Unmount', { Name: name, ID: 'c2' });
+      if (mounts || kind === 'bind') t.false(isMounted(mp), 'the last Unmount takes the mountpoint mount');
+      t.false(isMounted(path.join(s.data, 'volumes', name, '_data')), 'no mount of its own outlives its holders');
 
-        const again = (await s.ok('/VolumeDriver.Mount', { Name: name, ID: 'c3' })).Mountpoint as string;
-        t.is(fs.readFileSync(path.join(again, 'written'), 'utf8'), kind, 'what was written survives');
-        await s.ok('/VolumeDriver.Unmount', { Name: name, ID: 'c3' });
+      const again = (await s.ok('/VolumeDriver.Mount', { Name: name, ID: 'c3' })).Mountpoint as string;
+      t.is(fs.readFileSync(path.join(again, 'written'), 'utf8'), kind, 'what was written survives');
+      await s.ok('/VolumeDriver.Unmount', { Name: name, ID: 'c3' });
 
-        await s.ok('/VolumeDriver.Remove', { Name: name });
-        t.is((await s.call('/VolumeDriver.Get', { Name: name })).status, 404);
-        t.false(fs.existsSync(path.join(s.data, 'volumes', name)), 'the volume directory is gone');
-        if (!c.inDataRoot) t.is(fs.readFileSync(path.join(host, 'written'), 'utf8'), kind, 'a host directory is never deleted');
-        if (mounts) t.false(fs.existsSync(mp), 'the mountpoint directory goes with the volume');
-        const holds = path.join(s.data, 'layers', 'holds');
-        if (fs.existsSync(holds)) t.deepEqual(fs.readdirSync(holds).flatMap((d) => fs.readdirSync(path.join(holds, d))), [], 'no layer hold left');
-      });
+      await s.ok('/VolumeDriver.Remove', { Name: name });
+      t.is((await s.call('/VolumeDriver.Get', { Name: name })).status, 404);
+      t.false(fs.existsSync(path.join(s.data, 'volumes', name)), 'the volume directory is gone');
+      if (!c.inDataRoot) t.is(fs.readFileSync(path.join(host, 'written'), 'utf8'), kind, 'a host directory is never deleted');
+      if (mounts) t.false(fs.existsSync(mp), 'the mountpoint directory goes with the volume');
+      const holds = path.join(s.data, 'layers', 'holds');
+      if (fs.existsSync(holds)) t.deepEqual(fs.readdirSync(holds).flatMap((d) => fs.readdirSync(path.join(holds, d))), [], 'no layer hold left');
     });
   }
 }

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import { status } from '@grpc/grpc-js';
 import { InvalidArgumentError, NotFoundError, TsvolError } from '../errors.js';
 import { PUBLISH_HOLD_PREFIX } from '../volumes/holds.js';
-import { MIN_SIZE } from '../volumes/options.js';
+import { MIN_SIZE, parseSize } from '../volumes/options.js';
 import type { SnapshotInfo, Snapshots } from '../volumes/snapshots.js';
 import type { VolumeOps } from '../volumes/volume-ops.js';
 import type { VolumeInfo, VolumeService } from '../volumes/volume-service.js';
@@ -99,6 +99,22 @@ function optionsKey(opts: Iterable<[string, string]>): string {
   return JSON.stringify([...opts].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }
 
+/**
+ * Whether an existing volume answers a CreateVolume of its name (the spec: "compatible with the specified
+ * capacity_range … parameters"): the same options but size, and a size the volume meets. Status shows a
+ * grown volume's size now (ControllerExpandVolume), so a CreateVolume retried after an expand asks for less
+ * than the volume has: compatible, as long as the volume is within limit_bytes.
+ */
+function answersCreate(had: Readonly<Record<string, string>> | undefined, asked: ReadonlyMap<string, string>, capacity: number, limitBytes: number): boolean {
+  const rest = (opts: Iterable<[string, string]>): string => optionsKey([...opts].filter(([k]) => k !== 'size'));
+  const hadOpts = Object.entries(had ?? {});
+  if (rest(hadOpts) !== rest(asked)) return false;
+  const size = asked.get('size');
+  const hadSize = hadOpts.find(([k]) => k === 'size')?.[1];
+  if (size === undefined || hadSize === undefined) return size === hadSize;
+  return parseSize(size) <= capacity && (limitBytes === 0 || capacity <= limitBytes);
+}
+
 function snapshotMessage(s: SnapshotInfo): Record<string, unknown> {
   const ms = Date.parse(s.createdAt);
   return {
@@ -179,12 +195,12 @@ export function controllerHandlers(deps: ControllerDeps) {
         opts.set('size', String(size));
       }
       // Create of an existing name changes nothing (the service's rule, as Docker's): compare afterwards,
-      // so that two racing CreateVolumes with different options cannot both succeed.
+      // so that two racing CreateVolumes with incompatible options cannot both succeed.
       if (tryGet(service, name) === undefined) await service.create(name, opts);
       const info = service.get(name);
       const had = info.status.options as Readonly<Record<string, string>> | undefined;
-      if (optionsKey(Object.entries(had ?? {})) !== optionsKey(opts)) {
-        const cap = capacityOf(info);
+      const cap = capacityOf(info);
+      if (!answersCreate(had, opts, cap, limit)) {
         throw new CsiError(
           status.ALREADY_EXISTS,
           `volume "${name}" already exists with other ${cap > 0 ? `capacity (${cap} bytes) or ` : ''}parameters (${JSON.stringify(had ?? {})}); ask with the same ones, or use another name`,

@@ -14,10 +14,11 @@
  * leaves a file no row names, and gc deletes it; after them, the blob is whole and held.
  */
 import fs from 'node:fs';
-import { NotFoundError, errnoCode } from '../errors.js';
+import { InUseError, NotFoundError, errnoCode } from '../errors.js';
 import type { Layout } from '../store/layout.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
 import { fsyncDir } from '../sys/durable.js';
+import { removePathSync } from '../sys/remove.js';
 
 const DIGEST = /^sha256:[0-9a-f]{64}$/;
 
@@ -95,12 +96,17 @@ export function createBlobStore(layout: Layout, meta: MetaStore): BlobStore {
         if (errnoCode(err) === 'ENOENT') return removed;
         throw err;
       }
+      // Blobs are files; anything else here (a directory someone made) is deleted by the deleter's walk,
+      // never across a mount found inside it (src/sys/remove.ts): that is left, and gc says so.
+      const left: string[] = [];
       for (const e of entries) {
         if (kept.has(e)) continue;
-        fs.rmSync(`${dir}/${e}`, { force: true, recursive: true });
-        removed.push(`sha256:${e}`);
+        const mounts = removePathSync(`${dir}/${e}`);
+        if (mounts.length > 0) left.push(...mounts);
+        else removed.push(`sha256:${e}`);
       }
-      if (removed.length > 0) fsyncDir(dir);
+      if (removed.length > 0 || left.length > 0) fsyncDir(dir);
+      if (left.length > 0) throw new InUseError(`image gc: mounts inside ${dir} were left in place: ${left.join(', ')}; unmount them and run gc again`);
       return removed;
     },
   };

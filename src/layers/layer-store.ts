@@ -25,7 +25,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ConflictError, InUseError, InternalError, InvalidArgumentError, NotFoundError, describeError } from '../errors.js';
+import { ConflictError, InUseError, InternalError, InvalidArgumentError, NotFoundError, TsvolError, describeError } from '../errors.js';
 import { crashPoint } from '../sys/crash-point.js';
 import { digestHex, layerStageFiles, layersLayout, type LayerStageFiles } from '../store/layout.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
@@ -324,6 +324,9 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
       fs.mkdirSync(files.diff, { mode: 0o755 });
       const d = await readTar(stage.dir, decompressed(input), (reader, splitFd) =>
         unpackLayer(reader, files.diff, splitFd).catch((err: unknown) => {
+          // A refusal of the tar's source keeps its own words (a commit's tree walk: a name no layer can
+          // carry, tar/writer.ts); what unpack itself refuses is the tar's.
+          if (err instanceof TsvolError) throw err;
           throw new InvalidArgumentError(`layer tar refused: ${describeError(err)}`, { cause: err });
         }),
       );

@@ -12,6 +12,7 @@
  */
 import fs from 'node:fs';
 import { Worker } from 'node:worker_threads';
+import { TsvolError, isErrorCode } from '../errors.js';
 import { createRing, hashRingInWorker, RingWriter, SLOT, type Ring } from './hash-ring.js';
 import { writeTreeTo, type WriteTreeOptions } from './tar/writer.js';
 import { SplitWriter, type UnpackStats } from './unpack.js';
@@ -105,6 +106,8 @@ function splitTreeInWorker(workerData: HashJob): TreeSplitter {
     worker.once('message', (msg: HashReply) => {
       settled = true;
       if (msg.ok) resolve(msg.stats);
+      // A refusal of the walk's (InvalidArgument: a name no layer can carry) keeps its kind across the thread.
+      else if (isErrorCode(msg.code)) reject(new TsvolError(msg.code, msg.message));
       else reject(Object.assign(new Error(msg.message), msg.code === undefined ? {} : { code: msg.code }));
     });
     worker.once('error', (err) => {

@@ -22,6 +22,7 @@ import path from 'node:path';
 import { InternalError, describeError, errnoCode } from '../errors.js';
 import { fsyncDir, isTempName } from '../sys/durable.js';
 import { crashPoint } from '../sys/crash-point.js';
+import { removePathSync } from '../sys/remove.js';
 import type { Layout, LayersLayout, Legacy01Layout } from './layout.js';
 import type { MetaStore } from './meta-store.js';
 import type { ContainerRecord, LayerRecord } from './records.js';
@@ -42,6 +43,11 @@ export interface MigrationReport {
   readonly skipped: readonly string[];
   /** JSON files and 0.1 lock leftovers deleted. */
   readonly deleted: number;
+  /**
+   * Mounts found inside what was deleted, left in place with the directories holding them (never deleted
+   * through): the next start tries again once they are unmounted.
+   */
+  readonly left: readonly string[];
 }
 
 /** Directory entries that are records (no dot-names), or none if the directory does not exist. */
@@ -72,7 +78,7 @@ function readJson<T>(file: string): T {
 const VOLUME_HOLDER = /^volume "(.+)"$/;
 
 /** Reads what 0.1 left (at `old`) as changes, parents before children; records on missing layers are skipped. */
-function readOldRecords(old: Legacy01Layout, store: MetaStore): { changes: Change[]; counts: Omit<MigrationReport, 'imported' | 'deleted'> } {
+function readOldRecords(old: Legacy01Layout, store: MetaStore): { changes: Change[]; counts: Omit<MigrationReport, 'imported' | 'deleted' | 'left'> } {
   const byId = new Map<string, LayerRecord>();
   for (const f of entries(old.chainsDir)) {
     if (!f.endsWith('.json')) continue;
@@ -137,26 +143,30 @@ function readOldRecords(old: Legacy01Layout, store: MetaStore): { changes: Chang
   return { changes, counts: { layers: placed.size, tags, holds, containers, skipped } };
 }
 
-/** Deletes `p` (a file or a tree); true if there was something. */
-function remove(p: string): boolean {
+/**
+ * Deletes `p` (a file or a tree) by the deleter's walk, never through a symlink and never across a mount
+ * (src/sys/remove.ts): a mount found inside is left with the directories holding it, added to `left`.
+ * True if there was something.
+ */
+function remove(p: string, left: string[]): boolean {
   if (!fs.existsSync(p)) return false;
-  fs.rmSync(p, { recursive: true, force: true });
+  left.push(...removePathSync(p));
   crashPoint('migrate:mid-delete');
   return true;
 }
 
 /** Deletes 0.1's record files and lock under `layers`; the container directories stay. Returns how many entries went. */
-function deleteOldRecords(layers: LayersLayout): number {
+function deleteOldRecords(layers: LayersLayout, left: string[]): number {
   const old = layers.legacy01;
   let deleted = 0;
-  for (const d of [old.chainsDir, old.tagsDir, old.holdsDir, old.lockFile, old.lockDir]) if (remove(d)) deleted++;
+  for (const d of [old.chainsDir, old.tagsDir, old.holdsDir, old.lockFile, old.lockDir]) if (remove(d, left)) deleted++;
   const containers = old.containersDir;
   let touched = false;
   for (const f of fs.existsSync(containers) ? fs.readdirSync(containers) : []) {
     // <name>.json and writeFileDurable's temp files (.<name>.json.tmp-<hex>), as listed; <name>/ is the
     // container itself.
     if (!f.endsWith('.json') && !(isTempName(f) && f.includes('.json'))) continue;
-    if (remove(path.join(containers, f))) deleted++;
+    if (remove(path.join(containers, f), left)) deleted++;
     touched = true;
   }
   if (touched) fsyncDir(containers);
@@ -171,7 +181,7 @@ function deleteOldRecords(layers: LayersLayout): number {
  */
 export function migrate(layout: Layout, store: MetaStore): MigrationReport {
   let imported = false;
-  let counts: Omit<MigrationReport, 'imported' | 'deleted'> = { layers: 0, tags: 0, holds: 0, containers: 0, skipped: [] };
+  let counts: Omit<MigrationReport, 'imported' | 'deleted' | 'left'> = { layers: 0, tags: 0, holds: 0, containers: 0, skipped: [] };
   if (store.getMeta(MIGRATED_KEY) === undefined) {
     const read = readOldRecords(layout.layers.legacy01, store);
     counts = read.counts;
@@ -181,6 +191,7 @@ export function migrate(layout: Layout, store: MetaStore): MigrationReport {
     imported = true;
     crashPoint('migrate:after-commit');
   }
-  const deleted = deleteOldRecords(layout.layers);
-  return { imported, ...counts, deleted };
+  const left: string[] = [];
+  const deleted = deleteOldRecords(layout.layers, left);
+  return { imported, ...counts, deleted, left };
 }

@@ -107,6 +107,32 @@ export function removeTreeSync(dir: string, rootFd?: number): string[] {
   return skipped;
 }
 
+/**
+ * Deletes `p`, a file, a symlink (never followed) or a tree, synchronously on the calling thread: a tree
+ * by removeTreeSync, so never through a symlink and never across a mountpoint. For the few small trees a
+ * synchronous caller deletes (0.1's record directories at start-up, a stray entry among image blobs); a
+ * tree of user data goes to the worker (removeTreeNoCross). Returns the mountpoints it left in place; a
+ * missing `p` is already deleted.
+ */
+export function removePathSync(p: string): string[] {
+  let isDir: boolean;
+  try {
+    isDir = fs.lstatSync(p).isDirectory();
+  } catch (err) {
+    // ENOENT: already gone; that is the state we want.
+    if (errnoCode(err) === 'ENOENT') return [];
+    throw err;
+  }
+  if (isDir) return removeTreeSync(p);
+  try {
+    fs.unlinkSync(p);
+  } catch (err) {
+    // ENOENT: gone meanwhile. (EISDIR: replaced by a directory meanwhile: thrown, nothing crossed.)
+    if (errnoCode(err) !== 'ENOENT') throw err;
+  }
+  return [];
+}
+
 /** A deletion for the worker (src/sys/remove-worker.ts). */
 export interface RemoveJob {
   readonly id: number;

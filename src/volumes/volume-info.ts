@@ -1,6 +1,6 @@
 /**
  * What Get and List show of a volume, built from its record: Status has what every volume has (kind,
- * created, mounts, holders, options) and what its kind adds (VolumeKind.describe), plus the cached usage
+ * created, mounts, holders, options as they stand now) and what its kind adds (VolumeKind.describe), plus the cached usage
  * figure where the kind shows one (usage.ts: Get never measures on the request path).
  */
 import { nullProtoRecord, type NodeHolds, type VolumeRecord } from '../store/volume-store.js';
@@ -43,7 +43,9 @@ export function createVolumeInfos(ctx: KindContext, mountpoints: Mountpoints, us
       holders: [...rec.holds.keys()],
       ...kind.describe(rec, ctx),
     };
-    if (Object.keys(rec.options).length > 0) status.options = rec.options;
+    // As given at Create, or as they stand now where the volume changed since (a sized volume grown).
+    const options = kind.statusOptions?.(rec) ?? rec.options;
+    if (Object.keys(options).length > 0) status.options = options;
     const built = { name: rec.name, mountpoint: mountpoints.of(rec), createdAt: rec.createdAt, status };
     infos.set(rec, built);
     return built;

@@ -5,12 +5,18 @@
  * it. Overlay-private xattrs (trusted.overlay.*) are never written. A second name of an inode becomes a
  * hardlink entry; a whiteout (nlink may be 2 on some kernels) is never mistaken for one.
  *
+ * A tree entry whose own name starts with `.wh.` (a container wrote `/etc/.wh.passwd`) is refused in the
+ * overlay form: in a layer tar that name IS a whiteout (OCI image-spec layer.md), so the layer would delete
+ * `/etc/passwd` wherever it is applied, by Docker as by tsvol's import. The format has no escape for it
+ * (moby's pkg/archive writes such a file as it is, and its overlay converter reads it back as a deletion),
+ * so no layer can carry it: the walk stops with InvalidArgument naming the path, before anything is stored.
+ *
  * With `whiteouts: 'plain'` (volume archives, #9) the tree is a plain file tree: a 0/0 character device is
  * written as the device it is and no opaque markers are emitted, so that import (unpackLayer's plain mode)
  * gives back the same tree.
  */
 import fs from 'node:fs';
-import { errnoCode } from '../../errors.js';
+import { InvalidArgumentError, errnoCode } from '../../errors.js';
 import { Beneath, type EntryStat } from '../../sys/beneath.js';
 import { fdXattrs, keptXattrs, OPAQUE_XATTR, XATTRS } from '../../sys/file-meta.js';
 import { lgetxattr } from '../../sys/libc.js';
@@ -23,6 +29,19 @@ function headerOf(p: string, st: EntryStat, type: TarHeader['type'], extra: Part
   // Whole seconds, floored (a negative time with a fraction rounds down).
   const mtime = Number(st.mtimeNs / 1_000_000_000n) - (st.mtimeNs < 0n && st.mtimeNs % 1_000_000_000n !== 0n ? 1 : 0);
   return blankHeader(p, type, { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime, ...extra });
+}
+
+/** The prefix of OCI whiteout names (`.wh.NAME`, `.wh..wh..opq`). */
+const WHITEOUT_PREFIX = '.wh.';
+
+/** The refusal of a tree entry named like a whiteout (see the header). */
+function whiteoutNamed(rel: string): InvalidArgumentError {
+  const slash = rel.lastIndexOf('/');
+  const base = rel.slice(slash + 1);
+  const meant = base === '.wh..wh..opq' ? `make ${slash < 0 ? '/' : `/${rel.slice(0, slash)}`} opaque (hide everything below it)` : `delete /${rel.slice(0, slash + 1)}${base.slice(WHITEOUT_PREFIX.length)}`;
+  return new InvalidArgumentError(
+    `"/${rel}" cannot go into a layer: a name starting with ${WHITEOUT_PREFIX} is a whiteout in the layer tar format, which would ${meant} wherever the layer is applied; rename or delete it, then commit again`,
+  );
 }
 
 /** True for an overlayfs whiteout: a character device 0/0. */
@@ -135,6 +154,7 @@ function* emitTree(root: string | Beneath, opts: WriteTreeOptions, out: Coalesce
   }
   /** One entry of `dir` (`fd`: the file, opened by walk if it is one). */
   function* entryOf(dir: Beneath, name: string, rel: string, childRel: string, st: EntryStat, fd: number | undefined): Generator<void> {
+    if (overlay && name.startsWith(WHITEOUT_PREFIX)) throw whiteoutNamed(childRel);
     if (overlay && isWhiteout(st)) {
       const wh = rel === '' ? `.wh.${name}` : `${rel}/.wh.${name}`;
       header(headerOf(wh, st, 'file', { mode: 0o644, uid: 0, gid: 0 }));

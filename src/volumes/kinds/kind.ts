@@ -195,6 +195,12 @@ export interface VolumeKind<K extends KindName = KindName> {
   /** Kind-specific Status fields, in display order: device or path, limit and sizeBacking, from, layer. */
   describe(rec: RecordOf<K>, ctx: KindContext): Record<string, unknown>;
   /**
+   * The options Status shows, where the volume changed since Create (a sized volume's size after a grow):
+   * what they would be to create it as it is now. Undefined: the options given at Create (rec.options,
+   * which stay as given, the record of what was asked).
+   */
+  statusOptions?(rec: RecordOf<K>): Readonly<Record<string, string>> | undefined;
+  /**
    * Sized volumes only (#12): grows the volume's limit to `range`, online when it is in use, and returns
    * the limit now in effect. The kind orders its disk work around `commit` (the service's store.put of the
    * new spec, under the volume's lock) so that a crash at any instant leaves the old limit in effect, or the

@@ -4,11 +4,20 @@
  * costs one shared WAL fsync. If power loss takes an acknowledged volume's (still empty) directory, the
  * record survives and the first Mount rebuilds it with the recorded owner and mode: nothing a caller was
  * told is lost.
+ *
+ * Every deletion here is the deleter's walk (src/sys/remove.ts), never a recursive rm: a volume's
+ * directory may hold a mount (a bind someone made inside _data), and what is mounted is never deleted
+ * through it: the walk leaves it, and the directories holding it, and says so.
  */
 import fs from 'node:fs';
-import { describeError } from '../../errors.js';
+import { InUseError, describeError } from '../../errors.js';
+import { pausePoint } from '../../sys/crash-point.js';
+import { removeTreeNoCross } from '../../sys/remove.js';
 import { buildInTmp, dataDirVolume, removeEmptyVolumeDir } from './common.js';
 import type { KindContext, RecordOf, VolumeKind } from './kind.js';
+
+/** The pause point between a named volume's directory and its _data (tests: TSVOL_PAUSE_AT). */
+export const NAMED_BEFORE_FILL_PAUSE = 'named:before-fill';
 
 /** Makes `data`, a named volume's _data, with its owner and mode. */
 async function fillData(rec: RecordOf<'named'>, data: string, ctx: KindContext): Promise<void> {
@@ -29,10 +38,14 @@ async function buildVolumeDir(rec: RecordOf<'named'>, ctx: KindContext): Promise
   const dir = ctx.layout.volumeDir(rec.name);
   const data = ctx.layout.dataDir(rec.name);
   await fs.promises.mkdir(dir, { mode: 0o701 });
+  pausePoint(NAMED_BEFORE_FILL_PAUSE);
   try {
     await fillData(rec, data, ctx);
   } catch (err) {
-    await fs.promises.rm(dir, { recursive: true, force: true });
+    const left = await removeTreeNoCross(dir);
+    if (left.length > 0) {
+      throw new InUseError(`${describeError(err)}; ${dir} was left in place, with the mounts inside it: ${left.join(', ')}; unmount them and delete it`, { cause: err });
+    }
     throw err;
   }
 }
@@ -52,7 +65,11 @@ export const named: VolumeKind<'named'> = {
     await buildVolumeDir(rec, ctx);
     return {
       release: () => undefined,
-      remove: () => fs.promises.rm(ctx.layout.volumeDir(rec.name), { recursive: true, force: true }),
+      async remove() {
+        // Its record was not committed: the directory goes, but never a mount found inside it.
+        const left = await removeTreeNoCross(ctx.layout.volumeDir(rec.name));
+        if (left.length > 0) ctx.log.warn({ volume: rec.name, mounts: left }, 'uncommitted volume had mounts inside; left them and their directories');
+      },
       usage: { bytes: 0, files: 0 }, // an empty _data: what a walk would find
     };
   },
@@ -72,7 +89,11 @@ export const named: VolumeKind<'named'> = {
     if (ctx.sharedRoot !== undefined || fs.existsSync(ctx.layout.dataDir(rec.name))) return;
     // Only power loss right after Create can leave a record without its (empty) directory: rebuild it.
     ctx.log.warn({ volume: rec.name }, 'volume directory missing; recreating it empty');
-    await fs.promises.rm(ctx.layout.volumeDir(rec.name), { recursive: true, force: true });
+    const dir = ctx.layout.volumeDir(rec.name);
+    const left = await removeTreeNoCross(dir);
+    if (left.length > 0) {
+      throw new InUseError(`volume "${rec.name}" lost its _data and ${dir} holds mounts: ${left.join(', ')}; unmount them, then mount the volume again`);
+    }
     await buildVolumeDir(rec, ctx);
   },
 };

@@ -21,6 +21,8 @@ import { InUseError, OutOfRangeError, describeError } from '../../errors.js';
 import { mayResizeOnline } from '../../sys/ext4.js';
 import { crashPoint } from '../../sys/crash-point.js';
 import type { VolumeFiles } from '../../store/layout.js';
+import { nullProtoRecord } from '../../store/volume-store.js';
+import { parseSize } from '../options.js';
 import {
   applyProjectQuota,
   clearGrowing,
@@ -185,6 +187,12 @@ export const sized: VolumeKind<'sized'> = {
     return limit;
   },
   describe: (rec, ctx) => ({ path: ctx.layout.dataDir(rec.name), limit: rec.spec.limit, sizeBacking: rec.spec.backing }),
+  statusOptions(rec) {
+    // Grown (resize, ControllerExpandVolume): size= says the limit now, in bytes; as created, as it was given.
+    const given = rec.options.size;
+    if (given !== undefined && parseSize(given) === rec.spec.limit) return undefined;
+    return nullProtoRecord([...Object.entries(rec.options), ['size', String(rec.spec.limit)]]);
+  },
   async destroy(rec, ctx) {
     await dataDirVolume.destroy(rec, ctx);
     if (rec.spec.projectId === undefined) return;
