@@ -82,7 +82,7 @@ export class Channel<T> implements AsyncIterable<T> {
 }
 
 /** How long a consumer of readAhead runs before the event loop gets a turn to read more (ms; #11). */
-const YIELD_MS = Number(process.env.TSVOL_READ_AHEAD_YIELD_MS ?? 2);
+const YIELD_MS = 2;
 
 /**
  * `input`, read ahead of its consumer into a queue of up to `chunks` chunks (a request body's are at most
