@@ -231,6 +231,9 @@ export function processUmask(): number | undefined {
   return m ? parseInt(m[1]!, 8) : undefined;
 }
 
+/** The xattr of a directory's default ACL (new entries' modes then come from it, not the umask). */
+const DEFAULT_ACL = 'system.posix_acl_default';
+
 /** The set-group-ID bit of a mode (a directory with it gives new entries its group). */
 const S_ISGID = 0o2000;
 
@@ -238,7 +241,15 @@ const S_ISGID = 0o2000;
 export function createDefaults(dirfd: number, umask: number | undefined): CreateDefaults {
   const st = fs.fstatSync(dirfd);
   const root = process.geteuid?.() === 0 && process.getegid?.() === 0;
-  const acl = listXattrs(`/proc/self/fd/${dirfd}`, true).has('system.posix_acl_default');
+  // One getxattr of the size only (not a listing: a directory may carry a thousand xattrs, and this runs
+  // each time an unpack moves to another directory).
+  const n = Number(cGetxattr(`/proc/self/fd/${dirfd}`, DEFAULT_ACL, null, 0));
+  let acl = n >= 0;
+  if (n < 0) {
+    const errno = koffi.errno();
+    if (errno !== E.ENODATA && errno !== E.ENOTSUP) throw new SyscallError('getxattr', errno, `${DEFAULT_ACL} of fd ${dirfd}`);
+    acl = false;
+  }
   return { rootOwned: root && (st.mode & S_ISGID) === 0, umask: acl ? undefined : umask };
 }
 
