@@ -30,7 +30,7 @@ import { crashPoint } from '../sys/crash-point.js';
 import { digestHex, layerStageFiles, layersLayout, type LayerStageFiles } from '../store/layout.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
 import type { LayerRecord } from '../store/records.js';
-import { syncFilesystem } from '../sys/durable.js';
+import { startWriteback, syncFilesystem } from '../sys/durable.js';
 import { createStage } from '../sys/staging.js';
 import { discardDir, discardFile, stageForDelete, sweepLayerStages } from './discard.js';
 import { decompressed } from './tar/gzip.js';
@@ -173,10 +173,11 @@ export function chainId(parent: string | undefined, diffId: string): string {
   return `sha256:${createHash('sha256').update(`${parent} ${diffId}`).digest('hex')}`;
 }
 
-async function* hashed(input: AsyncIterable<Buffer>, hash: ReturnType<typeof createHash>, count: { bytes: number }): AsyncGenerator<Buffer> {
+async function* hashed(input: AsyncIterable<Buffer>, hash: ReturnType<typeof createHash>, count: { bytes: number }, onBytes?: (n: number) => void): AsyncGenerator<Buffer> {
   for await (const chunk of input) {
     hash.update(chunk);
     count.bytes += chunk.length;
+    onBytes?.(chunk.length);
     yield chunk;
   }
 }
@@ -244,12 +245,13 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
     stage: string,
     tar: AsyncIterable<Buffer>,
     consume: (reader: TarReader, splitFd: number) => Promise<UnpackStats>,
+    onBytes?: (n: number) => void,
   ): Promise<{ diffId: string; size: number; files: number; tarSize: number }> {
     const hash = createHash('sha256');
     const count = { bytes: 0 };
     const splitFd = fs.openSync(layerStageFiles(stage).split, 'wx', 0o600);
     let stats: UnpackStats;
-    const reader = new TarReader(hashed(tar, hash, count));
+    const reader = new TarReader(hashed(tar, hash, count, onBytes));
     try {
       stats = await consume(reader, splitFd);
     } finally {
@@ -322,14 +324,29 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
     try {
       const files = layerStageFiles(stage.dir);
       fs.mkdirSync(files.diff, { mode: 0o755 });
-      const d = await readTar(stage.dir, decompressed(input), (reader, splitFd) =>
-        unpackLayer(reader, files.diff, splitFd).catch((err: unknown) => {
-          // A refusal of the tar's source keeps its own words (a commit's tree walk: a name no layer can
-          // carry, tar/writer.ts); what unpack itself refuses is the tar's.
-          if (err instanceof TsvolError) throw err;
-          throw new InvalidArgumentError(`layer tar refused: ${describeError(err)}`, { cause: err });
-        }),
-      );
+      // The files' data starts going to disk while the rest unpacks (a tar's bytes are about its files'),
+      // so that publish's syncfs, which makes them durable, has little left to write (#11).
+      const writeback = startWriteback(stage.dir);
+      let d: Awaited<ReturnType<typeof readTar>>;
+      try {
+        d = await readTar(
+          stage.dir,
+          decompressed(input),
+          (reader, splitFd) =>
+            unpackLayer(reader, files.diff, splitFd).catch((err: unknown) => {
+              // A refusal of the tar's source keeps its own words (a commit's tree walk: a name no layer
+              // can carry, tar/writer.ts); what unpack itself refuses is the tar's.
+              if (err instanceof TsvolError) throw err;
+              throw new InvalidArgumentError(`layer tar refused: ${describeError(err)}`, { cause: err });
+            }),
+          (n) => writeback.wrote(n),
+        );
+      } catch (err) {
+        await writeback.settle(); // the unpack's own error is the one to report
+        throw err;
+      }
+      const failed = await writeback.settle();
+      if (failed !== undefined) throw failed;
       const staged: StagedLayer = { ...d, discard: async () => void (await stage.remove()) };
       stagedParts.set(staged, files);
       return staged;

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { describeError, errnoCode } from '../errors.js';
 import type { Beneath } from './beneath.js';
-import { syncfs } from './libc.js';
+import { syncfs, syncfsAsync } from './libc.js';
 
 /**
  * Marker of writeFileDurable's temp files: `.<name>.tmp-<hex>`. The leading dot keeps a temp file left by
@@ -44,6 +44,74 @@ export function syncFilesystem(dir: string): void {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** Bytes written between two early writebacks (startWriteback): a few per layer of a large image. */
+export const WRITEBACK_BYTES = 32 << 20;
+
+/** A large write's early writeback (startWriteback). */
+export interface EarlyWriteback {
+  /** `bytes` more were written below the directory; starts a writeback every `every` bytes. */
+  wrote(bytes: number): void;
+  /** Writebacks started so far. */
+  readonly started: number;
+  /**
+   * Waits for the writeback in flight, closes the directory, and returns the failure of any of them
+   * (undefined if none failed). Call it once, whatever happened to the write.
+   */
+  settle(): Promise<Error | undefined>;
+}
+
+/**
+ * Starts writing a large write's data out while it is still being made (#11: a layer's unpack): every
+ * `every` bytes, a syncfs of the filesystem holding `dir` on the thread pool (one at a time; the bytes
+ * written meanwhile count towards the next). The kernel keeps a fresh write in memory for up to 30 s, so
+ * the syncfs that makes the result durable (syncFilesystem, before its record) would otherwise write it
+ * all at once, with the caller waiting. This is no durability step: that syncfs still runs, and finds
+ * little left to do. A failed early syncfs is returned by settle(): the error it saw would not be
+ * reported again to a syncfs on another fd (Linux reports a writeback error once per open file), so it
+ * must fail the write instead. `sync` is the pool call (a test gives one that fails).
+ */
+export function startWriteback(dir: string, every = WRITEBACK_BYTES, sync: (fd: number) => Promise<boolean> = syncfsAsync): EarlyWriteback {
+  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  let pending = 0;
+  let started = 0;
+  let inFlight: Promise<void> | undefined;
+  let failure: Error | undefined;
+  let settled = false;
+  const kick = (): void => {
+    started++;
+    inFlight = sync(fd).then(
+      (ok) => {
+        if (!ok) failure ??= new Error(`the early writeback of ${dir} failed (syncfs)`);
+      },
+      (err: unknown) => {
+        failure ??= new Error(`the early writeback of ${dir} failed: ${describeError(err)}`, { cause: err });
+      },
+    ).finally(() => {
+      inFlight = undefined;
+    });
+  };
+  return {
+    wrote(bytes) {
+      if (settled) return;
+      pending += bytes;
+      if (pending < every || inFlight !== undefined) return;
+      pending = 0;
+      kick();
+    },
+    get started() {
+      return started;
+    },
+    async settle() {
+      if (!settled) {
+        settled = true;
+        await inFlight; // never rejects: a failure is kept in `failure`
+        fs.closeSync(fd);
+      }
+      return failure;
+    },
+  };
 }
 
 /** Writes `data` to `file` atomically and durably (temp, fsync, rename, fsync dir). */

@@ -117,6 +117,15 @@ export function syncfs(fd: number): void {
   check(cSyncfs(fd), 'syncfs');
 }
 
+/**
+ * syncfs(2) on the libuv thread pool, so the event loop goes on while the kernel writes. True if it
+ * succeeded; its errno is not carried back from a pool thread, and repeating it would not tell (a
+ * writeback error is reported once per fd), so a failure is only false.
+ */
+export async function syncfsAsync(fd: number): Promise<boolean> {
+  return (await callAsync(cSyncfs as never, [fd])) >= 0;
+}
+
 /** flock(2) operations. */
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
