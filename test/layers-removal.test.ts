@@ -16,27 +16,16 @@ import test from 'ava';
 import { createContainerStore } from '../src/layers/containers.js';
 import { STAGED_CRASH } from '../src/layers/discard.js';
 import { PROBE_CLEANUP_PAUSE } from '../src/layers/probe.js';
-import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { layersLayout } from '../src/store/layout.js';
 import { bindMount } from '../src/sys/mount.js';
 import { MID_TREE_CRASH } from '../src/sys/remove.js';
 import { openLayerStore } from './helpers/store.js';
+import { simpleTar } from './helpers/tar-block.js';
 import { CLI, cleanupDir, requireRoot, startTestServer, tempDir } from './helpers/server.js';
 
 /** A layer tar of `files` files under sub/ (and the directory itself). */
 function layerTar(files: number, tag = ''): Buffer {
-  const parts: Buffer[] = [];
-  const entry = (p: string, type: TarHeader['type'], body: Buffer): void => {
-    parts.push(
-      encodeHeader({ path: p, type, mode: type === 'dir' ? 0o755 : 0o644, uid: 0, gid: 0, size: body.length, mtime: 1_700_000_000, linkname: '', uname: '', gname: '', devmajor: 0, devminor: 0, xattrs: new Map() }),
-      body,
-      Buffer.alloc(padding(body.length)),
-    );
-  };
-  entry('sub/', 'dir', Buffer.alloc(0));
-  for (let i = 0; i < files; i++) entry(`sub/f${i}`, 'file', Buffer.from(`file ${i} ${tag}`));
-  parts.push(Buffer.alloc(1024));
-  return Buffer.concat(parts);
+  return simpleTar([{ path: 'sub/', type: 'dir' }, ...Array.from({ length: files }, (_, i) => ({ path: `sub/f${i}`, type: 'file' as const, body: Buffer.from(`file ${i} ${tag}`) }))]);
 }
 
 /** A directory outside the data root with a file in it: what a bind mount exposes. */

@@ -14,10 +14,10 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import test from 'ava';
 import { createContainerStore } from '../src/layers/containers.js';
-import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { layersLayout } from '../src/store/layout.js';
 import { isMountRoot } from '../src/sys/libc.js';
 import { openLayerStore } from './helpers/store.js';
+import { simpleTar } from './helpers/tar-block.js';
 import { cleanupDir, requireRoot, tempDir } from './helpers/server.js';
 import { requireTools } from './helpers/require.js';
 
@@ -25,19 +25,11 @@ requireTools('tar', 'sleep');
 
 /** A layer tar of etc/ with passwd and group. */
 function baseTar(): Buffer {
-  const parts: Buffer[] = [];
-  const entry = (p: string, type: TarHeader['type'], body: Buffer): void => {
-    parts.push(
-      encodeHeader({ path: p, type, mode: type === 'dir' ? 0o755 : 0o644, uid: 0, gid: 0, size: body.length, mtime: 1_700_000_000, linkname: '', uname: '', gname: '', devmajor: 0, devminor: 0, xattrs: new Map() }),
-      body,
-      Buffer.alloc(padding(body.length)),
-    );
-  };
-  entry('etc/', 'dir', Buffer.alloc(0));
-  entry('etc/group', 'file', Buffer.from('root:x:0:\n'));
-  entry('etc/passwd', 'file', Buffer.from('root:x:0:0::/root:/bin/sh\n'));
-  parts.push(Buffer.alloc(1024));
-  return Buffer.concat(parts);
+  return simpleTar([
+    { path: 'etc/', type: 'dir' },
+    { path: 'etc/group', type: 'file', body: Buffer.from('root:x:0:\n') },
+    { path: 'etc/passwd', type: 'file', body: Buffer.from('root:x:0:0::/root:/bin/sh\n') },
+  ]);
 }
 
 /** The entry names of a layer's exported tar, as tar(1) lists them. */
