@@ -33,9 +33,17 @@ interface Tsvol {
   data: string;
 }
 
+/** The fresh data roots world() made: deleted when the file's tests are done. */
+const worlds: string[] = [];
+
 /** The tsvol CLI on its own fresh data root (no server: each command works under the server lock). */
 function world(dataRoot?: string): Tsvol {
-  const data = dataRoot ?? path.join(tempDir('tsvol-img-'), 'data');
+  let data = dataRoot;
+  if (data === undefined) {
+    const dir = tempDir('tsvol-img-');
+    worlds.push(dir);
+    data = path.join(dir, 'data');
+  }
   const run = (args: string[], input?: Buffer): { status: number | null; out: string; err: string } => {
     const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, TSVOL_DATA: data }, input, maxBuffer: 1 << 28 });
     return { status: r.status, out: r.stdout.toString().trim(), err: r.stderr.toString() };
@@ -91,6 +99,7 @@ test.before(async (t) => {
 test.after.always((t) => {
   spawnSync(DOCKER, ['rmi', '-f', APP_A, APP_B, `${APP_A}-back`, `tsvol-img-saved:${UNIQ}`]);
   t.context.env?.teardown();
+  for (const dir of worlds) cleanupDir(dir);
 });
 
 interface Details {

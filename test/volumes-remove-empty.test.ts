@@ -9,8 +9,16 @@ import test from 'ava';
 import { removeEmptyVolumeDir } from '../src/volumes/kinds/common.js';
 import { tempDir } from './helpers/server.js';
 
+/** Every directory these tests made: deleted when they are done. */
+const made: string[] = [];
+test.after.always(() => {
+  for (const dir of made) fs.rmSync(dir, { recursive: true, force: true });
+});
+
 function volume(): { dir: string; data: string } {
-  const dir = path.join(tempDir('tsvol-rmempty-'), 'v');
+  const base = tempDir('tsvol-rmempty-');
+  made.push(base);
+  const dir = path.join(base, 'v');
   fs.mkdirSync(path.join(dir, '_data'), { recursive: true });
   return { dir, data: path.join(dir, '_data') };
 }
@@ -33,6 +41,7 @@ test('data, a symlink as _data, or a stray file: nothing is removed but what is 
 
   const linked = volume();
   const target = tempDir('tsvol-rmempty-target-');
+  made.push(target);
   fs.rmdirSync(linked.data);
   fs.symlinkSync(target, linked.data);
   t.false(await removeEmptyVolumeDir(linked.dir, linked.data));
