@@ -13,6 +13,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { cpuSeconds, threadCpuSeconds } from './proc.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const envInt = (name: string, dflt: number): number => {
@@ -23,7 +24,6 @@ const N = envInt('TSVOL_BENCH_CYCLE_N', 1000);
 const C = envInt('TSVOL_BENCH_CYCLE_C', 8);
 const ROUNDS = envInt('TSVOL_BENCH_CYCLE_ROUNDS', 3);
 const BUILDS = (process.env.TSVOL_BENCH_CYCLE_BUILDS ?? path.join(HERE, '..')).split(',').filter(Boolean);
-const TICK = 100; // USER_HZ
 
 function call(socket: string, endpoint: string, body: unknown): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
@@ -39,29 +39,6 @@ function call(socket: string, endpoint: string, body: unknown): Promise<Record<s
     req.on('error', reject);
     req.end(payload);
   });
-}
-
-function cpuTicks(pid: number): number {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(f[11]) + Number(f[12]);
-}
-
-/** CPU ticks per thread name (comm) of `pid`: main thread as "main". */
-function threadTicks(pid: number): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
-    let stat: string;
-    try {
-      stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-    } catch {
-      continue;
-    }
-    const comm = Number(tid) === pid ? 'main' : stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')) + (/^libuv/.test(stat.slice(stat.indexOf('(') + 1)) ? '' : `#${tid}`);
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    out.set(comm, (out.get(comm) ?? 0) + Number(f[11]) + Number(f[12]));
-  }
-  return out;
 }
 
 async function phase(socket: string, names: string[], steps: (name: string) => Promise<void>): Promise<void> {
@@ -103,16 +80,16 @@ async function runOnce(s: Server, dir: string): Promise<{ create: number; inspec
     ['inspect', async (n: string) => { await caps(); await caps(); await call(socket, '/VolumeDriver.Get', { Name: n }); }],
     ['rm', async (n: string) => { for (let i = 0; i < 6; i++) await caps(); await call(socket, '/VolumeDriver.Get', { Name: n }); await call(socket, '/VolumeDriver.Get', { Name: n }); const r = await call(socket, '/VolumeDriver.Remove', { Name: n }); if (r.Err) throw new Error(String(r.Err)); }],
   ] as const) {
-    const t0 = cpuTicks(proc.pid!);
-    const th0 = threadTicks(proc.pid!);
+    const t0 = cpuSeconds(proc.pid!);
+    const th0 = threadCpuSeconds(proc.pid!);
     const w0 = performance.now();
     await phase(socket, names, steps);
     out.wall.push(performance.now() - w0);
-    out[key] = ((cpuTicks(proc.pid!) - t0) / TICK / N) * 1e6; // µs per op
+    out[key] = ((cpuSeconds(proc.pid!) - t0) / N) * 1e6; // µs per op
     if (process.env.TSVOL_BENCH_CYCLE_THREADS) {
       const parts: string[] = [];
-      for (const [k, v] of threadTicks(proc.pid!)) {
-        const d = ((v - (th0.get(k) ?? 0)) / TICK / N) * 1e6;
+      for (const [k, v] of threadCpuSeconds(proc.pid!)) {
+        const d = ((v - (th0.get(k) ?? 0)) / N) * 1e6;
         if (d > 0) parts.push(`${k} ${d.toFixed(0)}`);
       }
       console.log(`  ${s.label} ${key} per-thread µs/op: ${parts.join(', ')}`);

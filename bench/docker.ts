@@ -37,6 +37,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DOCKER, IMAGE, PLUGIN, docker, removePlugin, setupDocker } from '../test/helpers/docker.js';
 import { CONCURRENCY, closeEngineApi, engineCall, rate } from './engine-api.js';
+import { cpuSeconds, oldestProcess } from './proc.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.join(HERE, '..');
@@ -75,19 +76,6 @@ interface Driver {
   readonly driver: string;
 }
 
-/** CPU seconds (user + system, every thread, exited ones included) process `pid` has used; 0 if it is gone. */
-function cpuSeconds(pid: number): number {
-  let stat: string;
-  try {
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return 0; // gone: counted as nothing (a bench figure, not a decision)
-  }
-  // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100;
-}
-
 /** How many fds process `pid` has open (0 if it is gone). */
 function openFds(pid: number): number {
   try {
@@ -118,29 +106,11 @@ function pluginPids(name: string): number[] {
 const cpuUse = new Map<string, { dockerd: number[]; plugin: number[]; ops: number[]; fds: number[] }>();
 let dockerdPid: number | undefined;
 
-/** The oldest process whose command name is `comm` (what `pgrep -xo` finds), from /proc. */
-function oldestProcess(comm: string): number {
-  let best: { pid: number; start: number } | undefined;
-  for (const e of fs.readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(e)) continue;
-    try {
-      if (fs.readFileSync(`/proc/${e}/comm`, 'utf8').trim() !== comm) continue;
-      // Field 22 of stat is the start time; the fields after the ")" that ends the name start at field 3.
-      const stat = fs.readFileSync(`/proc/${e}/stat`, 'utf8');
-      const start = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
-      if (best === undefined || start < best.start) best = { pid: Number(e), start };
-    } catch {
-      continue; // the process ended while we looked
-    }
-  }
-  if (best === undefined) throw new Error(`no ${comm} process found`);
-  return best.pid;
-}
-
 /** `count` calls of `call` at c=8 (rate); with TSVOL_BENCH_DOCKER_CPU, adds the CPU they took to cpuUse. */
 async function measured(d: Driver, op: number, count: number, call: (i: number) => Promise<unknown>): Promise<number> {
   if (!CPU) return rate(count, call);
   dockerdPid ??= oldestProcess('dockerd');
+  if (dockerdPid === undefined) throw new Error('no dockerd process found');
   const pids = d.driver === 'local' ? [] : d.driver === LEGACY_PLUGIN ? [legacy!.pid!] : pluginPids(d.driver);
   if (d.driver !== 'local' && pids.length === 0) throw new Error(`TSVOL_BENCH_DOCKER_CPU: no process of plugin ${d.driver} found`);
   const cpu = (): [number, number] => [cpuSeconds(dockerdPid!), pids.reduce((a, p) => a + cpuSeconds(p), 0)];

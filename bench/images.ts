@@ -27,6 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { DOCKER, docker, setupEngine } from '../test/helpers/docker.js';
 import { startRegistry } from '../test/helpers/registry.js';
 import { cleanupDir, tempDir } from '../test/helpers/server.js';
+import { cpuSeconds, oldestProcess } from './proc.js';
 
 const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** The tsvol builds measured: this checkout's, and optionally another's (TSVOL_BENCH_IMAGES_BEFORE). */
@@ -53,38 +54,17 @@ interface Run {
   readonly load: number;
 }
 
-/** CPU ms (user + system) a process has used so far, from /proc (clock ticks of 10 ms). */
-function processCpuMs(pid: number): number {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) * 10;
-}
-
-/** The pid of the running dockerd (its CPU is docker's side of the work). */
-function dockerdPid(): number | undefined {
-  for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      if (fs.readFileSync(`/proc/${d}/comm`, 'utf8').trim() === 'dockerd') return Number(d);
-    } catch {
-      // The process ended while the list was read: not dockerd then.
-      continue;
-    }
-  }
-  return undefined;
-}
-
 /**
  * Runs `cmd args` under `sh -c '…; times'`, timed: the shell's `times` prints its children's CPU (the
  * command's), and `server` (a pid) is charged what it used meanwhile.
  */
 function timed(cmd: string, args: string[], env: Record<string, string>, server: number | undefined): Run {
   const load = os.loadavg()[0]!;
-  const before = server === undefined ? 0 : processCpuMs(server);
+  const before = server === undefined ? 0 : cpuSeconds(server) * 1000;
   const t0 = process.hrtime.bigint();
   const out = sh('sh', ['-c', '"$@" >/dev/null && times', 'sh', cmd, ...args], env);
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  const after = server === undefined ? 0 : processCpuMs(server);
+  const after = server === undefined ? 0 : cpuSeconds(server) * 1000;
   // `times`: the shell's own user and system time, then its children's: "0m0.391s 0m0.600s".
   const children = out.trim().split('\n').at(-1)!.match(/(\d+)m([\d.]+)s/g) ?? [];
   const cliMs = children.reduce((n, t) => {
@@ -149,7 +129,7 @@ try {
     const left = spawnSync(DOCKER, ['image', 'inspect', IMAGE]).status === 0 || spawnSync(DOCKER, ['image', 'inspect', remote]).status === 0;
     if (left) throw new Error('docker rmi left the bench image in place');
     sh('sync', []);
-    return timed(DOCKER, args, {}, dockerdPid());
+    return timed(DOCKER, args, {}, oldestProcess('dockerd'));
   };
 
   /** Per operation, per side: every run. */

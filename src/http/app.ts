@@ -93,8 +93,8 @@ const READ_OPS: ReadonlySet<string> = new Set(['activate', 'capabilities', 'get'
 
 /**
  * The level of a request's line. A managed plugin's stdout is copied line by line into dockerd's log, and
- * each line costs both processes CPU (measured: ~0.3 ms in the plugin and ~0.3 ms in dockerd per line,
- * bench/docker.ts at warn vs info), so `info` (the default) keeps what an operator reads it for:
+ * each line costs both processes CPU (one bench/docker.ts run, warn vs info: ~0.3 ms in the plugin and
+ * ~0.3 ms in dockerd per line), so `info` (the default) keeps what an operator reads it for:
  * - every mutation (create, remove, mount, unmount, and any op this file does not know): the durable record
  *   of who changed what (dockerd logs none of them, and `docker events` keeps only recent events, in
  *   memory);
@@ -136,7 +136,7 @@ export class NotFoundLines {
   defer(name: string, write: () => void): void {
     if (this.pending.has(name)) return;
     this.pending.set(name, { at: this.now(), write });
-    if (this.pending.size > PROBE_PENDING_MAX) this.writeOldest();
+    if (this.pending.size > PROBE_PENDING_MAX) this.writeFirst(1);
     this.timer ??= setInterval(() => this.flush(false), Math.min(1000, this.windowMs)).unref();
   }
 
@@ -148,12 +148,7 @@ export class NotFoundLines {
   /** Writes the lines whose window has passed (all of them with `all`). */
   flush(all: boolean): void {
     const now = this.now();
-    // Insertion order is arrival order: stop at the first line still inside its window.
-    for (const [name, p] of this.pending) {
-      if (!all && now - p.at < this.windowMs) break;
-      this.pending.delete(name);
-      p.write();
-    }
+    this.writeFirst(Infinity, all ? undefined : (at) => now - at < this.windowMs);
     if (this.pending.size === 0 && this.timer !== undefined) {
       clearInterval(this.timer);
       this.timer = undefined;
@@ -165,11 +160,15 @@ export class NotFoundLines {
     return this.pending.size;
   }
 
-  private writeOldest(): void {
+  /**
+   * Writes up to `count` lines in arrival order (a Map keeps insertion order), stopping at the first whose
+   * arrival time `keep` says to keep waiting.
+   */
+  private writeFirst(count: number, keep?: (at: number) => boolean): void {
     for (const [name, p] of this.pending) {
+      if (count-- <= 0 || keep?.(p.at)) break;
       this.pending.delete(name);
       p.write();
-      return;
     }
   }
 }
