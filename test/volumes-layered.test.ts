@@ -12,7 +12,7 @@ import { CLI, cleanupDir, isMounted, startTestServer, withServer, type TestServe
 import { snapshotTree } from './helpers/tree.js';
 import { requireTools } from './helpers/require.js';
 
-requireTools('tar', 'umount');
+requireTools('tar', 'umount', 'mknod');
 
 function cli(s: TestServer, args: string[]): { status: number | null; stdout: string; stderr: string } {
   const env = { ...process.env, TSVOL_DATA: s.data, TSVOL_SOCKET: s.socket, ...(s.mounts ? { TSVOL_MOUNTS: s.mounts } : {}) };
@@ -142,6 +142,42 @@ test('volume commit: a layered volume becomes a layer on its own; it seeds a new
     await s.ok('/VolumeDriver.Create', { Name: 'copy', Opts: { from: 'work' } });
     t.is(fs.readFileSync(path.join(s.data, 'volumes', 'copy', '_data', 'data/db'), 'utf8'), 'rows');
     t.false(isMounted(path.join(s.data, 'volumes', 'work', '_data')));
+  });
+});
+
+test('volume commit of a plain volume: what a layer would read as a whiteout (a 0/0 device, a .wh. name) is refused by path and stores nothing; other devices commit as they are', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    await s.ok('/VolumeDriver.Create', { Name: 'plain' });
+    const data = path.join(s.data, 'volumes', 'plain', '_data');
+    fs.mkdirSync(path.join(data, 'dev'));
+    fs.writeFileSync(path.join(data, 'keep'), 'kept');
+    execFileSync('mknod', [path.join(data, 'dev', 'null'), 'c', '1', '3']);
+    execFileSync('mknod', [path.join(data, 'dev', 'zero0'), 'c', '0', '0']);
+    const layersBefore = cli(s, ['layer', 'ls', '--json']).stdout;
+
+    const refused = cli(s, ['volume', 'commit', 'plain']);
+    t.not(refused.status, 0);
+    t.regex(refused.stderr, /"\/dev\/zero0" cannot go into a layer: it is a character device 0\/0/);
+    t.is(cli(s, ['layer', 'ls', '--json']).stdout, layersBefore, 'no layer was stored');
+    t.true(fs.lstatSync(path.join(data, 'dev', 'zero0')).isCharacterDevice(), 'the volume is as it was');
+
+    fs.rmSync(path.join(data, 'dev', 'zero0'));
+    fs.writeFileSync(path.join(data, '.wh.keep'), 'a file named like a whiteout');
+    const named = cli(s, ['volume', 'commit', 'plain']);
+    t.not(named.status, 0);
+    t.regex(named.stderr, /"\/\.wh\.keep" cannot go into a layer/);
+    t.is(cli(s, ['layer', 'ls', '--json']).stdout, layersBefore, 'no layer was stored');
+
+    fs.rmSync(path.join(data, '.wh.keep'));
+    const ok = cli(s, ['volume', 'commit', 'plain']);
+    t.is(ok.status, 0, ok.stderr);
+    await s.ok('/VolumeDriver.Create', { Name: 'seeded', Opts: { layer: ok.stdout } });
+    const mp = (await s.ok('/VolumeDriver.Mount', { Name: 'seeded', ID: 'x' })).Mountpoint as string;
+    const dev = fs.lstatSync(path.join(mp, 'dev', 'null'));
+    t.true(dev.isCharacterDevice(), 'a real device commits as the device it is');
+    t.is(dev.rdev, fs.lstatSync(path.join(data, 'dev', 'null')).rdev);
+    t.is(fs.readFileSync(path.join(mp, 'keep'), 'utf8'), 'kept');
+    await s.ok('/VolumeDriver.Unmount', { Name: 'seeded', ID: 'x' });
   });
 });
 

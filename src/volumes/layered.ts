@@ -40,7 +40,8 @@ export interface LayeredVolumes {
   /**
    * A new read-only layer from a volume's tree: a layered volume's upper directory on top of its layer
    * `parent` (so the layer's whiteouts carry deletions; VolumeKind.diffOf), any other volume's files as a
-   * base layer.
+   * base layer, in which nothing may read as a whiteout (a `.wh.` name or a 0/0 character device is
+   * refused, InvalidArgument naming it: src/layers/tar/writer.ts).
    */
   commitTree(tree: string | Beneath, parent?: string): Promise<LayerRecord>;
 }
@@ -82,7 +83,8 @@ export function createLayeredVolumes(layout: Layout, layers: () => LayerStore, i
       mounter.mount(layer, d);
     },
     async commitTree(tree, parent) {
-      return layers().importLayer(packTree(tree), parent);
+      // An upper directory (with its parent) holds overlayfs's whiteouts; any other tree holds none.
+      return layers().importLayer(packTree(tree, { whiteouts: parent === undefined ? 'none' : 'overlay' }), parent);
     },
   };
 }

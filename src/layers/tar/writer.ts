@@ -14,6 +14,13 @@
  * With `whiteouts: 'plain'` (volume archives, #9) the tree is a plain file tree: a 0/0 character device is
  * written as the device it is and no opaque markers are emitted, so that import (unpackLayer's plain mode)
  * gives back the same tree.
+ *
+ * With `whiteouts: 'none'` (a plain tree committed as a layer: `tsvol volume commit` of a named, sized or
+ * bind-style volume) nothing in the tree is a whiteout, and nothing may become one: a `.wh.` name is
+ * refused as in the overlay form, and so is a 0/0 character device. A layer's tar could carry that device,
+ * but wherever the layer is unpacked for overlayfs (tsvol's store, Docker's overlay2) it lands on disk as
+ * a 0/0 device, which overlayfs reads as a deletion: the file would vanish from every view of the layer.
+ * No opaque markers are emitted either (overlayfs's xattrs on a plain tree mark nothing).
  */
 import fs from 'node:fs';
 import { InvalidArgumentError, errnoCode } from '../../errors.js';
@@ -33,6 +40,13 @@ function headerOf(p: string, st: EntryStat, type: TarHeader['type'], extra: Part
 
 /** The prefix of OCI whiteout names (`.wh.NAME`, `.wh..wh..opq`). */
 const WHITEOUT_PREFIX = '.wh.';
+
+/** The refusal of a 0/0 character device in a plain tree going into a layer (see the header). */
+function whiteoutDevice(rel: string): InvalidArgumentError {
+  return new InvalidArgumentError(
+    `"/${rel}" cannot go into a layer: it is a character device 0/0, which overlayfs reads as a deleted file, so it would vanish wherever the layer is used; delete it, then commit again`,
+  );
+}
 
 /** The refusal of a tree entry named like a whiteout (see the header). */
 function whiteoutNamed(rel: string): InvalidArgumentError {
@@ -56,8 +70,11 @@ export function isOpaque(abs: string): boolean {
 
 /** Options of writeTree. */
 export interface WriteTreeOptions {
-  /** 'overlay' (default): overlayfs whiteouts and opaque directories become OCI ones. 'plain': no translation. */
-  readonly whiteouts?: 'overlay' | 'plain';
+  /**
+   * 'overlay' (default): overlayfs whiteouts and opaque directories become OCI ones. 'plain': no translation
+   * (volume archives). 'none': a plain tree going into a layer; what would read as a whiteout is refused.
+   */
+  readonly whiteouts?: 'overlay' | 'plain' | 'none';
   /** Emit a `./` entry first, with the root's own owner, mode, xattrs and mtime (volume archives). */
   readonly rootEntry?: boolean;
   /**
@@ -117,7 +134,10 @@ export function writeTreeTo(
  * ready: what the walk holds is a buffer or two, whatever the files' sizes.
  */
 function* emitTree(root: string | Beneath, opts: WriteTreeOptions, out: Coalescer): Generator<void> {
-  const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
+  const mode = opts.whiteouts ?? 'overlay';
+  const overlay = mode === 'overlay';
+  /** Names and devices the layer format reads as whiteouts are refused ('none') or translated ('overlay'). */
+  const layerNames = mode !== 'plain';
   const seen = new Map<string, string>(); // dev:ino → first path, for hardlinks
   const onEntry = opts.onEntry;
   /** Writes an entry's header (a body, if any, follows at once) and tells onEntry. */
@@ -154,7 +174,8 @@ function* emitTree(root: string | Beneath, opts: WriteTreeOptions, out: Coalesce
   }
   /** One entry of `dir` (`fd`: the file, opened by walk if it is one). */
   function* entryOf(dir: Beneath, name: string, rel: string, childRel: string, st: EntryStat, fd: number | undefined): Generator<void> {
-    if (overlay && name.startsWith(WHITEOUT_PREFIX)) throw whiteoutNamed(childRel);
+    if (layerNames && name.startsWith(WHITEOUT_PREFIX)) throw whiteoutNamed(childRel);
+    if (mode === 'none' && isWhiteout(st)) throw whiteoutDevice(childRel);
     if (overlay && isWhiteout(st)) {
       const wh = rel === '' ? `.wh.${name}` : `${rel}/.wh.${name}`;
       header(headerOf(wh, st, 'file', { mode: 0o644, uid: 0, gid: 0 }));
