@@ -5,7 +5,9 @@
  * dockerd's are. Reports each server's CPU (all threads, /proc/PID/stat) per create, inspect and rm, for
  * tsvol builds (TSVOL_BENCH_CYCLE_BUILDS: comma-separated repo dirs, default this one) and the in-memory
  * managed plugin's server. Rounds interleave. Knobs: TSVOL_BENCH_CYCLE_N (volumes, 1000), _C (8), _ROUNDS (3),
- * _THREADS=1 (CPU per thread), _PROF=DIR (tsvol under --cpu-prof) or =perf (--perf-basic-prof), _SKIP_MEMORY=1.
+ * _THREADS=1 (CPU per thread), _PROF=DIR (tsvol under --cpu-prof) or =perf (--perf-basic-prof), _SKIP_MEMORY=1
+ * (neither the in-memory server nor the durable floor: the same server with the least durable work any
+ * plugin laid out as Docker's local driver must do, bench/memory-plugin/server.mjs TSVOL_FLOOR_DURABLE).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -50,12 +52,12 @@ async function phase(socket: string, names: string[], steps: (name: string) => P
   );
 }
 
-interface Server { label: string; args: string[]; env: Record<string, string> }
+interface Server { label: string; args: string[]; env: Record<string, string>; durable?: boolean }
 
 async function runOnce(s: Server, dir: string): Promise<{ create: number; inspect: number; rm: number; wall: number[] }> {
   const socket = path.join(dir, 'p.sock');
   const proc: ChildProcess = spawn(process.execPath, s.args, {
-    env: { ...process.env, TSVOL_SOCKET: socket, TSVOL_DATA: path.join(dir, 'data'), TSVOL_MOUNTS: path.join(dir, 'mnt'), TSVOL_LOG_LEVEL: 'info', ...s.env },
+    env: { ...process.env, TSVOL_SOCKET: socket, TSVOL_DATA: path.join(dir, 'data'), TSVOL_MOUNTS: path.join(dir, 'mnt'), TSVOL_LOG_LEVEL: 'info', ...s.env, ...(s.durable ? { TSVOL_FLOOR_DURABLE: path.join(dir, 'floor') } : {}) },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   proc.stdout!.resume(); // dockerd reads the plugin's stdout
@@ -102,9 +104,12 @@ async function runOnce(s: Server, dir: string): Promise<{ create: number; inspec
 
 const servers: Server[] = [
   { label: 'in-memory', args: [path.join(HERE, 'memory-plugin', 'server.mjs')], env: {} },
+  // The same server plus the least durable work: the volume's two directories and a group-committed,
+  // fdatasynced journal line per Create and Remove (bench/memory-plugin/server.mjs).
+  { label: 'durable floor', args: [path.join(HERE, 'memory-plugin', 'server.mjs')], env: {}, durable: true },
   ...BUILDS.map((b) => ({ label: `tsvol ${path.basename(b)}`, args: [...(process.env.TSVOL_BENCH_CYCLE_PROF ? (process.env.TSVOL_BENCH_CYCLE_PROF === 'perf' ? ['--perf-basic-prof'] : ['--cpu-prof', '--cpu-prof-dir', process.env.TSVOL_BENCH_CYCLE_PROF]) : []), path.join(b, 'dist', 'main.js')], env: {} })),
 ];
-if (process.env.TSVOL_BENCH_CYCLE_SKIP_MEMORY) servers.shift();
+if (process.env.TSVOL_BENCH_CYCLE_SKIP_MEMORY) servers.splice(0, 2);
 const best = new Map<string, { create: number; inspect: number; rm: number; wall: number[] }>();
 for (let r = 0; r < ROUNDS; r++) {
   for (const s of servers) {
@@ -123,7 +128,10 @@ for (let r = 0; r < ROUNDS; r++) {
 console.log(`\n## Plugin CPU per Docker volume operation, on the socket (c=${C}, ${N} volumes, best of ${ROUNDS} interleaved rounds)\n`);
 console.log('| server | create | inspect | rm |\n|---|---:|---:|---:|');
 const mem = best.get('in-memory');
+const floor = best.get('durable floor');
 for (const [label, b] of best) {
-  const ratio = (k: 'create' | 'inspect' | 'rm'): string => (mem === undefined || label === 'in-memory' ? '' : ` (${(b[k] / mem[k]).toFixed(2)}×)`);
+  // Each tsvol build against the in-memory server, then against the durable floor.
+  const of = (base: typeof b | undefined, k: 'create' | 'inspect' | 'rm'): string => (base === undefined ? '–' : `${(b[k] / base[k]).toFixed(2)}×`);
+  const ratio = (k: 'create' | 'inspect' | 'rm'): string => (label === 'in-memory' || label === 'durable floor' ? (label === 'durable floor' ? ` (${of(mem, k)})` : '') : ` (${of(mem, k)}; ${of(floor, k)} of the floor)`);
   console.log(`| ${label} | ${b.create.toFixed(0)} µs${ratio('create')} | ${b.inspect.toFixed(0)} µs${ratio('inspect')} | ${b.rm.toFixed(0)} µs${ratio('rm')} |`);
 }
