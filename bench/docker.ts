@@ -2,8 +2,10 @@
  * Through Docker (issues #4, #13), all in one run so that every figure shares the machine's state:
  * - `docker volume create`, `inspect` and `rm` through the Engine API (HTTP on /var/run/docker.sock, c=8,
  *   N volumes, best of interleaved rounds) for Docker's local driver, an in-memory managed plugin built on
- *   tsvol's own rootfs (bench/memory-plugin/: the floor of any managed plugin through dockerd) and the tsvol
- *   managed plugin, at its default log level and optionally at others (one plugin instance per level);
+ *   tsvol's own rootfs (bench/memory-plugin/: the floor of any managed plugin through dockerd), the same
+ *   plugin doing the least durable work (the durable floor: the volume's two directories and an
+ *   fdatasynced, group-committed journal line per Create and Remove) and the tsvol managed plugin, at its
+ *   default log level and optionally at others (one plugin instance per level);
  * - container start: `docker run --rm --network none -v VOL:/d IMAGE sh -c :`, p50 of interleaved runs,
  *   tsvol vs local;
  * - a compose-like start: 20 containers at once, each with its own new volume, tsvol vs local.
@@ -56,6 +58,8 @@ const CHUNK = envInt('TSVOL_BENCH_DOCKER_CHUNK', 50);
 const LEVELS = (process.env.TSVOL_BENCH_DOCKER_LEVELS ?? '').split(',').filter((l) => l !== '' && l !== 'info');
 const LEGACY = process.env.TSVOL_BENCH_DOCKER_LEGACY === '1' || process.env.TSVOL_BENCH_CPU_PROF !== undefined;
 const MEMORY_PLUGIN = 'tsvol-memory';
+/** The in-memory plugin plus the least durable work (bench/memory-plugin/server.mjs TSVOL_FLOOR_DURABLE). */
+const DURABLE_PLUGIN = 'tsvol-durable-floor';
 const PROF_PLUGIN = 'tsvol-prof';
 const PROF_MANAGED = process.env.TSVOL_BENCH_CPU_PROF_MANAGED;
 const LEGACY_PLUGIN = 'tsvol-legacy';
@@ -250,15 +254,20 @@ function createPluginCopy(
  * changed to bench/memory-plugin/server.mjs, so dockerd treats both plugins alike (same mounts,
  * capabilities, env, socket).
  */
-function createMemoryPlugin(workDir: string): void {
+function createMemoryPlugin(workDir: string, durable = false): void {
+  const name = durable ? DURABLE_PLUGIN : MEMORY_PLUGIN;
   createPluginCopy(
-    MEMORY_PLUGIN,
-    path.join(workDir, 'memory-plugin'),
-    path.join(workDir, 'memory-data'),
+    name,
+    path.join(workDir, `${name}-plugin`),
+    path.join(workDir, `${name}-data`),
     (config) => {
-      config.description = 'tsvol bench: an in-memory VolumeDriver on tsvol rootfs (bench/memory-plugin)';
+      config.description = durable
+        ? 'tsvol bench: the in-memory VolumeDriver plus the least durable work (bench/memory-plugin)'
+        : 'tsvol bench: an in-memory VolumeDriver on tsvol rootfs (bench/memory-plugin)';
       config.entrypoint = ['/usr/bin/node', '/opt/memory/server.mjs'];
       config.workdir = '/opt/memory';
+      // The plugin's data mount is /data (config.json), on the same host filesystem as tsvol's.
+      if (durable) (config.env as { name: string; value: string }[]).push({ name: 'TSVOL_FLOOR_DURABLE', value: '/data/floor' });
     },
     new Map([[path.join(HERE, 'memory-plugin', 'server.mjs'), 'opt/memory/server.mjs']]),
   );
@@ -364,9 +373,12 @@ try {
   env.createPlugin();
   createMemoryPlugin(env.workDir);
   extraPlugins.push(MEMORY_PLUGIN);
+  createMemoryPlugin(env.workDir, true);
+  extraPlugins.push(DURABLE_PLUGIN);
   const drivers: Driver[] = [
     { label: 'local driver', driver: 'local' },
     { label: 'in-memory managed plugin', driver: MEMORY_PLUGIN },
+    { label: 'durable floor managed plugin', driver: DURABLE_PLUGIN },
     { label: 'tsvol managed plugin (info)', driver: PLUGIN },
   ];
   for (const level of LEVELS) {
@@ -413,6 +425,8 @@ try {
     rows.push(`| ${d.label} / in-memory managed | ${v.map((x, i) => `${(x / mem[i]!).toFixed(2)}× ${x / mem[i]! >= 0.9 ? '(≥ 0.9× met)' : '(≥ 0.9× NOT met)'}`).join(' | ')} |`);
   }
   const ts = best.get(PLUGIN)!;
+  const floor = best.get(DURABLE_PLUGIN)!;
+  rows.push(`| tsvol (info) / durable floor managed | ${ts.map((x, i) => `${(x / floor[i]!).toFixed(2)}×`).join(' | ')} |`);
   rows.push(`| tsvol (info) / local driver | ${ts.map((x, i) => `${(x / local[i]!).toFixed(2)}×`).join(' | ')} |`);
   for (const b of BEFORE) {
     const v = best.get(b.driver)!;
@@ -441,6 +455,8 @@ try {
       const v = chunked.get(d.driver)!;
       out.push(`| ${d.label} / in-memory managed | ${v.map((x, i) => `${(x / cm[i]!).toFixed(2)}× ${x / cm[i]! >= 0.9 ? '(≥ 0.9× met)' : '(≥ 0.9× NOT met)'}`).join(' | ')} |`);
     }
+    const [cx, cf] = [chunked.get(PLUGIN)!, chunked.get(DURABLE_PLUGIN)!];
+    out.push(`| tsvol (info) / durable floor managed | ${cx.map((v, i) => `${(v / cf[i]!).toFixed(2)}×`).join(' | ')} |`);
     for (const b of BEFORE) {
       const [x, y] = [chunked.get(PLUGIN)!, chunked.get(b.driver)!];
       out.push(`| tsvol (info) / ${b.driver} | ${x.map((v, i) => `${(v / y[i]!).toFixed(2)}×`).join(' | ')} |`);
