@@ -21,7 +21,7 @@ import { simpleTar } from './helpers/tar-block.js';
 import { cleanupDir, requireRoot, tempDir } from './helpers/server.js';
 import { requireTools } from './helpers/require.js';
 
-requireTools('tar', 'sleep');
+requireTools('tar', 'sleep', 'mknod');
 
 /** A layer tar of etc/ with passwd and group. */
 function baseTar(): Buffer {
@@ -81,6 +81,20 @@ for (const c of cases) {
         const opq = await t.throwsAsync(containers.commit('web'));
         t.regex(opq.message, /^"\/\.wh\.\.wh\.\.opq" cannot go into a layer: .* which would make \/ opaque \(hide everything below it\) wherever/);
         fs.rmSync(path.join(merged, '.wh..wh..opq'));
+
+        // A 0/0 character device, overlayfs's mark of a deletion: overlayfs refuses to make one; in the
+        // copy driver's plain merged tree it is made, and its commit refuses it rather than delete the file.
+        const dev0 = spawnSync('mknod', [path.join(merged, 'etc', 'dev0'), 'c', '0', '0']);
+        if (c.driver === 'overlay') t.not(dev0.status, 0, 'overlayfs refuses to make a whiteout device');
+        else {
+          t.is(dev0.status, 0, String(dev0.stderr));
+          const d = await t.throwsAsync(containers.commit('web'));
+          t.is((d as { code?: string }).code, 'TSVOL_INVALID_ARGUMENT');
+          t.regex(d.message, /^"\/etc\/dev0" cannot go into a layer: it is a character device 0\/0/);
+          t.deepEqual(layers.list().map((l) => l.id), [base.id], 'no layer');
+          t.true(fs.lstatSync(path.join(merged, 'etc', 'dev0')).isCharacterDevice(), 'the container keeps it');
+          fs.rmSync(path.join(merged, 'etc', 'dev0'));
+        }
 
         fs.renameSync(path.join(merged, 'etc', '.wh.passwd'), path.join(merged, 'etc', 'passwd.new'));
         const layer = await containers.commit('web');

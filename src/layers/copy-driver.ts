@@ -3,7 +3,8 @@
  * overlay probe fails, or when TSVOL_LAYER_DRIVER=copy. A container's merged directory is a full copy of
  * its chain (reflinked where the filesystem can); diff compares it with the chain's view; commit writes
  * the changes in overlay's upper-directory form and reuses the same tar writer, so both drivers produce
- * the same layers.
+ * the same layers. A 0/0 character device made in merged (overlayfs refuses to make one, EPERM; a plain
+ * directory does not) cannot be committed: in that form it is a whiteout, so commit refuses it by path.
  *
  * Layer directories hold what tars from anywhere said, and a container changes its merged directory
  * while it runs, so every read from a layer or from merged and every write into merged or upper goes
@@ -17,6 +18,7 @@ import { errnoCode } from '../errors.js';
 import { Beneath, type EntryStat } from '../sys/beneath.js';
 import { copyFileData, newCopyDataState, type CopyDataState } from '../sys/copy-data.js';
 import { applyMetaFd, fdXattrs, metaOf, OPAQUE_XATTR, XATTRS } from '../sys/file-meta.js';
+import { whiteoutDevice } from './tar/writer.js';
 
 /**
  * overlayfs's own xattrs are markers of a layer's form (whiteouts and opaque directories are read as such
@@ -242,6 +244,9 @@ export function changesAsUpper(lowerDirsTopFirst: readonly string[], merged: str
       }
       const st = from.lstat(rel);
       if (st === undefined) throw new Error(`commit: "${p}" was deleted while the commit ran; commit again`);
+      // A 0/0 device the container made (merged is a plain tree: nothing refuses it, as overlayfs does)
+      // would be a whiteout in the upper form: the file would become a deletion.
+      if (isWhiteout(st)) throw whiteoutDevice(rel);
       if (st.isDirectory()) {
         if (!into.lstat(rel)) into.mkdir(rel, 0o755, true);
         into.applyMeta(rel, metaOf(st, from.xattrs(rel), FILE_XATTRS, { times: false }));

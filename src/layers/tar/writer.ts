@@ -41,8 +41,11 @@ function headerOf(p: string, st: EntryStat, type: TarHeader['type'], extra: Part
 /** The prefix of OCI whiteout names (`.wh.NAME`, `.wh..wh..opq`). */
 const WHITEOUT_PREFIX = '.wh.';
 
-/** The refusal of a 0/0 character device in a plain tree going into a layer (see the header). */
-function whiteoutDevice(rel: string): InvalidArgumentError {
+/**
+ * The refusal of a 0/0 character device in a plain tree going into a layer (see the header); the copy
+ * driver's commit refuses one a container made in its merged tree with it too (copy-driver.ts).
+ */
+export function whiteoutDevice(rel: string): InvalidArgumentError {
   return new InvalidArgumentError(
     `"/${rel}" cannot go into a layer: it is a character device 0/0, which overlayfs reads as a deleted file, so it would vanish wherever the layer is used; delete it, then commit again`,
   );
