@@ -26,7 +26,7 @@ import path from 'node:path';
 import { createGzip } from 'node:zlib';
 import { InvalidArgumentError, NotFoundError, UnavailableError, describeError } from '../errors.js';
 import { Channel } from './channel.js';
-import { COMPRESSED_LAYER_TYPES, INDEX_TYPES, MANIFEST_TYPES, MEDIA, parseConfig, parseIndex, parseManifest, type Descriptor } from './formats.js';
+import { COMPRESSED_LAYER_TYPES, INDEX_TYPES, MANIFEST_TYPES, MEDIA, parseConfig, parseIndex, parseJson, parseManifest, type Descriptor } from './formats.js';
 import type { ImageDocuments } from './image-ops.js';
 import { FRAME, dataFrames, framePrefix, headerFrame } from './pull-stream.js';
 import { formatReference, parseReference, repositoryOf, type Reference } from './reference.js';
@@ -69,6 +69,56 @@ function credentials(domain: string): string | undefined {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** The most bytes of a token service's reply read. */
+const MAX_TOKEN_REPLY = 1 << 20;
+/** The most bytes of an error reply kept for its message. */
+const ERROR_TEXT = 4096;
+
+/**
+ * A reply's body, at most `max` bytes: a registry (or its token service) is not trusted to send a small
+ * document, so a longer body, announced (Content-Length) or streamed, is refused once `max` is passed and
+ * its connection closed; memory never holds more than `max` (#9, #11).
+ */
+async function boundedBody(res: Response, max: number, what: string): Promise<Buffer> {
+  const announced = Number(res.headers.get('content-length') ?? NaN);
+  const refuse = (n: string): InvalidArgumentError => new InvalidArgumentError(`${what} refused: the registry sent ${n} bytes, at most ${max} are accepted`);
+  if (announced > max) {
+    await res.body?.cancel();
+    throw refuse(String(announced));
+  }
+  const parts: Buffer[] = [];
+  let size = 0;
+  const reader = res.body?.getReader();
+  if (reader === undefined) return Buffer.alloc(0);
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > max) {
+      await reader.cancel();
+      throw refuse(`more than ${max}`);
+    }
+    parts.push(Buffer.from(value.buffer, value.byteOffset, value.byteLength));
+  }
+  return Buffer.concat(parts, size);
+}
+
+/** The start of an error reply's body, for its message (at most ERROR_TEXT bytes are read). */
+async function errorText(res: Response): Promise<string> {
+  const reader = res.body?.getReader();
+  if (reader === undefined) return '';
+  const parts: Buffer[] = [];
+  let size = 0;
+  while (size < ERROR_TEXT) {
+    const { done, value } = await reader.read();
+    if (done) return Buffer.concat(parts).toString('utf8');
+    parts.push(Buffer.from(value.buffer, value.byteOffset, value.byteLength));
+    size += value.byteLength;
+  }
+  await reader.cancel();
+  return Buffer.concat(parts).subarray(0, ERROR_TEXT).toString('utf8');
+}
 const sha256 = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 type Init = RequestInit & { duplex?: 'half' };
@@ -157,16 +207,22 @@ class Registry {
     const basic = credentials(this.ref.domain);
     const res = await fetch(url, { headers: basic ? { Authorization: `Basic ${basic}` } : {} });
     if (res.status !== 200) throw new InvalidArgumentError(`the registry's token service refused access to ${this.ref.path} (${res.status}); log in with \`docker login ${this.ref.domain}\``);
-    const body = (await res.json()) as { token?: string; access_token?: string };
-    this.token = body.token ?? body.access_token;
+    let body: { token?: unknown; access_token?: unknown };
+    try {
+      body = JSON.parse((await boundedBody(res, MAX_TOKEN_REPLY, `the token service's reply for ${this.ref.path}`)).toString('utf8')) as typeof body;
+    } catch (err) {
+      if (err instanceof InvalidArgumentError) throw err;
+      throw new InvalidArgumentError(`the registry's token service sent no JSON for ${this.ref.path}: ${describeError(err)}`, { cause: err });
+    }
+    const token = body.token ?? body.access_token;
+    this.token = typeof token === 'string' ? token : undefined;
     if (!this.token) throw new InvalidArgumentError(`the registry's token service gave no token for ${this.ref.path}`);
   }
 
   /** A small document (manifest, index, config), verified against `digest` when it is known. */
   async document(kind: 'manifests' | 'blobs', what: string, digest: string | undefined): Promise<{ bytes: Buffer; digest: string; mediaType: string | undefined }> {
     const res = await this.get(`${kind}/${what}`, kind === 'manifests' ? { Accept: ACCEPT } : {}, `${kind === 'manifests' ? 'manifest' : 'blob'} ${what}`);
-    const bytes = Buffer.from(await res.arrayBuffer());
-    if (bytes.length > MAX_JSON) throw new InvalidArgumentError(`${kind} ${what} refused: ${bytes.length} bytes, at most ${MAX_JSON}`);
+    const bytes = await boundedBody(res, MAX_JSON, `${kind} ${what}`);
     const got = sha256(bytes);
     const claimed = digest ?? res.headers.get('docker-content-digest') ?? undefined;
     if (claimed !== undefined && claimed !== got) throw new InvalidArgumentError(`${kind} ${what} refused: its content has digest ${got}, not ${claimed}`);
@@ -226,14 +282,14 @@ export async function resolvePull(refText: string): Promise<ResolvedPull> {
   const want = ref.digest ?? ref.tag ?? 'latest';
   let top = await reg.document('manifests', want, ref.digest);
   let mediaType = top.mediaType;
-  let json = JSON.parse(top.bytes.toString()) as { mediaType?: string };
+  let json = parseJson(top.bytes, `manifest of ${refText}`) as { mediaType?: string };
   if (typeof json.mediaType === 'string') mediaType = json.mediaType;
   if (mediaType !== undefined && INDEX_TYPES.has(mediaType)) {
     const arch = ({ x64: 'amd64', arm64: 'arm64', arm: 'arm' } as Record<string, string>)[process.arch] ?? process.arch;
     const pick = parseIndex(top.bytes, `index of ${refText}`).find((d) => d.platform?.os === 'linux' && d.platform.architecture === arch);
     if (pick === undefined) throw new NotFoundError(`${refText} has no linux/${arch} image`);
     top = await reg.document('manifests', pick.digest, pick.digest);
-    json = JSON.parse(top.bytes.toString()) as { mediaType?: string };
+    json = parseJson(top.bytes, `manifest of ${refText}`) as { mediaType?: string };
     mediaType = typeof json.mediaType === 'string' ? json.mediaType : pick.mediaType;
   }
   if (mediaType === undefined || !MANIFEST_TYPES.has(mediaType)) throw new InvalidArgumentError(`${refText} refused: unknown manifest media type ${JSON.stringify(mediaType)}`);
@@ -422,8 +478,8 @@ export async function pushImage(refText: string, src: PushSource, events?: PushE
     return new URL(location, reg.base).toString();
   };
   const finish = async (res: Response, what: string): Promise<void> => {
-    const text = await res.text();
-    if (res.status !== 201) throw new UnavailableError(`the registry answered ${res.status} to ${what}: ${text.slice(0, 300)}`);
+    if (res.status === 201) return void (await res.body?.cancel());
+    throw new UnavailableError(`the registry answered ${res.status} to ${what}: ${(await errorText(res)).slice(0, 300)}`);
   };
   /** Sends a blob whose digest is known (HEAD, then a mount from where it came, then one PUT). */
   const sendKnown = async (digest: string, key: string, source: string | undefined, body: (sink: (b: AsyncIterable<Buffer>) => Promise<void>) => Promise<void>): Promise<void> => {
@@ -522,8 +578,8 @@ export async function pushImage(refText: string, src: PushSource, events?: PushE
   })()));
   const mediaType = (JSON.parse(manifest) as { mediaType?: unknown }).mediaType;
   const put = await reg.send('PUT', `manifests/${ref.tag}`, { body: manifest, headers: { 'Content-Type': typeof mediaType === 'string' ? mediaType : MEDIA.dockerManifest } }, `the manifest of ${refText}`);
-  const text = await put.text();
-  if (put.status !== 201) throw new UnavailableError(`the registry answered ${put.status} to the manifest of ${refText}: ${text.slice(0, 300)}`);
+  if (put.status !== 201) throw new UnavailableError(`the registry answered ${put.status} to the manifest of ${refText}: ${(await errorText(put)).slice(0, 300)}`);
+  await put.body?.cancel();
   const digest = put.headers.get('docker-content-digest') ?? sha256(manifest);
   return { digest, compressed: exact === undefined, ...counts };
 }
