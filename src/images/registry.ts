@@ -42,12 +42,16 @@ export const PULL_CONCURRENCY = 3;
 /** Blobs sent at once on push (dockerd's default max-concurrent-uploads is 5; 3 keeps two cores busy). */
 const PUSH_CONCURRENCY = 3;
 
-/** Where a reference's registry answers. */
+/** True for a loopback host name (127.0.0.0/8, localhost, ::1), with or without a port or brackets. */
+function isLoopback(host: string): boolean {
+  const name = host.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+  return /^127\.\d+\.\d+\.\d+$/.test(name) || name === 'localhost' || name === '::1';
+}
+
+/** Where a reference's registry answers: plain HTTP on loopback, as Docker does; HTTPS elsewhere. */
 function baseUrl(ref: Reference): string {
   const host = ref.domain === 'docker.io' ? 'registry-1.docker.io' : ref.domain;
-  const name = host.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
-  const loopback = /^127\.\d+\.\d+\.\d+$/.test(name) || name === 'localhost' || name === '::1';
-  return `${loopback ? 'http' : 'https'}://${host}`;
+  return `${isLoopback(host) ? 'http' : 'https'}://${host}`;
 }
 
 /** Basic credentials for `domain` from Docker's config file, if any. */
@@ -200,21 +204,40 @@ class Registry {
     for (const [, k, v] of m[1]!.matchAll(/(\w+)="([^"]*)"/g)) params.set(k!, v!);
     const realm = params.get('realm');
     if (realm === undefined) throw new InvalidArgumentError(`the registry ${this.base}'s challenge has no realm`);
-    const url = new URL(realm);
+    let url: URL;
+    try {
+      url = new URL(realm);
+    } catch (err) {
+      throw new InvalidArgumentError(`the registry ${this.base}'s challenge names a realm that is not a URL: ${JSON.stringify(realm)}`, { cause: err });
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new InvalidArgumentError(`the registry ${this.base}'s challenge names a realm that is not HTTP(S): ${JSON.stringify(realm)}`);
+    const basic = credentials(this.ref.domain);
+    // The realm is the registry's to name, but the user's password never goes out in clear text: over
+    // plain HTTP only to a loopback token service (as the registry itself is reached).
+    if (basic !== undefined && url.protocol === 'http:' && !isLoopback(url.host)) {
+      throw new InvalidArgumentError(`the registry ${this.base} asks for your ${this.ref.domain} credentials at ${url.origin}, over plain HTTP; tsvol sends them only over HTTPS (or to a loopback address)`);
+    }
     const service = params.get('service');
     if (service !== undefined) url.searchParams.set('service', service);
     url.searchParams.set('scope', params.get('scope') ?? `repository:${this.ref.path}:${this.push ? 'pull,push' : 'pull'}`);
-    const basic = credentials(this.ref.domain);
-    const res = await fetch(url, { headers: basic ? { Authorization: `Basic ${basic}` } : {} });
-    if (res.status !== 200) throw new InvalidArgumentError(`the registry's token service refused access to ${this.ref.path} (${res.status}); log in with \`docker login ${this.ref.domain}\``);
-    let body: { token?: unknown; access_token?: unknown };
+    let res: Response;
+    try {
+      res = await fetch(url, { headers: basic ? { Authorization: `Basic ${basic}` } : {} });
+    } catch (err) {
+      throw new UnavailableError(`the token service ${url.origin} of ${this.base} unreachable: ${describeError(err instanceof Error && err.cause !== undefined ? err.cause : err)}`, { cause: err });
+    }
+    if (res.status !== 200) {
+      await res.body?.cancel();
+      throw new InvalidArgumentError(`the registry's token service refused access to ${this.ref.path} (${res.status}); log in with \`docker login ${this.ref.domain}\``);
+    }
+    let body: { token?: unknown; access_token?: unknown } | null;
     try {
       body = JSON.parse((await boundedBody(res, MAX_TOKEN_REPLY, `the token service's reply for ${this.ref.path}`)).toString('utf8')) as typeof body;
     } catch (err) {
       if (err instanceof InvalidArgumentError) throw err;
       throw new InvalidArgumentError(`the registry's token service sent no JSON for ${this.ref.path}: ${describeError(err)}`, { cause: err });
     }
-    const token = body.token ?? body.access_token;
+    const token = body?.token ?? body?.access_token;
     this.token = typeof token === 'string' ? token : undefined;
     if (!this.token) throw new InvalidArgumentError(`the registry's token service gave no token for ${this.ref.path}`);
   }

@@ -1,11 +1,16 @@
 /**
- * A registry is not trusted to send small documents (#9, #11): a manifest, a config or a token reply that
- * is longer than tsvol accepts, whether its length is announced (Content-Length) or it just keeps coming,
- * is refused with a clear error as soon as the limit is passed, and its connection is closed: memory never
- * holds more than the limit. The registry here is a real HTTP server on 127.0.0.1 (a hostile one: the
- * real docker-registry never sends such replies), counting what it managed to send.
+ * A registry is not trusted (#9, #11). It cannot make tsvol hold more than a bound: a manifest, a config or
+ * a token reply that is longer than tsvol accepts, whether its length is announced (Content-Length) or it
+ * just keeps coming, is refused with a clear error as soon as the limit is passed, and its connection is
+ * closed. And it cannot have the user's credentials sent in clear text: a bearer challenge whose realm is
+ * not HTTP(S), or is plain HTTP to a host that is not loopback, is refused before anything is sent. The
+ * registry here is a real HTTP server on 127.0.0.1 (a hostile one: the real docker-registry never sends
+ * such replies), counting what it managed to send.
  */
+import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import test from 'ava';
 import { resolvePull } from '../src/images/registry.js';
@@ -108,5 +113,55 @@ test('a document within the limit is read whole: a small manifest that is not JS
     t.is(reg.sent.get('/v2/app/manifests/small'), 1000);
   } finally {
     await reg.close();
+  }
+});
+
+/** Points DOCKER_CONFIG (read at each authentication) at a config holding credentials for `domain`. */
+function withCredentials(domain: string): () => void {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvol-dockercfg-'));
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ auths: { [domain]: { auth: Buffer.from('user:secret').toString('base64') } } }));
+  const before = process.env.DOCKER_CONFIG;
+  process.env.DOCKER_CONFIG = dir;
+  return () => {
+    if (before === undefined) delete process.env.DOCKER_CONFIG;
+    else process.env.DOCKER_CONFIG = before;
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+}
+
+test.serial('a challenge sending the credentials over plain HTTP to a host that is not loopback is refused before anything is sent; to a loopback token service they go', async (t) => {
+  const seen: (string | undefined)[] = [];
+  let realm = '';
+  const server = http.createServer((req, res) => {
+    const p = new URL(req.url ?? '/', 'http://x').pathname;
+    if (p === '/token') {
+      seen.push(req.headers.authorization);
+      res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify({ token: 't0k' }));
+    } else if (req.headers.authorization === 'Bearer t0k') res.writeHead(404).end();
+    else res.writeHead(401, { 'WWW-Authenticate': `Bearer realm="${realm}",service="hostile"` }).end();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  const restore = withCredentials(`127.0.0.1:${port}`);
+  try {
+    // 0.0.0.0 is not a loopback name, yet a connection there would reach only this host: nothing leaves.
+    realm = `http://0.0.0.0:${port}/token`;
+    const err = await t.throwsAsync(resolvePull(`127.0.0.1:${port}/app:t`));
+    t.is((err as { code?: string }).code, 'TSVOL_INVALID_ARGUMENT');
+    t.is(err.message, `the registry http://127.0.0.1:${port} asks for your 127.0.0.1:${port} credentials at http://0.0.0.0:${port}, over plain HTTP; tsvol sends them only over HTTPS (or to a loopback address)`);
+    t.deepEqual(seen, [], 'the token service was never asked');
+
+    realm = 'file:///etc/passwd';
+    const file = await t.throwsAsync(resolvePull(`127.0.0.1:${port}/app:t`));
+    t.is(file.message, `the registry http://127.0.0.1:${port}'s challenge names a realm that is not HTTP(S): "file:///etc/passwd"`);
+
+    // A loopback token service gets them, and the token opens the registry (whose manifest is missing).
+    realm = `http://127.0.0.1:${port}/token`;
+    const missing = await t.throwsAsync(resolvePull(`127.0.0.1:${port}/app:t`));
+    t.is((missing as { code?: string }).code, 'TSVOL_NOT_FOUND');
+    t.deepEqual(seen, [`Basic ${Buffer.from('user:secret').toString('base64')}`]);
+  } finally {
+    restore();
+    await new Promise((r) => server.close(r));
   }
 });
