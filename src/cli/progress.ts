@@ -3,6 +3,9 @@
  * into a pipe or a log). With a known total it shows a bar and a percentage; otherwise bytes so far.
  */
 import fs from 'node:fs';
+import path from 'node:path';
+import { InvalidArgumentError, errnoCode } from '../errors.js';
+import { fsyncDir, tempNameFor } from '../sys/durable.js';
 
 function mb(n: number): string {
   return `${(n / 1e6).toFixed(1)} MB`;
@@ -37,22 +40,65 @@ export async function* withProgress(label: string, input: AsyncIterable<Buffer>,
   }
 }
 
+/** Writes all of `chunk` to `fd` (a write may take less than it is given). */
+function writeAll(fd: number, chunk: Buffer): void {
+  for (let off = 0; off < chunk.length; ) off += fs.writeSync(fd, chunk, off);
+}
+
 /**
  * Writes a stream to `output` (chunks straight to the fd, with a progress bar on a terminal: a write
- * stream's async hops cost ~30% here) or to standard output (usually a pipe: back-pressure respected, no
- * progress bar mixed into the data).
+ * stream's async hops cost ~30% here) or to standard output (a pipe or a file: back-pressure respected, no
+ * progress bar mixed into the data; a terminal is refused, as `docker save` refuses it).
+ *
+ * A regular file (or a name not there yet) is written as a temp file beside it, fsynced and renamed over
+ * the name only once the stream has ended well, then the directory is fsynced: an export that fails
+ * halfway (a server gone, a layer file damaged, Ctrl-C) never leaves a truncated archive under the name
+ * asked for, and an existing file keeps its contents; once the command has succeeded the archive survives
+ * power loss. Anything else (a FIFO, a device such as /dev/null, /dev/stdout) is written in place, since a
+ * rename would replace it.
  */
 export async function writeOut(chunks: AsyncIterable<Buffer>, output: string | undefined, label = 'exporting'): Promise<void> {
-  if (output !== undefined) {
-    const fd = fs.openSync(output, 'w', 0o644);
+  if (output === undefined) {
+    if (process.stdout.isTTY === true) throw new InvalidArgumentError('refusing to write an archive to a terminal: give -o FILE or redirect standard output');
+    for await (const chunk of chunks) {
+      if (!process.stdout.write(chunk)) await new Promise((r) => process.stdout.once('drain', r));
+    }
+    return;
+  }
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.statSync(output);
+  } catch (err) {
+    if (errnoCode(err) !== 'ENOENT') throw err;
+  }
+  if (st !== undefined && !st.isFile()) {
+    const fd = fs.openSync(output, 'w');
     try {
-      for await (const chunk of withProgress(label, chunks)) fs.writeSync(fd, chunk);
+      for await (const chunk of withProgress(label, chunks)) writeAll(fd, chunk);
     } finally {
       fs.closeSync(fd);
     }
     return;
   }
-  for await (const chunk of chunks) {
-    if (!process.stdout.write(chunk)) await new Promise((r) => process.stdout.once('drain', r));
+  const dir = path.dirname(path.resolve(output));
+  const tmp = path.join(dir, tempNameFor(path.basename(output)));
+  const fd = fs.openSync(tmp, 'wx', 0o644);
+  // Interrupted (Ctrl-C, kill): the temp file goes, then the signal does what it would have done.
+  const onSignal = (sig: NodeJS.Signals): void => {
+    fs.rmSync(tmp, { force: true });
+    process.kill(process.pid, sig);
+  };
+  process.once('SIGINT', onSignal).once('SIGTERM', onSignal).once('SIGHUP', onSignal);
+  let done = false;
+  try {
+    for await (const chunk of withProgress(label, chunks)) writeAll(fd, chunk);
+    fs.fsyncSync(fd);
+    done = true;
+  } finally {
+    fs.closeSync(fd);
+    process.off('SIGINT', onSignal).off('SIGTERM', onSignal).off('SIGHUP', onSignal);
+    if (!done) fs.rmSync(tmp, { force: true });
   }
+  fs.renameSync(tmp, output);
+  fsyncDir(dir);
 }
