@@ -8,6 +8,11 @@
  * Order, as for a Docker Mount (volume-service.ts): the hold first (it establishes the volume's own mount),
  * then the bind at the target; a failed bind releases the hold again. Unpublish undoes it in reverse: the
  * bind, the target directory, then the hold.
+ *
+ * What a hostile orchestrator can make tsvol do at a path is what the spec implies: mount the volume there,
+ * and undo exactly that. Only a mount that shows the volume's own directory (same device and inode) is
+ * ever unmounted at a target, so a host filesystem under or over the target stays mounted; a directory is
+ * removed only where this volume holds a publish (or a failed publish made it), never one tsvol did not make.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -45,21 +50,60 @@ function checkTarget(target: string): void {
   if (!path.isAbsolute(target)) throw new InvalidArgumentError(`target path "${target}" must be absolute`);
 }
 
-/** True if `p` is the root of a mount; false if it is not, or does not exist. */
+/** True if `p` is the root of a mount; false if it is not, or cannot exist. */
 function mountedAt(p: string): boolean {
   try {
     return isMountRoot(p);
   } catch (err) {
-    // ENOENT: no target, nothing mounted.
-    if (errnoCode(err) === 'ENOENT') return false;
+    // ENOENT: no target; ENOTDIR: a parent is a file, so there can be none: nothing mounted either way.
+    const code = errnoCode(err);
+    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
     throw err;
   }
 }
 
-/** Unmounts everything stacked at `target` (a crash between bind and remount may leave two). */
-async function unmountAll(target: string): Promise<void> {
-  for (let i = 0; i < 16; i++) {
-    if ((await unmountTargetAsync(target, { ifBusy: 'detach' })) === 'not-mounted') return;
+/** O_PATH (linux/fcntl.h): Node has no constant for it. */
+const O_PATH = 0o10000000;
+
+/**
+ * Binds `mountpoint` onto the directory `target`, never through a final symlink: the target is pinned with
+ * O_PATH | O_NOFOLLOW | O_DIRECTORY and the mount goes onto that fd, so a symlink at the target (to /etc,
+ * say) is refused rather than mounted over its destination, where unpublish would never find it.
+ */
+async function bindOnto(mountpoint: string, target: string): Promise<void> {
+  let fd: number;
+  try {
+    fd = fs.openSync(target, O_PATH | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW);
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code === 'ELOOP' || code === 'ENOTDIR') throw new InvalidArgumentError(`target path "${target}" is not a directory (a symlink or a file); give a directory or a path that does not exist`);
+    throw err;
+  }
+  try {
+    await bindMountAsync(mountpoint, `/proc/self/fd/${fd}`);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** True if the mount on top at `target` shows the volume directory `mountpoint` (its bind): same device and inode. */
+function showsVolume(target: string, mountpoint: string): boolean {
+  if (!mountedAt(target)) return false;
+  const at = fs.lstatSync(target, { bigint: true });
+  const own = fs.statSync(mountpoint, { bigint: true });
+  return at.dev === own.dev && at.ino === own.ino;
+}
+
+/** Unmounts the volume's binds stacked at `target` (a crash between bind and remount may leave two), and nothing else. */
+async function unmountOurs(target: string, mountpoint: string): Promise<void> {
+  for (let i = 0; i < 16 && showsVolume(target, mountpoint); i++) await unmountTargetAsync(target, { ifBusy: 'detach' });
+}
+
+/** Removes the directories a failed publish made: `target` and its parents up to `created`, the first one mkdir made. */
+function removeMade(target: string, created: string): void {
+  for (let dir = path.resolve(target); dir.startsWith(created); dir = path.dirname(dir)) {
+    fs.rmdirSync(dir);
+    if (dir === created) return;
   }
 }
 
@@ -78,7 +122,7 @@ export function createPublisher(service: VolumeService & VolumeMechanics, log: L
       checkTarget(target);
       const id = publishMountId(target);
       await locks.run(path.resolve(target), async () => {
-        if (held(name, id) && mountedAt(target)) {
+        if (held(name, id) && showsVolume(target, service.path(name))) {
           const ro = mountOptionsAt(path.resolve(target))?.includes('ro') ?? false;
           if (ro === readOnly) return;
           throw new ConflictError(
@@ -88,13 +132,15 @@ export function createPublisher(service: VolumeService & VolumeMechanics, log: L
         // A hold without its bind (a crash between the two, or a reboot) is completed below; the hold's
         // count stays one per target.
         const mountpoint = held(name, id) ? service.path(name) : await service.mount(name, id);
+        let created: string | undefined;
         try {
-          fs.mkdirSync(target, { recursive: true, mode: 0o750 });
-          await bindMountAsync(mountpoint, target);
+          created = fs.mkdirSync(target, { recursive: true, mode: 0o750 });
+          await bindOnto(mountpoint, target);
           if (readOnly) await remountBindReadOnly(target);
         } catch (err) {
           try {
-            await unmountAll(target);
+            await unmountOurs(target, mountpoint);
+            if (created !== undefined) removeMade(target, created);
             await service.unmount(name, id);
           } catch (undo) {
             log.warn({ volume: name, target, err: describeError(undo) }, 'could not undo a failed publish');
@@ -109,14 +155,17 @@ export function createPublisher(service: VolumeService & VolumeMechanics, log: L
       const id = publishMountId(target);
       await locks.run(path.resolve(target), async () => {
         service.get(name); // NotFound for an unknown volume, before anything is touched
-        // Only our own bind is unmounted: a target this volume does not hold is someone else's mount.
-        if (held(name, id)) await unmountAll(target);
-        else if (mountedAt(target)) return;
-        try {
-          fs.rmdirSync(target);
-        } catch (err) {
-          // ENOENT: already removed (a repeated unpublish).
-          if (errnoCode(err) !== 'ENOENT') throw wrapError(`unpublish volume "${name}": remove "${target}"`, err);
+        // A target this volume does not hold is not ours: nothing there is touched (a repeated unpublish).
+        if (!held(name, id)) return;
+        await unmountOurs(target, service.path(name));
+        // A host mount left at the target was there before the publish: it and its directory stay.
+        if (!mountedAt(target)) {
+          try {
+            fs.rmdirSync(target);
+          } catch (err) {
+            // ENOENT: already removed (an unpublish interrupted after this step).
+            if (errnoCode(err) !== 'ENOENT') throw wrapError(`unpublish volume "${name}": remove "${target}"`, err);
+          }
         }
         await service.unmount(name, id);
       });

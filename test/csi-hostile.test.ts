@@ -1,0 +1,122 @@
+/**
+ * A hostile container orchestrator on the CSI socket: what NodePublishVolume/NodeUnpublishVolume may do to
+ * the host's paths (the spec: mount at target_path, and on unpublish undo that and delete what the plugin
+ * made, nothing else), and messages the decoder must survive. A real gRPC client, the real server, real
+ * mounts.
+ */
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import test from 'ava';
+import { csiClient, fails, grpc, mountCap, type CsiClient } from './helpers/csi.js';
+import { requireTools } from './helpers/require.js';
+import { isMounted, withServer, type TestServer } from './helpers/server.js';
+
+requireTools('mount', 'umount');
+
+const { status } = grpc;
+const cap = mountCap();
+
+function withCsi(t: { log: (m: string) => void }, fn: (csi: CsiClient, s: TestServer) => Promise<void>): Promise<void> {
+  return withServer(t, { root: true, csi: true, env: { TSVOL_NODE_ID: 'node-a' } }, async (s) => {
+    const csi = csiClient(s.csiSocket!);
+    try {
+      await fn(csi, s);
+    } finally {
+      csi.close();
+    }
+  });
+}
+
+test('NodeUnpublishVolume unmounts only its own bind: a host mount under the target and its files stay', async (t) => {
+  await withCsi(t, async (csi, s) => {
+    await csi.controller('CreateVolume', { name: 'web', volume_capabilities: [cap] });
+    // A host filesystem mounted where the CO points the publish (a disk at /srv/x, say).
+    const host = path.join(s.dir, 'host-disk');
+    fs.mkdirSync(host);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tsvol-test-host', host]);
+    t.teardown(() => {
+      while (isMounted(host)) execFileSync('umount', ['-l', host]);
+    });
+    fs.writeFileSync(path.join(host, 'precious'), 'host data');
+    const req = { volume_id: 'web', target_path: host, volume_capability: cap };
+    await csi.node('NodePublishVolume', req);
+    t.false(fs.existsSync(path.join(host, 'precious')), 'the volume is bound over it');
+    await csi.node('NodeUnpublishVolume', { volume_id: 'web', target_path: host });
+    await csi.node('NodeUnpublishVolume', { volume_id: 'web', target_path: host });
+    t.true(isMounted(host), 'the host mount is still there');
+    t.is(fs.readFileSync(path.join(host, 'precious'), 'utf8'), 'host data');
+    t.like(await s.ok('/VolumeDriver.Get', { Name: 'web' }), { Volume: { Status: { mounts: 0 } } });
+    t.deepEqual(await csi.controller('DeleteVolume', { volume_id: 'web' }), {});
+  });
+});
+
+test('NodeUnpublishVolume of a target the volume never published removes nothing there', async (t) => {
+  await withCsi(t, async (csi, s) => {
+    await csi.controller('CreateVolume', { name: 'web', volume_capabilities: [cap] });
+    const dir = path.join(s.dir, 'not-ours');
+    fs.mkdirSync(dir);
+    t.deepEqual(await csi.node('NodeUnpublishVolume', { volume_id: 'web', target_path: dir }), {});
+    t.true(fs.existsSync(dir), 'a directory tsvol did not make is not deleted');
+    // A publish that fails after making its target removes the directory it made, and only that.
+    const file = path.join(s.dir, 'a-file');
+    fs.writeFileSync(file, 'x');
+    const bad = await fails(csi.node('NodePublishVolume', { volume_id: 'web', target_path: path.join(file, 'sub'), volume_capability: cap }));
+    t.not(bad.code, status.OK);
+    t.is(fs.readFileSync(file, 'utf8'), 'x');
+    t.like(await s.ok('/VolumeDriver.Get', { Name: 'web' }), { Volume: { Status: { mounts: 0 } } }, 'a failed publish holds nothing');
+    // A symlink at the target is not followed: its destination is neither mounted over nor removed.
+    const elsewhere = path.join(s.dir, 'elsewhere');
+    fs.mkdirSync(elsewhere);
+    fs.writeFileSync(path.join(elsewhere, 'keep'), 'k');
+    const link = path.join(s.dir, 'link');
+    fs.symlinkSync(elsewhere, link);
+    const viaLink = await fails(csi.node('NodePublishVolume', { volume_id: 'web', target_path: link, volume_capability: cap }));
+    t.is(viaLink.code, status.INVALID_ARGUMENT, viaLink.details);
+    t.false(isMounted(elsewhere));
+    t.is(fs.readFileSync(path.join(elsewhere, 'keep'), 'utf8'), 'k');
+    t.deepEqual(await csi.node('NodeUnpublishVolume', { volume_id: 'web', target_path: link }), {});
+    t.true(fs.lstatSync(link).isSymbolicLink());
+    t.like(await s.ok('/VolumeDriver.Get', { Name: 'web' }), { Volume: { Status: { mounts: 0 } } });
+    t.deepEqual(await csi.controller('DeleteVolume', { volume_id: 'web' }), {}, 'nothing holds the volume');
+  });
+});
+
+test('the decoder survives hostile messages: deep groups in unknown fields, prototype keys, huge numbers', async (t) => {
+  await withCsi(t, async (csi, s) => {
+    // Prototype names as parameter keys are options like any other: refused as unknown, nothing made.
+    for (const key of ['__proto__', 'constructor', 'toString', 'hasOwnProperty']) {
+      const e = await fails(csi.controller('CreateVolume', { name: `p-${key.replace(/_/g, 'x')}`, volume_capabilities: [cap], parameters: { [key]: '1' } }));
+      t.is(e.code, status.INVALID_ARGUMENT, key);
+    }
+    t.deepEqual((await csi.controller('ListVolumes', {})).entries, []);
+    const huge = await fails(csi.controller('CreateVolume', { name: 'big', volume_capabilities: [cap], capacity_range: { required_bytes: '9223372036854775807' } }));
+    t.true(huge.code === status.OUT_OF_RANGE || huge.code === status.INVALID_ARGUMENT, huge.details);
+    // A raw gRPC frame whose body is 1 MiB of nested group starts (an unknown field): an error, and the
+    // server still answers afterwards.
+    const body = Buffer.alloc(1 << 20, 0x0b);
+    await rawUnary(s.csiSocket!, '/csi.v1.Controller/ListVolumes', body).catch(() => undefined);
+    t.truthy(await csi.identity('Probe', {}));
+  });
+});
+
+/** Sends one unary gRPC call with `body` as the message bytes over h2 (the client's own encoder is bypassed). */
+async function rawUnary(socket: string, method: string, body: Buffer): Promise<void> {
+  const http2 = await import('node:http2');
+  const session = http2.connect('http://localhost', { createConnection: () => net.connect(socket) });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const req = session.request({ ':method': 'POST', ':path': method, 'content-type': 'application/grpc', te: 'trailers' });
+      const head = Buffer.alloc(5);
+      head.writeUInt32BE(body.length, 1);
+      req.on('response', () => undefined);
+      req.on('data', () => undefined);
+      req.on('end', resolve);
+      req.on('error', reject);
+      req.end(Buffer.concat([head, body]));
+    });
+  } finally {
+    session.close();
+  }
+}
