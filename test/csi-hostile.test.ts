@@ -101,6 +101,24 @@ test('the decoder survives hostile messages: deep groups in unknown fields, prot
   });
 });
 
+test('a capacity the data root cannot hold is OUT_OF_RANGE, and makes or grows nothing', async (t) => {
+  await withCsi(t, async (csi, s) => {
+    // 1 PiB: above ext4's 16 TiB per file (the test machine's data root: a filesystem that holds such a
+    // sparse file would make the volume, and this test says so).
+    const pib = String(2 ** 50);
+    const made = await fails(csi.controller('CreateVolume', { name: 'huge', volume_capabilities: [cap], capacity_range: { required_bytes: pib } }));
+    t.is(made.code, status.OUT_OF_RANGE, made.details);
+    t.regex(made.details, /more than a file on the data root's filesystem can hold/);
+    t.deepEqual((await csi.controller('ListVolumes', {})).entries, []);
+    t.deepEqual(fs.readdirSync(path.join(s.data, 'volumes')), []);
+    await csi.controller('CreateVolume', { name: 'small', volume_capabilities: [cap], capacity_range: { required_bytes: String(16 << 20) } });
+    const grown = await fails(csi.controller('ControllerExpandVolume', { volume_id: 'small', capacity_range: { required_bytes: pib } }));
+    t.is(grown.code, status.OUT_OF_RANGE, grown.details);
+    t.like(await csi.controller('ControllerGetVolume', { volume_id: 'small' }), { volume: { capacity_bytes: String(16 << 20) } });
+    t.deepEqual(await csi.controller('DeleteVolume', { volume_id: 'small' }), {});
+  });
+});
+
 /** Sends one unary gRPC call with `body` as the message bytes over h2 (the client's own encoder is bypassed). */
 async function rawUnary(socket: string, method: string, body: Buffer): Promise<void> {
   const http2 = await import('node:http2');
