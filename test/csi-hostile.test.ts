@@ -52,6 +52,28 @@ test('NodeUnpublishVolume unmounts only its own bind: a host mount under the tar
   });
 });
 
+test('every kind of volume is found at its target by device and inode: publish, republish, unpublish, in both modes', async (t) => {
+  await withCsi(t, async (csi, s) => {
+    await csi.controller('CreateVolume', { name: 'base', volume_capabilities: [cap] });
+    await csi.controller('CreateVolume', { name: 'sz', volume_capabilities: [cap], capacity_range: { required_bytes: String(32 << 20) } });
+    await csi.controller('CreateSnapshot', { name: 'snap', source_volume_id: 'base' });
+    await csi.controller('CreateVolume', { name: 'restored', volume_capabilities: [cap], volume_content_source: { snapshot: { snapshot_id: 'snap' } } });
+    await csi.controller('CreateVolume', { name: 'cloned', volume_capabilities: [cap], volume_content_source: { volume: { volume_id: 'base' } } });
+    for (const v of ['base', 'sz', 'restored', 'cloned']) {
+      const target = path.join(s.dir, 'pods', v, 'mount');
+      for (const ro of [false, true]) {
+        await csi.node('NodePublishVolume', { volume_id: v, target_path: target, volume_capability: cap, readonly: ro });
+        await csi.node('NodePublishVolume', { volume_id: v, target_path: target, volume_capability: cap, readonly: ro });
+        t.true(isMounted(target), v);
+        await csi.node('NodeUnpublishVolume', { volume_id: v, target_path: target });
+        t.false(fs.existsSync(target), v);
+      }
+      t.like(await s.ok('/VolumeDriver.Get', { Name: v }), { Volume: { Status: { mounts: 0 } } });
+      await csi.controller('DeleteVolume', { volume_id: v });
+    }
+  });
+});
+
 test('NodeUnpublishVolume of a target the volume never published removes nothing there', async (t) => {
   await withCsi(t, async (csi, s) => {
     await csi.controller('CreateVolume', { name: 'web', volume_capabilities: [cap] });
