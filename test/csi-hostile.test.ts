@@ -85,7 +85,10 @@ test('NodeUnpublishVolume of a target the volume never published removes nothing
     const file = path.join(s.dir, 'a-file');
     fs.writeFileSync(file, 'x');
     const bad = await fails(csi.node('NodePublishVolume', { volume_id: 'web', target_path: path.join(file, 'sub'), volume_capability: cap }));
-    t.not(bad.code, status.OK);
+    t.is(bad.code, status.INVALID_ARGUMENT, bad.details);
+    t.regex(bad.details, /target path ".*a-file\/sub" cannot be a directory \(ENOTDIR\)/);
+    const long = await fails(csi.node('NodePublishVolume', { volume_id: 'web', target_path: path.join(s.dir, 'x'.repeat(300)), volume_capability: cap }));
+    t.is(long.code, status.INVALID_ARGUMENT, long.details);
     t.is(fs.readFileSync(file, 'utf8'), 'x');
     t.like(await s.ok('/VolumeDriver.Get', { Name: 'web' }), { Volume: { Status: { mounts: 0 } } }, 'a failed publish holds nothing');
     // A symlink at the target is not followed: its destination is neither mounted over nor removed.

@@ -62,6 +62,20 @@ function mountedAt(p: string): boolean {
   }
 }
 
+/** Why mkdir of a target fails that is the caller's path, not a fault of the server. */
+const BAD_TARGET = new Set(['ENOTDIR', 'ENAMETOOLONG', 'ELOOP', 'EEXIST']);
+
+/** Makes the target directory and its missing parents; returns the first one it made. A path that cannot be a directory is InvalidArgument. */
+function makeTarget(target: string): string | undefined {
+  try {
+    return fs.mkdirSync(target, { recursive: true, mode: 0o750 });
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code !== undefined && BAD_TARGET.has(code)) throw new InvalidArgumentError(`target path "${target}" cannot be a directory (${code})`, { cause: err });
+    throw err;
+  }
+}
+
 /** O_PATH (linux/fcntl.h): Node has no constant for it. */
 const O_PATH = 0o10000000;
 
@@ -132,14 +146,17 @@ export function createPublisher(service: VolumeService & VolumeMechanics, log: L
         // A hold without its bind (a crash between the two, or a reboot) is completed below; the hold's
         // count stays one per target.
         const mountpoint = held(name, id) ? service.path(name) : await service.mount(name, id);
+        // What this call did, so that a failure undoes exactly that: its bind, the directories it made.
         let created: string | undefined;
+        let bound = false;
         try {
-          created = fs.mkdirSync(target, { recursive: true, mode: 0o750 });
+          created = makeTarget(target);
           await bindOnto(mountpoint, target);
+          bound = true;
           if (readOnly) await remountBindReadOnly(target);
         } catch (err) {
           try {
-            await unmountOurs(target, mountpoint);
+            if (bound) await unmountOurs(target, mountpoint);
             if (created !== undefined) removeMade(target, created);
             await service.unmount(name, id);
           } catch (undo) {
