@@ -74,6 +74,27 @@ test('every kind of volume is found at its target by device and inode: publish, 
   });
 });
 
+test('a publish below a symlinked directory (the kubelet root moved elsewhere) is idempotent in both modes', async (t) => {
+  await withCsi(t, async (csi, s) => {
+    await csi.controller('CreateVolume', { name: 'web', volume_capabilities: [cap] });
+    const real = path.join(s.dir, 'real-kubelet');
+    fs.mkdirSync(path.join(real, 'pods'), { recursive: true });
+    const kubelet = path.join(s.dir, 'kubelet');
+    fs.symlinkSync(real, kubelet);
+    for (const readonly of [true, false]) {
+      const target = path.join(kubelet, 'pods', `p-${readonly}`, 'mount');
+      const req = { volume_id: 'web', target_path: target, volume_capability: cap, readonly };
+      await csi.node('NodePublishVolume', req);
+      t.deepEqual(await csi.node('NodePublishVolume', req), {}, `repeated, readonly=${readonly}`);
+      const other = await fails(csi.node('NodePublishVolume', { ...req, readonly: !readonly }));
+      t.is(other.code, status.ALREADY_EXISTS);
+      await csi.node('NodeUnpublishVolume', { volume_id: 'web', target_path: target });
+      t.false(fs.existsSync(target));
+    }
+    t.like(await s.ok('/VolumeDriver.Get', { Name: 'web' }), { Volume: { Status: { mounts: 0 } } });
+  });
+});
+
 test('NodeUnpublishVolume of a target the volume never published removes nothing there', async (t) => {
   await withCsi(t, async (csi, s) => {
     await csi.controller('CreateVolume', { name: 'web', volume_capabilities: [cap] });

@@ -137,7 +137,9 @@ export function createPublisher(service: VolumeService & VolumeMechanics, log: L
       const id = publishMountId(target);
       await locks.run(path.resolve(target), async () => {
         if (held(name, id) && showsVolume(target, service.path(name))) {
-          const ro = mountOptionsAt(path.resolve(target))?.includes('ro') ?? false;
+          // mountinfo names the mount by its real path: a target below a symlinked directory (a kubelet root
+          // moved to another disk) is looked up by where the kernel put it, not by the path as given.
+          const ro = mountOptionsAt(fs.realpathSync(target))?.includes('ro') ?? false;
           if (ro === readOnly) return;
           throw new ConflictError(
             `volume "${name}" is already published at "${target}" ${ro ? 'read-only' : 'read-write'}; unpublish it first to publish it ${readOnly ? 'read-only' : 'read-write'}`,
