@@ -115,9 +115,10 @@ async function unmountOurs(target: string, mountpoint: string): Promise<void> {
 
 /** Removes the directories a failed publish made: `target` and its parents up to `created`, the first one mkdir made. */
 function removeMade(target: string, created: string): void {
-  for (let dir = path.resolve(target); dir.startsWith(created); dir = path.dirname(dir)) {
+  const first = path.resolve(created);
+  for (let dir = path.resolve(target); dir.startsWith(first); dir = path.dirname(dir)) {
     fs.rmdirSync(dir);
-    if (dir === created) return;
+    if (dir === first) return;
   }
 }
 
