@@ -139,6 +139,9 @@ test('the decoder survives hostile messages: deep groups in unknown fields, prot
     t.deepEqual((await csi.controller('ListVolumes', {})).entries, []);
     const huge = await fails(csi.controller('CreateVolume', { name: 'big', volume_capabilities: [cap], capacity_range: { required_bytes: '9223372036854775807' } }));
     t.true(huge.code === status.OUT_OF_RANGE || huge.code === status.INVALID_ARGUMENT, huge.details);
+    // Over gRPC's 4 MiB message limit: refused before it is decoded.
+    const over = await fails(csi.controller('CreateVolume', { name: 'over', volume_capabilities: [cap], parameters: { mode: 'x'.repeat(5 << 20) } }));
+    t.is(over.code, status.RESOURCE_EXHAUSTED, over.details);
     // A raw gRPC frame whose body is 1 MiB of nested group starts (an unknown field): an error, and the
     // server still answers afterwards.
     const body = Buffer.alloc(1 << 20, 0x0b);
