@@ -78,6 +78,7 @@ test('uploads cut mid-stream leave nothing; an export nobody reads keeps memory 
       await sleep(150);
       peak = Math.max(peak, rssMb(s.proc.pid!));
     }
+    t.log(`grew ${(peak - before).toFixed(1)} MiB`);
     t.true(peak - before < 32, `the server grew ${(peak - before).toFixed(0)} MiB for a 48 MiB export nobody reads`);
     stalled.destroy();
     await sleep(300);

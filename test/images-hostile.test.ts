@@ -91,12 +91,19 @@ const refusals: [string, Buffer, RegExp][] = [
 test('malformed image archives are refused by name and store nothing', async (t) => {
   const data = tempDir();
   t.teardown(() => cleanupDir(data));
-  for (const [what, archive, message] of refusals) {
-    const r = await load(data, archive);
-    t.not(r.status, 0, `${what}: refused`);
-    t.regex(r.out, message, what);
-    t.notRegex(r.out, /internal|TSVOL_INTERNAL|    at /i, `${what}: not an internal error`);
-    t.deepEqual(stateOf(data).filter((e) => !e.startsWith('tmp/')), [], `${what}: nothing stored`);
+  // Four at a time, each on a data root of its own (a load holds its root's lock).
+  for (let i = 0; i < refusals.length; i += 4) {
+    await Promise.all(
+      refusals.slice(i, i + 4).map(async ([what, archive, message]) => {
+        const own = tempDir();
+        t.teardown(() => cleanupDir(own));
+        const r = await load(own, archive);
+        t.not(r.status, 0, `${what}: refused`);
+        t.regex(r.out, message, what);
+        t.notRegex(r.out, /internal|TSVOL_INTERNAL|    at /i, `${what}: not an internal error`);
+        t.deepEqual(stateOf(own), [], `${what}: nothing stored`);
+      }),
+    );
   }
   // The good archive, gzip-wrapped, with its layer listed twice under two names (a hardlink): loads.
   const good = saveOf([{ Config: `two.json`, RepoTags: ['example.com/hostile:ok'], Layers: ['l/layer.tar', 'again.tar'] }], [file('two.json', configOf([diffId, diffId])), file('l/layer.tar', layer), link('again.tar', 'hardlink', 'l/layer.tar')]);
@@ -133,7 +140,7 @@ test('a document listed many times is read within a fixed budget: refused, memor
   t.not(r.status, 0);
   t.regex(r.out, /its documents, as its manifests and indexes list them, come to more than 67108864 bytes/);
   t.true(r.peakMb < 250, `peak RSS ${r.peakMb.toFixed(0)} MiB`);
-  t.deepEqual(stateOf(data).filter((e) => !e.startsWith('tmp/')), []);
+  t.deepEqual(stateOf(data), []);
 });
 
 test('an image deeper than 500 layers is refused before its layers cost anything', async (t) => {
@@ -162,5 +169,5 @@ test('an image deeper than 500 layers is refused before its layers cost anything
   t.regex(r2.out, /501 layers; an image has at most 500/);
   const r3 = await load(data, saveOf([{ Config: 'deep.json', Layers: ['l/layer.tar'] }], [file('deep.json', deepConfig), file('l/layer.tar', layer)]));
   t.regex(r3.out, /20000 diff_ids; an image has at most 500 layers/);
-  t.deepEqual(stateOf(data).filter((e) => !e.startsWith('tmp/')), []);
+  t.deepEqual(stateOf(data), []);
 });
