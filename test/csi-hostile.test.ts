@@ -29,24 +29,42 @@ function withCsi(t: { log: (m: string) => void }, fn: (csi: CsiClient, s: TestSe
   });
 }
 
-test('NodeUnpublishVolume unmounts only its own bind: a host mount under the target and its files stay', async (t) => {
+test('a host mount at the target is never unmounted: publish onto it and unpublish under it are FAILED_PRECONDITION', async (t) => {
   await withCsi(t, async (csi, s) => {
     await csi.controller('CreateVolume', { name: 'web', volume_capabilities: [cap] });
-    // A host filesystem mounted where the CO points the publish (a disk at /srv/x, say).
+    /** A tmpfs with a file, mounted at `dir` (a host disk at /srv/x, say). */
+    const hostMount = (dir: string): void => {
+      fs.mkdirSync(dir, { recursive: true });
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tsvol-test-host', dir]);
+      t.teardown(() => {
+        while (isMounted(dir)) execFileSync('umount', ['-l', dir]);
+      });
+      fs.writeFileSync(path.join(dir, 'precious'), 'host data');
+    };
+    // The CO points a publish at a host mount: refused, the mount and its files untouched.
     const host = path.join(s.dir, 'host-disk');
-    fs.mkdirSync(host);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tsvol-test-host', host]);
-    t.teardown(() => {
-      while (isMounted(host)) execFileSync('umount', ['-l', host]);
-    });
-    fs.writeFileSync(path.join(host, 'precious'), 'host data');
-    const req = { volume_id: 'web', target_path: host, volume_capability: cap };
-    await csi.node('NodePublishVolume', req);
-    t.false(fs.existsSync(path.join(host, 'precious')), 'the volume is bound over it');
+    hostMount(host);
+    const onto = await fails(csi.node('NodePublishVolume', { volume_id: 'web', target_path: host, volume_capability: cap }));
+    t.is(onto.code, status.FAILED_PRECONDITION, onto.details);
+    t.regex(onto.details, /is a mount point already \(not of volume "web"\)/);
     await csi.node('NodeUnpublishVolume', { volume_id: 'web', target_path: host });
-    await csi.node('NodeUnpublishVolume', { volume_id: 'web', target_path: host });
-    t.true(isMounted(host), 'the host mount is still there');
+    t.true(isMounted(host));
     t.is(fs.readFileSync(path.join(host, 'precious'), 'utf8'), 'host data');
+    t.like(await s.ok('/VolumeDriver.Get', { Name: 'web' }), { Volume: { Status: { mounts: 0 } } });
+
+    // Something mounted over a publish: unpublish refuses, unmounts nothing and keeps the hold (the volume
+    // is still bound underneath); once it is gone, unpublish finishes.
+    const target = path.join(s.dir, 'pods', 'p1', 'mount');
+    await csi.node('NodePublishVolume', { volume_id: 'web', target_path: target, volume_capability: cap });
+    hostMount(target);
+    const under = await fails(csi.node('NodeUnpublishVolume', { volume_id: 'web', target_path: target }));
+    t.is(under.code, status.FAILED_PRECONDITION, under.details);
+    t.regex(under.details, /something else is mounted over its publish/);
+    t.is(fs.readFileSync(path.join(target, 'precious'), 'utf8'), 'host data', 'the mount over it stays');
+    t.like(await s.ok('/VolumeDriver.Get', { Name: 'web' }), { Volume: { Status: { mounts: 1 } } });
+    execFileSync('umount', [target]);
+    await csi.node('NodeUnpublishVolume', { volume_id: 'web', target_path: target });
+    t.false(fs.existsSync(target));
     t.like(await s.ok('/VolumeDriver.Get', { Name: 'web' }), { Volume: { Status: { mounts: 0 } } });
     t.deepEqual(await csi.controller('DeleteVolume', { volume_id: 'web' }), {});
   });

@@ -10,14 +10,16 @@
  * bind, the target directory, then the hold.
  *
  * What a hostile orchestrator can make tsvol do at a path is what the spec implies: mount the volume there,
- * and undo exactly that. Only a mount that shows the volume's own directory (same device and inode) is
- * ever unmounted at a target, so a host filesystem under or over the target stays mounted; a directory is
- * removed only where this volume holds a publish (or a failed publish made it), never one tsvol did not make.
+ * and undo exactly that. A publish goes onto a directory nothing is mounted on (never a symlink); only a
+ * mount that shows the volume's own directory (same device and inode) is ever unmounted at a target, so a
+ * host filesystem there stays mounted (a mount over a publish makes unpublish refuse, rather than unmount
+ * it or leave the volume bound without a hold); a directory is removed only where this volume holds a
+ * publish (or a failed publish made it), never one tsvol did not make.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ConflictError, InvalidArgumentError, describeError, errnoCode, wrapError } from '../errors.js';
+import { ConflictError, InUseError, InvalidArgumentError, describeError, errnoCode, wrapError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { isMountRoot } from '../sys/libc.js';
 import { bindMountAsync, remountBindReadOnly, unmountTargetAsync } from '../sys/mount.js';
@@ -55,9 +57,9 @@ function mountedAt(p: string): boolean {
   try {
     return isMountRoot(p);
   } catch (err) {
-    // ENOENT: no target; ENOTDIR: a parent is a file, so there can be none: nothing mounted either way.
+    // ENOENT: no target; ENOTDIR, ENAMETOOLONG, ELOOP: a path that cannot exist. Nothing mounted either way.
     const code = errnoCode(err);
-    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
+    if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ENAMETOOLONG' || code === 'ELOOP') return false;
     throw err;
   }
 }
@@ -108,9 +110,17 @@ function showsVolume(target: string, mountpoint: string): boolean {
   return at.dev === own.dev && at.ino === own.ino;
 }
 
-/** Unmounts the volume's binds stacked at `target` (a crash between bind and remount may leave two), and nothing else. */
-async function unmountOurs(target: string, mountpoint: string): Promise<void> {
-  for (let i = 0; i < 16 && showsVolume(target, mountpoint); i++) await unmountTargetAsync(target, { ifBusy: 'detach' });
+/**
+ * Unmounts the volume's binds stacked at `target` (a crash between bind and remount may leave two), and
+ * nothing else; returns how many it unmounted.
+ */
+async function unmountOurs(target: string, mountpoint: string): Promise<number> {
+  let n = 0;
+  while (n < 16 && showsVolume(target, mountpoint)) {
+    await unmountTargetAsync(target, { ifBusy: 'detach' });
+    n++;
+  }
+  return n;
 }
 
 /** Removes the directories a failed publish made: `target` and its parents up to `created`, the first one mkdir made. */
@@ -146,6 +156,10 @@ export function createPublisher(service: VolumeService & VolumeMechanics, log: L
             `volume "${name}" is already published at "${target}" ${ro ? 'read-only' : 'read-write'}; unpublish it first to publish it ${readOnly ? 'read-only' : 'read-write'}`,
           );
         }
+        // Never onto another mount: unpublish could not tell it from the publish, nor the publish from it.
+        if (mountedAt(target)) {
+          throw new InUseError(`target path "${target}" is a mount point already (not of volume "${name}"); publish onto a directory nothing is mounted on`);
+        }
         // A hold without its bind (a crash between the two, or a reboot) is completed below; the hold's
         // count stays one per target.
         const mountpoint = held(name, id) ? service.path(name) : await service.mount(name, id);
@@ -177,9 +191,15 @@ export function createPublisher(service: VolumeService & VolumeMechanics, log: L
         service.get(name); // NotFound for an unknown volume, before anything is touched
         // A target this volume does not hold is not ours: nothing there is touched (a repeated unpublish).
         if (!held(name, id)) return;
-        await unmountOurs(target, service.path(name));
-        // A host mount left at the target was there before the publish: it and its directory stay.
-        if (!mountedAt(target)) {
+        const unmounted = await unmountOurs(target, service.path(name));
+        if (mountedAt(target)) {
+          // Something else is mounted there. Over the publish (nothing of ours was on top): it is not ours
+          // to unmount, and dropping the hold would leave the volume bound underneath, so refuse. Under it
+          // (a publish made over a mount point before they were refused): it stays, with its directory.
+          if (unmounted === 0) {
+            throw new InUseError(`unpublish volume "${name}": something else is mounted over its publish at "${target}"; unmount that first`);
+          }
+        } else {
           try {
             fs.rmdirSync(target);
           } catch (err) {
