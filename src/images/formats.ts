@@ -32,6 +32,14 @@ export const LAYER_TYPES: ReadonlySet<string> = new Set([MEDIA.ociLayer, MEDIA.o
 
 const DIGEST = /^sha256:[0-9a-f]{64}$/;
 
+/**
+ * The most layers an image may have. overlayfs stacks at most 500 lower directories (the kernel's
+ * OVL_MAX_STACK) and Docker refuses more than 125 (moby layer/layer_store.go maxLayerDepth), so no usable
+ * image is deeper; the bound keeps a document's cost linear (every layer's chain is computed from its
+ * base) whatever an archive or a registry says.
+ */
+export const MAX_IMAGE_LAYERS = 500;
+
 /** A content descriptor (OCI image-spec descriptor.md). */
 export interface Descriptor {
   readonly mediaType: string;
@@ -100,6 +108,7 @@ export function parseManifest(bytes: Buffer, what: string, mediaType?: string): 
   const config = parseDescriptor(m.config, `${what} config`);
   if (!CONFIG_TYPES.has(config.mediaType)) refuse(what, `unknown config media type ${JSON.stringify(config.mediaType)}`);
   if (!Array.isArray(m.layers)) refuse(what, 'layers must be an array');
+  if (m.layers.length > MAX_IMAGE_LAYERS) refuse(what, `${m.layers.length} layers; an image has at most ${MAX_IMAGE_LAYERS}`);
   const layers = (m.layers as unknown[]).map((l, i) => parseDescriptor(l, `${what} layer ${i}`));
   for (const l of layers) if (!LAYER_TYPES.has(l.mediaType)) refuse(what, `unknown layer media type ${JSON.stringify(l.mediaType)} (plain and gzip tar layers only)`);
   return { config, layers };
@@ -121,6 +130,7 @@ export function parseConfig(bytes: Buffer | string, what: string): ImageConfig {
   if (typeof rootfs !== 'object' || rootfs === null || rootfs.type !== 'layers' || !Array.isArray(rootfs.diff_ids)) {
     refuse(what, 'rootfs must be {type: "layers", diff_ids: [...]}');
   }
+  if (rootfs.diff_ids.length > MAX_IMAGE_LAYERS) refuse(what, `${rootfs.diff_ids.length} diff_ids; an image has at most ${MAX_IMAGE_LAYERS} layers`);
   const diffIds = (rootfs.diff_ids as unknown[]).map((d, i) => checkDigest(d, `${what} diff_ids[${i}]`));
   if (diffIds.length === 0) refuse(what, 'an image without layers is not supported');
   const history = Array.isArray(c.history) ? (c.history as HistoryEntry[]).filter((h) => typeof h === 'object' && h !== null) : undefined;

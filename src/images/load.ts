@@ -8,7 +8,7 @@
  */
 import { createHash } from 'node:crypto';
 import { InvalidArgumentError } from '../errors.js';
-import { INDEX_TYPES, MANIFEST_TYPES, MEDIA, parseConfig, parseIndex, parseJson, parseManifest, type Descriptor, type ImageConfig } from './formats.js';
+import { INDEX_TYPES, MANIFEST_TYPES, MAX_IMAGE_LAYERS, MEDIA, parseConfig, parseIndex, parseJson, parseManifest, type Descriptor, type ImageConfig } from './formats.js';
 import type { Ingested } from './ingest.js';
 import { isImageId, normalizeReference } from './reference.js';
 import type { Spool } from './spool.js';
@@ -72,9 +72,17 @@ function namesOf(raw: unknown, what: string): string[] {
   return (raw as string[]).map((t) => normalizeReference(t));
 }
 
+/** A manifest an index leads to: its descriptor, bytes, parsed form (parsed once) and names. */
+interface OciManifest {
+  readonly desc: Descriptor;
+  readonly bytes: Buffer;
+  readonly names: string[];
+  readonly parsed: { config: Descriptor; layers: Descriptor[] };
+}
+
 /** The manifests an OCI layout's index.json leads to (one level of nested index, this platform's entry). */
-function ociManifests(spool: Spool): { desc: Descriptor; bytes: Buffer; names: string[] }[] {
-  const out: { desc: Descriptor; bytes: Buffer; names: string[] }[] = [];
+function ociManifests(spool: Spool): OciManifest[] {
+  const out: OciManifest[] = [];
   const visit = (descs: Descriptor[], depth: number, names: string[]): void => {
     for (const d of descs) {
       const own = [...names];
@@ -90,7 +98,7 @@ function ociManifests(spool: Spool): { desc: Descriptor; bytes: Buffer; names: s
         const mine = entries.filter((e) => e.platform === undefined || (e.platform.os === 'linux' && e.platform.architecture === arch));
         visit(mine.slice(0, 1), depth + 1, own);
       } else if (MANIFEST_TYPES.has(d.mediaType)) {
-        out.push({ desc: d, bytes, names: own });
+        out.push({ desc: d, bytes, names: own, parsed: parseManifest(bytes, `manifest ${d.digest}`, d.mediaType) });
       } else {
         throw new InvalidArgumentError(`index.json refused: unknown media type ${JSON.stringify(d.mediaType)}`);
       }
@@ -103,6 +111,9 @@ function ociManifests(spool: Spool): { desc: Descriptor; bytes: Buffer; names: s
 /** The candidates of a spooled archive, from manifest.json (Docker) or index.json (OCI). */
 function candidatesOf(spool: Spool): Candidate[] {
   const oci = spool.has('index.json') ? ociManifests(spool) : [];
+  // Each config's manifest, found once (not once per entry and layer: a long list would make that quadratic).
+  const byConfig = new Map<string, OciManifest>();
+  for (const m of oci) if (!byConfig.has(m.parsed.config.digest)) byConfig.set(m.parsed.config.digest, m);
   if (spool.has('manifest.json')) {
     const list = JSON.parse(spool.read('manifest.json').toString()) as unknown;
     if (!Array.isArray(list)) throw new InvalidArgumentError('manifest.json refused: not a JSON list');
@@ -111,16 +122,17 @@ function candidatesOf(spool: Spool): Candidate[] {
       const e = parseJson(JSON.stringify(raw), what);
       if (typeof e.Config !== 'string') throw new InvalidArgumentError(`${what} refused: Config must be a path`);
       if (!Array.isArray(e.Layers) || !e.Layers.every((l) => typeof l === 'string')) throw new InvalidArgumentError(`${what} refused: Layers must be a list of paths`);
+      if (e.Layers.length > MAX_IMAGE_LAYERS) throw new InvalidArgumentError(`${what} refused: ${e.Layers.length} layers; an image has at most ${MAX_IMAGE_LAYERS}`);
       const configDigest = claimedDigest(e.Config);
       // Docker ≥ 25 also writes index.json: its manifest for this config is the image's manifest.
-      const match = configDigest === undefined ? undefined : oci.find((m) => parseManifest(m.bytes, `manifest ${m.desc.digest}`, m.desc.mediaType).config.digest === configDigest);
+      const match = configDigest === undefined ? undefined : byConfig.get(configDigest);
       return {
         names: namesOf(e.RepoTags, what),
         configPath: e.Config,
         ...(configDigest === undefined ? {} : { configDigest }),
         layers: (e.Layers as string[]).map((p, j) => {
           const d = claimedDigest(p);
-          const mediaType = match === undefined ? undefined : parseManifest(match.bytes, `manifest ${match.desc.digest}`, match.desc.mediaType).layers[j]?.mediaType;
+          const mediaType = match?.parsed.layers[j]?.mediaType;
           return { path: p, ...(d !== undefined && p.startsWith('blobs/') ? { digest: d } : {}), ...(mediaType === undefined ? {} : { mediaType }) };
         }),
         ...(match ? { manifest: { bytes: match.bytes, digest: match.desc.digest } } : {}),
@@ -128,8 +140,7 @@ function candidatesOf(spool: Spool): Candidate[] {
     });
   }
   if (oci.length === 0) throw new InvalidArgumentError('image archive refused: no manifest.json or index.json; want `docker save` output or an OCI layout tar');
-  return oci.map(({ desc, bytes, names }) => {
-    const m = parseManifest(bytes, `manifest ${desc.digest}`, desc.mediaType);
+  return oci.map(({ desc, bytes, names, parsed: m }) => {
     return {
       names,
       configPath: blobPath(m.config.digest),

@@ -14,6 +14,7 @@
  *
  * Only plain data crosses: the receiver checks every digest, size and DiffID itself.
  */
+import { InvalidArgumentError } from '../errors.js';
 
 /** What a pull is: the image's documents, byte-exact (base64), and the blobs whose bytes follow, by index. */
 export interface PullHeader {
@@ -66,7 +67,8 @@ export interface Frame {
 
 /**
  * Decodes frames from `input`. DATA payloads are passed on in the pieces they arrive in (no copy into a
- * frame-sized buffer); a HEADER is gathered whole (at most MAX_HEADER). Throws on a malformed stream.
+ * frame-sized buffer); a HEADER is gathered whole (at most MAX_HEADER). A malformed stream is InvalidArgument:
+ * it comes from a client.
  */
 export async function* readFrames(input: AsyncIterable<Buffer>): AsyncGenerator<Frame> {
   let buf: Buffer = Buffer.alloc(0);
@@ -82,7 +84,7 @@ export async function* readFrames(input: AsyncIterable<Buffer>): AsyncGenerator<
         const length = buf.readUInt32BE(5);
         buf = buf.subarray(PREFIX);
         if (type === FRAME.header ? length > MAX_HEADER : type === FRAME.data ? length > MAX_DATA : length !== 0 || type < 1 || type > 4) {
-          throw new Error(`malformed pull stream: frame type ${type} with ${length} bytes`);
+          throw new InvalidArgumentError(`pull stream refused: malformed frame: type ${type} with ${length} bytes`);
         }
         cur = { type, index, left: length, parts: [] };
         if (length === 0) {
@@ -104,5 +106,5 @@ export async function* readFrames(input: AsyncIterable<Buffer>): AsyncGenerator<
       }
     }
   }
-  if (cur !== undefined || buf.length > 0) throw new Error('malformed pull stream: it ends inside a frame');
+  if (cur !== undefined || buf.length > 0) throw new InvalidArgumentError('pull stream refused: it ends inside a frame');
 }

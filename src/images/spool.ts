@@ -21,6 +21,12 @@ import type { Ingested } from './ingest.js';
 
 /** The most bytes a JSON document of the archive may have (manifests, configs, index). */
 export const MAX_JSON = 8 << 20;
+/**
+ * The most bytes of documents one load reads into memory, all reads together: a document listed many times
+ * (an index naming one 8 MiB blob thousands of times) would otherwise be held and hashed once per mention.
+ * A `docker save` of hundreds of images reads a few MiB.
+ */
+export const MAX_DOCUMENT_BYTES = 64 << 20;
 /** The most entries an archive may hold. */
 const MAX_ENTRIES = 1 << 20;
 
@@ -76,7 +82,7 @@ export async function spoolArchive(input: AsyncIterable<Buffer>, dir: string, in
     for (let e = await reader.next(); e !== undefined; e = await reader.next()) {
       if (++n > MAX_ENTRIES) throw new InvalidArgumentError(`image archive refused: more than ${MAX_ENTRIES} entries`);
       const name = clean(e.header.path);
-      if (files.has(name) || links.has(name)) throw new InvalidArgumentError(`image archive refused: ${JSON.stringify(name)} appears twice`);
+      if (files.has(name) || links.has(name) || layers.has(name)) throw new InvalidArgumentError(`image archive refused: ${JSON.stringify(name)} appears twice`);
       switch (e.header.type) {
         case 'dir':
           await e.skip();
@@ -141,6 +147,7 @@ export async function spoolArchive(input: AsyncIterable<Buffer>, dir: string, in
     throw new InvalidArgumentError(`image archive refused: ${describeError(err)}`, { cause: err });
   }
   const digests = new Map<string, Promise<string>>();
+  let documentBytes = 0;
   /** The archive's own name of `name`, after its links. */
   function target(name: string): string {
     let p = clean(name);
@@ -173,6 +180,10 @@ export async function spoolArchive(input: AsyncIterable<Buffer>, dir: string, in
       const f = file(name);
       const size = fs.statSync(f).size;
       if (size > MAX_JSON) throw new InvalidArgumentError(`image archive refused: ${JSON.stringify(name)} is ${size} bytes; at most ${MAX_JSON} are accepted for metadata`);
+      documentBytes += size;
+      if (documentBytes > MAX_DOCUMENT_BYTES) {
+        throw new InvalidArgumentError(`image archive refused: its documents, as its manifests and indexes list them, come to more than ${MAX_DOCUMENT_BYTES} bytes (at ${JSON.stringify(name)})`);
+      }
       return fs.readFileSync(f);
     },
     digest(name) {

@@ -14,7 +14,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { errnoCode, describeError, UnavailableError } from '../errors.js';
+import { errnoCode, describeError, OutOfRangeError, UnavailableError } from '../errors.js';
 import { crashPoint } from '../sys/crash-point.js';
 import { fsyncDir } from '../sys/durable.js';
 import { growMountedExt4, mayResizeOnline, readExt4Size, readImageSize } from '../sys/ext4.js';
@@ -144,6 +144,20 @@ function run(cmd: string, args: readonly string[]): Promise<string> {
 }
 
 /**
+ * Sets the length of the image file `fd` to `limit`: a length the data root's filesystem cannot hold
+ * (EFBIG: above ext4's 16 TiB per file, say) is the caller's size, OutOfRange (CSI's OUT_OF_RANGE), not an
+ * internal failure.
+ */
+function setImageLength(fd: number, limit: number): void {
+  try {
+    fs.ftruncateSync(fd, limit);
+  } catch (err) {
+    if (errnoCode(err) !== 'EFBIG') throw err;
+    throw new OutOfRangeError(`a size of ${limit} bytes is more than a file on the data root's filesystem can hold; ask for less`, { cause: err });
+  }
+}
+
+/**
  * Makes `image` (a volume's disk.img, Layout's VolumeFiles): a sparse file of `limit` bytes holding an empty ext4 whose root has the given owner
  * and mode. No reserved blocks (-m 0): the whole limit is the volume's. Costs ~10 ms and only the
  * metadata's blocks on disk.
@@ -151,7 +165,7 @@ function run(cmd: string, args: readonly string[]): Promise<string> {
 export async function makeImage(image: string, limit: number, owner: { uid?: number; gid?: number; mode?: number }): Promise<void> {
   const fd = fs.openSync(image, 'wx', 0o600);
   try {
-    fs.ftruncateSync(fd, limit);
+    setImageLength(fd, limit);
   } finally {
     fs.closeSync(fd);
   }
@@ -197,7 +211,7 @@ export async function imageUsage(image: string): Promise<{ bytes: number; files:
 export function extendImage(image: string, limit: number): void {
   const fd = fs.openSync(image, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
   try {
-    if (fs.fstatSync(fd).size < limit) fs.ftruncateSync(fd, limit);
+    if (fs.fstatSync(fd).size < limit) setImageLength(fd, limit);
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
@@ -303,6 +317,28 @@ export class ImageCheckError extends UnavailableError {}
 
 /** tmp/grow-<id>/disk.img: an offline grow's copy of a volume's image, in a stage of the live grower. */
 const GROW_STAGE = 'grow';
+/** Staging directories of checkImageLength's probe files (tmp/size-probe-*). */
+const PROBE_STAGE = 'size-probe';
+
+/**
+ * Throws OutOfRange unless the data root's filesystem can hold an image file of `limit` bytes: a sparse
+ * probe file of that length in a stage of `tmpDir` (no blocks, removed at once; a crash leaves a stage that
+ * start-up sweeps). A grow checks this before it records the new limit, so a size no file there can have
+ * (above ext4's 16 TiB) is refused with nothing changed, online or offline.
+ */
+export async function checkImageLength(tmpDir: string, limit: number): Promise<void> {
+  const stage = await createStage(tmpDir, PROBE_STAGE);
+  try {
+    const fd = fs.openSync(path.join(stage.dir, 'probe'), 'wx', 0o600);
+    try {
+      setImageLength(fd, limit);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } finally {
+    await stage.remove();
+  }
+}
 const GROWN_IMAGE = 'disk.img';
 
 /**
@@ -333,7 +369,12 @@ export async function growImageOffline(image: string, limit: number, tmpDir: str
   try {
     const copy = path.join(stage.dir, GROWN_IMAGE);
     await run('cp', ['--reflink=auto', '--sparse=always', '--preserve=mode,ownership', '--', image, copy]);
-    fs.truncateSync(copy, limit); // made durable with the rest of the copy below
+    const copyFd = fs.openSync(copy, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
+    try {
+      setImageLength(copyFd, limit); // made durable with the rest of the copy below
+    } finally {
+      fs.closeSync(copyFd);
+    }
     try {
       await runLogged('e2fsck', ['-f', '-p', copy], log, (code) => code <= 1);
     } catch (err) {

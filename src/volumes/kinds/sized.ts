@@ -24,6 +24,7 @@ import type { VolumeFiles } from '../../store/layout.js';
 import { nullProtoRecord } from '../../store/volume-store.js';
 import { parseSize } from '../options.js';
 import {
+  checkImageLength,
   applyProjectQuota,
   clearGrowing,
   clearProjectQuota,
@@ -167,6 +168,7 @@ export const sized: VolumeKind<'sized'> = {
           `volume "${rec.name}" is in use, and growing its mounted filesystem needs CAP_SYS_RESOURCE, which this server lacks; stop the containers and pods using it and retry, or grant the capability`,
         );
       }
+      await checkImageLength(ctx.layout.tmpDir, limit); // before anything changes
       markGrowing(files.growing);
       // Online, the loop device takes the file's size. Offline, the image is never written: its grown
       // copy is extended instead (growImageOffline).
