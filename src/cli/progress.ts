@@ -2,10 +2,10 @@
  * A progress bar on stderr for long imports and exports, drawn only when stderr is a terminal (never
  * into a pipe or a log). With a known total it shows a bar and a percentage; otherwise bytes so far.
  */
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { InvalidArgumentError, errnoCode } from '../errors.js';
-import { fsyncDir, tempNameFor } from '../sys/durable.js';
 
 function mb(n: number): string {
   return `${(n / 1e6).toFixed(1)} MB`;
@@ -81,7 +81,8 @@ export async function writeOut(chunks: AsyncIterable<Buffer>, output: string | u
     return;
   }
   const dir = path.dirname(path.resolve(output));
-  const tmp = path.join(dir, tempNameFor(path.basename(output)));
+  // A user's file, not state: the CLI's own temp name and directory fsync (src/cli/ stays off sys/).
+  const tmp = path.join(dir, `.${path.basename(output)}.tsvol-${randomBytes(6).toString('hex')}`);
   const fd = fs.openSync(tmp, 'wx', 0o644);
   // Interrupted (Ctrl-C, kill): the temp file goes, then the signal does what it would have done.
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -100,5 +101,10 @@ export async function writeOut(chunks: AsyncIterable<Buffer>, output: string | u
     if (!done) fs.rmSync(tmp, { force: true });
   }
   fs.renameSync(tmp, output);
-  fsyncDir(dir);
+  const dirFd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    fs.fsyncSync(dirFd);
+  } finally {
+    fs.closeSync(dirFd);
+  }
 }

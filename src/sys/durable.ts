@@ -133,7 +133,7 @@ export function writeFileDurable(file: string, data: string | Uint8Array, mode =
 }
 
 /** The name of a new temp file beside `name` (see TEMP_MARKER). */
-export function tempNameFor(name: string): string {
+function tempNameFor(name: string): string {
   return `.${name}${TEMP_MARKER}${randomBytes(6).toString('hex')}`;
 }
 
