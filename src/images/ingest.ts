@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { InvalidArgumentError, describeError } from '../errors.js';
 import type { LayerStore, StagedLayer } from '../layers/layer-store.js';
-import { decompressed } from '../layers/tar/gzip.js';
+import { hashLayerTarOffThread } from '../layers/unpack-thread.js';
 import { Channel } from './channel.js';
 
 /** What ingestLayer does with the bytes besides hashing them. */
@@ -102,12 +102,7 @@ export async function ingestLayer(raw: AsyncIterable<Buffer>, store: LayerStore,
       diffId = staged.diffId;
       tarSize = staged.tarSize ?? 0;
     } else {
-      const h = createHash('sha256');
-      for await (const c of decompressed(chan)) {
-        h.update(c);
-        tarSize += c.length;
-      }
-      diffId = `sha256:${h.digest('hex')}`;
+      ({ diffId, tarSize } = await hashLayerTarOffThread(chan));
     }
     if (!compressed) plainDigest = diffId;
   } catch (err) {

@@ -1,0 +1,88 @@
+/**
+ * Worker-thread entry of the unpack workers (unpack-thread.ts, #11): runs one job at a time, a layer tar
+ * fed by the main thread in data messages, unpacked into a stage (stage-unpack.ts) or only hashed, and
+ * answers its result or its error. The Beneath walks (sys/beneath.ts) bind libc through koffi in this
+ * thread as in any other.
+ */
+import { parentPort } from 'node:worker_threads';
+import { TsvolError, describeError, errnoCode } from '../errors.js';
+import { hashLayerTar, unpackIntoStage } from './stage-unpack.js';
+import { WORKER_CRASH_POINT, type FromWorker, type ToWorker, type UnpackResult, type WireError } from './unpack-protocol.js';
+
+const port = parentPort!;
+const send = (m: FromWorker): void => port.postMessage(m);
+
+/** The job being run: its id and its input's queue. */
+let current: { readonly id: number; readonly input: Inbox } | undefined;
+
+/** A job's bytes as they come; the main thread sends a few at most ahead (its credits), so no bound here. */
+class Inbox implements AsyncIterable<Buffer> {
+  private readonly queue: Buffer[] = [];
+  private ended = false;
+  private aborted = false;
+  private wake: (() => void) | undefined;
+  private taken = 0;
+  constructor(
+    private readonly id: number,
+    private readonly crashAt: string | undefined,
+  ) {}
+
+  put(m: ToWorker): void {
+    if (m.t === 'data') this.queue.push(Buffer.from(m.buf, 0, m.len));
+    else if (m.t === 'end') this.ended = true;
+    else if (m.t === 'abort') this.aborted = true;
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Buffer> {
+    return {
+      next: async (): Promise<IteratorResult<Buffer>> => {
+        for (;;) {
+          if (this.aborted) throw new Error('the layer source failed');
+          const value = this.queue.shift();
+          if (value !== undefined) {
+            // A test's thread crash, mid-unpack: the stage holds part of the layer by now.
+            if (this.taken++ === 1 && this.crashAt === WORKER_CRASH_POINT) process.exit(70);
+            send({ t: 'ack', id: this.id });
+            return { value, done: false };
+          }
+          if (this.ended) return { value: undefined, done: true };
+          await new Promise<void>((r) => (this.wake = r));
+        }
+      },
+      // The unpack stopped early (a refused tar): it answers at once; what still comes is dropped.
+      return: async (): Promise<IteratorResult<Buffer>> => {
+        this.queue.length = 0;
+        return { value: undefined, done: true };
+      },
+    };
+  }
+}
+
+function wireError(err: unknown): WireError {
+  return { message: describeError(err), code: errnoCode(err), tsvol: err instanceof TsvolError };
+}
+
+async function run(id: number, m: Extract<ToWorker, { t: 'job' }>, input: Inbox): Promise<void> {
+  let reply: FromWorker;
+  try {
+    const result: UnpackResult = m.job.kind === 'stage' ? await unpackIntoStage(m.job.paths, input) : await hashLayerTar(input);
+    reply = { t: 'done', id, result };
+  } catch (err) {
+    reply = { t: 'failed', id, error: wireError(err) };
+  }
+  current = undefined;
+  send(reply);
+}
+
+port.on('message', (m: ToWorker) => {
+  if (m.t === 'job') {
+    const input = new Inbox(m.id, m.crashAt);
+    current = { id: m.id, input };
+    void run(m.id, m, input);
+    return;
+  }
+  if (current?.id === m.id) current.input.put(m);
+});
