@@ -3,7 +3,9 @@
  * streaming from a registry), they are hashed as they arrive (the blob digest), kept in a file when they
  * are compressed (the blob area keeps a pull's gzip layers byte-exact), decompressed, hashed again (the
  * DiffID) and unpacked into a stage of the layer store, all at once. Nothing is buffered whole and
- * nothing is read twice. Nothing is published here either: the caller checks the digests against the
+ * nothing is read twice. The blob digest and the kept file are this thread's; the gunzip, the DiffID and
+ * the unpack run on an unpack worker, one per layer (src/layers/unpack-thread.ts), so a pull's layers
+ * unpack on the other core while this thread receives. Nothing is published here either: the caller checks the digests against the
  * manifest and the config, and only then publishes (LayerStore.publishLayer) or discards.
  */
 import { createHash } from 'node:crypto';
