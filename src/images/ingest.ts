@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { InvalidArgumentError, describeError } from '../errors.js';
 import type { LayerStore, StagedLayer } from '../layers/layer-store.js';
-import { hashLayerTarOffThread } from '../layers/unpack-thread.js';
+import { GrowingFile, hashLayerTarOffThread, type UnpackInput } from '../layers/unpack-thread.js';
 import { Channel } from './channel.js';
 
 /** What ingestLayer does with the bytes besides hashing them. */
@@ -53,6 +53,10 @@ export async function ingestLayer(raw: AsyncIterable<Buffer>, store: LayerStore,
   let size = 0;
   let compressed: boolean | undefined;
   let keepFd: number | undefined;
+  /** A kept blob: the unpack reads it from its file as it is written (no queue: the disk is the buffer). */
+  let kept: GrowingFile | undefined;
+  let decide!: (input: UnpackInput) => void;
+  const input = new Promise<UnpackInput>((resolve) => (decide = resolve));
   const head: Buffer[] = [];
   let headLen = 0;
   /** Decides gzip or not once two bytes are in; until then holds them back. */
@@ -63,14 +67,20 @@ export async function ingestLayer(raw: AsyncIterable<Buffer>, store: LayerStore,
       if (headLen < 2) return;
       const h = Buffer.concat(head);
       compressed = h[0] === GZIP[0] && h[1] === GZIP[1];
-      if (compressed && opts.keep !== undefined) keepFd = fs.openSync(opts.keep, 'wx', 0o600);
+      if (compressed && opts.keep !== undefined) {
+        keepFd = fs.openSync(opts.keep, 'wx', 0o600);
+        kept = new GrowingFile(opts.keep);
+      }
+      decide(kept ?? chan);
       head.length = 0;
       chunk = h;
     }
     // A plain tar's digest is its DiffID, which the unpacker hashes: one sha256 pass, not two.
     if (compressed) hash.update(chunk);
-    if (keepFd !== undefined) fs.writeSync(keepFd, chunk);
-    await chan.push(chunk);
+    if (keepFd !== undefined) {
+      for (let off = 0; off < chunk.length; ) off += fs.writeSync(keepFd, chunk, off);
+      kept!.grew(chunk.length);
+    } else await chan.push(chunk);
   };
   const pump = (async () => {
     try {
@@ -81,11 +91,15 @@ export async function ingestLayer(raw: AsyncIterable<Buffer>, store: LayerStore,
       if (compressed === undefined) {
         // Fewer than two bytes in all: no gzip stream, and not a tar either (the unpacker says so).
         compressed = false;
+        decide(chan);
         for (const h of head) await chan.push(h);
       }
       chan.end();
+      kept?.end();
     } catch (err) {
+      decide(chan); // failed before its first two bytes: the unpack reads the failure from the queue
       chan.fail(err);
+      kept?.fail(err);
       throw err;
     } finally {
       if (keepFd !== undefined) fs.closeSync(keepFd);
@@ -99,12 +113,13 @@ export async function ingestLayer(raw: AsyncIterable<Buffer>, store: LayerStore,
   let plainDigest: string | undefined;
   let tarSize = 0;
   try {
+    const from = await input;
     if (opts.unpack) {
-      staged = await store.stageLayer(chan);
+      staged = await store.stageLayer(from);
       diffId = staged.diffId;
       tarSize = staged.tarSize ?? 0;
     } else {
-      ({ diffId, tarSize } = await hashLayerTarOffThread(chan));
+      ({ diffId, tarSize } = await hashLayerTarOffThread(from));
     }
     if (!compressed) plainDigest = diffId;
   } catch (err) {

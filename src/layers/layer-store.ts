@@ -36,7 +36,7 @@ import { discardDir, discardFile, stageForDelete, sweepLayerStages } from './dis
 import { removeShortLink } from './overlay.js';
 import { hashTreeInWorker } from './tree-split.js';
 import { replaySplit, toLayerForm } from './unpack.js';
-import { unpackIntoStageOffThread } from './unpack-thread.js';
+import { unpackIntoStageOffThread, type UnpackInput } from './unpack-thread.js';
 
 export type { LayerRecord } from '../store/records.js';
 
@@ -82,9 +82,11 @@ export interface LayerStore {
   /**
    * Unpacks a layer tar (plain or gzip) into a fresh stage, hashing its DiffID on the way: the expensive
    * half of an import, outside the store's queue, so any number run at once (an image's layers, two
-   * loads). Hostile entries are refused here (InvalidArgument) and the stage is deleted.
+   * loads). Hostile entries are refused here (InvalidArgument) and the stage is deleted. The unpack runs on
+   * a worker thread (unpack-thread.ts); a GrowingFile input (a blob being kept) is read there from the
+   * file, and may wait for a turn.
    */
-  stageLayer(input: AsyncIterable<Buffer>): Promise<StagedLayer>;
+  stageLayer(input: UnpackInput): Promise<StagedLayer>;
   /** The diff `diffId` as a StagedLayer if the store has it (no unpack needed), else undefined. */
   reuseDiff(diffId: string): StagedLayer | undefined;
   /**
@@ -285,7 +287,7 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
   /** A StagedLayer's own parts, by the object the store handed out. */
   const stagedParts = new WeakMap<StagedLayer, LayerStageFiles | undefined>();
 
-  async function stageLayer(input: AsyncIterable<Buffer>): Promise<StagedLayer> {
+  async function stageLayer(input: UnpackInput): Promise<StagedLayer> {
     const stage = await createStage(layout.tmpDir, 'import');
     try {
       const files = layerStageFiles(stage.dir);

@@ -5,6 +5,7 @@
  *
  *   main → worker   job    the job: a stage to unpack into (or none: only hash the tar)
  *                   data   the next bytes of the tar as it came (gzip or plain), an ArrayBuffer handed over
+ *                   grew   (a job reading a file) the file now holds this many bytes
  *                   end    no more bytes
  *                   abort  the source failed: stop, and answer
  *   worker → main   ack    one data message was taken by the unpack: a credit back
@@ -25,8 +26,15 @@ export interface WireError {
   readonly tsvol: boolean;
 }
 
+/**
+ * Where a job's bytes come from: data messages, or a file the main thread is writing (a blob it keeps),
+ * read by the worker up to what `grew` messages say was written.
+ */
+export type JobSource = { readonly kind: 'messages' } | { readonly kind: 'file'; readonly path: string; readonly written: number; readonly ended: boolean };
+
 export type ToWorker =
-  | { readonly t: 'job'; readonly id: number; readonly job: UnpackJob; readonly crashAt: string | undefined }
+  | { readonly t: 'job'; readonly id: number; readonly job: UnpackJob; readonly source: JobSource; readonly crashAt: string | undefined }
+  | { readonly t: 'grew'; readonly id: number; readonly written: number }
   | { readonly t: 'data'; readonly id: number; readonly buf: ArrayBuffer; readonly len: number }
   | { readonly t: 'end'; readonly id: number }
   | { readonly t: 'abort'; readonly id: number };

@@ -21,6 +21,7 @@
  * worker has answered; a worker that dies fails its job with an InternalError once its thread has ended.
  * Either way the caller deletes the stage only after the worker has stopped writing into it.
  */
+import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { InternalError, errorOfCode, isErrorCode } from '../errors.js';
 import { tarRefusal, type StagePaths, type StageUnpacked } from './stage-unpack.js';
@@ -52,9 +53,52 @@ let spawned = 0;
 let busy = 0;
 let nextJob = 1;
 
-/** Counts for tests: workers started so far, and those running a job now. */
-export function unpackThreads(): { readonly spawned: number; readonly busy: number; readonly idle: number } {
-  return { spawned, busy, idle: idle.length };
+/**
+ * How many jobs run at once before a job reading a file waits for one to end (jobs fed by messages never
+ * wait: see the module comment): one core is left to the receiving thread and the sender. On this 2-core
+ * VM that is one unpack at a time: two at once took 30-60 % more CPU per pull (threads creating inodes at
+ * once on one ext4 filesystem contend, and each cold worker pays its own JIT warm-up), so a pull was no
+ * faster for it.
+ */
+const RUNNING = Math.max(1, os.availableParallelism() - 1);
+/** Jobs reading a file, waiting for a running one to end. */
+const waiting: (() => void)[] = [];
+
+/**
+ * A file being written by this thread (a blob it keeps) that an unpack reads as it grows: the writer says
+ * how far it wrote, and when it ended or failed. The worker reads the file itself, so its bytes never
+ * pass through this thread again, and the writer never waits for the unpack (the disk is the buffer).
+ */
+export class GrowingFile {
+  written = 0;
+  ended = false;
+  failure: { readonly err: unknown } | undefined;
+  private listener: (() => void) | undefined;
+  constructor(readonly path: string) {}
+  /** `bytes` more were written (and are readable). */
+  grew(bytes: number): void {
+    this.written += bytes;
+    this.listener?.();
+  }
+  /** Nothing more will be written. */
+  end(): void {
+    this.ended = true;
+    this.listener?.();
+  }
+  /** The writing failed: the unpack stops with `err` (as a failed source). */
+  fail(err: unknown): void {
+    this.failure ??= { err };
+    this.listener?.();
+  }
+  /** @internal the job reading it */
+  listen(fn: (() => void) | undefined): void {
+    this.listener = fn;
+  }
+}
+
+/** Counts for tests: workers started so far, those running a job now, idle ones, jobs waiting for a turn. */
+export function unpackThreads(): { readonly spawned: number; readonly busy: number; readonly idle: number; readonly waiting: number } {
+  return { spawned, busy, idle: idle.length, waiting: waiting.length };
 }
 
 /**
@@ -93,8 +137,14 @@ function take(): PoolWorker {
   return pw;
 }
 
-function giveBack(pw: PoolWorker): void {
+/** A job ended: its worker is free, and a job waiting for a turn may start. */
+function jobEnded(): void {
   busy--;
+  waiting.shift()?.();
+}
+
+function giveBack(pw: PoolWorker): void {
+  jobEnded();
   pw.onMessage = undefined;
   pw.onExit = undefined;
   pw.worker.unref();
@@ -151,7 +201,7 @@ async function runJob(input: AsyncIterable<Buffer>, job: UnpackJob): Promise<Unp
   const post = (m: ToWorker, transfer?: ArrayBuffer[]): void => {
     if (alive) pw.worker.postMessage(m, transfer);
   };
-  post({ t: 'job', id, job, crashAt: process.env.TSVOL_CRASH_AT });
+  post({ t: 'job', id, job, source: { kind: 'messages' }, crashAt: process.env.TSVOL_CRASH_AT });
 
   const it = input[Symbol.asyncIterator]();
   let sourceFailure: { err: unknown } | undefined;
@@ -202,7 +252,7 @@ async function runJob(input: AsyncIterable<Buffer>, job: UnpackJob): Promise<Unp
   }
   await ended;
   if (alive) giveBack(pw);
-  else busy--;
+  else jobEnded();
   if (reading) {
     // Closed as a tar reader closes what it stops reading. A next() still pending (a quiet source) would
     // hold a generator's return() until it settles: then the close goes on without being waited for.
@@ -216,14 +266,91 @@ async function runJob(input: AsyncIterable<Buffer>, job: UnpackJob): Promise<Unp
 }
 
 /**
+ * Runs `job` on an unpack worker reading `file` as it grows, once fewer than RUNNING jobs run; resolves to
+ * its result once the worker has answered. A failure of the file's writer stops the worker (abort) and is
+ * reported as a failed source.
+ */
+async function runFileJob(file: GrowingFile, job: UnpackJob): Promise<UnpackResult> {
+  if (busy >= RUNNING) {
+    // Waits without holding anything up: the file's writer goes on (it never waits for this job).
+    await new Promise<void>((resolve) => {
+      waiting.push(resolve);
+      file.listen(() => {
+        if (file.failure === undefined) return;
+        waiting.splice(waiting.indexOf(resolve), 1);
+        resolve();
+      });
+    });
+    file.listen(undefined);
+    if (file.failure !== undefined) throw tarRefusal(file.failure.err);
+  }
+  const pw = take();
+  const id = nextJob++;
+  let outcome: Outcome | undefined;
+  let alive = true;
+  const ended = new Promise<void>((settle) => {
+    pw.onMessage = (m) => {
+      if (m.id !== id || m.t === 'ack') return;
+      outcome ??= m.t === 'done' ? { ok: true, result: m.result } : { ok: false, error: fromWire(m.error) };
+      settle();
+    };
+    pw.onExit = (why) => {
+      alive = false;
+      outcome ??= { ok: false, error: new InternalError(`the layer's unpack worker died (${why}); the layer was not stored: try again`) };
+      settle();
+    };
+  });
+  const post = (m: ToWorker): void => {
+    if (alive && outcome === undefined) pw.worker.postMessage(m);
+  };
+  post({ t: 'job', id, job, source: { kind: 'file', path: file.path, written: file.written, ended: file.ended }, crashAt: process.env.TSVOL_CRASH_AT });
+  let told = file.written;
+  let stopped = file.ended;
+  const update = (): void => {
+    if (stopped) return;
+    if (file.failure !== undefined) {
+      stopped = true;
+      post({ t: 'abort', id });
+      return;
+    }
+    // Told in steps of a batch, not per chunk written: the worker reads what it was told of.
+    if (file.written - told >= BATCH || file.ended) {
+      told = file.written;
+      post({ t: 'grew', id, written: told });
+    }
+    if (file.ended) {
+      stopped = true;
+      post({ t: 'end', id });
+    }
+  };
+  file.listen(update);
+  update();
+  try {
+    await ended;
+  } finally {
+    file.listen(undefined);
+  }
+  if (alive) giveBack(pw);
+  else jobEnded();
+  if (file.failure !== undefined && stopped && !file.ended) throw tarRefusal(file.failure.err);
+  if (!outcome!.ok) throw outcome!.error;
+  return outcome!.result;
+}
+
+/** An unpack's input: a byte stream, or a file being written (GrowingFile). */
+export type UnpackInput = AsyncIterable<Buffer> | GrowingFile;
+
+const run = (input: UnpackInput, job: UnpackJob): Promise<UnpackResult> => (input instanceof GrowingFile ? runFileJob(input, job) : runJob(input, job));
+
+/**
  * Unpacks the layer tar `input` (plain or gzip) into the stage `paths` on an unpack worker: what
  * stage-unpack.ts unpackIntoStage does, with the same results and errors, off this thread.
  */
-export async function unpackIntoStageOffThread(paths: StagePaths, input: AsyncIterable<Buffer>): Promise<StageUnpacked> {
-  return (await runJob(input, { kind: 'stage', paths })) as StageUnpacked;
+export async function unpackIntoStageOffThread(paths: StagePaths, input: UnpackInput): Promise<StageUnpacked> {
+  return (await run(input, { kind: 'stage', paths })) as StageUnpacked;
 }
 
 /** stage-unpack.ts hashLayerTar on an unpack worker. */
-export async function hashLayerTarOffThread(input: AsyncIterable<Buffer>): Promise<{ diffId: string; tarSize: number }> {
-  return runJob(input, { kind: 'hash' });
+export async function hashLayerTarOffThread(input: UnpackInput): Promise<{ diffId: string; tarSize: number }> {
+  return run(input, { kind: 'hash' });
 }
