@@ -12,6 +12,7 @@ import { InternalError, InvalidArgumentError } from '../src/errors.js';
 import { unpackIntoStage } from '../src/layers/stage-unpack.js';
 import { WORKER_CRASH_POINT } from '../src/layers/unpack-protocol.js';
 import { unpackThreads } from '../src/layers/unpack-thread.js';
+import { ingestLayer } from '../src/images/ingest.js';
 import { threadCpuSeconds } from '../bench/proc.js';
 import { openLayerStore } from './helpers/store.js';
 import { requireRoot, tempDir } from './helpers/server.js';
@@ -134,4 +135,39 @@ test.serial('an unpack worker that dies mid-layer fails that import with an Inte
   const layer = await store.importLayer(chunks(tar));
   t.is(layer.files, 600);
   t.log(`workers started: ${unpackThreads().spawned - spawned} (the dead one is replaced)`);
+});
+
+test.serial('a kept gzip blob unpacks from its file on the worker: a cut source removes the stage and the kept file, a hostile one keeps its words', async (t) => {
+  if (!requireRoot(t)) return;
+  const dir = tempDir();
+  const root = path.join(dir, 'layers');
+  const store = openLayerStore(root);
+  const tar = layerTar('kept', 600, 8192);
+  const gz = zlib.gzipSync(tar, { level: 1 });
+  // Whole: the blob is kept byte for byte, and the layer unpacks from that file.
+  const whole = await ingestLayer(chunks(gz), store, { unpack: true, keep: path.join(dir, 'whole') });
+  t.is(whole.error, undefined);
+  t.is(whole.staged?.files, 600);
+  t.deepEqual(fs.readFileSync(path.join(dir, 'whole')), gz);
+  await whole.staged?.discard();
+  // Cut mid-blob: the source's own error, and nothing left (the worker stopped before the stage went).
+  const cut = await t.throwsAsync(ingestLayer(chunks(gz.subarray(0, gz.length >> 1), new Error('connection reset by the test')), store, { unpack: true, keep: path.join(dir, 'cut') }));
+  t.is(cut?.message, 'connection reset by the test');
+  t.false(fs.existsSync(path.join(dir, 'cut')));
+  t.deepEqual(stagesIn(root), []);
+  t.like(unpackThreads(), { busy: 0, waiting: 0 });
+  // Hostile: refused with the words an unpack on this thread gives.
+  const evil = zlib.gzipSync(simpleTar([{ path: '../../etc/evil', type: 'file', body: Buffer.from('x') }]));
+  const here = path.join(dir, 'here');
+  fs.mkdirSync(path.join(here, 'diff'), { recursive: true });
+  const local = await unpackIntoStage({ dir: here, diff: path.join(here, 'diff'), split: path.join(here, 'split') }, chunks(evil)).then(
+    () => undefined,
+    (err: unknown) => err as Error,
+  );
+  const refused = await ingestLayer(chunks(evil), store, { unpack: true, keep: path.join(dir, 'evil') });
+  t.true(refused.error instanceof InvalidArgumentError);
+  t.is(refused.error?.message, local?.message);
+  t.is(refused.staged, undefined);
+  t.deepEqual(stagesIn(root), []);
+  t.like(unpackThreads(), { busy: 0, waiting: 0 });
 });

@@ -3,18 +3,22 @@
  * file's creation and metadata, the split file and the early writeback (stage-unpack.ts) run on an unpack
  * worker (unpack-worker.ts), so the store's thread keeps only receiving the bytes, its own bookkeeping
  * (the stage, its lock, the publish) and whatever its caller does with the bytes on the way (a pull's
- * blob digest and kept blob). On a two-core machine a pull's main thread was busy nearly the whole pull
- * unpacking; now the layers unpack on the other core, several at once.
+ * blob digest and kept blob). A pull's main thread was busy unpacking nearly the whole pull; now it is
+ * free for other requests.
  *
- * One worker per layer being unpacked, never one for two at once: each layer's bytes are a bounded
- * stream, and a pull interleaves its blobs, so a worker shared by two layers would wait on one while the
- * sender waits on the other. Workers are kept for reuse between layers (a spawn costs tens of ms, more
- * under tsx) and end when idle a while.
+ * One worker per layer being unpacked, never one for two at once: a worker fed a layer's bytes as they
+ * come waits on them, and a pull interleaves its blobs, so a worker shared by two layers would wait on
+ * one while the sender waits on the other. Workers are kept for reuse between layers (a spawn costs
+ * 80-150 ms of a core) and end when idle a while.
  *
- * Bounded: the bytes go over in batches of BATCH, copied from the source's chunks into a buffer whose
- * memory is handed over (no second copy), and at most CREDITS batches are on their way or queued in the
- * worker: the source is read only as fast as the worker unpacks. What the source is (gzip or plain) is
- * the worker's to find out, so the compressed bytes cross, not the tar.
+ * Two ways in, both bounded:
+ * - a byte stream (a plain tar, a layer import): its bytes go over in batches of BATCH, copied from the
+ *   source's chunks into a buffer whose memory is handed over (no second copy), and at most CREDITS
+ *   batches are on their way or queued in the worker: the source is read as fast as the worker unpacks.
+ *   Such a job starts at once, whatever else runs (it must not wait while its sender waits on it).
+ * - a GrowingFile (a gzip blob a pull or load keeps): the caller writes the blob's file and says how far;
+ *   the worker reads the file itself. The writer never waits for the unpack (the disk is the buffer,
+ *   bounded by the blob's size), so such a job may wait for its turn: at most RUNNING jobs run at once.
  *
  * Failures: a refused tar comes back with its kind and words (stage-unpack.ts tarRefusal); a failure of
  * the source stops the worker (abort) and is reported, as an unpack on this thread reports it, once the
@@ -55,12 +59,10 @@ let nextJob = 1;
 
 /**
  * How many jobs run at once before a job reading a file waits for one to end (jobs fed by messages never
- * wait: see the module comment): one core is left to the receiving thread and the sender. On this 2-core
- * VM that is one unpack at a time: two at once took 30-60 % more CPU per pull (threads creating inodes at
- * once on one ext4 filesystem contend, and each cold worker pays its own JIT warm-up), so a pull was no
- * faster for it.
+ * wait: see the module comment): one per core. More only time-share the cores, each cold worker pays its
+ * own JIT warm-up, and threads creating inodes at once on one ext4 filesystem contend in its allocator.
  */
-const RUNNING = Math.max(1, os.availableParallelism() - 1);
+const RUNNING = Math.max(1, os.availableParallelism());
 /** Jobs reading a file, waiting for a running one to end. */
 const waiting: (() => void)[] = [];
 
