@@ -5,6 +5,7 @@
  * the import fails cleanly: its stage is deleted once the worker has stopped, and no worker stays busy.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import test from 'ava';
@@ -169,5 +170,34 @@ test.serial('a kept gzip blob unpacks from its file on the worker: a cut source 
   t.is(refused.error?.message, local?.message);
   t.is(refused.staged, undefined);
   t.deepEqual(stagesIn(root), []);
+  t.like(unpackThreads(), { busy: 0, waiting: 0 });
+});
+
+test.serial('imports at once take turns: one unpack worker per core runs, the others wait (their sources unread), and all finish', async (t) => {
+  if (!requireRoot(t)) return;
+  const root = path.join(tempDir(), 'layers');
+  const store = openLayerStore(root);
+  const cores = os.availableParallelism();
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  const reads: number[] = [];
+  async function* held(i: number, tar: Buffer): AsyncGenerator<Buffer> {
+    reads[i] = 0;
+    for (let off = 0; off < tar.length; off += 64 << 10) {
+      if (off > 0) await gate; // the first chunk reaches the worker; the rest waits for the test
+      reads[i]++;
+      yield tar.subarray(off, off + (64 << 10));
+    }
+  }
+  const imports = Array.from({ length: cores + 1 }, (_, i) => store.importLayer(held(i, layerTar(`turn${i}`, 100, 8192))));
+  try {
+    for (let i = 0; i < 200 && unpackThreads().busy + unpackThreads().waiting < cores + 1; i++) await new Promise((r) => setTimeout(r, 10));
+    t.like(unpackThreads(), { busy: cores, waiting: 1 });
+    t.is(imports.filter((_, i) => reads[i] === undefined).length, 1, 'the waiting import has not read its source');
+  } finally {
+    open(); // whatever was seen, every import goes on to its end
+  }
+  const layers = await Promise.all(imports);
+  t.deepEqual(layers.map((l) => l.files), layers.map(() => 100));
   t.like(unpackThreads(), { busy: 0, waiting: 0 });
 });

@@ -21,6 +21,11 @@ export interface IngestOptions {
   readonly unpack: boolean;
   /** Keep the bytes in this new file when they are gzip (for the blob area); plain tars are not kept. */
   readonly keep?: string;
+  /**
+   * A plain tar's unpack starts at once, even past the unpacks running (a pull: its sender feeds other
+   * layers too; unpack-thread.ts UnpackStart). A kept blob's never needs to.
+   */
+  readonly now?: boolean;
 }
 
 /** One layer's bytes, read once. */
@@ -115,11 +120,11 @@ export async function ingestLayer(raw: AsyncIterable<Buffer>, store: LayerStore,
   try {
     const from = await input;
     if (opts.unpack) {
-      staged = await store.stageLayer(from);
+      staged = await store.stageLayer(from, { now: opts.now === true });
       diffId = staged.diffId;
       tarSize = staged.tarSize ?? 0;
     } else {
-      ({ diffId, tarSize } = await hashLayerTarOffThread(from));
+      ({ diffId, tarSize } = await hashLayerTarOffThread(from, { now: opts.now === true }));
     }
     if (!compressed) plainDigest = diffId;
   } catch (err) {

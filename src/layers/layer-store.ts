@@ -36,7 +36,7 @@ import { discardDir, discardFile, stageForDelete, sweepLayerStages } from './dis
 import { removeShortLink } from './overlay.js';
 import { hashTreeInWorker } from './tree-split.js';
 import { replaySplit, toLayerForm } from './unpack.js';
-import { unpackIntoStageOffThread, type UnpackInput } from './unpack-thread.js';
+import { unpackIntoStageOffThread, type UnpackInput, type UnpackStart } from './unpack-thread.js';
 
 export type { LayerRecord } from '../store/records.js';
 
@@ -84,9 +84,9 @@ export interface LayerStore {
    * half of an import, outside the store's queue, so any number run at once (an image's layers, two
    * loads). Hostile entries are refused here (InvalidArgument) and the stage is deleted. The unpack runs on
    * a worker thread (unpack-thread.ts); a GrowingFile input (a blob being kept) is read there from the
-   * file, and may wait for a turn.
+   * file, and may wait for a turn; so may a byte stream, unless `start.now` (unpack-thread.ts).
    */
-  stageLayer(input: UnpackInput): Promise<StagedLayer>;
+  stageLayer(input: UnpackInput, start?: UnpackStart): Promise<StagedLayer>;
   /** The diff `diffId` as a StagedLayer if the store has it (no unpack needed), else undefined. */
   reuseDiff(diffId: string): StagedLayer | undefined;
   /**
@@ -287,14 +287,14 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
   /** A StagedLayer's own parts, by the object the store handed out. */
   const stagedParts = new WeakMap<StagedLayer, LayerStageFiles | undefined>();
 
-  async function stageLayer(input: UnpackInput): Promise<StagedLayer> {
+  async function stageLayer(input: UnpackInput, start: UnpackStart = {}): Promise<StagedLayer> {
     const stage = await createStage(layout.tmpDir, 'import');
     try {
       const files = layerStageFiles(stage.dir);
       fs.mkdirSync(files.diff, { mode: 0o755 });
       // The unpack itself runs on a worker thread (#11); the stage, its lock and the publish stay here. The
       // worker has stopped writing into the stage by the time this settles, failed or not.
-      const d = await unpackIntoStageOffThread({ dir: stage.dir, diff: files.diff, split: files.split }, input);
+      const d = await unpackIntoStageOffThread({ dir: stage.dir, diff: files.diff, split: files.split }, input, start);
       const staged: StagedLayer = { ...d, discard: async () => void (await stage.remove()) };
       stagedParts.set(staged, files);
       return staged;

@@ -15,7 +15,9 @@
  * - a byte stream (a plain tar, a layer import): its bytes go over in batches of BATCH, copied from the
  *   source's chunks into a buffer whose memory is handed over (no second copy), and at most CREDITS
  *   batches are on their way or queued in the worker: the source is read as fast as the worker unpacks.
- *   Such a job starts at once, whatever else runs (it must not wait while its sender waits on it).
+ *   Such a job waits for its turn (at most RUNNING run at once) unless told to start `now`: a pull's
+ *   plain blobs, whose sender would otherwise wait on it while it waits for a turn their sender's other
+ *   jobs hold.
  * - a GrowingFile (a gzip blob a pull or load keeps): the caller writes the blob's file and says how far;
  *   the worker reads the file itself. The writer never waits for the unpack (the disk is the buffer,
  *   bounded by the blob's size), so such a job may wait for its turn: at most RUNNING jobs run at once.
@@ -139,6 +141,11 @@ function take(): PoolWorker {
   return pw;
 }
 
+/** Resolves once fewer than RUNNING jobs run (at once if they do). */
+async function turn(): Promise<void> {
+  if (busy >= RUNNING) await new Promise<void>((resolve) => waiting.push(resolve));
+}
+
 /** A job ended: its worker is free, and a job waiting for a turn may start. */
 function jobEnded(): void {
   busy--;
@@ -154,7 +161,12 @@ function giveBack(pw: PoolWorker): void {
     void pw.worker.terminate();
     return;
   }
-  pw.idleTimer = setTimeout(() => void pw.worker.terminate(), IDLE_MS);
+  pw.idleTimer = setTimeout(() => {
+    // Out of the pool before it ends: a job taking it between terminate() and its exit would die with it.
+    const at = idle.indexOf(pw);
+    if (at >= 0) idle.splice(at, 1);
+    void pw.worker.terminate();
+  }, IDLE_MS);
   pw.idleTimer.unref();
   idle.push(pw);
 }
@@ -173,7 +185,10 @@ type Outcome = { readonly ok: true; readonly result: UnpackResult } | { readonly
  * result once the worker has answered. The input is read until the job ends; if the job ends first (a
  * refused tar), the input is closed (`return()`), as a tar reader closes what it stops reading.
  */
-async function runJob(input: AsyncIterable<Buffer>, job: UnpackJob): Promise<UnpackResult> {
+async function runJob(input: AsyncIterable<Buffer>, job: UnpackJob, now: boolean): Promise<UnpackResult> {
+  // Waiting holds the source back (it is not read meanwhile): fine unless its sender also feeds a job
+  // that holds a turn (a pull's interleaved blobs), which then says `now`.
+  if (!now) await turn();
   const pw = take();
   const id = nextJob++;
   let outcome: Outcome | undefined;
@@ -274,7 +289,8 @@ async function runJob(input: AsyncIterable<Buffer>, job: UnpackJob): Promise<Unp
  */
 async function runFileJob(file: GrowingFile, job: UnpackJob): Promise<UnpackResult> {
   if (busy >= RUNNING) {
-    // Waits without holding anything up: the file's writer goes on (it never waits for this job).
+    // Waits without holding anything up: the file's writer goes on (it never waits for this job). A
+    // failure of the writer meanwhile ends the wait.
     await new Promise<void>((resolve) => {
       waiting.push(resolve);
       file.listen(() => {
@@ -342,17 +358,27 @@ async function runFileJob(file: GrowingFile, job: UnpackJob): Promise<UnpackResu
 /** An unpack's input: a byte stream, or a file being written (GrowingFile). */
 export type UnpackInput = AsyncIterable<Buffer> | GrowingFile;
 
-const run = (input: UnpackInput, job: UnpackJob): Promise<UnpackResult> => (input instanceof GrowingFile ? runFileJob(input, job) : runJob(input, job));
+/** How an unpack starts: `now` (a byte stream only) skips the wait for a turn. */
+export interface UnpackStart {
+  /**
+   * Start at once, even past RUNNING jobs: for a byte stream whose sender feeds other jobs too (a pull's
+   * interleaved blobs), which would wait on this one while it waits for them.
+   */
+  readonly now?: boolean;
+}
+
+const run = (input: UnpackInput, job: UnpackJob, start: UnpackStart): Promise<UnpackResult> =>
+  input instanceof GrowingFile ? runFileJob(input, job) : runJob(input, job, start.now === true);
 
 /**
  * Unpacks the layer tar `input` (plain or gzip) into the stage `paths` on an unpack worker: what
  * stage-unpack.ts unpackIntoStage does, with the same results and errors, off this thread.
  */
-export async function unpackIntoStageOffThread(paths: StagePaths, input: UnpackInput): Promise<StageUnpacked> {
-  return (await run(input, { kind: 'stage', paths })) as StageUnpacked;
+export async function unpackIntoStageOffThread(paths: StagePaths, input: UnpackInput, start: UnpackStart = {}): Promise<StageUnpacked> {
+  return (await run(input, { kind: 'stage', paths }, start)) as StageUnpacked;
 }
 
 /** stage-unpack.ts hashLayerTar on an unpack worker. */
-export async function hashLayerTarOffThread(input: UnpackInput): Promise<{ diffId: string; tarSize: number }> {
-  return run(input, { kind: 'hash' });
+export async function hashLayerTarOffThread(input: UnpackInput, start: UnpackStart = {}): Promise<{ diffId: string; tarSize: number }> {
+  return run(input, { kind: 'hash' }, start);
 }
