@@ -61,8 +61,8 @@ let nextJob = 1;
 
 /**
  * How many jobs run at once before a job reading a file waits for one to end (jobs fed by messages never
- * wait: see the module comment): one per core. More only time-share the cores, each cold worker pays its
- * own JIT warm-up, and threads creating inodes at once on one ext4 filesystem contend in its allocator.
+ * wait: see the module comment): one per core. More only time-share the cores, and each cold worker pays
+ * its own JIT warm-up.
  */
 const RUNNING = Math.max(1, os.availableParallelism());
 /** Jobs reading a file, waiting for a running one to end. */
