@@ -8,8 +8,8 @@
  *
  * One worker per layer being unpacked, never one for two at once: a worker fed a layer's bytes as they
  * come waits on them, and a pull interleaves its blobs, so a worker shared by two layers would wait on
- * one while the sender waits on the other. Workers are kept for reuse between layers (a spawn costs
- * 80-150 ms of a core) and end when idle a while.
+ * one while the sender waits on the other. Workers are kept for reuse between layers (a spawn took 80-90 ms
+ * to come online and 145-170 ms to a first answer on the busy test VM) and end when idle a while.
  *
  * Two ways in, both bounded:
  * - a byte stream (a plain tar, a layer import): its bytes go over in batches of BATCH, copied from the
