@@ -319,7 +319,8 @@ export function imageOps(ctx: ImageOpsContext): ImageOps {
     const ingests = h.blobs.map((b, j) => {
       const unpack = m.layers.some((l, i) => l.digest === b.digest && missing[i]);
       const keep = m.layers.some((l) => l.digest === b.digest && COMPRESSED_LAYER_TYPES.has(l.mediaType)) ? path.join(dir, `b${j}`) : undefined;
-      const ingest = ingestLayer(sources[j]!, store, { unpack, ...(keep === undefined ? {} : { keep }) });
+      // now: the blobs share one sender, so an unpack fed as they come must not wait for another's turn.
+      const ingest = ingestLayer(sources[j]!, store, { unpack, now: true, ...(keep === undefined ? {} : { keep }) });
       // Awaited once the stream is read; a failure meanwhile (a disk error) stops its source, and waits.
       ingest.catch(() => undefined);
       return ingest;

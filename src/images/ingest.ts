@@ -3,14 +3,16 @@
  * streaming from a registry), they are hashed as they arrive (the blob digest), kept in a file when they
  * are compressed (the blob area keeps a pull's gzip layers byte-exact), decompressed, hashed again (the
  * DiffID) and unpacked into a stage of the layer store, all at once. Nothing is buffered whole and
- * nothing is read twice. Nothing is published here either: the caller checks the digests against the
+ * nothing is read twice. The blob digest and the kept file are this thread's; the gunzip, the DiffID and
+ * the unpack run on an unpack worker, one per layer (src/layers/unpack-thread.ts), so a pull's layers
+ * unpack on the other core while this thread receives. Nothing is published here either: the caller checks the digests against the
  * manifest and the config, and only then publishes (LayerStore.publishLayer) or discards.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { InvalidArgumentError, describeError } from '../errors.js';
 import type { LayerStore, StagedLayer } from '../layers/layer-store.js';
-import { decompressed } from '../layers/tar/gzip.js';
+import { GrowingFile, hashLayerTarOffThread, type UnpackInput } from '../layers/unpack-thread.js';
 import { Channel } from './channel.js';
 
 /** What ingestLayer does with the bytes besides hashing them. */
@@ -19,6 +21,11 @@ export interface IngestOptions {
   readonly unpack: boolean;
   /** Keep the bytes in this new file when they are gzip (for the blob area); plain tars are not kept. */
   readonly keep?: string;
+  /**
+   * A plain tar's unpack starts at once, even past the unpacks running (a pull: its sender feeds other
+   * layers too; unpack-thread.ts UnpackStart). A kept blob's never needs to.
+   */
+  readonly now?: boolean;
 }
 
 /** One layer's bytes, read once. */
@@ -51,6 +58,10 @@ export async function ingestLayer(raw: AsyncIterable<Buffer>, store: LayerStore,
   let size = 0;
   let compressed: boolean | undefined;
   let keepFd: number | undefined;
+  /** A kept blob: the unpack reads it from its file as it is written (no queue: the disk is the buffer). */
+  let kept: GrowingFile | undefined;
+  let decide!: (input: UnpackInput) => void;
+  const input = new Promise<UnpackInput>((resolve) => (decide = resolve));
   const head: Buffer[] = [];
   let headLen = 0;
   /** Decides gzip or not once two bytes are in; until then holds them back. */
@@ -61,14 +72,20 @@ export async function ingestLayer(raw: AsyncIterable<Buffer>, store: LayerStore,
       if (headLen < 2) return;
       const h = Buffer.concat(head);
       compressed = h[0] === GZIP[0] && h[1] === GZIP[1];
-      if (compressed && opts.keep !== undefined) keepFd = fs.openSync(opts.keep, 'wx', 0o600);
+      if (compressed && opts.keep !== undefined) {
+        keepFd = fs.openSync(opts.keep, 'wx', 0o600);
+        kept = new GrowingFile(opts.keep);
+      }
+      decide(kept ?? chan);
       head.length = 0;
       chunk = h;
     }
     // A plain tar's digest is its DiffID, which the unpacker hashes: one sha256 pass, not two.
     if (compressed) hash.update(chunk);
-    if (keepFd !== undefined) fs.writeSync(keepFd, chunk);
-    await chan.push(chunk);
+    if (keepFd !== undefined) {
+      for (let off = 0; off < chunk.length; ) off += fs.writeSync(keepFd, chunk, off);
+      kept!.grew(chunk.length);
+    } else await chan.push(chunk);
   };
   const pump = (async () => {
     try {
@@ -79,11 +96,15 @@ export async function ingestLayer(raw: AsyncIterable<Buffer>, store: LayerStore,
       if (compressed === undefined) {
         // Fewer than two bytes in all: no gzip stream, and not a tar either (the unpacker says so).
         compressed = false;
+        decide(chan);
         for (const h of head) await chan.push(h);
       }
       chan.end();
+      kept?.end();
     } catch (err) {
+      decide(chan); // failed before its first two bytes: the unpack reads the failure from the queue
       chan.fail(err);
+      kept?.fail(err);
       throw err;
     } finally {
       if (keepFd !== undefined) fs.closeSync(keepFd);
@@ -97,17 +118,13 @@ export async function ingestLayer(raw: AsyncIterable<Buffer>, store: LayerStore,
   let plainDigest: string | undefined;
   let tarSize = 0;
   try {
+    const from = await input;
     if (opts.unpack) {
-      staged = await store.stageLayer(chan);
+      staged = await store.stageLayer(from, { now: opts.now === true });
       diffId = staged.diffId;
       tarSize = staged.tarSize ?? 0;
     } else {
-      const h = createHash('sha256');
-      for await (const c of decompressed(chan)) {
-        h.update(c);
-        tarSize += c.length;
-      }
-      diffId = `sha256:${h.digest('hex')}`;
+      ({ diffId, tarSize } = await hashLayerTarOffThread(from, { now: opts.now === true }));
     }
     if (!compressed) plainDigest = diffId;
   } catch (err) {

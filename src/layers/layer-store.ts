@@ -25,19 +25,18 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ConflictError, InUseError, InternalError, InvalidArgumentError, NotFoundError, TsvolError, describeError } from '../errors.js';
+import { ConflictError, InUseError, InternalError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import { crashPoint } from '../sys/crash-point.js';
 import { digestHex, layerStageFiles, layersLayout, type LayerStageFiles } from '../store/layout.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
 import type { LayerRecord } from '../store/records.js';
-import { startWriteback, syncFilesystem } from '../sys/durable.js';
+import { syncFilesystem } from '../sys/durable.js';
 import { createStage } from '../sys/staging.js';
 import { discardDir, discardFile, stageForDelete, sweepLayerStages } from './discard.js';
-import { decompressed } from './tar/gzip.js';
-import { TarReader } from './tar/reader.js';
 import { removeShortLink } from './overlay.js';
 import { hashTreeInWorker } from './tree-split.js';
-import { replaySplit, toLayerForm, unpackLayer, type UnpackStats } from './unpack.js';
+import { replaySplit, toLayerForm } from './unpack.js';
+import { unpackIntoStageOffThread, type UnpackInput, type UnpackStart } from './unpack-thread.js';
 
 export type { LayerRecord } from '../store/records.js';
 
@@ -83,9 +82,11 @@ export interface LayerStore {
   /**
    * Unpacks a layer tar (plain or gzip) into a fresh stage, hashing its DiffID on the way: the expensive
    * half of an import, outside the store's queue, so any number run at once (an image's layers, two
-   * loads). Hostile entries are refused here (InvalidArgument) and the stage is deleted.
+   * loads). Hostile entries are refused here (InvalidArgument) and the stage is deleted. The unpack runs on
+   * a worker thread (unpack-thread.ts); a GrowingFile input (a blob being kept) is read there from the
+   * file, and may wait for a turn; so may a byte stream, unless `start.now` (unpack-thread.ts).
    */
-  stageLayer(input: AsyncIterable<Buffer>): Promise<StagedLayer>;
+  stageLayer(input: UnpackInput, start?: UnpackStart): Promise<StagedLayer>;
   /** The diff `diffId` as a StagedLayer if the store has it (no unpack needed), else undefined. */
   reuseDiff(diffId: string): StagedLayer | undefined;
   /**
@@ -173,15 +174,6 @@ export function chainId(parent: string | undefined, diffId: string): string {
   return `sha256:${createHash('sha256').update(`${parent} ${diffId}`).digest('hex')}`;
 }
 
-async function* hashed(input: AsyncIterable<Buffer>, hash: ReturnType<typeof createHash>, count: { bytes: number }, onBytes?: (n: number) => void): AsyncGenerator<Buffer> {
-  for await (const chunk of input) {
-    hash.update(chunk);
-    count.bytes += chunk.length;
-    onBytes?.(chunk.length);
-    yield chunk;
-  }
-}
-
 /** Opens the layer store under `root` (TSVOL_DATA/layers) with its records in `store`, the data root's one metadata store. */
 export function createLayerStore(root: string, store: MetaStore): LayerStore {
   const layout = layersLayout(root);
@@ -235,30 +227,6 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
     } finally {
       await stage.remove();
     }
-  }
-
-  /**
-   * Reads a layer tar through `consume` (which writes the split file to the fd it is given), hashing it
-   * for the DiffID on the way; returns the DiffID and what `consume` counted.
-   */
-  async function readTar(
-    stage: string,
-    tar: AsyncIterable<Buffer>,
-    consume: (reader: TarReader, splitFd: number) => Promise<UnpackStats>,
-    onBytes?: (n: number) => void,
-  ): Promise<{ diffId: string; size: number; files: number; tarSize: number }> {
-    const hash = createHash('sha256');
-    const count = { bytes: 0 };
-    const splitFd = fs.openSync(layerStageFiles(stage).split, 'wx', 0o600);
-    let stats: UnpackStats;
-    const reader = new TarReader(hashed(tar, hash, count, onBytes));
-    try {
-      stats = await consume(reader, splitFd);
-    } finally {
-      fs.closeSync(splitFd);
-      await reader.close(); // a refused entry leaves the input half read: close it (a no-op at the end)
-    }
-    return { diffId: `sha256:${hash.digest('hex')}`, size: stats.size, files: stats.files, tarSize: count.bytes };
   }
 
   const recordOf = (parent: LayerRecord | undefined, d: StagedLayer | { diffId: string; size: number; files: number }): LayerRecord => ({
@@ -319,34 +287,14 @@ export function createLayerStore(root: string, store: MetaStore): LayerStore {
   /** A StagedLayer's own parts, by the object the store handed out. */
   const stagedParts = new WeakMap<StagedLayer, LayerStageFiles | undefined>();
 
-  async function stageLayer(input: AsyncIterable<Buffer>): Promise<StagedLayer> {
+  async function stageLayer(input: UnpackInput, start: UnpackStart = {}): Promise<StagedLayer> {
     const stage = await createStage(layout.tmpDir, 'import');
     try {
       const files = layerStageFiles(stage.dir);
       fs.mkdirSync(files.diff, { mode: 0o755 });
-      // The files' data starts going to disk while the rest unpacks (a tar's bytes are about its files'),
-      // so that publish's syncfs, which makes them durable, has little left to write (#11).
-      const writeback = startWriteback(stage.dir);
-      let d: Awaited<ReturnType<typeof readTar>>;
-      try {
-        d = await readTar(
-          stage.dir,
-          decompressed(input),
-          (reader, splitFd) =>
-            unpackLayer(reader, files.diff, splitFd).catch((err: unknown) => {
-              // A refusal of the tar's source keeps its own words (a commit's tree walk: a name no layer
-              // can carry, tar/writer.ts); what unpack itself refuses is the tar's.
-              if (err instanceof TsvolError) throw err;
-              throw new InvalidArgumentError(`layer tar refused: ${describeError(err)}`, { cause: err });
-            }),
-          (n) => writeback.wrote(n),
-        );
-      } catch (err) {
-        await writeback.settle(); // the unpack's own error is the one to report
-        throw err;
-      }
-      const failed = await writeback.settle();
-      if (failed !== undefined) throw failed;
+      // The unpack itself runs on a worker thread (#11); the stage, its lock and the publish stay here. The
+      // worker has stopped writing into the stage by the time this settles, failed or not.
+      const d = await unpackIntoStageOffThread({ dir: stage.dir, diff: files.diff, split: files.split }, input, start);
       const staged: StagedLayer = { ...d, discard: async () => void (await stage.remove()) };
       stagedParts.set(staged, files);
       return staged;
