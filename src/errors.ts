@@ -107,22 +107,14 @@ export function wrapError(context: string, err: unknown): TsvolError {
   return new InternalError(message, { cause: err });
 }
 
+/** Each kind's class, by its code. */
+const CLASS_OF: Readonly<Record<ErrorCode, new (message: string) => TsvolError>> = {
+  TSVOL_INVALID_ARGUMENT: InvalidArgumentError, TSVOL_NOT_FOUND: NotFoundError, TSVOL_CONFLICT: ConflictError,
+  TSVOL_IN_USE: InUseError, TSVOL_OUT_OF_RANGE: OutOfRangeError, TSVOL_UNAVAILABLE: UnavailableError,
+  TSVOL_INTERNAL: InternalError,
+};
+
 /** A TsvolError of the kind `code` names, as its own class (an error carried across a thread as its code). */
 export function errorOfCode(code: ErrorCode, message: string): TsvolError {
-  switch (code) {
-    case 'TSVOL_INVALID_ARGUMENT':
-      return new InvalidArgumentError(message);
-    case 'TSVOL_NOT_FOUND':
-      return new NotFoundError(message);
-    case 'TSVOL_CONFLICT':
-      return new ConflictError(message);
-    case 'TSVOL_IN_USE':
-      return new InUseError(message);
-    case 'TSVOL_OUT_OF_RANGE':
-      return new OutOfRangeError(message);
-    case 'TSVOL_UNAVAILABLE':
-      return new UnavailableError(message);
-    case 'TSVOL_INTERNAL':
-      return new InternalError(message);
-  }
+  return new CLASS_OF[code](message);
 }
