@@ -16,7 +16,7 @@ import { unpackThreads } from '../src/layers/unpack-thread.js';
 import { ingestLayer } from '../src/images/ingest.js';
 import { threadCpuSeconds } from '../bench/proc.js';
 import { openLayerStore } from './helpers/store.js';
-import { requireRoot, tempDir } from './helpers/server.js';
+import { cleanupDir, requireRoot, tempDir } from './helpers/server.js';
 import { simpleTar } from './helpers/tar-block.js';
 
 /** A layer tar of `files` files of `size` bytes under `dir/` (content varies: nothing dedupes). */
@@ -40,6 +40,13 @@ async function* chunks(bytes: Buffer, fail?: Error): AsyncGenerator<Buffer> {
   if (fail !== undefined) throw fail;
 }
 
+/** A scratch directory of the test, deleted when it ends. */
+function scratch(t: { teardown(fn: () => void): void }): string {
+  const dir = tempDir();
+  t.teardown(() => cleanupDir(dir));
+  return dir;
+}
+
 /** The layer store's stages (layers/tmp/import-*) left on disk. */
 const stagesIn = (root: string): string[] => fs.readdirSync(path.join(root, 'tmp')).filter((e) => e.startsWith('import-'));
 
@@ -48,7 +55,7 @@ const mainCpu = (): number => threadCpuSeconds(process.pid).get('main')!;
 
 test.serial('the store thread stays free while a layer unpacks: its CPU is a small part of the import, done on an unpack worker', async (t) => {
   if (!requireRoot(t)) return;
-  const root = path.join(tempDir(), 'layers');
+  const root = path.join(scratch(t), 'layers');
   const store = openLayerStore(root);
   await store.importLayer(chunks(layerTar('warm', 10, 100))); // the worker's start (tsx in tests) is not what is measured
   const tar = layerTar('big', 3000, 8192); // ~26 MB, 3,000 files
@@ -68,7 +75,7 @@ test.serial('the store thread stays free while a layer unpacks: its CPU is a sma
 
 test.serial('a hostile tar refused on the worker keeps the error kind and words of an unpack on the calling thread', async (t) => {
   if (!requireRoot(t)) return;
-  const dir = tempDir();
+  const dir = scratch(t);
   const root = path.join(dir, 'layers');
   const store = openLayerStore(root);
   const evil = simpleTar([
@@ -99,7 +106,7 @@ test.serial('a hostile tar refused on the worker keeps the error kind and words 
 
 test.serial('a source cut mid-layer fails the import with its error; the stage is gone once it fails, and no worker is left busy', async (t) => {
   if (!requireRoot(t)) return;
-  const root = path.join(tempDir(), 'layers');
+  const root = path.join(scratch(t), 'layers');
   const store = openLayerStore(root);
   const tar = layerTar('cut', 600, 8192); // ~5 MB: several batches reach the worker before the cut
   for (const bytes of [tar, zlib.gzipSync(tar, { level: 1 })]) {
@@ -118,7 +125,7 @@ test.serial('a source cut mid-layer fails the import with its error; the stage i
 
 test.serial('an unpack worker that dies mid-layer fails that import with an InternalError and deletes its stage; the next import works', async (t) => {
   if (!requireRoot(t)) return;
-  const root = path.join(tempDir(), 'layers');
+  const root = path.join(scratch(t), 'layers');
   const store = openLayerStore(root);
   const tar = layerTar('crash', 600, 8192);
   const spawned = unpackThreads().spawned;
@@ -140,7 +147,7 @@ test.serial('an unpack worker that dies mid-layer fails that import with an Inte
 
 test.serial('a kept gzip blob unpacks from its file on the worker: a cut source removes the stage and the kept file, a hostile one keeps its words', async (t) => {
   if (!requireRoot(t)) return;
-  const dir = tempDir();
+  const dir = scratch(t);
   const root = path.join(dir, 'layers');
   const store = openLayerStore(root);
   const tar = layerTar('kept', 600, 8192);
@@ -175,7 +182,7 @@ test.serial('a kept gzip blob unpacks from its file on the worker: a cut source 
 
 test.serial('imports at once take turns: one unpack worker per core runs, the others wait (their sources unread), and all finish', async (t) => {
   if (!requireRoot(t)) return;
-  const root = path.join(tempDir(), 'layers');
+  const root = path.join(scratch(t), 'layers');
   const store = openLayerStore(root);
   const cores = os.availableParallelism();
   let open!: () => void;
