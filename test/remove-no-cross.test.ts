@@ -56,11 +56,15 @@ function namedRecord(name: string): RecordOf<'named'> {
   return rec as RecordOf<'named'>;
 }
 
+/** A scratch data root with a named kind's context, and a record of volume "v" in it (not built yet). */
+function namedVolume(t: Parameters<typeof scratch>[0]): ReturnType<typeof namedContext> & { dir: string; rec: RecordOf<'named'> } {
+  const dir = scratch(t);
+  return { dir, ...namedContext(path.join(dir, 'data')), rec: namedRecord('v') };
+}
+
 test('named: removing an uncommitted build never deletes through a bind mount inside _data (old code: the canary went)', async (t) => {
   if (!requireRoot(t)) return;
-  const dir = scratch(t);
-  const { ctx, layout, lines } = namedContext(path.join(dir, 'data'));
-  const rec = namedRecord('v');
+  const { dir, ctx, layout, lines, rec } = namedVolume(t);
   const built = await named.build(rec, ctx);
   const mnt = path.join(layout.dataDir('v'), 'mnt');
   const canary = plantBind(dir, mnt);
@@ -72,9 +76,7 @@ test('named: removing an uncommitted build never deletes through a bind mount in
 
 test('named: rebuilding a lost _data refuses, and deletes nothing through, a mount left in the volume directory (old code: the canary went)', async (t) => {
   if (!requireRoot(t)) return;
-  const dir = scratch(t);
-  const { ctx, layout } = namedContext(path.join(dir, 'data'));
-  const rec = namedRecord('v');
+  const { dir, ctx, layout, rec } = namedVolume(t);
   fs.mkdirSync(layout.volumeDir('v'), { mode: 0o701 }); // power loss took _data; something else is there
   const mnt = path.join(layout.volumeDir('v'), 'mnt');
   const canary = plantBind(dir, mnt);
@@ -87,9 +89,7 @@ test('named: rebuilding a lost _data refuses, and deletes nothing through, a mou
 
 test('named: Remove of a volume with a bind mount inside _data leaves what is mounted (already so before: regression guard)', async (t) => {
   if (!requireRoot(t)) return;
-  const dir = scratch(t);
-  const { ctx, layout, lines } = namedContext(path.join(dir, 'data'));
-  const rec = namedRecord('v');
+  const { dir, ctx, layout, lines, rec } = namedVolume(t);
   const built = await named.build(rec, ctx);
   built.release();
   const canary = plantBind(dir, path.join(layout.dataDir('v'), 'mnt'));

@@ -74,7 +74,7 @@ export async function ingestLayer(raw: AsyncIterable<Buffer>, store: LayerStore,
       compressed = h[0] === GZIP[0] && h[1] === GZIP[1];
       if (compressed && opts.keep !== undefined) {
         keepFd = fs.openSync(opts.keep, 'wx', 0o600);
-        kept = new GrowingFile(opts.keep);
+        kept = new GrowingFile(fs.openSync(opts.keep, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW));
       }
       decide(kept ?? chan);
       head.length = 0;
@@ -130,6 +130,9 @@ export async function ingestLayer(raw: AsyncIterable<Buffer>, store: LayerStore,
   } catch (err) {
     // The consumer stopped (iterator returned): the pump drops the rest, hashing it, and ends.
     error = err instanceof InvalidArgumentError ? err : new InvalidArgumentError(`layer refused: ${describeError(err)}`, { cause: err });
+  } finally {
+    // The unpack has answered (stageLayer and the hash return only once their worker has stopped).
+    if (kept !== undefined) fs.closeSync(kept.fd);
   }
   try {
     await pump;

@@ -80,9 +80,29 @@ const MAX_TOKEN_REPLY = 1 << 20;
 const ERROR_TEXT = 4096;
 
 /**
+ * Up to the first `max` bytes of a reply's body, and whether more followed; the connection is closed as soon
+ * as more than `max` has arrived, so memory never holds more than one chunk past `max`.
+ */
+async function readUpTo(res: Response, max: number): Promise<{ bytes: Buffer; more: boolean }> {
+  const reader = res.body?.getReader();
+  const parts: Buffer[] = [];
+  let size = 0;
+  for (;;) {
+    const r = await reader?.read();
+    if (r === undefined || r.done) return { bytes: Buffer.concat(parts, size), more: false };
+    parts.push(Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength));
+    size += r.value.byteLength;
+    if (size > max) {
+      await reader!.cancel();
+      return { bytes: Buffer.concat(parts, size).subarray(0, max), more: true };
+    }
+  }
+}
+
+/**
  * A reply's body, at most `max` bytes: a registry (or its token service) is not trusted to send a small
  * document, so a longer body, announced (Content-Length) or streamed, is refused once `max` is passed and
- * its connection closed; memory never holds more than `max` (#9, #11).
+ * its connection closed (#9, #11).
  */
 async function boundedBody(res: Response, max: number, what: string): Promise<Buffer> {
   const announced = Number(res.headers.get('content-length') ?? NaN);
@@ -91,38 +111,16 @@ async function boundedBody(res: Response, max: number, what: string): Promise<Bu
     await res.body?.cancel();
     throw refuse(String(announced));
   }
-  const parts: Buffer[] = [];
-  let size = 0;
-  const reader = res.body?.getReader();
-  if (reader === undefined) return Buffer.alloc(0);
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > max) {
-      await reader.cancel();
-      throw refuse(`more than ${max}`);
-    }
-    parts.push(Buffer.from(value.buffer, value.byteOffset, value.byteLength));
-  }
-  return Buffer.concat(parts, size);
+  const { bytes, more } = await readUpTo(res, max);
+  if (more) throw refuse(`more than ${max}`);
+  return bytes;
 }
 
 /** The start of an error reply's body, for its message (at most ERROR_TEXT bytes are read). */
 async function errorText(res: Response): Promise<string> {
-  const reader = res.body?.getReader();
-  if (reader === undefined) return '';
-  const parts: Buffer[] = [];
-  let size = 0;
-  while (size < ERROR_TEXT) {
-    const { done, value } = await reader.read();
-    if (done) return Buffer.concat(parts).toString('utf8');
-    parts.push(Buffer.from(value.buffer, value.byteOffset, value.byteLength));
-    size += value.byteLength;
-  }
-  await reader.cancel();
-  return Buffer.concat(parts).subarray(0, ERROR_TEXT).toString('utf8');
+  return (await readUpTo(res, ERROR_TEXT)).bytes.toString('utf8');
 }
+
 const sha256 = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 type Init = RequestInit & { duplex?: 'half' };

@@ -18,7 +18,7 @@ import { errnoCode } from '../errors.js';
 import { Beneath, type EntryStat } from '../sys/beneath.js';
 import { copyFileData, newCopyDataState, type CopyDataState } from '../sys/copy-data.js';
 import { applyMetaFd, fdXattrs, metaOf, OPAQUE_XATTR, XATTRS } from '../sys/file-meta.js';
-import { whiteoutDevice } from './tar/writer.js';
+import { isWhiteout, whiteoutDevice } from './tar/writer.js';
 
 /**
  * overlayfs's own xattrs are markers of a layer's form (whiteouts and opaque directories are read as such
@@ -30,11 +30,6 @@ const FILE_XATTRS = XATTRS.fileOnly;
 interface LowerEntry {
   readonly layer: Beneath;
   readonly st: EntryStat;
-}
-
-/** A whiteout: a character device 0/0 (overlay form). */
-function isWhiteout(st: EntryStat): boolean {
-  return st.isCharacterDevice() && st.rdev === 0;
 }
 
 /** True if xattrs `x` (of a directory) carry overlayfs's opaque marker. */

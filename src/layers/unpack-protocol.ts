@@ -30,7 +30,7 @@ export interface WireError {
  * Where a job's bytes come from: data messages, or a file the main thread is writing (a blob it keeps),
  * read by the worker up to what `grew` messages say was written.
  */
-export type JobSource = { readonly kind: 'messages' } | { readonly kind: 'file'; readonly path: string; readonly written: number; readonly ended: boolean };
+export type JobSource = { readonly kind: 'messages' } | { readonly kind: 'file'; readonly fd: number; readonly written: number; readonly ended: boolean };
 
 export type ToWorker =
   | { readonly t: 'job'; readonly id: number; readonly job: UnpackJob; readonly source: JobSource; readonly crashAt: string | undefined }

@@ -78,7 +78,12 @@ export class GrowingFile {
   ended = false;
   failure: { readonly err: unknown } | undefined;
   private listener: (() => void) | undefined;
-  constructor(readonly path: string) {}
+  /**
+   * `fd`: the file opened for reading by its writer (O_NOFOLLOW, right after creating it exclusively). The
+   * worker reads through that fd (threads share the process's fds), so the file is never opened again by
+   * its path; the writer closes it once the job is over.
+   */
+  constructor(readonly fd: number) {}
   /** `bytes` more were written (and are readable). */
   grew(bytes: number): void {
     this.written += bytes;
@@ -321,7 +326,7 @@ async function runFileJob(file: GrowingFile, job: UnpackJob): Promise<UnpackResu
   const post = (m: ToWorker): void => {
     if (alive && outcome === undefined) pw.worker.postMessage(m);
   };
-  post({ t: 'job', id, job, source: { kind: 'file', path: file.path, written: file.written, ended: file.ended }, crashAt: process.env.TSVOL_CRASH_AT });
+  post({ t: 'job', id, job, source: { kind: 'file', fd: file.fd, written: file.written, ended: file.ended }, crashAt: process.env.TSVOL_CRASH_AT });
   let told = file.written;
   let stopped = file.ended;
   const update = (): void => {

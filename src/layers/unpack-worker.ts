@@ -37,14 +37,9 @@ class Inbox implements AsyncIterable<Buffer> {
     private readonly crashAt: string | undefined,
   ) {
     if (source.kind === 'file') {
-      this.file = { fd: fs.openSync(source.path, 'r'), read: 0, written: source.written };
+      this.file = { fd: source.fd, read: 0, written: source.written }; // the writer's fd: it closes it
       this.ended = source.ended;
     }
-  }
-
-  /** Closes the file a job read (once it is over). */
-  close(): void {
-    if (this.file !== undefined) fs.closeSync(this.file.fd);
   }
 
   /** The next bytes of the file, if more were written than read. */
@@ -99,9 +94,8 @@ function wireError(err: unknown): WireError {
 
 async function run(id: number, m: Extract<ToWorker, { t: 'job' }>): Promise<void> {
   let reply: FromWorker;
-  let input: Inbox | undefined;
   try {
-    input = new Inbox(id, m.source, m.crashAt);
+    const input = new Inbox(id, m.source, m.crashAt);
     current = { id, input };
     const result: UnpackResult = m.job.kind === 'stage' ? await unpackIntoStage(m.job.paths, input) : await hashLayerTar(input);
     reply = { t: 'done', id, result };
@@ -109,11 +103,6 @@ async function run(id: number, m: Extract<ToWorker, { t: 'job' }>): Promise<void
     reply = { t: 'failed', id, error: wireError(err) };
   }
   current = undefined;
-  try {
-    input?.close();
-  } catch (err) {
-    if (reply.t === 'done') reply = { t: 'failed', id, error: wireError(err) };
-  }
   send(reply);
 }
 
