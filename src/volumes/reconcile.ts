@@ -24,6 +24,7 @@ import type { Logger } from '../log.js';
 import type { Layout } from '../store/layout.js';
 import type { VolumeRecord, VolumeStore } from '../store/volume-store.js';
 import { readBootId } from '../sys/boot.js';
+import { mountState } from '../sys/libc.js';
 import { unmountTarget } from '../sys/mount.js';
 import { mountsUnder, readMounts } from '../sys/mountinfo.js';
 import { makePrivateDir, reportPrivateDir } from '../sys/private-dir.js';
@@ -50,7 +51,11 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
   fs.mkdirSync(layout.tmpDir, { recursive: true, mode: 0o700 });
   fs.mkdirSync(layout.volumesDir, { recursive: true, mode: 0o701 });
   const mounts = readMounts();
-  const mounted = new Set(mounts.map((m) => m.mountPoint));
+  // Whether a path is a mountpoint is asked of the kernel (statx on the path, sys/libc.ts), never looked up
+  // in mountinfo by the path as configured: TSVOL_MOUNTS or the data root reached through a symlink would
+  // name no mount there, so a live mount would be thought gone (and mounted again on top) and a stale one
+  // kept. A missing path has nothing mounted.
+  const mounted = (p: string): boolean => mountState(p) === 'mount-root';
 
   const sweep = sweepStages(layout.tmpDir);
   stats.debris = sweep.dead.length;
@@ -172,9 +177,9 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
       const rec = found !== undefined && uses(found) ? found : undefined;
       if (rec !== undefined && holdCount(rec) > 0) continue;
       try {
-        while (mounted.has(mp) && unmountTarget(mp, { ifBusy: 'detach' }) !== 'not-mounted') {
+        // Stacked mounts (a crash between two binds) go one by one, at most a few.
+        for (let n = 0; n < 16 && mounted(mp) && unmountTarget(mp, { ifBusy: 'detach' }) !== 'not-mounted'; n++) {
           stats.staleMounts++;
-          if (!readMounts().some((m) => m.mountPoint === mp)) break;
         }
         // A volume's mountpoint directory lives as long as the volume; others are leftovers.
         if (rec === undefined) fs.rmdirSync(mp);
@@ -185,7 +190,7 @@ export async function reconcileVolumes(deps: ReconcileDeps): Promise<Record<stri
       }
     }
     for (const rec of store.list()) {
-      if (!uses(rec) || holdCount(rec) === 0 || mounted.has(mountpoints.of(rec))) continue;
+      if (!uses(rec) || holdCount(rec) === 0 || mounted(mountpoints.of(rec))) continue;
       try {
         await mountpoints.establish(rec);
         stats.remounted++;

@@ -142,6 +142,8 @@ export async function startTestServer(opts: ServerOptions = {}): Promise<TestSer
   };
   if (mounts !== undefined) env.TSVOL_MOUNTS = mounts;
   else delete env.TSVOL_MOUNTS;
+  // A test's own TSVOL_MOUNTS (a path through a symlink, say) wins over the default.
+  if (opts.env?.TSVOL_MOUNTS !== undefined) env.TSVOL_MOUNTS = opts.env.TSVOL_MOUNTS;
   const csiSocket = opts.csi === true ? path.join(dir, 'csi.sock') : undefined;
   if (csiSocket !== undefined) env.TSVOL_CSI_SOCKET = csiSocket;
   await takeStartSlot();

@@ -1,0 +1,91 @@
+/**
+ * Mount identity is the kernel's, never a path string (the trust review, session 7): start-up repair with
+ * TSVOL_MOUNTS reached through a symlink and a directory name with a space (mountinfo's `\040`), and the
+ * decoding of mountinfo escapes down to bytes.
+ */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { decodeMountField, kernelPath, mountsUnder, parseMountinfo, readMounts } from '../src/sys/mountinfo.js';
+import { cleanupDir, startTestServer, tempDir } from './helpers/server.js';
+import { requireTools } from './helpers/require.js';
+
+requireTools('mount', 'umount');
+
+/** How many mounts are stacked at `p` (its real path, as mountinfo names it). */
+function mountCount(p: string): number {
+  const real = kernelPath(p);
+  return readMounts().filter((m) => m.mountPoint === real).length;
+}
+
+test('mountinfo escapes decode to bytes: space, tab, newline, backslash, and a backslash before digits', (t) => {
+  t.is(decodeMountField('/a\\040b'), '/a b');
+  t.is(decodeMountField('/t\\011n\\012'), '/t\tn\n');
+  t.is(decodeMountField('/x\\134040'), '/x\\040', 'an escaped backslash followed by digits is a backslash and digits');
+  t.is(decodeMountField('/p\\04'), '/p\\04', 'a short escape is kept as is');
+  // A UTF-8 name is bytes in mountinfo; read as latin1 it decodes back to the same string.
+  const name = Buffer.from('/d\u00e9j\u00e0 vu', 'utf8').toString('latin1').replace(' ', '\\040');
+  t.is(decodeMountField(name), '/d\u00e9j\u00e0 vu');
+  const line = '36 35 98:0 /mnt1 /mnt\\040x rw,noatime master:1 shared:2 - ext3 /dev/root rw,errors=continue';
+  t.like(parseMountinfo(line)[0], { id: 36, mountPoint: '/mnt x', fsType: 'ext3', source: '/dev/root', options: ['rw', 'noatime'] });
+});
+
+test.serial('mountsUnder finds mounts under a path given through a symlink, with a space and ..', (t) => {
+  if (process.getuid?.() !== 0) {
+    if (process.env.CI === 'true') throw new Error('needs root (mounts)');
+    return void t.log('SKIPPED LOUDLY: not root');
+  }
+  const dir = tempDir('tsvol-mi-');
+  try {
+    const real = path.join(dir, 'real dir');
+    fs.mkdirSync(path.join(real, 'sub', 'in'), { recursive: true });
+    fs.symlinkSync(real, path.join(dir, 'link'));
+    t.is(spawnSync('mount', ['-t', 'tmpfs', 'none', path.join(real, 'sub', 'in')]).status, 0);
+    try {
+      const viaLink = path.join(dir, 'link', 'sub');
+      t.deepEqual(mountsUnder(viaLink), [path.join(real, 'sub', 'in')]);
+      t.deepEqual(mountsUnder(`${dir}/link/sub/in/../`), [path.join(real, 'sub', 'in')]);
+      t.deepEqual(mountsUnder(path.join(dir, 'missing')), []);
+    } finally {
+      spawnSync('umount', [path.join(real, 'sub', 'in')]);
+    }
+  } finally {
+    cleanupDir(dir);
+  }
+});
+
+test.serial('start-up repair with TSVOL_MOUNTS through a symlink and a space: a held mount is kept (not stacked), a stale one removed', async (t) => {
+  if (process.getuid?.() !== 0) {
+    if (process.env.CI === 'true') throw new Error('needs root (mounts)');
+    return void t.log('SKIPPED LOUDLY: not root');
+  }
+  const host = tempDir('tsvol-mi-host-');
+  const realMounts = path.join(host, 'real mounts');
+  fs.mkdirSync(realMounts);
+  fs.symlinkSync(realMounts, path.join(host, 'via link'));
+  const env = { TSVOL_MOUNTS: path.join(host, 'via link', 'mnt') };
+  let s = await startTestServer({ env });
+  try {
+    await s.ok('/VolumeDriver.Create', { Name: 'held', Opts: null });
+    await s.ok('/VolumeDriver.Create', { Name: 'idle', Opts: null });
+    await s.ok('/VolumeDriver.Mount', { Name: 'held', ID: 'c1' });
+    await s.ok('/VolumeDriver.Mount', { Name: 'idle', ID: 'c1' });
+    await s.ok('/VolumeDriver.Unmount', { Name: 'idle', ID: 'c1' });
+    const held = path.join(realMounts, 'mnt', 'held');
+    const idle = path.join(realMounts, 'mnt', 'idle');
+    await s.kill();
+    t.is(mountCount(held), 1);
+    // A stale mount with no holder (a crash mid-Unmount).
+    t.is(spawnSync('mount', ['--bind', path.join(s.data, 'volumes', 'idle', '_data'), idle]).status, 0);
+    s = await startTestServer({ dir: s.dir, env });
+    t.is(mountCount(held), 1, 'the held volume stays mounted once (not mounted again on top)');
+    t.is(mountCount(idle), 0, 'the stale mount is removed');
+    await s.ok('/VolumeDriver.Unmount', { Name: 'held', ID: 'c1' });
+    t.is(mountCount(held), 0);
+  } finally {
+    await s.kill();
+    cleanupDir(s.dir);
+    cleanupDir(host);
+  }
+});
