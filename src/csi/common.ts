@@ -4,6 +4,7 @@
  */
 import { status } from '@grpc/grpc-js';
 import type { VolumeInfo } from '../volumes/volume-service.js';
+import { BIND_MOUNT_FLAGS } from '../sys/mount.js';
 import { CsiError } from './errors.js';
 import type { Topology, VolumeCapability } from './messages.js';
 
@@ -28,11 +29,37 @@ export function unsupportedCapability(cap: VolumeCapability): string | undefined
   if (cap.access_type !== 'mount' && (cap.mount === undefined || cap.mount === null)) {
     return 'a volume capability needs an access type (mount)';
   }
+  const flags = mountFlagsOf(cap);
+  if (typeof flags === 'string') return flags;
+  if ((cap.mount?.volume_mount_group ?? '') !== '') {
+    return 'volume_mount_group is not supported (the node does not advertise VOLUME_MOUNT_GROUP): a bind mount cannot change file ownership';
+  }
   const mode = cap.access_mode?.mode ?? 'UNKNOWN';
   if (!SUPPORTED_MODES.has(mode)) {
     return `access mode ${mode} is not supported: tsvol volumes are node-local; use SINGLE_NODE_WRITER or SINGLE_NODE_READER_ONLY`;
   }
   return undefined;
+}
+
+/** mount_flags a bind remount sets (src/sys/mount.ts BIND_MOUNT_FLAGS), plus `rw`, the default. */
+const HONOURED_FLAGS = new Set([...BIND_MOUNT_FLAGS.keys(), 'rw']);
+/** At most one of these: each names the whole atime policy. */
+const ATIME_FLAGS = ['noatime', 'relatime', 'strictatime'];
+
+/**
+ * The mount flags of `cap` (each entry may hold several, comma-separated, as mount(8) takes them), or why
+ * they cannot be honoured. A publish is a bind mount: only per-mount flags can be set on it; a filesystem
+ * option (`uid=`, `data=`, `discard`…) would need a mount of its own, so it is refused, not ignored.
+ */
+export function mountFlagsOf(cap: VolumeCapability): string[] | string {
+  const flags = (cap.mount?.mount_flags ?? []).flatMap((f) => f.split(',')).map((f) => f.trim()).filter((f) => f !== '');
+  const bad = flags.filter((f) => !HONOURED_FLAGS.has(f));
+  if (bad.length > 0) {
+    return `mount_flags ${bad.map((f) => JSON.stringify(f)).join(', ')} cannot be honoured: a publish is a bind mount, which takes only ${[...HONOURED_FLAGS].join(', ')}`;
+  }
+  if (flags.includes('ro') && flags.includes('rw')) return 'mount_flags has both "ro" and "rw"';
+  if (ATIME_FLAGS.filter((f) => flags.includes(f)).length > 1) return `mount_flags has more than one of ${ATIME_FLAGS.join(', ')}`;
+  return flags;
 }
 
 /** Throws INVALID_ARGUMENT unless `caps` is a non-empty list of supported capabilities; `what` names the volume. */

@@ -8,7 +8,7 @@ import { status } from '@grpc/grpc-js';
 import { NotFoundError } from '../errors.js';
 import type { Publisher } from '../volumes/publish.js';
 import type { VolumeService } from '../volumes/volume-service.js';
-import { READ_ONLY_MODES, capacityOf, checkCapabilities, nodeTopology } from './common.js';
+import { READ_ONLY_MODES, capacityOf, checkCapabilities, mountFlagsOf, nodeTopology } from './common.js';
 import { CsiError, required } from './errors.js';
 import type { NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest } from './messages.js';
 
@@ -46,8 +46,14 @@ export function nodeHandlers(deps: NodeDeps) {
       if (req.volume_capability === null) throw new CsiError(status.INVALID_ARGUMENT, `NodePublishVolume "${id}": volume_capability is required`);
       checkCapabilities([req.volume_capability], `NodePublishVolume "${id}"`);
       mustExist(service, id, 'NodePublishVolume');
-      const readOnly = req.readonly || READ_ONLY_MODES.has(req.volume_capability.access_mode?.mode ?? '');
-      await publisher.publish(id, target, readOnly);
+      const cap = req.volume_capability;
+      // checkCapabilities refused flags that cannot be honoured; these can (a bind remount sets them).
+      const flags = mountFlagsOf(cap) as string[];
+      const readOnly = req.readonly || READ_ONLY_MODES.has(cap.access_mode?.mode ?? '') || flags.includes('ro');
+      if (readOnly && flags.includes('rw')) {
+        throw new CsiError(status.INVALID_ARGUMENT, `NodePublishVolume "${id}": mount_flags has "rw" but the publish is read-only (readonly or a read-only access mode)`);
+      }
+      await publisher.publish(id, target, { readOnly, flags: flags.filter((f) => f !== 'rw'), fsType: cap.mount?.fs_type ?? '' });
       return {};
     },
 

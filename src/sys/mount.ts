@@ -94,9 +94,32 @@ const MS_RDONLY = 0x1;
 const MS_REMOUNT = 0x20;
 
 /**
- * Makes the bind mount at `target` read-only. A bind ignores MS_RDONLY on creation, so this is the second
- * step (mount(8)'s `-o bind,ro` does the same remount). Only this mount: the source stays writable.
+ * Per-mount flags a bind remount can set (mount(8)'s names and linux/mount.h's bits): what a CSI publish's
+ * mount_flags may ask for. Anything else (a filesystem option such as `data=ordered`, `uid=`) a bind
+ * cannot honour.
  */
-export async function remountBindReadOnly(target: string): Promise<void> {
-  await mountAsync(null, target, null, MS_REMOUNT | MS_BIND | MS_RDONLY, null);
+export const BIND_MOUNT_FLAGS: ReadonlyMap<string, number> = new Map([
+  ['ro', MS_RDONLY],
+  ['nosuid', 0x2],
+  ['nodev', 0x4],
+  ['noexec', 0x8],
+  ['noatime', 0x400],
+  ['nodiratime', 0x800],
+  ['relatime', 0x200000],
+  ['strictatime', 0x1000000],
+]);
+
+/**
+ * Remounts the bind mount at `target` with the per-mount flags named in `flags` (keys of BIND_MOUNT_FLAGS)
+ * set; a bind ignores them on creation, so this is the second step (mount(8)'s `-o bind,ro` does the same
+ * remount). A bind remount replaces the mount's flags, so the ones it had (`current`, from mountinfo:
+ * nosuid, nodev, noexec inherited from the source's mount) are kept: a remount never loosens them. Only
+ * this mount changes: the source stays as it is.
+ */
+export async function remountBind(target: string, flags: Iterable<string>, current: Iterable<string> = []): Promise<void> {
+  let bits = 0;
+  for (const f of [...flags, ...current]) bits |= BIND_MOUNT_FLAGS.get(f) ?? 0;
+  // relatime is the kernel's default; with noatime or strictatime it would contradict them.
+  if ((bits & (0x400 | 0x1000000)) !== 0) bits &= ~0x200000;
+  await mountAsync(null, target, null, MS_REMOUNT | MS_BIND | bits, null);
 }

@@ -103,12 +103,18 @@ export function mountsUnder(dir: string, mounts: readonly MountEntry[] = readMou
 }
 
 /**
- * The per-mount options (`ro,relatime`…) of the mount on top at `p` (resolved by the kernel, a final
- * symlink not followed), or undefined if nothing is mounted there.
+ * The mount on top at `p` (resolved by the kernel, a final symlink not followed; the last one stacked
+ * there), or undefined if nothing is mounted there.
  */
-export function mountOptionsAt(p: string): string[] | undefined {
+export function mountAt(p: string): MountEntry | undefined {
   const real = kernelPath(p, { noFollow: true });
-  let found: readonly string[] | undefined;
-  for (const m of readMounts()) if (m.mountPoint === real) found = m.options;
-  return found === undefined ? undefined : [...found];
+  let found: MountEntry | undefined;
+  for (const m of readMounts()) if (m.mountPoint === real) found = m;
+  return found;
+}
+
+/** The per-mount options (`ro,relatime`…) of the mount on top at `p` (see mountAt), or undefined. */
+export function mountOptionsAt(p: string): string[] | undefined {
+  const m = mountAt(p);
+  return m === undefined ? undefined : [...m.options];
 }

@@ -9,6 +9,11 @@
  * then the bind at the target; a failed bind releases the hold again. Unpublish undoes it in reverse: the
  * bind, the target directory, then the hold.
  *
+ * A target is known by where the kernel puts it (targetIdentity): its real path, resolved through an fd, so
+ * two spellings of one directory (a symlinked kubelet root, a double slash) are one target and one hold,
+ * and a retry finds the publish it made; two real directories are two targets. The bind goes onto the fd
+ * whose real path was checked, so a rename or symlink swapped in meanwhile is refused, not followed.
+ *
  * What a hostile orchestrator can make tsvol do at a path is what the spec implies: mount the volume there,
  * and undo exactly that. A publish goes onto a directory nothing is mounted on (never a symlink); only a
  * mount that shows the volume's own directory (same device and inode) is ever unmounted at a target, so a
@@ -22,26 +27,38 @@ import path from 'node:path';
 import { ConflictError, InUseError, InvalidArgumentError, describeError, errnoCode, wrapError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { isMountRoot } from '../sys/libc.js';
-import { bindMountAsync, remountBindReadOnly, unmountTargetAsync } from '../sys/mount.js';
-import { mountOptionsAt } from '../sys/mountinfo.js';
+import { BIND_MOUNT_FLAGS, bindMountAsync, remountBind, unmountTargetAsync } from '../sys/mount.js';
+import { kernelPath, mountAt, mountOptionsAt } from '../sys/mountinfo.js';
 import { PUBLISH_HOLD_PREFIX } from './holds.js';
 import { createKeyedMutex } from '../sys/keyed-mutex.js';
 import type { VolumeMechanics, VolumeService } from './volume-service.js';
 
 
-/** The hold's mount ID for a publish at `target` (an absolute path). */
-export function publishMountId(target: string): string {
-  return `${PUBLISH_HOLD_PREFIX}${createHash('sha256').update(path.resolve(target)).digest('hex').slice(0, 32)}`;
+/** The hold's mount ID for a publish at the target whose identity (targetIdentity) is `identity`. */
+export function publishMountId(identity: string): string {
+  return `${PUBLISH_HOLD_PREFIX}${createHash('sha256').update(identity).digest('hex').slice(0, 32)}`;
+}
+
+/** How a publish mounts: read-only or not, and the per-mount flags asked for (keys of BIND_MOUNT_FLAGS). */
+export interface PublishOptions {
+  readonly readOnly: boolean;
+  readonly flags?: readonly string[];
+  /**
+   * The filesystem type the orchestrator expects (CSI fs_type), or '' for any. A bind shows the volume's
+   * own filesystem and cannot make another: a type that is not the one the publish shows is refused
+   * (InvalidArgument) and undone.
+   */
+  readonly fsType?: string;
 }
 
 /** Publishing volumes at target paths. */
 export interface Publisher {
   /**
-   * Bind-mounts volume `name` at `target` (created if missing), read-only if asked, holding the volume.
-   * Idempotent: a target already published from the same volume in the same mode is success; in the other
-   * mode it is a ConflictError.
+   * Bind-mounts volume `name` at `target` (created if missing), read-only if asked and with the asked
+   * per-mount flags, holding the volume. Idempotent: a target already published from the same volume in
+   * the same mode is success; in the other mode it is a ConflictError.
    */
-  publish(name: string, target: string, readOnly: boolean): Promise<void>;
+  publish(name: string, target: string, opts: PublishOptions): Promise<void>;
   /** Unmounts `target`, removes the directory and drops the hold. Idempotent. */
   unpublish(name: string, target: string): Promise<void>;
   /** True if the volume holds a publish at `target`. */
@@ -50,7 +67,46 @@ export interface Publisher {
 
 function checkTarget(target: string): void {
   if (!path.isAbsolute(target)) throw new InvalidArgumentError(`target path "${target}" must be absolute`);
+  // `..` after a directory that does not exist yet has no kernel meaning to resolve; no orchestrator sends it.
+  if (target.split('/').some((c) => c === '.' || c === '..')) {
+    throw new InvalidArgumentError(`target path "${target}" has a "." or ".." component; give the path itself`);
+  }
+  if (target.includes('\0')) throw new InvalidArgumentError(`target path "${target}" has a NUL byte`);
 }
+
+/**
+ * The target's identity: its real path as the kernel resolves it (symlinks in its parents followed, a final
+ * symlink not), read back from an O_PATH fd. Missing trailing components (a target not made yet) are
+ * appended to the real path of the deepest one that exists. A target that cannot be a directory is
+ * InvalidArgument.
+ */
+export function targetIdentity(target: string): string {
+  const rest: string[] = [];
+  let p = path.resolve(target);
+  for (;;) {
+    try {
+      return path.join(kernelPath(p, { noFollow: rest.length === 0 }), ...rest);
+    } catch (err) {
+      const code = errnoCode(err);
+      if (code !== 'ENOENT' || p === '/') {
+        if (code !== undefined && BAD_TARGET.has(code)) throw new InvalidArgumentError(`target path "${target}" cannot be a directory (${code})`, { cause: err });
+        throw err;
+      }
+      rest.unshift(path.basename(p));
+      p = path.dirname(p);
+    }
+  }
+}
+
+/** The mount IDs a publish at `target` may hold: its identity's, and the one an older tsvol made from the path as given. */
+function publishIds(target: string, identity: string): string[] {
+  const legacy = publishMountId(path.resolve(target));
+  const id = publishMountId(identity);
+  return legacy === id ? [id] : [id, legacy];
+}
+
+/** Why mkdir of a target fails that is the caller's path, not a fault of the server. */
+const BAD_TARGET = new Set(['ENOTDIR', 'ENAMETOOLONG', 'ELOOP', 'EEXIST']);
 
 /** True if `p` is the root of a mount; false if it is not, or cannot exist. */
 function mountedAt(p: string): boolean {
@@ -64,8 +120,6 @@ function mountedAt(p: string): boolean {
   }
 }
 
-/** Why mkdir of a target fails that is the caller's path, not a fault of the server. */
-const BAD_TARGET = new Set(['ENOTDIR', 'ENAMETOOLONG', 'ELOOP', 'EEXIST']);
 
 /** Makes the target directory and its missing parents; returns the first one it made. A path that cannot be a directory is InvalidArgument. */
 function makeTarget(target: string): string | undefined {
@@ -84,9 +138,11 @@ const O_PATH = 0o10000000;
 /**
  * Binds `mountpoint` onto the directory `target`, never through a final symlink: the target is pinned with
  * O_PATH | O_NOFOLLOW | O_DIRECTORY and the mount goes onto that fd, so a symlink at the target (to /etc,
- * say) is refused rather than mounted over its destination, where unpublish would never find it.
+ * say) is refused rather than mounted over its destination, where unpublish would never find it. The fd's
+ * real path must be `identity` (what the hold is named by): a parent renamed or swapped for a symlink
+ * since is a ConflictError, and nothing is mounted.
  */
-async function bindOnto(mountpoint: string, target: string): Promise<void> {
+async function bindOnto(mountpoint: string, target: string, identity: string): Promise<void> {
   let fd: number;
   try {
     fd = fs.openSync(target, O_PATH | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW);
@@ -96,6 +152,8 @@ async function bindOnto(mountpoint: string, target: string): Promise<void> {
     throw err;
   }
   try {
+    const now = fs.readlinkSync(`/proc/self/fd/${fd}`);
+    if (now !== identity) throw new ConflictError(`target path "${target}" moved while being published (now "${now}", was "${identity}"); try again`);
     await bindMountAsync(mountpoint, `/proc/self/fd/${fd}`);
   } finally {
     fs.closeSync(fd);
@@ -140,20 +198,37 @@ export function createPublisher(service: VolumeService & VolumeMechanics, log: L
   /** True if `id` holds volume `name` (NotFound for an unknown volume). */
   const held = (name: string, id: string): boolean => service.kinds.mustGet(name).holds.has(id);
 
-  return {
-    isPublished: (name, target) => held(name, publishMountId(target)),
+  /** The hold at `target` (its identity's, or an older tsvol's by the path as given), or undefined. */
+  const heldId = (name: string, target: string, identity: string): string | undefined =>
+    publishIds(target, identity).find((id) => held(name, id));
 
-    async publish(name, target, readOnly) {
+  return {
+    isPublished: (name, target) => {
       checkTarget(target);
-      const id = publishMountId(target);
-      await locks.run(path.resolve(target), async () => {
+      return heldId(name, target, targetIdentity(target)) !== undefined;
+    },
+
+    async publish(name, target, opts) {
+      checkTarget(target);
+      const { readOnly } = opts;
+      const flags = [...new Set((opts.flags ?? []).filter((f) => f !== 'ro'))];
+      for (const f of flags) if (!BIND_MOUNT_FLAGS.has(f)) throw new InvalidArgumentError(`mount flag "${f}" cannot be set on a bind mount`);
+      const identity = targetIdentity(target);
+      await locks.run(identity, async () => {
+        const id = heldId(name, target, identity) ?? publishMountId(identity);
         if (held(name, id) && showsVolume(target, service.path(name))) {
-          // mountinfo names the mount by its real path: a target below a symlinked directory (a kubelet root
-          // moved to another disk) is looked up by where the kernel put it, not by the path as given.
-          const ro = mountOptionsAt(fs.realpathSync(target))?.includes('ro') ?? false;
-          if (ro === readOnly) return;
+          // mountinfo names the mount by its real path: kernelPath looks the target up where the kernel put it.
+          const entry = mountAt(target);
+          const options = entry?.options ?? [];
+          const fsType = opts.fsType ?? '';
+          if (fsType !== '' && entry?.fsType !== fsType) {
+            throw new InvalidArgumentError(`fs_type "${fsType}" cannot be honoured: volume "${name}" is published at "${target}" on ${entry?.fsType ?? 'nothing'}`);
+          }
+          const ro = options.includes('ro');
+          const missing = flags.filter((f) => !options.includes(f));
+          if (ro === readOnly && missing.length === 0) return;
           throw new ConflictError(
-            `volume "${name}" is already published at "${target}" ${ro ? 'read-only' : 'read-write'}; unpublish it first to publish it ${readOnly ? 'read-only' : 'read-write'}`,
+            `volume "${name}" is already published at "${target}" ${ro ? 'read-only' : 'read-write'}; unpublish it first to publish it ${readOnly ? 'read-only' : 'read-write'}${missing.length > 0 ? ` with ${missing.join(',')} (its mount has ${options.join(',')})` : ''}`,
           );
         }
         // Never onto another mount: unpublish could not tell it from the publish, nor the publish from it.
@@ -168,9 +243,18 @@ export function createPublisher(service: VolumeService & VolumeMechanics, log: L
         let bound = false;
         try {
           created = makeTarget(target);
-          await bindOnto(mountpoint, target);
+          await bindOnto(mountpoint, target, identity);
           bound = true;
-          if (readOnly) await remountBindReadOnly(target);
+          if (readOnly || flags.length > 0) {
+            // The flags the bind has (inherited from the volume's mount) are kept; the asked ones are added.
+            const current = (mountOptionsAt(target) ?? []).filter((f) => BIND_MOUNT_FLAGS.has(f) && f !== 'relatime');
+            await remountBind(target, readOnly ? ['ro', ...flags] : flags, current);
+          }
+          const fsType = opts.fsType ?? '';
+          const shown = fsType === '' ? undefined : mountAt(target)?.fsType;
+          if (shown !== undefined && shown !== fsType) {
+            throw new InvalidArgumentError(`fs_type "${fsType}" cannot be honoured: volume "${name}" is a directory on ${shown} (a bind mount cannot change it); leave fs_type empty or give "${shown}"`);
+          }
         } catch (err) {
           try {
             if (bound) await unmountOurs(target, mountpoint);
@@ -186,11 +270,12 @@ export function createPublisher(service: VolumeService & VolumeMechanics, log: L
 
     async unpublish(name, target) {
       checkTarget(target);
-      const id = publishMountId(target);
-      await locks.run(path.resolve(target), async () => {
+      const identity = targetIdentity(target);
+      await locks.run(identity, async () => {
         service.get(name); // NotFound for an unknown volume, before anything is touched
         // A target this volume does not hold is not ours: nothing there is touched (a repeated unpublish).
-        if (!held(name, id)) return;
+        const id = heldId(name, target, identity);
+        if (id === undefined) return;
         const unmounted = await unmountOurs(target, service.path(name));
         if (mountedAt(target)) {
           // Something else is mounted there. Over the publish (nothing of ours was on top): it is not ours

@@ -1,0 +1,121 @@
+/**
+ * A publish target is known by where the kernel puts it (the trust review, session 7): two spellings of one
+ * directory (a symlinked parent) are one target and one hold; two real directories are two. And
+ * volume_capability.mount: the per-mount flags a bind can take are set on the publish; anything else
+ * (filesystem options, another fs_type, volume_mount_group) is INVALID_ARGUMENT, never ignored.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { csiClient, fails, grpc, mountCap, type CsiClient } from './helpers/csi.js';
+import { requireTools } from './helpers/require.js';
+import { withServer, type TestServer } from './helpers/server.js';
+import { mountAt } from '../src/sys/mountinfo.js';
+
+requireTools('mount', 'umount');
+
+const { status } = grpc;
+const cap = mountCap();
+
+function withCsi(t: { log: (m: string) => void }, fn: (csi: CsiClient, s: TestServer) => Promise<void>): Promise<void> {
+  return withServer(t, { root: true, csi: true, env: { TSVOL_NODE_ID: 'node-a' } }, async (s) => {
+    const csi = csiClient(s.csiSocket!);
+    try {
+      await fn(csi, s);
+    } finally {
+      csi.close();
+    }
+  });
+}
+
+async function mounts(s: TestServer, name: string): Promise<unknown> {
+  const get = await s.ok('/VolumeDriver.Get', { Name: name });
+  return (get.Volume as { Status: { mounts: unknown } }).Status.mounts;
+}
+
+test('one target through a symlinked parent is one hold; a retry by either spelling is the same publish; another real target is another', async (t) => {
+  await withCsi(t, async (csi, s) => {
+    await csi.controller('CreateVolume', { name: 'vv', volume_capabilities: [cap] });
+    const real = path.join(s.dir, 'kubelet-real');
+    fs.mkdirSync(path.join(real, 'pods'), { recursive: true });
+    fs.symlinkSync(real, path.join(s.dir, 'kubelet'));
+    const direct = path.join(real, 'pods', 'p1');
+    const viaLink = path.join(s.dir, 'kubelet', 'pods', 'p1');
+    await csi.node('NodePublishVolume', { volume_id: 'vv', target_path: viaLink, volume_capability: cap });
+    await csi.node('NodePublishVolume', { volume_id: 'vv', target_path: direct, volume_capability: cap });
+    await csi.node('NodePublishVolume', { volume_id: 'vv', target_path: `${s.dir}//kubelet/pods/p1/`, volume_capability: cap });
+    t.is(await mounts(s, 'vv'), 1, 'one real target, one hold');
+    t.is(mountAt(direct)?.mountPoint, direct);
+    // Another real directory is another target.
+    const other = path.join(real, 'pods', 'p2');
+    await csi.node('NodePublishVolume', { volume_id: 'vv', target_path: other, volume_capability: cap });
+    t.is(await mounts(s, 'vv'), 2);
+    // Stats and unpublish find it by either spelling; unpublish by one undoes the publish made by the other.
+    await csi.node('NodeGetVolumeStats', { volume_id: 'vv', volume_path: direct });
+    await csi.node('NodeUnpublishVolume', { volume_id: 'vv', target_path: direct });
+    t.false(fs.existsSync(direct));
+    t.is(await mounts(s, 'vv'), 1);
+    await csi.node('NodeUnpublishVolume', { volume_id: 'vv', target_path: viaLink });
+    t.is(await mounts(s, 'vv'), 1, 'a repeated unpublish changes nothing');
+    await csi.node('NodeUnpublishVolume', { volume_id: 'vv', target_path: other });
+    t.is(await mounts(s, 'vv'), 0);
+    // `..` components are refused, not resolved lexically.
+    const dots = await fails(csi.node('NodePublishVolume', { volume_id: 'vv', target_path: `${s.dir}/kubelet/../x`, volume_capability: cap }));
+    t.is(dots.code, status.INVALID_ARGUMENT, dots.details);
+  });
+});
+
+test('mount_flags a bind takes are set on the publish (kept on a retry); others, a foreign fs_type and volume_mount_group are INVALID_ARGUMENT', async (t) => {
+  await withCsi(t, async (csi, s) => {
+    await csi.controller('CreateVolume', { name: 'ff', volume_capabilities: [cap] });
+    const target = path.join(s.dir, 'pods', 'flags');
+    const flagged = { ...cap, mount: { fs_type: '', mount_flags: ['nosuid', 'nodev,noexec'], volume_mount_group: '' } };
+    await csi.node('NodePublishVolume', { volume_id: 'ff', target_path: target, volume_capability: flagged });
+    const opts = mountAt(target)?.options ?? [];
+    for (const f of ['rw', 'nosuid', 'nodev', 'noexec']) t.true(opts.includes(f), `${f} in ${opts.join(',')}`);
+    await csi.node('NodePublishVolume', { volume_id: 'ff', target_path: target, volume_capability: flagged });
+    t.is(await mounts(s, 'ff'), 1);
+    // The same target asked for with a flag it does not have: a conflict, not a silent success.
+    const more = { ...cap, mount: { fs_type: '', mount_flags: ['noatime'], volume_mount_group: '' } };
+    const conflict = await fails(csi.node('NodePublishVolume', { volume_id: 'ff', target_path: target, volume_capability: more }));
+    t.is(conflict.code, status.ALREADY_EXISTS, conflict.details);
+    await csi.node('NodeUnpublishVolume', { volume_id: 'ff', target_path: target });
+
+    // `ro` in mount_flags is a read-only publish.
+    const ro = { ...cap, mount: { fs_type: '', mount_flags: ['ro'], volume_mount_group: '' } };
+    await csi.node('NodePublishVolume', { volume_id: 'ff', target_path: target, volume_capability: ro });
+    t.true(mountAt(target)?.options.includes('ro'));
+    t.throws(() => fs.writeFileSync(path.join(target, 'x'), 'x'), { code: 'EROFS' });
+    await csi.node('NodeUnpublishVolume', { volume_id: 'ff', target_path: target });
+
+    // The filesystem the volume is on is accepted as fs_type; another one is refused and leaves nothing.
+    const fsName = path.join(s.dir, 'pods', 'probe');
+    await csi.node('NodePublishVolume', { volume_id: 'ff', target_path: fsName, volume_capability: cap });
+    const shown = mountAt(fsName)!.fsType;
+    await csi.node('NodeUnpublishVolume', { volume_id: 'ff', target_path: fsName });
+    await csi.node('NodePublishVolume', { volume_id: 'ff', target_path: target, volume_capability: { ...cap, mount: { fs_type: shown, mount_flags: [], volume_mount_group: '' } } });
+    await csi.node('NodeUnpublishVolume', { volume_id: 'ff', target_path: target });
+
+    const refused: [object, RegExp][] = [
+      [{ fs_type: shown === 'btrfs' ? 'xfs' : 'btrfs', mount_flags: [], volume_mount_group: '' }, /fs_type "(btrfs|xfs)" cannot be honoured/],
+      [{ fs_type: '', mount_flags: ['uid=1000'], volume_mount_group: '' }, /mount_flags "uid=1000" cannot be honoured/],
+      [{ fs_type: '', mount_flags: ['discard'], volume_mount_group: '' }, /mount_flags "discard" cannot be honoured/],
+      [{ fs_type: '', mount_flags: ['ro', 'rw'], volume_mount_group: '' }, /both "ro" and "rw"/],
+      [{ fs_type: '', mount_flags: ['noatime', 'strictatime'], volume_mount_group: '' }, /more than one of/],
+      [{ fs_type: '', mount_flags: [], volume_mount_group: '1000' }, /volume_mount_group is not supported/],
+    ];
+    for (const [mount, why] of refused) {
+      const err = await fails(csi.node('NodePublishVolume', { volume_id: 'ff', target_path: target, volume_capability: { ...cap, mount } }));
+      t.is(err.code, status.INVALID_ARGUMENT, err.details);
+      t.regex(err.details, why);
+      t.false(fs.existsSync(target), 'nothing is left at the target');
+      t.is(await mounts(s, 'ff'), 0, 'no hold is left');
+    }
+    // `rw` with a read-only publish is a contradiction.
+    const rw = await fails(csi.node('NodePublishVolume', { volume_id: 'ff', target_path: target, readonly: true, volume_capability: { ...cap, mount: { fs_type: '', mount_flags: ['rw'], volume_mount_group: '' } } }));
+    t.is(rw.code, status.INVALID_ARGUMENT, rw.details);
+    // CreateVolume refuses flags it could never honour, too.
+    const create = await fails(csi.controller('CreateVolume', { name: 'gg', volume_capabilities: [{ ...cap, mount: { fs_type: '', mount_flags: ['uid=0'], volume_mount_group: '' } }] }));
+    t.is(create.code, status.INVALID_ARGUMENT, create.details);
+  });
+});
