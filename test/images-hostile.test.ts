@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import zlib from 'node:zlib';
 import test from 'ava';
 import { blankHeader, encodeHeader, padding } from '../src/layers/tar/format.js';
@@ -33,7 +34,7 @@ const saveOf = (manifest: unknown, extra: Buffer[] = [file(configName, config), 
  * Runs `tsvol image load` on `data` with `input`, killed after `timeoutMs`; resolves to its exit status,
  * output, peak RSS (MiB, VmHWM polled) and run time.
  */
-function load(data: string, input: Buffer, timeoutMs = 60_000): Promise<{ status: number | null; out: string; peakMb: number; ms: number }> {
+function load(data: string, input: Buffer | Iterable<Buffer>, timeoutMs = 60_000): Promise<{ status: number | null; out: string; peakMb: number; ms: number }> {
   return new Promise((resolve) => {
     const started = Date.now();
     const p = spawn(process.execPath, [CLI, 'image', 'load'], { env: { ...process.env, TSVOL_DATA: data }, stdio: ['pipe', 'pipe', 'pipe'] });
@@ -55,7 +56,8 @@ function load(data: string, input: Buffer, timeoutMs = 60_000): Promise<{ status
       resolve({ status, out, peakMb, ms: Date.now() - started });
     });
     p.stdin.on('error', () => undefined); // a refusal may come before all of the input is written
-    p.stdin.end(input);
+    if (Buffer.isBuffer(input)) p.stdin.end(input);
+    else Readable.from(input).on('error', () => undefined).pipe(p.stdin);
   });
 }
 
@@ -170,4 +172,41 @@ test('an image deeper than 500 layers is refused before its layers cost anything
   const r3 = await load(data, saveOf([{ Config: 'deep.json', Layers: ['l/layer.tar'] }], [file('deep.json', deepConfig), file('l/layer.tar', layer)]));
   t.regex(r3.out, /20000 diff_ids; an image has at most 500 layers/);
   t.deepEqual(stateOf(data), []);
+});
+
+test('entries that are not layers are bounded on disk: one past 8 MiB, or all past 256 MiB, is refused early and stores nothing', async (t) => {
+  const data = tempDir();
+  t.teardown(() => cleanupDir(data));
+  // One unreferenced 9 MiB entry that is no layer (an old loader spooled it whole and loaded the image).
+  const big = Buffer.alloc(9 << 20, 0x78);
+  const r = await load(data, saveOf([{ Config: configName, Layers: ['l/layer.tar'] }], [file(configName, config), file('l/layer.tar', layer), file('junk.bin', big)]));
+  t.not(r.status, 0, r.out);
+  t.regex(r.out, /"junk\.bin" is 9437184 bytes and not a layer/);
+  t.deepEqual(stateOf(data), []);
+  // Many entries under the per-entry bound, 7 MiB each: refused at the total, long before the input ends
+  // (streamed: 40 of them would be 280 MiB).
+  const seven = Buffer.alloc(7 << 20, 0x78);
+  function* many(): Generator<Buffer> {
+    yield file(configName, config);
+    for (let i = 0; i < 40; i++) yield file(`junk-${i}.bin`, seven);
+    yield file('l/layer.tar', layer);
+    yield file('manifest.json', JSON.stringify([{ Config: configName, Layers: ['l/layer.tar'] }]));
+    yield Buffer.alloc(1024);
+  }
+  const r2 = await load(data, many());
+  t.not(r2.status, 0, r2.out);
+  t.regex(r2.out, /entries that are not layers come to more than 268435456 bytes \(at "junk-36\.bin"\)/);
+  t.deepEqual(stateOf(data), []);
+  // A pre-POSIX (v7) tar layer is a layer, not a spooled entry: a v7 header has no "ustar" magic.
+  const v7 = Buffer.from(tarOf([file('hello.txt', 'hello')]));
+  v7.fill(0, 257, 265); // no magic, no version: a v7 header; fix its checksum
+  v7.fill(0x20, 148, 156);
+  let sum = 0;
+  for (let i = 0; i < 512; i++) sum += v7[i]!;
+  v7.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+  const v7Diff = `sha256:${sha(v7)}`;
+  const v7Config = configOf([v7Diff]);
+  const v7Name = `${sha(v7Config)}.json`;
+  const r3 = await load(data, saveOf([{ Config: v7Name, RepoTags: ['example.com/v7:1'], Layers: ['v/layer.tar'] }], [file(v7Name, v7Config), file('v/layer.tar', v7)]));
+  t.is(r3.status, 0, r3.out);
 });

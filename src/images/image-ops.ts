@@ -208,11 +208,17 @@ export function imageOps(ctx: ImageOpsContext): ImageOps {
     return { ...shownName(row.name), name: row.name, id: row.id, digest: row.digest, top: row.top, created, size };
   }
 
+  /**
+   * The ChainIDs of each prefix of a diff_ids list, computed once per list and extended as far as asked:
+   * asking for every i of one list costs one hash per layer, not i of them.
+   */
+  const chainIds = new WeakMap<readonly string[], string[]>();
   /** True if the chain of diffIds[0..i] is a stored layer. */
   function hasChain(diffIds: readonly string[], i: number): boolean {
-    let id: string | undefined;
-    for (let j = 0; j <= i; j++) id = chainId(id, diffIds[j]!);
-    return meta.getLayer(id!) !== undefined;
+    let ids = chainIds.get(diffIds);
+    if (ids === undefined) chainIds.set(diffIds, (ids = []));
+    while (ids.length <= i) ids.push(chainId(ids[ids.length - 1], diffIds[ids.length]!));
+    return meta.getLayer(ids[i]!) !== undefined;
   }
 
   /**

@@ -5,8 +5,13 @@
  * - a tar or a gzip stream is a layer: it goes straight to `ingest` (src/images/ingest.ts), which hashes
  *   it, unpacks it into a stage of the layer store and keeps its bytes only when they are compressed (for
  *   the blob area). A layer is read once and never written out as a tar;
- * - anything else (manifest.json, configs, index.json, an empty or pre-POSIX layer) is spooled to its own
- *   file in the stage, so memory stays bounded whatever the archive holds.
+ * - a pre-POSIX (v7) tar, told by its header's checksum, is a layer too;
+ * - anything else (manifest.json, configs, index.json, an empty layer) is spooled to its own file in the
+ *   stage, so memory stays bounded whatever the archive holds. Disk is bounded too: such an entry holds at
+ *   most MAX_JSON bytes (nothing bigger can be used: a document is read whole, and an empty layer is
+ *   1 KiB), all of them together MAX_SPOOLED_BYTES, checked against each entry's header before any of its
+ *   bytes are written, so a hostile archive of huge or countless non-layer entries is refused early and
+ *   leaves nothing (the caller removes the stage).
  * Paths are checked as entries arrive: an absolute path, `..`, a link leaving the archive or a device is
  * refused, and nothing is extracted under its own name (files are `f<N>` in the stage), so no path in
  * the archive ever reaches the filesystem.
@@ -15,6 +20,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { InvalidArgumentError, describeError } from '../errors.js';
+import { checksumOk } from '../layers/tar/format.js';
 import { decompressed } from '../layers/tar/gzip.js';
 import { TarReader } from '../layers/tar/reader.js';
 import type { Ingested } from './ingest.js';
@@ -27,6 +33,8 @@ export const MAX_JSON = 8 << 20;
  * A `docker save` of hundreds of images reads a few MiB.
  */
 export const MAX_DOCUMENT_BYTES = 64 << 20;
+/** The most bytes of non-layer entries one archive may spool to disk, all together (see the header). */
+export const MAX_SPOOLED_BYTES = 256 << 20;
 /** The most entries an archive may hold. */
 const MAX_ENTRIES = 1 << 20;
 
@@ -55,10 +63,11 @@ export type IngestFn = (body: AsyncIterable<Buffer>, keep: string, name: string)
 /** Names that are never layers (documents of the formats): spooled without sniffing. */
 const DOCUMENT = /(?:^|\/)(?:manifest\.json|index\.json|repositories|oci-layout|json|VERSION|[^/]*\.json)$/;
 
-/** True if `head` (the first ≤ 512 bytes of an entry) starts a gzip stream or a POSIX/GNU tar. */
+/** True if `head` (the first ≤ 512 bytes of an entry) starts a gzip stream or a tar (POSIX, GNU or v7). */
 function looksLikeLayer(head: Buffer): boolean {
   if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return true;
-  return head.length >= 262 && head.toString('latin1', 257, 262) === 'ustar';
+  if (head.length >= 262 && head.toString('latin1', 257, 262) === 'ustar') return true;
+  return head.length >= 512 && checksumOk(head.subarray(0, 512));
 }
 
 /** An archive path, normalized: `./a//b` is `a/b`; absolute paths and `..` are refused. */
@@ -78,6 +87,7 @@ export async function spoolArchive(input: AsyncIterable<Buffer>, dir: string, in
   const track = (p: Promise<Ingested>): Promise<Ingested> => p.then((r) => (settled.push(r), r));
   const reader = new TarReader(decompressed(input));
   let n = 0;
+  let spooled = 0;
   try {
     for (let e = await reader.next(); e !== undefined; e = await reader.next()) {
       if (++n > MAX_ENTRIES) throw new InvalidArgumentError(`image archive refused: more than ${MAX_ENTRIES} entries`);
@@ -114,6 +124,15 @@ export async function spoolArchive(input: AsyncIterable<Buffer>, dir: string, in
             layers.set(name, result);
             await result; // one at a time: the outer tar goes on once this layer is read
             break;
+          }
+          // Not a layer: its size (from its header) is checked before a byte of it is written.
+          const size = e.header.size;
+          if (size > MAX_JSON) {
+            throw new InvalidArgumentError(`image archive refused: ${JSON.stringify(name)} is ${size} bytes and not a layer (a gzip or tar stream); at most ${MAX_JSON} are accepted for other entries`);
+          }
+          spooled += size;
+          if (spooled > MAX_SPOOLED_BYTES) {
+            throw new InvalidArgumentError(`image archive refused: its entries that are not layers come to more than ${MAX_SPOOLED_BYTES} bytes (at ${JSON.stringify(name)})`);
           }
           const fd = fs.openSync(f, 'wx', 0o600);
           try {
