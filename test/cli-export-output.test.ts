@@ -11,14 +11,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { CLI, cleanupDir, requireRoot, tempDir } from './helpers/server.js';
+import { mknod } from '../src/sys/libc.js';
 import { simpleTar } from './helpers/tar-block.js';
 import { requireTools } from './helpers/require.js';
 
 requireTools('script');
 
-function tsvol(dir: string, args: string[]): { status: number | null; stdout: Buffer; stderr: string } {
+function tsvol(dir: string, args: string[], timeout?: number): { status: number | null; stdout: Buffer; stderr: string } {
   const env = { ...process.env, TSVOL_DATA: path.join(dir, 'data'), TSVOL_SOCKET: path.join(dir, 'p.sock'), TSVOL_MOUNTS: path.join(dir, 'mnt') };
-  const r = spawnSync(process.execPath, [CLI, ...args], { env, maxBuffer: 1 << 28 });
+  const r = spawnSync(process.execPath, [CLI, ...args], { env, maxBuffer: 1 << 28, ...(timeout === undefined ? {} : { timeout }) });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString() };
 }
 
@@ -87,6 +88,46 @@ test('-o /dev/null writes into the device and leaves it a device; a terminal on 
     t.regex(tty.stdout, /refusing to write an archive to a terminal: give -o FILE or redirect standard output/);
     t.regex(tty.stdout, /exit=1/);
     t.true(tty.stdout.length < 4096, 'no archive bytes reached the terminal');
+  } finally {
+    cleanupDir(dir);
+  }
+});
+
+test("-o onto another user's FIFO (planted at the name) is refused before a byte is written; a dangling symlink is replaced, not followed", async (t) => {
+  if (!requireRoot(t)) return;
+  const dir = tempDir('tsvol-export-out-');
+  try {
+    const { id } = importLayer(dir);
+    const fifo = path.join(dir, 'planted.tar');
+    mknod(fifo, fs.constants.S_IFIFO | 0o600, 0);
+    fs.chownSync(fifo, 65534, 65534); // nobody's, as in a world-writable /tmp
+    // The planter reads (non-blocking, so the CLI's open for writing does not wait).
+    const rfd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    try {
+      // Killed after 15 s: a CLI that writes into the FIFO blocks once its pipe buffer is full.
+      const r = tsvol(dir, ['layer', 'export', id, '-o', fifo], 15_000);
+      t.not(r.status, 0);
+      t.regex(r.stderr, /refusing to write to ".*planted\.tar": a FIFO owned by uid 65534/);
+      const got = Buffer.alloc(1 << 16);
+      let n = 0;
+      try {
+        n = fs.readSync(rfd, got);
+      } catch (err) {
+        // EAGAIN: nothing was written (the expected case).
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+      }
+      t.is(n, 0, 'no archive bytes reached the planted FIFO');
+    } finally {
+      fs.closeSync(rfd);
+    }
+    // A dangling symlink at the name: the archive is written by rename, replacing the link; nothing is
+    // created where it pointed.
+    const dangling = path.join(dir, 'dangling.tar');
+    fs.symlinkSync(path.join(dir, 'elsewhere.tar'), dangling);
+    const d = tsvol(dir, ['layer', 'export', id, '-o', dangling]);
+    t.is(d.status, 0, d.stderr);
+    t.false(fs.existsSync(path.join(dir, 'elsewhere.tar')));
+    t.true(fs.lstatSync(dangling).isFile());
   } finally {
     cleanupDir(dir);
   }

@@ -46,6 +46,25 @@ function writeAll(fd: number, chunk: Buffer): void {
 }
 
 /**
+ * Opens a FIFO or device `output` for writing in place: never created (no O_CREAT: a dangling symlink
+ * makes nothing) nor truncated, and judged by what was opened (fstat of the fd, not the earlier stat).
+ * One owned by another user than this process's (or root) is refused: an archive of people's data is not
+ * handed to a FIFO or device someone else put under the name (a `/tmp/out.tar` planted before a root
+ * export). Returns undefined for a regular file (the caller writes it by rename).
+ */
+function openInPlace(output: string): number | undefined {
+  const fd = fs.openSync(output, fs.constants.O_WRONLY | fs.constants.O_NOCTTY);
+  const st = fs.fstatSync(fd);
+  const me = process.geteuid?.() ?? 0;
+  if (st.isFile() || (st.uid !== me && st.uid !== 0)) {
+    fs.closeSync(fd);
+    if (st.isFile()) return undefined;
+    throw new InvalidArgumentError(`refusing to write to "${output}": a ${st.isFIFO() ? 'FIFO' : st.isSocket() ? 'socket' : 'device'} owned by uid ${st.uid}, not by this user (uid ${me}) or root; give a path of your own`);
+  }
+  return fd;
+}
+
+/**
  * Writes a stream to `output` (chunks straight to the fd, with a progress bar on a terminal: a write
  * stream's async hops cost ~30% here) or to standard output (a pipe or a file: back-pressure respected, no
  * progress bar mixed into the data; a terminal is refused, as `docker save` refuses it).
@@ -55,7 +74,7 @@ function writeAll(fd: number, chunk: Buffer): void {
  * halfway (a server gone, a layer file damaged, Ctrl-C) never leaves a truncated archive under the name
  * asked for, and an existing file keeps its contents; once the command has succeeded the archive survives
  * power loss. Anything else (a FIFO, a device such as /dev/null, /dev/stdout) is written in place, since a
- * rename would replace it.
+ * rename would replace it, if this user or root owns it (openInPlace).
  */
 export async function writeOut(chunks: AsyncIterable<Buffer>, output: string | undefined, label = 'exporting'): Promise<void> {
   if (output === undefined) {
@@ -72,13 +91,16 @@ export async function writeOut(chunks: AsyncIterable<Buffer>, output: string | u
     if (errnoCode(err) !== 'ENOENT') throw err;
   }
   if (st !== undefined && !st.isFile()) {
-    const fd = fs.openSync(output, 'w');
-    try {
-      for await (const chunk of withProgress(label, chunks)) writeAll(fd, chunk);
-    } finally {
-      fs.closeSync(fd);
+    const fd = openInPlace(output);
+    if (fd !== undefined) {
+      try {
+        for await (const chunk of withProgress(label, chunks)) writeAll(fd, chunk);
+      } finally {
+        fs.closeSync(fd);
+      }
+      return;
     }
-    return;
+    // A regular file now (swapped in since the stat): written beside it and renamed, as below.
   }
   const dir = path.dirname(path.resolve(output));
   // A user's file, not state: the CLI's own temp name and directory fsync (src/cli/ stays off sys/).
