@@ -4,7 +4,7 @@
  */
 import { status } from '@grpc/grpc-js';
 import type { VolumeInfo } from '../volumes/volume-service.js';
-import { BIND_MOUNT_FLAGS } from '../sys/mount.js';
+import { PUBLISH_MOUNT_FLAGS } from '../volumes/publish.js';
 import { CsiError } from './errors.js';
 import type { Topology, VolumeCapability } from './messages.js';
 
@@ -41,8 +41,8 @@ export function unsupportedCapability(cap: VolumeCapability): string | undefined
   return undefined;
 }
 
-/** mount_flags a bind remount sets (src/sys/mount.ts BIND_MOUNT_FLAGS), plus `rw`, the default. */
-const HONOURED_FLAGS = new Set([...BIND_MOUNT_FLAGS.keys(), 'rw']);
+/** mount_flags a bind remount sets (src/volumes/publish.ts), plus `rw`, the default. */
+const HONOURED_FLAGS = new Set([...PUBLISH_MOUNT_FLAGS, 'rw']);
 /** At most one of these: each names the whole atime policy. */
 const ATIME_FLAGS = ['noatime', 'relatime', 'strictatime'];
 

@@ -39,6 +39,9 @@ export function publishMountId(identity: string): string {
   return `${PUBLISH_HOLD_PREFIX}${createHash('sha256').update(identity).digest('hex').slice(0, 32)}`;
 }
 
+/** The per-mount flags a publish can set (a bind remount's: src/sys/mount.ts), besides `ro`. */
+export const PUBLISH_MOUNT_FLAGS: readonly string[] = [...BIND_MOUNT_FLAGS.keys()];
+
 /** How a publish mounts: read-only or not, and the per-mount flags asked for (keys of BIND_MOUNT_FLAGS). */
 export interface PublishOptions {
   readonly readOnly: boolean;
