@@ -119,3 +119,18 @@ test('mount_flags a bind takes are set on the publish (kept on a retry); others,
     t.is(create.code, status.INVALID_ARGUMENT, create.details);
   });
 });
+
+test('under umask 000 the CSI socket appears 0600 at its name (bound in a private directory, then renamed), and leaves no debris', async (t) => {
+  await withServer(t, { root: true, csi: true, prefix: ['sh', '-c', 'umask 000; exec "$@"', 'sh'] }, async (s) => {
+    const st = fs.statSync(s.csiSocket!);
+    t.true(st.isSocket());
+    t.is(st.mode & 0o777, 0o600);
+    t.deepEqual(fs.readdirSync(path.dirname(s.csiSocket!)).filter((e) => e.startsWith('.csi-')), []);
+    const csi = csiClient(s.csiSocket!);
+    try {
+      t.like(await csi.identity('GetPluginInfo', {}), { name: 'csi.tsvol.local' });
+    } finally {
+      csi.close();
+    }
+  });
+});

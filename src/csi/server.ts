@@ -96,11 +96,24 @@ export async function startCsiServer(deps: CsiServerDeps): Promise<CsiServer> {
     // ENOENT: no stale socket from an earlier run.
     if (errnoCode(err) !== 'ENOENT') throw err;
   }
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`unix:${deps.socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-  );
-  // Root only, like the VolumeDriver socket: a publish mounts as root wherever the caller says.
-  fs.chmodSync(deps.socket, 0o600);
+  // Root only, like the VolumeDriver socket: a publish mounts as root wherever the caller says. The socket
+  // is bound inside a fresh 0700 directory beside its name, made 0600 there, and only then renamed into
+  // place: bound at its name, it would be open to anyone for as long as the bind takes under a loose umask
+  // (gRPC binds asynchronously, so the umask cannot be held tight around it).
+  const privateDir = fs.mkdtempSync(path.join(path.dirname(deps.socket), '.csi-'));
+  const bound = path.join(privateDir, 's');
+  try {
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(`unix:${bound}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+    );
+    fs.chmodSync(bound, 0o600);
+    fs.renameSync(bound, deps.socket);
+  } catch (err) {
+    server.forceShutdown();
+    throw err;
+  } finally {
+    fs.rmSync(privateDir, { recursive: true, force: true });
+  }
   return {
     async stop(drainMs) {
       await new Promise<void>((resolve) => {
