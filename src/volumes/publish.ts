@@ -289,7 +289,9 @@ export function createPublisher(service: VolumeService & VolumeMechanics, log: L
           }
         } else {
           try {
-            fs.rmdirSync(target);
+            // Only the directory the hold is named by: a parent swapped for a symlink since is not followed.
+            if (targetIdentity(target) === identity) fs.rmdirSync(target);
+            else log.warn({ volume: name, target, identity }, 'unpublish target moved; its directory is left');
           } catch (err) {
             // ENOENT: already removed (an unpublish interrupted after this step).
             if (errnoCode(err) !== 'ENOENT') throw wrapError(`unpublish volume "${name}": remove "${target}"`, err);
