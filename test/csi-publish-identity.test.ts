@@ -4,12 +4,13 @@
  * volume_capability.mount: the per-mount flags a bind can take are set on the publish; anything else
  * (filesystem options, another fs_type, volume_mount_group) is INVALID_ARGUMENT, never ignored.
  */
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { csiClient, fails, grpc, mountCap, type CsiClient } from './helpers/csi.js';
 import { requireTools } from './helpers/require.js';
-import { withServer, type TestServer } from './helpers/server.js';
+import { cleanupDir, tempDir, withServer, type TestServer } from './helpers/server.js';
 import { mountAt } from '../src/sys/mountinfo.js';
 
 requireTools('mount', 'umount');
@@ -133,4 +134,29 @@ test('under umask 000 the CSI socket appears 0600 at its name (bound in a privat
       csi.close();
     }
   });
+});
+
+test('a read-only publish keeps the nosuid and nodev of the filesystem the volume is on (a bind remount replaces per-mount flags)', async (t) => {
+  const host = tempDir('tsvol-nosuid-');
+  const data = path.join(host, 'data');
+  fs.mkdirSync(data);
+  t.is(spawnSync('mount', ['-t', 'tmpfs', '-o', 'nosuid,nodev,size=64m', 'tsvol-test-nosuid', data]).status, 0);
+  try {
+    await withServer(t, { root: true, csi: true, env: { TSVOL_DATA: data } }, async (s) => {
+      const csi = csiClient(s.csiSocket!);
+      try {
+        await csi.controller('CreateVolume', { name: 'ns', volume_capabilities: [cap] });
+        const target = path.join(s.dir, 'pods', 'ro');
+        await csi.node('NodePublishVolume', { volume_id: 'ns', target_path: target, readonly: true, volume_capability: cap });
+        const opts = mountAt(target)?.options ?? [];
+        for (const f of ['ro', 'nosuid', 'nodev']) t.true(opts.includes(f), `${f} in ${opts.join(',')}`);
+        await csi.node('NodeUnpublishVolume', { volume_id: 'ns', target_path: target });
+      } finally {
+        csi.close();
+      }
+    });
+  } finally {
+    spawnSync('umount', ['-l', data]);
+    cleanupDir(host);
+  }
 });
