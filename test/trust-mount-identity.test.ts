@@ -89,3 +89,38 @@ test.serial('start-up repair with TSVOL_MOUNTS through a symlink and a space: a 
     cleanupDir(host);
   }
 });
+
+test.serial('a bind root reached through a directory another user can change is refused (that user could point it at /etc)', async (t) => {
+  if (process.getuid?.() !== 0) {
+    if (process.env.CI === 'true') throw new Error('needs root (chown)');
+    return void t.log('SKIPPED LOUDLY: not root');
+  }
+  const host = tempDir('tsvol-roots-');
+  // host (root, 0700) / home-of-nobody (nobody's) / shared (root's) / site
+  const home = path.join(host, 'home-of-nobody');
+  const shared = path.join(home, 'shared');
+  fs.mkdirSync(path.join(shared, 'site'), { recursive: true });
+  fs.chownSync(home, 65534, 65534);
+  // host (root) / srv (root, 0755) / data / site: a root only root can change.
+  const safe = path.join(host, 'srv', 'data');
+  fs.mkdirSync(path.join(safe, 'site'), { recursive: true, mode: 0o755 });
+  fs.chmodSync(host, 0o755);
+  const s = await startTestServer({ mounts: false, bindRoots: [shared, safe] });
+  try {
+    const r = await s.call('/VolumeDriver.Create', { Name: 'swappable', Opts: { type: 'bind', device: path.join(shared, 'site') } });
+    t.regex(String(r.json.Err), /is reached through .*home-of-nobody \(owner uid 65534, mode 755\), which a user other than root can change/);
+    t.is((await s.call('/VolumeDriver.Get', { Name: 'swappable' })).status, 404);
+    await s.ok('/VolumeDriver.Create', { Name: 'fine', Opts: { type: 'bind', device: path.join(safe, 'site') } });
+    // A group-writable directory on the way is another user's to change too.
+    fs.chmodSync(path.join(host, 'srv'), 0o775);
+    const m = await s.call('/VolumeDriver.Mount', { Name: 'fine', ID: 'c1' });
+    t.regex(String(m.json.Err), /which a user other than root can change/);
+    fs.chmodSync(path.join(host, 'srv'), 0o755);
+    await s.ok('/VolumeDriver.Mount', { Name: 'fine', ID: 'c1' });
+    await s.ok('/VolumeDriver.Unmount', { Name: 'fine', ID: 'c1' });
+  } finally {
+    await s.kill();
+    cleanupDir(s.dir);
+    cleanupDir(host);
+  }
+});

@@ -1,7 +1,9 @@
 /**
  * The allowlist for bind-style volumes (TSVOL_BIND_ROOTS). A device is accepted only if its real path
- * (every symlink and `..` resolved) is a directory at or below the real path of an allowed root. The check
- * is repeated at every Mount, so a symlink swapped in after Create cannot redirect a volume outside.
+ * (every symlink and `..` resolved) is a directory at or below the real path of an allowed root, and that
+ * root is reached only through directories that only root can change (changeableBy): a root whose path
+ * another user could swap for a symlink would move the allowlist where that user likes. The check is
+ * repeated at every Mount, so a symlink swapped in after Create cannot redirect a volume outside.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -10,6 +12,8 @@ import { InvalidArgumentError, NotFoundError, errnoCode } from '../errors.js';
 
 /** Linux O_PATH: an fd that pins an inode without opening it for I/O (not in fs.constants). */
 const O_PATH = 0o10000000;
+/** The sticky bit (sys/stat.h): in such a directory only an entry's owner (or root) may rename it. */
+const S_ISVTX = 0o1000;
 
 /** Checks device paths against the allowlist. All paths in and out are host paths. */
 export interface BindRoots {
@@ -44,6 +48,38 @@ export interface PinnedDevice {
   close(): void;
 }
 
+/**
+ * Who other than root could change what `dir` (a root as configured, or its real path) resolves to: the
+ * first directory on the way whose entry for the next step another user may rename or replace (owned by
+ * another user, or group/other-writable without the sticky bit protecting a root-owned entry), or
+ * undefined. Such a user could swap the root for a symlink to /etc, and every bind-style volume below it
+ * (existing ones at their next Mount too) would follow: a root is trusted only through directories only
+ * root can change.
+ */
+function changeableBy(dir: string): string | undefined {
+  const parts = dir.split('/').filter((c) => c !== '');
+  for (let i = 0; i < parts.length; i++) {
+    const parent = `/${parts.slice(0, i).join('/')}`;
+    const child = path.join(parent, parts[i]!);
+    let p: fs.Stats;
+    let c: fs.Stats;
+    try {
+      p = fs.statSync(parent);
+      c = fs.lstatSync(child);
+    } catch (err) {
+      // ENOENT/ENOTDIR: the root is not there (yet); it allows nothing, which the caller finds out itself.
+      if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return undefined;
+      throw err;
+    }
+    const othersWrite = p.uid !== 0 || (p.mode & 0o022) !== 0;
+    const sticky = (p.mode & S_ISVTX) !== 0;
+    if (othersWrite && !(sticky && p.uid === 0 && c.uid === 0)) {
+      return `${parent} (owner uid ${p.uid}, mode ${(p.mode & 0o7777).toString(8)})`;
+    }
+  }
+  return undefined;
+}
+
 function within(child: string, parent: string): boolean {
   return child === parent || child.startsWith(parent.endsWith('/') ? parent : `${parent}/`);
 }
@@ -67,7 +103,14 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
       } catch {
         return false; // a root that does not exist (yet) allows nothing
       }
-      return hostPath !== undefined && within(realLocal, realRoot);
+      if (hostPath === undefined || !within(realLocal, realRoot)) return false;
+      const by = changeableBy(local(root)) ?? changeableBy(realRoot);
+      if (by !== undefined) {
+        throw new InvalidArgumentError(
+          `device "${device}" refused: its TSVOL_BIND_ROOTS entry "${root}" is reached through ${by}, which a user other than root can change (and so point the root anywhere); use a root below directories only root can write`,
+        );
+      }
+      return true;
     });
     if (hostPath === undefined || !allowed) {
       const via = hostPath === device ? '' : ` (it resolves to "${hostPath ?? realLocal}")`;
