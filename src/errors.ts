@@ -41,7 +41,7 @@ export class InvalidArgumentError extends TsvolError {
  * The named volume, layer or container does not exist. Made without a stack trace: it is an answer to the
  * caller (a 404), not a fault, and no one reads its stack (only 5xx replies are logged with one). dockerd
  * asks Get before every Create, so one is made per `docker volume create`, and capturing the stack was
- * most of its cost (~25 µs of the event loop each, against ~3 µs without, #13).
+ * most of its cost (28–31 µs each, against ~3 µs without; #13).
  */
 export class NotFoundError extends TsvolError {
   constructor(message: string, options?: { cause?: unknown }) {
