@@ -32,6 +32,9 @@
  *                                     one run)
  *   TSVOL_BENCH_DOCKER_CPU=1          also CPU time per operation, read from /proc before and after each
  *                                     timed phase: dockerd's, and each plugin's process (all its threads)
+ *   TSVOL_BENCH_DOCKER_THREADS=1      with _CPU, also each plugin's CPU per operation split by thread (main,
+ *                                     then the others by thread id: V8's platform threads, the libuv pool,
+ *                                     worker threads, in the order the process started them)
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -39,7 +42,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DOCKER, IMAGE, PLUGIN, docker, removePlugin, setupDocker } from '../test/helpers/docker.js';
 import { CONCURRENCY, closeEngineApi, engineCall, rate } from './engine-api.js';
-import { cpuSeconds, oldestProcess } from './proc.js';
+import { cpuSeconds, oldestProcess, threadCpuSeconds } from './proc.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.join(HERE, '..');
@@ -69,6 +72,7 @@ const BEFORE = (process.env.TSVOL_BENCH_DOCKER_BEFORE ?? '')
   .filter((d) => d !== '')
   .map((d) => ({ dir: path.resolve(d), driver: `tsvol-b-${path.basename(d).replace(/[^a-z0-9]/gi, '').toLowerCase()}` }));
 const CPU = process.env.TSVOL_BENCH_DOCKER_CPU === '1';
+const THREADS = CPU && process.env.TSVOL_BENCH_DOCKER_THREADS === '1';
 
 function api(method: string, urlPath: string, body?: unknown): Promise<number> {
   return engineCall('/var/run/docker.sock', method, urlPath, body);
@@ -108,6 +112,15 @@ function pluginPids(name: string): number[] {
 
 /** Per driver and operation: CPU seconds of dockerd and of the plugin's processes, summed over rounds, and the ops. */
 const cpuUse = new Map<string, { dockerd: number[]; plugin: number[]; ops: number[]; fds: number[] }>();
+/** Per driver and operation (TSVOL_BENCH_DOCKER_THREADS): CPU seconds per plugin thread, summed over rounds. */
+const threadUse = new Map<string, Map<string, number>[]>();
+
+/** CPU seconds per thread of the processes `pids` (threadCpuSeconds, keyed `main` or by thread id). */
+function threadsOf(pids: readonly number[]): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const pid of pids) for (const [k, v] of threadCpuSeconds(pid)) out.set(k === 'main' ? `main/${pid}` : k.replace(/^.*#/, ''), v);
+  return out;
+}
 let dockerdPid: number | undefined;
 
 /** `count` calls of `call` at c=8 (rate); with TSVOL_BENCH_DOCKER_CPU, adds the CPU they took to cpuUse. */
@@ -118,9 +131,15 @@ async function measured(d: Driver, op: number, count: number, call: (i: number) 
   const pids = d.driver === 'local' ? [] : d.driver === LEGACY_PLUGIN ? [legacy!.pid!] : pluginPids(d.driver);
   if (d.driver !== 'local' && pids.length === 0) throw new Error(`TSVOL_BENCH_DOCKER_CPU: no process of plugin ${d.driver} found`);
   const cpu = (): [number, number] => [cpuSeconds(dockerdPid!), pids.reduce((a, p) => a + cpuSeconds(p), 0)];
+  const th0 = THREADS ? threadsOf(pids) : undefined;
   const before = cpu();
   const r = await rate(count, call);
   const after = cpu();
+  if (th0 !== undefined) {
+    const per = threadUse.get(d.driver) ?? [new Map<string, number>(), new Map<string, number>(), new Map<string, number>()];
+    for (const [k, v] of threadsOf(pids)) per[op]!.set(k, (per[op]!.get(k) ?? 0) + v - (th0.get(k) ?? 0));
+    threadUse.set(d.driver, per);
+  }
   const u = cpuUse.get(d.driver) ?? { dockerd: [0, 0, 0], plugin: [0, 0, 0], ops: [0, 0, 0], fds: [0, 0, 0] };
   // Open fds at the end of the phase: mostly dockerd's plugin connections still open (it makes a client
   // per driver lookup and leaves its connection idle until the plugin closes it).
@@ -441,6 +460,24 @@ try {
       if (u === undefined) continue;
       const per = (v: number[], i: number): string => ((v[i]! / u.ops[i]!) * 1e6).toFixed(0);
       out.push(`| ${d.label} | ${[0, 1, 2].map((i) => `${per(u.dockerd, i)} / ${d.driver === 'local' ? '—' : per(u.plugin, i)}`).join(' | ')} | ${u.fds.join(' / ')} |`);
+    }
+    console.log(out.join('\n'));
+  }
+  if (THREADS) {
+    const out: string[] = ['\n## Plugin CPU per operation by thread, µs (main first, then by thread id; threads under 5 µs left out)\n'];
+    for (const d of drivers) {
+      const per = threadUse.get(d.driver);
+      const u = cpuUse.get(d.driver);
+      if (per === undefined || u === undefined) continue;
+      const cells = per.map((m, i) =>
+        [...m]
+          .sort(([a], [b]) => (a.startsWith('main') ? -1 : b.startsWith('main') ? 1 : Number(a) - Number(b)))
+          .map(([k, v]) => [k.startsWith('main') ? 'main' : k, (v / u.ops[i]!) * 1e6] as const)
+          .filter(([, us]) => us >= 5)
+          .map(([k, us]) => `${k} ${us.toFixed(0)}`)
+          .join(', '),
+      );
+      out.push(`- ${d.label}: create ${cells[0]}; inspect ${cells[1]}; rm ${cells[2]}`);
     }
     console.log(out.join('\n'));
   }

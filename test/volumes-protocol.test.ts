@@ -7,6 +7,7 @@ import path from 'node:path';
 import test from 'ava';
 import Database from 'better-sqlite3';
 import fc from 'fast-check';
+import { NotFoundError, TsvolError } from '../src/errors.js';
 import { parseOptions } from '../src/volumes/options.js';
 import { cleanupDir, isMounted, startTestServer, withServer, type TestServer } from './helpers/server.js';
 
@@ -70,6 +71,18 @@ test('docker volume create: Get fails, then Create with Opts null, then Get show
     t.is(after.json.Err, '');
     t.true(fs.statSync(path.join(s.data, 'volumes', 'web-data', '_data')).isDirectory());
   });
+});
+
+test('the "not found" of dockerd\'s probe Get is built without a stack trace, and other errors keep theirs (#13)', (t) => {
+  const limit = Error.stackTraceLimit;
+  const err = new NotFoundError('volume "web-data" not found');
+  t.true(err instanceof TsvolError);
+  t.is(err.code, 'TSVOL_NOT_FOUND');
+  t.is(err.name, 'NotFoundError');
+  t.is(err.message, 'volume "web-data" not found');
+  t.notRegex(err.stack ?? '', /\n\s+at /, 'no frames captured');
+  t.is(Error.stackTraceLimit, limit, 'the limit is restored');
+  t.regex(new TsvolError('TSVOL_INTERNAL', 'boom').stack ?? '', /\n\s+at /, 'a fault keeps its stack');
 });
 
 test('Create of an existing volume succeeds and keeps its data', async (t) => {

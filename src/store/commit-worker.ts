@@ -26,21 +26,31 @@ function setError(err: unknown): SetError {
   return { message: err instanceof Error ? err.message : String(err), code };
 }
 
-function handle(req: BatchRequest): BatchReply {
+/** One change set, all or nothing: called inside runBatch, better-sqlite3 runs it in a savepoint. */
+const runSet = db.transaction((set: BatchRequest['sets'][number]) => {
+  for (const op of set) statements.get(op.s)!.run(...op.a);
+});
+
+/**
+ * A batch: one transaction, each set in its own savepoint. Both wrappers are made once: making them per
+ * batch (better-sqlite3 defines five functions each time) was about half the CPU of a one-volume commit,
+ * fsync aside (20–37 µs per commit with them, 11–20 without; #13).
+ */
+const runBatch = db.transaction((sets: BatchRequest['sets']): (SetError | null)[] => {
   const errors: (SetError | null)[] = [];
-  db.transaction(() => {
-    for (const set of req.sets) {
-      try {
-        db.transaction(() => {
-          for (const op of set) statements.get(op.s)!.run(...op.a);
-        })();
-        errors.push(null);
-      } catch (err) {
-        errors.push(setError(err));
-      }
+  for (const set of sets) {
+    try {
+      runSet(set);
+      errors.push(null);
+    } catch (err) {
+      errors.push(setError(err));
     }
-  }).immediate();
-  return { id: req.id, errors };
+  }
+  return errors;
+});
+
+function handle(req: BatchRequest): BatchReply {
+  return { id: req.id, errors: runBatch.immediate(req.sets) };
 }
 
 parentPort!.on('message', (req: BatchRequest | 'close') => {
