@@ -10,8 +10,9 @@
  * side's copy is removed (a fresh tsvol data root and server; `docker rmi`) and `sync` runs, so that
  * neither pays for the other's writeback. Figures: best of the rounds per side, and the ratio of the
  * bests (docker time / tsvol time: above 1 is tsvol faster), with the CPU each side used in the run that
- * was its best (tsvol: server + CLI; docker: dockerd + CLI; dockerd is shared, so its figure may include
- * another client's work) and the 1-minute load average then (the machine may be shared: a high load
+ * was its best (tsvol: server + CLI; docker: dockerd, the children it reaped meanwhile (each layer's
+ * unpack runs in a re-exec'd dockerd) + CLI; dockerd is shared, so its figure may include another
+ * client's work) and the 1-minute load average then (the machine may be shared: a high load
  * average means the figure is not a quiet-machine one). Holds the engine lock (test/helpers/docker.ts)
  * like the image and e2e suites. Knobs: TSVOL_BENCH_IMAGES_ROUNDS (3); TSVOL_BENCH_IMAGES_ONLY = load or
  * pull; TSVOL_BENCH_IMAGES_BEFORE = another built checkout (its dist/), measured as a third side in the
@@ -27,7 +28,7 @@ import { fileURLToPath } from 'node:url';
 import { DOCKER, docker, setupEngine } from '../test/helpers/docker.js';
 import { startRegistry } from '../test/helpers/registry.js';
 import { cleanupDir, tempDir } from '../test/helpers/server.js';
-import { cpuSeconds, oldestProcess } from './proc.js';
+import { cpuSecondsWithChildren, oldestProcess } from './proc.js';
 
 const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** The tsvol builds measured: this checkout's, and optionally another's (TSVOL_BENCH_IMAGES_BEFORE). */
@@ -60,11 +61,11 @@ interface Run {
  */
 function timed(cmd: string, args: string[], env: Record<string, string>, server: number | undefined): Run {
   const load = os.loadavg()[0]!;
-  const before = server === undefined ? 0 : cpuSeconds(server) * 1000;
+  const before = server === undefined ? 0 : cpuSecondsWithChildren(server) * 1000;
   const t0 = process.hrtime.bigint();
   const out = sh('sh', ['-c', '"$@" >/dev/null && times', 'sh', cmd, ...args], env);
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  const after = server === undefined ? 0 : cpuSeconds(server) * 1000;
+  const after = server === undefined ? 0 : cpuSecondsWithChildren(server) * 1000;
   // `times`: the shell's own user and system time, then its children's: "0m0.391s 0m0.600s".
   const children = out.trim().split('\n').at(-1)!.match(/(\d+)m([\d.]+)s/g) ?? [];
   const cliMs = children.reduce((n, t) => {
