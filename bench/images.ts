@@ -6,15 +6,20 @@
  *   random 30 kB files);
  * - pull: `tsvol image pull` vs `docker pull` of that image from a loopback registry (Debian's
  *   docker-registry; docker pushed it, so the layers are gzip).
- * Each round runs both sides one after the other, alternating which goes first; before each timed run the
- * side's copy is removed (a fresh tsvol data root and server; `docker rmi`) and `sync` runs, so that
- * neither pays for the other's writeback. Figures: best of the rounds per side, and the ratio of the
+ * Each round has a load phase and a pull phase; a phase runs every side once, one after the other, each
+ * round starting with another side. A phase starts from the same state for every side: every copy of
+ * the image made before (tsvol data roots, docker's image) is deleted, `sync` runs, and then the phase
+ * waits TSVOL_BENCH_IMAGES_SETTLE_S (65 s) before its first run, so that no side creates its 10,000
+ * files where the bench deleted 10,000 a moment before (ext4 without a journal rescans such inodes for
+ * each new file: see clear()). Each tsvol run has a fresh server on a fresh data root; `sync` runs
+ * before every timed run, so that no side pays for another's writeback. Figures: best of the rounds per side, and the ratio of the
  * bests (docker time / tsvol time: above 1 is tsvol faster), with the CPU each side used in the run that
- * was its best (tsvol: server + CLI; docker: dockerd + CLI; dockerd is shared, so its figure may include
- * another client's work) and the 1-minute load average then (the machine may be shared: a high load
+ * was its best (tsvol: server + CLI; docker: dockerd, the children it reaped meanwhile (each layer's
+ * unpack runs in a re-exec'd dockerd) + CLI; dockerd is shared, so its figure may include another
+ * client's work) and the 1-minute load average then (the machine may be shared: a high load
  * average means the figure is not a quiet-machine one). Holds the engine lock (test/helpers/docker.ts)
  * like the image and e2e suites. Knobs: TSVOL_BENCH_IMAGES_ROUNDS (3); TSVOL_BENCH_IMAGES_ONLY = load or
- * pull; TSVOL_BENCH_IMAGES_BEFORE = another built checkout (its dist/), measured as a third side in the
+ * pull; TSVOL_BENCH_IMAGES_SETTLE_S (65); TSVOL_BENCH_IMAGES_BEFORE = another built checkout (its dist/), measured as a third side in the
  * same rounds (a before/after comparison). `npm run bench -- images` runs this bench alone.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -27,7 +32,7 @@ import { fileURLToPath } from 'node:url';
 import { DOCKER, docker, setupEngine } from '../test/helpers/docker.js';
 import { startRegistry } from '../test/helpers/registry.js';
 import { cleanupDir, tempDir } from '../test/helpers/server.js';
-import { cpuSeconds, oldestProcess } from './proc.js';
+import { cpuSecondsWithChildren, oldestProcess } from './proc.js';
 
 const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** The tsvol builds measured: this checkout's, and optionally another's (TSVOL_BENCH_IMAGES_BEFORE). */
@@ -37,6 +42,8 @@ const BUILDS: { readonly side: string; readonly dist: string }[] = [
 ];
 const ROUNDS = Number(process.env.TSVOL_BENCH_IMAGES_ROUNDS ?? 3);
 const ONLY = process.env.TSVOL_BENCH_IMAGES_ONLY;
+/** Seconds every phase waits after the deletes before its first run (clear()). */
+const SETTLE_S = Number(process.env.TSVOL_BENCH_IMAGES_SETTLE_S ?? 65);
 const UNIQ = `${process.pid}`;
 const BASE = `tsvol-bench-img-base:${UNIQ}`;
 const IMAGE = `tsvol-bench-img:${UNIQ}`;
@@ -60,11 +67,11 @@ interface Run {
  */
 function timed(cmd: string, args: string[], env: Record<string, string>, server: number | undefined): Run {
   const load = os.loadavg()[0]!;
-  const before = server === undefined ? 0 : cpuSeconds(server) * 1000;
+  const before = server === undefined ? 0 : cpuSecondsWithChildren(server) * 1000;
   const t0 = process.hrtime.bigint();
   const out = sh('sh', ['-c', '"$@" >/dev/null && times', 'sh', cmd, ...args], env);
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  const after = server === undefined ? 0 : cpuSeconds(server) * 1000;
+  const after = server === undefined ? 0 : cpuSecondsWithChildren(server) * 1000;
   // `times`: the shell's own user and system time, then its children's: "0m0.391s 0m0.600s".
   const children = out.trim().split('\n').at(-1)!.match(/(\d+)m([\d.]+)s/g) ?? [];
   const cliMs = children.reduce((n, t) => {
@@ -78,6 +85,8 @@ const env = await setupEngine(BASE);
 const work = tempDir('tsvol-bench-images-');
 let reg: Awaited<ReturnType<typeof startRegistry>> | undefined;
 const servers: ChildProcess[] = [];
+/** Data roots of finished tsvol runs, kept until clear(). */
+const kept: string[] = [];
 try {
   // ~300 MB in 10,000 files: 4 directories of 2,500 files of 30 kB (content varies so nothing dedupes),
   // one COPY layer each.
@@ -120,16 +129,27 @@ try {
       server.kill('SIGTERM');
       if (server.exitCode === null) await once(server, 'exit');
       servers.splice(servers.indexOf(server), 1);
-      cleanupDir(dir);
+      kept.push(dir); // deleted by clear(), not before the other sides' runs of this phase
     }
   };
-  // Every name of the image goes before a docker run: a layer another tag still holds would be reused.
+  // Docker's copy goes in clear(); every name of it: a layer another tag still holds would be reused.
   const dockerRun = (args: string[]): Run => {
-    spawnSync(DOCKER, ['rmi', '-f', IMAGE, remote]);
     const left = spawnSync(DOCKER, ['image', 'inspect', IMAGE]).status === 0 || spawnSync(DOCKER, ['image', 'inspect', remote]).status === 0;
-    if (left) throw new Error('docker rmi left the bench image in place');
+    if (left) throw new Error('the bench image is still in docker before a docker run');
     sh('sync', []);
     return timed(DOCKER, args, {}, oldestProcess('dockerd'));
+  };
+  /**
+   * Deletes every side's copy (tsvol data roots, docker's image), syncs, and waits SETTLE_S: on an ext4
+   * without a journal a file made where another was deleted in the last minute costs up to ten times
+   * the kernel time (fs/ext4/ialloc.c `recently_deleted`), so a run right after a delete pays for it,
+   * whichever side it is. Every side's runs of a phase start after the same settle.
+   */
+  const clear = async (): Promise<void> => {
+    for (const dir of kept.splice(0)) cleanupDir(dir);
+    spawnSync(DOCKER, ['rmi', '-f', IMAGE, remote]);
+    sh('sync', []);
+    await new Promise((r) => setTimeout(r, SETTLE_S * 1000));
   };
 
   /** Per operation, per side: every run. */
@@ -143,10 +163,15 @@ try {
   for (let round = 0; round < ROUNDS; round++) {
     // Each round starts with another side, so that none always runs first (or last).
     const order = sides.map((_, i) => sides[(i + round) % sides.length]!);
-    for (const side of order) {
-      const build = BUILDS.find((b) => b.side === side);
-      if (ONLY !== 'pull') record('load', side, build ? await tsvolRun(build.dist, ['image', 'load', '-i', tar]) : dockerRun(['load', '-i', tar]));
-      if (ONLY !== 'load') record('pull', side, build ? await tsvolRun(build.dist, ['image', 'pull', remote]) : dockerRun(['pull', remote]));
+    for (const op of ['load', 'pull'] as const) {
+      if (ONLY !== undefined && ONLY !== op) continue;
+      // One phase: every side once, from the same settled state; the copies go only after the last.
+      await clear();
+      for (const side of order) {
+        const build = BUILDS.find((b) => b.side === side);
+        const args = op === 'load' ? ['load', '-i', tar] : ['pull', remote];
+        record(op, side, build ? await tsvolRun(build.dist, ['image', ...args]) : dockerRun(args));
+      }
     }
   }
   const rows = [
@@ -170,6 +195,7 @@ try {
   console.log(rows.join('\n'));
 } finally {
   for (const s of servers) s.kill('SIGKILL');
+  for (const dir of kept) cleanupDir(dir);
   spawnSync(DOCKER, ['rmi', '-f', IMAGE]);
   await reg?.stop();
   fs.rmSync(work, { recursive: true, force: true });

@@ -4,6 +4,12 @@
  */
 import fs from 'node:fs';
 
+/** User + system CPU seconds of the children `pid` has waited for (fields 16 and 17: cutime, cstime). */
+function statChildSeconds(stat: string): number {
+  const f = statFields(stat);
+  return (Number(f[13]) + Number(f[14])) / 100;
+}
+
 /** Fields of /proc/PID/stat after the command name (which may hold spaces): index 0 is field 3 (state). */
 function statFields(stat: string): string[] {
   return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
@@ -24,6 +30,20 @@ export function cpuSeconds(pid: number): number {
     return 0; // gone: counted as nothing (a bench figure, not a decision)
   }
   return statCpuSeconds(stat);
+}
+
+/**
+ * cpuSeconds plus what the children `pid` has waited for used: dockerd runs each layer's unpack in a
+ * re-exec'd child (its `docker-untar`), whose CPU counts only there once the child has ended.
+ */
+export function cpuSecondsWithChildren(pid: number): number {
+  let stat: string;
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return 0; // gone: counted as nothing (a bench figure, not a decision)
+  }
+  return statCpuSeconds(stat) + statChildSeconds(stat);
 }
 
 /** CPU seconds per live thread of `pid`, keyed by thread name and id ("main" for the main thread). */

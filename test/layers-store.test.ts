@@ -11,6 +11,8 @@ import test from 'ava';
 import { openLayerStore } from './helpers/store.js';
 import { encodeHeader, padding, type TarHeader } from '../src/layers/tar/format.js';
 import { lgetxattr, lsetxattr } from '../src/sys/libc.js';
+import { dirFlags, FS_TOPDIR_FL } from '../src/sys/dir-placement.js';
+import { fsTypeOf } from '../src/sys/fs-type.js';
 import { CLI, tempDir } from './helpers/server.js';
 import { requireTools } from './helpers/require.js';
 
@@ -241,6 +243,36 @@ test('a volume holding a layer keeps it from rm and gc, and releasing it frees t
     await store.releaseLayer(id, 'volume "db"');
     await store.releaseLayer(id, 'volume "db"'); // releasing twice changes nothing
     t.is(tsvol(data, ['layer', 'rm', id]).code, 0);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('each stage is an unrelated tree to ext4: layers/tmp carries the top-directory hint, which its stages do not inherit', async (t) => {
+  const dir = tempDir('tsvol-layer-');
+  try {
+    if (fsTypeOf(dir).name !== 'ext2/3/4') {
+      // The hint exists on ext2/3/4 only; elsewhere the store goes on without it (spreadSubdirs: false).
+      if (process.env.CI === 'true') throw new Error(`needs the test directory on ext4, not ${fsTypeOf(dir).name}`);
+      t.log(`SKIPPED LOUDLY: ${dir} is on ${fsTypeOf(dir).name}, not ext4`);
+      t.pass();
+      return;
+    }
+    const data = path.join(dir, 'data');
+    const tmp = path.join(data, 'layers', 'tmp');
+    const store = openLayerStore(path.join(data, 'layers'));
+    t.is((dirFlags(tmp)! & FS_TOPDIR_FL) !== 0, true, 'layers/tmp is a top directory');
+    const staged = await store.stageLayer((async function* () {
+      yield Buffer.concat([entry({ path: 'a/b' }, Buffer.from('x')), end]);
+    })());
+    try {
+      const stages = fs.readdirSync(tmp);
+      t.is(stages.length, 1);
+      t.is((dirFlags(path.join(tmp, stages[0]!))! & FS_TOPDIR_FL) !== 0, false, 'a stage is no top directory itself');
+      t.is((dirFlags(path.join(tmp, stages[0]!, 'diff', 'a'))! & FS_TOPDIR_FL) !== 0, false);
+    } finally {
+      await staged.discard();
+    }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

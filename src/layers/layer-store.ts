@@ -27,6 +27,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ConflictError, InUseError, InternalError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import { crashPoint } from '../sys/crash-point.js';
+import { spreadSubdirs } from '../sys/dir-placement.js';
 import { digestHex, layerStageFiles, layersLayout, type LayerStageFiles } from '../store/layout.js';
 import type { Change, MetaStore } from '../store/meta-store.js';
 import type { LayerRecord } from '../store/records.js';
@@ -178,6 +179,9 @@ export function chainId(parent: string | undefined, diffId: string): string {
 export function createLayerStore(root: string, store: MetaStore): LayerStore {
   const layout = layersLayout(root);
   for (const d of [layout.diffsDir, layout.tmpDir]) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+  // Each stage is an unrelated tree: ext4 places each in a flex group of its own, away from what was just
+  // deleted (an earlier stage, a removed layer), whose inodes it would rescan per new file (#11).
+  spreadSubdirs(layout.tmpDir);
 
   /**
    * Mutations one at a time within the process (the only writer: see the module comment). Long synchronous
