@@ -271,3 +271,22 @@ export function lutimesNs(path: string, atimeNs: bigint, mtimeNs: bigint): void 
 export function quotactlFd(fd: number, cmd: number, id: number, buf: Buffer): void {
   check(cSyscall(443, 'int', fd, 'uint', cmd, 'int', id, 'uint8_t *', buf), 'quotactl_fd');
 }
+
+/** mount_setattr(2)'s AT_RECURSIVE: the change applies to every mount of the tree at the path. */
+export const AT_RECURSIVE = 0x8000;
+
+/**
+ * mount_setattr(2) (Linux 5.12+, syscall 442 on every architecture): sets the per-mount attributes
+ * `attrSet` (MOUNT_ATTR_* bits) on the mount at `path`, and with AT_RECURSIVE on every mount below it.
+ * Unlike a bind remount, which replaces the mount's flags and reaches only the top mount, it only adds:
+ * a flag the mount had (nosuid from its source) stays. `path` is never followed if it is a symlink.
+ */
+export function mountSetattr(path: string, flags: number, attrSet: number): void {
+  const attr = Buffer.alloc(32); // struct mount_attr { u64 attr_set, attr_clr, propagation, userns_fd }
+  attr.writeBigUInt64LE(BigInt(attrSet), 0);
+  check(
+    cSyscall(442, 'int', AT_FDCWD, 'const char *', path, 'uint', flags | AT_SYMLINK_NOFOLLOW_FLAG, 'uint8_t *', attr, 'size_t', 32),
+    'mount_setattr',
+    path,
+  );
+}

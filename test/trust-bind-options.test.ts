@@ -1,0 +1,115 @@
+/**
+ * A bind-style volume's `o=` (the trust review, session 7): `rbind` carries the device's submounts as
+ * Docker's local driver does, `ro`/`nosuid`/`nodev`/`noexec` are set by the kernel on every mount of the
+ * volume's tree (a bind remount would reach only the top one), and anything else is refused by name with
+ * nothing created. Old code: `o=rbind` was silently a plain bind (an empty view of the submounts) and
+ * `o=bind,ro` was refused.
+ */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { kernelPath, readMounts } from '../src/sys/mountinfo.js';
+import { cleanupDir, isMounted, tempDir, withServer } from './helpers/server.js';
+import { requireTools } from './helpers/require.js';
+
+requireTools('mount', 'umount');
+
+/** The errno code of writing `p`, or 'ok'. */
+function tryWrite(p: string): string {
+  try {
+    fs.writeFileSync(p, 'x');
+    return 'ok';
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code ?? String(err);
+  }
+}
+
+/** Mounts at or below `p`, as mountinfo lists them. */
+function mountsAt(p: string): { mountPoint: string; options: readonly string[] }[] {
+  const real = kernelPath(p);
+  return readMounts().filter((m) => m.mountPoint === real || m.mountPoint.startsWith(`${real}/`));
+}
+
+test.serial('bind-style o=: rbind carries submounts, ro/nosuid/nodev/noexec hold on every mount, other entries are refused by name', async (t) => {
+  const host = tempDir('tsvol-bindopt-');
+  const root = path.join(host, 'srv');
+  const site = path.join(root, 'site');
+  fs.mkdirSync(path.join(site, 'sub'), { recursive: true });
+  fs.writeFileSync(path.join(site, 'top.txt'), 'top');
+  const tmpfs = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tsvol-sub', path.join(site, 'sub')], { encoding: 'utf8' });
+  try {
+    t.is(tmpfs.status, 0, tmpfs.stderr);
+    fs.writeFileSync(path.join(site, 'sub', 'inner.txt'), 'inner');
+    await withServer(t, { root: true, bindRoots: [root] }, async (s) => {
+      const mountOf = async (name: string, o: Record<string, string>): Promise<string> => {
+        await s.ok('/VolumeDriver.Create', { Name: name, Opts: { device: site, ...o } });
+        return (await s.ok('/VolumeDriver.Mount', { Name: name, ID: 'c1' })).Mountpoint as string;
+      };
+      const done = async (name: string, mp: string): Promise<void> => {
+        await s.ok('/VolumeDriver.Unmount', { Name: name, ID: 'c1' });
+        t.deepEqual(mountsAt(mp), [], `${name}: the last Unmount leaves no mount at or below the mountpoint`);
+        await s.ok('/VolumeDriver.Remove', { Name: name });
+      };
+
+      // rbind: the submount is part of the volume, as with Docker's local driver.
+      let mp = await mountOf('rb', { type: 'none', o: 'rbind' });
+      t.is(fs.readFileSync(path.join(mp, 'sub', 'inner.txt'), 'utf8'), 'inner', 'o=rbind shows the submount');
+      t.is(tryWrite(path.join(mp, 'sub', 'w1')), 'ok');
+      await done('rb', mp);
+
+      // bind: not recursive (documented): the submount's directory is empty.
+      mp = await mountOf('pb', { type: 'none', o: 'bind' });
+      t.deepEqual(fs.readdirSync(path.join(mp, 'sub')), []);
+      await done('pb', mp);
+
+      // rbind,ro: read-only on the top mount and on the submount, which a bind remount would leave writable.
+      mp = await mountOf('rro', { type: 'none', o: 'rbind,ro' });
+      t.is(tryWrite(path.join(mp, 'w2')), 'EROFS');
+      t.is(tryWrite(path.join(mp, 'sub', 'w2')), 'EROFS', 'the submount is read-only too');
+      t.is(fs.readFileSync(path.join(mp, 'sub', 'inner.txt'), 'utf8'), 'inner');
+      t.is(tryWrite(path.join(site, 'host-still-writes')), 'ok', 'only the volume mount is read-only, not the host directory');
+      t.is(tryWrite(path.join(site, 'sub', 'host-still-writes')), 'ok');
+      await done('rro', mp);
+
+      // type=bind with per-mount flags only; the kernel shows them on the mount.
+      mp = await mountOf('flags', { type: 'bind', o: 'ro,nosuid,nodev,noexec' });
+      const opts = mountsAt(mp).find((m) => m.mountPoint === kernelPath(mp))?.options ?? [];
+      for (const f of ['ro', 'nosuid', 'nodev', 'noexec']) t.true(opts.includes(f), `${f} in ${opts.join(',')}`);
+      t.is(tryWrite(path.join(mp, 'w3')), 'EROFS');
+      await done('flags', mp);
+
+      // Refused by name, nothing created.
+      const refused: [Record<string, string>, RegExp][] = [
+        [{ type: 'none', o: 'bind,uid=1000' }, /"uid=1000" is not a mount option a bind-style volume can honour/],
+        [{ type: 'none', o: 'bind,size=10m' }, /"size=10m" is not a mount option/],
+        [{ type: 'none', o: 'bind,noatime' }, /"noatime" is not a mount option/],
+        [{ type: 'none', o: 'bind,' }, /an empty entry is not a mount option/],
+        [{ type: 'none', o: 'bind\nro' }, /"bind\\nro" is not a mount option/],
+        [{ type: 'none', o: 'bind\u0000' }, /is not a mount option/],
+        [{ type: 'none', o: 'bind,rbind' }, /bind and rbind contradict each other/],
+        [{ type: 'none', o: 'bind,ro,rw' }, /ro and rw contradict each other/],
+        [{ type: 'none', o: 'ro' }, /with type=none, o= must include bind or rbind/],
+        [{ type: 'none' }, /with type=none, o= must include bind or rbind/],
+        [{ type: 'bind', o: 'BIND' }, /"BIND" is not a mount option/],
+        [{ o: 'bind' }, /add type=none/],
+        [{ type: 'tmpfs', o: 'size=1m' }, /invalid option type="tmpfs"/],
+        [{ type: 'bind', o: 'bind', uid: '0' }, /invalid option uid: bind-style volumes keep/],
+      ];
+      for (const [o, err] of refused) {
+        const r = await s.call('/VolumeDriver.Create', { Name: 'bad', Opts: { device: site, ...o } });
+        t.is(r.status, 400, JSON.stringify(o));
+        t.regex(String(r.json.Err), err, JSON.stringify(o));
+        t.is((await s.call('/VolumeDriver.Get', { Name: 'bad' })).status, 404, `${JSON.stringify(o)}: nothing created`);
+      }
+      for (const device of [`${site}\u0000/etc`, `/${'a'.repeat(4096)}`]) {
+        const r = await s.call('/VolumeDriver.Create', { Name: 'bad', Opts: { type: 'bind', device } });
+        t.is(r.status, 400);
+        t.regex(String(r.json.Err), /holds no NUL byte and is shorter than 4096 bytes/);
+      }
+      t.false(isMounted(path.join(s.mounts!, 'bad')));
+    });
+  } finally {
+    cleanupDir(host);
+  }
+});
