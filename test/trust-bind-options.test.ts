@@ -113,3 +113,37 @@ test.serial('bind-style o=: rbind carries submounts, ro/nosuid/nodev/noexec hold
     cleanupDir(host);
   }
 });
+
+test.serial('a bind-style device is never tsvol\'s own directory, inside it or above it, whatever TSVOL_BIND_ROOTS allows', async (t) => {
+  const dir = tempDir('tsvol-bindres-');
+  fs.mkdirSync(path.join(dir, 'site'));
+  fs.symlinkSync(path.join(dir, 'data'), path.join(dir, 'site', 'to-data'));
+  // The root allows the server's own directory: an admin's TSVOL_BIND_ROOTS=/var/lib with TSVOL_DATA=/var/lib/tsvol.
+  await withServer(t, { root: true, dir, bindRoots: [dir] }, async (s) => {
+    const cases: [string, RegExp][] = [
+      [s.data, /lies inside tsvol's own directory/],
+      [path.join(s.data, 'volumes'), /lies inside tsvol's own directory/],
+      [path.join(dir, 'site', 'to-data'), /lies inside tsvol's own directory/],
+      [dir, /holds tsvol's own directory/],
+      [s.mounts!, /lies inside tsvol's own directory/],
+    ];
+    for (const [device, err] of cases) {
+      const r = await s.call('/VolumeDriver.Create', { Name: 'bad', Opts: { type: 'bind', device } });
+      t.is(r.status, 400, device);
+      t.regex(String(r.json.Err), err, device);
+      t.is((await s.call('/VolumeDriver.Get', { Name: 'bad' })).status, 404);
+    }
+    // Swapped in after Create: refused at Mount, no hold.
+    await s.ok('/VolumeDriver.Create', { Name: 'site', Opts: { type: 'bind', device: path.join(dir, 'site') } });
+    fs.renameSync(path.join(dir, 'site'), path.join(dir, 'site.orig'));
+    fs.symlinkSync(path.join(s.data, 'volumes'), path.join(dir, 'site'));
+    const m = await s.call('/VolumeDriver.Mount', { Name: 'site', ID: 'c1' });
+    t.is(m.status, 400);
+    t.regex(String(m.json.Err), /lies inside tsvol's own directory/);
+    t.false(isMounted(path.join(s.mounts!, 'site')));
+    fs.unlinkSync(path.join(dir, 'site'));
+    fs.renameSync(path.join(dir, 'site.orig'), path.join(dir, 'site'));
+    await s.ok('/VolumeDriver.Mount', { Name: 'site', ID: 'c1' });
+    await s.ok('/VolumeDriver.Unmount', { Name: 'site', ID: 'c1' });
+  });
+});

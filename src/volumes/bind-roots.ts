@@ -84,8 +84,29 @@ function within(child: string, parent: string): boolean {
   return child === parent || child.startsWith(parent.endsWith('/') ? parent : `${parent}/`);
 }
 
-/** Creates the allowlist from `roots` (host paths), reached through `hostRoot` when set. */
-export function createBindRoots(roots: readonly string[], hostRoot: string | undefined): BindRoots {
+/** A directory's identity: device and inode, which no path spelling, bind or namespace changes. */
+function idOf(st: fs.Stats): string {
+  return `${st.dev}:${st.ino}`;
+}
+
+/** The identities of `dir` and of every directory above it, up to `/` (by its real path, resolved now). */
+function lineage(dir: string): Set<string> {
+  const ids = new Set<string>();
+  for (let p = dir; ; p = path.dirname(p)) {
+    ids.add(idOf(fs.statSync(p)));
+    if (p === '/' || p === '.') return ids;
+  }
+}
+
+/**
+ * Creates the allowlist from `roots` (host paths), reached through `hostRoot` when set. `reserved` are
+ * tsvol's own directories (this process's paths: the data root, TSVOL_MOUNTS): a device that is one of
+ * them, lies inside one, or holds one is refused whatever the roots say, since a container given it would
+ * reach every volume, the layers and the control socket (root's API). Compared by device and inode of the
+ * pinned directory and its ancestors, so no bind of the data root elsewhere, symlink or host-root prefix
+ * hides the overlap.
+ */
+export function createBindRoots(roots: readonly string[], hostRoot: string | undefined, reserved: readonly string[] = []): BindRoots {
   const prefix = hostRoot === undefined || hostRoot === '/' ? '' : hostRoot;
   const local = (hostPath: string): string => (prefix === '' ? hostPath : path.join(prefix, hostPath));
   const toHost = (localPath: string): string | undefined => {
@@ -122,6 +143,27 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
     return hostPath;
   }
 
+  /** Refuses `device` (its directory has identity `own`, real local path `realLocal`) if it overlaps a reserved directory. */
+  function checkReserved(device: string, realLocal: string, own: fs.Stats): void {
+    for (const dir of reserved) {
+      let res: fs.Stats;
+      try {
+        res = fs.statSync(dir);
+      } catch (err) {
+        // ENOENT: not made yet (TSVOL_MOUNTS before the first Mount), so nothing of ours is there to overlap.
+        if (errnoCode(err) === 'ENOENT') continue;
+        throw err;
+      }
+      const inside = lineage(realLocal).has(idOf(res));
+      const holds = lineage(fs.realpathSync(dir)).has(idOf(own));
+      if (inside || holds) {
+        throw new InvalidArgumentError(
+          `device "${device}" refused: it ${inside ? 'lies inside' : 'holds'} tsvol's own directory "${dir}" (volumes, layers, the control socket); bind a directory apart from it`,
+        );
+      }
+    }
+  }
+
   function realLocalDir(device: string): string {
     if (roots.length === 0) {
       throw new InvalidArgumentError(
@@ -146,7 +188,9 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
     try {
       const procPath = `/proc/self/fd/${fd}`;
       // Re-check the inode the fd really pins: the path may have been swapped since realpath.
-      const hostPath = check(device, fs.readlinkSync(procPath));
+      const realNow = fs.readlinkSync(procPath);
+      const hostPath = check(device, realNow);
+      checkReserved(device, realNow, fs.fstatSync(fd));
       return { fd, procPath, hostPath, close: () => fs.closeSync(fd) };
     } catch (err) {
       fs.closeSync(fd);
@@ -157,7 +201,10 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
   return {
     local,
     resolve(device) {
-      return check(device, realLocalDir(device));
+      const real = realLocalDir(device);
+      const hostPath = check(device, real);
+      checkReserved(device, real, fs.statSync(real));
+      return hostPath;
     },
     withPinned(device, use) {
       const pinned = pin(device);
