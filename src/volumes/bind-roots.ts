@@ -144,7 +144,7 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
   }
 
   /** Refuses `device` (its directory has identity `own`, real local path `realLocal`) if it overlaps a reserved directory. */
-  function checkReserved(device: string, realLocal: string, own: fs.Stats): void {
+  function checkReserved(device: string, realLocal: string, pinned: fs.Stats): void {
     for (const dir of reserved) {
       let res: fs.Stats;
       try {
@@ -154,8 +154,16 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
         if (errnoCode(err) === 'ENOENT') continue;
         throw err;
       }
-      const inside = lineage(realLocal).has(idOf(res));
-      const holds = lineage(fs.realpathSync(dir)).has(idOf(own));
+      let own: Set<string>;
+      try {
+        own = lineage(realLocal);
+      } catch (err) {
+        // The pinned directory was removed meanwhile (its /proc path reads "… (deleted)"): nothing to bind.
+        if (errnoCode(err) === 'ENOENT') throw new NotFoundError(`device "${device}" does not exist; create the directory first`);
+        throw err;
+      }
+      const inside = own.has(idOf(res));
+      const holds = lineage(fs.realpathSync(dir)).has(idOf(pinned));
       if (inside || holds) {
         throw new InvalidArgumentError(
           `device "${device}" refused: it ${inside ? 'lies inside' : 'holds'} tsvol's own directory "${dir}" (volumes, layers, the control socket); bind a directory apart from it`,
