@@ -66,3 +66,26 @@ test('a Docker Mount survives a restart: its ID is never one start-up drops', as
     cleanupDir(s.dir);
   }
 });
+
+test('Remove racing Mount: never both succeed, and a Mount that succeeded keeps its volume and files', async (t) => {
+  await withServer(t, { root: true }, async (s) => {
+    for (let i = 0; i < 15; i++) {
+      const name = `race${i}`;
+      await s.ok('/VolumeDriver.Create', { Name: name, Opts: null });
+      const [m, r] = await Promise.all([
+        s.call('/VolumeDriver.Mount', { Name: name, ID: 'c1' }),
+        s.call('/VolumeDriver.Remove', { Name: name }),
+      ]);
+      t.false(m.status === 200 && r.status === 200, `${name}: Mount ${m.status}, Remove ${r.status}`);
+      if (m.status === 200) {
+        t.is(r.status, 409);
+        t.true(isMounted(m.json.Mountpoint as string));
+        t.is((await s.call('/VolumeDriver.Get', { Name: name })).status, 200);
+        await s.ok('/VolumeDriver.Unmount', { Name: name, ID: 'c1' });
+      } else {
+        t.is(m.status, 404, `${name}: a Mount after the Remove finds no volume`);
+        t.is(r.status, 200);
+      }
+    }
+  });
+});
