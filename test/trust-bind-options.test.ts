@@ -147,3 +147,34 @@ test.serial('a bind-style device is never tsvol\'s own directory, inside it or a
     await s.ok('/VolumeDriver.Unmount', { Name: 'site', ID: 'c1' });
   });
 });
+
+test.serial('a data root seen through a bind (a managed plugin\'s) is still found inside a device that holds it', async (t) => {
+  if (process.getuid?.() !== 0) {
+    if (process.env.CI === 'true') throw new Error('needs root (mounts)');
+    return void t.log('SKIPPED LOUDLY: not root');
+  }
+  const host = tempDir('tsvol-bindhost-');
+  const dir = tempDir('tsvol-bindsrv-');
+  // The data root is host/state/tsvol, which the server sees only through a bind at dir/data (as a
+  // plugin sees data.source at /var/lib/tsvol): its ancestors there are not host/state's.
+  fs.mkdirSync(path.join(host, 'state', 'tsvol'), { recursive: true });
+  fs.mkdirSync(path.join(host, 'site'));
+  fs.mkdirSync(path.join(dir, 'data'));
+  const bound = spawnSync('mount', ['--bind', path.join(host, 'state', 'tsvol'), path.join(dir, 'data')], { encoding: 'utf8' });
+  try {
+    t.is(bound.status, 0, bound.stderr);
+    await withServer(t, { root: true, dir, mounts: false, bindRoots: [host] }, async (s) => {
+      for (const device of [host, path.join(host, 'state')]) {
+        const r = await s.call('/VolumeDriver.Create', { Name: 'bad', Opts: { type: 'bind', device } });
+        t.is(r.status, 400, device);
+        t.regex(String(r.json.Err), /holds tsvol's own directory/, device);
+      }
+      const inside = await s.call('/VolumeDriver.Create', { Name: 'bad', Opts: { type: 'bind', device: path.join(host, 'state', 'tsvol', 'volumes') } });
+      t.regex(String(inside.json.Err), /lies inside tsvol's own directory/);
+      await s.ok('/VolumeDriver.Create', { Name: 'site', Opts: { type: 'bind', device: path.join(host, 'site') } });
+    });
+  } finally {
+    cleanupDir(dir);
+    cleanupDir(host);
+  }
+});

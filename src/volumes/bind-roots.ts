@@ -8,6 +8,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Beneath } from '../sys/beneath.js';
+import { mountState } from '../sys/libc.js';
+import { filesystemPath, kernelPath, readMounts } from '../sys/mountinfo.js';
 import { InvalidArgumentError, NotFoundError, errnoCode } from '../errors.js';
 
 /** Linux O_PATH: an fd that pins an inode without opening it for I/O (not in fs.constants). */
@@ -99,6 +101,27 @@ function lineage(dir: string): Set<string> {
 }
 
 /**
+ * True if the device (kernel path `realLocal`, stats `dev`) holds `dir` (stats `res`) within their common
+ * filesystem. The ancestors of `dir` that this process sees are not always the host's: a managed plugin's
+ * data root is a bind whose parents are the plugin's rootfs, while devices are reached through
+ * TSVOL_HOST_ROOT. Both are placed in their filesystem (filesystemPath) and compared there.
+ */
+function holdsByFilesystem(realLocal: string, dev: fs.Stats, dir: string, res: fs.Stats): boolean {
+  if (dev.dev !== res.dev) return false;
+  // Seen through no mount but `/`, the ancestors of `dir` are its filesystem's, which lineage compared
+  // already; only a bind on the way needs mountinfo (whose size grows with the mounts, so not read always).
+  const real = kernelPath(dir);
+  let viaMount = false;
+  for (let p = real; p !== '/' && !viaMount; p = path.dirname(p)) viaMount = mountState(p) === 'mount-root';
+  if (!viaMount) return false;
+  const mounts = readMounts();
+  const outer = filesystemPath(realLocal, mounts);
+  const inner = filesystemPath(real, mounts);
+  if (outer === undefined || inner === undefined) return false;
+  return inner === outer || outer === '/' || inner.startsWith(`${outer}/`);
+}
+
+/**
  * Creates the allowlist from `roots` (host paths), reached through `hostRoot` when set. `reserved` are
  * tsvol's own directories (this process's paths: the data root, TSVOL_MOUNTS): a device that is one of
  * them, lies inside one, or holds one is refused whatever the roots say, since a container given it would
@@ -163,7 +186,7 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
         throw err;
       }
       const inside = own.has(idOf(res));
-      const holds = lineage(fs.realpathSync(dir)).has(idOf(pinned));
+      const holds = lineage(fs.realpathSync(dir)).has(idOf(pinned)) || holdsByFilesystem(realLocal, pinned, dir, res);
       if (inside || holds) {
         throw new InvalidArgumentError(
           `device "${device}" refused: it ${inside ? 'lies inside' : 'holds'} tsvol's own directory "${dir}" (volumes, layers, the control socket); bind a directory apart from it`,
