@@ -166,8 +166,20 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
     return hostPath;
   }
 
-  /** Refuses `device` (its directory has identity `own`, real local path `realLocal`) if it overlaps a reserved directory. */
+  /**
+   * Refuses `device` if it overlaps a reserved directory: its directory (stats `pinned`, real local path
+   * `realLocal`) is one, lies inside one or holds one.
+   */
   function checkReserved(device: string, realLocal: string, pinned: fs.Stats): void {
+    if (reserved.length === 0) return;
+    let own: Set<string>;
+    try {
+      own = lineage(realLocal);
+    } catch (err) {
+      // The pinned directory was removed meanwhile (its /proc path reads "… (deleted)"): nothing to bind.
+      if (errnoCode(err) === 'ENOENT') throw new NotFoundError(`device "${device}" does not exist; create the directory first`);
+      throw err;
+    }
     for (const dir of reserved) {
       let res: fs.Stats;
       try {
@@ -175,14 +187,6 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
       } catch (err) {
         // ENOENT: not made yet (TSVOL_MOUNTS before the first Mount), so nothing of ours is there to overlap.
         if (errnoCode(err) === 'ENOENT') continue;
-        throw err;
-      }
-      let own: Set<string>;
-      try {
-        own = lineage(realLocal);
-      } catch (err) {
-        // The pinned directory was removed meanwhile (its /proc path reads "… (deleted)"): nothing to bind.
-        if (errnoCode(err) === 'ENOENT') throw new NotFoundError(`device "${device}" does not exist; create the directory first`);
         throw err;
       }
       const inside = own.has(idOf(res));
