@@ -135,7 +135,8 @@ test.serial('e2e: bind-style volumes: refused outside the allowlist; on /srv aft
     t.is(fs.readFileSync(path.join(srv, 'site', 'upload.txt'), 'utf8'), 'written\n');
     // o=bind,ro: read-only in the container by tsvol's own mount (mount_setattr inside the plugin).
     docker('volume', 'create', '-d', PLUGIN, '-o', 'type=none', '-o', 'o=bind,ro', '-o', `device=${srv}/site`, 'site-ro');
-    t.is(run(['-v', 'site-ro:/w'], 'cat /w/index.html; echo; (echo no > /w/denied.txt) 2>/dev/null || echo refused'), 'host content\nrefused');
+    const ro = run(['-v', 'site-ro:/w'], 'cat /w/index.html; echo; (echo no > /w/denied.txt) 2>/dev/null && echo written || echo refused');
+    t.deepEqual(ro.split('\n'), ['host content', 'refused'], JSON.stringify(ro));
     t.false(fs.existsSync(path.join(srv, 'site', 'denied.txt')));
     docker('volume', 'rm', 'site-ro');
     docker('volume', 'rm', 'site');

@@ -178,3 +178,38 @@ test.serial('a data root seen through a bind (a managed plugin\'s) is still foun
     cleanupDir(host);
   }
 });
+
+test.serial('o=ro holds in the copies propagation makes of the mountpoint (a managed plugin\'s propagatedMount, which dockerd uses)', async (t) => {
+  if (process.getuid?.() !== 0) {
+    if (process.env.CI === 'true') throw new Error('needs root (mounts)');
+    return void t.log('SKIPPED LOUDLY: not root');
+  }
+  const host = tempDir('tsvol-bindprop-');
+  const dir = tempDir('tsvol-bindprop-srv-');
+  fs.mkdirSync(path.join(host, 'site'));
+  fs.writeFileSync(path.join(host, 'site', 'f'), 'host');
+  // TSVOL_MOUNTS shared with a peer, as the plugin's propagatedMount is with the host's view of it.
+  const mnt = path.join(dir, 'mnt');
+  const peer = path.join(dir, 'peer');
+  fs.mkdirSync(mnt);
+  fs.mkdirSync(peer);
+  for (const args of [['--bind', mnt, mnt], ['--make-shared', mnt], ['--bind', mnt, peer]]) {
+    const r = spawnSync('mount', args, { encoding: 'utf8' });
+    t.is(r.status, 0, r.stderr);
+  }
+  try {
+    await withServer(t, { root: true, dir, bindRoots: [host] }, async (s) => {
+      await s.ok('/VolumeDriver.Create', { Name: 'ro', Opts: { type: 'none', o: 'bind,ro', device: path.join(host, 'site') } });
+      const mp = (await s.ok('/VolumeDriver.Mount', { Name: 'ro', ID: 'c1' })).Mountpoint as string;
+      t.is(mp, path.join(mnt, 'ro'));
+      t.is(fs.readFileSync(path.join(peer, 'ro', 'f'), 'utf8'), 'host', 'the peer shows the volume');
+      t.is(tryWrite(path.join(mp, 'w')), 'EROFS');
+      t.is(tryWrite(path.join(peer, 'ro', 'w')), 'EROFS', 'the propagated copy is read-only too');
+      await s.ok('/VolumeDriver.Unmount', { Name: 'ro', ID: 'c1' });
+      t.false(isMounted(path.join(peer, 'ro')), 'the unmount propagates too');
+    });
+  } finally {
+    cleanupDir(dir);
+    cleanupDir(host);
+  }
+});

@@ -3,7 +3,7 @@
  * decides mount flags, and the one unmount (unmountTarget and its async twin): UMOUNT_NOFOLLOW always,
  * MNT_DETACH only where the caller says a busy mount may be detached (#10).
  */
-import { AT_RECURSIVE, mount, mountAsync, mountSetattr, umount2, umount2Async, SyscallError } from './libc.js';
+import { bindMountDetached, mount, mountAsync, umount2, umount2Async, SyscallError } from './libc.js';
 
 /** mount(2) flags (linux/mount.h). */
 export const MS_BIND = 0x1000;
@@ -31,11 +31,12 @@ export const BIND_VOLUME_ATTRS: ReadonlyMap<string, number> = new Map([
 ]);
 
 /**
- * Bind-mounts `source` at `target`, with its submounts when `recursive` (rbind), then adds the per-mount
- * attributes `attrs` (keys of BIND_VOLUME_ATTRS) to every mount of the new tree with mount_setattr(2)
- * AT_RECURSIVE: a plain `MS_REMOUNT|MS_BIND|MS_RDONLY` (what mount(8) and moby's local driver do) reaches
- * the top mount only, so `rbind,ro` there leaves every submount writable. If the attributes cannot be
- * set, the bind is undone: a volume asked to be read-only is never served writable.
+ * Bind-mounts `source` at `target`, with its submounts when `recursive` (rbind), with the per-mount
+ * attributes `attrs` (keys of BIND_VOLUME_ATTRS) on every mount of the new tree. With attributes, the
+ * mount is built detached and attached whole (libc bindMountDetached): a `MS_REMOUNT|MS_BIND|MS_RDONLY`
+ * after the bind (what mount(8) and moby's local driver do) reaches the top mount only, so `rbind,ro`
+ * there leaves every submount writable, and never reaches the copies propagation made at the bind (the
+ * host's view of a managed plugin's mountpoint, which dockerd uses).
  */
 export function bindMountWith(source: string, target: string, recursive: boolean, attrs: readonly string[]): void {
   let bits = 0;
@@ -44,14 +45,8 @@ export function bindMountWith(source: string, target: string, recursive: boolean
     if (bit === undefined) throw new Error(`bindMountWith: unknown attribute "${a}"`);
     bits |= bit;
   }
-  mount(source, target, null, MS_BIND | (recursive ? MS_REC : 0), null);
-  if (bits === 0) return;
-  try {
-    mountSetattr(target, AT_RECURSIVE, bits);
-  } catch (err) {
-    unmountTarget(target, { ifBusy: 'detach' });
-    throw err;
-  }
+  if (bits === 0) mount(source, target, null, MS_BIND | (recursive ? MS_REC : 0), null);
+  else bindMountDetached(source, target, recursive, bits);
 }
 
 /**
