@@ -133,6 +133,12 @@ test.serial('e2e: bind-style volumes: refused outside the allowlist; on /srv aft
     docker('volume', 'create', '-d', PLUGIN, '-o', 'type=none', '-o', 'o=bind', '-o', `device=${srv}/site`, 'site');
     t.is(run(['-v', 'site:/w'], 'cat /w/index.html; echo written > /w/upload.txt'), 'host content');
     t.is(fs.readFileSync(path.join(srv, 'site', 'upload.txt'), 'utf8'), 'written\n');
+    // o=bind,ro: read-only in the container by tsvol's own mount (mount_setattr inside the plugin).
+    docker('volume', 'create', '-d', PLUGIN, '-o', 'type=none', '-o', 'o=bind,ro', '-o', `device=${srv}/site`, 'site-ro');
+    const ro = run(['-v', 'site-ro:/w'], 'cat /w/index.html; echo; (echo no > /w/denied.txt) 2>/dev/null && echo written || echo refused');
+    t.deepEqual(ro.split('\n'), ['host content', 'refused'], JSON.stringify(ro));
+    t.false(fs.existsSync(path.join(srv, 'site', 'denied.txt')));
+    docker('volume', 'rm', 'site-ro');
     docker('volume', 'rm', 'site');
     t.true(fs.existsSync(path.join(srv, 'site', 'index.html')), 'docker volume rm never deletes host files');
     t.true(fs.existsSync(path.join(srv, 'site', 'upload.txt')));

@@ -417,7 +417,7 @@ test('Mount and Unmount refuse malformed mount IDs with 400; 64 hex digits, 128 
       }
     }
     t.is((await mountStatus(s, 'ids')).mounts, 0);
-    const good = ['0123456789abcdef'.repeat(4), 'x'.repeat(128), '', 'tsvol-cli-exporting-42'];
+    const good = ['0123456789abcdef'.repeat(4), 'x'.repeat(128), '', 'my-tool-exporting-42']; // csi-, tsvol-cli-: trust-hold-namespaces
     for (const id of good) await s.ok('/VolumeDriver.Mount', { Name: 'ids', ID: id });
     await s.ok('/VolumeDriver.Mount', { Name: 'ids' }); // no ID at all: an older engine, the empty ID
     t.is((await mountStatus(s, 'ids')).mounts, 5);

@@ -5,6 +5,7 @@
  * empty maps, Get before Create, random mount IDs that `docker cp` re-uses.
  */
 import { z } from 'zod';
+import { validateDockerMountId } from '../volumes/names.js';
 import type { VolumeInfo, VolumeService, VolumeSummary } from '../volumes/volume-service.js';
 
 /** A volume on the wire. */
@@ -115,6 +116,7 @@ export function volumeDriverRoutes(svc: VolumeService, scope: 'local' | 'global'
       schema: mountReq,
       handle: async (b) => {
         const req = b as z.infer<typeof mountReq>;
+        validateDockerMountId(req.ID ?? ''); // never one of tsvol's own holds (CSI publishes, CLI requests)
         return { Mountpoint: await svc.mount(req.Name, req.ID ?? ''), Err: '' };
       },
     },
@@ -124,6 +126,7 @@ export function volumeDriverRoutes(svc: VolumeService, scope: 'local' | 'global'
       schema: mountReq,
       handle: async (b) => {
         const req = b as z.infer<typeof mountReq>;
+        validateDockerMountId(req.ID ?? ''); // releases only holds the Docker protocol took
         await svc.unmount(req.Name, req.ID ?? '');
         return { Err: '' };
       },

@@ -4,6 +4,7 @@
  * sys/beneath.ts (the *at calls for paths below a root, #9) are the only ones that touch koffi: everything
  * else calls the typed wrappers in sys/.
  */
+import fs from 'node:fs';
 import os from 'node:os';
 import koffi from 'koffi';
 
@@ -270,4 +271,40 @@ export function lutimesNs(path: string, atimeNs: bigint, mtimeNs: bigint): void 
 /** quotactl_fd(2) (Linux 5.14+, x86-64 syscall 443): a quota command on the filesystem holding `fd`. */
 export function quotactlFd(fd: number, cmd: number, id: number, buf: Buffer): void {
   check(cSyscall(443, 'int', fd, 'uint', cmd, 'int', id, 'uint8_t *', buf), 'quotactl_fd');
+}
+
+/** mount_setattr(2)'s and open_tree(2)'s AT_RECURSIVE: the whole tree of mounts at the path. */
+export const AT_RECURSIVE = 0x8000;
+const AT_EMPTY_PATH = 0x1000;
+const OPEN_TREE_CLONE = 1;
+const OPEN_TREE_CLOEXEC = 0o2000000;
+const MOVE_MOUNT_F_EMPTY_PATH = 0x4;
+
+/**
+ * A bind mount made whole before anyone can see it (open_tree(2), mount_setattr(2), move_mount(2): Linux
+ * 5.12+, syscalls 428, 442 and 429 on every architecture): a detached copy of the mount at `source` (its
+ * submounts too when `recursive`) gets the per-mount attributes `attrSet` (MOUNT_ATTR_* bits) on every
+ * mount of the copy, and only then is attached at `target`. A mount set after it is attached would not do:
+ * where `target` propagates (a managed plugin's propagatedMount), the host's copy is made at the attach,
+ * and later changes to the plugin's mount never reach it. Attributes are only added: a flag the source
+ * mount had (nosuid) stays. On failure nothing is attached (closing the fd of a detached copy unmounts it).
+ */
+export function bindMountDetached(source: string, target: string, recursive: boolean, attrSet: number): void {
+  const fd = check(
+    cSyscall(428, 'int', AT_FDCWD, 'const char *', source, 'uint', OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (recursive ? AT_RECURSIVE : 0)),
+    'open_tree',
+    source,
+  );
+  try {
+    const attr = Buffer.alloc(32); // struct mount_attr { u64 attr_set, attr_clr, propagation, userns_fd }
+    attr.writeBigUInt64LE(BigInt(attrSet), 0);
+    check(cSyscall(442, 'int', fd, 'const char *', '', 'uint', AT_EMPTY_PATH | AT_RECURSIVE, 'uint8_t *', attr, 'size_t', 32), 'mount_setattr', source);
+    check(
+      cSyscall(429, 'int', fd, 'const char *', '', 'int', AT_FDCWD, 'const char *', target, 'uint', MOVE_MOUNT_F_EMPTY_PATH),
+      'move_mount',
+      target,
+    );
+  } finally {
+    fs.closeSync(fd);
+  }
 }

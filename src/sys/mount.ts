@@ -3,7 +3,7 @@
  * decides mount flags, and the one unmount (unmountTarget and its async twin): UMOUNT_NOFOLLOW always,
  * MNT_DETACH only where the caller says a busy mount may be detached (#10).
  */
-import { mount, mountAsync, umount2, umount2Async, SyscallError } from './libc.js';
+import { bindMountDetached, mount, mountAsync, umount2, umount2Async, SyscallError } from './libc.js';
 
 /** mount(2) flags (linux/mount.h). */
 export const MS_BIND = 0x1000;
@@ -14,6 +14,39 @@ export const UMOUNT_NOFOLLOW = 0x8;
 /** Bind-mounts `source` at `target` (both must exist). Not recursive: submounts of source are not carried. */
 export function bindMount(source: string, target: string): void {
   mount(source, target, null, MS_BIND, null);
+}
+
+/** mount(2)'s MS_REC: with MS_BIND, the submounts of the source are carried too (mount(8)'s rbind). */
+export const MS_REC = 0x4000;
+
+/**
+ * Per-mount attributes a bind-style volume's `o=` may add (mount(8)'s names, linux/mount.h's
+ * MOUNT_ATTR_* bits for mount_setattr(2)). Only restrictions: none of them can loosen a mount.
+ */
+export const BIND_VOLUME_ATTRS: ReadonlyMap<string, number> = new Map([
+  ['ro', 0x1],
+  ['nosuid', 0x2],
+  ['nodev', 0x4],
+  ['noexec', 0x8],
+]);
+
+/**
+ * Bind-mounts `source` at `target`, with its submounts when `recursive` (rbind), with the per-mount
+ * attributes `attrs` (keys of BIND_VOLUME_ATTRS) on every mount of the new tree. With attributes, the
+ * mount is built detached and attached whole (libc bindMountDetached): a `MS_REMOUNT|MS_BIND|MS_RDONLY`
+ * after the bind (what mount(8) and moby's local driver do) reaches the top mount only, so `rbind,ro`
+ * there leaves every submount writable, and never reaches the copies propagation made at the bind (the
+ * host's view of a managed plugin's mountpoint, which dockerd uses).
+ */
+export function bindMountWith(source: string, target: string, recursive: boolean, attrs: readonly string[]): void {
+  let bits = 0;
+  for (const a of attrs) {
+    const bit = BIND_VOLUME_ATTRS.get(a);
+    if (bit === undefined) throw new Error(`bindMountWith: unknown attribute "${a}"`);
+    bits |= bit;
+  }
+  if (bits === 0) mount(source, target, null, MS_BIND | (recursive ? MS_REC : 0), null);
+  else bindMountDetached(source, target, recursive, bits);
 }
 
 /**

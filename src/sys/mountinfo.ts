@@ -16,6 +16,8 @@ export interface MountEntry {
   /** The mount ID (field 1), the one statx's STATX_MNT_ID gives. */
   readonly id: number;
   readonly mountPoint: string;
+  /** The directory of the mounted filesystem that is this mount's root (field 4): `/` or a bind's source path within it. */
+  readonly root: string;
   readonly fsType: string;
   readonly source: string;
   /** Per-mount options (`ro,nosuid,relatime`…). */
@@ -55,6 +57,7 @@ export function parseMountinfo(text: string): MountEntry[] {
     out.push({
       id: Number(fields[0]),
       mountPoint: decodeMountField(mountPoint),
+      root: decodeMountField(fields[3] ?? '/'),
       fsType: decodeMountField(fields[sep + 1] ?? ''),
       source: decodeMountField(fields[sep + 2] ?? ''),
       options: (fields[5] ?? '').split(','),
@@ -117,4 +120,22 @@ export function mountAt(p: string): MountEntry | undefined {
 export function mountOptionsAt(p: string): string[] | undefined {
   const m = mountAt(p);
   return m === undefined ? undefined : [...m.options];
+}
+
+/**
+ * Where the directory at kernel path `real` (kernelPath, or an fd's /proc link) lies within its own
+ * filesystem: the root of the mount that holds it (the last one stacked at the longest mountpoint above
+ * it) joined with the rest of the path. Two paths of one filesystem (same st_dev) name the same place
+ * whatever binds and namespaces show them through, so a directory seen through a bind (a managed plugin's
+ * data root) can be compared with one seen through another (its TSVOL_HOST_ROOT view of the host).
+ */
+export function filesystemPath(real: string, mounts: readonly MountEntry[] = readMounts()): string | undefined {
+  let best: MountEntry | undefined;
+  for (const m of mounts) {
+    const under = m.mountPoint === '/' || real === m.mountPoint || real.startsWith(`${m.mountPoint}/`);
+    if (under && (best === undefined || m.mountPoint.length >= best.mountPoint.length)) best = m;
+  }
+  if (best === undefined) return undefined;
+  const rest = best.mountPoint === '/' ? real : real.slice(best.mountPoint.length);
+  return best.root === '/' ? (rest === '' ? '/' : rest) : `${best.root}${rest}`;
 }

@@ -8,6 +8,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Beneath } from '../sys/beneath.js';
+import { mountState } from '../sys/libc.js';
+import { filesystemPath, kernelPath, readMounts } from '../sys/mountinfo.js';
 import { InvalidArgumentError, NotFoundError, errnoCode } from '../errors.js';
 
 /** Linux O_PATH: an fd that pins an inode without opening it for I/O (not in fs.constants). */
@@ -84,8 +86,50 @@ function within(child: string, parent: string): boolean {
   return child === parent || child.startsWith(parent.endsWith('/') ? parent : `${parent}/`);
 }
 
-/** Creates the allowlist from `roots` (host paths), reached through `hostRoot` when set. */
-export function createBindRoots(roots: readonly string[], hostRoot: string | undefined): BindRoots {
+/** A directory's identity: device and inode, which no path spelling, bind or namespace changes. */
+function idOf(st: fs.Stats): string {
+  return `${st.dev}:${st.ino}`;
+}
+
+/** The identities of `dir` and of every directory above it, up to `/` (by its real path, resolved now). */
+function lineage(dir: string): Set<string> {
+  const ids = new Set<string>();
+  for (let p = dir; ; p = path.dirname(p)) {
+    ids.add(idOf(fs.statSync(p)));
+    if (p === '/' || p === '.') return ids;
+  }
+}
+
+/**
+ * True if the device (kernel path `realLocal`, stats `dev`) holds `dir` (stats `res`) within their common
+ * filesystem. The ancestors of `dir` that this process sees are not always the host's: a managed plugin's
+ * data root is a bind whose parents are the plugin's rootfs, while devices are reached through
+ * TSVOL_HOST_ROOT. Both are placed in their filesystem (filesystemPath) and compared there.
+ */
+function holdsByFilesystem(realLocal: string, dev: fs.Stats, dir: string, res: fs.Stats): boolean {
+  if (dev.dev !== res.dev) return false;
+  // Seen through no mount but `/`, the ancestors of `dir` are its filesystem's, which lineage compared
+  // already; only a bind on the way needs mountinfo (whose size grows with the mounts, so not read always).
+  const real = kernelPath(dir);
+  let viaMount = false;
+  for (let p = real; p !== '/' && !viaMount; p = path.dirname(p)) viaMount = mountState(p) === 'mount-root';
+  if (!viaMount) return false;
+  const mounts = readMounts();
+  const outer = filesystemPath(realLocal, mounts);
+  const inner = filesystemPath(real, mounts);
+  if (outer === undefined || inner === undefined) return false;
+  return inner === outer || outer === '/' || inner.startsWith(`${outer}/`);
+}
+
+/**
+ * Creates the allowlist from `roots` (host paths), reached through `hostRoot` when set. `reserved` are
+ * tsvol's own directories (this process's paths: the data root, TSVOL_MOUNTS): a device that is one of
+ * them, lies inside one, or holds one is refused whatever the roots say, since a container given it would
+ * reach every volume, the layers and the control socket (root's API). Compared by device and inode of the
+ * pinned directory and its ancestors, so no bind of the data root elsewhere, symlink or host-root prefix
+ * hides the overlap.
+ */
+export function createBindRoots(roots: readonly string[], hostRoot: string | undefined, reserved: readonly string[] = []): BindRoots {
   const prefix = hostRoot === undefined || hostRoot === '/' ? '' : hostRoot;
   const local = (hostPath: string): string => (prefix === '' ? hostPath : path.join(prefix, hostPath));
   const toHost = (localPath: string): string | undefined => {
@@ -122,6 +166,39 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
     return hostPath;
   }
 
+  /**
+   * Refuses `device` if it overlaps a reserved directory: its directory (stats `pinned`, real local path
+   * `realLocal`) is one, lies inside one or holds one.
+   */
+  function checkReserved(device: string, realLocal: string, pinned: fs.Stats): void {
+    if (reserved.length === 0) return;
+    let own: Set<string>;
+    try {
+      own = lineage(realLocal);
+    } catch (err) {
+      // The pinned directory was removed meanwhile (its /proc path reads "… (deleted)"): nothing to bind.
+      if (errnoCode(err) === 'ENOENT') throw new NotFoundError(`device "${device}" does not exist; create the directory first`);
+      throw err;
+    }
+    for (const dir of reserved) {
+      let res: fs.Stats;
+      try {
+        res = fs.statSync(dir);
+      } catch (err) {
+        // ENOENT: not made yet (TSVOL_MOUNTS before the first Mount), so nothing of ours is there to overlap.
+        if (errnoCode(err) === 'ENOENT') continue;
+        throw err;
+      }
+      const inside = own.has(idOf(res));
+      const holds = lineage(fs.realpathSync(dir)).has(idOf(pinned)) || holdsByFilesystem(realLocal, pinned, dir, res);
+      if (inside || holds) {
+        throw new InvalidArgumentError(
+          `device "${device}" refused: it ${inside ? 'lies inside' : 'holds'} tsvol's own directory "${dir}" (volumes, layers, the control socket); bind a directory apart from it`,
+        );
+      }
+    }
+  }
+
   function realLocalDir(device: string): string {
     if (roots.length === 0) {
       throw new InvalidArgumentError(
@@ -146,7 +223,9 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
     try {
       const procPath = `/proc/self/fd/${fd}`;
       // Re-check the inode the fd really pins: the path may have been swapped since realpath.
-      const hostPath = check(device, fs.readlinkSync(procPath));
+      const realNow = fs.readlinkSync(procPath);
+      const hostPath = check(device, realNow);
+      checkReserved(device, realNow, fs.fstatSync(fd));
       return { fd, procPath, hostPath, close: () => fs.closeSync(fd) };
     } catch (err) {
       fs.closeSync(fd);
@@ -157,7 +236,10 @@ export function createBindRoots(roots: readonly string[], hostRoot: string | und
   return {
     local,
     resolve(device) {
-      return check(device, realLocalDir(device));
+      const real = realLocalDir(device);
+      const hostPath = check(device, real);
+      checkReserved(device, real, fs.statSync(real));
+      return hostPath;
     },
     withPinned(device, use) {
       const pinned = pin(device);

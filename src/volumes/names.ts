@@ -1,5 +1,6 @@
 /** Volume names: Docker's local-driver rule, so names are portable between drivers. */
 import { InvalidArgumentError } from '../errors.js';
+import { CLI_HOLD_PREFIX, PUBLISH_HOLD_PREFIX } from './holds.js';
 import { MAX_MOUNT_ID, VOLUME_NAME_MAX_BYTES as MAX_NAME_BYTES, VOLUME_NAME_RE as NAME_RE, isMountId } from '../store/records.js';
 
 export { MAX_MOUNT_ID };
@@ -30,4 +31,21 @@ export function validateMountId(id: string): void {
   throw new InvalidArgumentError(
     `invalid mount ID ${shown}: want at most ${MAX_MOUNT_ID} printable ASCII characters without spaces (dockerd sends 64 hex digits)`,
   );
+}
+
+/**
+ * A mount ID as the Docker protocol may send it: validateMountId, and outside tsvol's own hold namespaces,
+ * `csi-` (a CSI publish, publish.ts) and `tsvol-cli-` (a hold for a request of this process, which start-up
+ * drops). dockerd never sends either (64 hex digits); without this partition a VolumeDriver.Unmount naming
+ * a publish's or an export's hold (Status lists the holders) would release it, so Remove could delete a
+ * volume still published, and a Mount under `tsvol-cli-…` would be dropped at the next start while its
+ * container still runs.
+ */
+export function validateDockerMountId(id: string): void {
+  validateMountId(id);
+  for (const prefix of [PUBLISH_HOLD_PREFIX, CLI_HOLD_PREFIX]) {
+    if (id.startsWith(prefix)) {
+      throw new InvalidArgumentError(`invalid mount ID ${JSON.stringify(id)}: IDs starting with "${prefix}" are tsvol's own holds (dockerd sends 64 hex digits)`);
+    }
+  }
 }

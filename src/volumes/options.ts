@@ -22,6 +22,47 @@ export type ParsedOptions =
   | { readonly kind: 'layered'; readonly layer: string; readonly image?: undefined }
   | { readonly kind: 'layered'; readonly image: string; readonly layer?: undefined };
 
+/**
+ * How a bind-style volume is mounted, from its `o=` (a comma-separated list, as mount(8) and Docker's local
+ * driver take it): `rbind` carries the device's submounts, `bind` (the default) does not; `attrs` are
+ * per-mount restrictions added to every mount of the volume's tree (BIND_VOLUME_ATTRS in sys/mount.ts).
+ * `named`: the list named bind or rbind (type=none requires it).
+ */
+export interface BindMountOptions {
+  readonly recursive: boolean;
+  readonly attrs: readonly string[];
+  readonly named: boolean;
+}
+
+/** The `o=` entries a bind-style volume accepts. */
+export const BIND_O_OPTIONS = ['bind', 'rbind', 'ro', 'rw', 'nosuid', 'nodev', 'noexec'] as const;
+
+/**
+ * Parses a bind-style volume's `o=` (undefined: a plain bind). Every entry must be one of BIND_O_OPTIONS;
+ * anything else is refused by name rather than dropped: a filesystem option (`uid=`, `size=`) a bind cannot
+ * honour, an atime option, or a typo would otherwise leave the user with a mount other than the one asked
+ * for. Contradictions (`bind,rbind`, `ro,rw`) and empty entries are refused too. Used at Create, and again
+ * at every Mount on the options the record keeps, so the mount is always the one Create accepted.
+ */
+export function parseBindMountOptions(o: string | undefined): BindMountOptions {
+  if (o === undefined) return { recursive: false, attrs: [], named: false };
+  const entries = o.split(',');
+  const seen = new Set<string>();
+  for (const e of entries) {
+    if (!(BIND_O_OPTIONS as readonly string[]).includes(e)) {
+      throw new InvalidArgumentError(
+        `invalid option o=${JSON.stringify(o)}: ${e === '' ? 'an empty entry' : JSON.stringify(e)} is not a mount option a bind-style volume can honour (supported: ${BIND_O_OPTIONS.join(', ')})`,
+      );
+    }
+    seen.add(e);
+  }
+  for (const [a, b] of [['bind', 'rbind'], ['ro', 'rw']] as const) {
+    if (seen.has(a) && seen.has(b)) throw new InvalidArgumentError(`invalid option o=${JSON.stringify(o)}: ${a} and ${b} contradict each other`);
+  }
+  const attrs = [...seen].filter((e) => e !== 'bind' && e !== 'rbind' && e !== 'rw');
+  return { recursive: seen.has('rbind'), attrs, named: seen.has('bind') || seen.has('rbind') };
+}
+
 /** The smallest size= accepted: an ext4 image below this has no room for its own metadata. */
 export const MIN_SIZE = 16 * 1024 * 1024;
 
@@ -126,18 +167,18 @@ export function parseOptions(opts: ReadonlyMap<string, string>): ParsedOptions {
     applyOwnership(spec, opts);
     return spec;
   }
-  const bindStyle = type === 'bind' || (type === 'none' && o !== undefined && ['bind', 'rbind'].includes(o));
-  if (!bindStyle) {
-    if (type === 'none' || (type === undefined && o !== undefined)) {
-      throw new InvalidArgumentError(`invalid option o=${JSON.stringify(o ?? '')}: with type=none only o=bind is supported`);
+  if (type !== 'bind' && type !== 'none') {
+    if (type === undefined && o !== undefined) {
+      throw new InvalidArgumentError(`invalid option o=${JSON.stringify(o)}: o= takes mount options of a bind-style volume; add type=none (or type=bind) and device=`);
     }
     if (type === undefined) throw new InvalidArgumentError('option device needs type=bind (or type=none,o=bind)');
     throw new InvalidArgumentError(
       `invalid option type=${JSON.stringify(type)}: tsvol supports type=bind or type=none,o=bind (named volumes take no type)`,
     );
   }
-  if (type === 'bind' && o !== undefined && !['bind', 'rbind'].includes(o)) {
-    throw new InvalidArgumentError(`invalid option o=${JSON.stringify(o)}: with type=bind only o=bind is supported`);
+  const how = parseBindMountOptions(o);
+  if (type === 'none' && !how.named) {
+    throw new InvalidArgumentError(`invalid option o=${JSON.stringify(o ?? '')}: with type=none, o= must include bind or rbind (such as o=bind or o=bind,ro)`);
   }
   for (const k of ['uid', 'gid', 'mode', 'size'] as const) {
     if (opts.get(k) !== undefined) {
@@ -149,6 +190,10 @@ export function parseOptions(opts: ReadonlyMap<string, string>): ParsedOptions {
   }
   if (!device.startsWith('/')) {
     throw new InvalidArgumentError(`invalid option device=${JSON.stringify(device)}: must be an absolute path`);
+  }
+  // A C string ends at NUL, so the kernel would be handed a shorter path than the one checked; PATH_MAX bounds the rest.
+  if (device.includes('\0') || Buffer.byteLength(device) >= 4096) {
+    throw new InvalidArgumentError(`invalid option device=${JSON.stringify(device.slice(0, 80))}: a path holds no NUL byte and is shorter than 4096 bytes`);
   }
   return { kind: 'bind', device };
 }

@@ -7,7 +7,8 @@
  * without TSVOL_MOUNTS, #9 §10a), a clone copies below it, usage is walked below it (only when asked).
  */
 import { Beneath } from '../../sys/beneath.js';
-import { bindMount } from '../../sys/mount.js';
+import { bindMountWith } from '../../sys/mount.js';
+import { parseBindMountOptions } from '../options.js';
 import { measureTree } from '../usage.js';
 import { ensureMountpointDir } from './common.js';
 import type { VolumeKind } from './kind.js';
@@ -30,9 +31,12 @@ export const bind: VolumeKind<'bind'> = {
     // The host directory is there or not: bindTo pins and checks it.
   },
   async bindTo(rec, mp, ctx) {
+    // o= as Create accepted it (the record keeps the options verbatim): rbind carries the device's
+    // submounts, ro/nosuid/nodev/noexec are set on every mount of the tree by the kernel (bindMountWith).
+    const how = parseBindMountOptions(rec.options.o);
     await ensureMountpointDir(mp);
     // Synchronous on purpose: the O_PATH fd must pin the checked inode until the mount has used it.
-    ctx.bindRoots.withPinned(rec.spec.device, (procPath) => bindMount(procPath, mp));
+    ctx.bindRoots.withPinned(rec.spec.device, (procPath) => bindMountWith(procPath, mp, how.recursive, how.attrs));
   },
   async release() {
     return false;

@@ -39,7 +39,8 @@ export function createKindContext(deps: KindContextDeps): KindContext {
     config,
     layout,
     log,
-    bindRoots: createBindRoots(config.bindRoots, config.hostRoot),
+    // tsvol's own directories are never a bind-style device, nor inside or above one (bind-roots.ts).
+    bindRoots: createBindRoots(config.bindRoots, config.hostRoot, [layout.root, ...(config.mountsRoot === undefined ? [] : [config.mountsRoot])]),
     layered: deps.layered,
     sizeBacking: () => (sizing ??= probeSizeBacking(layout.root)),
     // Loop devices: the host's devtmpfs (the managed plugin's own /dev has no loop nodes; src/sys/loop.ts).
