@@ -160,3 +160,38 @@ test('a read-only publish keeps the nosuid and nodev of the filesystem the volum
     cleanupDir(host);
   }
 });
+
+test('a read-only or flagged publish holds in the copies propagation makes of the target (a Bidirectional kubelet directory): the mount is made whole before it is attached', async (t) => {
+  await withCsi(t, async (csi, s) => {
+    await csi.controller('CreateVolume', { name: 'pp', volume_capabilities: [cap] });
+    // The pods directory shared with a peer, as kubelet's directory is between a node plugin and the host.
+    const pods = path.join(s.dir, 'pods');
+    const peer = path.join(s.dir, 'peer');
+    fs.mkdirSync(pods);
+    fs.mkdirSync(peer);
+    for (const args of [['--bind', pods, pods], ['--make-shared', pods], ['--bind', pods, peer]]) {
+      const r = spawnSync('mount', args, { encoding: 'utf8' });
+      t.is(r.status, 0, r.stderr);
+    }
+    try {
+      const target = path.join(pods, 'ro');
+      const flagged = { ...cap, mount: { fs_type: '', mount_flags: ['noexec', 'noatime'], volume_mount_group: '' } };
+      await csi.node('NodePublishVolume', { volume_id: 'pp', target_path: target, readonly: true, volume_capability: flagged });
+      const copy = path.join(peer, 'ro');
+      t.is(mountAt(copy)?.mountPoint, copy, 'the peer has the publish');
+      t.throws(() => fs.writeFileSync(path.join(target, 'x'), 'x'), { code: 'EROFS' });
+      t.throws(() => fs.writeFileSync(path.join(copy, 'x'), 'x'), { code: 'EROFS' }, 'the propagated copy is read-only too');
+      const opts = mountAt(copy)?.options ?? [];
+      for (const f of ['ro', 'noexec', 'noatime']) t.true(opts.includes(f), `${f} in the copy's ${opts.join(',')}`);
+      await csi.node('NodePublishVolume', { volume_id: 'pp', target_path: target, readonly: true, volume_capability: flagged });
+      t.is(await mounts(s, 'pp'), 1, 'a retry is the same publish');
+      await csi.node('NodeUnpublishVolume', { volume_id: 'pp', target_path: target });
+      // The peer's copy went with it: the target directory could be removed (a mount point is EBUSY).
+      t.false(fs.existsSync(target));
+      t.false(fs.existsSync(copy), 'the unpublish propagates too');
+    } finally {
+      spawnSync('umount', ['-R', peer]);
+      spawnSync('umount', ['-R', pods]);
+    }
+  });
+});

@@ -41,7 +41,7 @@ export function unsupportedCapability(cap: VolumeCapability): string | undefined
   return undefined;
 }
 
-/** mount_flags a bind remount sets (src/volumes/publish.ts), plus `rw`, the default. */
+/** mount_flags a publish sets on its bind (src/volumes/publish.ts), plus `rw`, the default. */
 const HONOURED_FLAGS = new Set([...PUBLISH_MOUNT_FLAGS, 'rw']);
 /** At most one of these: each names the whole atime policy. */
 const ATIME_FLAGS = ['noatime', 'relatime', 'strictatime'];

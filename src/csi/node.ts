@@ -47,7 +47,7 @@ export function nodeHandlers(deps: NodeDeps) {
       checkCapabilities([req.volume_capability], `NodePublishVolume "${id}"`);
       mustExist(service, id, 'NodePublishVolume');
       const cap = req.volume_capability;
-      // checkCapabilities refused flags that cannot be honoured; these can (a bind remount sets them).
+      // checkCapabilities refused flags that cannot be honoured; these can (set on the bind before it is attached).
       const flags = mountFlagsOf(cap) as string[];
       const readOnly = req.readonly || READ_ONLY_MODES.has(cap.access_mode?.mode ?? '') || flags.includes('ro');
       if (readOnly && flags.includes('rw')) {

@@ -280,16 +280,24 @@ const OPEN_TREE_CLONE = 1;
 const OPEN_TREE_CLOEXEC = 0o2000000;
 const MOVE_MOUNT_F_EMPTY_PATH = 0x4;
 
+/** move_mount(2)'s MOVE_MOUNT_T_EMPTY_PATH: the target is the fd itself (an O_PATH fd of the directory). */
+const MOVE_MOUNT_T_EMPTY_PATH = 0x40;
+
+/** Where bindMountDetached attaches: a path (a final symlink is not followed), or the directory an fd pins. */
+export type MountTarget = string | { readonly fd: number; readonly name: string };
+
 /**
  * A bind mount made whole before anyone can see it (open_tree(2), mount_setattr(2), move_mount(2): Linux
  * 5.12+, syscalls 428, 442 and 429 on every architecture): a detached copy of the mount at `source` (its
  * submounts too when `recursive`) gets the per-mount attributes `attrSet` (MOUNT_ATTR_* bits) on every
- * mount of the copy, and only then is attached at `target`. A mount set after it is attached would not do:
- * where `target` propagates (a managed plugin's propagatedMount), the host's copy is made at the attach,
- * and later changes to the plugin's mount never reach it. Attributes are only added: a flag the source
- * mount had (nosuid) stays. On failure nothing is attached (closing the fd of a detached copy unmounts it).
+ * mount of the copy, after clearing `attrClr` (an atime policy must clear MOUNT_ATTR__ATIME), and only
+ * then is attached at `target` (a path, or the directory an fd pins). A mount set after it is attached
+ * would not do: where `target` propagates (a managed plugin's propagatedMount, a Bidirectional kubelet
+ * directory), the peers' copies are made at the attach, and later changes to this mount never reach
+ * them. Attributes are only added: a flag the source mount had (nosuid) stays. On failure nothing is
+ * attached (closing the fd of a detached copy unmounts it).
  */
-export function bindMountDetached(source: string, target: string, recursive: boolean, attrSet: number): void {
+export function bindMountDetached(source: string, target: MountTarget, recursive: boolean, attrSet: number, attrClr = 0): void {
   const fd = check(
     cSyscall(428, 'int', AT_FDCWD, 'const char *', source, 'uint', OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (recursive ? AT_RECURSIVE : 0)),
     'open_tree',
@@ -298,11 +306,13 @@ export function bindMountDetached(source: string, target: string, recursive: boo
   try {
     const attr = Buffer.alloc(32); // struct mount_attr { u64 attr_set, attr_clr, propagation, userns_fd }
     attr.writeBigUInt64LE(BigInt(attrSet), 0);
+    attr.writeBigUInt64LE(BigInt(attrClr), 8);
     check(cSyscall(442, 'int', fd, 'const char *', '', 'uint', AT_EMPTY_PATH | AT_RECURSIVE, 'uint8_t *', attr, 'size_t', 32), 'mount_setattr', source);
+    const [toFd, toPath, toFlags, name] = typeof target === 'string' ? [AT_FDCWD, target, 0, target] : [target.fd, '', MOVE_MOUNT_T_EMPTY_PATH, target.name];
     check(
-      cSyscall(429, 'int', fd, 'const char *', '', 'int', AT_FDCWD, 'const char *', target, 'uint', MOVE_MOUNT_F_EMPTY_PATH),
+      cSyscall(429, 'int', fd, 'const char *', '', 'int', toFd, 'const char *', toPath, 'uint', MOVE_MOUNT_F_EMPTY_PATH | toFlags),
       'move_mount',
-      target,
+      name,
     );
   } finally {
     fs.closeSync(fd);

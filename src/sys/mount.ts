@@ -122,37 +122,46 @@ export async function bindMountAsync(source: string, target: string): Promise<vo
   await mountAsync(source, target, null, MS_BIND, null);
 }
 
-/** mount(2) flags for a read-only bind (linux/mount.h). */
-const MS_RDONLY = 0x1;
-const MS_REMOUNT = 0x20;
+/** mount_setattr(2)'s atime policy field (MOUNT_ATTR__ATIME): cleared whenever a policy is set. */
+const MOUNT_ATTR__ATIME = 0x70;
 
 /**
- * Per-mount flags a bind remount can set (mount(8)'s names and linux/mount.h's bits): what a CSI publish's
- * mount_flags may ask for. Anything else (a filesystem option such as `data=ordered`, `uid=`) a bind
- * cannot honour.
+ * Per-mount flags a CSI publish's mount_flags may ask for (mount(8)'s names), as mount_setattr(2)'s
+ * MOUNT_ATTR_* bits (linux/mount.h). The atime policies (relatime, noatime, strictatime) are values of
+ * one field, not bits. Anything else (a filesystem option such as `data=ordered`, `uid=`) a bind cannot
+ * honour.
  */
-export const BIND_MOUNT_FLAGS: ReadonlyMap<string, number> = new Map([
-  ['ro', MS_RDONLY],
-  ['nosuid', 0x2],
-  ['nodev', 0x4],
-  ['noexec', 0x8],
-  ['noatime', 0x400],
-  ['nodiratime', 0x800],
-  ['relatime', 0x200000],
-  ['strictatime', 0x1000000],
+export const BIND_MOUNT_FLAGS: ReadonlyMap<string, { readonly set: number; readonly clr: number }> = new Map([
+  ['ro', { set: 0x1, clr: 0 }],
+  ['nosuid', { set: 0x2, clr: 0 }],
+  ['nodev', { set: 0x4, clr: 0 }],
+  ['noexec', { set: 0x8, clr: 0 }],
+  ['nodiratime', { set: 0x80, clr: 0 }],
+  ['relatime', { set: 0x0, clr: MOUNT_ATTR__ATIME }],
+  ['noatime', { set: 0x10, clr: MOUNT_ATTR__ATIME }],
+  ['strictatime', { set: 0x20, clr: MOUNT_ATTR__ATIME }],
 ]);
 
 /**
- * Remounts the bind mount at `target` with the per-mount flags named in `flags` (keys of BIND_MOUNT_FLAGS)
- * set; a bind ignores them on creation, so this is the second step (mount(8)'s `-o bind,ro` does the same
- * remount). A bind remount replaces the mount's flags, so the ones it had (`current`, from mountinfo:
- * nosuid, nodev, noexec inherited from the source's mount) are kept: a remount never loosens them. Only
- * this mount changes: the source stays as it is.
+ * Binds `source` onto the directory the O_PATH fd `targetFd` pins (`name`: its path, for errors), not
+ * recursively. With `flags` (keys of BIND_MOUNT_FLAGS; at most one atime policy, the caller checks), the
+ * bind is made detached, given the flags, and attached whole (libc bindMountDetached): a remount after the
+ * bind would reach neither the copies propagation made at the bind (a Bidirectional kubelet directory's
+ * host side) nor keep the flags the source's mount had (a bind remount replaces them). Without flags, a
+ * plain bind on the thread pool.
  */
-export async function remountBind(target: string, flags: Iterable<string>, current: Iterable<string> = []): Promise<void> {
-  let bits = 0;
-  for (const f of [...flags, ...current]) bits |= BIND_MOUNT_FLAGS.get(f) ?? 0;
-  // relatime is the kernel's default; with noatime or strictatime it would contradict them.
-  if ((bits & (0x400 | 0x1000000)) !== 0) bits &= ~0x200000;
-  await mountAsync(null, target, null, MS_REMOUNT | MS_BIND | bits, null);
+export async function bindOntoFd(source: string, targetFd: number, name: string, flags: readonly string[]): Promise<void> {
+  if (flags.length === 0) {
+    await bindMountAsync(source, `/proc/self/fd/${targetFd}`);
+    return;
+  }
+  let set = 0;
+  let clr = 0;
+  for (const f of flags) {
+    const bits = BIND_MOUNT_FLAGS.get(f);
+    if (bits === undefined) throw new Error(`bindOntoFd: unknown mount flag "${f}"`);
+    set |= bits.set;
+    clr |= bits.clr;
+  }
+  bindMountDetached(source, { fd: targetFd, name }, false, set, clr);
 }

@@ -116,12 +116,6 @@ export function mountAt(p: string): MountEntry | undefined {
   return found;
 }
 
-/** The per-mount options (`ro,relatime`…) of the mount on top at `p` (see mountAt), or undefined. */
-export function mountOptionsAt(p: string): string[] | undefined {
-  const m = mountAt(p);
-  return m === undefined ? undefined : [...m.options];
-}
-
 /**
  * Where the directory at kernel path `real` (kernelPath, or an fd's /proc link) lies within its own
  * filesystem: the root of the mount that holds it (the last one stacked at the longest mountpoint above

@@ -27,8 +27,8 @@ import path from 'node:path';
 import { ConflictError, InUseError, InvalidArgumentError, describeError, errnoCode, wrapError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { isMountRoot } from '../sys/libc.js';
-import { BIND_MOUNT_FLAGS, bindMountAsync, remountBind, unmountTargetAsync } from '../sys/mount.js';
-import { kernelPath, mountAt, mountOptionsAt } from '../sys/mountinfo.js';
+import { BIND_MOUNT_FLAGS, bindOntoFd, unmountTargetAsync } from '../sys/mount.js';
+import { kernelPath, mountAt } from '../sys/mountinfo.js';
 import { PUBLISH_HOLD_PREFIX } from './holds.js';
 import { createKeyedMutex } from '../sys/keyed-mutex.js';
 import type { VolumeMechanics, VolumeService } from './volume-service.js';
@@ -39,7 +39,7 @@ export function publishMountId(identity: string): string {
   return `${PUBLISH_HOLD_PREFIX}${createHash('sha256').update(identity).digest('hex').slice(0, 32)}`;
 }
 
-/** The per-mount flags a publish can set (a bind remount's: src/sys/mount.ts), besides `ro`. */
+/** The per-mount flags a publish can set (mount_setattr's: src/sys/mount.ts), besides `ro`. */
 export const PUBLISH_MOUNT_FLAGS: readonly string[] = [...BIND_MOUNT_FLAGS.keys()];
 
 /** How a publish mounts: read-only or not, and the per-mount flags asked for (keys of BIND_MOUNT_FLAGS). */
@@ -139,13 +139,16 @@ function makeTarget(target: string): string | undefined {
 const O_PATH = 0o10000000;
 
 /**
- * Binds `mountpoint` onto the directory `target`, never through a final symlink: the target is pinned with
- * O_PATH | O_NOFOLLOW | O_DIRECTORY and the mount goes onto that fd, so a symlink at the target (to /etc,
- * say) is refused rather than mounted over its destination, where unpublish would never find it. The fd's
- * real path must be `identity` (what the hold is named by): a parent renamed or swapped for a symlink
- * since is a ConflictError, and nothing is mounted.
+ * Binds `mountpoint` onto the directory `target` with the per-mount `flags` (keys of BIND_MOUNT_FLAGS),
+ * never through a final symlink: the target is pinned with O_PATH | O_NOFOLLOW | O_DIRECTORY and the
+ * mount goes onto that fd, so a symlink at the target (to /etc, say) is refused rather than mounted over
+ * its destination, where unpublish would never find it. The fd's real path must be `identity` (what the
+ * hold is named by): a parent renamed or swapped for a symlink since is a ConflictError, and nothing is
+ * mounted. A flagged bind is attached with its flags already set (sys/mount.ts bindOntoFd), so the copies
+ * a shared target directory propagates to (the host side of a Bidirectional kubelet directory) are
+ * read-only too, and the flags the volume's mount has (nosuid, nodev) are kept.
  */
-async function bindOnto(mountpoint: string, target: string, identity: string): Promise<void> {
+async function bindOnto(mountpoint: string, target: string, identity: string, flags: readonly string[]): Promise<void> {
   let fd: number;
   try {
     fd = fs.openSync(target, O_PATH | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW);
@@ -157,7 +160,7 @@ async function bindOnto(mountpoint: string, target: string, identity: string): P
   try {
     const now = fs.readlinkSync(`/proc/self/fd/${fd}`);
     if (now !== identity) throw new ConflictError(`target path "${target}" moved while being published (now "${now}", was "${identity}"); try again`);
-    await bindMountAsync(mountpoint, `/proc/self/fd/${fd}`);
+    await bindOntoFd(mountpoint, fd, target, flags);
   } finally {
     fs.closeSync(fd);
   }
@@ -172,7 +175,7 @@ function showsVolume(target: string, mountpoint: string): boolean {
 }
 
 /**
- * Unmounts the volume's binds stacked at `target` (a crash between bind and remount may leave two), and
+ * Unmounts the volume's binds stacked at `target` (an older tsvol's crash between its bind and its remount may have left two), and
  * nothing else; returns how many it unmounted.
  */
 async function unmountOurs(target: string, mountpoint: string): Promise<number> {
@@ -246,13 +249,8 @@ export function createPublisher(service: VolumeService & VolumeMechanics, log: L
         let bound = false;
         try {
           created = makeTarget(target);
-          await bindOnto(mountpoint, target, identity);
+          await bindOnto(mountpoint, target, identity, readOnly ? ['ro', ...flags] : flags);
           bound = true;
-          if (readOnly || flags.length > 0) {
-            // The flags the bind has (inherited from the volume's mount) are kept; the asked ones are added.
-            const current = (mountOptionsAt(target) ?? []).filter((f) => BIND_MOUNT_FLAGS.has(f) && f !== 'relatime');
-            await remountBind(target, readOnly ? ['ro', ...flags] : flags, current);
-          }
           const fsType = opts.fsType ?? '';
           const shown = fsType === '' ? undefined : mountAt(target)?.fsType;
           if (shown !== undefined && shown !== fsType) {
