@@ -23,13 +23,17 @@ function statCpuSeconds(stat: string): number {
 
 /** CPU seconds (user + system, every thread, exited ones included) process `pid` has used; 0 if it is gone. */
 export function cpuSeconds(pid: number): number {
-  let stat: string;
+  const stat = readStat(pid);
+  return stat === undefined ? 0 : statCpuSeconds(stat);
+}
+
+/** /proc/PID/stat, or undefined if the process is gone (counted as nothing: a bench figure, not a decision). */
+function readStat(pid: number): string | undefined {
   try {
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   } catch {
-    return 0; // gone: counted as nothing (a bench figure, not a decision)
+    return undefined;
   }
-  return statCpuSeconds(stat);
 }
 
 /**
@@ -37,13 +41,8 @@ export function cpuSeconds(pid: number): number {
  * re-exec'd child (its `docker-untar`), whose CPU counts only there once the child has ended.
  */
 export function cpuSecondsWithChildren(pid: number): number {
-  let stat: string;
-  try {
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return 0; // gone: counted as nothing (a bench figure, not a decision)
-  }
-  return statCpuSeconds(stat) + statChildSeconds(stat);
+  const stat = readStat(pid);
+  return stat === undefined ? 0 : statCpuSeconds(stat) + statChildSeconds(stat);
 }
 
 /** CPU seconds per live thread of `pid`, keyed by thread name and id ("main" for the main thread). */

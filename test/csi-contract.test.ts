@@ -7,9 +7,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { csiClient, fails, grpc, mountCap, type CsiClient } from './helpers/csi.js';
+import { csiClient, fails, grpc, mountCap, withCsi } from './helpers/csi.js';
 import { requireTools } from './helpers/require.js';
-import { isMounted, withServer, type TestServer } from './helpers/server.js';
+import { isMounted, withServer } from './helpers/server.js';
 import { mayResizeOnline } from '../src/sys/ext4.js';
 
 requireTools('mount', 'umount');
@@ -18,20 +18,6 @@ const { status } = grpc;
 const cap = mountCap();
 
 /** A root server with CSI, and a client to it, both closed afterwards. */
-function withCsi(
-  t: { log: (m: string) => void },
-  fn: (csi: CsiClient, s: TestServer) => Promise<void>,
-  env: Record<string, string> = { TSVOL_NODE_ID: 'node-a' },
-): Promise<void> {
-  return withServer(t, { root: true, csi: true, env }, async (s) => {
-    const csi = csiClient(s.csiSocket!);
-    try {
-      await fn(csi, s);
-    } finally {
-      csi.close();
-    }
-  });
-}
 
 const topology = [{ segments: { 'topology.csi.tsvol.local/node': 'node-a' } }];
 

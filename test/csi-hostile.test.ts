@@ -9,25 +9,15 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import test from 'ava';
-import { csiClient, fails, grpc, mountCap, type CsiClient } from './helpers/csi.js';
+import { fails, grpc, mountCap, withCsi } from './helpers/csi.js';
 import { requireTools } from './helpers/require.js';
-import { isMounted, withServer, type TestServer } from './helpers/server.js';
+import { isMounted } from './helpers/server.js';
 
 requireTools('mount', 'umount');
 
 const { status } = grpc;
 const cap = mountCap();
 
-function withCsi(t: { log: (m: string) => void }, fn: (csi: CsiClient, s: TestServer) => Promise<void>): Promise<void> {
-  return withServer(t, { root: true, csi: true, env: { TSVOL_NODE_ID: 'node-a' } }, async (s) => {
-    const csi = csiClient(s.csiSocket!);
-    try {
-      await fn(csi, s);
-    } finally {
-      csi.close();
-    }
-  });
-}
 
 test('a host mount at the target is never unmounted: publish onto it and unpublish under it are FAILED_PRECONDITION', async (t) => {
   await withCsi(t, async (csi, s) => {

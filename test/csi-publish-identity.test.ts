@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { csiClient, fails, grpc, mountCap, type CsiClient } from './helpers/csi.js';
+import { csiClient, fails, grpc, mountCap, withCsi } from './helpers/csi.js';
 import { requireTools } from './helpers/require.js';
 import { cleanupDir, tempDir, withServer, type TestServer } from './helpers/server.js';
 import { mountAt } from '../src/sys/mountinfo.js';
@@ -18,16 +18,6 @@ requireTools('mount', 'umount');
 const { status } = grpc;
 const cap = mountCap();
 
-function withCsi(t: { log: (m: string) => void }, fn: (csi: CsiClient, s: TestServer) => Promise<void>): Promise<void> {
-  return withServer(t, { root: true, csi: true, env: { TSVOL_NODE_ID: 'node-a' } }, async (s) => {
-    const csi = csiClient(s.csiSocket!);
-    try {
-      await fn(csi, s);
-    } finally {
-      csi.close();
-    }
-  });
-}
 
 async function mounts(s: TestServer, name: string): Promise<unknown> {
   const get = await s.ok('/VolumeDriver.Get', { Name: name });

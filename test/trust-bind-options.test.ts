@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { kernelPath, readMounts } from '../src/sys/mountinfo.js';
-import { cleanupDir, isMounted, tempDir, withServer } from './helpers/server.js';
+import { cleanupDir, isMounted, tempDir, withServer, requireRoot } from './helpers/server.js';
 import { requireTools } from './helpers/require.js';
 
 requireTools('mount', 'umount');
@@ -149,10 +149,7 @@ test.serial('a bind-style device is never tsvol\'s own directory, inside it or a
 });
 
 test.serial('a data root seen through a bind (a managed plugin\'s) is still found inside a device that holds it', async (t) => {
-  if (process.getuid?.() !== 0) {
-    if (process.env.CI === 'true') throw new Error('needs root (mounts)');
-    return void t.log('SKIPPED LOUDLY: not root');
-  }
+  if (!requireRoot(t)) return;
   const host = tempDir('tsvol-bindhost-');
   const dir = tempDir('tsvol-bindsrv-');
   // The data root is host/state/tsvol, which the server sees only through a bind at dir/data (as a
@@ -180,10 +177,7 @@ test.serial('a data root seen through a bind (a managed plugin\'s) is still foun
 });
 
 test.serial('o=ro holds in the copies propagation makes of the mountpoint (a managed plugin\'s propagatedMount, which dockerd uses)', async (t) => {
-  if (process.getuid?.() !== 0) {
-    if (process.env.CI === 'true') throw new Error('needs root (mounts)');
-    return void t.log('SKIPPED LOUDLY: not root');
-  }
+  if (!requireRoot(t)) return;
   const host = tempDir('tsvol-bindprop-');
   const dir = tempDir('tsvol-bindprop-srv-');
   fs.mkdirSync(path.join(host, 'site'));

@@ -9,7 +9,7 @@ import path from 'node:path';
 import test from 'ava';
 import { csiClient, mountCap } from './helpers/csi.js';
 import { requireTools } from './helpers/require.js';
-import { cleanupDir, isMounted, startTestServer, withServer } from './helpers/server.js';
+import { cleanupDir, isMounted, startTestServer, withServer, requireRoot } from './helpers/server.js';
 
 requireTools('mount', 'umount');
 
@@ -44,10 +44,7 @@ test('the Docker protocol cannot release a CSI publish hold, nor take a hold in 
 });
 
 test('a Docker Mount survives a restart: its ID is never one start-up drops', async (t) => {
-  if (process.getuid?.() !== 0) {
-    if (process.env.CI === 'true') throw new Error('needs root (mounts)');
-    return void t.log('SKIPPED LOUDLY: not root');
-  }
+  if (!requireRoot(t)) return;
   let s = await startTestServer({});
   try {
     await s.ok('/VolumeDriver.Create', { Name: 'db', Opts: null });

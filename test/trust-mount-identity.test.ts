@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { decodeMountField, kernelPath, mountsUnder, parseMountinfo, readMounts } from '../src/sys/mountinfo.js';
-import { cleanupDir, startTestServer, tempDir } from './helpers/server.js';
+import { cleanupDir, startTestServer, tempDir, requireRoot } from './helpers/server.js';
 import { requireTools } from './helpers/require.js';
 
 requireTools('mount', 'umount');
@@ -32,10 +32,7 @@ test('mountinfo escapes decode to bytes: space, tab, newline, backslash, and a b
 });
 
 test.serial('mountsUnder finds mounts under a path given through a symlink, with a space and ..', (t) => {
-  if (process.getuid?.() !== 0) {
-    if (process.env.CI === 'true') throw new Error('needs root (mounts)');
-    return void t.log('SKIPPED LOUDLY: not root');
-  }
+  if (!requireRoot(t)) return;
   const dir = tempDir('tsvol-mi-');
   try {
     const real = path.join(dir, 'real dir');
@@ -56,10 +53,7 @@ test.serial('mountsUnder finds mounts under a path given through a symlink, with
 });
 
 test.serial('start-up repair with TSVOL_MOUNTS through a symlink and a space: a held mount is kept (not stacked), a stale one removed', async (t) => {
-  if (process.getuid?.() !== 0) {
-    if (process.env.CI === 'true') throw new Error('needs root (mounts)');
-    return void t.log('SKIPPED LOUDLY: not root');
-  }
+  if (!requireRoot(t)) return;
   const host = tempDir('tsvol-mi-host-');
   const realMounts = path.join(host, 'real mounts');
   fs.mkdirSync(realMounts);
@@ -91,10 +85,7 @@ test.serial('start-up repair with TSVOL_MOUNTS through a symlink and a space: a 
 });
 
 test.serial('a bind root reached through a directory another user can change is refused (that user could point it at /etc)', async (t) => {
-  if (process.getuid?.() !== 0) {
-    if (process.env.CI === 'true') throw new Error('needs root (chown)');
-    return void t.log('SKIPPED LOUDLY: not root');
-  }
+  if (!requireRoot(t)) return;
   const host = tempDir('tsvol-roots-');
   // host (root, 0700) / home-of-nobody (nobody's) / shared (root's) / site
   const home = path.join(host, 'home-of-nobody');

@@ -6,6 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { CSI_LOADER_OPTIONS, CSI_PROTO_PATH } from '../../src/csi/proto.js';
+import { withServer, type TestServer } from './server.js';
 
 /** A reply as proto-loader decodes it (int64 as strings, enums as names). */
 export type Reply = Record<string, unknown>;
@@ -56,3 +57,19 @@ export function mountCap(mode = 'SINGLE_NODE_WRITER'): object {
 }
 
 export { grpc };
+
+/** Runs `fn` against a fresh root server with its CSI socket (node ID `node-a` unless `env` says), and a client on it. */
+export function withCsi(
+  t: { log: (m: string) => void },
+  fn: (csi: CsiClient, s: TestServer) => Promise<void>,
+  env: Record<string, string> = { TSVOL_NODE_ID: 'node-a' },
+): Promise<void> {
+  return withServer(t, { root: true, csi: true, env }, async (s) => {
+    const csi = csiClient(s.csiSocket!);
+    try {
+      await fn(csi, s);
+    } finally {
+      csi.close();
+    }
+  });
+}
