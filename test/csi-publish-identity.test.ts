@@ -10,7 +10,7 @@ import path from 'node:path';
 import test from 'ava';
 import { csiClient, fails, grpc, mountCap, withCsi } from './helpers/csi.js';
 import { requireTools } from './helpers/require.js';
-import { cleanupDir, tempDir, withServer, type TestServer } from './helpers/server.js';
+import { cleanupDir, tempDir, withServer, type TestServer, sharedWithPeer } from './helpers/server.js';
 import { mountAt } from '../src/sys/mountinfo.js';
 
 requireTools('mount', 'umount');
@@ -157,12 +157,7 @@ test('a read-only or flagged publish holds in the copies propagation makes of th
     // The pods directory shared with a peer, as kubelet's directory is between a node plugin and the host.
     const pods = path.join(s.dir, 'pods');
     const peer = path.join(s.dir, 'peer');
-    fs.mkdirSync(pods);
-    fs.mkdirSync(peer);
-    for (const args of [['--bind', pods, pods], ['--make-shared', pods], ['--bind', pods, peer]]) {
-      const r = spawnSync('mount', args, { encoding: 'utf8' });
-      t.is(r.status, 0, r.stderr);
-    }
+    sharedWithPeer(pods, peer);
     try {
       const target = path.join(pods, 'ro');
       const flagged = { ...cap, mount: { fs_type: '', mount_flags: ['noexec', 'noatime'], volume_mount_group: '' } };

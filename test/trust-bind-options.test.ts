@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { kernelPath, readMounts } from '../src/sys/mountinfo.js';
-import { cleanupDir, isMounted, tempDir, withServer, requireRoot } from './helpers/server.js';
+import { cleanupDir, isMounted, tempDir, withServer, requireRoot, sharedWithPeer } from './helpers/server.js';
 import { requireTools } from './helpers/require.js';
 
 requireTools('mount', 'umount');
@@ -185,12 +185,7 @@ test.serial('o=ro holds in the copies propagation makes of the mountpoint (a man
   // TSVOL_MOUNTS shared with a peer, as the plugin's propagatedMount is with the host's view of it.
   const mnt = path.join(dir, 'mnt');
   const peer = path.join(dir, 'peer');
-  fs.mkdirSync(mnt);
-  fs.mkdirSync(peer);
-  for (const args of [['--bind', mnt, mnt], ['--make-shared', mnt], ['--bind', mnt, peer]]) {
-    const r = spawnSync('mount', args, { encoding: 'utf8' });
-    t.is(r.status, 0, r.stderr);
-  }
+  sharedWithPeer(mnt, peer);
   try {
     await withServer(t, { root: true, dir, bindRoots: [host] }, async (s) => {
       await s.ok('/VolumeDriver.Create', { Name: 'ro', Opts: { type: 'none', o: 'bind,ro', device: path.join(host, 'site') } });

@@ -25,7 +25,7 @@ export type ParsedOptions =
 /**
  * How a bind-style volume is mounted, from its `o=` (a comma-separated list, as mount(8) and Docker's local
  * driver take it): `rbind` carries the device's submounts, `bind` (the default) does not; `attrs` are
- * per-mount restrictions added to every mount of the volume's tree (BIND_VOLUME_ATTRS in sys/mount.ts).
+ * per-mount restrictions added to every mount of the volume's tree (keys of BIND_MOUNT_FLAGS in sys/mount.ts).
  * `named`: the list named bind or rbind (type=none requires it).
  */
 export interface BindMountOptions {

@@ -27,7 +27,7 @@ import path from 'node:path';
 import { ConflictError, InUseError, InvalidArgumentError, describeError, errnoCode, wrapError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { isMountRoot } from '../sys/libc.js';
-import { BIND_MOUNT_FLAGS, bindOntoFd, unmountTargetAsync } from '../sys/mount.js';
+import { BIND_MOUNT_FLAGS, bindMountAsync, bindMountWith, unmountTargetAsync } from '../sys/mount.js';
 import { kernelPath, mountAt } from '../sys/mountinfo.js';
 import { PUBLISH_HOLD_PREFIX } from './holds.js';
 import { createKeyedMutex } from '../sys/keyed-mutex.js';
@@ -144,7 +144,7 @@ const O_PATH = 0o10000000;
  * mount goes onto that fd, so a symlink at the target (to /etc, say) is refused rather than mounted over
  * its destination, where unpublish would never find it. The fd's real path must be `identity` (what the
  * hold is named by): a parent renamed or swapped for a symlink since is a ConflictError, and nothing is
- * mounted. A flagged bind is attached with its flags already set (sys/mount.ts bindOntoFd), so the copies
+ * mounted. A flagged bind is attached with its flags already set (sys/mount.ts bindMountWith), so the copies
  * a shared target directory propagates to (the host side of a Bidirectional kubelet directory) are
  * read-only too, and the flags the volume's mount has (nosuid, nodev) are kept.
  */
@@ -160,7 +160,8 @@ async function bindOnto(mountpoint: string, target: string, identity: string, fl
   try {
     const now = fs.readlinkSync(`/proc/self/fd/${fd}`);
     if (now !== identity) throw new ConflictError(`target path "${target}" moved while being published (now "${now}", was "${identity}"); try again`);
-    await bindOntoFd(mountpoint, fd, target, flags);
+    if (flags.length === 0) await bindMountAsync(mountpoint, `/proc/self/fd/${fd}`);
+    else bindMountWith(mountpoint, { fd, name: target }, false, flags);
   } finally {
     fs.closeSync(fd);
   }

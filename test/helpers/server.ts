@@ -216,6 +216,21 @@ export function isMounted(p: string): boolean {
     .some((l) => l.split(' ')[4] === p);
 }
 
+/**
+ * Makes directory `dir` a shared mount (a bind onto itself) and `peer` its peer (a bind of it), as a managed
+ * plugin's propagatedMount is with the host's view of it, or kubelet's directory between a node plugin and
+ * the host: what is mounted below one then appears below the other. Both directories are made; the caller
+ * unmounts them (`umount -R`, or cleanupDir of a directory holding them).
+ */
+export function sharedWithPeer(dir: string, peer: string): void {
+  fs.mkdirSync(dir);
+  fs.mkdirSync(peer);
+  for (const args of [['--bind', dir, dir], ['--make-shared', dir], ['--bind', dir, peer]]) {
+    const r = spawnSync('mount', args, { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`mount ${args.join(' ')}: ${r.stderr}`);
+  }
+}
+
 /** Fails under CI=true, else skips loudly: for tests that need root. */
 export function requireRoot(t: { log: (m: string) => void }): boolean {
   if (process.getuid?.() === 0) return true;

@@ -7,7 +7,7 @@
  * without TSVOL_MOUNTS, #9 §10a), a clone copies below it, usage is walked below it (only when asked).
  */
 import { Beneath } from '../../sys/beneath.js';
-import { bindMountWith } from '../../sys/mount.js';
+import { bindMount, bindMountWith } from '../../sys/mount.js';
 import { parseBindMountOptions } from '../options.js';
 import { measureTree } from '../usage.js';
 import { ensureMountpointDir } from './common.js';
@@ -36,7 +36,9 @@ export const bind: VolumeKind<'bind'> = {
     const how = parseBindMountOptions(rec.options.o);
     await ensureMountpointDir(mp);
     // Synchronous on purpose: the O_PATH fd must pin the checked inode until the mount has used it.
-    ctx.bindRoots.withPinned(rec.spec.device, (procPath) => bindMountWith(procPath, mp, how.recursive, how.attrs));
+    ctx.bindRoots.withPinned(rec.spec.device, (procPath) =>
+      how.attrs.length === 0 ? bindMount(procPath, mp, how.recursive) : bindMountWith(procPath, mp, how.recursive, how.attrs),
+    );
   },
   async release() {
     return false;
